@@ -1,0 +1,402 @@
+//! Configuration: the YAML file schema, the environment overlay and validation into
+//! [`Settings`]. `serve`, reload and `config check` all go through [`load`].
+//!
+//! Pipeline: file text → `file::FileConfig` (strict serde, unknown keys rejected) → environment
+//! and command-line overrides → `validate` → `Settings` (every default filled in, nothing left
+//! for the request path to decide).
+
+mod env;
+mod file;
+mod names;
+mod suites;
+pub mod units;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+
+pub use names::{normalize_dns_name, validate_path_component, NameError};
+pub use suites::{KxGroup, Tls12Suite, Tls13Suite};
+
+/// Default addresses: loopback only, so a first run never exposes anything.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATA_DIR: &str = "./tlsgate-data";
+
+/// The validated, typed configuration. Serializes to the same YAML schema it was read from,
+/// which is what `config check` prints.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Settings {
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+    pub data_dir: PathBuf,
+    /// The main listener: HTTPS/WSS, or plain HTTP/WS when TLS is off.
+    pub listen: SocketAddr,
+    pub http: HttpSettings,
+    pub tls: TlsSettings,
+    pub headers: HeaderSettings,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HttpSettings {
+    pub mode: HttpMode,
+    pub listen: SocketAddr,
+    /// The port written into redirects; defaults to the main listener's port (e.g. when a
+    /// container maps 443 to 8443, set 443 here).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpMode {
+    /// `301` to the HTTPS URL.
+    Redirect,
+    /// `403 TLS required` (seed 001's nginx `return 403`).
+    Reject,
+    /// No plain-HTTP listener.
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TlsSettings {
+    pub enabled: bool,
+    pub min_version: TlsVersion,
+    pub tls13_cipher_suites: Vec<Tls13Suite>,
+    pub tls12_cipher_suites: Vec<Tls12Suite>,
+    pub key_exchange_groups: Vec<KxGroup>,
+    pub session_tickets: bool,
+    /// Empty means: use the local development CA and its `localhost` certificate.
+    pub certificates: Vec<CertificateSettings>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+impl TlsVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsVersion::Tls12 => "1.2",
+            TlsVersion::Tls13 => "1.3",
+        }
+    }
+}
+
+impl Serialize for TlsVersion {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CertificateSettings {
+    #[serde(flatten)]
+    pub source: CertSource,
+    /// Names this certificate serves; empty means every DNS name in its SANs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    pub default: bool,
+    /// Where this entry was configured, for error messages.
+    #[serde(skip)]
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum CertSource {
+    /// A certificate (chain) file and a key file. The certificate file may also hold the key.
+    Files { cert_file: PathBuf, key_file: PathBuf },
+    /// One PEM holding the chain and the key (HAProxy's `crt`, seed 003's `.pem`).
+    Combined { pem_file: PathBuf },
+}
+
+impl CertSource {
+    /// The file holding the certificate chain, for messages.
+    pub fn cert_path(&self) -> &Path {
+        match self {
+            CertSource::Files { cert_file, .. } => cert_file,
+            CertSource::Combined { pem_file } => pem_file,
+        }
+    }
+
+    pub fn key_path(&self) -> &Path {
+        match self {
+            CertSource::Files { key_file, .. } => key_file,
+            CertSource::Combined { pem_file } => pem_file,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HeaderSettings {
+    #[serde(serialize_with = "serialize_hsts")]
+    pub hsts: Option<Hsts>,
+    #[serde(serialize_with = "serialize_header")]
+    pub x_content_type_options: Option<String>,
+    #[serde(serialize_with = "serialize_header")]
+    pub x_frame_options: Option<String>,
+    #[serde(serialize_with = "serialize_header")]
+    pub referrer_policy: Option<String>,
+    #[serde(serialize_with = "serialize_header")]
+    pub content_security_policy: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub custom: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Hsts {
+    #[serde(serialize_with = "units::serialize_duration")]
+    pub max_age: Duration,
+    pub include_subdomains: bool,
+    pub preload: bool,
+}
+
+impl Hsts {
+    /// The `Strict-Transport-Security` header value.
+    pub fn header_value(&self) -> String {
+        let mut value = format!("max-age={}", self.max_age.as_secs());
+        if self.include_subdomains {
+            value.push_str("; includeSubDomains");
+        }
+        if self.preload {
+            value.push_str("; preload");
+        }
+        value
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Limits {
+    /// Time allowed for a client to complete the TLS handshake.
+    #[serde(serialize_with = "units::serialize_duration")]
+    pub handshake_timeout: Duration,
+    /// Time allowed for a client to send a request's headers (slowloris defence).
+    #[serde(serialize_with = "units::serialize_duration")]
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted; larger gets `431`.
+    #[serde(serialize_with = "units::serialize_size")]
+    pub max_header_size: u64,
+    /// A keep-alive connection with no request in flight is closed after this long.
+    #[serde(serialize_with = "units::serialize_duration")]
+    pub idle_timeout: Duration,
+    /// An upgraded WebSocket with no traffic either way is closed after this long.
+    #[serde(serialize_with = "units::serialize_duration")]
+    pub websocket_idle_timeout: Duration,
+    pub max_connections: usize,
+    /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
+    #[serde(serialize_with = "units::serialize_duration")]
+    pub shutdown_timeout: Duration,
+}
+
+fn serialize_header<S: Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(text) => s.serialize_str(text),
+        None => s.serialize_bool(false),
+    }
+}
+
+fn serialize_hsts<S: Serializer>(value: &Option<Hsts>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(hsts) => hsts.serialize(s),
+        None => s.serialize_bool(false),
+    }
+}
+
+/// Where a setting came from, so an error can point at it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Origin {
+    File {
+        path: PathBuf,
+        line: u64,
+        column: u64,
+    },
+    Env(&'static str),
+    Flag(&'static str),
+    #[default]
+    Default,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File { path, line, column } => {
+                write!(f, "{}:{line}:{column}", path.display())
+            }
+            Origin::Env(var) => write!(f, "environment variable {var}"),
+            Origin::Flag(flag) => write!(f, "command-line flag {flag}"),
+            Origin::Default => f.write_str("built-in default"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// YAML that does not fit the schema: unknown key, wrong type, bad value.
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: u64,
+        column: u64,
+        message: String,
+    },
+    /// Well-formed YAML whose value is not acceptable.
+    #[error("{origin}: {field}: {reason}")]
+    Invalid {
+        origin: Origin,
+        field: String,
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(origin: Origin, field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            origin,
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Command-line flags that override the file and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub http_listen: Option<String>,
+}
+
+/// Reads environment variables; tests pass a map instead of touching the process environment.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The process environment, for the binary.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Loads and validates the configuration: file (if any), then environment, then flags.
+pub fn load(
+    path: Option<&Path>,
+    overrides: &Overrides,
+    env: EnvLookup<'_>,
+) -> Result<Settings, ConfigError> {
+    let (file, text) = match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            (Some(path), text)
+        }
+        None => (None, String::new()),
+    };
+    load_str(&text, file, overrides, env)
+}
+
+/// As [`load`], from text already read. `path` names the text in messages and anchors
+/// relative file paths.
+pub fn load_str(
+    text: &str,
+    path: Option<&Path>,
+    overrides: &Overrides,
+    env: EnvLookup<'_>,
+) -> Result<Settings, ConfigError> {
+    let mut raw = parse_file(text, path)?;
+    let env_overlay = env::read_overlay(env)?;
+    validate::validate(&mut raw, path, &env_overlay, overrides)
+}
+
+fn parse_file(text: &str, path: Option<&Path>) -> Result<file::FileConfig, ConfigError> {
+    if text.trim().is_empty() {
+        return Ok(file::FileConfig::default());
+    }
+    let shown = path.unwrap_or(Path::new("<config>")).to_path_buf();
+    serde_saphyr::from_str::<file::FileConfig>(text).map_err(|error| {
+        let (line, column) = error
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
+        ConfigError::Syntax {
+            message: describe_syntax_error(&error.to_string(), &shown),
+            path: shown,
+            line,
+            column,
+        }
+    })
+}
+
+/// Turns serde-saphyr's report into ours: drop its own position prefix (we print
+/// `file:line:column`), name the file in the snippet, and suggest the nearest valid key.
+fn describe_syntax_error(report: &str, path: &Path) -> String {
+    let mut text = report.replace("<input>", &path.display().to_string());
+    if let Some(rest) = text.strip_prefix("error: ") {
+        text = rest.to_owned();
+    }
+    if let Some(pos) = text.find(": ") {
+        if text[..pos].starts_with("line ") {
+            text = text[pos + 2..].to_owned();
+        }
+    }
+    let (first, snippet) = match text.split_once('\n') {
+        Some((first, snippet)) => (first.to_owned(), format!("\n{snippet}")),
+        None => (text.clone(), String::new()),
+    };
+    let hint = suggest_key(&first)
+        .map(|key| format!(" (did you mean `{key}`?)"))
+        .unwrap_or_default();
+    format!("{first}{hint}{snippet}")
+}
+
+/// From "unknown field `kye_file`, expected one of cert_file, key_file", the closest key.
+fn suggest_key(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (unknown, rest) = rest.split_once('`')?;
+    let expected = rest.split_once("expected")?.1;
+    expected
+        .trim_start_matches(" one of")
+        .split([',', '`', ' '])
+        .map(str::trim)
+        .filter(|candidate| !candidate.is_empty() && *candidate != "or")
+        .map(|candidate| (edit_distance(unknown, candidate), candidate))
+        .filter(|(distance, candidate)| *distance <= (candidate.len() / 3).max(2))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate.to_owned())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = previous + usize::from(ca != *cb);
+            previous = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(previous + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// The effective configuration as YAML, every default filled in.
+pub fn to_yaml(settings: &Settings) -> String {
+    serde_saphyr::to_string(settings).unwrap_or_else(|error| format!("# cannot print: {error}\n"))
+}
+
+#[cfg(test)]
+mod tests;

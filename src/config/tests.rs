@@ -1,0 +1,206 @@
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::*;
+
+fn load_with(yaml: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let lookup = move |name: &str| env.get(name).cloned();
+    load_str(
+        yaml,
+        Some(Path::new("/etc/tlsgate/tlsgate.yaml")),
+        &Overrides::default(),
+        &lookup,
+    )
+}
+
+#[test]
+fn empty_config_gives_safe_defaults() {
+    let settings = load_with("", &[]).unwrap();
+    assert_eq!(settings.listen.to_string(), "127.0.0.1:8443");
+    assert_eq!(settings.http.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(settings.http.mode, HttpMode::Redirect);
+    assert!(settings.tls.enabled);
+    assert_eq!(settings.tls.min_version, TlsVersion::Tls12);
+    assert!(settings.tls.session_tickets);
+    assert_eq!(settings.tls.key_exchange_groups[0], KxGroup::X25519Mlkem768);
+    assert_eq!(
+        settings.headers.hsts.as_ref().map(Hsts::header_value).as_deref(),
+        Some("max-age=31536000; includeSubDomains")
+    );
+    assert_eq!(settings.headers.x_frame_options.as_deref(), Some("DENY"));
+}
+
+#[test]
+fn unknown_key_names_file_line_and_nearest_key() {
+    let yaml = "tls:\n  certificates:\n    - cert_file: a.crt\n      kye_file: a.key\n";
+    let error = load_with(yaml, &[]).unwrap_err().to_string();
+    assert!(
+        error.starts_with("/etc/tlsgate/tlsgate.yaml:4:7: unknown field `kye_file`"),
+        "{error}"
+    );
+    assert!(error.contains("did you mean `key_file`?"), "{error}");
+    assert!(error.contains("cert_file"), "lists the valid keys: {error}");
+}
+
+#[test]
+fn wrong_type_names_line() {
+    let error = load_with("tls:\n  session_tickets: maybe\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(error.starts_with("/etc/tlsgate/tlsgate.yaml:2:"), "{error}");
+}
+
+#[test]
+fn old_tls_versions_are_refused_with_reason() {
+    let error = load_with("tls:\n  min_version: \"1.1\"\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains(":2:"), "{error}");
+    assert!(error.contains("RFC 8996"), "{error}");
+    let settings = load_with("tls:\n  min_version: 1.3\n", &[]).unwrap();
+    assert_eq!(settings.tls.min_version, TlsVersion::Tls13);
+}
+
+#[test]
+fn weak_cipher_suites_are_refused_with_reason() {
+    let yaml = "tls:\n  tls12_cipher_suites:\n    - ECDHE-RSA-AES128-GCM-SHA256\n    - ECDHE-RSA-AES128-SHA\n";
+    let error = load_with(yaml, &[]).unwrap_err().to_string();
+    assert!(error.contains(":4:"), "{error}");
+    assert!(error.contains("not an AEAD suite"), "{error}");
+    let yaml = "tls:\n  tls13_cipher_suites: [TLS_CHACHA20_POLY1305_SHA256]\n";
+    let settings = load_with(yaml, &[]).unwrap();
+    assert_eq!(
+        settings.tls.tls13_cipher_suites,
+        vec![Tls13Suite::Chacha20Poly1305Sha256]
+    );
+}
+
+#[test]
+fn shorthand_switches() {
+    let settings = load_with("tls: off\nhttp: reject\n", &[]).unwrap();
+    assert!(!settings.tls.enabled);
+    assert_eq!(settings.http.mode, HttpMode::Reject);
+    let settings = load_with("http: off\nheaders:\n  hsts: off\n  x_frame_options: SAMEORIGIN\n", &[]).unwrap();
+    assert_eq!(settings.http.mode, HttpMode::Off);
+    assert_eq!(settings.headers.hsts, None);
+    assert_eq!(settings.headers.x_frame_options.as_deref(), Some("SAMEORIGIN"));
+}
+
+#[test]
+fn certificate_paths_are_relative_to_the_config_file() {
+    let yaml = "tls:\n  certificates:\n    - pem_file: certs/site.pem\n      names: [Example.COM, '*.example.com']\n";
+    let settings = load_with(yaml, &[]).unwrap();
+    let cert = &settings.tls.certificates[0];
+    assert_eq!(
+        cert.source,
+        CertSource::Combined {
+            pem_file: "/etc/tlsgate/certs/site.pem".into()
+        }
+    );
+    assert_eq!(cert.names, vec!["example.com", "*.example.com"]);
+    assert_eq!(cert.origin.to_string(), "/etc/tlsgate/tlsgate.yaml:3:7");
+}
+
+#[test]
+fn certificate_entry_needs_a_key() {
+    let error = load_with("tls:\n  certificates:\n    - cert_file: a.crt\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains(":3:"), "{error}");
+    assert!(error.contains("needs a key_file"), "{error}");
+}
+
+#[test]
+fn two_defaults_are_refused() {
+    let yaml = "tls:\n  certificates:\n    - pem_file: a.pem\n      default: true\n    - pem_file: b.pem\n      default: true\n";
+    let error = load_with(yaml, &[]).unwrap_err().to_string();
+    assert!(error.contains(":5:"), "{error}");
+    assert!(error.contains("only one certificate can be the default"), "{error}");
+}
+
+#[test]
+fn preload_requires_a_long_max_age() {
+    let yaml = "headers:\n  hsts:\n    max_age: 1d\n    preload: true\n";
+    let error = load_with(yaml, &[]).unwrap_err().to_string();
+    assert!(error.contains("preload"), "{error}");
+    let yaml = "headers:\n  hsts:\n    preload: true\n";
+    let settings = load_with(yaml, &[]).unwrap();
+    assert_eq!(
+        settings.headers.hsts.unwrap().header_value(),
+        "max-age=31536000; includeSubDomains; preload"
+    );
+}
+
+#[test]
+fn seed_002_environment_family() {
+    let settings = load_with(
+        "",
+        &[("SSL_CERTFILE", "/app/certs/server.crt"), ("SSL_KEYFILE", "/app/certs/server.key")],
+    )
+    .unwrap();
+    assert_eq!(
+        settings.tls.certificates[0].source,
+        CertSource::Files {
+            cert_file: "/app/certs/server.crt".into(),
+            key_file: "/app/certs/server.key".into()
+        }
+    );
+    let error = load_with("", &[("SSL_CERTFILE", "/x.crt")]).unwrap_err().to_string();
+    assert!(error.contains("SSL_KEYFILE is not"), "{error}");
+}
+
+#[test]
+fn seed_003_environment_family_and_plain_mode() {
+    let settings = load_with(
+        "tls:\n  certificates:\n    - pem_file: file.pem\n",
+        &[
+            ("SSL_ENABLED", "true"),
+            ("SSL_CERT_FILE", "/opt/ssl/camera.pem"),
+            ("SSL_KEY_FILE", "/opt/ssl/camera.key"),
+        ],
+    )
+    .unwrap();
+    assert!(settings.tls.enabled);
+    assert_eq!(settings.tls.certificates.len(), 1, "environment replaces the file's list");
+    assert_eq!(
+        settings.tls.certificates[0].source.cert_path(),
+        Path::new("/opt/ssl/camera.pem")
+    );
+    let settings = load_with("", &[("SSL_ENABLED", "false")]).unwrap();
+    assert!(!settings.tls.enabled);
+    let error = load_with("", &[("SSL_ENABLED", "perhaps")]).unwrap_err().to_string();
+    assert!(error.contains("SSL_ENABLED"), "{error}");
+}
+
+#[test]
+fn environment_overrides_file() {
+    let settings = load_with(
+        "listen: 127.0.0.1:9443\n",
+        &[("TLSGATE_LISTEN", "0.0.0.0:443"), ("TLSGATE_MIN_TLS_VERSION", "1.3")],
+    )
+    .unwrap();
+    assert_eq!(settings.listen.to_string(), "0.0.0.0:443");
+    assert_eq!(settings.tls.min_version, TlsVersion::Tls13);
+}
+
+#[test]
+fn bad_address_names_its_origin() {
+    let error = load_with("listen: localhost\n", &[]).unwrap_err().to_string();
+    assert!(error.starts_with("/etc/tlsgate/tlsgate.yaml:1:9: listen"), "{error}");
+}
+
+#[test]
+fn effective_config_reads_back_unchanged() {
+    let yaml = "listen: 0.0.0.0:443\nhttp:\n  listen: 0.0.0.0:80\n  redirect_port: 443\ntls:\n  min_version: '1.3'\n  session_tickets: false\n  certificates:\n    - cert_file: /a/fullchain.pem\n      key_file: /a/privkey.pem\n      names: [a.example]\n      default: true\n    - pem_file: /b.pem\nheaders:\n  hsts: off\n  custom:\n    Permissions-Policy: camera=()\nlimits:\n  idle_timeout: 90s\n  max_header_size: 32KiB\n";
+    let first = load_with(yaml, &[]).unwrap();
+    let printed = to_yaml(&first);
+    let second = load_with(&printed, &[]).unwrap();
+    assert_eq!(printed, to_yaml(&second), "printed:\n{printed}");
+    assert_eq!(first.limits, second.limits);
+    assert_eq!(first.headers, second.headers);
+    assert_eq!(first.tls.certificates[0].source, second.tls.certificates[0].source);
+}

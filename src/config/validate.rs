@@ -1,0 +1,583 @@
+//! Raw file config + environment + flags → [`Settings`]. Every rule about what a value may be
+//! lives here, once.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_saphyr::Spanned;
+
+use super::env::{parse_switch, EnvOverlay};
+use super::file::{CertificateFile, FileConfig, HeaderText, HstsFile, Switch};
+use super::suites::{self, refusal_reason, KxGroup, Tls12Suite, Tls13Suite};
+use super::{
+    normalize_dns_name, CertSource, CertificateSettings, ConfigError, HeaderSettings, Hsts,
+    HttpMode, HttpSettings, Limits, Origin, Overrides, Settings, TlsSettings, TlsVersion,
+    DEFAULT_DATA_DIR, DEFAULT_HTTP_LISTEN, DEFAULT_LISTEN,
+};
+
+const ONE_YEAR: Duration = Duration::from_secs(365 * 86_400);
+
+/// Turns locations in the file into [`Origin`]s and relative paths into absolute ones.
+struct Context<'a> {
+    path: Option<&'a Path>,
+}
+
+impl Context<'_> {
+    fn origin<T>(&self, spanned: &Spanned<T>) -> Origin {
+        match self.path {
+            Some(path) => Origin::File {
+                path: path.to_path_buf(),
+                line: spanned.referenced.line(),
+                column: spanned.referenced.column(),
+            },
+            None => Origin::File {
+                path: PathBuf::from("<config>"),
+                line: spanned.referenced.line(),
+                column: spanned.referenced.column(),
+            },
+        }
+    }
+
+    /// Paths in the file are relative to the file's folder, as in nginx's `include`.
+    fn file_path(&self, text: &str) -> PathBuf {
+        let path = PathBuf::from(text);
+        match self.path.and_then(Path::parent) {
+            Some(dir) if path.is_relative() && !dir.as_os_str().is_empty() => dir.join(path),
+            _ => path,
+        }
+    }
+}
+
+pub fn validate(
+    raw: &mut FileConfig,
+    path: Option<&Path>,
+    env: &EnvOverlay,
+    flags: &Overrides,
+) -> Result<Settings, ConfigError> {
+    let cx = Context { path };
+
+    let data_dir = if let Some(dir) = &flags.data_dir {
+        dir.clone()
+    } else if let Some((dir, _)) = &env.data_dir {
+        PathBuf::from(dir)
+    } else if let Some(dir) = &raw.data_dir {
+        cx.file_path(&dir.value)
+    } else {
+        PathBuf::from(DEFAULT_DATA_DIR)
+    };
+    // Absolute, so the effective configuration means the same wherever it is read from.
+    let data_dir = std::path::absolute(&data_dir).unwrap_or(data_dir);
+
+    let listen = pick_addr(
+        flags.listen.as_deref().map(|v| (v, Origin::Flag("--listen"))),
+        env.listen.as_ref(),
+        raw.listen.as_ref().map(|s| (s.value.as_str(), cx.origin(s))),
+        DEFAULT_LISTEN,
+        "listen",
+    )?;
+
+    let (http_at, http) = split(&cx, raw.http.take());
+    let http = http_settings(&cx, &http_at, http, env, flags)?;
+    let (tls_at, tls) = split(&cx, raw.tls.take());
+    let tls = tls_settings(&cx, &tls_at, tls, env)?;
+    let (headers_at, headers) = split(&cx, raw.headers.take());
+    let headers = header_settings(&headers_at, headers)?;
+    let (limits_at, limits) = split(&cx, raw.limits.take());
+    let limits = limit_settings(&limits_at, limits)?;
+
+    if tls.enabled && http.mode != HttpMode::Off && http.listen == listen {
+        return Err(ConfigError::invalid(
+            http_at,
+            "http.listen",
+            format!("{} is also the main listener's address: give the plain-HTTP listener its own port, or set `http: off`", listen),
+        ));
+    }
+
+    Ok(Settings {
+        source: path.map(Path::to_path_buf),
+        data_dir,
+        listen,
+        http,
+        tls,
+        headers,
+        limits,
+    })
+}
+
+/// A section's value and where it starts (its origin when a field has no location of its own).
+fn split<T>(cx: &Context<'_>, section: Option<Spanned<T>>) -> (Origin, Option<T>) {
+    match section {
+        Some(spanned) => (cx.origin(&spanned), Some(spanned.value)),
+        None => (Origin::Default, None),
+    }
+}
+
+fn parse_addr(text: &str, origin: Origin, field: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse().map_err(|_| {
+        ConfigError::invalid(
+            origin,
+            field,
+            format!("`{text}` is not an address: use IP:PORT, e.g. 127.0.0.1:8443, 0.0.0.0:443 or [::]:443"),
+        )
+    })
+}
+
+fn pick_addr(
+    flag: Option<(&str, Origin)>,
+    env: Option<&(String, Origin)>,
+    file: Option<(&str, Origin)>,
+    default: &str,
+    field: &str,
+) -> Result<SocketAddr, ConfigError> {
+    let (text, origin) = flag
+        .or_else(|| env.map(|(v, o)| (v.as_str(), o.clone())))
+        .or(file)
+        .unwrap_or((default, Origin::Default));
+    parse_addr(text, origin, field)
+}
+
+fn parse_http_mode(word: &str, origin: Origin, field: &str) -> Result<HttpMode, ConfigError> {
+    match word.trim().to_ascii_lowercase().as_str() {
+        "redirect" | "on" | "true" => Ok(HttpMode::Redirect),
+        "reject" => Ok(HttpMode::Reject),
+        "off" | "false" | "disabled" => Ok(HttpMode::Off),
+        other => Err(ConfigError::invalid(
+            origin,
+            field,
+            format!("`{other}` is not a mode: use redirect, reject or off"),
+        )),
+    }
+}
+
+fn http_settings(
+    cx: &Context<'_>,
+    section: &Origin,
+    raw: Option<Switch<super::file::HttpFile>>,
+    env: &EnvOverlay,
+    flags: &Overrides,
+) -> Result<HttpSettings, ConfigError> {
+    let mut mode = HttpMode::Redirect;
+    let mut listen_file = None;
+    let mut redirect_port = None;
+    match raw {
+        None => {}
+        Some(Switch::Bool(on)) => mode = if on { HttpMode::Redirect } else { HttpMode::Off },
+        Some(Switch::Word(word)) => mode = parse_http_mode(&word, section.clone(), "http")?,
+        Some(Switch::Map(map)) => {
+            if let Some(word) = &map.mode {
+                mode = parse_http_mode(&word.value, cx.origin(word), "http.mode")?;
+            }
+            listen_file = map.listen;
+            redirect_port = map.redirect_port;
+        }
+    }
+    if let Some((word, origin)) = &env.http_mode {
+        mode = parse_http_mode(word, origin.clone(), "TLSGATE_HTTP")?;
+    }
+    let listen = pick_addr(
+        flags
+            .http_listen
+            .as_deref()
+            .map(|v| (v, Origin::Flag("--http-listen"))),
+        env.http_listen.as_ref(),
+        listen_file.as_ref().map(|s| (s.value.as_str(), cx.origin(s))),
+        DEFAULT_HTTP_LISTEN,
+        "http.listen",
+    )?;
+    if redirect_port == Some(0) {
+        return Err(ConfigError::invalid(
+            section.clone(),
+            "http.redirect_port",
+            "port 0 cannot appear in a redirect",
+        ));
+    }
+    Ok(HttpSettings {
+        mode,
+        listen,
+        redirect_port,
+    })
+}
+
+fn parse_version(text: &str, origin: Origin, field: &str) -> Result<TlsVersion, ConfigError> {
+    let normalized = text
+        .trim()
+        .to_ascii_lowercase()
+        .trim_start_matches("tlsv")
+        .trim_start_matches("tls")
+        .trim()
+        .to_owned();
+    match normalized.as_str() {
+        "1.2" | "12" => Ok(TlsVersion::Tls12),
+        "1.3" | "13" => Ok(TlsVersion::Tls13),
+        "1.0" | "1" | "1.1" | "10" | "11" => Err(ConfigError::invalid(
+            origin,
+            field,
+            format!("TLS {normalized} is not supported: TLS 1.0 and 1.1 are deprecated (RFC 8996); use \"1.2\" or \"1.3\""),
+        )),
+        _ => Err(ConfigError::invalid(
+            origin,
+            field,
+            format!("`{text}` is not a TLS version: use \"1.2\" or \"1.3\""),
+        )),
+    }
+}
+
+fn parse_list<T: Copy + PartialEq>(
+    cx: &Context<'_>,
+    section: &Origin,
+    items: Option<Vec<Spanned<String>>>,
+    field: &str,
+    lookup: fn(&str) -> Option<T>,
+    valid: fn() -> String,
+    default: Vec<T>,
+) -> Result<Vec<T>, ConfigError> {
+    let Some(items) = items else {
+        return Ok(default);
+    };
+    let mut out = Vec::new();
+    for item in &items {
+        match lookup(&item.value) {
+            Some(value) if !out.contains(&value) => out.push(value),
+            Some(_) => {}
+            None => {
+                let reason = match refusal_reason(&item.value) {
+                    Some(why) => format!("`{}` is refused: {why}", item.value),
+                    None => format!("`{}` is unknown; valid: {}", item.value, valid()),
+                };
+                return Err(ConfigError::invalid(cx.origin(item), field, reason));
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(ConfigError::invalid(
+            section.clone(),
+            field,
+            format!("the list is empty; valid: {}", valid()),
+        ));
+    }
+    Ok(out)
+}
+
+fn tls_settings(
+    cx: &Context<'_>,
+    section: &Origin,
+    raw: Option<Switch<super::file::TlsFile>>,
+    env: &EnvOverlay,
+) -> Result<TlsSettings, ConfigError> {
+    let mut enabled = true;
+    let mut map = super::file::TlsFile::default();
+    match raw {
+        None => {}
+        Some(Switch::Bool(on)) => enabled = on,
+        Some(Switch::Word(word)) => {
+            enabled = parse_switch(&word).ok_or_else(|| {
+                ConfigError::invalid(
+                    section.clone(),
+                    "tls",
+                    format!("`{word}` is not on/off or a mapping of TLS settings"),
+                )
+            })?
+        }
+        Some(Switch::Map(file)) => {
+            enabled = file.enabled.unwrap_or(true);
+            map = file;
+        }
+    }
+    if let Some((on, _)) = &env.tls_enabled {
+        enabled = *on;
+    }
+
+    let mut min_version = TlsVersion::Tls12;
+    if let Some(version) = &map.min_version {
+        min_version = parse_version(&version.value.0, cx.origin(version), "tls.min_version")?;
+    }
+    if let Some((text, origin)) = &env.min_version {
+        min_version = parse_version(text, origin.clone(), "TLSGATE_MIN_TLS_VERSION")?;
+    }
+
+    let tls13_cipher_suites = parse_list(
+        cx,
+        section,
+        map.tls13_cipher_suites.take(),
+        "tls.tls13_cipher_suites",
+        Tls13Suite::from_name,
+        Tls13Suite::valid_names,
+        suites::default_tls13(),
+    )?;
+    let tls12_cipher_suites = parse_list(
+        cx,
+        section,
+        map.tls12_cipher_suites.take(),
+        "tls.tls12_cipher_suites",
+        Tls12Suite::from_name,
+        Tls12Suite::valid_names,
+        suites::default_tls12(),
+    )?;
+    let key_exchange_groups = parse_list(
+        cx,
+        section,
+        map.key_exchange_groups.take(),
+        "tls.key_exchange_groups",
+        KxGroup::from_name,
+        KxGroup::valid_names,
+        suites::default_groups(),
+    )?;
+
+    let certificates = match &env.certificate {
+        Some(from_env) => vec![CertificateSettings {
+            source: CertSource::Files {
+                cert_file: from_env.cert_file.clone(),
+                key_file: from_env.key_file.clone(),
+            },
+            names: Vec::new(),
+            default: true,
+            origin: from_env.origin.clone(),
+        }],
+        None => map
+            .certificates
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|entry| certificate_settings(cx, entry))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let defaults: Vec<_> = certificates.iter().filter(|c| c.default).collect();
+    if defaults.len() > 1 {
+        return Err(ConfigError::invalid(
+            defaults[1].origin.clone(),
+            "tls.certificates.default",
+            format!(
+                "only one certificate can be the default; {} is already",
+                defaults[0].origin
+            ),
+        ));
+    }
+
+    Ok(TlsSettings {
+        enabled,
+        min_version,
+        tls13_cipher_suites,
+        tls12_cipher_suites,
+        key_exchange_groups,
+        session_tickets: map.session_tickets.unwrap_or(true),
+        certificates,
+    })
+}
+
+fn certificate_settings(
+    cx: &Context<'_>,
+    entry: Spanned<CertificateFile>,
+) -> Result<CertificateSettings, ConfigError> {
+    let origin = cx.origin(&entry);
+    let file = entry.value;
+    let source = match (&file.cert_file, &file.key_file, &file.pem_file) {
+        (Some(cert), Some(key), None) => CertSource::Files {
+            cert_file: cx.file_path(&cert.value),
+            key_file: cx.file_path(&key.value),
+        },
+        (None, None, Some(pem)) => CertSource::Combined {
+            pem_file: cx.file_path(&pem.value),
+        },
+        (Some(_), None, None) => {
+            return Err(ConfigError::invalid(
+                origin,
+                "tls.certificates.key_file",
+                "cert_file needs a key_file (or use pem_file for one file holding chain and key)",
+            ))
+        }
+        (None, Some(_), None) => {
+            return Err(ConfigError::invalid(
+                origin,
+                "tls.certificates.cert_file",
+                "key_file needs a cert_file",
+            ))
+        }
+        (None, None, None) => {
+            return Err(ConfigError::invalid(
+                origin,
+                "tls.certificates",
+                "give cert_file and key_file, or pem_file",
+            ))
+        }
+        (_, _, Some(_)) => {
+            return Err(ConfigError::invalid(
+                origin,
+                "tls.certificates.pem_file",
+                "pem_file holds both chain and key: do not also give cert_file or key_file",
+            ))
+        }
+    };
+    let mut names = Vec::new();
+    for name in file.names.unwrap_or_default() {
+        let normalized = normalize_dns_name(&name.value).map_err(|error| {
+            ConfigError::invalid(cx.origin(&name), "tls.certificates.names", error.to_string())
+        })?;
+        if !names.contains(&normalized) {
+            names.push(normalized);
+        }
+    }
+    Ok(CertificateSettings {
+        source,
+        names,
+        default: file.default.unwrap_or(false),
+        origin,
+    })
+}
+
+fn header_value(
+    section: &Origin,
+    raw: Option<HeaderText>,
+    field: &str,
+    default: Option<&str>,
+) -> Result<Option<String>, ConfigError> {
+    match raw {
+        None => Ok(default.map(str::to_owned)),
+        Some(HeaderText::Off) => Ok(None),
+        Some(HeaderText::Value(value)) => {
+            http::HeaderValue::from_str(&value).map_err(|_| {
+                ConfigError::invalid(
+                    section.clone(),
+                    field,
+                    format!("`{value}` is not a valid header value (control characters?)"),
+                )
+            })?;
+            Ok(Some(value))
+        }
+    }
+}
+
+fn header_settings(
+    section: &Origin,
+    raw: Option<super::file::HeadersFile>,
+) -> Result<HeaderSettings, ConfigError> {
+    let raw = raw.unwrap_or_default();
+    let default_hsts = Hsts {
+        max_age: ONE_YEAR,
+        include_subdomains: true,
+        preload: false,
+    };
+    let hsts = match raw.hsts {
+        None | Some(Switch::Bool(true)) => Some(default_hsts),
+        Some(Switch::Bool(false)) => None,
+        Some(Switch::Word(word)) => match parse_switch(&word) {
+            Some(true) => Some(default_hsts),
+            Some(false) => None,
+            None => {
+                return Err(ConfigError::invalid(
+                    section.clone(),
+                    "headers.hsts",
+                    format!("`{word}` is not on/off or a mapping (max_age, include_subdomains, preload)"),
+                ))
+            }
+        },
+        Some(Switch::Map(HstsFile {
+            enabled,
+            max_age,
+            include_subdomains,
+            preload,
+        })) => {
+            if enabled == Some(false) {
+                None
+            } else {
+                let hsts = Hsts {
+                    max_age: max_age.map(|d| d.0).unwrap_or(ONE_YEAR),
+                    include_subdomains: include_subdomains.unwrap_or(true),
+                    preload: preload.unwrap_or(false),
+                };
+                if hsts.preload && (hsts.max_age < ONE_YEAR || !hsts.include_subdomains) {
+                    return Err(ConfigError::invalid(
+                        section.clone(),
+                        "headers.hsts.preload",
+                        "the HSTS preload list requires max_age of at least 365d and include_subdomains: true",
+                    ));
+                }
+                Some(hsts)
+            }
+        }
+    };
+    let mut custom = BTreeMap::new();
+    for (name, value) in raw.custom.unwrap_or_default() {
+        let valid = http::HeaderName::from_bytes(name.as_bytes()).is_ok()
+            && http::HeaderValue::from_str(&value).is_ok();
+        if !valid {
+            return Err(ConfigError::invalid(
+                section.clone(),
+                "headers.custom",
+                format!("`{name}: {value}` is not a valid header"),
+            ));
+        }
+        custom.insert(name, value);
+    }
+    Ok(HeaderSettings {
+        hsts,
+        x_content_type_options: header_value(
+            section,
+            raw.x_content_type_options,
+            "headers.x_content_type_options",
+            Some("nosniff"),
+        )?,
+        x_frame_options: header_value(section, raw.x_frame_options, "headers.x_frame_options", Some("DENY"))?,
+        referrer_policy: header_value(
+            section,
+            raw.referrer_policy,
+            "headers.referrer_policy",
+            Some("strict-origin-when-cross-origin"),
+        )?,
+        content_security_policy: header_value(
+            section,
+            raw.content_security_policy,
+            "headers.content_security_policy",
+            None,
+        )?,
+        custom,
+    })
+}
+
+fn limit_settings(
+    section: &Origin,
+    raw: Option<super::file::LimitsFile>,
+) -> Result<Limits, ConfigError> {
+    let raw = raw.unwrap_or_default();
+    let positive = |value: Option<super::units::ConfigDuration>, default: u64, field: &str| {
+        let duration = value.map(|d| d.0).unwrap_or(Duration::from_secs(default));
+        if duration.is_zero() {
+            return Err(ConfigError::invalid(
+                section.clone(),
+                field,
+                "must be greater than zero",
+            ));
+        }
+        Ok(duration)
+    };
+    let max_header_size = raw.max_header_size.map(|s| s.0).unwrap_or(16 * 1024);
+    if !(8 * 1024..=1024 * 1024).contains(&max_header_size) {
+        return Err(ConfigError::invalid(
+            section.clone(),
+            "limits.max_header_size",
+            "must be between 8KiB and 1MiB",
+        ));
+    }
+    let max_connections = raw.max_connections.unwrap_or(10_000);
+    if max_connections == 0 {
+        return Err(ConfigError::invalid(
+            section.clone(),
+            "limits.max_connections",
+            "must be at least 1",
+        ));
+    }
+    Ok(Limits {
+        handshake_timeout: positive(raw.handshake_timeout, 10, "limits.handshake_timeout")?,
+        header_read_timeout: positive(raw.header_read_timeout, 10, "limits.header_read_timeout")?,
+        max_header_size,
+        idle_timeout: positive(raw.idle_timeout, 60, "limits.idle_timeout")?,
+        websocket_idle_timeout: positive(
+            raw.websocket_idle_timeout,
+            3600,
+            "limits.websocket_idle_timeout",
+        )?,
+        max_connections,
+        shutdown_timeout: positive(raw.shutdown_timeout, 30, "limits.shutdown_timeout")?,
+    })
+}

@@ -1,0 +1,6 @@
+//! tlsgate: one binary that gives any backend HTTPS and secure WebSockets.
+//!
+//! The binary (`main.rs`) only calls [`cli::run`]; everything else lives here so tests can
+//! start real servers in-process.
+
+pub mod config;
