@@ -4,3 +4,5 @@
 //! start real servers in-process.
 
 pub mod config;
+pub mod certs;
+pub mod tls;

@@ -1,0 +1,263 @@
+//! Key and certificate generation with rcgen (aws-lc-rs): a private CA, certificates it issues,
+//! and self-signed certificates. The zero-config local CA and the tests' fixtures both use it.
+
+use std::fmt;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use rustls_pki_types::CertificateDer;
+use time::OffsetDateTime;
+
+use super::CertError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyAlgorithm {
+    EcdsaP256,
+    EcdsaP384,
+    Rsa2048,
+    Rsa3072,
+    Rsa4096,
+    Ed25519,
+}
+
+impl KeyAlgorithm {
+    pub const ALL: &'static [KeyAlgorithm] = &[
+        KeyAlgorithm::EcdsaP256,
+        KeyAlgorithm::EcdsaP384,
+        KeyAlgorithm::Rsa2048,
+        KeyAlgorithm::Rsa3072,
+        KeyAlgorithm::Rsa4096,
+        KeyAlgorithm::Ed25519,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyAlgorithm::EcdsaP256 => "ecdsa-p256",
+            KeyAlgorithm::EcdsaP384 => "ecdsa-p384",
+            KeyAlgorithm::Rsa2048 => "rsa-2048",
+            KeyAlgorithm::Rsa3072 => "rsa-3072",
+            KeyAlgorithm::Rsa4096 => "rsa-4096",
+            KeyAlgorithm::Ed25519 => "ed25519",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|alg| alg.name() == name)
+    }
+
+    /// A fresh key pair of this type.
+    pub fn generate(self) -> Result<KeyPair, CertError> {
+        let result = match self {
+            KeyAlgorithm::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
+            KeyAlgorithm::EcdsaP384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),
+            KeyAlgorithm::Ed25519 => KeyPair::generate_for(&rcgen::PKCS_ED25519),
+            KeyAlgorithm::Rsa2048 => {
+                KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+            }
+            KeyAlgorithm::Rsa3072 => {
+                KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_3072)
+            }
+            KeyAlgorithm::Rsa4096 => {
+                KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_4096)
+            }
+        };
+        result.map_err(|error| CertError::Generate {
+            what: format!("{self} key"),
+            reason: error.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for KeyAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What an issued certificate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    Server,
+    Client,
+}
+
+/// A certificate and its key, as PEM.
+#[derive(Clone)]
+pub struct IssuedCertificate {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub der: CertificateDer<'static>,
+}
+
+impl fmt::Debug for IssuedCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the key.
+        f.debug_struct("IssuedCertificate").finish_non_exhaustive()
+    }
+}
+
+/// A CA that can issue certificates: its certificate and signing key.
+pub struct CertificateAuthority {
+    pub cert_pem: String,
+    pub cert_der: CertificateDer<'static>,
+    key: KeyPair,
+}
+
+fn random_serial() -> SerialNumber {
+    let mut bytes = [0u8; 16];
+    // Infallible in practice; a zero serial would still be a valid (if unlucky) certificate.
+    let _ = rustls::crypto::aws_lc_rs::default_provider()
+        .secure_random
+        .fill(&mut bytes);
+    bytes[0] &= 0x7f; // positive INTEGER
+    bytes[0] |= 0x01; // no leading zero byte
+    SerialNumber::from_slice(&bytes)
+}
+
+fn generation_error(what: &str) -> impl FnOnce(rcgen::Error) -> CertError + '_ {
+    move |error| CertError::Generate {
+        what: what.to_owned(),
+        reason: error.to_string(),
+    }
+}
+
+/// Validity starting an hour ago (clock skew) and lasting `lifetime`.
+fn set_validity(params: &mut CertificateParams, lifetime: Duration) {
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + lifetime;
+}
+
+fn subject_alt_names(names: &[String]) -> Result<Vec<SanType>, CertError> {
+    names
+        .iter()
+        .map(|name| match name.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(SanType::IpAddress(ip)),
+            Err(_) => name
+                .clone()
+                .try_into()
+                .map(SanType::DnsName)
+                .map_err(generation_error("subject alternative name")),
+        })
+        .collect()
+}
+
+impl CertificateAuthority {
+    /// A new root CA: CA:TRUE with pathlen 0, keyCertSign + cRLSign.
+    pub fn new(
+        common_name: &str,
+        lifetime: Duration,
+        algorithm: KeyAlgorithm,
+    ) -> Result<Self, CertError> {
+        let key = algorithm.generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, common_name);
+        dn.push(DnType::OrganizationName, "tlsgate local CA");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.serial_number = Some(random_serial());
+        set_validity(&mut params, lifetime);
+        let cert = params
+            .self_signed(&key)
+            .map_err(generation_error("CA certificate"))?;
+        Ok(Self {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().clone(),
+            key,
+        })
+    }
+
+    /// Loads an existing CA from its certificate and key PEM.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CertError> {
+        let key = KeyPair::from_pem(key_pem).map_err(generation_error("CA key"))?;
+        let der = rustls_pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|error: rustls_pki_types::pem::Error| CertError::Generate {
+                what: "CA certificate".into(),
+                reason: error.to_string(),
+            })?;
+        Ok(Self {
+            cert_pem: cert_pem.to_owned(),
+            cert_der: der,
+            key,
+        })
+    }
+
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    /// Issues a leaf certificate for `names` (DNS names, wildcards or IP addresses).
+    pub fn issue(
+        &self,
+        names: &[String],
+        lifetime: Duration,
+        algorithm: KeyAlgorithm,
+        usage: Usage,
+    ) -> Result<IssuedCertificate, CertError> {
+        let issuer = Issuer::from_ca_cert_der(&self.cert_der, &self.key)
+            .map_err(generation_error("issuer"))?;
+        let key = algorithm.generate()?;
+        let params = leaf_params(names, lifetime, usage)?;
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(generation_error("certificate"))?;
+        Ok(IssuedCertificate {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        })
+    }
+}
+
+fn leaf_params(
+    names: &[String],
+    lifetime: Duration,
+    usage: Usage,
+) -> Result<CertificateParams, CertError> {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(
+        DnType::CommonName,
+        names.first().cloned().unwrap_or_else(|| "tlsgate".into()),
+    );
+    params.distinguished_name = dn;
+    params.subject_alt_names = subject_alt_names(names)?;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![match usage {
+        Usage::Server => ExtendedKeyUsagePurpose::ServerAuth,
+        Usage::Client => ExtendedKeyUsagePurpose::ClientAuth,
+    }];
+    params.use_authority_key_identifier_extension = true;
+    params.serial_number = Some(random_serial());
+    set_validity(&mut params, lifetime);
+    Ok(params)
+}
+
+/// A self-signed server certificate for `names`.
+pub fn self_signed(
+    names: &[String],
+    lifetime: Duration,
+    algorithm: KeyAlgorithm,
+) -> Result<IssuedCertificate, CertError> {
+    let key = algorithm.generate()?;
+    let mut params = leaf_params(names, lifetime, Usage::Server)?;
+    params.use_authority_key_identifier_extension = false;
+    let cert = params
+        .self_signed(&key)
+        .map_err(generation_error("certificate"))?;
+    Ok(IssuedCertificate {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        der: cert.der().clone(),
+    })
+}

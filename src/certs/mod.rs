@@ -1,0 +1,40 @@
+//! Certificates on disk: reading PEM/DER, generating keys and certificates (local CA,
+//! self-signed, issued), inspecting them, and the data folder's storage layout. Never depends
+//! on the server.
+
+pub mod generate;
+pub mod inspect;
+pub mod local_ca;
+pub mod pem;
+pub mod store;
+
+use std::path::PathBuf;
+
+pub use generate::{CertificateAuthority, IssuedCertificate, KeyAlgorithm};
+pub use inspect::CertInfo;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: no certificate found (expected a PEM `BEGIN CERTIFICATE` block)")]
+    NoCertificate { path: PathBuf },
+    #[error("{path}: no private key found (expected a PEM `BEGIN PRIVATE KEY`, `BEGIN RSA PRIVATE KEY` or `BEGIN EC PRIVATE KEY` block)")]
+    NoKey { path: PathBuf },
+    #[error("{path}: the private key is encrypted; tlsgate needs an unencrypted key file readable only by its user (mode 0600)")]
+    EncryptedKey { path: PathBuf },
+    #[error("{path}: malformed: {reason}")]
+    Malformed { path: PathBuf, reason: String },
+    #[error("cannot generate {what}: {reason}")]
+    Generate { what: String, reason: String },
+}

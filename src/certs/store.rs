@@ -1,0 +1,188 @@
+//! The data folder on disk: private directories (0700), secret files (0600) written
+//! atomically, and certbot's `live/NAME/` + `archive/NAME/` layout.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::CertError;
+use crate::config::validate_path_component;
+
+pub const SECRET_MODE: u32 = 0o600;
+pub const PUBLIC_MODE: u32 = 0o644;
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+
+fn write_error(path: &Path) -> impl FnOnce(std::io::Error) -> CertError + '_ {
+    move |source| CertError::Write {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Creates `dir` (and parents) if missing; the folder itself ends up mode 0700.
+pub fn ensure_private_dir(dir: &Path) -> Result<(), CertError> {
+    if !dir.exists() {
+        fs::create_dir_all(dir).map_err(write_error(dir))?;
+    }
+    let mode = fs::metadata(dir).map_err(write_error(dir))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(PRIVATE_DIR_MODE))
+            .map_err(write_error(dir))?;
+    }
+    Ok(())
+}
+
+/// Writes `contents` to `path` with `mode`, atomically: a temporary file in the same folder,
+/// flushed to disk, then renamed over the target. A crash leaves the old file or the new one.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertError> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = dir.join(format!(
+        ".{file_name}.tmp-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&temp)?;
+        // The umask may have narrowed the mode; set it exactly.
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        fs::rename(&temp, path)?;
+        if let Ok(dir) = fs::File::open(dir) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result.map_err(write_error(path))
+}
+
+/// Paths of one certificate in certbot's layout under the data folder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LivePaths {
+    pub dir: PathBuf,
+    pub cert: PathBuf,
+    pub chain: PathBuf,
+    pub fullchain: PathBuf,
+    pub privkey: PathBuf,
+}
+
+impl LivePaths {
+    /// `data_dir/live/NAME/`; NAME is checked before it becomes a path.
+    pub fn new(data_dir: &Path, name: &str) -> Result<Self, CertError> {
+        let name = validate_path_component(name).map_err(|error| CertError::Write {
+            path: data_dir.join("live"),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, error),
+        })?;
+        let dir = data_dir.join("live").join(name);
+        Ok(Self {
+            cert: dir.join("cert.pem"),
+            chain: dir.join("chain.pem"),
+            fullchain: dir.join("fullchain.pem"),
+            privkey: dir.join("privkey.pem"),
+            dir,
+        })
+    }
+
+    pub fn exists(&self) -> bool {
+        self.fullchain.exists() && self.privkey.exists()
+    }
+
+    /// Replaces the live files; the previous ones move to `archive/NAME/SERIAL/`.
+    pub fn store(
+        &self,
+        data_dir: &Path,
+        cert_pem: &str,
+        chain_pem: &str,
+        key_pem: &str,
+        previous_serial: Option<&str>,
+    ) -> Result<(), CertError> {
+        ensure_private_dir(&data_dir.join("live"))?;
+        ensure_private_dir(&self.dir)?;
+        if let (Some(serial), true) = (previous_serial, self.exists()) {
+            self.archive(data_dir, serial)?;
+        }
+        write_atomic(&self.privkey, key_pem.as_bytes(), SECRET_MODE)?;
+        write_atomic(&self.cert, cert_pem.as_bytes(), PUBLIC_MODE)?;
+        write_atomic(&self.chain, chain_pem.as_bytes(), PUBLIC_MODE)?;
+        let fullchain = format!("{cert_pem}{chain_pem}");
+        write_atomic(&self.fullchain, fullchain.as_bytes(), PUBLIC_MODE)?;
+        Ok(())
+    }
+
+    fn archive(&self, data_dir: &Path, serial: &str) -> Result<(), CertError> {
+        let name = self
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let serial = validate_path_component(serial).unwrap_or("unknown");
+        let target = data_dir.join("archive").join(&name).join(serial);
+        ensure_private_dir(&data_dir.join("archive"))?;
+        ensure_private_dir(&data_dir.join("archive").join(&name))?;
+        ensure_private_dir(&target)?;
+        for file in [&self.cert, &self.chain, &self.fullchain, &self.privkey] {
+            if let (Ok(contents), Some(file_name)) = (fs::read(file), file.file_name()) {
+                let mode = if file == &self.privkey { SECRET_MODE } else { PUBLIC_MODE };
+                write_atomic(&target.join(file_name), &contents, mode)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_0600_and_dirs_0700() {
+        let dir = tempfile::tempdir().unwrap();
+        let private = dir.path().join("a/b");
+        ensure_private_dir(&private).unwrap();
+        let mode = fs::metadata(&private).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let key = private.join("k.pem");
+        write_atomic(&key, b"secret", SECRET_MODE).unwrap();
+        assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+        write_atomic(&key, b"replaced", SECRET_MODE).unwrap();
+        assert_eq!(fs::read(&key).unwrap(), b"replaced");
+        let leftovers: Vec<_> = fs::read_dir(&private).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temporary files left behind");
+    }
+
+    #[test]
+    fn live_paths_refuse_traversal() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(LivePaths::new(dir.path(), "../../etc").is_err());
+        assert!(LivePaths::new(dir.path(), "a/b").is_err());
+        let live = LivePaths::new(dir.path(), "example.com").unwrap();
+        assert_eq!(live.fullchain, dir.path().join("live/example.com/fullchain.pem"));
+    }
+
+    #[test]
+    fn replacing_live_files_archives_the_old_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = LivePaths::new(dir.path(), "localhost").unwrap();
+        live.store(dir.path(), "C1\n", "CH\n", "K1\n", None).unwrap();
+        live.store(dir.path(), "C2\n", "CH\n", "K2\n", Some("0abc")).unwrap();
+        assert_eq!(fs::read_to_string(&live.fullchain).unwrap(), "C2\nCH\n");
+        let archived = dir.path().join("archive/localhost/0abc");
+        assert_eq!(fs::read_to_string(archived.join("privkey.pem")).unwrap(), "K1\n");
+        let mode = fs::metadata(archived.join("privkey.pem")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

@@ -1,0 +1,53 @@
+//! The TLS edge: certificates loaded into an SNI table, rustls server configs built from
+//! [`crate::config::TlsSettings`], and the state shared across reloads (ticket keys, session
+//! cache).
+
+mod certificates;
+mod resolver;
+mod server_config;
+
+pub use certificates::{load_certificates, CertSummary, LoadedCertificates};
+pub use resolver::{CertTable, SniResolver};
+pub use server_config::{build_server_config, SessionState};
+
+use std::path::PathBuf;
+
+use crate::certs::CertError;
+use crate::config::Origin;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("certificate configured at {origin}: {source}")]
+    Certificate {
+        origin: Origin,
+        #[source]
+        source: CertError,
+    },
+    #[error("certificate configured at {origin}: the private key in {key} does not match the certificate in {cert}")]
+    KeyMismatch {
+        origin: Origin,
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    #[error("certificate configured at {origin}: the private key in {key} is not usable: {reason} (supported: RSA 2048-4096, ECDSA P-256/P-384, Ed25519)")]
+    UnsupportedKey {
+        origin: Origin,
+        key: PathBuf,
+        reason: String,
+    },
+    #[error("certificate configured at {origin}: {cert} does not cover `{name}` (its names: {sans})")]
+    NameNotCovered {
+        origin: Origin,
+        cert: PathBuf,
+        name: String,
+        sans: String,
+    },
+    #[error("local development CA in {data_dir}: {source}")]
+    LocalCa {
+        data_dir: PathBuf,
+        #[source]
+        source: CertError,
+    },
+    #[error("TLS configuration refused by rustls: {0}")]
+    Rustls(#[from] rustls::Error),
+}

@@ -1,0 +1,93 @@
+//! rustls `ServerConfig` from settings. Ticket keys and the session cache live in
+//! [`SessionState`], created once per process, so resumption survives reloads.
+
+use std::sync::Arc;
+
+use rustls::crypto::aws_lc_rs::{cipher_suite, kx_group};
+use rustls::crypto::{CryptoProvider, SupportedKxGroup};
+use rustls::server::{ProducesTickets, ServerSessionMemoryCache, StoresServerSessions};
+use rustls::{ServerConfig, SupportedCipherSuite};
+
+use super::{SniResolver, TlsError};
+use crate::config::{KxGroup, Tls12Suite, Tls13Suite, TlsSettings, TlsVersion};
+
+/// Resumption state shared by every config this process builds.
+#[derive(Clone)]
+pub struct SessionState {
+    /// Rotating ticket keys (aws-lc-rs rotates them every 6 hours).
+    ticketer: Arc<dyn ProducesTickets>,
+    /// Server-side session cache for clients resuming by session ID.
+    cache: Arc<dyn StoresServerSessions>,
+}
+
+impl SessionState {
+    pub fn new() -> Result<Self, TlsError> {
+        Ok(Self {
+            ticketer: rustls::crypto::aws_lc_rs::Ticketer::new()?,
+            cache: ServerSessionMemoryCache::new(20_000),
+        })
+    }
+}
+
+fn tls13_suite(suite: Tls13Suite) -> SupportedCipherSuite {
+    match suite {
+        Tls13Suite::Aes128GcmSha256 => cipher_suite::TLS13_AES_128_GCM_SHA256,
+        Tls13Suite::Aes256GcmSha384 => cipher_suite::TLS13_AES_256_GCM_SHA384,
+        Tls13Suite::Chacha20Poly1305Sha256 => cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+    }
+}
+
+fn tls12_suite(suite: Tls12Suite) -> SupportedCipherSuite {
+    match suite {
+        Tls12Suite::EcdheEcdsaAes128Gcm => cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        Tls12Suite::EcdheEcdsaAes256Gcm => cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        Tls12Suite::EcdheEcdsaChacha20 => {
+            cipher_suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+        }
+        Tls12Suite::EcdheRsaAes128Gcm => cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        Tls12Suite::EcdheRsaAes256Gcm => cipher_suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        Tls12Suite::EcdheRsaChacha20 => cipher_suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    }
+}
+
+fn group(group: KxGroup) -> &'static dyn SupportedKxGroup {
+    match group {
+        KxGroup::X25519Mlkem768 => kx_group::X25519MLKEM768,
+        KxGroup::Secp256r1Mlkem768 => kx_group::SECP256R1MLKEM768,
+        KxGroup::X25519 => kx_group::X25519,
+        KxGroup::Secp256r1 => kx_group::SECP256R1,
+        KxGroup::Secp384r1 => kx_group::SECP384R1,
+    }
+}
+
+/// The server config for `tls`, choosing certificates through `resolver`.
+pub fn build_server_config(
+    tls: &TlsSettings,
+    resolver: Arc<SniResolver>,
+    sessions: &SessionState,
+) -> Result<ServerConfig, TlsError> {
+    let mut cipher_suites: Vec<SupportedCipherSuite> =
+        tls.tls13_cipher_suites.iter().copied().map(tls13_suite).collect();
+    let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+        TlsVersion::Tls12 => {
+            cipher_suites.extend(tls.tls12_cipher_suites.iter().copied().map(tls12_suite));
+            &[&rustls::version::TLS13, &rustls::version::TLS12]
+        }
+    };
+    let provider = CryptoProvider {
+        cipher_suites,
+        kx_groups: tls.key_exchange_groups.iter().copied().map(group).collect(),
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    };
+    let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.session_storage = sessions.cache.clone();
+    if tls.session_tickets {
+        config.ticketer = sessions.ticketer.clone();
+    }
+    Ok(config)
+}
