@@ -6,3 +6,6 @@
 pub mod config;
 pub mod certs;
 pub mod tls;
+pub mod http;
+pub mod server;
+pub mod cli;

@@ -60,52 +60,25 @@ pub fn read_overlay(env: EnvLookup<'_>) -> Result<EnvOverlay, ConfigError> {
         ..EnvOverlay::default()
     };
 
-    // Lowest precedence first: a later family replaces an earlier one.
-    for (enabled_var, cert_var, key_var) in [
-        (None, "SSL_CERT_FILE", "SSL_KEY_FILE"),
-        (None, "SSL_CERTFILE", "SSL_KEYFILE"),
-        (Some("SSL_ENABLED"), "", ""),
-        (Some("TLSGATE_TLS"), "TLSGATE_CERT_FILE", "TLSGATE_KEY_FILE"),
-    ] {
-        if let Some(var) = enabled_var {
-            if let Some((value, origin)) = get(var) {
-                let enabled = parse_switch(&value).ok_or_else(|| {
-                    ConfigError::invalid(
-                        origin.clone(),
-                        var,
-                        format!("`{value}` is not on/off (use true, false, on, off, 1 or 0)"),
-                    )
-                })?;
-                overlay.tls_enabled = Some((enabled, origin));
-            }
+    // Lowest precedence first: a later family replaces an earlier one. Seed 003's
+    // SSL_CERT_FILE/SSL_KEY_FILE count only with SSL_ENABLED=true: on their own they are
+    // OpenSSL's CA-bundle variables, set system-wide on many machines.
+    if let Some((value, origin)) = get("SSL_ENABLED") {
+        let enabled = parse_switch(&value).ok_or_else(|| bad_switch(&origin, "SSL_ENABLED", &value))?;
+        overlay.tls_enabled = Some((enabled, origin));
+        if enabled {
+            overlay.certificate = pair(&get, "SSL_CERT_FILE", "SSL_KEY_FILE")?;
         }
-        if cert_var.is_empty() {
-            continue;
-        }
-        match (get(cert_var), get(key_var)) {
-            (Some((cert, _)), Some((key, _))) => {
-                overlay.certificate = Some(EnvCertificate {
-                    cert_file: PathBuf::from(cert),
-                    key_file: PathBuf::from(key),
-                    origin: Origin::Env(cert_var),
-                });
-            }
-            (Some(_), None) => {
-                return Err(ConfigError::invalid(
-                    Origin::Env(cert_var),
-                    cert_var,
-                    format!("is set but {key_var} is not: set both, or neither"),
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(ConfigError::invalid(
-                    Origin::Env(key_var),
-                    key_var,
-                    format!("is set but {cert_var} is not: set both, or neither"),
-                ))
-            }
-            (None, None) => {}
-        }
+    }
+    if let Some(certificate) = pair(&get, "SSL_CERTFILE", "SSL_KEYFILE")? {
+        overlay.certificate = Some(certificate);
+    }
+    if let Some((value, origin)) = get("TLSGATE_TLS") {
+        let enabled = parse_switch(&value).ok_or_else(|| bad_switch(&origin, "TLSGATE_TLS", &value))?;
+        overlay.tls_enabled = Some((enabled, origin));
+    }
+    if let Some(certificate) = pair(&get, "TLSGATE_CERT_FILE", "TLSGATE_KEY_FILE")? {
+        overlay.certificate = Some(certificate);
     }
     Ok(overlay)
 }
@@ -116,5 +89,39 @@ pub fn parse_switch(value: &str) -> Option<bool> {
         "true" | "on" | "yes" | "1" | "enabled" => Some(true),
         "false" | "off" | "no" | "0" | "disabled" => Some(false),
         _ => None,
+    }
+}
+
+fn bad_switch(origin: &Origin, var: &str, value: &str) -> ConfigError {
+    ConfigError::invalid(
+        origin.clone(),
+        var,
+        format!("`{value}` is not on/off (use true, false, on, off, 1 or 0)"),
+    )
+}
+
+/// A certificate from a pair of variables; one without the other is an error.
+fn pair(
+    get: &dyn Fn(&'static str) -> Option<(String, Origin)>,
+    cert_var: &'static str,
+    key_var: &'static str,
+) -> Result<Option<EnvCertificate>, ConfigError> {
+    match (get(cert_var), get(key_var)) {
+        (Some((cert, origin)), Some((key, _))) => Ok(Some(EnvCertificate {
+            cert_file: PathBuf::from(cert),
+            key_file: PathBuf::from(key),
+            origin,
+        })),
+        (Some((_, origin)), None) => Err(ConfigError::invalid(
+            origin,
+            cert_var,
+            format!("is set but {key_var} is not: set both, or neither"),
+        )),
+        (None, Some((_, origin))) => Err(ConfigError::invalid(
+            origin,
+            key_var,
+            format!("is set but {cert_var} is not: set both, or neither"),
+        )),
+        (None, None) => Ok(None),
     }
 }

@@ -174,6 +174,9 @@ fn seed_003_environment_family_and_plain_mode() {
     assert!(!settings.tls.enabled);
     let error = load_with("", &[("SSL_ENABLED", "perhaps")]).unwrap_err().to_string();
     assert!(error.contains("SSL_ENABLED"), "{error}");
+    // Without SSL_ENABLED, SSL_CERT_FILE is OpenSSL's CA-bundle variable: not ours.
+    let settings = load_with("", &[("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")]).unwrap();
+    assert!(settings.tls.certificates.is_empty());
 }
 
 #[test]

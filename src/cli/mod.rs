@@ -1,0 +1,205 @@
+//! The command tree and what each command prints. This is the binary's edge: errors become
+//! messages and exit codes here, and nowhere else.
+
+mod banner;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Overrides, Settings};
+use crate::server::Server;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  failure while running (e.g. the runtime could not start)
+  2  configuration or start-up error: invalid config, unreadable or mismatched certificate or
+     key, address in use; the message names the file, line and field";
+
+#[derive(Debug, Parser)]
+#[command(name = "tlsgate", version, about = "HTTPS and secure WebSockets for any backend", after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway. With no config: a local CA and a localhost certificate are created in
+    /// the data folder, and HTTPS/WSS answer on 127.0.0.1:8443.
+    #[command(after_help = EXIT_CODES)]
+    Serve(ServeArgs),
+    /// Work with the configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration (and the certificates it names) and print the effective
+    /// configuration, every default filled in.
+    #[command(after_help = EXIT_CODES)]
+    Check(CommonArgs),
+}
+
+#[derive(Debug, Args)]
+struct CommonArgs {
+    /// YAML configuration file.
+    #[arg(short = 'c', long = "config", env = "TLSGATE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data folder for the local CA and certificates [default: ./tlsgate-data; env: TLSGATE_DATA_DIR].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Main listener address, e.g. 0.0.0.0:443 [default: 127.0.0.1:8443; env: TLSGATE_LISTEN].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Plain-HTTP listener address [default: 127.0.0.1:8080; env: TLSGATE_HTTP_LISTEN].
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Log format on standard error.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "TLSGATE_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+impl CommonArgs {
+    fn load(&self) -> Result<Settings, config::ConfigError> {
+        let overrides = Overrides {
+            data_dir: self.data_dir.clone(),
+            listen: self.listen.clone(),
+            http_listen: self.http_listen.clone(),
+        };
+        config::load(self.config.as_deref(), &overrides, &config::process_env)
+    }
+}
+
+/// Runs the command line; the binary's whole `main`.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Config(ConfigCommand::Check(args)) => config_check(args),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TLSGATE_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn fail(error: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {error}");
+    ExitCode::from(2)
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    init_logging(args.log_format);
+    let settings = match args.common.load() {
+        Ok(settings) => settings,
+        Err(error) => return fail(error),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let server = match Server::bind(settings, shutdown.clone()).await {
+            Ok(server) => server,
+            Err(error) => return fail(format!("cannot start: {error}")),
+        };
+        for warning in server.warnings() {
+            tracing::warn!("{warning}");
+        }
+        if !server.is_tls() {
+            tracing::warn!("TLS is off: serving plain HTTP and WS, unencrypted");
+        }
+        print!("{}", banner::render(&server));
+        tokio::spawn(wait_for_signal(shutdown));
+        server.run().await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight requests"),
+        _ = int.recv() => tracing::info!("SIGINT: finishing in-flight requests"),
+    }
+    shutdown.cancel();
+}
+
+fn config_check(args: CommonArgs) -> ExitCode {
+    let settings = match args.load() {
+        Ok(settings) => settings,
+        Err(error) => return fail(error),
+    };
+    let source = settings
+        .source
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "no config file (defaults and environment)".into());
+    if settings.tls.enabled && !settings.tls.certificates.is_empty() {
+        match crate::tls::load_certificates(&settings.tls, &settings.data_dir)
+            .context("certificates")
+        {
+            Ok(loaded) => {
+                for summary in &loaded.summaries {
+                    eprintln!(
+                        "certificate {}: {} (expires {}){}",
+                        summary.cert_path.display(),
+                        if summary.names.is_empty() { "no DNS names".to_owned() } else { summary.names.join(", ") },
+                        crate::certs::inspect::format_time(summary.info.not_after),
+                        if summary.is_default { ", default" } else { "" }
+                    );
+                }
+                for warning in &loaded.warnings {
+                    eprintln!("warning: {warning}");
+                }
+            }
+            Err(error) => return fail(format!("{error:#}")),
+        }
+    } else if settings.tls.enabled {
+        eprintln!(
+            "certificates: none configured; `serve` uses the local development CA in {}",
+            settings.data_dir.display()
+        );
+    } else {
+        eprintln!("warning: TLS is off: the main listener serves plain HTTP and WS");
+    }
+    print!("{}", config::to_yaml(&settings));
+    eprintln!("configuration OK: {source}");
+    ExitCode::SUCCESS
+}

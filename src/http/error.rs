@@ -1,0 +1,73 @@
+//! Errors a request can end in, and their status codes: the one mapping in the codebase.
+
+use http::StatusCode;
+
+use super::{text_response, Response};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("not found")]
+    NotFound,
+    #[error("TLS required")]
+    TlsRequired,
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("WebSocket upgrade required")]
+    UpgradeRequired,
+    #[error("unsupported WebSocket version (only 13)")]
+    UnsupportedWebSocketVersion,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+}
+
+impl HttpError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            HttpError::NotFound => StatusCode::NOT_FOUND,
+            HttpError::TlsRequired => StatusCode::FORBIDDEN,
+            HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            HttpError::UpgradeRequired | HttpError::UnsupportedWebSocketVersion => {
+                StatusCode::UPGRADE_REQUIRED
+            }
+            HttpError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    pub fn into_response(self) -> Response {
+        let mut response = text_response(self.status(), &self.to_string());
+        let headers = response.headers_mut();
+        match self {
+            HttpError::UpgradeRequired => {
+                headers.insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
+                headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+            }
+            HttpError::UnsupportedWebSocketVersion => {
+                headers.insert(
+                    http::header::SEC_WEBSOCKET_VERSION,
+                    http::HeaderValue::from_static("13"),
+                );
+            }
+            HttpError::MethodNotAllowed => {
+                headers.insert(http::header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        assert_eq!(HttpError::NotFound.status(), 404);
+        assert_eq!(HttpError::TlsRequired.status(), 403);
+        assert_eq!(HttpError::UpgradeRequired.status(), 426);
+        let response = HttpError::TlsRequired.into_response();
+        assert_eq!(response.status(), 403);
+        let response = HttpError::UnsupportedWebSocketVersion.into_response();
+        assert_eq!(response.headers()["sec-websocket-version"], "13");
+    }
+}

@@ -1,0 +1,32 @@
+//! Request pipeline pieces: security headers, the plain-HTTP redirect, the built-in endpoints
+//! (health, WebSocket echo) and the one place that maps errors to status codes.
+
+pub mod error;
+pub mod headers;
+pub mod redirect;
+pub mod service;
+pub mod websocket;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+
+/// The response body type of every handler (boxed, so streaming bodies fit later).
+pub type ResponseBody = BoxBody<Bytes, hyper::Error>;
+pub type Response = hyper::Response<ResponseBody>;
+
+/// A complete body from bytes.
+pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A short plain-text response.
+pub fn text_response(status: http::StatusCode, text: &str) -> Response {
+    let mut response = hyper::Response::new(full(format!("{text}\n")));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

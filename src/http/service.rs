@@ -1,0 +1,82 @@
+//! The main listener's handler: built-in endpoints, then security headers on the way out.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{header, HeaderValue, Method, Request, StatusCode};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::error::HttpError;
+use super::headers::SecurityHeaders;
+use super::{full, websocket, Response};
+
+/// What the handler needs, built once per configuration.
+#[derive(Debug, Clone)]
+pub struct EdgeContext {
+    /// Security headers to add; empty on a plain (TLS off) listener.
+    pub security_headers: SecurityHeaders,
+    pub websocket_idle_timeout: Duration,
+    pub shutdown: CancellationToken,
+    /// Upgraded connections run as tasks here, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+}
+
+pub async fn handle<B: Send + 'static>(
+    context: Arc<EdgeContext>,
+    request: Request<B>,
+) -> Result<Response, Infallible> {
+    let mut response = route(&context, request);
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        context.security_headers.apply(response.headers_mut());
+    }
+    Ok(response)
+}
+
+fn route<B: Send + 'static>(context: &EdgeContext, request: Request<B>) -> Response {
+    match request.uri().path() {
+        "/health" => health(request.method()),
+        "/ws" => websocket_echo(context, request),
+        _ => HttpError::NotFound.into_response(),
+    }
+}
+
+fn health(method: &Method) -> Response {
+    if method != Method::GET && method != Method::HEAD {
+        return HttpError::MethodNotAllowed.into_response();
+    }
+    let mut response = hyper::Response::new(full(&b"{\"status\":\"healthy\"}"[..]));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
+fn websocket_echo<B: Send + 'static>(context: &EdgeContext, mut request: Request<B>) -> Response {
+    let accept = match websocket::check_upgrade(&request) {
+        Ok(accept) => accept,
+        Err(error) => return error.into_response(),
+    };
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let idle = context.websocket_idle_timeout;
+    let shutdown = context.shutdown.clone();
+    context.tasks.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => websocket::echo(upgraded, idle, shutdown).await,
+            Err(error) => tracing::debug!(%error, "WebSocket upgrade did not complete"),
+        }
+    });
+    let mut response = hyper::Response::new(full(Vec::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    response
+}

@@ -1,0 +1,122 @@
+//! WebSocket upgrade checks (RFC 6455 §4.2.1) and the built-in echo endpoint at `/ws`, a
+//! stand-in until the hub exists.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use http::{header, HeaderMap, HeaderValue, Method, Request};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+
+use super::error::HttpError;
+
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Validates an upgrade request; returns the `Sec-WebSocket-Accept` value for the `101`.
+pub fn check_upgrade<B>(request: &Request<B>) -> Result<HeaderValue, HttpError> {
+    let headers = request.headers();
+    if request.method() != Method::GET {
+        return Err(HttpError::MethodNotAllowed);
+    }
+    if !has_token(headers, header::UPGRADE, "websocket") {
+        return Err(HttpError::UpgradeRequired);
+    }
+    if !has_token(headers, header::CONNECTION, "upgrade") {
+        return Err(HttpError::BadRequest("Connection header must include `upgrade`"));
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        return Err(HttpError::UnsupportedWebSocketVersion);
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|v| v.as_bytes())
+        .filter(|k| k.len() == 24 && k.ends_with(b"=="))
+        .ok_or(HttpError::BadRequest("missing or malformed Sec-WebSocket-Key"))?;
+    HeaderValue::from_str(&derive_accept_key(key))
+        .map_err(|_| HttpError::BadRequest("malformed Sec-WebSocket-Key"))
+}
+
+/// Echoes text and binary messages until the client closes, the connection is idle for
+/// `idle_timeout`, or the server shuts down (close code 1001).
+pub async fn echo(upgraded: Upgraded, idle_timeout: Duration, shutdown: CancellationToken) {
+    let mut socket =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+    let reason = loop {
+        let next = tokio::select! {
+            next = tokio::time::timeout(idle_timeout, socket.next()) => next,
+            () = shutdown.cancelled() => break Some("server shutting down"),
+        };
+        let message = match next {
+            Err(_) => break Some("idle timeout"),
+            Ok(None) | Ok(Some(Err(_))) => break None,
+            Ok(Some(Ok(message))) => message,
+        };
+        let reply = match message {
+            Message::Text(_) | Message::Binary(_) => message,
+            // tungstenite answers pings and close frames itself.
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+            Message::Close(_) => break None,
+        };
+        if socket.send(reply).await.is_err() {
+            break None;
+        }
+    };
+    if let Some(reason) = reason {
+        let frame = CloseFrame {
+            code: CloseCode::Away,
+            reason: reason.into(),
+        };
+        let _ = socket.close(Some(frame)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upgrade_request(version: &str, key: Option<&str>, connection: &str) -> Request<()> {
+        let mut builder = Request::builder()
+            .uri("/ws")
+            .header("upgrade", "websocket")
+            .header("connection", connection)
+            .header("sec-websocket-version", version);
+        if let Some(key) = key {
+            builder = builder.header("sec-websocket-key", key);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn accept_key_matches_rfc6455_example() {
+        let accept =
+            check_upgrade(&upgrade_request("13", Some("dGhlIHNhbXBsZSBub25jZQ=="), "keep-alive, Upgrade"))
+                .unwrap();
+        assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn bad_upgrades_get_the_right_status() {
+        let key = Some("dGhlIHNhbXBsZSBub25jZQ==");
+        let err = check_upgrade(&upgrade_request("8", key, "upgrade")).unwrap_err();
+        assert_eq!(err.status(), 426);
+        let err = check_upgrade(&upgrade_request("13", None, "upgrade")).unwrap_err();
+        assert_eq!(err.status(), 400);
+        let err = check_upgrade(&upgrade_request("13", key, "keep-alive")).unwrap_err();
+        assert_eq!(err.status(), 400);
+        let plain = Request::builder().uri("/ws").body(()).unwrap();
+        assert_eq!(check_upgrade(&plain).unwrap_err().status(), 426);
+    }
+}

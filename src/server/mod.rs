@@ -1,0 +1,420 @@
+//! Listeners, accept loops, connection limits, per-connection timeouts and graceful shutdown.
+//!
+//! [`Server::bind`] does everything that can fail at start-up (load certificates, bind
+//! sockets) so the caller can report it and exit non-zero; [`Server::run`] then serves until
+//! the shutdown token fires and in-flight work has drained (bounded by `shutdown_timeout`).
+
+mod activity;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::certs::local_ca::{LeafAction, LocalCertificate};
+use crate::config::{HttpMode, Limits, Settings};
+use crate::http::headers::SecurityHeaders;
+use crate::http::service::{handle, EdgeContext};
+use crate::http::{redirect, Response};
+use crate::tls::{self, CertSummary, SessionState, SniResolver, TlsError};
+use activity::{Activity, TrackedIo};
+
+/// How often the local `localhost` certificate is checked for re-issue.
+const LOCAL_RENEWAL_CHECK: Duration = Duration::from_secs(12 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The TLS side of the main listener: certificates behind an SNI resolver, and a config that
+/// can be swapped without touching the listener.
+struct TlsEdge {
+    resolver: Arc<SniResolver>,
+    config: ArcSwap<rustls::ServerConfig>,
+}
+
+/// What every connection of this server shares.
+struct Shared {
+    limits: Limits,
+    context: Arc<EdgeContext>,
+    tls: Option<TlsEdge>,
+    http_mode: HttpMode,
+    redirect_port: u16,
+}
+
+pub struct Server {
+    settings: Settings,
+    main: TcpListener,
+    http: Option<TcpListener>,
+    tls: Option<TlsEdge>,
+    certificates: Vec<CertSummary>,
+    warnings: Vec<String>,
+    local: Option<LocalCertificate>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, what, source })
+}
+
+impl Server {
+    /// Loads certificates and binds the listeners. Every start-up error surfaces here.
+    pub async fn bind(settings: Settings, shutdown: CancellationToken) -> Result<Self, ServerError> {
+        let mut certificates = Vec::new();
+        let mut warnings = Vec::new();
+        let mut local = None;
+        let tls = if settings.tls.enabled {
+            let loaded = tls::load_certificates(&settings.tls, &settings.data_dir)?;
+            let resolver = Arc::new(SniResolver::new(loaded.table));
+            let sessions = SessionState::new()?;
+            let config = tls::build_server_config(&settings.tls, resolver.clone(), &sessions)?;
+            certificates = loaded.summaries;
+            warnings = loaded.warnings;
+            local = loaded.local;
+            Some(TlsEdge {
+                resolver,
+                config: ArcSwap::from_pointee(config),
+            })
+        } else {
+            None
+        };
+        let main = bind(
+            settings.listen,
+            if tls.is_some() { "HTTPS" } else { "plain HTTP" },
+        )
+        .await?;
+        let http = if tls.is_some() && settings.http.mode != HttpMode::Off {
+            Some(bind(settings.http.listen, "HTTP redirect").await?)
+        } else {
+            None
+        };
+        Ok(Self {
+            settings,
+            main,
+            http,
+            tls,
+            certificates,
+            warnings,
+            local,
+            shutdown,
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The main listener's bound address (the real port when configured with port 0).
+    pub fn main_addr(&self) -> Option<SocketAddr> {
+        self.main.local_addr().ok()
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    pub fn certificates(&self) -> &[CertSummary] {
+        &self.certificates
+    }
+
+    /// Start-up warnings (expiring certificates, loose key permissions).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The local CA and certificate, when no certificate is configured.
+    pub fn local_certificate(&self) -> Option<&LocalCertificate> {
+        self.local.as_ref()
+    }
+
+    /// Serves until the shutdown token is cancelled, then drains for up to
+    /// `limits.shutdown_timeout`.
+    pub async fn run(self) {
+        let Server {
+            settings,
+            main,
+            http,
+            tls,
+            local,
+            shutdown,
+            tasks,
+            ..
+        } = self;
+        let main_port = main.local_addr().map(|a| a.port()).unwrap_or(settings.listen.port());
+        let security_headers = if tls.is_some() {
+            SecurityHeaders::new(&settings.headers)
+        } else {
+            SecurityHeaders::default()
+        };
+        let shared = Arc::new(Shared {
+            limits: settings.limits.clone(),
+            context: Arc::new(EdgeContext {
+                security_headers,
+                websocket_idle_timeout: settings.limits.websocket_idle_timeout,
+                shutdown: shutdown.clone(),
+                tasks: tasks.clone(),
+            }),
+            tls,
+            http_mode: settings.http.mode,
+            redirect_port: settings.http.redirect_port.unwrap_or(main_port),
+        });
+        let connection_limit = Arc::new(Semaphore::new(settings.limits.max_connections));
+
+        let mut loops = Vec::new();
+        loops.push(tokio::spawn(accept_loop(
+            main,
+            Listener::Main,
+            shared.clone(),
+            connection_limit.clone(),
+            shutdown.clone(),
+            tasks.clone(),
+        )));
+        if let Some(http) = http {
+            loops.push(tokio::spawn(accept_loop(
+                http,
+                Listener::Redirect,
+                shared.clone(),
+                connection_limit,
+                shutdown.clone(),
+                tasks.clone(),
+            )));
+        }
+        if local.is_some() {
+            tasks.spawn(renew_local_certificate(
+                settings.clone(),
+                shared.clone(),
+                shutdown.clone(),
+            ));
+        }
+
+        shutdown.cancelled().await;
+        for accept in loops {
+            let _ = accept.await;
+        }
+        tasks.close();
+        let open = tasks.len();
+        if open > 0 {
+            tracing::info!(open, timeout = ?settings.limits.shutdown_timeout, "shutting down: waiting for open connections");
+        }
+        if tokio::time::timeout(settings.limits.shutdown_timeout, tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                still_open = tasks.len(),
+                "shutdown timeout reached; closing remaining connections"
+            );
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Listener {
+    Main,
+    Redirect,
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    kind: Listener,
+    shared: Arc<Shared>,
+    limit: Arc<Semaphore>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        // The permit is taken before accepting, so excess clients wait in the kernel's backlog
+        // instead of costing memory here.
+        let permit = tokio::select! {
+            permit = limit.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            match kind {
+                Listener::Main => serve_main(stream, peer, shared, shutdown, permit).await,
+                Listener::Redirect => serve_redirect(stream, shared, shutdown, permit).await,
+            }
+        });
+    }
+}
+
+async fn serve_main(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    permit: OwnedSemaphorePermit,
+) {
+    let Some(tls) = &shared.tls else {
+        let context = shared.context.clone();
+        serve_http(stream, &shared.limits, shutdown, move |request| {
+            handle(context.clone(), request)
+        })
+        .await;
+        drop(permit);
+        return;
+    };
+    let acceptor = TlsAcceptor::from(tls.config.load_full());
+    let handshake = tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(stream));
+    let stream = match handshake.await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let context = shared.context.clone();
+    serve_http(stream, &shared.limits, shutdown, move |request| {
+        handle(context.clone(), request)
+    })
+    .await;
+    drop(permit);
+}
+
+async fn serve_redirect(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    permit: OwnedSemaphorePermit,
+) {
+    let mode = shared.http_mode;
+    let port = shared.redirect_port;
+    serve_http(stream, &shared.limits, shutdown, move |request| {
+        let response: Response = redirect::respond(mode, &request, port);
+        std::future::ready(Ok::<_, std::convert::Infallible>(response))
+    })
+    .await;
+    drop(permit);
+}
+
+/// Serves HTTP/1.1 and HTTP/2 on one connection with the configured limits. An idle
+/// keep-alive connection (no request in flight, no bytes either way) is closed after
+/// `idle_timeout`; on shutdown the connection finishes in-flight requests and closes.
+async fn serve_http<I, H, F>(io: I, limits: &Limits, shutdown: CancellationToken, handler: H)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(hyper::Request<hyper::body::Incoming>) -> F + Send + Sync + 'static,
+    F: std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send + 'static,
+{
+    let activity = Activity::new();
+    let io = TokioIo::new(TrackedIo::new(io, activity.clone()));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_size as usize);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
+    let handler = Arc::new(handler);
+    let request_activity = activity.clone();
+    let service = service_fn(move |request| {
+        let in_flight = request_activity.request();
+        let response = handler(request);
+        async move {
+            let response = response.await;
+            drop(in_flight);
+            response
+        }
+    });
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    let check_every = (limits.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let mut ticker = tokio::time::interval(check_every);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+                return;
+            }
+            () = shutdown.cancelled(), if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = ticker.tick(), if !closing => {
+                if activity.idle_for().is_some_and(|idle| idle >= limits.idle_timeout) {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+}
+
+/// Re-issues the local `localhost` certificate when it enters its renewal window, and swaps
+/// it in for new handshakes.
+async fn renew_local_certificate(settings: Settings, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let Some(tls) = &shared.tls else { return };
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(LOCAL_RENEWAL_CHECK) => {}
+            () = shutdown.cancelled() => return,
+        }
+        match tls::load_certificates(&settings.tls, &settings.data_dir) {
+            Ok(loaded) => {
+                if let Some(local) = &loaded.local {
+                    if local.leaf != LeafAction::Reused {
+                        tls.resolver.replace(loaded.table);
+                        tracing::info!(action = ?local.leaf, "local certificate re-issued and swapped in");
+                    }
+                }
+            }
+            Err(error) => tracing::error!(%error, "checking the local certificate failed; keeping the current one"),
+        }
+    }
+}
