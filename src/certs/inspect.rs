@@ -60,7 +60,7 @@ impl CertInfo {
             return self.ip_addresses.contains(&ip);
         }
         let name = name.to_ascii_lowercase();
-        if self.dns_names.iter().any(|san| *san == name) {
+        if self.dns_names.contains(&name) {
             return true;
         }
         // A SAN wildcard covers exactly one extra label.

@@ -5,7 +5,7 @@
 //! and command-line overrides → `validate` → `Settings` (every default filled in, nothing left
 //! for the request path to decide).
 
-mod env;
+pub(crate) mod env;
 mod file;
 mod names;
 mod suites;

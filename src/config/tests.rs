@@ -207,3 +207,11 @@ fn effective_config_reads_back_unchanged() {
     assert_eq!(first.headers, second.headers);
     assert_eq!(first.tls.certificates[0].source, second.tls.certificates[0].source);
 }
+
+#[test]
+fn readme_documents_every_environment_variable() {
+    let readme = include_str!("../../README.md");
+    for var in super::env::VARIABLES {
+        assert!(readme.contains(var), "README does not document {var}");
+    }
+}
