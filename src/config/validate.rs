@@ -87,7 +87,7 @@ pub fn validate(
     let (limits_at, limits) = split(&cx, raw.limits.take());
     let limits = limit_settings(&limits_at, limits)?;
 
-    if tls.enabled && http.mode != HttpMode::Off && http.listen == listen {
+    if tls.enabled && http.mode != HttpMode::Off && http.listen == listen && listen.port() != 0 {
         return Err(ConfigError::invalid(
             http_at,
             "http.listen",
