@@ -3,9 +3,9 @@
 //! The binary (`main.rs`) only calls [`cli::run`]; everything else lives here so tests can
 //! start real servers in-process.
 
-pub mod config;
 pub mod certs;
-pub mod tls;
+pub mod cli;
+pub mod config;
 pub mod http;
 pub mod server;
-pub mod cli;
+pub mod tls;

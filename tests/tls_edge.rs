@@ -31,16 +31,24 @@ async fn zero_config_serves_tls13_and_tls12_checked_against_the_local_ca_only() 
     }
 
     // The host name is checked: the local certificate is not valid for another name.
-    let error = tls_connect(server.main, "example.com", default_client(&[ca.clone()]))
-        .await
-        .unwrap_err();
+    let error = tls_connect(
+        server.main,
+        "example.com",
+        default_client(std::slice::from_ref(&ca)),
+    )
+    .await
+    .unwrap_err();
     assert!(error.to_string().contains("not valid for name"), "{error}");
 
     // A client that does not trust the local CA is refused.
     let other_ca = fixture_ca(dir.path());
-    let error = tls_connect(server.main, "localhost", default_client(&[other_ca.cert_der]))
-        .await
-        .unwrap_err();
+    let error = tls_connect(
+        server.main,
+        "localhost",
+        default_client(&[other_ca.cert_der]),
+    )
+    .await
+    .unwrap_err();
     assert!(error.to_string().contains("UnknownIssuer"), "{error}");
     server.stop().await;
 }
@@ -51,16 +59,32 @@ async fn generated_certificates_pass_openssl_verify() {
     let server = TestServer::start("", dir.path()).await.unwrap();
     let ca = server.data_dir.join("ca/root.crt");
     let leaf = server.data_dir.join("live/localhost/cert.pem");
-    let (ok, out) = openssl(&["verify", "-CAfile", ca.to_str().unwrap(), leaf.to_str().unwrap()]);
+    let (ok, out) = openssl(&[
+        "verify",
+        "-CAfile",
+        ca.to_str().unwrap(),
+        leaf.to_str().unwrap(),
+    ]);
     assert!(ok && out.contains(": OK"), "{out}");
     let (ok, out) = openssl(&[
-        "verify", "-CAfile", ca.to_str().unwrap(), "-purpose", "sslserver", "-verify_hostname", "localhost", "-verify_ip", "127.0.0.1",
+        "verify",
+        "-CAfile",
+        ca.to_str().unwrap(),
+        "-purpose",
+        "sslserver",
+        "-verify_hostname",
+        "localhost",
+        "-verify_ip",
+        "127.0.0.1",
         leaf.to_str().unwrap(),
     ]);
     assert!(ok, "{out}");
     let (_, text) = openssl(&["x509", "-in", ca.to_str().unwrap(), "-noout", "-text"]);
     assert!(text.contains("CA:TRUE"), "{text}");
-    assert!(text.contains("prime256v1") || text.contains("P-256"), "{text}");
+    assert!(
+        text.contains("prime256v1") || text.contains("P-256"),
+        "{text}"
+    );
     server.stop().await;
 }
 
@@ -73,15 +97,30 @@ async fn tls_1_1_and_cbc_only_clients_are_refused_by_openssl() {
     // SECLEVEL=0 makes OpenSSL 3 really offer TLS 1.1; the byte counts prove a ClientHello
     // went out and an alert came back, so the refusal is the server's.
     let (ok, out) = openssl_async(
-        ["s_client", "-connect", &connect, "-servername", "localhost", "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "s_client",
+            "-connect",
+            &connect,
+            "-servername",
+            "localhost",
+            "-tls1_1",
+            "-cipher",
+            "DEFAULT@SECLEVEL=0",
+        ]
+        .map(String::from)
+        .to_vec(),
     )
     .await;
     assert!(!ok, "TLS 1.1 was accepted:\n{out}");
     assert!(out.contains("no peer certificate available"), "{out}");
-    assert!(out.contains("alert"), "server answered with an alert:\n{out}");
-    assert!(!out.contains("written 0 bytes"), "a ClientHello was sent:\n{out}");
+    assert!(
+        out.contains("alert"),
+        "server answered with an alert:\n{out}"
+    );
+    assert!(
+        !out.contains("written 0 bytes"),
+        "a ClientHello was sent:\n{out}"
+    );
 
     let (ok, out) = openssl_async(
         [
@@ -93,30 +132,55 @@ async fn tls_1_1_and_cbc_only_clients_are_refused_by_openssl() {
     )
     .await;
     assert!(!ok, "a CBC-only TLS 1.2 client was accepted:\n{out}");
-    assert!(out.contains("no peer certificate available") && out.contains("alert"), "{out}");
+    assert!(
+        out.contains("no peer certificate available") && out.contains("alert"),
+        "{out}"
+    );
 
     // Control: the same tool with an AEAD suite succeeds, so the refusals above are real.
     let ca = server.data_dir.join("ca/root.crt");
     let (ok, out) = openssl_async(
-        ["s_client", "-connect", &connect, "-servername", "localhost", "-tls1_2", "-CAfile", ca.to_str().unwrap()]
-            .map(String::from)
-            .to_vec(),
+        [
+            "s_client",
+            "-connect",
+            &connect,
+            "-servername",
+            "localhost",
+            "-tls1_2",
+            "-CAfile",
+            ca.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec(),
     )
     .await;
     assert!(ok && out.contains("Verify return code: 0 (ok)"), "{out}");
-    assert!(out.contains("ECDHE-ECDSA-AES256-GCM-SHA384") || out.contains("GCM") || out.contains("CHACHA20"), "{out}");
+    assert!(
+        out.contains("ECDHE-ECDSA-AES256-GCM-SHA384")
+            || out.contains("GCM")
+            || out.contains("CHACHA20"),
+        "{out}"
+    );
     server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls13_only_refuses_tls12_and_hybrid_pq_is_negotiated() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start("tls:\n  min_version: \"1.3\"\n", dir.path()).await.unwrap();
+    let server = TestServer::start("tls:\n  min_version: \"1.3\"\n", dir.path())
+        .await
+        .unwrap();
     let ca = server.local_ca();
     let tls12 = client_config(std::slice::from_ref(&ca), &[&rustls::version::TLS12], &[]);
     assert!(tls_connect(server.main, "localhost", tls12).await.is_err());
-    let stream = tls_connect(server.main, "localhost", default_client(&[ca])).await.unwrap();
-    let group = stream.get_ref().1.negotiated_key_exchange_group().map(|g| g.name());
+    let stream = tls_connect(server.main, "localhost", default_client(&[ca]))
+        .await
+        .unwrap();
+    let group = stream
+        .get_ref()
+        .1
+        .negotiated_key_exchange_group()
+        .map(|g| g.name());
     assert_eq!(group, Some(rustls::NamedGroup::X25519MLKEM768));
     server.stop().await;
 }
@@ -126,11 +190,22 @@ async fn configured_tls13_suite_list_is_what_gets_negotiated() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = "tls:\n  tls13_cipher_suites: [TLS_CHACHA20_POLY1305_SHA256]\n";
     let server = TestServer::start(yaml, dir.path()).await.unwrap();
-    let stream = tls_connect(server.main, "localhost", default_client(&[server.local_ca()]))
-        .await
-        .unwrap();
-    let suite = stream.get_ref().1.negotiated_cipher_suite().map(|s| s.suite());
-    assert_eq!(suite, Some(rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256));
+    let stream = tls_connect(
+        server.main,
+        "localhost",
+        default_client(&[server.local_ca()]),
+    )
+    .await
+    .unwrap();
+    let suite = stream
+        .get_ref()
+        .1
+        .negotiated_cipher_suite()
+        .map(|s| s.suite());
+    assert_eq!(
+        suite,
+        Some(rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256)
+    );
     server.stop().await;
 }
 
@@ -138,9 +213,27 @@ async fn configured_tls13_suite_list_is_what_gets_negotiated() {
 async fn sni_picks_exact_then_wildcard_then_default() {
     let dir = tempfile::tempdir().unwrap();
     let ca = fixture_ca(dir.path());
-    fixture_cert(&ca, dir.path(), "exact", &["api.example.com"], KeyAlgorithm::EcdsaP256);
-    fixture_cert(&ca, dir.path(), "wild", &["*.example.com"], KeyAlgorithm::EcdsaP384);
-    fixture_cert(&ca, dir.path(), "fallback", &["default.test", "127.0.0.1"], KeyAlgorithm::Rsa2048);
+    fixture_cert(
+        &ca,
+        dir.path(),
+        "exact",
+        &["api.example.com"],
+        KeyAlgorithm::EcdsaP256,
+    );
+    fixture_cert(
+        &ca,
+        dir.path(),
+        "wild",
+        &["*.example.com"],
+        KeyAlgorithm::EcdsaP384,
+    );
+    fixture_cert(
+        &ca,
+        dir.path(),
+        "fallback",
+        &["default.test", "127.0.0.1"],
+        KeyAlgorithm::Rsa2048,
+    );
     let yaml = "tls:\n  certificates:\n    - cert_file: exact.crt\n      key_file: exact.key\n    - pem_file: wild.pem\n    - cert_file: fallback.crt\n      key_file: fallback.key\n      default: true\n";
     let server = TestServer::start(yaml, dir.path()).await.unwrap();
     let client = default_client(std::slice::from_ref(&ca.cert_der));
@@ -155,21 +248,41 @@ async fn sni_picks_exact_then_wildcard_then_default() {
     assert_eq!(served("default.test").await, vec!["default.test"]);
 
     // No SNI (an IP address as server name sends none): the default certificate.
-    let stream = tls_connect(server.main, "127.0.0.1", client.clone()).await.unwrap();
+    let stream = tls_connect(server.main, "127.0.0.1", client.clone())
+        .await
+        .unwrap();
     assert_eq!(served_leaf(&stream).dns_names, vec!["default.test"]);
 
     // An unknown name gets the default too (and fails verification for that name).
     let ca_path = dir.path().join("ca.crt");
     let (_, out) = openssl_async(
-        ["s_client", "-connect", &server.main.to_string(), "-servername", "unknown.test", "-CAfile", ca_path.to_str().unwrap()]
-            .map(String::from)
-            .to_vec(),
+        [
+            "s_client",
+            "-connect",
+            &server.main.to_string(),
+            "-servername",
+            "unknown.test",
+            "-CAfile",
+            ca_path.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec(),
     )
     .await;
-    assert!(out.contains("CN = default.test") || out.contains("CN=default.test"), "{out}");
+    assert!(
+        out.contains("CN = default.test") || out.contains("CN=default.test"),
+        "{out}"
+    );
     // openssl without -servername sends no SNI: default certificate.
     let (_, out) = openssl_async(
-        ["s_client", "-connect", &server.main.to_string(), "-noservername"].map(String::from).to_vec(),
+        [
+            "s_client",
+            "-connect",
+            &server.main.to_string(),
+            "-noservername",
+        ]
+        .map(String::from)
+        .to_vec(),
     )
     .await;
     assert!(out.contains("default.test"), "{out}");
@@ -180,22 +293,58 @@ async fn sni_picks_exact_then_wildcard_then_default() {
 async fn rsa_and_ecdsa_for_one_name_each_client_gets_what_it_can_verify() {
     let dir = tempfile::tempdir().unwrap();
     let ca = fixture_ca(dir.path());
-    fixture_cert(&ca, dir.path(), "ec", &["dual.test"], KeyAlgorithm::EcdsaP256);
-    fixture_cert(&ca, dir.path(), "rsa", &["dual.test"], KeyAlgorithm::Rsa2048);
+    fixture_cert(
+        &ca,
+        dir.path(),
+        "ec",
+        &["dual.test"],
+        KeyAlgorithm::EcdsaP256,
+    );
+    fixture_cert(
+        &ca,
+        dir.path(),
+        "rsa",
+        &["dual.test"],
+        KeyAlgorithm::Rsa2048,
+    );
     let yaml = "tls:\n  certificates:\n    - pem_file: ec.pem\n    - pem_file: rsa.pem\n";
     let server = TestServer::start(yaml, dir.path()).await.unwrap();
     let ca_path = dir.path().join("ca.crt");
-    for (sigalgs, expected) in [("rsa_pss_rsae_sha256:RSA+SHA256", "RSA"), ("ECDSA+SHA256", "EC")] {
+    for (sigalgs, expected) in [
+        ("rsa_pss_rsae_sha256:RSA+SHA256", "RSA"),
+        ("ECDSA+SHA256", "EC"),
+    ] {
         let (ok, out) = openssl_async(
-            ["s_client", "-connect", &server.main.to_string(), "-servername", "dual.test", "-tls1_2", "-sigalgs", sigalgs, "-CAfile", ca_path.to_str().unwrap()]
-                .map(String::from)
-                .to_vec(),
+            [
+                "s_client",
+                "-connect",
+                &server.main.to_string(),
+                "-servername",
+                "dual.test",
+                "-tls1_2",
+                "-sigalgs",
+                sigalgs,
+                "-CAfile",
+                ca_path.to_str().unwrap(),
+            ]
+            .map(String::from)
+            .to_vec(),
         )
         .await;
         assert!(ok, "{sigalgs}: {out}");
-        let key_line = out.lines().find(|l| l.contains("Server public key is")).unwrap_or("");
-        let expected_bits = if expected == "RSA" { "2048 bit" } else { "256 bit" };
-        assert!(key_line.contains(expected_bits), "{sigalgs}: {key_line}\n{out}");
+        let key_line = out
+            .lines()
+            .find(|l| l.contains("Server public key is"))
+            .unwrap_or("");
+        let expected_bits = if expected == "RSA" {
+            "2048 bit"
+        } else {
+            "256 bit"
+        };
+        assert!(
+            key_line.contains(expected_bits),
+            "{sigalgs}: {key_line}\n{out}"
+        );
     }
     server.stop().await;
 }
@@ -219,14 +368,27 @@ async fn every_key_format_and_type_loads() {
         if let Some(kind) = traditional {
             // openssl rewrites the PKCS#8 key as PKCS#1 (RSA) or SEC1 (EC).
             let converted = dir.path().join(format!("{name}.traditional.key"));
-            let (ok, out) = openssl(&["pkey", "-in", key.to_str().unwrap(), "-out", converted.to_str().unwrap(), "-traditional"]);
+            let (ok, out) = openssl(&[
+                "pkey",
+                "-in",
+                key.to_str().unwrap(),
+                "-out",
+                converted.to_str().unwrap(),
+                "-traditional",
+            ]);
             assert!(ok, "{out}");
             std::fs::rename(&converted, &key).unwrap();
             let text = std::fs::read_to_string(&key).unwrap();
-            let label = if kind == "rsa" { "BEGIN RSA PRIVATE KEY" } else { "BEGIN EC PRIVATE KEY" };
+            let label = if kind == "rsa" {
+                "BEGIN RSA PRIVATE KEY"
+            } else {
+                "BEGIN EC PRIVATE KEY"
+            };
             assert!(text.contains(label), "{text}");
         }
-        yaml.push_str(&format!("    - cert_file: {name}.crt\n      key_file: {name}.key\n"));
+        yaml.push_str(&format!(
+            "    - cert_file: {name}.crt\n      key_file: {name}.key\n"
+        ));
     }
     let server = TestServer::start(&yaml, dir.path()).await.unwrap();
     for (name, _, _) in kinds {
@@ -244,7 +406,11 @@ async fn alpn_h2_and_http11_both_served() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start("", dir.path()).await.unwrap();
     let ca = server.local_ca();
-    let h2 = client_config(std::slice::from_ref(&ca), rustls::ALL_VERSIONS, &[b"h2", b"http/1.1"]);
+    let h2 = client_config(
+        std::slice::from_ref(&ca),
+        rustls::ALL_VERSIONS,
+        &[b"h2", b"http/1.1"],
+    );
     let stream = tls_connect(server.main, "localhost", h2).await.unwrap();
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let response = request_on(stream, true, "localhost", "/health").await;
@@ -252,7 +418,11 @@ async fn alpn_h2_and_http11_both_served() {
     assert_eq!(response.status, 200);
     assert!(response.headers.contains_key("strict-transport-security"));
 
-    let h1 = client_config(std::slice::from_ref(&ca), rustls::ALL_VERSIONS, &[b"http/1.1"]);
+    let h1 = client_config(
+        std::slice::from_ref(&ca),
+        rustls::ALL_VERSIONS,
+        &[b"http/1.1"],
+    );
     let stream = tls_connect(server.main, "localhost", h1).await.unwrap();
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     let response = request_on(stream, false, "localhost", "/health").await;
@@ -268,10 +438,16 @@ async fn security_headers_on_every_https_response_and_configurable() {
     for path in ["/health", "/nope", "/ws"] {
         let response = https_get(server.main, "localhost", client.clone(), path).await;
         let h = &response.headers;
-        assert_eq!(h["strict-transport-security"], "max-age=31536000; includeSubDomains", "{path}");
+        assert_eq!(
+            h["strict-transport-security"], "max-age=31536000; includeSubDomains",
+            "{path}"
+        );
         assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
         assert_eq!(h["x-frame-options"], "DENY", "{path}");
-        assert_eq!(h["referrer-policy"], "strict-origin-when-cross-origin", "{path}");
+        assert_eq!(
+            h["referrer-policy"], "strict-origin-when-cross-origin",
+            "{path}"
+        );
         assert!(h.get("server").is_none(), "no Server header on {path}");
     }
     server.stop().await;
@@ -279,7 +455,13 @@ async fn security_headers_on_every_https_response_and_configurable() {
     let yaml = "headers:\n  hsts:\n    preload: true\n  x_frame_options: off\n  custom:\n    Permissions-Policy: camera=()\n";
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(yaml, dir.path()).await.unwrap();
-    let response = https_get(server.main, "localhost", default_client(&[server.local_ca()]), "/health").await;
+    let response = https_get(
+        server.main,
+        "localhost",
+        default_client(&[server.local_ca()]),
+        "/health",
+    )
+    .await;
     assert_eq!(
         response.headers["strict-transport-security"],
         "max-age=31536000; includeSubDomains; preload"
@@ -298,7 +480,11 @@ async fn http_listener_redirects_exactly_and_never_sends_hsts() {
     assert_eq!(response.status, 301);
     assert_eq!(
         response.headers["location"],
-        format!("https://localhost:{}/api/items?page=2&sort=name", server.main.port()).as_str()
+        format!(
+            "https://localhost:{}/api/items?page=2&sort=name",
+            server.main.port()
+        )
+        .as_str()
     );
     assert!(response.headers.get("strict-transport-security").is_none());
     let response = http_get(http, "localhost", "/.well-known/acme-challenge/token123").await;
@@ -307,12 +493,16 @@ async fn http_listener_redirects_exactly_and_never_sends_hsts() {
 
     // The port is left out for 443, and reject mode answers 403.
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start("http:\n  redirect_port: 443\n", dir.path()).await.unwrap();
+    let server = TestServer::start("http:\n  redirect_port: 443\n", dir.path())
+        .await
+        .unwrap();
     let response = http_get(server.http.unwrap(), "example.com", "/x").await;
     assert_eq!(response.headers["location"], "https://example.com/x");
     server.stop().await;
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start("http: reject\n", dir.path()).await.unwrap();
+    let server = TestServer::start("http: reject\n", dir.path())
+        .await
+        .unwrap();
     let response = http_get(server.http.unwrap(), "example.com", "/x").await;
     assert_eq!(response.status, 403);
     assert_eq!(response.body.trim(), "TLS required");
@@ -328,19 +518,31 @@ async fn http_listener_redirects_exactly_and_never_sends_hsts() {
 async fn wss_echo_text_binary_ping() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start("", dir.path()).await.unwrap();
-    let stream = tls_connect(server.main, "localhost", default_client(&[server.local_ca()]))
-        .await
-        .unwrap();
+    let stream = tls_connect(
+        server.main,
+        "localhost",
+        default_client(&[server.local_ca()]),
+    )
+    .await
+    .unwrap();
     let (mut ws, response) = tokio_tungstenite::client_async("wss://localhost/ws", stream)
         .await
         .unwrap();
     assert_eq!(response.status(), 101);
     ws.send(Message::text("hello")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
-    ws.send(Message::binary(vec![0u8, 1, 2, 255])).await.unwrap();
-    assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(vec![0u8, 1, 2, 255]));
+    ws.send(Message::binary(vec![0u8, 1, 2, 255]))
+        .await
+        .unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::binary(vec![0u8, 1, 2, 255])
+    );
     ws.send(Message::Ping(b"p".to_vec().into())).await.unwrap();
-    assert_eq!(ws.next().await.unwrap().unwrap(), Message::Pong(b"p".to_vec().into()));
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::Pong(b"p".to_vec().into())
+    );
     ws.close(None).await.unwrap();
     server.stop().await;
 }
@@ -348,10 +550,16 @@ async fn wss_echo_text_binary_ping() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_header_gets_431() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start("limits:\n  max_header_size: 8KiB\n", dir.path()).await.unwrap();
-    let mut stream = tls_connect(server.main, "localhost", default_client(&[server.local_ca()]))
+    let server = TestServer::start("limits:\n  max_header_size: 8KiB\n", dir.path())
         .await
         .unwrap();
+    let mut stream = tls_connect(
+        server.main,
+        "localhost",
+        default_client(&[server.local_ca()]),
+    )
+    .await
+    .unwrap();
     let request = format!(
         "GET /health HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
         "a".repeat(20_000)
@@ -372,8 +580,13 @@ async fn slow_headers_and_idle_connections_are_closed() {
     let client = default_client(&[server.local_ca()]);
 
     // Slowloris: half a request head, then nothing.
-    let mut stream = tls_connect(server.main, "localhost", client.clone()).await.unwrap();
-    stream.write_all(b"GET /health HTTP/1.1\r\nHost: loc").await.unwrap();
+    let mut stream = tls_connect(server.main, "localhost", client.clone())
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: loc")
+        .await
+        .unwrap();
     let started = std::time::Instant::now();
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
@@ -381,7 +594,9 @@ async fn slow_headers_and_idle_connections_are_closed() {
     assert!(started.elapsed() < Duration::from_secs(4));
 
     // Idle keep-alive after a completed request.
-    let mut stream = tls_connect(server.main, "localhost", client.clone()).await.unwrap();
+    let mut stream = tls_connect(server.main, "localhost", client.clone())
+        .await
+        .unwrap();
     stream
         .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
@@ -397,7 +612,10 @@ async fn slow_headers_and_idle_connections_are_closed() {
     let mut tcp = tokio::net::TcpStream::connect(server.main).await.unwrap();
     let mut byte = [0u8; 1];
     let closed = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut byte)).await;
-    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "silent client was dropped: {closed:?}");
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "silent client was dropped: {closed:?}"
+    );
     server.stop().await;
 }
 
@@ -408,20 +626,37 @@ async fn sessions_resume_and_tickets_can_be_turned_off() {
     let client = default_client(&[server.local_ca()]);
     for _ in 0..2 {
         // The first connection stores a ticket in the client's session cache.
-        let mut stream = tls_connect(server.main, "localhost", client.clone()).await.unwrap();
-        stream.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut stream = tls_connect(server.main, "localhost", client.clone())
+            .await
+            .unwrap();
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
         let mut sink = Vec::new();
         let _ = stream.read_to_end(&mut sink).await;
     }
     let stream = tls_connect(server.main, "localhost", client).await.unwrap();
-    assert_eq!(stream.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+    assert_eq!(
+        stream.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
 
     // TLS 1.2: a ticket is issued by default, and not with session_tickets: false.
     let ca = server.data_dir.join("ca/root.crt");
     let args = |addr: std::net::SocketAddr| {
-        ["s_client", "-connect", &addr.to_string(), "-servername", "localhost", "-tls1_2", "-CAfile", ca.to_str().unwrap()]
-            .map(String::from)
-            .to_vec()
+        [
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            "localhost",
+            "-tls1_2",
+            "-CAfile",
+            ca.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
     };
     let (_, out) = openssl_async(args(server.main)).await;
     assert!(out.contains("TLS session ticket:"), "{out}");
@@ -430,7 +665,9 @@ async fn sessions_resume_and_tickets_can_be_turned_off() {
     let dir2 = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir2.path().join("data")).unwrap();
     copy_dir(&dir.path().join("data"), &dir2.path().join("data"));
-    let server = TestServer::start("tls:\n  session_tickets: false\n", dir2.path()).await.unwrap();
+    let server = TestServer::start("tls:\n  session_tickets: false\n", dir2.path())
+        .await
+        .unwrap();
     let (ok, out) = openssl_async(args(server.main)).await;
     assert!(ok, "{out}");
     assert!(!out.contains("TLS session ticket:"), "{out}");
@@ -454,19 +691,30 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 async fn graceful_shutdown_closes_websockets_with_1001() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start("", dir.path()).await.unwrap();
-    let stream = tls_connect(server.main, "localhost", default_client(&[server.local_ca()]))
+    let stream = tls_connect(
+        server.main,
+        "localhost",
+        default_client(&[server.local_ca()]),
+    )
+    .await
+    .unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/ws", stream)
         .await
         .unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/ws", stream).await.unwrap();
     ws.send(Message::text("before")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("before"));
     server.shutdown.cancel();
-    let message = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap();
     match message {
         Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1001),
         other => panic!("expected a close frame, got {other:?}"),
     }
-    tokio::time::timeout(Duration::from_secs(5), server.handle).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server.handle)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -482,6 +730,9 @@ async fn plain_mode_serves_http_and_ws() {
         .unwrap();
     ws.send(Message::text("plain")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("plain"));
-    assert!(!dir.path().join("data/ca").exists(), "no CA made in plain mode");
+    assert!(
+        !dir.path().join("data/ca").exists(),
+        "no CA made in plain mode"
+    );
     server.stop().await;
 }

@@ -5,8 +5,8 @@ use std::fmt;
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
@@ -179,11 +179,12 @@ impl CertificateAuthority {
     /// Loads an existing CA from its certificate and key PEM.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CertError> {
         let key = KeyPair::from_pem(key_pem).map_err(generation_error("CA key"))?;
-        let der = rustls_pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes())
-            .map_err(|error: rustls_pki_types::pem::Error| CertError::Generate {
+        let der = rustls_pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes()).map_err(
+            |error: rustls_pki_types::pem::Error| CertError::Generate {
                 what: "CA certificate".into(),
                 reason: error.to_string(),
-            })?;
+            },
+        )?;
         Ok(Self {
             cert_pem: cert_pem.to_owned(),
             cert_der: der,
@@ -195,7 +196,8 @@ impl CertificateAuthority {
         self.key.serialize_pem()
     }
 
-    /// Issues a leaf certificate for `names` (DNS names, wildcards or IP addresses).
+    /// Issues a leaf certificate for `names` (DNS names, wildcards or IP addresses), valid
+    /// from an hour ago for `lifetime`.
     pub fn issue(
         &self,
         names: &[String],
@@ -203,10 +205,32 @@ impl CertificateAuthority {
         algorithm: KeyAlgorithm,
         usage: Usage,
     ) -> Result<IssuedCertificate, CertError> {
+        let now = OffsetDateTime::now_utc();
+        self.issue_between(
+            names,
+            now - time::Duration::hours(1),
+            now + lifetime,
+            algorithm,
+            usage,
+        )
+    }
+
+    /// Issues a leaf certificate valid between two instants (backdated or already expired
+    /// certificates included, which tests and `cert` tooling need).
+    pub fn issue_between(
+        &self,
+        names: &[String],
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+        algorithm: KeyAlgorithm,
+        usage: Usage,
+    ) -> Result<IssuedCertificate, CertError> {
         let issuer = Issuer::from_ca_cert_der(&self.cert_der, &self.key)
             .map_err(generation_error("issuer"))?;
         let key = algorithm.generate()?;
-        let params = leaf_params(names, lifetime, usage)?;
+        let mut params = leaf_params(names, Duration::ZERO, usage)?;
+        params.not_before = not_before;
+        params.not_after = not_after;
         let cert = params
             .signed_by(&key, &issuer)
             .map_err(generation_error("certificate"))?;

@@ -65,9 +65,10 @@ impl CertInfo {
         }
         // A SAN wildcard covers exactly one extra label.
         match name.split_once('.') {
-            Some((label, parent)) if label != "*" => {
-                self.dns_names.iter().any(|san| san.strip_prefix("*.") == Some(parent))
-            }
+            Some((label, parent)) if label != "*" => self
+                .dns_names
+                .iter()
+                .any(|san| san.strip_prefix("*.") == Some(parent)),
             _ => false,
         }
     }
@@ -105,7 +106,10 @@ pub fn unix_now() -> i64 {
 pub fn format_time(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| unix.to_string())
 }
 

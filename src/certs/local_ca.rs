@@ -79,7 +79,12 @@ pub fn ensure(data_dir: &Path) -> Result<LocalCertificate, CertError> {
         None => LeafAction::Reused,
         Some(reason) => {
             let names: Vec<String> = LOCAL_NAMES.iter().map(|s| s.to_string()).collect();
-            let issued = ca.issue(&names, LEAF_LIFETIME, KeyAlgorithm::EcdsaP256, Usage::Server)?;
+            let issued = ca.issue(
+                &names,
+                LEAF_LIFETIME,
+                KeyAlgorithm::EcdsaP256,
+                Usage::Server,
+            )?;
             live.store(
                 data_dir,
                 &issued.cert_pem,
@@ -159,7 +164,10 @@ fn leaf_problem(live: &LivePaths, ca: &CertificateAuthority) -> Option<Option<St
         return Some(Some("the key does not match the certificate".into()));
     }
     if LOCAL_NAMES.iter().any(|name| !info.covers(name)) {
-        return Some(Some(format!("it lacks a local name (has {})", info.san_list())));
+        return Some(Some(format!(
+            "it lacks a local name (has {})",
+            info.san_list()
+        )));
     }
     let now = super::inspect::unix_now();
     if in_renewal_window(&info, now) {

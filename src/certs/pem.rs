@@ -94,7 +94,10 @@ pub fn private_key_from_bytes(
 
 /// PEM text for a list of certificates.
 pub fn encode_certificates(certs: &[CertificateDer<'_>]) -> String {
-    certs.iter().map(|cert| encode_block("CERTIFICATE", cert)).collect()
+    certs
+        .iter()
+        .map(|cert| encode_block("CERTIFICATE", cert))
+        .collect()
 }
 
 /// One PEM block, wrapped at 64 columns.
@@ -114,7 +117,11 @@ fn base64_encode(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -150,7 +157,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope.pem");
         let error = read_certificates(&missing).unwrap_err().to_string();
-        assert!(error.contains("nope.pem") && error.contains("No such file"), "{error}");
+        assert!(
+            error.contains("nope.pem") && error.contains("No such file"),
+            "{error}"
+        );
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "hello\n").unwrap();
         let error = read_certificates(&empty).unwrap_err().to_string();

@@ -26,7 +26,10 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), CertError> {
     if !dir.exists() {
         fs::create_dir_all(dir).map_err(write_error(dir))?;
     }
-    let mode = fs::metadata(dir).map_err(write_error(dir))?.permissions().mode();
+    let mode = fs::metadata(dir)
+        .map_err(write_error(dir))?
+        .permissions()
+        .mode();
     if mode & 0o077 != 0 {
         fs::set_permissions(dir, fs::Permissions::from_mode(PRIVATE_DIR_MODE))
             .map_err(write_error(dir))?;
@@ -136,7 +139,11 @@ impl LivePaths {
         ensure_private_dir(&target)?;
         for file in [&self.cert, &self.chain, &self.fullchain, &self.privkey] {
             if let (Ok(contents), Some(file_name)) = (fs::read(file), file.file_name()) {
-                let mode = if file == &self.privkey { SECRET_MODE } else { PUBLIC_MODE };
+                let mode = if file == &self.privkey {
+                    SECRET_MODE
+                } else {
+                    PUBLIC_MODE
+                };
                 write_atomic(&target.join(file_name), &contents, mode)?;
             }
         }
@@ -157,7 +164,10 @@ mod tests {
         assert_eq!(mode, 0o700);
         let key = private.join("k.pem");
         write_atomic(&key, b"secret", SECRET_MODE).unwrap();
-        assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         write_atomic(&key, b"replaced", SECRET_MODE).unwrap();
         assert_eq!(fs::read(&key).unwrap(), b"replaced");
         let leftovers: Vec<_> = fs::read_dir(&private).unwrap().collect();
@@ -170,19 +180,30 @@ mod tests {
         assert!(LivePaths::new(dir.path(), "../../etc").is_err());
         assert!(LivePaths::new(dir.path(), "a/b").is_err());
         let live = LivePaths::new(dir.path(), "example.com").unwrap();
-        assert_eq!(live.fullchain, dir.path().join("live/example.com/fullchain.pem"));
+        assert_eq!(
+            live.fullchain,
+            dir.path().join("live/example.com/fullchain.pem")
+        );
     }
 
     #[test]
     fn replacing_live_files_archives_the_old_ones() {
         let dir = tempfile::tempdir().unwrap();
         let live = LivePaths::new(dir.path(), "localhost").unwrap();
-        live.store(dir.path(), "C1\n", "CH\n", "K1\n", None).unwrap();
-        live.store(dir.path(), "C2\n", "CH\n", "K2\n", Some("0abc")).unwrap();
+        live.store(dir.path(), "C1\n", "CH\n", "K1\n", None)
+            .unwrap();
+        live.store(dir.path(), "C2\n", "CH\n", "K2\n", Some("0abc"))
+            .unwrap();
         assert_eq!(fs::read_to_string(&live.fullchain).unwrap(), "C2\nCH\n");
         let archived = dir.path().join("archive/localhost/0abc");
-        assert_eq!(fs::read_to_string(archived.join("privkey.pem")).unwrap(), "K1\n");
-        let mode = fs::metadata(archived.join("privkey.pem")).unwrap().permissions().mode();
+        assert_eq!(
+            fs::read_to_string(archived.join("privkey.pem")).unwrap(),
+            "K1\n"
+        );
+        let mode = fs::metadata(archived.join("privkey.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 }

@@ -40,8 +40,16 @@ pub fn render(server: &Server) -> String {
     };
     let settings = server.settings();
     if !server.is_tls() {
-        let base = format!("{}:{}", if main.ip().is_unspecified() { "localhost".to_owned() } else { main.ip().to_string() }, main.port());
-        let _ = writeln!(out, "tlsgate {version}: WARNING: TLS IS OFF. Serving plain, unencrypted HTTP and WS on {main}.");
+        let base = format!(
+            "{}:{}",
+            if main.ip().is_unspecified() {
+                "localhost".to_owned()
+            } else {
+                main.ip().to_string()
+            },
+            main.port()
+        );
+        let _ = writeln!(out, "tlsgate {version}: WARNING: TLS IS OFF. Serving plain, unencrypted HTTP and WS on {main}");
         let _ = writeln!(out, "  Anyone on the network path can read and change this traffic. Remove `tls: off` / SSL_ENABLED=false to serve HTTPS and WSS.");
         let _ = writeln!(out, "  http://{base}/health");
         let _ = writeln!(out, "  ws://{base}/ws   (WebSocket echo)");
@@ -53,7 +61,10 @@ pub fn render(server: &Server) -> String {
         crate::config::TlsVersion::Tls13 => "TLS 1.3",
         crate::config::TlsVersion::Tls12 => "TLS 1.3 and 1.2",
     };
-    let _ = writeln!(out, "tlsgate {version}: serving HTTPS and WSS on {main} ({versions})");
+    let _ = writeln!(
+        out,
+        "tlsgate {version}: serving HTTPS and WSS on {main} ({versions})"
+    );
     let _ = writeln!(out, "  https://{base}/health");
     let _ = writeln!(out, "  wss://{base}/ws   (WebSocket echo)");
     if let Some(http) = server.http_addr() {
@@ -64,7 +75,11 @@ pub fn render(server: &Server) -> String {
         let _ = writeln!(out, "  http://{http}/ {what}");
     }
     if let Some(local) = server.local_certificate() {
-        let state = if local.ca_created { " (new: trust it once)" } else { "" };
+        let state = if local.ca_created {
+            " (new: trust it once)"
+        } else {
+            ""
+        };
         let _ = writeln!(out, "  CA to trust: {}{state}", local.ca_cert.display());
         let _ = writeln!(
             out,
@@ -73,7 +88,11 @@ pub fn render(server: &Server) -> String {
         );
     } else {
         for cert in server.certificates() {
-            let names = if cert.names.is_empty() { "(default)".to_owned() } else { cert.names.join(", ") };
+            let names = if cert.names.is_empty() {
+                "(default)".to_owned()
+            } else {
+                cert.names.join(", ")
+            };
             let _ = writeln!(out, "  certificate {}: {names}", cert.cert_path.display());
         }
         let resolve = if main.ip().is_loopback() || main.ip().is_unspecified() {

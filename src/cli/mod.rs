@@ -49,7 +49,12 @@ enum ConfigCommand {
 #[derive(Debug, Args)]
 struct CommonArgs {
     /// YAML configuration file.
-    #[arg(short = 'c', long = "config", env = "TLSGATE_CONFIG", value_name = "FILE")]
+    #[arg(
+        short = 'c',
+        long = "config",
+        env = "TLSGATE_CONFIG",
+        value_name = "FILE"
+    )]
     config: Option<PathBuf>,
     /// Data folder for the local CA and certificates [default: ./tlsgate-data; env: TLSGATE_DATA_DIR].
     #[arg(long, value_name = "DIR")]
@@ -103,7 +108,8 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -121,7 +127,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         Ok(settings) => settings,
         Err(error) => return fail(error),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -150,7 +159,10 @@ fn serve(args: ServeArgs) -> ExitCode {
 
 async fn wait_for_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return;
     };
@@ -180,7 +192,11 @@ fn config_check(args: CommonArgs) -> ExitCode {
                     eprintln!(
                         "certificate {}: {} (expires {}){}",
                         summary.cert_path.display(),
-                        if summary.names.is_empty() { "no DNS names".to_owned() } else { summary.names.join(", ") },
+                        if summary.names.is_empty() {
+                            "no DNS names".to_owned()
+                        } else {
+                            summary.names.join(", ")
+                        },
                         crate::certs::inspect::format_time(summary.info.not_after),
                         if summary.is_default { ", default" } else { "" }
                     );

@@ -64,7 +64,8 @@ pub fn read_overlay(env: EnvLookup<'_>) -> Result<EnvOverlay, ConfigError> {
     // SSL_CERT_FILE/SSL_KEY_FILE count only with SSL_ENABLED=true: on their own they are
     // OpenSSL's CA-bundle variables, set system-wide on many machines.
     if let Some((value, origin)) = get("SSL_ENABLED") {
-        let enabled = parse_switch(&value).ok_or_else(|| bad_switch(&origin, "SSL_ENABLED", &value))?;
+        let enabled =
+            parse_switch(&value).ok_or_else(|| bad_switch(&origin, "SSL_ENABLED", &value))?;
         overlay.tls_enabled = Some((enabled, origin));
         if enabled {
             overlay.certificate = pair(&get, "SSL_CERT_FILE", "SSL_KEY_FILE")?;
@@ -74,7 +75,8 @@ pub fn read_overlay(env: EnvLookup<'_>) -> Result<EnvOverlay, ConfigError> {
         overlay.certificate = Some(certificate);
     }
     if let Some((value, origin)) = get("TLSGATE_TLS") {
-        let enabled = parse_switch(&value).ok_or_else(|| bad_switch(&origin, "TLSGATE_TLS", &value))?;
+        let enabled =
+            parse_switch(&value).ok_or_else(|| bad_switch(&origin, "TLSGATE_TLS", &value))?;
         overlay.tls_enabled = Some((enabled, origin));
     }
     if let Some(certificate) = pair(&get, "TLSGATE_CERT_FILE", "TLSGATE_KEY_FILE")? {

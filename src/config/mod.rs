@@ -114,7 +114,10 @@ pub struct CertificateSettings {
 #[serde(untagged)]
 pub enum CertSource {
     /// A certificate (chain) file and a key file. The certificate file may also hold the key.
-    Files { cert_file: PathBuf, key_file: PathBuf },
+    Files {
+        cert_file: PathBuf,
+        key_file: PathBuf,
+    },
     /// One PEM holding the chain and the key (HAProxy's `crt`, seed 003's `.pem`).
     Combined { pem_file: PathBuf },
 }

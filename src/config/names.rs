@@ -5,7 +5,9 @@
 pub enum NameError {
     #[error("`{0}` is not a valid host name")]
     Invalid(String),
-    #[error("`{0}`: a wildcard must be a single `*.` at the start, followed by at least two labels")]
+    #[error(
+        "`{0}`: a wildcard must be a single `*.` at the start, followed by at least two labels"
+    )]
     BadWildcard(String),
     #[error("`{0}` cannot be used as a file name (no `/`, `\\`, `..`, NUL or leading `.`)")]
     UnsafePath(String),
@@ -25,8 +27,8 @@ pub fn normalize_dns_name(name: &str) -> Result<String, NameError> {
     if rest.contains('*') {
         return Err(NameError::BadWildcard(name.to_owned()));
     }
-    let ascii = idna::domain_to_ascii_strict(rest)
-        .map_err(|_| NameError::Invalid(name.to_owned()))?;
+    let ascii =
+        idna::domain_to_ascii_strict(rest).map_err(|_| NameError::Invalid(name.to_owned()))?;
     let valid_labels = !ascii.is_empty()
         && ascii.len() <= 253
         && ascii.split('.').all(|label| {
@@ -34,7 +36,9 @@ pub fn normalize_dns_name(name: &str) -> Result<String, NameError> {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
     if !valid_labels {
         return Err(NameError::Invalid(name.to_owned()));
@@ -68,8 +72,14 @@ mod tests {
     #[test]
     fn names_are_normalised() {
         assert_eq!(normalize_dns_name("Example.COM."), Ok("example.com".into()));
-        assert_eq!(normalize_dns_name("*.Example.com"), Ok("*.example.com".into()));
-        assert_eq!(normalize_dns_name("bücher.de"), Ok("xn--bcher-kva.de".into()));
+        assert_eq!(
+            normalize_dns_name("*.Example.com"),
+            Ok("*.example.com".into())
+        );
+        assert_eq!(
+            normalize_dns_name("bücher.de"),
+            Ok("xn--bcher-kva.de".into())
+        );
         assert_eq!(normalize_dns_name("::1"), Ok("::1".into()));
         assert!(normalize_dns_name("a.*.com").is_err());
         assert!(normalize_dns_name("*.com").is_err());

@@ -76,7 +76,8 @@ pub fn refusal_reason(text: &str) -> Option<&'static str> {
     if !looks_like_suite {
         return None;
     }
-    if upper.ends_with("_SHA") || upper.ends_with("-SHA") || weak.iter().any(|w| upper.contains(w)) {
+    if upper.ends_with("_SHA") || upper.ends_with("-SHA") || weak.iter().any(|w| upper.contains(w))
+    {
         return Some("it is not an AEAD suite (CBC, RC4, 3DES, NULL and EXPORT are never offered)");
     }
     if !upper.contains("ECDHE") {

@@ -28,7 +28,12 @@ fn empty_config_gives_safe_defaults() {
     assert!(settings.tls.session_tickets);
     assert_eq!(settings.tls.key_exchange_groups[0], KxGroup::X25519Mlkem768);
     assert_eq!(
-        settings.headers.hsts.as_ref().map(Hsts::header_value).as_deref(),
+        settings
+            .headers
+            .hsts
+            .as_ref()
+            .map(Hsts::header_value)
+            .as_deref(),
         Some("max-age=31536000; includeSubDomains")
     );
     assert_eq!(settings.headers.x_frame_options.as_deref(), Some("DENY"));
@@ -84,10 +89,17 @@ fn shorthand_switches() {
     let settings = load_with("tls: off\nhttp: reject\n", &[]).unwrap();
     assert!(!settings.tls.enabled);
     assert_eq!(settings.http.mode, HttpMode::Reject);
-    let settings = load_with("http: off\nheaders:\n  hsts: off\n  x_frame_options: SAMEORIGIN\n", &[]).unwrap();
+    let settings = load_with(
+        "http: off\nheaders:\n  hsts: off\n  x_frame_options: SAMEORIGIN\n",
+        &[],
+    )
+    .unwrap();
     assert_eq!(settings.http.mode, HttpMode::Off);
     assert_eq!(settings.headers.hsts, None);
-    assert_eq!(settings.headers.x_frame_options.as_deref(), Some("SAMEORIGIN"));
+    assert_eq!(
+        settings.headers.x_frame_options.as_deref(),
+        Some("SAMEORIGIN")
+    );
 }
 
 #[test]
@@ -119,7 +131,10 @@ fn two_defaults_are_refused() {
     let yaml = "tls:\n  certificates:\n    - pem_file: a.pem\n      default: true\n    - pem_file: b.pem\n      default: true\n";
     let error = load_with(yaml, &[]).unwrap_err().to_string();
     assert!(error.contains(":5:"), "{error}");
-    assert!(error.contains("only one certificate can be the default"), "{error}");
+    assert!(
+        error.contains("only one certificate can be the default"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -139,7 +154,10 @@ fn preload_requires_a_long_max_age() {
 fn seed_002_environment_family() {
     let settings = load_with(
         "",
-        &[("SSL_CERTFILE", "/app/certs/server.crt"), ("SSL_KEYFILE", "/app/certs/server.key")],
+        &[
+            ("SSL_CERTFILE", "/app/certs/server.crt"),
+            ("SSL_KEYFILE", "/app/certs/server.key"),
+        ],
     )
     .unwrap();
     assert_eq!(
@@ -149,7 +167,9 @@ fn seed_002_environment_family() {
             key_file: "/app/certs/server.key".into()
         }
     );
-    let error = load_with("", &[("SSL_CERTFILE", "/x.crt")]).unwrap_err().to_string();
+    let error = load_with("", &[("SSL_CERTFILE", "/x.crt")])
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("SSL_KEYFILE is not"), "{error}");
 }
 
@@ -165,17 +185,27 @@ fn seed_003_environment_family_and_plain_mode() {
     )
     .unwrap();
     assert!(settings.tls.enabled);
-    assert_eq!(settings.tls.certificates.len(), 1, "environment replaces the file's list");
+    assert_eq!(
+        settings.tls.certificates.len(),
+        1,
+        "environment replaces the file's list"
+    );
     assert_eq!(
         settings.tls.certificates[0].source.cert_path(),
         Path::new("/opt/ssl/camera.pem")
     );
     let settings = load_with("", &[("SSL_ENABLED", "false")]).unwrap();
     assert!(!settings.tls.enabled);
-    let error = load_with("", &[("SSL_ENABLED", "perhaps")]).unwrap_err().to_string();
+    let error = load_with("", &[("SSL_ENABLED", "perhaps")])
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("SSL_ENABLED"), "{error}");
     // Without SSL_ENABLED, SSL_CERT_FILE is OpenSSL's CA-bundle variable: not ours.
-    let settings = load_with("", &[("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")]).unwrap();
+    let settings = load_with(
+        "",
+        &[("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")],
+    )
+    .unwrap();
     assert!(settings.tls.certificates.is_empty());
 }
 
@@ -183,7 +213,10 @@ fn seed_003_environment_family_and_plain_mode() {
 fn environment_overrides_file() {
     let settings = load_with(
         "listen: 127.0.0.1:9443\n",
-        &[("TLSGATE_LISTEN", "0.0.0.0:443"), ("TLSGATE_MIN_TLS_VERSION", "1.3")],
+        &[
+            ("TLSGATE_LISTEN", "0.0.0.0:443"),
+            ("TLSGATE_MIN_TLS_VERSION", "1.3"),
+        ],
     )
     .unwrap();
     assert_eq!(settings.listen.to_string(), "0.0.0.0:443");
@@ -192,8 +225,13 @@ fn environment_overrides_file() {
 
 #[test]
 fn bad_address_names_its_origin() {
-    let error = load_with("listen: localhost\n", &[]).unwrap_err().to_string();
-    assert!(error.starts_with("/etc/tlsgate/tlsgate.yaml:1:9: listen"), "{error}");
+    let error = load_with("listen: localhost\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("/etc/tlsgate/tlsgate.yaml:1:9: listen"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -205,7 +243,10 @@ fn effective_config_reads_back_unchanged() {
     assert_eq!(printed, to_yaml(&second), "printed:\n{printed}");
     assert_eq!(first.limits, second.limits);
     assert_eq!(first.headers, second.headers);
-    assert_eq!(first.tls.certificates[0].source, second.tls.certificates[0].source);
+    assert_eq!(
+        first.tls.certificates[0].source,
+        second.tls.certificates[0].source
+    );
 }
 
 #[test]

@@ -28,15 +28,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let mut total = Duration::ZERO;
     let mut rest = text;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("`{text}` is not a duration (use e.g. 500ms, 10s, 5m, 1h, 1d)"));
+            return Err(format!(
+                "`{text}` is not a duration (use e.g. 500ms, 10s, 5m, 1h, 1d)"
+            ));
         }
         let number: u64 = rest[..digits]
             .parse()
             .map_err(|_| format!("`{text}`: number too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit_ms: u64 = match &rest[..unit_len] {
             "ms" => 1,
             "s" => 1_000,
@@ -61,7 +67,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Prints a duration in the largest unit that represents it exactly.
 pub fn format_duration(duration: Duration) -> String {
     let millis = duration.as_millis();
-    for (unit, size) in [("d", 86_400_000u128), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+    for (unit, size) in [
+        ("d", 86_400_000u128),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
         if millis >= size && millis % size == 0 {
             return format!("{}{unit}", millis / size);
         }
@@ -72,9 +83,13 @@ pub fn format_duration(duration: Duration) -> String {
 /// Parses `16KiB`, `1MiB`, `512`, `10MB` (decimal units are accepted too).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     if digits == 0 {
-        return Err(format!("`{text}` is not a size (use e.g. 16KiB, 1MiB or a number of bytes)"));
+        return Err(format!(
+            "`{text}` is not a size (use e.g. 16KiB, 1MiB or a number of bytes)"
+        ));
     }
     let number: u64 = text[..digits]
         .parse()
@@ -87,7 +102,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "mib" => 1 << 20,
         "g" | "gb" => 1_000_000_000,
         "gib" => 1 << 30,
-        other => return Err(format!("`{text}`: unknown unit `{other}` (use B, KiB, MiB or GiB)")),
+        other => {
+            return Err(format!(
+                "`{text}`: unknown unit `{other}` (use B, KiB, MiB or GiB)"
+            ))
+        }
     };
     number
         .checked_mul(factor)

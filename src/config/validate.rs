@@ -71,9 +71,14 @@ pub fn validate(
     let data_dir = std::path::absolute(&data_dir).unwrap_or(data_dir);
 
     let listen = pick_addr(
-        flags.listen.as_deref().map(|v| (v, Origin::Flag("--listen"))),
+        flags
+            .listen
+            .as_deref()
+            .map(|v| (v, Origin::Flag("--listen"))),
         env.listen.as_ref(),
-        raw.listen.as_ref().map(|s| (s.value.as_str(), cx.origin(s))),
+        raw.listen
+            .as_ref()
+            .map(|s| (s.value.as_str(), cx.origin(s))),
         DEFAULT_LISTEN,
         "listen",
     )?;
@@ -163,7 +168,13 @@ fn http_settings(
     let mut redirect_port = None;
     match raw {
         None => {}
-        Some(Switch::Bool(on)) => mode = if on { HttpMode::Redirect } else { HttpMode::Off },
+        Some(Switch::Bool(on)) => {
+            mode = if on {
+                HttpMode::Redirect
+            } else {
+                HttpMode::Off
+            }
+        }
         Some(Switch::Word(word)) => mode = parse_http_mode(&word, section.clone(), "http")?,
         Some(Switch::Map(map)) => {
             if let Some(word) = &map.mode {
@@ -182,7 +193,9 @@ fn http_settings(
             .as_deref()
             .map(|v| (v, Origin::Flag("--http-listen"))),
         env.http_listen.as_ref(),
-        listen_file.as_ref().map(|s| (s.value.as_str(), cx.origin(s))),
+        listen_file
+            .as_ref()
+            .map(|s| (s.value.as_str(), cx.origin(s))),
         DEFAULT_HTTP_LISTEN,
         "http.listen",
     )?;
@@ -372,47 +385,50 @@ fn certificate_settings(
 ) -> Result<CertificateSettings, ConfigError> {
     let origin = cx.origin(&entry);
     let file = entry.value;
-    let source = match (&file.cert_file, &file.key_file, &file.pem_file) {
-        (Some(cert), Some(key), None) => CertSource::Files {
-            cert_file: cx.file_path(&cert.value),
-            key_file: cx.file_path(&key.value),
-        },
-        (None, None, Some(pem)) => CertSource::Combined {
-            pem_file: cx.file_path(&pem.value),
-        },
-        (Some(_), None, None) => {
-            return Err(ConfigError::invalid(
+    let source =
+        match (&file.cert_file, &file.key_file, &file.pem_file) {
+            (Some(cert), Some(key), None) => CertSource::Files {
+                cert_file: cx.file_path(&cert.value),
+                key_file: cx.file_path(&key.value),
+            },
+            (None, None, Some(pem)) => CertSource::Combined {
+                pem_file: cx.file_path(&pem.value),
+            },
+            (Some(_), None, None) => return Err(ConfigError::invalid(
                 origin,
                 "tls.certificates.key_file",
                 "cert_file needs a key_file (or use pem_file for one file holding chain and key)",
-            ))
-        }
-        (None, Some(_), None) => {
-            return Err(ConfigError::invalid(
-                origin,
-                "tls.certificates.cert_file",
-                "key_file needs a cert_file",
-            ))
-        }
-        (None, None, None) => {
-            return Err(ConfigError::invalid(
-                origin,
-                "tls.certificates",
-                "give cert_file and key_file, or pem_file",
-            ))
-        }
-        (_, _, Some(_)) => {
-            return Err(ConfigError::invalid(
-                origin,
-                "tls.certificates.pem_file",
-                "pem_file holds both chain and key: do not also give cert_file or key_file",
-            ))
-        }
-    };
+            )),
+            (None, Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    origin,
+                    "tls.certificates.cert_file",
+                    "key_file needs a cert_file",
+                ))
+            }
+            (None, None, None) => {
+                return Err(ConfigError::invalid(
+                    origin,
+                    "tls.certificates",
+                    "give cert_file and key_file, or pem_file",
+                ))
+            }
+            (_, _, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    origin,
+                    "tls.certificates.pem_file",
+                    "pem_file holds both chain and key: do not also give cert_file or key_file",
+                ))
+            }
+        };
     let mut names = Vec::new();
     for name in file.names.unwrap_or_default() {
         let normalized = normalize_dns_name(&name.value).map_err(|error| {
-            ConfigError::invalid(cx.origin(&name), "tls.certificates.names", error.to_string())
+            ConfigError::invalid(
+                cx.origin(&name),
+                "tls.certificates.names",
+                error.to_string(),
+            )
         })?;
         if !names.contains(&normalized) {
             names.push(normalized);
@@ -468,7 +484,9 @@ fn header_settings(
                 return Err(ConfigError::invalid(
                     section.clone(),
                     "headers.hsts",
-                    format!("`{word}` is not on/off or a mapping (max_age, include_subdomains, preload)"),
+                    format!(
+                    "`{word}` is not on/off or a mapping (max_age, include_subdomains, preload)"
+                ),
                 ))
             }
         },
@@ -518,7 +536,12 @@ fn header_settings(
             "headers.x_content_type_options",
             Some("nosniff"),
         )?,
-        x_frame_options: header_value(section, raw.x_frame_options, "headers.x_frame_options", Some("DENY"))?,
+        x_frame_options: header_value(
+            section,
+            raw.x_frame_options,
+            "headers.x_frame_options",
+            Some("DENY"),
+        )?,
         referrer_policy: header_value(
             section,
             raw.referrer_policy,

@@ -38,8 +38,14 @@ impl HttpError {
         let headers = response.headers_mut();
         match self {
             HttpError::UpgradeRequired => {
-                headers.insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
-                headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+                headers.insert(
+                    http::header::UPGRADE,
+                    http::HeaderValue::from_static("websocket"),
+                );
+                headers.insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("upgrade"),
+                );
             }
             HttpError::UnsupportedWebSocketVersion => {
                 headers.insert(
@@ -48,7 +54,10 @@ impl HttpError {
                 );
             }
             HttpError::MethodNotAllowed => {
-                headers.insert(http::header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+                headers.insert(
+                    http::header::ALLOW,
+                    http::HeaderValue::from_static("GET, HEAD"),
+                );
             }
             _ => {}
         }

@@ -26,10 +26,16 @@ impl SecurityHeaders {
             "strict-transport-security",
             settings.hsts.as_ref().map(|h| h.header_value()),
         );
-        add("x-content-type-options", settings.x_content_type_options.clone());
+        add(
+            "x-content-type-options",
+            settings.x_content_type_options.clone(),
+        );
         add("x-frame-options", settings.x_frame_options.clone());
         add("referrer-policy", settings.referrer_policy.clone());
-        add("content-security-policy", settings.content_security_policy.clone());
+        add(
+            "content-security-policy",
+            settings.content_security_policy.clone(),
+        );
         for (name, value) in &settings.custom {
             add(name, Some(value.clone()));
         }

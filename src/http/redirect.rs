@@ -49,15 +49,11 @@ pub fn respond<B>(mode: HttpMode, request: &Request<B>, https_port: u16) -> Resp
 /// The request's host without port, if it is a plausible host name or IP literal. Anything
 /// else is refused rather than reflected into a `Location` header.
 fn request_host<B>(request: &Request<B>) -> Option<String> {
-    let raw = request
-        .uri()
-        .host()
-        .map(str::to_owned)
-        .or_else(|| {
-            let value = request.headers().get(header::HOST)?.to_str().ok()?;
-            let authority: http::uri::Authority = value.parse().ok()?;
-            Some(authority.host().to_owned())
-        })?;
+    let raw = request.uri().host().map(str::to_owned).or_else(|| {
+        let value = request.headers().get(header::HOST)?.to_str().ok()?;
+        let authority: http::uri::Authority = value.parse().ok()?;
+        Some(authority.host().to_owned())
+    })?;
     let host = raw.to_ascii_lowercase();
     let valid = if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         inner.parse::<std::net::Ipv6Addr>().is_ok()
@@ -89,12 +85,24 @@ mod tests {
 
     #[test]
     fn redirect_keeps_path_and_query_and_adds_port() {
-        let r = respond(HttpMode::Redirect, &request(Method::GET, "/a/b?x=1&y=2", Some("example.com:8080")), 8443);
+        let r = respond(
+            HttpMode::Redirect,
+            &request(Method::GET, "/a/b?x=1&y=2", Some("example.com:8080")),
+            8443,
+        );
         assert_eq!(r.status(), 301);
         assert_eq!(location(&r), "https://example.com:8443/a/b?x=1&y=2");
-        let r = respond(HttpMode::Redirect, &request(Method::GET, "/", Some("Example.com")), 443);
+        let r = respond(
+            HttpMode::Redirect,
+            &request(Method::GET, "/", Some("Example.com")),
+            443,
+        );
         assert_eq!(location(&r), "https://example.com/");
-        let r = respond(HttpMode::Redirect, &request(Method::POST, "/api", Some("[::1]:80")), 443);
+        let r = respond(
+            HttpMode::Redirect,
+            &request(Method::POST, "/api", Some("[::1]:80")),
+            443,
+        );
         assert_eq!(r.status(), 308);
         assert_eq!(location(&r), "https://[::1]/api");
     }
@@ -109,9 +117,21 @@ mod tests {
 
     #[test]
     fn reject_mode_and_acme_prefix() {
-        let r = respond(HttpMode::Reject, &request(Method::GET, "/", Some("a.com")), 443);
+        let r = respond(
+            HttpMode::Reject,
+            &request(Method::GET, "/", Some("a.com")),
+            443,
+        );
         assert_eq!(r.status(), 403);
-        let r = respond(HttpMode::Redirect, &request(Method::GET, "/.well-known/acme-challenge/tok", Some("a.com")), 443);
+        let r = respond(
+            HttpMode::Redirect,
+            &request(
+                Method::GET,
+                "/.well-known/acme-challenge/tok",
+                Some("a.com"),
+            ),
+            443,
+        );
         assert_eq!(r.status(), 404);
         assert!(r.headers().get("location").is_none());
     }

@@ -35,16 +35,24 @@ pub fn check_upgrade<B>(request: &Request<B>) -> Result<HeaderValue, HttpError> 
         return Err(HttpError::UpgradeRequired);
     }
     if !has_token(headers, header::CONNECTION, "upgrade") {
-        return Err(HttpError::BadRequest("Connection header must include `upgrade`"));
+        return Err(HttpError::BadRequest(
+            "Connection header must include `upgrade`",
+        ));
     }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
         return Err(HttpError::UnsupportedWebSocketVersion);
     }
     let key = headers
         .get(header::SEC_WEBSOCKET_KEY)
         .map(|v| v.as_bytes())
         .filter(|k| k.len() == 24 && k.ends_with(b"=="))
-        .ok_or(HttpError::BadRequest("missing or malformed Sec-WebSocket-Key"))?;
+        .ok_or(HttpError::BadRequest(
+            "missing or malformed Sec-WebSocket-Key",
+        ))?;
     HeaderValue::from_str(&derive_accept_key(key))
         .map_err(|_| HttpError::BadRequest("malformed Sec-WebSocket-Key"))
 }
@@ -101,9 +109,12 @@ mod tests {
 
     #[test]
     fn accept_key_matches_rfc6455_example() {
-        let accept =
-            check_upgrade(&upgrade_request("13", Some("dGhlIHNhbXBsZSBub25jZQ=="), "keep-alive, Upgrade"))
-                .unwrap();
+        let accept = check_upgrade(&upgrade_request(
+            "13",
+            Some("dGhlIHNhbXBsZSBub25jZQ=="),
+            "keep-alive, Upgrade",
+        ))
+        .unwrap();
         assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 

@@ -81,7 +81,10 @@ async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, Serve
 
 impl Server {
     /// Loads certificates and binds the listeners. Every start-up error surfaces here.
-    pub async fn bind(settings: Settings, shutdown: CancellationToken) -> Result<Self, ServerError> {
+    pub async fn bind(
+        settings: Settings,
+        shutdown: CancellationToken,
+    ) -> Result<Self, ServerError> {
         let mut certificates = Vec::new();
         let mut warnings = Vec::new();
         let mut local = None;
@@ -167,7 +170,10 @@ impl Server {
             tasks,
             ..
         } = self;
-        let main_port = main.local_addr().map(|a| a.port()).unwrap_or(settings.listen.port());
+        let main_port = main
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(settings.listen.port());
         let security_headers = if tls.is_some() {
             SecurityHeaders::new(&settings.headers)
         } else {
@@ -371,7 +377,8 @@ where
     });
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
-    let check_every = (limits.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let check_every =
+        (limits.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
     let mut ticker = tokio::time::interval(check_every);
     let mut closing = false;
     loop {
@@ -398,7 +405,11 @@ where
 
 /// Re-issues the local `localhost` certificate when it enters its renewal window, and swaps
 /// it in for new handshakes.
-async fn renew_local_certificate(settings: Settings, shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn renew_local_certificate(
+    settings: Settings,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
     let Some(tls) = &shared.tls else { return };
     loop {
         tokio::select! {
@@ -414,7 +425,9 @@ async fn renew_local_certificate(settings: Settings, shared: Arc<Shared>, shutdo
                     }
                 }
             }
-            Err(error) => tracing::error!(%error, "checking the local certificate failed; keeping the current one"),
+            Err(error) => {
+                tracing::error!(%error, "checking the local certificate failed; keeping the current one")
+            }
         }
     }
 }

@@ -35,7 +35,9 @@ pub enum TlsError {
         key: PathBuf,
         reason: String,
     },
-    #[error("certificate configured at {origin}: {cert} does not cover `{name}` (its names: {sans})")]
+    #[error(
+        "certificate configured at {origin}: {cert} does not cover `{name}` (its names: {sans})"
+    )]
     NameNotCovered {
         origin: Origin,
         cert: PathBuf,

@@ -66,8 +66,12 @@ pub fn build_server_config(
     resolver: Arc<SniResolver>,
     sessions: &SessionState,
 ) -> Result<ServerConfig, TlsError> {
-    let mut cipher_suites: Vec<SupportedCipherSuite> =
-        tls.tls13_cipher_suites.iter().copied().map(tls13_suite).collect();
+    let mut cipher_suites: Vec<SupportedCipherSuite> = tls
+        .tls13_cipher_suites
+        .iter()
+        .copied()
+        .map(tls13_suite)
+        .collect();
     let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
         TlsVersion::Tls12 => {

@@ -39,8 +39,9 @@ impl TestServer {
             listen: Some("127.0.0.1:0".into()),
             http_listen: Some("127.0.0.1:0".into()),
         };
-        let settings = config::load_str(yaml, Some(&dir.join("tlsgate.yaml")), &overrides, &|_| None)
-            .map_err(|e| e.to_string())?;
+        let settings =
+            config::load_str(yaml, Some(&dir.join("tlsgate.yaml")), &overrides, &|_| None)
+                .map_err(|e| e.to_string())?;
         let shutdown = CancellationToken::new();
         let server = Server::bind(settings, shutdown.clone())
             .await
@@ -108,7 +109,11 @@ pub async fn tls_connect(
 
 /// The leaf certificate the server presented on this connection.
 pub fn served_leaf(stream: &TlsStream<TcpStream>) -> CertInfo {
-    let certs = stream.get_ref().1.peer_certificates().expect("peer certificates");
+    let certs = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .expect("peer certificates");
     CertInfo::parse(&certs[0]).expect("leaf parses")
 }
 
@@ -126,7 +131,11 @@ where
 {
     let io = TokioIo::new(stream);
     let request = http::Request::builder()
-        .uri(if h2 { format!("https://{host}{path}") } else { path.to_owned() })
+        .uri(if h2 {
+            format!("https://{host}{path}")
+        } else {
+            path.to_owned()
+        })
         .header(http::header::HOST, host)
         .body(Empty::<Bytes>::new())
         .expect("request");
@@ -146,7 +155,12 @@ where
     let status = response.status();
     let version = response.version();
     let headers = response.headers().clone();
-    let body = response.into_body().collect().await.expect("body").to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
     SimpleResponse {
         status,
         headers,

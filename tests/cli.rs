@@ -1,0 +1,609 @@
+//! The binary as an operator runs it: start-up errors and exit codes, the banner, the seeds'
+//! environment variables, `config check` over every example, SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+use tlsgate::certs::KeyAlgorithm;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tlsgate");
+
+fn tlsgate(dir: &Path) -> Command {
+    let mut command = Command::new(BIN);
+    command.current_dir(dir);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("TLSGATE_") || key.starts_with("SSL_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+/// Runs to completion; returns (exit code, stdout, stderr).
+fn run(command: &mut Command) -> (i32, String, String) {
+    let output = command.output().expect("run tlsgate");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+struct Running {
+    child: Child,
+    banner: String,
+    main: SocketAddr,
+    http: Option<SocketAddr>,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Running {
+    /// Starts `serve` on ephemeral ports and waits for the banner.
+    fn start(command: &mut Command, extra: &[&str]) -> Running {
+        let mut child = command
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let stdout = child.stdout.take().unwrap();
+        let mut stderr_pipe = child.stderr.take().unwrap();
+        let (err_tx, err_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr_pipe.read_to_string(&mut text);
+            let _ = err_tx.send(text);
+        });
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut banner = String::new();
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                banner.push_str(&line);
+                banner.push('\n');
+                if line.starts_with("  Check:") || line.starts_with("  ws://") {
+                    let _ = tx.send(banner.clone());
+                }
+            }
+        });
+        let Ok(banner) = rx.recv_timeout(Duration::from_secs(20)) else {
+            let _ = child.kill();
+            let stderr = err_rx
+                .recv_timeout(Duration::from_secs(5))
+                .unwrap_or_default();
+            panic!("no banner; stderr:\n{stderr}");
+        };
+        let main = banner
+            .split_whitespace()
+            .find_map(|w| w.parse::<SocketAddr>().ok())
+            .expect("main address in banner");
+        let http = banner
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("http://"))
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|addr| addr.parse().ok())
+            .filter(|addr: &SocketAddr| *addr != main);
+        Running {
+            child,
+            banner,
+            main,
+            http,
+            stderr: err_rx,
+        }
+    }
+
+    /// SIGTERM, then the exit code and everything written to stderr.
+    fn stop(mut self) -> (i32, String) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let code = loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                break status.code().unwrap_or(-1);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                break -1;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        (
+            code,
+            self.stderr
+                .recv_timeout(Duration::from_secs(5))
+                .unwrap_or_default(),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_config_banner_files_and_reuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = Running::start(&mut tlsgate(dir.path()), &[]);
+    let data = dir.path().join("tlsgate-data");
+    let ca_path = data.join("ca/root.crt");
+    assert!(
+        running
+            .banner
+            .contains(&format!("https://localhost:{}/health", running.main.port())),
+        "{}",
+        running.banner
+    );
+    assert!(running
+        .banner
+        .contains(&format!("wss://localhost:{}/ws", running.main.port())));
+    assert!(
+        running
+            .banner
+            .contains(&format!("CA to trust: {}", ca_path.display())),
+        "{}",
+        running.banner
+    );
+    assert!(running.banner.contains(&format!(
+        "curl --cacert {} https://localhost:{}/health",
+        ca_path.display(),
+        running.main.port()
+    )));
+    assert!(running.http.is_some(), "{}", running.banner);
+
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("ca")), 0o700);
+    assert_eq!(mode(&data.join("ca/root.key")), 0o600);
+    assert_eq!(mode(&data.join("live/localhost/privkey.pem")), 0o600);
+
+    // The copy-paste check from the banner works as printed.
+    let curl = Command::new("curl")
+        .args(["-sS", "--cacert", ca_path.to_str().unwrap()])
+        .arg(format!("https://localhost:{}/health", running.main.port()))
+        .output()
+        .expect("curl is installed (scripts/test.sh installs it)");
+    assert_eq!(
+        String::from_utf8_lossy(&curl.stdout),
+        r#"{"status":"healthy"}"#
+    );
+    let (code, _) = running.stop();
+    assert_eq!(code, 0, "SIGTERM exits 0");
+
+    let ca_before = std::fs::read(&ca_path).unwrap();
+    let leaf_before = std::fs::read(data.join("live/localhost/cert.pem")).unwrap();
+    let running = Running::start(&mut tlsgate(dir.path()), &[]);
+    assert!(
+        !running.banner.contains("(new"),
+        "the CA is reused: {}",
+        running.banner
+    );
+    running.stop();
+    assert_eq!(std::fs::read(&ca_path).unwrap(), ca_before, "CA reused");
+    assert_eq!(
+        std::fs::read(data.join("live/localhost/cert.pem")).unwrap(),
+        leaf_before,
+        "leaf reused"
+    );
+}
+
+#[test]
+fn leaf_near_expiry_or_from_another_ca_is_reissued_at_start() {
+    use tlsgate::certs::generate::{CertificateAuthority, Usage};
+    use tlsgate::certs::local_ca::{self, LeafAction};
+    let dir = tempfile::tempdir().unwrap();
+    let first = local_ca::ensure(dir.path()).unwrap();
+    assert!(first.ca_created);
+    assert_eq!(first.leaf, LeafAction::Issued);
+    assert_eq!(
+        local_ca::ensure(dir.path()).unwrap().leaf,
+        LeafAction::Reused
+    );
+
+    // Replace the leaf with one that has 10 of its 90 days left: less than a third.
+    let ca = CertificateAuthority::from_pem(
+        &std::fs::read_to_string(&first.ca_cert).unwrap(),
+        &std::fs::read_to_string(&first.ca_key).unwrap(),
+    )
+    .unwrap();
+    let names: Vec<String> = local_ca::LOCAL_NAMES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let now = time::OffsetDateTime::now_utc();
+    let old = ca
+        .issue_between(
+            &names,
+            now - time::Duration::days(80),
+            now + time::Duration::days(10),
+            KeyAlgorithm::EcdsaP256,
+            Usage::Server,
+        )
+        .unwrap();
+    std::fs::write(
+        &first.live.fullchain,
+        format!("{}{}", old.cert_pem, ca.cert_pem),
+    )
+    .unwrap();
+    std::fs::write(&first.live.cert, &old.cert_pem).unwrap();
+    std::fs::write(&first.live.privkey, &old.key_pem).unwrap();
+    let renewed = local_ca::ensure(dir.path()).unwrap();
+    assert!(
+        matches!(&renewed.leaf, LeafAction::Reissued(why) if why.contains("less than a third")),
+        "{:?}",
+        renewed.leaf
+    );
+    let fresh = tlsgate::certs::CertInfo::parse(&read_certs(&renewed.live.cert)[0]).unwrap();
+    assert!(fresh.remaining_secs(tlsgate::certs::inspect::unix_now()) > 89 * 86_400);
+    assert_eq!(
+        local_ca::ensure(dir.path()).unwrap().leaf,
+        LeafAction::Reused
+    );
+
+    // A leaf signed by a different CA is replaced.
+    let stranger =
+        CertificateAuthority::new("stranger", 30 * DAY, KeyAlgorithm::EcdsaP256).unwrap();
+    let foreign = stranger
+        .issue(&names, 90 * DAY, KeyAlgorithm::EcdsaP256, Usage::Server)
+        .unwrap();
+    std::fs::write(&first.live.fullchain, &foreign.cert_pem).unwrap();
+    std::fs::write(&first.live.cert, &foreign.cert_pem).unwrap();
+    std::fs::write(&first.live.privkey, &foreign.key_pem).unwrap();
+    let again = local_ca::ensure(dir.path()).unwrap();
+    assert!(
+        matches!(&again.leaf, LeafAction::Reissued(why) if why.contains("not signed by the current local CA")),
+        "{:?}",
+        again.leaf
+    );
+    let serial = tlsgate::certs::CertInfo::parse(&foreign.der)
+        .unwrap()
+        .serial;
+    assert!(
+        dir.path()
+            .join("archive/localhost")
+            .join(serial)
+            .join("cert.pem")
+            .exists(),
+        "old leaf archived"
+    );
+}
+
+#[test]
+fn mismatched_key_is_refused_naming_both_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = fixture_ca(dir.path());
+    fixture_cert(&ca, dir.path(), "a", &["a.test"], KeyAlgorithm::EcdsaP256);
+    fixture_cert(&ca, dir.path(), "b", &["b.test"], KeyAlgorithm::EcdsaP256);
+    std::fs::write(
+        dir.path().join("tlsgate.yaml"),
+        "tls:\n  certificates:\n    - cert_file: a.crt\n      key_file: b.key\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = run(tlsgate(dir.path()).args([
+        "serve",
+        "-c",
+        "tlsgate.yaml",
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+    ]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("tlsgate.yaml:3:7"), "{stderr}");
+    assert!(
+        stderr.contains("b.key does not match the certificate in") && stderr.contains("a.crt"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn missing_file_is_refused_never_plain_text() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tlsgate.yaml"),
+        "tls:\n  certificates:\n    - pem_file: /nonexistent/site.pem\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) =
+        run(tlsgate(dir.path()).args(["serve", "-c", "tlsgate.yaml", "--listen", "127.0.0.1:0"]));
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("/nonexistent/site.pem") && stderr.contains("No such file"),
+        "{stderr}"
+    );
+    assert!(stdout.is_empty(), "nothing served: {stdout}");
+
+    // The seeds' variables pointing at a missing file: same, no fall-back to plain WS.
+    let (code, _, stderr) = run(tlsgate(dir.path())
+        .env("SSL_CERTFILE", "/app/certs/server.crt")
+        .env("SSL_KEYFILE", "/app/certs/server.key")
+        .args(["serve", "--listen", "127.0.0.1:0"]));
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("SSL_CERTFILE") && stderr.contains("/app/certs/server.crt"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unknown_config_key_names_line_and_suggests() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tlsgate.yaml"),
+        "listen: 127.0.0.1:0\ntls:\n  min_versoin: \"1.3\"\n",
+    )
+    .unwrap();
+    let commands: [&[&str]; 2] = [
+        &["serve", "-c", "tlsgate.yaml"],
+        &["config", "check", "-c", "tlsgate.yaml"],
+    ];
+    for command in commands {
+        let mut cmd = tlsgate(dir.path());
+        cmd.args(command);
+        let (code, _, stderr) = run(&mut cmd);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(
+            stderr.contains("tlsgate.yaml:3:3: unknown field `min_versoin`"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("did you mean `min_version`?"), "{stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiring_certificate_and_loose_key_warn_but_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = fixture_ca(dir.path());
+    let names = vec!["soon.test".to_string()];
+    let issued = ca
+        .issue(
+            &names,
+            5 * DAY,
+            KeyAlgorithm::EcdsaP256,
+            tlsgate::certs::generate::Usage::Server,
+        )
+        .unwrap();
+    write_fixture(dir.path(), "soon", &issued, &ca.cert_pem);
+    std::fs::set_permissions(
+        dir.path().join("soon.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("tlsgate.yaml"),
+        "tls:\n  certificates:\n    - cert_file: soon.crt\n      key_file: soon.key\n",
+    )
+    .unwrap();
+    let running = Running::start(&mut tlsgate(dir.path()), &["-c", "tlsgate.yaml"]);
+    assert!(
+        running.banner.contains("https://soon.test:"),
+        "{}",
+        running.banner
+    );
+    assert!(
+        running.banner.contains(&format!(
+            "--resolve soon.test:{}:127.0.0.1",
+            running.main.port()
+        )),
+        "{}",
+        running.banner
+    );
+    let response = https_get(
+        running.main,
+        "soon.test",
+        default_client(std::slice::from_ref(&ca.cert_der)),
+        "/health",
+    )
+    .await;
+    assert_eq!(response.status, 200);
+    let (_, stderr) = running.stop();
+    assert!(
+        stderr.contains("soon.crt expires in 4 days")
+            || stderr.contains("soon.crt expires in 5 days"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("soon.key is readable by group or others (mode 0644)"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_002_variables_ssl_certfile_and_keyfile() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = fixture_ca(dir.path());
+    fixture_cert(
+        &ca,
+        dir.path(),
+        "server",
+        &["localhost"],
+        KeyAlgorithm::Rsa2048,
+    );
+    let running = Running::start(
+        tlsgate(dir.path())
+            .env("SSL_CERTFILE", dir.path().join("server.crt"))
+            .env("SSL_KEYFILE", dir.path().join("server.key")),
+        &[],
+    );
+    let response = https_get(
+        running.main,
+        "localhost",
+        default_client(std::slice::from_ref(&ca.cert_der)),
+        "/health",
+    )
+    .await;
+    assert_eq!(response.status, 200);
+    assert!(
+        !dir.path().join("tlsgate-data/ca").exists(),
+        "no local CA when a certificate is given"
+    );
+    running.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_003_variables_ssl_enabled_with_combined_pem_as_cert_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = fixture_ca(dir.path());
+    fixture_cert(
+        &ca,
+        dir.path(),
+        "camera-service",
+        &["localhost"],
+        KeyAlgorithm::Rsa2048,
+    );
+    // Seed 003 points SSL_CERT_FILE at the combined .pem (certificate + key) and
+    // SSL_KEY_FILE at the key.
+    let running = Running::start(
+        tlsgate(dir.path())
+            .env("SSL_ENABLED", "true")
+            .env("SSL_CERT_FILE", dir.path().join("camera-service.pem"))
+            .env("SSL_KEY_FILE", dir.path().join("camera-service.key")),
+        &[],
+    );
+    let response = https_get(
+        running.main,
+        "localhost",
+        default_client(std::slice::from_ref(&ca.cert_der)),
+        "/health",
+    )
+    .await;
+    assert_eq!(response.status, 200);
+    running.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssl_enabled_false_serves_plain_http_and_ws_with_a_warning() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let running = Running::start(tlsgate(dir.path()).env("SSL_ENABLED", "false"), &[]);
+    assert!(
+        running.banner.contains("WARNING: TLS IS OFF"),
+        "{}",
+        running.banner
+    );
+    assert!(
+        running
+            .banner
+            .contains(&format!("ws://127.0.0.1:{}/ws", running.main.port())),
+        "{}",
+        running.banner
+    );
+    let response = http_get(running.main, "localhost", "/health").await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, r#"{"status":"healthy"}"#);
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", running.main))
+        .await
+        .unwrap();
+    ws.send(Message::text("plain")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("plain"));
+    let (code, stderr) = running.stop();
+    assert_eq!(code, 0);
+    assert!(stderr.contains("TLS is off"), "{stderr}");
+}
+
+#[test]
+fn every_example_passes_config_check() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        // Each example runs in its own folder with the certificates it names made by our
+        // own CA code, so names, keys and paths are all checked for real.
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("tlsgate.yaml");
+        std::fs::copy(&path, &config).unwrap();
+        let settings = tlsgate::config::load(Some(&config), &Default::default(), &|_| None)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let ca = fixture_ca(dir.path());
+        for cert in &settings.tls.certificates {
+            let file = cert.source.cert_path();
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            let issued = ca
+                .issue(
+                    &cert.names,
+                    90 * DAY,
+                    KeyAlgorithm::EcdsaP256,
+                    tlsgate::certs::generate::Usage::Server,
+                )
+                .unwrap();
+            let chain = format!("{}{}", issued.cert_pem, ca.cert_pem);
+            match &cert.source {
+                tlsgate::config::CertSource::Files {
+                    cert_file,
+                    key_file,
+                } => {
+                    std::fs::write(cert_file, &chain).unwrap();
+                    std::fs::write(key_file, &issued.key_pem).unwrap();
+                    std::fs::set_permissions(key_file, std::fs::Permissions::from_mode(0o600))
+                        .unwrap();
+                }
+                tlsgate::config::CertSource::Combined { pem_file } => {
+                    std::fs::write(pem_file, format!("{chain}{}", issued.key_pem)).unwrap();
+                    std::fs::set_permissions(pem_file, std::fs::Permissions::from_mode(0o600))
+                        .unwrap();
+                }
+            }
+        }
+        let (code, stdout, stderr) =
+            run(tlsgate(dir.path()).args(["config", "check", "-c", "tlsgate.yaml"]));
+        assert_eq!(code, 0, "{}: {stderr}", path.display());
+        assert!(stderr.contains("configuration OK"), "{stderr}");
+        assert!(
+            !stderr.contains("warning: certificate") && !stderr.contains("readable by group"),
+            "{stderr}"
+        );
+        assert!(
+            stdout.contains("listen:") && stdout.contains("limits:"),
+            "{stdout}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 3, "all three examples checked");
+}
+
+#[test]
+fn config_check_prints_effective_config_that_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tlsgate.yaml"), "http: reject\n").unwrap();
+    let (code, stdout, stderr) =
+        run(tlsgate(dir.path()).args(["config", "check", "-c", "tlsgate.yaml"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("mode: reject"), "{stdout}");
+    assert!(
+        stdout.contains("max-age") || stdout.contains("max_age: 365d"),
+        "{stdout}"
+    );
+    std::fs::write(dir.path().join("effective.yaml"), &stdout).unwrap();
+    let (code, again, stderr) =
+        run(tlsgate(dir.path()).args(["config", "check", "-c", "effective.yaml"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(again, stdout);
+    assert!(
+        !dir.path().join("tlsgate-data").exists(),
+        "config check writes nothing"
+    );
+}
+
+#[test]
+fn help_documents_exit_codes() {
+    let (code, stdout, _) = run(tlsgate(Path::new(".")).arg("--help"));
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("Exit codes:") && stdout.contains("2  configuration or start-up error"),
+        "{stdout}"
+    );
+}
