@@ -607,3 +607,63 @@ fn help_documents_exit_codes() {
         "{stdout}"
     );
 }
+
+#[test]
+fn certificate_not_covering_a_configured_name_and_malformed_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = fixture_ca(dir.path());
+    fixture_cert(
+        &ca,
+        dir.path(),
+        "site",
+        &["example.com"],
+        KeyAlgorithm::EcdsaP256,
+    );
+    std::fs::write(
+        dir.path().join("names.yaml"),
+        "tls:\n  certificates:\n    - pem_file: site.pem\n      names: [example.com, api.example.com]\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = run(tlsgate(dir.path()).args(["config", "check", "-c", "names.yaml"]));
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("site.pem does not cover `api.example.com` (its names: example.com)"),
+        "{stderr}"
+    );
+
+    std::fs::write(
+        dir.path().join("garbage.pem"),
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("garbage.yaml"),
+        "tls:\n  certificates:\n    - cert_file: garbage.pem\n      key_file: site.key\n",
+    )
+    .unwrap();
+    let (code, _, stderr) =
+        run(tlsgate(dir.path()).args(["serve", "-c", "garbage.yaml", "--listen", "127.0.0.1:0"]));
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("garbage.yaml:3:7") && stderr.contains("garbage.pem: malformed"),
+        "{stderr}"
+    );
+
+    // An encrypted key gets a clear reason instead of "no key found".
+    std::fs::write(
+        dir.path().join("enc.key"),
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("enc.yaml"),
+        "tls:\n  certificates:\n    - cert_file: site.crt\n      key_file: enc.key\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = run(tlsgate(dir.path()).args(["config", "check", "-c", "enc.yaml"]));
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("enc.key: the private key is encrypted"),
+        "{stderr}"
+    );
+}

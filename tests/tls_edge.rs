@@ -736,3 +736,36 @@ async fn plain_mode_serves_http_and_ws() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_holds_extra_clients_until_a_slot_frees() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start("limits:\n  max_connections: 1\n", dir.path())
+        .await
+        .unwrap();
+    let client = default_client(&[server.local_ca()]);
+    let first = tls_connect(server.main, "localhost", client.clone())
+        .await
+        .unwrap();
+    // The second client is accepted by the kernel but not served while the first is open.
+    let second = tokio::time::timeout(
+        Duration::from_millis(700),
+        tls_connect(server.main, "localhost", client.clone()),
+    )
+    .await;
+    assert!(
+        second.is_err(),
+        "second connection was served beyond the limit"
+    );
+    drop(first);
+    let third = tokio::time::timeout(
+        Duration::from_secs(5),
+        tls_connect(server.main, "localhost", client),
+    )
+    .await;
+    assert!(
+        matches!(third, Ok(Ok(_))),
+        "a slot freed up after the first closed"
+    );
+    server.stop().await;
+}

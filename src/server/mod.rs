@@ -256,15 +256,6 @@ async fn accept_loop(
     tasks: TaskTracker,
 ) {
     loop {
-        // The permit is taken before accepting, so excess clients wait in the kernel's backlog
-        // instead of costing memory here.
-        let permit = tokio::select! {
-            permit = limit.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-            () = shutdown.cancelled() => return,
-        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = shutdown.cancelled() => return,
@@ -277,6 +268,16 @@ async fn accept_loop(
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
+        };
+        // At the limit, this loop waits here holding the one socket it accepted: further
+        // clients queue in the kernel's backlog instead of costing memory. The limit is shared
+        // by all listeners, so it bounds the process's connections as a whole.
+        let permit = tokio::select! {
+            permit = limit.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            () = shutdown.cancelled() => return,
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
