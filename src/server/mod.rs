@@ -86,7 +86,9 @@ impl Server {
         shutdown: CancellationToken,
     ) -> Result<Self, ServerError> {
         let mut certificates = Vec::new();
-        let mut warnings = Vec::new();
+        let mut warnings: Vec<String> = raise_fd_limit(settings.limits.max_connections)
+            .into_iter()
+            .collect();
         let mut local = None;
         let tls = if settings.tls.enabled {
             let loaded = tls::load_certificates(&settings.tls, &settings.data_dir)?;
@@ -94,7 +96,7 @@ impl Server {
             let sessions = SessionState::new()?;
             let config = tls::build_server_config(&settings.tls, resolver.clone(), &sessions)?;
             certificates = loaded.summaries;
-            warnings = loaded.warnings;
+            warnings.extend(loaded.warnings);
             local = loaded.local;
             Some(TlsEdge {
                 resolver,
@@ -431,4 +433,36 @@ async fn renew_local_certificate(
             }
         }
     }
+}
+
+/// Raises the open-file soft limit towards what `max_connections` needs (two descriptors per
+/// proxied connection, plus slack), as nginx's `worker_rlimit_nofile` does. Returns a warning
+/// when the hard limit is too low.
+fn raise_fd_limit(max_connections: usize) -> Option<String> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let wanted = (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(256);
+    let limit = getrlimit(Resource::Nofile);
+    let current = limit.current.unwrap_or(u64::MAX);
+    if current >= wanted {
+        return None;
+    }
+    let target = limit.maximum.map_or(wanted, |hard| hard.min(wanted));
+    if target > current {
+        let raised = rustix::process::Rlimit {
+            current: Some(target),
+            maximum: limit.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_err() {
+            return Some(format!(
+                "open-file limit is {current}; max_connections {max_connections} needs about {wanted} (raise it with ulimit -n or LimitNOFILE=)"
+            ));
+        }
+    }
+    (target < wanted).then(|| {
+        format!(
+            "open-file limit is {target} (hard limit); max_connections {max_connections} needs about {wanted}: raise LimitNOFILE= or lower limits.max_connections"
+        )
+    })
 }
