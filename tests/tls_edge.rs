@@ -518,17 +518,8 @@ async fn http_listener_redirects_exactly_and_never_sends_hsts() {
 async fn wss_echo_text_binary_ping() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start("", dir.path()).await.unwrap();
-    let stream = tls_connect(
-        server.main,
-        "localhost",
-        default_client(&[server.local_ca()]),
-    )
-    .await
-    .unwrap();
-    let (mut ws, response) = tokio_tungstenite::client_async("wss://localhost/ws", stream)
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 101);
+    let (mut ws, status) = server.wss_connect("/ws").await;
+    assert_eq!(status, 101);
     ws.send(Message::text("hello")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
     ws.send(Message::binary(vec![0u8, 1, 2, 255]))
@@ -691,16 +682,7 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 async fn graceful_shutdown_closes_websockets_with_1001() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start("", dir.path()).await.unwrap();
-    let stream = tls_connect(
-        server.main,
-        "localhost",
-        default_client(&[server.local_ca()]),
-    )
-    .await
-    .unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/ws", stream)
-        .await
-        .unwrap();
+    let (mut ws, _) = server.wss_connect("/ws").await;
     ws.send(Message::text("before")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("before"));
     server.shutdown.cancel();

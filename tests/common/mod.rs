@@ -63,6 +63,24 @@ impl TestServer {
         read_certs(&self.data_dir.join("ca/root.crt")).remove(0)
     }
 
+    /// A WebSocket over TLS to `path`, trusting the local CA.
+    pub async fn wss_connect(
+        &self,
+        path: &str,
+    ) -> (
+        tokio_tungstenite::WebSocketStream<TlsStream<TcpStream>>,
+        u16,
+    ) {
+        let stream = tls_connect(self.main, "localhost", default_client(&[self.local_ca()]))
+            .await
+            .expect("TLS connect");
+        let (ws, response) =
+            tokio_tungstenite::client_async(format!("wss://localhost{path}"), stream)
+                .await
+                .expect("WebSocket upgrade");
+        (ws, response.status().as_u16())
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.handle).await;
