@@ -563,10 +563,20 @@ async fn oversized_header_gets_431() {
     server.stop().await;
 }
 
+async fn get_on(stream: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> String {
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_headers_and_idle_connections_are_closed() {
+async fn slow_request_heads_are_cut_but_idle_keepalive_is_not() {
     let dir = tempfile::tempdir().unwrap();
-    let yaml = "limits:\n  header_read_timeout: 1s\n  idle_timeout: 1s\n  handshake_timeout: 1s\n";
+    let yaml = "limits:\n  header_read_timeout: 1s\n  idle_timeout: 30s\n  handshake_timeout: 1s\n";
     let server = TestServer::start(yaml, dir.path()).await.unwrap();
     let client = default_client(&[server.local_ca()]);
 
@@ -583,21 +593,16 @@ async fn slow_headers_and_idle_connections_are_closed() {
     let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "the server closed the slow connection");
     assert!(started.elapsed() < Duration::from_secs(4));
+    assert!(buf.is_empty(), "no response to a request never completed");
 
-    // Idle keep-alive after a completed request.
+    // A keep-alive connection idle for longer than the header timeout still works: the
+    // header deadline starts with a request's first byte, not with the idle wait.
     let mut stream = tls_connect(server.main, "localhost", client.clone())
         .await
         .unwrap();
-    stream
-        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = stream.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
-    let mut rest = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
-    assert!(closed.is_ok(), "idle keep-alive connection was closed");
+    assert!(get_on(&mut stream).await.starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert!(get_on(&mut stream).await.starts_with("HTTP/1.1 200"));
 
     // A TCP client that never starts the handshake.
     let mut tcp = tokio::net::TcpStream::connect(server.main).await.unwrap();
@@ -606,6 +611,44 @@ async fn slow_headers_and_idle_connections_are_closed() {
     assert!(
         matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
         "silent client was dropped: {closed:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keepalive_connections_are_closed_after_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "limits:\n  header_read_timeout: 30s\n  idle_timeout: 1s\n";
+    let server = TestServer::start(yaml, dir.path()).await.unwrap();
+    let client = default_client(&[server.local_ca()]);
+    let mut stream = tls_connect(server.main, "localhost", client.clone())
+        .await
+        .unwrap();
+    assert!(get_on(&mut stream).await.starts_with("HTTP/1.1 200"));
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "idle keep-alive connection was closed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "not before the idle timeout"
+    );
+
+    // HTTP/2: GOAWAY after the idle timeout, too.
+    let h2 = client_config(&[server.local_ca()], rustls::ALL_VERSIONS, &[b"h2"]);
+    let stream = tls_connect(server.main, "localhost", h2).await.unwrap();
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (_sender, connection) = hyper::client::conn::http2::handshake::<
+        _,
+        _,
+        http_body_util::Empty<bytes::Bytes>,
+    >(hyper_util::rt::TokioExecutor::new(), io)
+    .await
+    .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
+    assert!(
+        ended.is_ok(),
+        "idle HTTP/2 connection was closed by the server"
     );
     server.stop().await;
 }

@@ -256,3 +256,20 @@ fn readme_documents_every_environment_variable() {
         assert!(readme.contains(var), "README does not document {var}");
     }
 }
+
+#[test]
+fn absurd_limits_are_refused_not_panicked_on() {
+    for yaml in [
+        "limits:\n  max_connections: 18446744073709551615\n",
+        "limits:\n  header_read_timeout: 10000000000000000000\n",
+        "limits:\n  idle_timeout: 400d\n",
+        "headers:\n  hsts:\n    max_age: 10000d\n",
+    ] {
+        let error = load_with(yaml, &[]).unwrap_err().to_string();
+        assert!(
+            error.contains("at most") || error.contains("between"),
+            "{yaml}: {error}"
+        );
+    }
+    assert!(units::parse_duration(&"18446744073709551615s".repeat(3)).is_err());
+}

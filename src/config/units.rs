@@ -59,7 +59,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         let millis = number
             .checked_mul(unit_ms)
             .ok_or_else(|| format!("`{text}`: duration too large"))?;
-        total += Duration::from_millis(millis);
+        total = total
+            .checked_add(Duration::from_millis(millis))
+            .ok_or_else(|| format!("`{text}`: duration too large"))?;
     }
     Ok(total)
 }

@@ -18,6 +18,9 @@ use super::{
 };
 
 const ONE_YEAR: Duration = Duration::from_secs(365 * 86_400);
+/// Timeouts beyond a year are typos, and would overflow timer arithmetic near `u64::MAX`.
+const MAX_LIMIT_DURATION: Duration = ONE_YEAR;
+const MAX_CONNECTIONS: usize = 1_000_000;
 
 /// Turns locations in the file into [`Origin`]s and relative paths into absolute ones.
 struct Context<'a> {
@@ -499,8 +502,16 @@ fn header_settings(
             if enabled == Some(false) {
                 None
             } else {
+                let max_age = max_age.map(|d| d.0).unwrap_or(ONE_YEAR);
+                if max_age > 2 * ONE_YEAR {
+                    return Err(ConfigError::invalid(
+                        section.clone(),
+                        "headers.hsts.max_age",
+                        "at most 730d (browsers cap it; a longer value is a typo)",
+                    ));
+                }
                 let hsts = Hsts {
-                    max_age: max_age.map(|d| d.0).unwrap_or(ONE_YEAR),
+                    max_age,
                     include_subdomains: include_subdomains.unwrap_or(true),
                     preload: preload.unwrap_or(false),
                 };
@@ -565,11 +576,11 @@ fn limit_settings(
     let raw = raw.unwrap_or_default();
     let positive = |value: Option<super::units::ConfigDuration>, default: u64, field: &str| {
         let duration = value.map(|d| d.0).unwrap_or(Duration::from_secs(default));
-        if duration.is_zero() {
+        if duration.is_zero() || duration > MAX_LIMIT_DURATION {
             return Err(ConfigError::invalid(
                 section.clone(),
                 field,
-                "must be greater than zero",
+                "must be greater than zero and at most 365d",
             ));
         }
         Ok(duration)
@@ -583,11 +594,11 @@ fn limit_settings(
         ));
     }
     let max_connections = raw.max_connections.unwrap_or(10_000);
-    if max_connections == 0 {
+    if !(1..=MAX_CONNECTIONS).contains(&max_connections) {
         return Err(ConfigError::invalid(
             section.clone(),
             "limits.max_connections",
-            "must be at least 1",
+            format!("must be between 1 and {MAX_CONNECTIONS}"),
         ));
     }
     Ok(Limits {

@@ -12,6 +12,11 @@ use super::error::HttpError;
 use super::headers::SecurityHeaders;
 use super::{full, websocket, Response};
 
+/// The connection's place under `max_connections`, attached to each request; whoever holds
+/// a clone keeps the place taken (an upgraded WebSocket outlives its HTTP connection).
+#[derive(Clone)]
+pub struct ConnectionSlot(pub Arc<dyn std::any::Any + Send + Sync>);
+
 /// What the handler needs, built once per configuration.
 #[derive(Debug, Clone)]
 pub struct EdgeContext {
@@ -63,9 +68,11 @@ fn websocket_echo<B: Send + 'static>(context: &EdgeContext, mut request: Request
         Err(error) => return error.into_response(),
     };
     let on_upgrade = hyper::upgrade::on(&mut request);
+    let slot = request.extensions_mut().remove::<ConnectionSlot>();
     let idle = context.websocket_idle_timeout;
     let shutdown = context.shutdown.clone();
     context.tasks.spawn(async move {
+        let _slot = slot;
         match on_upgrade.await {
             Ok(upgraded) => websocket::echo(upgraded, idle, shutdown).await,
             Err(error) => tracing::debug!(%error, "WebSocket upgrade did not complete"),

@@ -14,6 +14,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub struct Activity {
     started: Instant,
     last_millis: AtomicU64,
+    /// When the first byte arrived with no request in flight (millis + 1; 0 = none): a
+    /// request head is on its way.
+    head_started: AtomicU64,
     in_flight: AtomicUsize,
 }
 
@@ -22,13 +25,40 @@ impl Activity {
         Arc::new(Self {
             started: Instant::now(),
             last_millis: AtomicU64::new(0),
+            head_started: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
         })
     }
 
+    fn now_millis(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
     fn touch(&self) {
-        let now = self.started.elapsed().as_millis() as u64;
+        self.last_millis.store(self.now_millis(), Ordering::Relaxed);
+    }
+
+    fn touch_read(&self) {
+        let now = self.now_millis();
         self.last_millis.store(now, Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Acquire) == 0 {
+            let _ =
+                self.head_started
+                    .compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+
+    /// How long a request head has been arriving without being complete.
+    pub fn head_wait(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        match self.head_started.load(Ordering::Acquire) {
+            0 => None,
+            started => Some(Duration::from_millis(
+                self.now_millis().saturating_sub(started - 1),
+            )),
+        }
     }
 
     /// How long since bytes last moved, when no request is in flight.
@@ -43,6 +73,7 @@ impl Activity {
     /// Marks a request in flight until the guard drops.
     pub fn request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.head_started.store(0, Ordering::Release);
         InFlight(self.clone())
     }
 }
@@ -52,6 +83,7 @@ pub struct InFlight(Arc<Activity>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.touch();
+        self.0.head_started.store(0, Ordering::Release);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -77,7 +109,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() != before {
-            self.activity.touch();
+            self.activity.touch_read();
         }
         result
     }

@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::certs::local_ca::{LeafAction, LocalCertificate};
 use crate::config::{HttpMode, Limits, Settings};
 use crate::http::headers::SecurityHeaders;
-use crate::http::service::{handle, EdgeContext};
+use crate::http::service::{handle, ConnectionSlot, EdgeContext};
 use crate::http::{redirect, Response};
 use crate::tls::{self, CertSummary, SessionState, SniResolver, TlsError};
 use activity::{Activity, TrackedIo};
@@ -300,13 +300,11 @@ async fn serve_main(
     shutdown: CancellationToken,
     permit: OwnedSemaphorePermit,
 ) {
+    let slot = ConnectionSlot(Arc::new(permit));
+    let context = shared.context.clone();
+    let handler = move |request| handle(context.clone(), request);
     let Some(tls) = &shared.tls else {
-        let context = shared.context.clone();
-        serve_http(stream, &shared.limits, shutdown, move |request| {
-            handle(context.clone(), request)
-        })
-        .await;
-        drop(permit);
+        serve_http(stream, &shared.limits, shutdown, slot, true, handler).await;
         return;
     };
     let acceptor = TlsAcceptor::from(tls.config.load_full());
@@ -322,12 +320,10 @@ async fn serve_main(
             return;
         }
     };
-    let context = shared.context.clone();
-    serve_http(stream, &shared.limits, shutdown, move |request| {
-        handle(context.clone(), request)
-    })
-    .await;
-    drop(permit);
+    // HTTP/2 clients may exchange control frames while idle; the request-head deadline is
+    // for HTTP/1 (slowloris), where bytes with no request dispatched mean a head in progress.
+    let http1 = stream.get_ref().1.alpn_protocol() != Some(b"h2");
+    serve_http(stream, &shared.limits, shutdown, slot, http1, handler).await;
 }
 
 async fn serve_redirect(
@@ -338,19 +334,37 @@ async fn serve_redirect(
 ) {
     let mode = shared.http_mode;
     let port = shared.redirect_port;
-    serve_http(stream, &shared.limits, shutdown, move |request| {
-        let response: Response = redirect::respond(mode, &request, port);
-        std::future::ready(Ok::<_, std::convert::Infallible>(response))
-    })
+    let slot = ConnectionSlot(Arc::new(permit));
+    serve_http(
+        stream,
+        &shared.limits,
+        shutdown,
+        slot,
+        true,
+        move |request| {
+            let response: Response = redirect::respond(mode, &request, port);
+            std::future::ready(Ok::<_, std::convert::Infallible>(response))
+        },
+    )
     .await;
-    drop(permit);
 }
 
-/// Serves HTTP/1.1 and HTTP/2 on one connection with the configured limits. An idle
-/// keep-alive connection (no request in flight, no bytes either way) is closed after
-/// `idle_timeout`; on shutdown the connection finishes in-flight requests and closes.
-async fn serve_http<I, H, F>(io: I, limits: &Limits, shutdown: CancellationToken, handler: H)
-where
+/// Serves HTTP/1.1 and HTTP/2 on one connection with the configured limits:
+/// - a request head must arrive within `header_read_timeout` of its first byte (HTTP/1);
+/// - a connection with no request in flight and no bytes either way for `idle_timeout` is
+///   closed (GOAWAY for HTTP/2);
+/// - on shutdown, in-flight requests finish and the connection closes.
+///
+/// The connection's slot travels with each request, so an upgraded WebSocket keeps holding
+/// it after this function returns.
+async fn serve_http<I, H, F>(
+    io: I,
+    limits: &Limits,
+    shutdown: CancellationToken,
+    slot: ConnectionSlot,
+    head_deadline: bool,
+    handler: H,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(hyper::Request<hyper::body::Incoming>) -> F + Send + Sync + 'static,
     F: std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send + 'static,
@@ -358,10 +372,12 @@ where
     let activity = Activity::new();
     let io = TokioIo::new(TrackedIo::new(io, activity.clone()));
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's own header timer also runs while a keep-alive connection waits for its next
+    // request, which would cap `idle_timeout`; the watchdog below measures both separately.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_size as usize);
     builder
         .http2()
@@ -369,8 +385,9 @@ where
         .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
     let handler = Arc::new(handler);
     let request_activity = activity.clone();
-    let service = service_fn(move |request| {
+    let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
         let in_flight = request_activity.request();
+        request.extensions_mut().insert(slot.clone());
         let response = handler(request);
         async move {
             let response = response.await;
@@ -380,8 +397,8 @@ where
     });
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
-    let check_every =
-        (limits.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let shortest = limits.idle_timeout.min(limits.header_read_timeout);
+    let check_every = (shortest / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
     let mut ticker = tokio::time::interval(check_every);
     let mut closing = false;
     loop {
@@ -396,8 +413,14 @@ where
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
-            _ = ticker.tick(), if !closing => {
-                if activity.idle_for().is_some_and(|idle| idle >= limits.idle_timeout) {
+            _ = ticker.tick() => {
+                if head_deadline && activity.head_wait().is_some_and(|wait| wait >= limits.header_read_timeout) {
+                    // A slow or stalled request head: drop the connection outright, since a
+                    // graceful shutdown would wait for that very request.
+                    tracing::debug!("request head not received in time; closing");
+                    return;
+                }
+                if !closing && activity.idle_for().is_some_and(|idle| idle >= limits.idle_timeout) {
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                 }
