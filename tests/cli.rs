@@ -667,3 +667,59 @@ fn certificate_not_covering_a_configured_name_and_malformed_files_are_refused() 
         "{stderr}"
     );
 }
+
+#[test]
+fn readme_documents_every_variable_the_code_reads() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let mut found = Vec::new();
+    let mut stack = vec![root.join("src")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for quoted in text.split('"').skip(1).step_by(2) {
+                let is_var = (quoted.starts_with("TLSGATE_") || quoted.starts_with("SSL_"))
+                    && quoted.bytes().all(|b| b.is_ascii_uppercase() || b == b'_');
+                if is_var && !found.contains(&quoted.to_owned()) {
+                    found.push(quoted.to_owned());
+                }
+            }
+        }
+    }
+    assert!(found.len() >= 15, "{found:?}");
+    for var in &found {
+        assert!(
+            readme.contains(var.as_str()),
+            "README does not document {var}"
+        );
+    }
+}
+
+#[test]
+fn local_ca_recovers_from_an_interrupted_first_run_and_refuses_a_foreign_key() {
+    use tlsgate::certs::local_ca;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    std::fs::create_dir_all(&ca_dir).unwrap();
+    // A key with no certificate: the first run stopped between the two writes.
+    std::fs::write(ca_dir.join("root.key"), "leftover").unwrap();
+    let made = local_ca::ensure(dir.path()).unwrap();
+    assert!(made.ca_created);
+
+    // A CA key restored from somewhere else is refused, with the way out.
+    let other =
+        tlsgate::certs::CertificateAuthority::new("other", 30 * DAY, KeyAlgorithm::EcdsaP256)
+            .unwrap();
+    std::fs::write(&made.ca_key, other.key_pem()).unwrap();
+    let error = local_ca::ensure(dir.path()).unwrap_err().to_string();
+    assert!(
+        error.contains("does not match the CA certificate"),
+        "{error}"
+    );
+    assert!(error.contains("move the `ca` folder away"), "{error}");
+}

@@ -307,31 +307,37 @@ async fn rsa_and_ecdsa_for_one_name_each_client_gets_what_it_can_verify() {
         &["dual.test"],
         KeyAlgorithm::Rsa2048,
     );
-    let yaml = "tls:\n  certificates:\n    - pem_file: ec.pem\n    - pem_file: rsa.pem\n";
+    // The default is listed second: the pair is the default for no-SNI clients either way.
+    let yaml = "tls:\n  certificates:\n    - pem_file: rsa.pem\n    - pem_file: ec.pem\n      default: true\n";
     let server = TestServer::start(yaml, dir.path()).await.unwrap();
     let ca_path = dir.path().join("ca.crt");
-    for (sigalgs, expected) in [
-        ("rsa_pss_rsae_sha256:RSA+SHA256", "RSA"),
-        ("ECDSA+SHA256", "EC"),
+    for (sigalgs, expected, sni) in [
+        ("rsa_pss_rsae_sha256:RSA+SHA256", "RSA", "-servername"),
+        ("ECDSA+SHA256", "EC", "-servername"),
+        ("rsa_pss_rsae_sha256:RSA+SHA256", "RSA", "-noservername"),
+        ("ECDSA+SHA256", "EC", "-noservername"),
     ] {
+        let mut args = vec!["s_client", "-connect"];
+        let connect = server.main.to_string();
+        args.push(&connect);
+        args.push(sni);
+        if sni == "-servername" {
+            args.push("dual.test");
+        }
         let (ok, out) = openssl_async(
-            [
-                "s_client",
-                "-connect",
-                &server.main.to_string(),
-                "-servername",
-                "dual.test",
-                "-tls1_2",
-                "-sigalgs",
-                sigalgs,
-                "-CAfile",
-                ca_path.to_str().unwrap(),
-            ]
-            .map(String::from)
-            .to_vec(),
+            args.into_iter()
+                .chain([
+                    "-tls1_2",
+                    "-sigalgs",
+                    sigalgs,
+                    "-CAfile",
+                    ca_path.to_str().unwrap(),
+                ])
+                .map(String::from)
+                .collect(),
         )
         .await;
-        assert!(ok, "{sigalgs}: {out}");
+        assert!(ok, "{sigalgs} {sni}: {out}");
         let key_line = out
             .lines()
             .find(|l| l.contains("Server public key is"))

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
@@ -179,12 +179,24 @@ impl CertificateAuthority {
     /// Loads an existing CA from its certificate and key PEM.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CertError> {
         let key = KeyPair::from_pem(key_pem).map_err(generation_error("CA key"))?;
-        let der = rustls_pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes()).map_err(
-            |error: rustls_pki_types::pem::Error| CertError::Generate {
+        let der: CertificateDer<'static> = rustls_pki_types::pem::PemObject::from_pem_slice(
+            cert_pem.as_bytes(),
+        )
+        .map_err(|error: rustls_pki_types::pem::Error| CertError::Generate {
+            what: "CA certificate".into(),
+            reason: error.to_string(),
+        })?;
+        let (_, parsed) =
+            x509_parser::parse_x509_certificate(&der).map_err(|error| CertError::Generate {
                 what: "CA certificate".into(),
                 reason: error.to_string(),
-            },
-        )?;
+            })?;
+        if parsed.public_key().raw != key.subject_public_key_info().as_slice() {
+            return Err(CertError::Generate {
+                what: "CA".into(),
+                reason: "the CA key does not match the CA certificate".into(),
+            });
+        }
         Ok(Self {
             cert_pem: cert_pem.to_owned(),
             cert_der: der,

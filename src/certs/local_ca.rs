@@ -15,7 +15,9 @@ use rustls::RootCertStore;
 use super::generate::{CertificateAuthority, KeyAlgorithm, Usage};
 use super::inspect::CertInfo;
 use super::pem::{read_certificates, read_private_key};
-use super::store::{ensure_private_dir, write_atomic, LivePaths, PUBLIC_MODE, SECRET_MODE};
+use super::store::{
+    ensure_private_dir, tighten_dir, write_atomic, LivePaths, PUBLIC_MODE, SECRET_MODE,
+};
 use super::CertError;
 
 pub const CA_LIFETIME: Duration = Duration::from_secs(3650 * 86_400);
@@ -49,11 +51,13 @@ pub fn in_renewal_window(info: &CertInfo, now: i64) -> bool {
 pub fn ensure(data_dir: &Path) -> Result<LocalCertificate, CertError> {
     ensure_private_dir(data_dir)?;
     let ca_dir = data_dir.join("ca");
-    ensure_private_dir(&ca_dir)?;
+    tighten_dir(&ca_dir)?;
     let ca_cert = ca_dir.join("root.crt");
     let ca_key = ca_dir.join("root.key");
 
-    let (ca, ca_created) = if ca_cert.exists() || ca_key.exists() {
+    // The key is written before the certificate, so a key alone is an interrupted first run:
+    // no client can trust a CA certificate that was never written, so start over.
+    let (ca, ca_created) = if ca_cert.exists() {
         (load_ca(&ca_cert, &ca_key)?, false)
     } else {
         let ca = CertificateAuthority::new(

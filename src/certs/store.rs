@@ -3,7 +3,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -21,11 +21,25 @@ fn write_error(path: &Path) -> impl FnOnce(std::io::Error) -> CertError + '_ {
     }
 }
 
-/// Creates `dir` (and parents) if missing; the folder itself ends up mode 0700.
+/// Creates `dir` (and parents) mode 0700 if missing. An existing folder is left as it is:
+/// it may be the operator's (`--data-dir .`); what tlsgate keeps secret lives in folders it
+/// owns (see [`tighten_dir`]).
 pub fn ensure_private_dir(dir: &Path) -> Result<(), CertError> {
     if !dir.exists() {
-        fs::create_dir_all(dir).map_err(write_error(dir))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(PRIVATE_DIR_MODE)
+            .create(dir)
+            .map_err(write_error(dir))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(PRIVATE_DIR_MODE))
+            .map_err(write_error(dir))?;
     }
+    Ok(())
+}
+
+/// Makes sure a folder tlsgate owns (`ca/`, `live/NAME/`) is 0700, creating it if needed.
+pub fn tighten_dir(dir: &Path) -> Result<(), CertError> {
+    ensure_private_dir(dir)?;
     let mode = fs::metadata(dir)
         .map_err(write_error(dir))?
         .permissions()
@@ -114,7 +128,7 @@ impl LivePaths {
         previous_serial: Option<&str>,
     ) -> Result<(), CertError> {
         ensure_private_dir(&data_dir.join("live"))?;
-        ensure_private_dir(&self.dir)?;
+        tighten_dir(&self.dir)?;
         if let (Some(serial), true) = (previous_serial, self.exists()) {
             self.archive(data_dir, serial)?;
         }
@@ -136,7 +150,7 @@ impl LivePaths {
         let target = data_dir.join("archive").join(&name).join(serial);
         ensure_private_dir(&data_dir.join("archive"))?;
         ensure_private_dir(&data_dir.join("archive").join(&name))?;
-        ensure_private_dir(&target)?;
+        tighten_dir(&target)?;
         for file in [&self.cert, &self.chain, &self.fullchain, &self.privkey] {
             if let (Ok(contents), Some(file_name)) = (fs::read(file), file.file_name()) {
                 let mode = if file == &self.privkey {
@@ -172,6 +186,23 @@ mod tests {
         assert_eq!(fs::read(&key).unwrap(), b"replaced");
         let leftovers: Vec<_> = fs::read_dir(&private).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary files left behind");
+    }
+
+    #[test]
+    fn existing_operator_folders_are_not_chmodded() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        ensure_private_dir(dir.path()).unwrap();
+        let mode = fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o755);
+        let owned = dir.path().join("ca");
+        fs::create_dir(&owned).unwrap();
+        fs::set_permissions(&owned, fs::Permissions::from_mode(0o755)).unwrap();
+        tighten_dir(&owned).unwrap();
+        assert_eq!(
+            fs::metadata(&owned).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub struct EnvOverlay {
 /// Every variable read here (the README documents each).
 #[cfg(test)]
 pub const VARIABLES: &[&str] = &[
+    "TLSGATE_CONFIG",
+    "TLSGATE_LOG",
+    "TLSGATE_LOG_FORMAT",
     "TLSGATE_DATA_DIR",
     "TLSGATE_LISTEN",
     "TLSGATE_HTTP",
@@ -60,27 +63,34 @@ pub fn read_overlay(env: EnvLookup<'_>) -> Result<EnvOverlay, ConfigError> {
         ..EnvOverlay::default()
     };
 
-    // Lowest precedence first: a later family replaces an earlier one. Seed 003's
-    // SSL_CERT_FILE/SSL_KEY_FILE count only with SSL_ENABLED=true: on their own they are
-    // OpenSSL's CA-bundle variables, set system-wide on many machines.
-    if let Some((value, origin)) = get("SSL_ENABLED") {
-        let enabled =
-            parse_switch(&value).ok_or_else(|| bad_switch(&origin, "SSL_ENABLED", &value))?;
-        overlay.tls_enabled = Some((enabled, origin));
-        if enabled {
-            overlay.certificate = pair(&get, "SSL_CERT_FILE", "SSL_KEY_FILE")?;
+    // Highest precedence first; only the family that wins is checked, so a stray variable
+    // of a lower family cannot block a complete higher one. Seed 003's SSL_CERT_FILE and
+    // SSL_KEY_FILE count only with SSL_ENABLED=true: on their own they are OpenSSL's
+    // CA-bundle variables, set system-wide on many machines.
+    let switch = |var: &'static str| -> Result<Option<(bool, Origin)>, ConfigError> {
+        match get(var) {
+            Some((value, origin)) => parse_switch(&value)
+                .map(|on| Some((on, origin.clone())))
+                .ok_or_else(|| bad_switch(&origin, var, &value)),
+            None => Ok(None),
         }
-    }
-    if let Some(certificate) = pair(&get, "SSL_CERTFILE", "SSL_KEYFILE")? {
-        overlay.certificate = Some(certificate);
-    }
-    if let Some((value, origin)) = get("TLSGATE_TLS") {
-        let enabled =
-            parse_switch(&value).ok_or_else(|| bad_switch(&origin, "TLSGATE_TLS", &value))?;
-        overlay.tls_enabled = Some((enabled, origin));
-    }
-    if let Some(certificate) = pair(&get, "TLSGATE_CERT_FILE", "TLSGATE_KEY_FILE")? {
-        overlay.certificate = Some(certificate);
+    };
+    let ssl_enabled = switch("SSL_ENABLED")?;
+    overlay.tls_enabled = switch("TLSGATE_TLS")?.or(ssl_enabled.clone());
+    let families: [(&'static str, &'static str, bool); 3] = [
+        ("TLSGATE_CERT_FILE", "TLSGATE_KEY_FILE", true),
+        ("SSL_CERTFILE", "SSL_KEYFILE", true),
+        (
+            "SSL_CERT_FILE",
+            "SSL_KEY_FILE",
+            matches!(ssl_enabled, Some((true, _))),
+        ),
+    ];
+    for (cert_var, key_var, active) in families {
+        if active && (get(cert_var).is_some() || get(key_var).is_some()) {
+            overlay.certificate = pair(&get, cert_var, key_var)?;
+            break;
+        }
     }
     Ok(overlay)
 }

@@ -273,3 +273,33 @@ fn absurd_limits_are_refused_not_panicked_on() {
     }
     assert!(units::parse_duration(&"18446744073709551615s".repeat(3)).is_err());
 }
+
+#[test]
+fn a_stray_lower_family_variable_does_not_block_a_complete_higher_one() {
+    let settings = load_with(
+        "",
+        &[
+            ("SSL_ENABLED", "true"),
+            ("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt"),
+            ("SSL_CERTFILE", "/stray.crt"),
+            ("TLSGATE_CERT_FILE", "/tls/site.crt"),
+            ("TLSGATE_KEY_FILE", "/tls/site.key"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        settings.tls.certificates[0].source.cert_path(),
+        Path::new("/tls/site.crt")
+    );
+    assert_eq!(
+        settings.tls.certificates[0].origin.to_string(),
+        "environment variable TLSGATE_CERT_FILE"
+    );
+    let error = load_with("", &[("SSL_ENABLED", "true"), ("SSL_KEY_FILE", "/k.key")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("SSL_KEY_FILE") && error.contains("SSL_CERT_FILE is not"),
+        "{error}"
+    );
+}

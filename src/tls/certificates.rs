@@ -64,22 +64,33 @@ pub fn load_certificates(
         tls.certificates.clone()
     };
 
-    let default_index = entries.iter().position(|e| e.default).unwrap_or(0);
-    let mut table = CertTable::default();
-    let mut summaries = Vec::new();
-    let mut warnings = Vec::new();
-    let now = unix_now();
-    for (index, entry) in entries.iter().enumerate() {
+    let mut loaded = Vec::with_capacity(entries.len());
+    for entry in &entries {
         let (key, info) = load_one(entry, &provider)?;
-        let names = if entry.names.is_empty() {
+        let mut names = if entry.names.is_empty() {
             info.dns_names.clone()
         } else {
             entry.names.clone()
         };
+        names.sort();
+        loaded.push((entry, key, info, names));
+    }
+    // The default is the marked entry (else the first), plus every entry serving exactly the
+    // same names, so an RSA + ECDSA pair is a default pair whatever the file order.
+    let default_index = entries.iter().position(|e| e.default).unwrap_or(0);
+    let default_names = loaded
+        .get(default_index)
+        .map(|(_, _, _, names)| names.clone())
+        .unwrap_or_default();
+
+    let mut table = CertTable::default();
+    let mut summaries = Vec::new();
+    let mut warnings = Vec::new();
+    let now = unix_now();
+    for (index, (entry, key, info, names)) in loaded.into_iter().enumerate() {
         warnings.extend(expiry_warning(entry.source.cert_path(), &info, now));
         warnings.extend(key_permission_warning(entry.source.key_path()));
-        let is_default = index == default_index
-            || (!names.is_empty() && names == names_of(&entries[default_index], &summaries));
+        let is_default = index == default_index || (!names.is_empty() && names == default_names);
         table.insert(&names, Arc::new(key), is_default);
         summaries.push(CertSummary {
             cert_path: entry.source.cert_path().to_path_buf(),
@@ -94,18 +105,6 @@ pub fn load_certificates(
         warnings,
         local,
     })
-}
-
-/// The names the default entry ended up with (already loaded, as it may come first).
-fn names_of(default: &CertificateSettings, loaded: &[CertSummary]) -> Vec<String> {
-    if !default.names.is_empty() {
-        return default.names.clone();
-    }
-    loaded
-        .iter()
-        .find(|s| s.cert_path == default.source.cert_path())
-        .map(|s| s.names.clone())
-        .unwrap_or_default()
 }
 
 fn load_one(
