@@ -146,17 +146,27 @@ fn subject_alt_names(names: &[String]) -> Result<Vec<SanType>, CertError> {
 }
 
 impl CertificateAuthority {
-    /// A new root CA: CA:TRUE with pathlen 0, keyCertSign + cRLSign.
+    /// A new root CA: CA:TRUE with pathlen 0, keyCertSign + cRLSign, no name constraints.
     pub fn new(
         common_name: &str,
         lifetime: Duration,
         algorithm: KeyAlgorithm,
     ) -> Result<Self, CertError> {
+        Self::new_constrained(common_name, lifetime, algorithm, &[])
+    }
+
+    /// As [`Self::new`], limited to issuing for `permitted` DNS domains when not empty
+    /// (RFC 5280 name constraints, critical).
+    pub fn new_constrained(
+        common_name: &str,
+        lifetime: Duration,
+        algorithm: KeyAlgorithm,
+        permitted: &[String],
+    ) -> Result<Self, CertError> {
         let key = algorithm.generate()?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, common_name);
-        dn.push(DnType::OrganizationName, "tlsgate local CA");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![
@@ -165,6 +175,15 @@ impl CertificateAuthority {
             KeyUsagePurpose::DigitalSignature,
         ];
         params.serial_number = Some(random_serial());
+        if !permitted.is_empty() {
+            params.name_constraints = Some(rcgen::NameConstraints {
+                permitted_subtrees: permitted
+                    .iter()
+                    .map(|d| rcgen::GeneralSubtree::DnsName(d.clone()))
+                    .collect(),
+                excluded_subtrees: Vec::new(),
+            });
+        }
         set_validity(&mut params, lifetime);
         let cert = params
             .self_signed(&key)
@@ -296,4 +315,24 @@ pub fn self_signed(
         key_pem: key.serialize_pem(),
         der: cert.der().clone(),
     })
+}
+
+/// A new key and a certificate signing request for `names`, for a commercial CA.
+pub fn csr(names: &[String], algorithm: KeyAlgorithm) -> Result<(String, String), CertError> {
+    let key = algorithm.generate()?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(
+        DnType::CommonName,
+        names.first().cloned().unwrap_or_else(|| "tlsgate".into()),
+    );
+    params.distinguished_name = dn;
+    params.subject_alt_names = subject_alt_names(names)?;
+    let request = params
+        .serialize_request(&key)
+        .map_err(generation_error("certificate signing request"))?;
+    let pem = request
+        .pem()
+        .map_err(generation_error("certificate signing request"))?;
+    Ok((pem, key.serialize_pem()))
 }

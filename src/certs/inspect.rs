@@ -3,10 +3,12 @@
 use std::net::IpAddr;
 
 use rustls_pki_types::CertificateDer;
+use serde::Serialize;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::public_key::PublicKey;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CertInfo {
     pub subject: String,
     pub issuer: String,
@@ -19,11 +21,23 @@ pub struct CertInfo {
     pub not_after: i64,
     pub is_ca: bool,
     pub self_issued: bool,
+    /// `RSA`, `ECDSA`, `Ed25519`, …
+    pub key_type: String,
+    pub key_bits: u32,
+    /// `P-256`, `P-384` for ECDSA keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_curve: Option<String>,
+    pub signature_algorithm: String,
+    /// SHA-256 of the DER, as colon-separated upper-case hex (what browsers show).
+    pub sha256_fingerprint: String,
+    /// Extended key usages: `serverAuth`, `clientAuth`, … (empty: any).
+    pub extended_key_usage: Vec<String>,
 }
 
 impl CertInfo {
     pub fn parse(der: &CertificateDer<'_>) -> Result<Self, String> {
         let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
+        let (key_type, key_bits, key_curve) = key_facts(&cert);
         let mut dns_names = Vec::new();
         let mut ip_addresses = Vec::new();
         if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -51,7 +65,22 @@ impl CertInfo {
             not_after: cert.validity().not_after.timestamp(),
             is_ca: cert.is_ca(),
             self_issued: cert.subject() == cert.issuer(),
+            key_type: key_type.into(),
+            key_bits,
+            key_curve,
+            signature_algorithm: signature_name(&cert),
+            sha256_fingerprint: fingerprint(der),
+            extended_key_usage: extended_key_usage(&cert),
         })
+    }
+
+    /// `ECDSA P-256`, `RSA 2048`, `Ed25519`.
+    pub fn key_description(&self) -> String {
+        match (&self.key_curve, self.key_type.as_str()) {
+            (Some(curve), _) => format!("{} {curve}", self.key_type),
+            (None, "Ed25519") | (None, "Ed448") => self.key_type.clone(),
+            (None, _) => format!("{} {}", self.key_type, self.key_bits),
+        }
     }
 
     /// Whether a configured name (host, wildcard or IP) is covered by this certificate's SANs.
@@ -94,6 +123,84 @@ impl CertInfo {
     }
 }
 
+fn key_facts(cert: &X509Certificate<'_>) -> (&'static str, u32, Option<String>) {
+    let spki = cert.public_key();
+    let algorithm = spki.algorithm.algorithm.to_id_string();
+    match spki.parsed() {
+        Ok(PublicKey::RSA(rsa)) => ("RSA", rsa.key_size() as u32, None),
+        Ok(PublicKey::EC(point)) => {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .map(|oid| match oid.to_id_string().as_str() {
+                    "1.2.840.10045.3.1.7" => "P-256".to_owned(),
+                    "1.3.132.0.34" => "P-384".to_owned(),
+                    "1.3.132.0.35" => "P-521".to_owned(),
+                    other => other.to_owned(),
+                });
+            ("ECDSA", point.key_size() as u32, curve)
+        }
+        _ if algorithm == "1.3.101.112" => ("Ed25519", 256, None),
+        _ if algorithm == "1.3.101.113" => ("Ed448", 456, None),
+        Ok(PublicKey::DSA(_)) => ("DSA", 0, None),
+        _ => ("unknown", 0, None),
+    }
+}
+
+fn extended_key_usage(cert: &X509Certificate<'_>) -> Vec<String> {
+    let Ok(Some(eku)) = cert.extended_key_usage() else {
+        return Vec::new();
+    };
+    let eku = eku.value;
+    let mut usages = Vec::new();
+    for (present, name) in [
+        (eku.server_auth, "serverAuth"),
+        (eku.client_auth, "clientAuth"),
+        (eku.code_signing, "codeSigning"),
+        (eku.email_protection, "emailProtection"),
+        (eku.any, "any"),
+    ] {
+        if present {
+            usages.push(name.to_owned());
+        }
+    }
+    usages
+}
+
+impl CertInfo {
+    /// A certificate only for TLS clients (mTLS), not servers.
+    pub fn is_client_only(&self) -> bool {
+        self.extended_key_usage.iter().any(|u| u == "clientAuth")
+            && !self.extended_key_usage.iter().any(|u| u == "serverAuth" || u == "any")
+    }
+}
+
+fn signature_name(cert: &X509Certificate<'_>) -> String {
+    let oid = &cert.signature_algorithm.algorithm;
+    match x509_parser::objects::oid2sn(oid, x509_parser::objects::oid_registry()) {
+        Ok(name) => name.to_owned(),
+        Err(_) => oid.to_id_string(),
+    }
+}
+
+/// SHA-256 of `der` as `AB:CD:…`.
+pub fn fingerprint(der: &[u8]) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+    digest
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Whether each certificate in a chain is issued by the next one (leaf first).
+pub fn chain_in_order(chain: &[CertInfo]) -> bool {
+    chain.windows(2).all(|pair| pair[0].issuer == pair[1].subject)
+}
+
 /// Now, in Unix seconds.
 pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
@@ -128,6 +235,12 @@ mod tests {
             not_after: 0,
             is_ca: false,
             self_issued: false,
+            key_type: String::new(),
+            key_bits: 0,
+            key_curve: None,
+            signature_algorithm: String::new(),
+            sha256_fingerprint: String::new(),
+            extended_key_usage: Vec::new(),
         }
     }
 

@@ -2,11 +2,16 @@
 //! self-signed, issued), inspecting them, and the data folder's storage layout. Never depends
 //! on the server.
 
+pub mod bundle;
+pub mod expiry;
 pub mod generate;
 pub mod inspect;
 pub mod local_ca;
 pub mod pem;
+pub mod remote;
 pub mod store;
+pub mod trust;
+pub mod verify;
 
 use std::path::PathBuf;
 
@@ -35,6 +40,10 @@ pub enum CertError {
     EncryptedKey { path: PathBuf },
     #[error("{path}: malformed: {reason}")]
     Malformed { path: PathBuf, reason: String },
+    #[error("{path} already exists (use --force to replace it)")]
+    Exists { path: PathBuf },
+    #[error("{target}: {reason}")]
+    Remote { target: String, reason: String },
     #[error("cannot generate {what}: {reason}")]
     Generate { what: String, reason: String },
 }

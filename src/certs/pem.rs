@@ -113,6 +113,11 @@ pub fn encode_block(label: &str, der: &[u8]) -> String {
     out
 }
 
+/// Standard base64 (RFC 4648) without line breaks.
+pub fn base64(bytes: &[u8]) -> String {
+    base64_encode(bytes)
+}
+
 fn base64_encode(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);

@@ -87,6 +87,16 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertE
     result.map_err(write_error(path))
 }
 
+/// Writes a file the operator asked for: never replaces an existing one unless `force`.
+pub fn write_new(path: &Path, contents: &[u8], mode: u32, force: bool) -> Result<(), CertError> {
+    if !force && path.exists() {
+        return Err(CertError::Exists {
+            path: path.to_path_buf(),
+        });
+    }
+    write_atomic(path, contents, mode)
+}
+
 /// Paths of one certificate in certbot's layout under the data folder.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LivePaths {

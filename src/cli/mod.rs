@@ -2,6 +2,7 @@
 //! messages and exit codes here, and nowhere else.
 
 mod banner;
+mod cert;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +37,9 @@ enum Command {
     /// Work with the configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Generate, inspect, verify and watch certificates (no openssl needed).
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,6 +103,7 @@ pub fn run() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Config(ConfigCommand::Check(args)) => config_check(args),
+        Command::Cert(command) => cert::run(command),
     }
 }
 

@@ -1,0 +1,136 @@
+//! `cert verify`: chain to trusted roots, host name, key match — one result per check.
+
+use std::sync::Arc;
+
+use rustls::client::danger::ServerCertVerifier;
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{CertificateError, RootCertStore};
+use serde::Serialize;
+
+use super::CertInfo;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub check: &'static str,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// Why a chain failed, in words.
+fn explain(error: &rustls::Error) -> String {
+    match error {
+        rustls::Error::InvalidCertificate(reason) => match reason {
+            CertificateError::UnknownIssuer => {
+                "not issued by a trusted CA (unknown issuer; is the intermediate missing, or pass --ca?)".into()
+            }
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired".into(),
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "not valid yet".into()
+            }
+            CertificateError::BadSignature => "a signature in the chain does not verify".into(),
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                "the certificate is not for this purpose (extended key usage)".into()
+            }
+            other => format!("{other:?}"),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// Verifies `chain` (leaf first) against `roots`; checks `host` and `key` when given.
+pub fn verify(
+    chain: &[CertificateDer<'static>],
+    leaf: &CertInfo,
+    is_client_certificate: bool,
+    roots: RootCertStore,
+    host: Option<&str>,
+    key: Option<PrivateKeyDer<'static>>,
+) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let roots = Arc::new(roots);
+    let Some((end_entity, intermediates)) = chain.split_first() else {
+        return checks;
+    };
+    let chain_result = if is_client_certificate {
+        WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|verifier| {
+                verifier
+                    .verify_client_cert(end_entity, intermediates, UnixTime::now())
+                    .map(|_| ())
+                    .map_err(|e| explain(&e))
+            })
+    } else {
+        // The chain check uses the certificate's own first name; the host check is separate.
+        let own_name = leaf
+            .dns_names
+            .iter()
+            .find(|n| !n.starts_with("*."))
+            .cloned()
+            .or_else(|| {
+                leaf.dns_names
+                    .first()
+                    .map(|w| w.replacen('*', "wildcard", 1))
+            })
+            .or_else(|| leaf.ip_addresses.first().map(|ip| ip.to_string()));
+        match own_name.and_then(|n| ServerName::try_from(n).ok()) {
+            None => Err("the certificate has no DNS or IP names (SAN): TLS clients will refuse it".into()),
+            Some(name) => WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .map_err(|e| e.to_string())
+                .and_then(|verifier| {
+                    verifier
+                        .verify_server_cert(end_entity, intermediates, &name, &[], UnixTime::now())
+                        .map(|_| ())
+                        .map_err(|e| explain(&e))
+                }),
+        }
+    };
+    checks.push(Check {
+        check: "chain",
+        ok: chain_result.is_ok(),
+        detail: match chain_result {
+            Ok(()) => format!(
+                "valid: {} certificate(s) lead to a trusted root ({} usage)",
+                chain.len(),
+                if is_client_certificate { "client" } else { "server" }
+            ),
+            Err(reason) => reason,
+        },
+    });
+
+    if let Some(host) = host {
+        let ok = leaf.covers(host);
+        checks.push(Check {
+            check: "host",
+            ok,
+            detail: if ok {
+                format!("{host} matches")
+            } else {
+                format!("{host} is not among the certificate's names ({})", leaf.san_list())
+            },
+        });
+    }
+
+    if let Some(key) = key {
+        let detail = match provider.key_provider.load_private_key(key) {
+            Err(error) => Err(format!("the key is not usable: {error}")),
+            Ok(signing_key) => {
+                match rustls::sign::CertifiedKey::new(chain.to_vec(), signing_key).keys_match() {
+                    Ok(()) => Ok("the key matches the certificate".to_owned()),
+                    Err(_) => Err("the key does NOT match the certificate".to_owned()),
+                }
+            }
+        };
+        checks.push(Check {
+            check: "key",
+            ok: detail.is_ok(),
+            detail: detail.unwrap_or_else(|e| e),
+        });
+    }
+    checks
+}
