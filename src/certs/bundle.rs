@@ -20,7 +20,11 @@ pub fn combined_pem(cert: &Path, key: &Path, chain: &[&Path]) -> Result<String, 
         .find("-----BEGIN")
         .map(|start| &key_pem[start..])
         .unwrap_or(&key_pem);
-    Ok(format!("{}{}", encode_certificates(&certs), key_block.trim_end().to_owned() + "\n"))
+    Ok(format!(
+        "{}{}",
+        encode_certificates(&certs),
+        key_block.trim_end().to_owned() + "\n"
+    ))
 }
 
 /// A `kubernetes.io/tls` Secret, as `kubectl create secret tls NAME --cert --key` makes.

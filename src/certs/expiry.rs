@@ -160,7 +160,9 @@ pub fn exit_code(entries: &[Entry]) -> u8 {
 }
 
 fn label_value(text: &str) -> String {
-    text.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Prometheus text format, for node_exporter's textfile collector.
@@ -227,6 +229,9 @@ mod tests {
         let text = prometheus(&[entry]);
         assert!(text.contains("source=\"/a\\\"b\""), "{text}");
         assert!(text.contains("} 1800000000\n"), "{text}");
-        assert!(text.contains("tlsgate_certificate_check_error{source=\"/a\\\"b\"} 0"), "{text}");
+        assert!(
+            text.contains("tlsgate_certificate_check_error{source=\"/a\\\"b\"} 0"),
+            "{text}"
+        );
     }
 }

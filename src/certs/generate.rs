@@ -224,7 +224,7 @@ impl CertificateAuthority {
     }
 
     pub fn key_pem(&self) -> String {
-        self.key.serialize_pem()
+        key_pem(&self.key)
     }
 
     /// Issues a leaf certificate for `names` (DNS names, wildcards or IP addresses), valid
@@ -267,7 +267,7 @@ impl CertificateAuthority {
             .map_err(generation_error("certificate"))?;
         Ok(IssuedCertificate {
             cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
+            key_pem: key_pem(&key),
             der: cert.der().clone(),
         })
     }
@@ -312,7 +312,7 @@ pub fn self_signed(
         .map_err(generation_error("certificate"))?;
     Ok(IssuedCertificate {
         cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
+        key_pem: key_pem(&key),
         der: cert.der().clone(),
     })
 }
@@ -334,5 +334,27 @@ pub fn csr(names: &[String], algorithm: KeyAlgorithm) -> Result<(String, String)
     let pem = request
         .pem()
         .map_err(generation_error("certificate signing request"))?;
-    Ok((pem, key.serialize_pem()))
+    Ok((pem, key_pem(&key)))
+}
+
+/// A private key as PEM. Ed25519 keys are written as PKCS#8 v1 (RFC 8410 §7), which every
+/// tool reads; aws-lc-rs produces v2 (with the public key), which OpenSSL 3.0 cannot read.
+pub fn key_pem(key: &KeyPair) -> String {
+    const V2_PREFIX: [u8; 16] = [
+        0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    const V1_PREFIX: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    let der = key.serialize_der();
+    match der.strip_prefix(&V2_PREFIX[..]) {
+        Some(rest) if rest.len() >= 32 => {
+            let mut v1 = V1_PREFIX.to_vec();
+            v1.extend_from_slice(&rest[..32]);
+            super::pem::encode_block("PRIVATE KEY", &v1)
+        }
+        _ => key.serialize_pem(),
+    }
 }

@@ -173,7 +173,10 @@ impl CertInfo {
     /// A certificate only for TLS clients (mTLS), not servers.
     pub fn is_client_only(&self) -> bool {
         self.extended_key_usage.iter().any(|u| u == "clientAuth")
-            && !self.extended_key_usage.iter().any(|u| u == "serverAuth" || u == "any")
+            && !self
+                .extended_key_usage
+                .iter()
+                .any(|u| u == "serverAuth" || u == "any")
     }
 }
 
@@ -198,7 +201,9 @@ pub fn fingerprint(der: &[u8]) -> String {
 
 /// Whether each certificate in a chain is issued by the next one (leaf first).
 pub fn chain_in_order(chain: &[CertInfo]) -> bool {
-    chain.windows(2).all(|pair| pair[0].issuer == pair[1].subject)
+    chain
+        .windows(2)
+        .all(|pair| pair[0].issuer == pair[1].subject)
 }
 
 /// Now, in Unix seconds.

@@ -126,8 +126,14 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(parse_url("https://example.com"), Some(("example.com".into(), 443)));
-        assert_eq!(parse_url("https://example.com:8443/x"), Some(("example.com".into(), 8443)));
+        assert_eq!(
+            parse_url("https://example.com"),
+            Some(("example.com".into(), 443))
+        );
+        assert_eq!(
+            parse_url("https://example.com:8443/x"),
+            Some(("example.com".into(), 8443))
+        );
         assert_eq!(parse_url("https://[::1]:8443"), Some(("::1".into(), 8443)));
         assert_eq!(parse_url("http://example.com"), None);
         assert_eq!(parse_url("https://a:notaport"), None);

@@ -20,13 +20,22 @@ impl SystemStore {
     /// The distribution's store, if one is recognised (Debian/Ubuntu, then Fedora/RHEL).
     pub fn detect() -> Option<Self> {
         let known = [
-            ("/usr/local/share/ca-certificates", vec!["update-ca-certificates"]),
-            ("/etc/pki/ca-trust/source/anchors", vec!["update-ca-trust", "extract"]),
+            (
+                "/usr/local/share/ca-certificates",
+                vec!["update-ca-certificates"],
+            ),
+            (
+                "/etc/pki/ca-trust/source/anchors",
+                vec!["update-ca-trust", "extract"],
+            ),
         ];
-        known.into_iter().find(|(dir, _)| Path::new(dir).is_dir()).map(|(dir, cmd)| Self {
-            dir: PathBuf::from(dir),
-            update_command: Some(cmd.into_iter().map(String::from).collect()),
-        })
+        known
+            .into_iter()
+            .find(|(dir, _)| Path::new(dir).is_dir())
+            .map(|(dir, cmd)| Self {
+                dir: PathBuf::from(dir),
+                update_command: Some(cmd.into_iter().map(String::from).collect()),
+            })
     }
 }
 
@@ -61,14 +70,21 @@ pub fn discover_nss_databases(home: &Path) -> Vec<PathBuf> {
 
 /// The name the CA gets in stores: unique per CA, recognisable as ours.
 pub fn nickname(info: &CertInfo) -> String {
-    let short: String = info.sha256_fingerprint.replace(':', "").chars().take(12).collect();
+    let short: String = info
+        .sha256_fingerprint
+        .replace(':', "")
+        .chars()
+        .take(12)
+        .collect();
     format!("tlsgate-{}", short.to_ascii_lowercase())
 }
 
 fn run(command: &[String]) -> Result<String, String> {
     let (program, args) = command.split_first().ok_or("empty command")?;
     match Command::new(program).args(args).output() {
-        Ok(output) if output.status.success() => Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned()),
+        Ok(output) if output.status.success() => {
+            Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        }
         Ok(output) => Err(format!(
             "{} failed: {}",
             command.join(" "),
@@ -76,27 +92,48 @@ fn run(command: &[String]) -> Result<String, String> {
         )),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Err(format!(
             "{program} not found{}",
-            if program == "certutil" { " (install libnss3-tools)" } else { "" }
+            if program == "certutil" {
+                " (install libnss3-tools)"
+            } else {
+                ""
+            }
         )),
         Err(error) => Err(format!("{program}: {error}")),
     }
 }
 
 fn certutil(db: &Path, args: &[&str]) -> Result<String, String> {
-    let mut command = vec!["certutil".to_owned(), "-d".to_owned(), format!("sql:{}", db.display())];
+    let mut command = vec![
+        "certutil".to_owned(),
+        "-d".to_owned(),
+        format!("sql:{}", db.display()),
+    ];
     command.extend(args.iter().map(|a| a.to_string()));
     run(&command)
 }
 
 fn change(target: String, result: Result<String, String>) -> Change {
     match result {
-        Ok(detail) => Change { target, ok: true, detail },
-        Err(detail) => Change { target, ok: false, detail },
+        Ok(detail) => Change {
+            target,
+            ok: true,
+            detail,
+        },
+        Err(detail) => Change {
+            target,
+            ok: false,
+            detail,
+        },
     }
 }
 
 /// Adds the CA (PEM file `ca_file`) to the given stores.
-pub fn install(ca_file: &Path, info: &CertInfo, system: Option<&SystemStore>, nss: &[PathBuf]) -> Vec<Change> {
+pub fn install(
+    ca_file: &Path,
+    info: &CertInfo,
+    system: Option<&SystemStore>,
+    nss: &[PathBuf],
+) -> Vec<Change> {
     let name = nickname(info);
     let mut changes = Vec::new();
     if let Some(store) = system {
@@ -105,7 +142,9 @@ pub fn install(ca_file: &Path, info: &CertInfo, system: Option<&SystemStore>, ns
             .map_err(|e| format!("{}: {e}", ca_file.display()))
             .and_then(|pem| write_atomic(&target, &pem, PUBLIC_MODE).map_err(|e| e.to_string()))
             .and_then(|()| match &store.update_command {
-                Some(command) => run(command).map(|_| format!("added, then ran {}", command.join(" "))),
+                Some(command) => {
+                    run(command).map(|_| format!("added, then ran {}", command.join(" ")))
+                }
                 None => Ok("added (no update command run for a custom folder)".into()),
             });
         changes.push(change(target.display().to_string(), result));
@@ -129,7 +168,9 @@ pub fn uninstall(info: &CertInfo, system: Option<&SystemStore>, nss: &[PathBuf])
             std::fs::remove_file(&target)
                 .map_err(|e| e.to_string())
                 .and_then(|()| match &store.update_command {
-                    Some(command) => run(command).map(|_| format!("removed, then ran {}", command.join(" "))),
+                    Some(command) => {
+                        run(command).map(|_| format!("removed, then ran {}", command.join(" ")))
+                    }
                     None => Ok("removed".into()),
                 })
         } else {

@@ -78,7 +78,9 @@ pub fn verify(
             })
             .or_else(|| leaf.ip_addresses.first().map(|ip| ip.to_string()));
         match own_name.and_then(|n| ServerName::try_from(n).ok()) {
-            None => Err("the certificate has no DNS or IP names (SAN): TLS clients will refuse it".into()),
+            None => Err(
+                "the certificate has no DNS or IP names (SAN): TLS clients will refuse it".into(),
+            ),
             Some(name) => WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
                 .build()
                 .map_err(|e| e.to_string())
@@ -97,7 +99,11 @@ pub fn verify(
             Ok(()) => format!(
                 "valid: {} certificate(s) lead to a trusted root ({} usage)",
                 chain.len(),
-                if is_client_certificate { "client" } else { "server" }
+                if is_client_certificate {
+                    "client"
+                } else {
+                    "server"
+                }
             ),
             Err(reason) => reason,
         },
@@ -111,7 +117,10 @@ pub fn verify(
             detail: if ok {
                 format!("{host} matches")
             } else {
-                format!("{host} is not among the certificate's names ({})", leaf.san_list())
+                format!(
+                    "{host} is not among the certificate's names ({})",
+                    leaf.san_list()
+                )
             },
         });
     }

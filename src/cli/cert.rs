@@ -26,45 +26,67 @@ const REMOTE_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum CertCommand {
     /// Create a self-signed certificate: NAME.key (0600), NAME.crt and NAME.pem (certificate +
     /// key).
-    #[command(after_help = "Example:\n  tlsgate cert self-signed localhost 127.0.0.1 ::1 --days 365 --key rsa-2048\n\nExit codes: 0 created, 2 bad input or a file exists (use --force)")]
+    #[command(
+        after_help = "Example:\n  tlsgate cert self-signed localhost 127.0.0.1 ::1 --days 365 --key rsa-2048\n\nExit codes: 0 created, 2 bad input or a file exists (use --force)"
+    )]
     SelfSigned(SelfSignedArgs),
     /// A private CA: create one, and issue server or client (mTLS) certificates from it.
     #[command(subcommand)]
     Ca(CaCommand),
     /// Create a key and a certificate signing request (CSR) for a commercial CA.
-    #[command(after_help = "Example:\n  tlsgate cert csr example.com www.example.com --key rsa-2048\n\nExit codes: 0 created, 2 bad input or a file exists (use --force)")]
+    #[command(
+        after_help = "Example:\n  tlsgate cert csr example.com www.example.com --key rsa-2048\n\nExit codes: 0 created, 2 bad input or a file exists (use --force)"
+    )]
     Csr(CsrArgs),
     /// Show every certificate in a file, or in the chain a server sends.
-    #[command(after_help = "Examples:\n  tlsgate cert inspect /etc/letsencrypt/live/example.com/fullchain.pem\n  tlsgate cert inspect https://example.com\n\nExit codes: 0 shown, 2 unreadable or unreachable")]
+    #[command(
+        after_help = "Examples:\n  tlsgate cert inspect /etc/letsencrypt/live/example.com/fullchain.pem\n  tlsgate cert inspect https://example.com\n\nExit codes: 0 shown, 2 unreadable or unreachable"
+    )]
     Inspect(InspectArgs),
     /// Verify a chain against a CA bundle (default: the system roots), a host name and a key.
-    #[command(after_help = "Example:\n  tlsgate cert verify server.crt --ca ca.crt --host api.internal --key server.key\n\nExit codes: 0 every check passed, 1 a check failed, 2 bad input")]
+    #[command(
+        after_help = "Example:\n  tlsgate cert verify server.crt --ca ca.crt --host api.internal --key server.key\n\nExit codes: 0 every check passed, 1 a check failed, 2 bad input"
+    )]
     Verify(VerifyArgs),
     /// OK / WARNING / EXPIRED for certificates in files, folders, globs or https:// URLs.
-    #[command(after_help = "Examples:\n  tlsgate cert expiry /etc/letsencrypt/live --warn-days 30\n  tlsgate cert expiry 'certs/*.crt' https://example.com --prometheus > /var/lib/node_exporter/tls.prom\n\nExit codes: 0 all OK, 1 any WARNING, 2 any EXPIRED or unreadable")]
+    #[command(
+        after_help = "Examples:\n  tlsgate cert expiry /etc/letsencrypt/live --warn-days 30\n  tlsgate cert expiry 'certs/*.crt' https://example.com --prometheus > /var/lib/node_exporter/tls.prom\n\nExit codes: 0 all OK, 1 any WARNING, 2 any EXPIRED or unreadable"
+    )]
     Expiry(ExpiryArgs),
     /// Write certificate + chain + key as one PEM (HAProxy, seed 003's camera service).
-    #[command(after_help = "Example:\n  tlsgate cert bundle --cert cert.pem --chain chain.pem --key privkey.pem --out combined.pem\n\nExit codes: 0 written, 2 bad input or the file exists (use --force)")]
+    #[command(
+        after_help = "Example:\n  tlsgate cert bundle --cert cert.pem --chain chain.pem --key privkey.pem --out combined.pem\n\nExit codes: 0 written, 2 bad input or the file exists (use --force)"
+    )]
     Bundle(BundleArgs),
     /// Write a kubernetes.io/tls Secret manifest (as `kubectl create secret tls`).
-    #[command(after_help = "Example:\n  tlsgate cert k8s-secret api-tls-secret --cert fullchain.pem --key privkey.pem --namespace analytics --out - | kubectl apply -f -\n\nExit codes: 0 written, 2 bad input")]
+    #[command(
+        after_help = "Example:\n  tlsgate cert k8s-secret api-tls-secret --cert fullchain.pem --key privkey.pem --namespace analytics --out - | kubectl apply -f -\n\nExit codes: 0 written, 2 bad input"
+    )]
     K8sSecret(K8sSecretArgs),
     /// Trust a CA (default: the local development CA) in the system store and browsers' NSS
     /// databases.
-    #[command(after_help = "Example:\n  sudo tlsgate cert trust            # the data folder's local CA\n  tlsgate cert trust --ca ca.crt --no-system --yes\n\nExit codes: 0 every change made, 1 a change failed, 2 bad input or not confirmed")]
+    #[command(
+        after_help = "Example:\n  sudo tlsgate cert trust            # the data folder's local CA\n  tlsgate cert trust --ca ca.crt --no-system --yes\n\nExit codes: 0 every change made, 1 a change failed, 2 bad input or not confirmed"
+    )]
     Trust(TrustArgs),
     /// Undo `cert trust`.
-    #[command(after_help = "Example:\n  sudo tlsgate cert untrust\n\nExit codes: 0 every change made, 1 a change failed, 2 bad input or not confirmed")]
+    #[command(
+        after_help = "Example:\n  sudo tlsgate cert untrust\n\nExit codes: 0 every change made, 1 a change failed, 2 bad input or not confirmed"
+    )]
     Untrust(TrustArgs),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum CaCommand {
     /// Create a private CA: ca.crt and ca.key (0600) in --out.
-    #[command(after_help = "Example:\n  tlsgate cert ca init --name \"Example internal CA\" --out ./ca\n  tlsgate cert ca init --permit internal.example.com   # may only issue for that domain\n\nExit codes: 0 created, 2 bad input or the CA exists (use --force)")]
+    #[command(
+        after_help = "Example:\n  tlsgate cert ca init --name \"Example internal CA\" --out ./ca\n  tlsgate cert ca init --permit internal.example.com   # may only issue for that domain\n\nExit codes: 0 created, 2 bad input or the CA exists (use --force)"
+    )]
     Init(CaInitArgs),
     /// Issue a server (default) or client certificate from a private CA.
-    #[command(after_help = "Examples:\n  tlsgate cert ca issue api.internal 10.0.0.5 --ca ./ca\n  tlsgate cert ca issue alice --client --ca ./ca     # for mTLS\n\nExit codes: 0 issued, 2 bad input or a file exists (use --force)")]
+    #[command(
+        after_help = "Examples:\n  tlsgate cert ca issue api.internal 10.0.0.5 --ca ./ca\n  tlsgate cert ca issue alice --client --ca ./ca     # for mTLS\n\nExit codes: 0 issued, 2 bad input or a file exists (use --force)"
+    )]
     Issue(CaIssueArgs),
 }
 
@@ -293,8 +315,11 @@ fn checked_names(names: &[String]) -> Result<Vec<String>, Failure> {
     names
         .iter()
         .map(|name| {
-            normalize_dns_name(name)
-                .map_err(|_| Failure(format!("`{name}` is not a valid DNS name, wildcard or IP address")))
+            normalize_dns_name(name).map_err(|_| {
+                Failure(format!(
+                    "`{name}` is not a valid DNS name, wildcard or IP address"
+                ))
+            })
         })
         .collect()
 }
@@ -327,7 +352,10 @@ fn existing_dir(dir: &Path) -> Result<(), Failure> {
 fn write_all(files: &[(PathBuf, &str, u32)], force: bool) -> Result<(), Failure> {
     if !force {
         if let Some((path, _, _)) = files.iter().find(|(path, _, _)| path.exists()) {
-            return Err(Failure(format!("{} already exists (use --force to replace it)", path.display())));
+            return Err(Failure(format!(
+                "{} already exists (use --force to replace it)",
+                path.display()
+            )));
         }
     }
     for (path, contents, mode) in files {
@@ -351,8 +379,14 @@ struct WrittenFile {
 
 fn print_written(title: &str, info: &CertInfo, files: Vec<WrittenFile>, json: bool) -> ExitCode {
     if json {
-        let written = Written { certificate: info.clone(), files };
-        println!("{}", serde_json::to_string_pretty(&written).unwrap_or_default());
+        let written = Written {
+            certificate: info.clone(),
+            files,
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&written).unwrap_or_default()
+        );
         return ExitCode::SUCCESS;
     }
     println!("{title}");
@@ -366,15 +400,35 @@ fn print_written(title: &str, info: &CertInfo, files: Vec<WrittenFile>, json: bo
     );
     println!("  key          {}", info.key_description());
     for file in files {
-        println!("  {:<12} {} ({})", file.holds, file.path.display(), file.mode);
+        println!(
+            "  {:<12} {} ({})",
+            file.holds,
+            file.path.display(),
+            file.mode
+        );
     }
     ExitCode::SUCCESS
 }
 
-fn issued_files(out: &Path, stem: &str, issued: &IssuedCertificate, chain: &str) -> Vec<(PathBuf, String, u32, &'static str)> {
+fn issued_files(
+    out: &Path,
+    stem: &str,
+    issued: &IssuedCertificate,
+    chain: &str,
+) -> Vec<(PathBuf, String, u32, &'static str)> {
     vec![
-        (out.join(format!("{stem}.key")), issued.key_pem.clone(), SECRET_MODE, "private key"),
-        (out.join(format!("{stem}.crt")), format!("{}{chain}", issued.cert_pem), PUBLIC_MODE, "certificate"),
+        (
+            out.join(format!("{stem}.key")),
+            issued.key_pem.clone(),
+            SECRET_MODE,
+            "private key",
+        ),
+        (
+            out.join(format!("{stem}.crt")),
+            format!("{}{chain}", issued.cert_pem),
+            PUBLIC_MODE,
+            "certificate",
+        ),
         (
             out.join(format!("{stem}.pem")),
             format!("{}{chain}{}", issued.cert_pem, issued.key_pem),
@@ -384,12 +438,22 @@ fn issued_files(out: &Path, stem: &str, issued: &IssuedCertificate, chain: &str)
     ]
 }
 
-fn write_issued(files: Vec<(PathBuf, String, u32, &'static str)>, force: bool) -> Result<Vec<WrittenFile>, Failure> {
-    let plan: Vec<(PathBuf, &str, u32)> = files.iter().map(|(p, c, m, _)| (p.clone(), c.as_str(), *m)).collect();
+fn write_issued(
+    files: Vec<(PathBuf, String, u32, &'static str)>,
+    force: bool,
+) -> Result<Vec<WrittenFile>, Failure> {
+    let plan: Vec<(PathBuf, &str, u32)> = files
+        .iter()
+        .map(|(p, c, m, _)| (p.clone(), c.as_str(), *m))
+        .collect();
     write_all(&plan, force)?;
     Ok(files
         .into_iter()
-        .map(|(path, _, mode, holds)| WrittenFile { path, holds, mode: format!("{mode:04o}") })
+        .map(|(path, _, mode, holds)| WrittenFile {
+            path,
+            holds,
+            mode: format!("{mode:04o}"),
+        })
         .collect())
 }
 
@@ -400,8 +464,16 @@ fn self_signed(args: SelfSignedArgs) -> Outcome {
     let stem = file_stem(&names[0])?;
     let issued = generate::self_signed(&names, lifetime, args.key.algorithm)?;
     let info = CertInfo::parse(&issued.der)?;
-    let files = write_issued(issued_files(&args.output.out, &stem, &issued, ""), args.output.force)?;
-    Ok(print_written("Created a self-signed certificate", &info, files, args.output.json))
+    let files = write_issued(
+        issued_files(&args.output.out, &stem, &issued, ""),
+        args.output.force,
+    )?;
+    Ok(print_written(
+        "Created a self-signed certificate",
+        &info,
+        files,
+        args.output.json,
+    ))
 }
 
 fn ca_init(args: CaInitArgs) -> Outcome {
@@ -417,19 +489,37 @@ fn ca_init(args: CaInitArgs) -> Outcome {
             .create(&args.out)
             .map_err(|e| Failure(format!("{}: {e}", args.out.display())))?;
     }
-    let ca = CertificateAuthority::new_constrained(&args.name, lifetime, args.key.algorithm, &permitted)?;
+    let ca = CertificateAuthority::new_constrained(
+        &args.name,
+        lifetime,
+        args.key.algorithm,
+        &permitted,
+    )?;
     let info = CertInfo::parse(&ca.cert_der)?;
     let files = vec![
         (args.out.join("ca.key"), ca.key_pem(), SECRET_MODE, "CA key"),
-        (args.out.join("ca.crt"), ca.cert_pem.clone(), PUBLIC_MODE, "CA cert"),
+        (
+            args.out.join("ca.crt"),
+            ca.cert_pem.clone(),
+            PUBLIC_MODE,
+            "CA cert",
+        ),
     ];
     let written = write_issued(files, args.force)?;
-    let code = print_written("Created a private CA (CA:TRUE, pathlen 0)", &info, written, args.json);
+    let code = print_written(
+        "Created a private CA (CA:TRUE, pathlen 0)",
+        &info,
+        written,
+        args.json,
+    );
     if !args.json {
         if !permitted.is_empty() {
             println!("  may issue    only for {}", permitted.join(", "));
         }
-        println!("  next         tlsgate cert ca issue NAME --ca {}", args.out.display());
+        println!(
+            "  next         tlsgate cert ca issue NAME --ca {}",
+            args.out.display()
+        );
     }
     Ok(code)
 }
@@ -440,7 +530,9 @@ fn load_ca_dir(dir: &Path) -> Result<CertificateAuthority, Failure> {
     for (cert, key) in [("ca.crt", "ca.key"), ("root.crt", "root.key")] {
         let (cert, key) = (dir.join(cert), dir.join(key));
         if cert.exists() && key.exists() {
-            let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| Failure(format!("{}: {e}", p.display())));
+            let read = |p: &Path| {
+                std::fs::read_to_string(p).map_err(|e| Failure(format!("{}: {e}", p.display())))
+            };
             return CertificateAuthority::from_pem(&read(&cert)?, &read(&key)?)
                 .map_err(|e| Failure(format!("{}: {e}", dir.display())));
         }
@@ -458,11 +550,18 @@ fn ca_issue(args: CaIssueArgs) -> Outcome {
     let lifetime = checked_days(args.days)?;
     existing_dir(&args.output.out)?;
     let ca = load_ca_dir(&args.ca)?;
-    let usage = if args.client { Usage::Client } else { Usage::Server };
+    let usage = if args.client {
+        Usage::Client
+    } else {
+        Usage::Server
+    };
     let issued = ca.issue(&names, lifetime, args.key.algorithm, usage)?;
     let info = CertInfo::parse(&issued.der)?;
     let stem = file_stem(&names[0])?;
-    let files = write_issued(issued_files(&args.output.out, &stem, &issued, ""), args.output.force)?;
+    let files = write_issued(
+        issued_files(&args.output.out, &stem, &issued, ""),
+        args.output.force,
+    )?;
     let title = if args.client {
         "Issued a client certificate (clientAuth) for mTLS"
     } else {
@@ -479,7 +578,10 @@ fn csr(args: CsrArgs) -> Outcome {
     let key_path = args.output.out.join(format!("{stem}.key"));
     let csr_path = args.output.out.join(format!("{stem}.csr"));
     write_all(
-        &[(key_path.clone(), key_pem.as_str(), SECRET_MODE), (csr_path.clone(), csr_pem.as_str(), PUBLIC_MODE)],
+        &[
+            (key_path.clone(), key_pem.as_str(), SECRET_MODE),
+            (csr_path.clone(), csr_pem.as_str(), PUBLIC_MODE),
+        ],
         args.output.force,
     )?;
     if args.output.json {
@@ -489,12 +591,18 @@ fn csr(args: CsrArgs) -> Outcome {
             "csr": csr_path,
             "key": key_path,
         });
-        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
     } else {
         println!("Created a certificate signing request");
         println!("  names        {}", names.join(", "));
         println!("  key          {}", args.key.algorithm);
-        println!("  request      {} (give this to the CA)", csr_path.display());
+        println!(
+            "  request      {} (give this to the CA)",
+            csr_path.display()
+        );
         println!("  private key  {} (0600, keep it here)", key_path.display());
     }
     Ok(ExitCode::SUCCESS)
@@ -543,7 +651,10 @@ fn role(info: &CertInfo, index: usize) -> &'static str {
 
 fn inspect(args: InspectArgs) -> Outcome {
     let chain = load_chain(&args.target)?;
-    let infos = chain.iter().map(CertInfo::parse).collect::<Result<Vec<_>, _>>()?;
+    let infos = chain
+        .iter()
+        .map(CertInfo::parse)
+        .collect::<Result<Vec<_>, _>>()?;
     let in_order = chain_in_order(&infos);
     let now = unix_now();
     let certificates: Vec<InspectedCert> = infos
@@ -556,8 +667,15 @@ fn inspect(args: InspectArgs) -> Outcome {
         })
         .collect();
     if args.json {
-        let report = Inspection { source: args.target, chain_in_order: in_order, certificates };
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        let report = Inspection {
+            source: args.target,
+            chain_in_order: in_order,
+            certificates,
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let count = certificates.len();
@@ -589,7 +707,11 @@ fn inspect(args: InspectArgs) -> Outcome {
     if count > 1 {
         println!(
             "Chain order: {}",
-            if in_order { "OK (each certificate is issued by the next)" } else { "NOT IN ORDER (a certificate is not issued by the one after it)" }
+            if in_order {
+                "OK (each certificate is issued by the next)"
+            } else {
+                "NOT IN ORDER (a certificate is not issued by the one after it)"
+            }
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -600,9 +722,12 @@ fn roots_from(ca: Option<&Path>) -> Result<rustls::RootCertStore, Failure> {
     match ca {
         Some(path) => {
             for cert in read_certificates(path)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| Failure(format!("{}: not a usable CA certificate: {e}", path.display())))?;
+                roots.add(cert).map_err(|e| {
+                    Failure(format!(
+                        "{}: not a usable CA certificate: {e}",
+                        path.display()
+                    ))
+                })?;
             }
         }
         None => {
@@ -611,7 +736,9 @@ fn roots_from(ca: Option<&Path>) -> Result<rustls::RootCertStore, Failure> {
                 let _ = roots.add(cert);
             }
             if roots.is_empty() {
-                return Err(Failure("no system root certificates found; pass --ca FILE".into()));
+                return Err(Failure(
+                    "no system root certificates found; pass --ca FILE".into(),
+                ));
             }
         }
     }
@@ -624,22 +751,42 @@ fn verify_command(args: VerifyArgs) -> Outcome {
     let roots = roots_from(args.ca.as_deref())?;
     let host = match &args.host {
         Some(host) => Some(
-            normalize_dns_name(host).map_err(|_| Failure(format!("--host `{host}` is not a valid host name or IP")))?,
+            normalize_dns_name(host)
+                .map_err(|_| Failure(format!("--host `{host}` is not a valid host name or IP")))?,
         ),
         None => None,
     };
     let key = args.key.as_deref().map(read_private_key).transpose()?;
-    let checks = verify::verify(&chain, &leaf, leaf.is_client_only(), roots, host.as_deref(), key);
+    let checks = verify::verify(
+        &chain,
+        &leaf,
+        leaf.is_client_only(),
+        roots,
+        host.as_deref(),
+        key,
+    );
     let all_ok = checks.iter().all(|c| c.ok);
     if args.json {
         let value = serde_json::json!({ "certificate": args.cert, "ok": all_ok, "checks": checks });
-        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
     } else {
         for check in &checks {
-            println!("{} {:<6} {}", if check.ok { "PASS" } else { "FAIL" }, check.check, check.detail);
+            println!(
+                "{} {:<6} {}",
+                if check.ok { "PASS" } else { "FAIL" },
+                check.check,
+                check.detail
+            );
         }
     }
-    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn expiry_command(args: ExpiryArgs) -> Outcome {
@@ -657,7 +804,12 @@ fn expiry_command(args: ExpiryArgs) -> Outcome {
                 });
             match fetched {
                 // The leaf is what expires in practice; intermediates are the CA's business.
-                Ok(chain) => entries.extend(expiry::entries_for_chain(argument, &chain[..1], args.warn_days, now)),
+                Ok(chain) => entries.extend(expiry::entries_for_chain(
+                    argument,
+                    &chain[..1],
+                    args.warn_days,
+                    now,
+                )),
                 Err(error) => entries.push(Entry::error(argument, error)),
             }
             continue;
@@ -678,11 +830,16 @@ fn expiry_command(args: ExpiryArgs) -> Outcome {
     if args.prometheus {
         print!("{}", expiry::prometheus(&entries));
     } else if args.json {
-        println!("{}", serde_json::to_string_pretty(&entries).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&entries).unwrap_or_default()
+        );
     } else {
         for entry in &entries {
             match (&entry.error, entry.days_left, &entry.not_after) {
-                (Some(error), _, _) => println!("{:<8} {:>10}  {}", entry.status.label(), "", error),
+                (Some(error), _, _) => {
+                    println!("{:<8} {:>10}  {}", entry.status.label(), "", error)
+                }
                 (None, Some(days), Some(not_after)) => println!(
                     "{:<8} {:>5} days  {}  {}  {}",
                     entry.status.label(),
@@ -702,7 +859,11 @@ fn bundle_command(args: BundleArgs) -> Outcome {
     let chain: Vec<&Path> = args.chain.iter().map(PathBuf::as_path).collect();
     let pem = bundle::combined_pem(&args.cert, &args.key, &chain)?;
     write_new(&args.out, pem.as_bytes(), SECRET_MODE, args.force)?;
-    println!("Wrote {} (certificate, {} chain file(s), key; mode 0600)", args.out.display(), chain.len());
+    println!(
+        "Wrote {} (certificate, {} chain file(s), key; mode 0600)",
+        args.out.display(),
+        chain.len()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -710,7 +871,9 @@ fn bundle_command(args: BundleArgs) -> Outcome {
 fn k8s_name(kind: &str, name: &str) -> Result<(), Failure> {
     let valid = !name.is_empty()
         && name.len() <= 253
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric());
     if !valid {
@@ -726,19 +889,27 @@ fn k8s_secret(args: K8sSecretArgs) -> Outcome {
     if let Some(namespace) = &args.namespace {
         k8s_name("namespace", namespace)?;
     }
-    let manifest = bundle::k8s_secret(&args.name, args.namespace.as_deref(), &args.cert, &args.key)?;
+    let manifest =
+        bundle::k8s_secret(&args.name, args.namespace.as_deref(), &args.cert, &args.key)?;
     if args.out.as_os_str() == "-" {
         print!("{manifest}");
     } else {
         write_new(&args.out, manifest.as_bytes(), SECRET_MODE, args.force)?;
-        eprintln!("Wrote {} (kubernetes.io/tls Secret `{}`; mode 0600)", args.out.display(), args.name);
+        eprintln!(
+            "Wrote {} (kubernetes.io/tls Secret `{}`; mode 0600)",
+            args.out.display(),
+            args.name
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn confirm(question: &str) -> Result<bool, Failure> {
     if !std::io::stdin().is_terminal() {
-        return Err(Failure("not changing system files without confirmation: run in a terminal or pass --yes".into()));
+        return Err(Failure(
+            "not changing system files without confirmation: run in a terminal or pass --yes"
+                .into(),
+        ));
     }
     print!("{question} [y/N] ");
     let _ = std::io::stdout().flush();
@@ -760,13 +931,19 @@ fn trust_command(args: TrustArgs, install: bool) -> Outcome {
     let chain = read_certificates(&ca_file)?;
     let info = CertInfo::parse(&chain[0])?;
     if !info.is_ca {
-        return Err(Failure(format!("{}: not a CA certificate (CA:FALSE)", ca_file.display())));
+        return Err(Failure(format!(
+            "{}: not a CA certificate (CA:FALSE)",
+            ca_file.display()
+        )));
     }
     let system = if args.no_system {
         None
     } else if let Some(dir) = &args.system_store {
         existing_dir(dir)?;
-        Some(SystemStore { dir: dir.clone(), update_command: None })
+        Some(SystemStore {
+            dir: dir.clone(),
+            update_command: None,
+        })
     } else {
         SystemStore::detect()
     };
@@ -806,12 +983,24 @@ fn trust_command(args: TrustArgs, install: bool) -> Outcome {
     let all_ok = changes.iter().all(|c| c.ok);
     if args.json {
         let value = serde_json::json!({ "ca": ca_file, "nickname": trust::nickname(&info), "changes": changes });
-        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
     } else {
         println!("CA {} ({})", info.subject, trust::nickname(&info));
         for change in &changes {
-            println!("  {} {}: {}", if change.ok { "changed" } else { "FAILED " }, change.target, change.detail);
+            println!(
+                "  {} {}: {}",
+                if change.ok { "changed" } else { "FAILED " },
+                change.target,
+                change.detail
+            );
         }
     }
-    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
