@@ -191,6 +191,17 @@ fn private_ca_chains_verify_in_openssl_with_correct_extensions() {
         ],
     );
     assert_eq!(code, 0, "{err}");
+    let (_, text) = openssl(&[
+        "x509",
+        "-in",
+        &path_str(dir.path(), "api.internal.crt"),
+        "-noout",
+        "-text",
+    ]);
+    assert!(
+        text.contains("Digital Signature, Key Encipherment"),
+        "RSA server keys also encipher: {text}"
+    );
     let (code, _, err) = cert(
         dir.path(),
         &["ca", "issue", "alice", "--client", "--ca", "ca"],
@@ -249,6 +260,37 @@ fn private_ca_chains_verify_in_openssl_with_correct_extensions() {
         text.contains("Name Constraints") && text.contains("DNS:internal.example.com"),
         "{text}"
     );
+    let constrained = path_str(dir.path(), "constrained/ca.crt");
+    for (name, allowed) in [
+        ("db.internal.example.com", true),
+        ("evil.test", false),
+        ("10.1.2.3", false),
+    ] {
+        let out_dir = dir.path().join(format!("nc-{name}"));
+        std::fs::create_dir(&out_dir).unwrap();
+        let (code, _, err) = cert(
+            dir.path(),
+            &[
+                "ca",
+                "issue",
+                name,
+                "--ca",
+                "constrained",
+                "--out",
+                out_dir.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+        let leaf = out_dir.join(format!("{name}.crt"));
+        let (ok, out) = openssl(&["verify", "-CAfile", &constrained, leaf.to_str().unwrap()]);
+        assert_eq!(ok, allowed, "{name}: {out}");
+    }
+    let (code, _, err) = cert(
+        dir.path(),
+        &["ca", "init", "--out", "bad", "--permit", "10.0.0.0"],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("give a DNS domain"), "{err}");
     // The CA refuses to be replaced by accident.
     let (code, _, err) = cert(dir.path(), &["ca", "init", "--out", "ca"]);
     assert_eq!(code, 2);
@@ -634,6 +676,15 @@ fn expiry_reports_ok_warning_expired_with_exit_codes() {
     );
     let (code, out, _) = cert(dir.path(), &["expiry", "certs/s*.crt", "--warn-days", "5"]);
     assert_eq!(code, 0, "a glob, with a narrower window: {out}");
+    let keys_only = dir.path().join("keys");
+    std::fs::create_dir(&keys_only).unwrap();
+    std::fs::copy(certs.join("valid.key"), keys_only.join("valid.pem")).unwrap();
+    let (code, out, _) = cert(dir.path(), &["expiry", "keys"]);
+    assert_eq!(
+        code, 2,
+        "a folder with no certificate is an error, not silence: {out}"
+    );
+    assert!(out.contains("no certificate found"), "{out}");
     let (code, out, _) = cert(
         dir.path(),
         &["expiry", "certs/valid.crt", "certs/missing.crt"],
@@ -656,7 +707,19 @@ fn expiry_reports_ok_warning_expired_with_exit_codes() {
 
     let (_, prom, _) = cert(
         dir.path(),
-        &["expiry", "certs", "certs/missing.crt", "--prometheus"],
+        &[
+            "expiry",
+            "certs/missing.crt",
+            "certs",
+            "certs/missing.crt",
+            "--prometheus",
+        ],
+    );
+    assert_eq!(
+        prom.matches("check_error{source=\"certs/missing.crt\"}")
+            .count(),
+        1,
+        "no repeated series: {prom}"
     );
     assert!(
         prom.contains("# TYPE tlsgate_certificate_expiry_timestamp_seconds gauge"),
@@ -742,6 +805,22 @@ fn bundle_and_k8s_secret() {
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
+    // A combined PEM given as --key: only its key is taken.
+    let (code, _, err) = cert(
+        dir.path(),
+        &[
+            "bundle",
+            "--cert",
+            "leaf.crt",
+            "--key",
+            "site.pem",
+            "--out",
+            "again.pem",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let again = std::fs::read_to_string(dir.path().join("again.pem")).unwrap();
+    assert_eq!(again.matches("BEGIN CERTIFICATE").count(), 1, "{again}");
     let (code, _, err) = cert(
         dir.path(),
         &[
@@ -846,10 +925,9 @@ fn trust_and_untrust_a_temporary_nss_database_and_store_folder() {
         .map(|e| e.path())
         .collect();
     assert_eq!(anchors.len(), 1, "{out}");
-    assert_eq!(
-        std::fs::read(&anchors[0]).unwrap(),
-        std::fs::read(dir.path().join("ca/ca.crt")).unwrap()
-    );
+    let stored = read_certs(&anchors[0]);
+    assert_eq!(stored.len(), 1, "exactly the CA certificate");
+    assert_eq!(stored[0], read_certs(&dir.path().join("ca/ca.crt"))[0]);
     let name = anchors[0]
         .file_stem()
         .unwrap()
@@ -882,7 +960,46 @@ fn trust_and_untrust_a_temporary_nss_database_and_store_folder() {
         .unwrap();
     assert!(!String::from_utf8_lossy(&listed.stdout).contains(&name));
 
-    // A leaf is not a CA; and without --yes and a terminal, system files are not touched.
+    // Without --yes and without a terminal to ask on, nothing is changed.
+    let (code, _, err) = cert(
+        dir.path(),
+        &[
+            "trust",
+            "--ca",
+            "ca/ca.crt",
+            "--system-store",
+            "anchors",
+            "--nss-db",
+            "nssdb",
+        ],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("without confirmation"), "{err}");
+    assert_eq!(std::fs::read_dir(&store).unwrap().count(), 0);
+    let listed = Command::new("certutil")
+        .args(["-L", "-d"])
+        .arg(format!("sql:{}", nss.display()))
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains(&name));
+
+    // untrust on a database certutil cannot open is a failure, not "not present".
+    let (code, out, _) = cert(
+        dir.path(),
+        &[
+            "untrust",
+            "--ca",
+            "ca/ca.crt",
+            "--no-system",
+            "--nss-db",
+            "no-such-db",
+            "--yes",
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAILED"), "{out}");
+
+    // A leaf is not a CA.
     assert_eq!(cert(dir.path(), &["self-signed", "leaf.test"]).0, 0);
     let (code, _, err) = cert(
         dir.path(),

@@ -185,8 +185,8 @@ pub fn prometheus(entries: &[Entry]) -> String {
     }
     out.push_str("# HELP tlsgate_certificate_check_error Whether the source could not be read (1) or was read (0).\n");
     out.push_str("# TYPE tlsgate_certificate_check_error gauge\n");
-    let mut sources: Vec<&str> = entries.iter().map(|e| e.source.as_str()).collect();
-    sources.dedup();
+    let sources: std::collections::BTreeSet<&str> =
+        entries.iter().map(|e| e.source.as_str()).collect();
     for source in sources {
         let failed = entries
             .iter()

@@ -44,6 +44,13 @@ impl KeyAlgorithm {
         }
     }
 
+    pub fn is_rsa(self) -> bool {
+        matches!(
+            self,
+            KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096
+        )
+    }
+
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.iter().copied().find(|alg| alg.name() == name)
     }
@@ -176,12 +183,16 @@ impl CertificateAuthority {
         ];
         params.serial_number = Some(random_serial());
         if !permitted.is_empty() {
+            // DNS constraints leave IP SANs unconstrained, so every IP is excluded too.
             params.name_constraints = Some(rcgen::NameConstraints {
                 permitted_subtrees: permitted
                     .iter()
                     .map(|d| rcgen::GeneralSubtree::DnsName(d.clone()))
                     .collect(),
-                excluded_subtrees: Vec::new(),
+                excluded_subtrees: vec![
+                    rcgen::GeneralSubtree::IpAddress(rcgen::CidrSubnet::from_v4_prefix([0; 4], 0)),
+                    rcgen::GeneralSubtree::IpAddress(rcgen::CidrSubnet::from_v6_prefix([0; 16], 0)),
+                ],
             });
         }
         set_validity(&mut params, lifetime);
@@ -259,7 +270,7 @@ impl CertificateAuthority {
         let issuer = Issuer::from_ca_cert_der(&self.cert_der, &self.key)
             .map_err(generation_error("issuer"))?;
         let key = algorithm.generate()?;
-        let mut params = leaf_params(names, Duration::ZERO, usage)?;
+        let mut params = leaf_params(names, Duration::ZERO, usage, algorithm)?;
         params.not_before = not_before;
         params.not_after = not_after;
         let cert = params
@@ -277,6 +288,7 @@ fn leaf_params(
     names: &[String],
     lifetime: Duration,
     usage: Usage,
+    algorithm: KeyAlgorithm,
 ) -> Result<CertificateParams, CertError> {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -288,6 +300,10 @@ fn leaf_params(
     params.subject_alt_names = subject_alt_names(names)?;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    if algorithm.is_rsa() {
+        // Old TLS 1.2 clients with RSA key exchange require it of RSA server certificates.
+        params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
+    }
     params.extended_key_usages = vec![match usage {
         Usage::Server => ExtendedKeyUsagePurpose::ServerAuth,
         Usage::Client => ExtendedKeyUsagePurpose::ClientAuth,
@@ -305,7 +321,7 @@ pub fn self_signed(
     algorithm: KeyAlgorithm,
 ) -> Result<IssuedCertificate, CertError> {
     let key = algorithm.generate()?;
-    let mut params = leaf_params(names, lifetime, Usage::Server)?;
+    let mut params = leaf_params(names, lifetime, Usage::Server, algorithm)?;
     params.use_authority_key_identifier_extension = false;
     let cert = params
         .self_signed(&key)

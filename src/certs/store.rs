@@ -89,12 +89,59 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertE
 
 /// Writes a file the operator asked for: never replaces an existing one unless `force`.
 pub fn write_new(path: &Path, contents: &[u8], mode: u32, force: bool) -> Result<(), CertError> {
-    if !force && path.exists() {
-        return Err(CertError::Exists {
-            path: path.to_path_buf(),
-        });
+    write_files(&[(path.to_path_buf(), contents, mode)], force)
+}
+
+/// Writes several files as one unit: every temporary file first, then each is moved into
+/// place. Without `force` a file is linked in only if its name is free (no check-then-write
+/// race), and a refusal removes what this call already placed, so a key never ends up next
+/// to a certificate it does not belong to.
+pub fn write_files(files: &[(PathBuf, &[u8], u32)], force: bool) -> Result<(), CertError> {
+    let mut staged = Vec::new();
+    for (index, (path, contents, mode)) in files.iter().enumerate() {
+        let temp = path.with_file_name(format!(
+            ".{}.new-{}-{index}",
+            path.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default(),
+            std::process::id()
+        ));
+        if let Err(error) = write_atomic(&temp, contents, *mode) {
+            remove_all(staged.iter().map(|(t, _): &(PathBuf, &PathBuf)| t));
+            return Err(error);
+        }
+        staged.push((temp, path));
     }
-    write_atomic(path, contents, mode)
+    let mut placed: Vec<&PathBuf> = Vec::new();
+    for (temp, path) in &staged {
+        let result = if force {
+            fs::rename(temp, path)
+        } else {
+            fs::hard_link(temp, path).and_then(|()| fs::remove_file(temp))
+        };
+        if let Err(error) = result {
+            remove_all(staged.iter().map(|(t, _)| t));
+            remove_all(placed.iter().copied());
+            return Err(if error.kind() == std::io::ErrorKind::AlreadyExists {
+                CertError::Exists {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                CertError::Write {
+                    path: path.to_path_buf(),
+                    source: error,
+                }
+            });
+        }
+        placed.push(path);
+    }
+    Ok(())
+}
+
+fn remove_all<'a>(paths: impl Iterator<Item = &'a PathBuf>) {
+    for path in paths {
+        let _ = fs::remove_file(path);
+    }
 }
 
 /// Paths of one certificate in certbot's layout under the data folder.
@@ -212,6 +259,45 @@ mod tests {
         assert_eq!(
             fs::metadata(&owned).unwrap().permissions().mode() & 0o777,
             0o700
+        );
+    }
+
+    #[test]
+    fn a_refused_file_rolls_back_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("a.key");
+        let crt = dir.path().join("a.crt");
+        fs::write(&crt, "old certificate").unwrap();
+        let result = write_files(
+            &[
+                (key.clone(), b"new key", SECRET_MODE),
+                (crt.clone(), b"new cert", PUBLIC_MODE),
+            ],
+            false,
+        );
+        assert!(matches!(result, Err(CertError::Exists { .. })));
+        assert!(
+            !key.exists(),
+            "the new key was not left next to the old certificate"
+        );
+        assert_eq!(fs::read(&crt).unwrap(), b"old certificate");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary files left"
+        );
+        write_files(
+            &[
+                (key.clone(), b"new key", SECRET_MODE),
+                (crt.clone(), b"new cert", PUBLIC_MODE),
+            ],
+            true,
+        )
+        .unwrap();
+        assert_eq!(fs::read(&crt).unwrap(), b"new cert");
+        assert_eq!(
+            fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
         );
     }
 

@@ -127,9 +127,9 @@ fn change(target: String, result: Result<String, String>) -> Change {
     }
 }
 
-/// Adds the CA (PEM file `ca_file`) to the given stores.
+/// Adds the CA (exactly one certificate, as PEM) to the given stores.
 pub fn install(
-    ca_file: &Path,
+    ca_pem: &str,
     info: &CertInfo,
     system: Option<&SystemStore>,
     nss: &[PathBuf],
@@ -138,9 +138,8 @@ pub fn install(
     let mut changes = Vec::new();
     if let Some(store) = system {
         let target = store.dir.join(format!("{name}.crt"));
-        let result = std::fs::read(ca_file)
-            .map_err(|e| format!("{}: {e}", ca_file.display()))
-            .and_then(|pem| write_atomic(&target, &pem, PUBLIC_MODE).map_err(|e| e.to_string()))
+        let result = write_atomic(&target, ca_pem.as_bytes(), PUBLIC_MODE)
+            .map_err(|e| e.to_string())
             .and_then(|()| match &store.update_command {
                 Some(command) => {
                     run(command).map(|_| format!("added, then ran {}", command.join(" ")))
@@ -149,12 +148,25 @@ pub fn install(
             });
         changes.push(change(target.display().to_string(), result));
     }
+    if nss.is_empty() {
+        return changes;
+    }
+    // certutil reads the certificate from a file.
+    let ca_file = std::env::temp_dir().join(format!("{name}-{}.pem", std::process::id()));
+    if let Err(error) = write_atomic(&ca_file, ca_pem.as_bytes(), PUBLIC_MODE) {
+        changes.push(change(
+            ca_file.display().to_string(),
+            Err(error.to_string()),
+        ));
+        return changes;
+    }
     for db in nss {
         let ca = ca_file.display().to_string();
         let result = certutil(db, &["-A", "-t", "C,,", "-n", &name, "-i", &ca])
             .map(|_| format!("added as \"{name}\" (trusted for TLS servers)"));
         changes.push(change(format!("NSS database {}", db.display()), result));
     }
+    let _ = std::fs::remove_file(&ca_file);
     changes
 }
 
@@ -179,11 +191,11 @@ pub fn uninstall(info: &CertInfo, system: Option<&SystemStore>, nss: &[PathBuf])
         changes.push(change(target.display().to_string(), result));
     }
     for db in nss {
-        let present = certutil(db, &["-L", "-n", &name]).is_ok();
-        let result = if present {
-            certutil(db, &["-D", "-n", &name]).map(|_| format!("removed \"{name}\""))
-        } else {
-            Ok("not present".into())
+        let result = match certutil(db, &["-L", "-n", &name]) {
+            Ok(_) => certutil(db, &["-D", "-n", &name]).map(|_| format!("removed \"{name}\"")),
+            // certutil says "Could not find cert" for an absent name; anything else is a failure.
+            Err(error) if error.contains("Could not find cert") => Ok("not present".into()),
+            Err(error) => Err(error),
         };
         changes.push(change(format!("NSS database {}", db.display()), result));
     }

@@ -13,8 +13,8 @@ use serde::Serialize;
 use crate::certs::expiry::{self, Entry};
 use crate::certs::generate::{self, CertificateAuthority, IssuedCertificate, KeyAlgorithm, Usage};
 use crate::certs::inspect::{chain_in_order, format_time, unix_now};
-use crate::certs::pem::{read_certificates, read_private_key};
-use crate::certs::store::{write_new, PRIVATE_DIR_MODE, PUBLIC_MODE, SECRET_MODE};
+use crate::certs::pem::{encode_certificates, read_certificates, read_private_key};
+use crate::certs::store::{write_files, write_new, PRIVATE_DIR_MODE, PUBLIC_MODE, SECRET_MODE};
 use crate::certs::trust::{self, SystemStore};
 use crate::certs::{bundle, remote, verify, CertInfo};
 use crate::config::{normalize_dns_name, validate_path_component};
@@ -348,20 +348,13 @@ fn existing_dir(dir: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Writes several files, refusing up front if any exists (so nothing is half-written).
+/// Writes several files as one unit (see [`write_files`]).
 fn write_all(files: &[(PathBuf, &str, u32)], force: bool) -> Result<(), Failure> {
-    if !force {
-        if let Some((path, _, _)) = files.iter().find(|(path, _, _)| path.exists()) {
-            return Err(Failure(format!(
-                "{} already exists (use --force to replace it)",
-                path.display()
-            )));
-        }
-    }
-    for (path, contents, mode) in files {
-        write_new(path, contents.as_bytes(), *mode, true)?;
-    }
-    Ok(())
+    let files: Vec<(PathBuf, &[u8], u32)> = files
+        .iter()
+        .map(|(path, text, mode)| (path.clone(), text.as_bytes(), *mode))
+        .collect();
+    Ok(write_files(&files, force)?)
 }
 
 #[derive(Serialize)]
@@ -479,6 +472,14 @@ fn self_signed(args: SelfSignedArgs) -> Outcome {
 fn ca_init(args: CaInitArgs) -> Outcome {
     let lifetime = checked_days(args.days)?;
     let permitted = checked_names(&args.permitted)?;
+    if let Some(bad) = permitted
+        .iter()
+        .find(|d| d.starts_with("*.") || d.parse::<std::net::IpAddr>().is_ok())
+    {
+        return Err(Failure(format!(
+            "--permit {bad}: give a DNS domain (it covers its subdomains); wildcards and IPs are not name constraints"
+        )));
+    }
     if args.name.trim().is_empty() {
         return Err(Failure("--name must not be empty".into()));
     }
@@ -817,11 +818,12 @@ fn expiry_command(args: ExpiryArgs) -> Outcome {
         let from_folder = Path::new(argument).is_dir();
         match expiry::expand(argument) {
             Ok(paths) => {
-                if paths.is_empty() {
-                    entries.push(Entry::error(argument, "no certificate files found"));
-                }
+                let before = entries.len();
                 for path in paths {
                     entries.extend(expiry::check_file(&path, args.warn_days, from_folder));
+                }
+                if entries.len() == before {
+                    entries.push(Entry::error(argument, "no certificate found"));
                 }
             }
             Err(error) => entries.push(Entry::error(argument, error)),
@@ -907,12 +909,13 @@ fn k8s_secret(args: K8sSecretArgs) -> Outcome {
 fn confirm(question: &str) -> Result<bool, Failure> {
     if !std::io::stdin().is_terminal() {
         return Err(Failure(
-            "not changing system files without confirmation: run in a terminal or pass --yes"
+            "not changing trust stores without confirmation: run in a terminal or pass --yes"
                 .into(),
         ));
     }
-    print!("{question} [y/N] ");
-    let _ = std::io::stdout().flush();
+    // The question goes to stderr so `--json` output stays clean.
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
     let mut answer = String::new();
     std::io::stdin().read_line(&mut answer)?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
@@ -961,22 +964,30 @@ fn trust_command(args: TrustArgs, install: bool) -> Outcome {
             "nothing to change: no system trust store recognised and no NSS database found (use --system-store or --nss-db)".into(),
         ));
     }
-    if let Some(store) = system.as_ref().filter(|s| s.update_command.is_some()) {
-        if !args.yes {
-            let verb = if install { "Add" } else { "Remove" };
-            let question = format!(
-                "{verb} CA \"{}\" ({}) in {}?",
-                info.subject,
-                trust::nickname(&info),
-                store.dir.display()
-            );
-            if !confirm(&question)? {
-                return Err(Failure("nothing changed".into()));
-            }
+    if !args.yes {
+        let mut targets: Vec<String> = system.iter().map(|s| s.dir.display().to_string()).collect();
+        targets.extend(
+            nss.iter()
+                .map(|db| format!("NSS database {}", db.display())),
+        );
+        let verb = if install { "Trust" } else { "Stop trusting" };
+        let question = format!(
+            "{verb} CA \"{}\" ({}) in: {}?",
+            info.subject,
+            trust::nickname(&info),
+            targets.join(", ")
+        );
+        if !confirm(&question)? {
+            return Err(Failure("nothing changed".into()));
         }
     }
     let changes = if install {
-        trust::install(&ca_file, &info, system.as_ref(), &nss)
+        trust::install(
+            &encode_certificates(&chain[..1]),
+            &info,
+            system.as_ref(),
+            &nss,
+        )
     } else {
         trust::uninstall(&info, system.as_ref(), &nss)
     };
