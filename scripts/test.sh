@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh machine: installs the system tools the tests use as independent
-# oracles (openssl, curl, certutil from libnss3-tools for `cert trust`), then formatting, lints
-# and the whole test suite.
+# oracles (openssl, curl, certutil from libnss3-tools for `cert trust`, Python's websockets for
+# permessage-deflate), then formatting, lints and the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +15,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+
+# The proxy tests run a real permessage-deflate WebSocket backend and client (Python).
+if ! python3 -c "import websockets" >/dev/null 2>&1; then
+  echo "installing: python websockets"
+  python3 -m pip install --quiet websockets \
+    || { [ "$(id -u)" -eq 0 ] && apt-get install -y -qq python3-websockets; } \
+    || sudo apt-get install -y -qq python3-websockets
 fi
 
 cargo fmt --all -- --check

@@ -7,5 +7,6 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod proxy;
 pub mod server;
 pub mod tls;

@@ -723,3 +723,93 @@ fn local_ca_recovers_from_an_interrupted_first_run_and_refuses_a_foreign_key() {
     );
     assert!(error.contains("move the `ca` folder away"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_line_reverse_proxy_with_upstream_flag() {
+    let backend = common::upstream::Upstream::start("backend").await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = Running::start(&mut tlsgate(dir.path()), &["--upstream", &backend.url()]);
+    assert!(
+        running.banner.contains(&format!("→ {}", backend.url())),
+        "{}",
+        running.banner
+    );
+    let ca = read_certs(&dir.path().join("tlsgate-data/ca/root.crt")).remove(0);
+    let response = https_get(
+        running.main,
+        "localhost",
+        default_client(&[ca]),
+        "/anything?x=1",
+    )
+    .await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert!(
+        response.body.contains("\"server\":\"backend\""),
+        "{}",
+        response.body
+    );
+    assert!(response.body.contains("/anything?x=1"), "{}", response.body);
+    running.stop();
+}
+
+#[test]
+fn config_check_reports_proxy_mistakes_with_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "routes:\n  - path: /api\n    upstream: missing\n",
+            "tlsgate.yaml:3:15",
+            "`missing` is neither a URL nor a defined upstream",
+        ),
+        (
+            "upstreams:\n  api:\n    servers: [https://10.0.0.1:8000]\n",
+            "tlsgate.yaml:3:15",
+            "upstreams are plain HTTP",
+        ),
+        (
+            "upstreams:\n  api:\n    servers: [http://10.0.0.1:8000]\n    balance: random\n",
+            "tlsgate.yaml:4:14",
+            "round_robin, least_conn, ip_hash or cookie",
+        ),
+        (
+            "trusted_proxies: [10.0.0.0/33]\n",
+            "tlsgate.yaml:1:19",
+            "not an IP address or CIDR block",
+        ),
+        (
+            "routes:\n  - path: api\n    upstream: http://127.0.0.1:1\n",
+            "tlsgate.yaml:2:11",
+            "must start with /",
+        ),
+    ];
+    for (yaml, at, message) in cases {
+        std::fs::write(dir.path().join("tlsgate.yaml"), yaml).unwrap();
+        let (code, _, stderr) =
+            run(tlsgate(dir.path()).args(["config", "check", "-c", "tlsgate.yaml"]));
+        assert_eq!(code, 2, "{yaml}: {stderr}");
+        assert!(
+            stderr.contains(at) && stderr.contains(message),
+            "{yaml}\n{stderr}"
+        );
+    }
+    std::fs::write(
+        dir.path().join("tlsgate.yaml"),
+        "upstreams:\n  api:\n    servers:\n      - url: http://10.0.0.1:8000\n        weight: 3\n      - http://10.0.0.2:8000\n    balance: least_conn\n    health_check: {path: /health/, interval: 5s}\nroutes:\n  - host: api.example.com\n    path: /api\n    upstream: api\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) =
+        run(tlsgate(dir.path()).args(["config", "check", "-c", "tlsgate.yaml"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("balance: least_conn") && stdout.contains("path: /health/"),
+        "{stdout}"
+    );
+    std::fs::write(dir.path().join("effective.yaml"), &stdout).unwrap();
+    let (code, again, stderr) =
+        run(tlsgate(dir.path()).args(["config", "check", "-c", "effective.yaml"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        again, stdout,
+        "the effective proxy config reads back unchanged"
+    );
+}

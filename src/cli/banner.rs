@@ -65,8 +65,18 @@ pub fn render(server: &Server) -> String {
         out,
         "tlsgate {version}: serving HTTPS and WSS on {main} ({versions})"
     );
-    let _ = writeln!(out, "  https://{base}/health");
-    let _ = writeln!(out, "  wss://{base}/ws   (WebSocket echo)");
+    if settings.proxy.is_enabled() {
+        for route in &settings.proxy.routes {
+            let host = route.host.clone().unwrap_or_else(|| base.clone());
+            let _ = writeln!(out, "  https://{host}{} → {}", route.path, route.upstream);
+        }
+        if let Some(default) = &settings.proxy.default_route {
+            let _ = writeln!(out, "  https://{base}/… (everything else) → {default}");
+        }
+    } else {
+        let _ = writeln!(out, "  https://{base}/health");
+        let _ = writeln!(out, "  wss://{base}/ws   (WebSocket echo)");
+    }
     if let Some(http) = server.http_addr() {
         let what = match settings.http.mode {
             HttpMode::Reject => "answers 403 TLS required",

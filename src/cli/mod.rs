@@ -69,6 +69,10 @@ struct CommonArgs {
     /// Plain-HTTP listener address [default: 127.0.0.1:8080; env: TLSGATE_HTTP_LISTEN].
     #[arg(long, value_name = "ADDR")]
     http_listen: Option<String>,
+    /// Proxy every request no route matches to this plain-HTTP backend, e.g.
+    /// http://127.0.0.1:8000 [env: TLSGATE_UPSTREAM].
+    #[arg(long, value_name = "URL")]
+    upstream: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -92,6 +96,7 @@ impl CommonArgs {
             data_dir: self.data_dir.clone(),
             listen: self.listen.clone(),
             http_listen: self.http_listen.clone(),
+            upstream: self.upstream.clone(),
         };
         config::load(self.config.as_deref(), &overrides, &config::process_env)
     }

@@ -24,6 +24,7 @@ pub struct EnvOverlay {
     /// `Some(false)` from `SSL_ENABLED=false` or `TLSGATE_TLS=off`.
     pub tls_enabled: Option<(bool, Origin)>,
     pub certificate: Option<EnvCertificate>,
+    pub upstream: Option<(String, Origin)>,
 }
 
 /// Every variable read here (the README documents each).
@@ -38,6 +39,7 @@ pub const VARIABLES: &[&str] = &[
     "TLSGATE_HTTP_LISTEN",
     "TLSGATE_TLS",
     "TLSGATE_MIN_TLS_VERSION",
+    "TLSGATE_UPSTREAM",
     "TLSGATE_CERT_FILE",
     "TLSGATE_KEY_FILE",
     "SSL_CERTFILE",
@@ -60,6 +62,7 @@ pub fn read_overlay(env: EnvLookup<'_>) -> Result<EnvOverlay, ConfigError> {
         http_listen: get("TLSGATE_HTTP_LISTEN"),
         http_mode: get("TLSGATE_HTTP"),
         min_version: get("TLSGATE_MIN_TLS_VERSION"),
+        upstream: get("TLSGATE_UPSTREAM"),
         ..EnvOverlay::default()
     };
 

@@ -20,6 +20,10 @@ pub struct FileConfig {
     pub tls: Option<Spanned<Switch<TlsFile>>>,
     pub headers: Option<Spanned<HeadersFile>>,
     pub limits: Option<Spanned<LimitsFile>>,
+    pub upstreams: Option<std::collections::BTreeMap<String, Spanned<super::proxy::UpstreamFile>>>,
+    pub routes: Option<Vec<Spanned<super::proxy::RouteFile>>>,
+    pub default_route: Option<Spanned<String>>,
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -82,6 +86,7 @@ pub struct LimitsFile {
     pub websocket_idle_timeout: Option<ConfigDuration>,
     pub max_connections: Option<usize>,
     pub shutdown_timeout: Option<ConfigDuration>,
+    pub max_body_size: Option<ConfigSize>,
 }
 
 /// A section that may be a mapping, or a shorthand word or boolean: `tls: off`,

@@ -8,6 +8,7 @@
 pub(crate) mod env;
 mod file;
 mod names;
+pub mod proxy;
 mod suites;
 pub mod units;
 mod validate;
@@ -41,6 +42,8 @@ pub struct Settings {
     pub tls: TlsSettings,
     pub headers: HeaderSettings,
     pub limits: Limits,
+    #[serde(flatten)]
+    pub proxy: proxy::ProxySettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -198,6 +201,9 @@ pub struct Limits {
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
     #[serde(serialize_with = "units::serialize_duration")]
     pub shutdown_timeout: Duration,
+    /// Largest request body proxied; larger gets `413` (routes may override).
+    #[serde(serialize_with = "units::serialize_size")]
+    pub max_body_size: u64,
 }
 
 fn serialize_header<S: Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
@@ -282,6 +288,8 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub listen: Option<String>,
     pub http_listen: Option<String>,
+    /// `--upstream URL`: proxy every request no route matches to this backend.
+    pub upstream: Option<String>,
 }
 
 /// Reads environment variables; tests pass a map instead of touching the process environment.

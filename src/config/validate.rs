@@ -94,6 +94,34 @@ pub fn validate(
     let headers = header_settings(&headers_at, headers)?;
     let (limits_at, limits) = split(&cx, raw.limits.take());
     let limits = limit_settings(&limits_at, limits)?;
+    let default_route = if let Some(url) = &flags.upstream {
+        Some((url.clone(), Origin::Flag("--upstream")))
+    } else if let Some((url, origin)) = &env.upstream {
+        Some((url.clone(), origin.clone()))
+    } else {
+        raw.default_route
+            .take()
+            .map(|route| (route.value.clone(), cx.origin(&route)))
+    };
+    let file_origin = |line: u64, column: u64| match cx.path {
+        Some(path) => Origin::File {
+            path: path.to_path_buf(),
+            line,
+            column,
+        },
+        None => Origin::File {
+            path: PathBuf::from("<config>"),
+            line,
+            column,
+        },
+    };
+    let proxy = super::proxy::validate(super::proxy::ProxyInput {
+        upstreams: raw.upstreams.take(),
+        routes: raw.routes.take(),
+        default_route,
+        trusted_proxies: raw.trusted_proxies.take(),
+        origin: &file_origin,
+    })?;
 
     if tls.enabled && http.mode != HttpMode::Off && http.listen == listen && listen.port() != 0 {
         return Err(ConfigError::invalid(
@@ -111,6 +139,7 @@ pub fn validate(
         tls,
         headers,
         limits,
+        proxy,
     })
 }
 
@@ -613,5 +642,6 @@ fn limit_settings(
         )?,
         max_connections,
         shutdown_timeout: positive(raw.shutdown_timeout, 30, "limits.shutdown_timeout")?,
+        max_body_size: raw.max_body_size.map(|s| s.0).unwrap_or(10 * 1024 * 1024),
     })
 }

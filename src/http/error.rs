@@ -18,6 +18,18 @@ pub enum HttpError {
     UnsupportedWebSocketVersion,
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("misdirected request: the Host does not match the TLS server name")]
+    MisdirectedRequest,
+    #[error("origin not allowed")]
+    OriginNotAllowed,
+    #[error("no upstream server available")]
+    NoUpstream,
+    #[error("bad gateway")]
+    BadGateway,
+    #[error("gateway timeout")]
+    GatewayTimeout,
 }
 
 impl HttpError {
@@ -30,6 +42,12 @@ impl HttpError {
                 StatusCode::UPGRADE_REQUIRED
             }
             HttpError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            HttpError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            HttpError::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
+            HttpError::OriginNotAllowed => StatusCode::FORBIDDEN,
+            HttpError::NoUpstream => StatusCode::SERVICE_UNAVAILABLE,
+            HttpError::BadGateway => StatusCode::BAD_GATEWAY,
+            HttpError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -74,6 +92,11 @@ mod tests {
         assert_eq!(HttpError::NotFound.status(), 404);
         assert_eq!(HttpError::TlsRequired.status(), 403);
         assert_eq!(HttpError::UpgradeRequired.status(), 426);
+        assert_eq!(HttpError::PayloadTooLarge.status(), 413);
+        assert_eq!(HttpError::MisdirectedRequest.status(), 421);
+        assert_eq!(HttpError::BadGateway.status(), 502);
+        assert_eq!(HttpError::NoUpstream.status(), 503);
+        assert_eq!(HttpError::GatewayTimeout.status(), 504);
         let response = HttpError::TlsRequired.into_response();
         assert_eq!(response.status(), 403);
         let response = HttpError::UnsupportedWebSocketVersion.into_response();

@@ -1,6 +1,5 @@
 //! The main listener's handler: built-in endpoints, then security headers on the way out.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +8,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::error::HttpError;
-use super::headers::SecurityHeaders;
 use super::{full, websocket, Response};
 
 /// The connection's place under `max_connections`, attached to each request; whoever holds
@@ -17,29 +15,26 @@ use super::{full, websocket, Response};
 #[derive(Clone)]
 pub struct ConnectionSlot(pub Arc<dyn std::any::Any + Send + Sync>);
 
-/// What the handler needs, built once per configuration.
+/// The connection a request arrived on, attached to each request.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    pub peer: std::net::SocketAddr,
+    /// The TLS server name the client sent, lower case.
+    pub sni: Option<String>,
+    pub secure: bool,
+}
+
+/// What the built-in endpoints need, built once per configuration.
 #[derive(Debug, Clone)]
 pub struct EdgeContext {
-    /// Security headers to add; empty on a plain (TLS off) listener.
-    pub security_headers: SecurityHeaders,
     pub websocket_idle_timeout: Duration,
     pub shutdown: CancellationToken,
     /// Upgraded connections run as tasks here, so shutdown can wait for them.
     pub tasks: TaskTracker,
 }
 
-pub async fn handle<B: Send + 'static>(
-    context: Arc<EdgeContext>,
-    request: Request<B>,
-) -> Result<Response, Infallible> {
-    let mut response = route(&context, request);
-    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        context.security_headers.apply(response.headers_mut());
-    }
-    Ok(response)
-}
-
-fn route<B: Send + 'static>(context: &EdgeContext, request: Request<B>) -> Response {
+/// The built-in endpoints (no routes configured): `/health`, the `/ws` echo, else `404`.
+pub fn builtin<B: Send + 'static>(context: &EdgeContext, request: Request<B>) -> Response {
     match request.uri().path() {
         "/health" => health(request.method()),
         "/ws" => websocket_echo(context, request),

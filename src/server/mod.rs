@@ -5,6 +5,7 @@
 //! the shutdown token fires and in-flight work has drained (bounded by `shutdown_timeout`).
 
 mod activity;
+mod dispatch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,10 +25,11 @@ use tokio_util::task::TaskTracker;
 use crate::certs::local_ca::{LeafAction, LocalCertificate};
 use crate::config::{HttpMode, Limits, Settings};
 use crate::http::headers::SecurityHeaders;
-use crate::http::service::{handle, ConnectionSlot, EdgeContext};
+use crate::http::service::{ConnectionInfo, ConnectionSlot, EdgeContext};
 use crate::http::{redirect, Response};
 use crate::tls::{self, CertSummary, SessionState, SniResolver, TlsError};
 use activity::{Activity, TrackedIo};
+use dispatch::Dispatcher;
 
 /// How often the local `localhost` certificate is checked for re-issue.
 const LOCAL_RENEWAL_CHECK: Duration = Duration::from_secs(12 * 3600);
@@ -55,7 +57,7 @@ struct TlsEdge {
 /// What every connection of this server shares.
 struct Shared {
     limits: Limits,
-    context: Arc<EdgeContext>,
+    dispatcher: Arc<Dispatcher>,
     tls: Option<TlsEdge>,
     http_mode: HttpMode,
     redirect_port: u16,
@@ -183,11 +185,20 @@ impl Server {
         };
         let shared = Arc::new(Shared {
             limits: settings.limits.clone(),
-            context: Arc::new(EdgeContext {
+            dispatcher: Arc::new(Dispatcher {
                 security_headers,
-                websocket_idle_timeout: settings.limits.websocket_idle_timeout,
-                shutdown: shutdown.clone(),
-                tasks: tasks.clone(),
+                builtin: EdgeContext {
+                    websocket_idle_timeout: settings.limits.websocket_idle_timeout,
+                    shutdown: shutdown.clone(),
+                    tasks: tasks.clone(),
+                },
+                proxy: settings.proxy.is_enabled().then(|| {
+                    Arc::new(crate::proxy::Proxy::new(
+                        &settings,
+                        shutdown.clone(),
+                        tasks.clone(),
+                    ))
+                }),
             }),
             tls,
             http_mode: settings.http.mode,
@@ -287,7 +298,7 @@ async fn accept_loop(
         tasks.spawn(async move {
             match kind {
                 Listener::Main => serve_main(stream, peer, shared, shutdown, permit).await,
-                Listener::Redirect => serve_redirect(stream, shared, shutdown, permit).await,
+                Listener::Redirect => serve_redirect(stream, peer, shared, shutdown, permit).await,
             }
         });
     }
@@ -301,10 +312,15 @@ async fn serve_main(
     permit: OwnedSemaphorePermit,
 ) {
     let slot = ConnectionSlot(Arc::new(permit));
-    let context = shared.context.clone();
-    let handler = move |request| handle(context.clone(), request);
+    let dispatcher = shared.dispatcher.clone();
+    let handler = move |request| dispatcher.clone().handle(request);
     let Some(tls) = &shared.tls else {
-        serve_http(stream, &shared.limits, shutdown, slot, true, handler).await;
+        let info = ConnectionInfo {
+            peer,
+            sni: None,
+            secure: false,
+        };
+        serve_http(stream, &shared.limits, shutdown, slot, info, true, handler).await;
         return;
     };
     let acceptor = TlsAcceptor::from(tls.config.load_full());
@@ -323,11 +339,21 @@ async fn serve_main(
     // HTTP/2 clients may exchange control frames while idle; the request-head deadline is
     // for HTTP/1 (slowloris), where bytes with no request dispatched mean a head in progress.
     let http1 = stream.get_ref().1.alpn_protocol() != Some(b"h2");
-    serve_http(stream, &shared.limits, shutdown, slot, http1, handler).await;
+    let info = ConnectionInfo {
+        peer,
+        sni: stream
+            .get_ref()
+            .1
+            .server_name()
+            .map(str::to_ascii_lowercase),
+        secure: true,
+    };
+    serve_http(stream, &shared.limits, shutdown, slot, info, http1, handler).await;
 }
 
 async fn serve_redirect(
     stream: TcpStream,
+    peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     permit: OwnedSemaphorePermit,
@@ -335,11 +361,17 @@ async fn serve_redirect(
     let mode = shared.http_mode;
     let port = shared.redirect_port;
     let slot = ConnectionSlot(Arc::new(permit));
+    let info = ConnectionInfo {
+        peer,
+        sni: None,
+        secure: false,
+    };
     serve_http(
         stream,
         &shared.limits,
         shutdown,
         slot,
+        info,
         true,
         move |request| {
             let response: Response = redirect::respond(mode, &request, port);
@@ -362,6 +394,7 @@ async fn serve_http<I, H, F>(
     limits: &Limits,
     shutdown: CancellationToken,
     slot: ConnectionSlot,
+    info: ConnectionInfo,
     head_deadline: bool,
     handler: H,
 ) where
@@ -382,12 +415,15 @@ async fn serve_http<I, H, F>(
     builder
         .http2()
         .timer(TokioTimer::new())
+        // RFC 8441: WebSocket over HTTP/2 (extended CONNECT).
+        .enable_connect_protocol()
         .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
     let handler = Arc::new(handler);
     let request_activity = activity.clone();
     let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
         let in_flight = request_activity.request();
         request.extensions_mut().insert(slot.clone());
+        request.extensions_mut().insert(info.clone());
         let response = handler(request);
         async move {
             let response = response.await;
@@ -483,7 +519,8 @@ fn raise_fd_limit(max_connections: usize) -> Option<String> {
             ));
         }
     }
-    (target < wanted).then(|| {
+    // Client sockets alone need max_connections; proxying needs a second descriptor each.
+    (target < (max_connections as u64).saturating_add(256)).then(|| {
         format!(
             "open-file limit is {target} (hard limit); max_connections {max_connections} needs about {wanted}: raise LimitNOFILE= or lower limits.max_connections"
         )

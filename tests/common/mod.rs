@@ -38,6 +38,7 @@ impl TestServer {
             data_dir: Some(dir.join("data")),
             listen: Some("127.0.0.1:0".into()),
             http_listen: Some("127.0.0.1:0".into()),
+            ..Default::default()
         };
         let settings =
             config::load_str(yaml, Some(&dir.join("tlsgate.yaml")), &overrides, &|_| None)
@@ -259,4 +260,39 @@ pub async fn openssl_async(args: Vec<String>) -> (bool, String) {
     })
     .await
     .expect("openssl task")
+}
+
+pub mod upstream;
+
+pub type TestBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+pub fn body_of(bytes: impl Into<Bytes>) -> TestBody {
+    http_body_util::Full::new(bytes.into()).boxed()
+}
+
+/// Any request over an established stream (HTTP/1.1), full response collected.
+pub async fn send_on<S>(stream: S, request: http::Request<TestBody>) -> SimpleResponse
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("h1 handshake");
+    tokio::spawn(conn);
+    let response = sender.send_request(request).await.expect("response");
+    let status = response.status();
+    let version = response.version();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    SimpleResponse {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        version,
+    }
 }

@@ -1,0 +1,549 @@
+//! The reverse-proxy part of the configuration: `upstreams:`, `routes:`, `default_route`,
+//! `trusted_proxies` — file schema, typed settings and their validation.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize, Serializer};
+use serde_saphyr::Spanned;
+
+use super::units::{self, ConfigDuration, ConfigSize};
+use super::{normalize_dns_name, ConfigError, Origin};
+
+// ---------- file schema ----------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    pub servers: Vec<Spanned<ServerFile>>,
+    pub balance: Option<Spanned<String>>,
+    pub sticky_cookie: Option<String>,
+    pub cookie_secret: Option<String>,
+    pub max_fails: Option<u32>,
+    pub fail_timeout: Option<ConfigDuration>,
+    pub keepalive: Option<usize>,
+    pub keepalive_timeout: Option<ConfigDuration>,
+    pub connect_timeout: Option<ConfigDuration>,
+    pub response_timeout: Option<ConfigDuration>,
+    pub send_timeout: Option<ConfigDuration>,
+    pub h2c: Option<bool>,
+    pub health_check: Option<HealthCheckFile>,
+}
+
+/// A server: `http://host:port`, or a mapping with weight and flags.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ServerFile {
+    Url(String),
+    Full(ServerMap),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerMap {
+    pub url: String,
+    pub weight: Option<u32>,
+    pub backup: Option<bool>,
+    pub max_conns: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckFile {
+    pub path: Option<String>,
+    pub interval: Option<ConfigDuration>,
+    pub timeout: Option<ConfigDuration>,
+    pub expect: Option<u16>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub host: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub exact: Option<bool>,
+    pub upstream: Spanned<String>,
+    pub allowed_origins: Option<Vec<String>>,
+    pub websocket_idle_timeout: Option<ConfigDuration>,
+    pub max_body_size: Option<ConfigSize>,
+}
+
+// ---------- settings ----------
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProxySettings {
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub upstreams: BTreeMap<String, UpstreamSettings>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteSettings>,
+    /// Where requests no route matches go (an upstream name or URL); none: `404`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_route: Option<String>,
+    /// Peers whose `X-Forwarded-*` headers are believed; from anyone else they are replaced.
+    #[serde(serialize_with = "serialize_nets")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl ProxySettings {
+    pub fn is_enabled(&self) -> bool {
+        !self.routes.is_empty() || self.default_route.is_some()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UpstreamSettings {
+    pub servers: Vec<ServerSettings>,
+    pub balance: Balance,
+    pub sticky_cookie: String,
+    #[serde(skip)]
+    pub cookie_secret: Option<String>,
+    pub max_fails: u32,
+    #[serde(serialize_with = "units::serialize_duration")]
+    pub fail_timeout: Duration,
+    pub keepalive: usize,
+    #[serde(serialize_with = "units::serialize_duration")]
+    pub keepalive_timeout: Duration,
+    #[serde(serialize_with = "units::serialize_duration")]
+    pub connect_timeout: Duration,
+    #[serde(serialize_with = "units::serialize_duration")]
+    pub response_timeout: Duration,
+    #[serde(serialize_with = "units::serialize_duration")]
+    pub send_timeout: Duration,
+    pub h2c: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServerSettings {
+    /// `http://host:port`, normalised.
+    pub url: String,
+    pub weight: u32,
+    pub backup: bool,
+    /// 0: unlimited.
+    pub max_conns: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    RoundRobin,
+    LeastConn,
+    IpHash,
+    Cookie,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthCheck {
+    pub path: String,
+    #[serde(serialize_with = "units::serialize_duration")]
+    pub interval: Duration,
+    #[serde(serialize_with = "units::serialize_duration")]
+    pub timeout: Duration,
+    pub expect: u16,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RouteSettings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    pub path: String,
+    pub exact: bool,
+    /// An upstream name, or an `http://` URL.
+    pub upstream: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origins: Vec<String>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_opt_duration"
+    )]
+    pub websocket_idle_timeout: Option<Duration>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_opt_size"
+    )]
+    pub max_body_size: Option<u64>,
+}
+
+fn serialize_nets<S: Serializer>(nets: &[ipnet::IpNet], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(nets.iter().map(|n| n.to_string()))
+}
+
+fn serialize_opt_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => units::serialize_duration(d, s),
+        None => s.serialize_none(),
+    }
+}
+
+fn serialize_opt_size<S: Serializer>(b: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+    match b {
+        Some(b) => units::serialize_size(b, s),
+        None => s.serialize_none(),
+    }
+}
+
+// ---------- validation ----------
+
+/// `http://host[:port]` (no path) → `http://host:port`.
+pub fn normalize_upstream_url(text: &str) -> Result<String, String> {
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a URL (use http://HOST:PORT)"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(format!(
+                "`{text}`: upstreams are plain HTTP (tlsgate terminates TLS in front of them); use http://"
+            ))
+        }
+        _ => return Err(format!("`{text}` needs the http:// scheme")),
+    }
+    let host = uri.host().ok_or_else(|| format!("`{text}` has no host"))?;
+    if uri.path() != "/" && !uri.path().is_empty() {
+        return Err(format!(
+            "`{text}`: an upstream URL has no path (routes keep the request's path)"
+        ));
+    }
+    let port = uri.port_u16().unwrap_or(80);
+    Ok(format!("http://{host}:{port}"))
+}
+
+fn positive(
+    value: Option<ConfigDuration>,
+    default: u64,
+    at: &Origin,
+    field: &str,
+) -> Result<Duration, ConfigError> {
+    let duration = value.map(|d| d.0).unwrap_or(Duration::from_secs(default));
+    if duration.is_zero() || duration > Duration::from_secs(365 * 86_400) {
+        return Err(ConfigError::invalid(
+            at.clone(),
+            field,
+            "must be greater than zero and at most 365d",
+        ));
+    }
+    Ok(duration)
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+pub struct ProxyInput<'a> {
+    pub upstreams: Option<BTreeMap<String, Spanned<UpstreamFile>>>,
+    pub routes: Option<Vec<Spanned<RouteFile>>>,
+    pub default_route: Option<(String, Origin)>,
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
+    pub origin: &'a dyn Fn(u64, u64) -> Origin,
+}
+
+fn at<T>(input: &ProxyInput<'_>, spanned: &Spanned<T>) -> Origin {
+    (input.origin)(spanned.referenced.line(), spanned.referenced.column())
+}
+
+pub fn validate(mut input: ProxyInput<'_>) -> Result<ProxySettings, ConfigError> {
+    let mut upstreams = BTreeMap::new();
+    for (name, spanned) in input.upstreams.iter().flatten() {
+        let origin = at(&input, spanned);
+        if !valid_name(name) {
+            return Err(ConfigError::invalid(
+                origin,
+                "upstreams",
+                format!("`{name}` is not a valid upstream name (letters, digits, - _ .)"),
+            ));
+        }
+        upstreams.insert(name.clone(), upstream_settings(&input, name, spanned)?);
+    }
+
+    let check_target =
+        |target: &str, origin: &Origin, field: &str| -> Result<String, ConfigError> {
+            if target.contains("://") {
+                normalize_upstream_url(target)
+                    .map_err(|reason| ConfigError::invalid(origin.clone(), field, reason))
+            } else if upstreams.contains_key(target) {
+                Ok(target.to_owned())
+            } else {
+                let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+                Err(ConfigError::invalid(
+                    origin.clone(),
+                    field,
+                    format!(
+                        "`{target}` is neither a URL nor a defined upstream (defined: {})",
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ))
+            }
+        };
+
+    let mut routes = Vec::new();
+    for spanned in input.routes.take().into_iter().flatten() {
+        let origin = at(&input, &spanned);
+        let file = spanned.value;
+        let host = match &file.host {
+            Some(host) => Some(normalize_dns_name(&host.value).map_err(|e| {
+                ConfigError::invalid(at(&input, host), "routes.host", e.to_string())
+            })?),
+            None => None,
+        };
+        let path = match &file.path {
+            Some(path) if !path.value.starts_with('/') => {
+                return Err(ConfigError::invalid(
+                    at(&input, path),
+                    "routes.path",
+                    format!("`{}` must start with /", path.value),
+                ))
+            }
+            Some(path) => path.value.clone(),
+            None => "/".to_owned(),
+        };
+        let upstream = check_target(
+            &file.upstream.value,
+            &at(&input, &file.upstream),
+            "routes.upstream",
+        )?;
+        let mut allowed_origins = Vec::new();
+        for allowed in file.allowed_origins.unwrap_or_default() {
+            let trimmed = allowed.trim_end_matches('/').to_ascii_lowercase();
+            if !(trimmed.starts_with("https://") || trimmed.starts_with("http://")) {
+                return Err(ConfigError::invalid(
+                    origin.clone(),
+                    "routes.allowed_origins",
+                    format!("`{allowed}` is not an origin (scheme://host[:port])"),
+                ));
+            }
+            allowed_origins.push(trimmed);
+        }
+        routes.push(RouteSettings {
+            host,
+            path,
+            exact: file.exact.unwrap_or(false),
+            upstream,
+            allowed_origins,
+            websocket_idle_timeout: match file.websocket_idle_timeout {
+                Some(d) => Some(positive(
+                    Some(d),
+                    0,
+                    &origin,
+                    "routes.websocket_idle_timeout",
+                )?),
+                None => None,
+            },
+            max_body_size: file.max_body_size.map(|s| s.0),
+        });
+    }
+
+    let default_route = match input.default_route.take() {
+        Some((target, origin)) => Some(check_target(&target, &origin, "default_route")?),
+        None => None,
+    };
+
+    let mut trusted_proxies = Vec::new();
+    for entry in input.trusted_proxies.take().into_iter().flatten() {
+        let text = entry.value.trim();
+        let net = text
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| {
+                ConfigError::invalid(
+                    at(&input, &entry),
+                    "trusted_proxies",
+                    format!("`{text}` is not an IP address or CIDR block"),
+                )
+            })?;
+        trusted_proxies.push(net);
+    }
+
+    Ok(ProxySettings {
+        upstreams,
+        routes,
+        default_route,
+        trusted_proxies,
+    })
+}
+
+fn upstream_settings(
+    input: &ProxyInput<'_>,
+    name: &str,
+    spanned: &Spanned<UpstreamFile>,
+) -> Result<UpstreamSettings, ConfigError> {
+    let origin = at(input, spanned);
+    let file = &spanned.value;
+    let field = |f: &str| format!("upstreams.{name}.{f}");
+    if file.servers.is_empty() {
+        return Err(ConfigError::invalid(
+            origin,
+            field("servers"),
+            "needs at least one server",
+        ));
+    }
+    let mut servers = Vec::new();
+    for server in &file.servers {
+        let (url, weight, backup, max_conns) = match &server.value {
+            ServerFile::Url(url) => (url.clone(), 1, false, 0),
+            ServerFile::Full(map) => (
+                map.url.clone(),
+                map.weight.unwrap_or(1),
+                map.backup.unwrap_or(false),
+                map.max_conns.unwrap_or(0),
+            ),
+        };
+        let url = normalize_upstream_url(&url)
+            .map_err(|reason| ConfigError::invalid(at(input, server), field("servers"), reason))?;
+        if !(1..=1000).contains(&weight) {
+            return Err(ConfigError::invalid(
+                at(input, server),
+                field("servers.weight"),
+                "must be between 1 and 1000",
+            ));
+        }
+        servers.push(ServerSettings {
+            url,
+            weight,
+            backup,
+            max_conns,
+        });
+    }
+    if servers.iter().all(|s| s.backup) {
+        return Err(ConfigError::invalid(
+            origin,
+            field("servers"),
+            "every server is a backup: at least one must be primary",
+        ));
+    }
+    let balance = match file.balance.as_ref().map(|b| b.value.as_str()) {
+        None | Some("round_robin") => Balance::RoundRobin,
+        Some("least_conn") => Balance::LeastConn,
+        Some("ip_hash") => Balance::IpHash,
+        Some("cookie") => Balance::Cookie,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                file.balance
+                    .as_ref()
+                    .map(|b| at(input, b))
+                    .unwrap_or(origin),
+                field("balance"),
+                format!(
+                    "`{other}` is not a policy: use round_robin, least_conn, ip_hash or cookie"
+                ),
+            ))
+        }
+    };
+    let health_check = match &file.health_check {
+        None => None,
+        Some(check) => {
+            let path = check.path.clone().unwrap_or_else(|| "/health".into());
+            if !path.starts_with('/') {
+                return Err(ConfigError::invalid(
+                    origin,
+                    field("health_check.path"),
+                    "must start with /",
+                ));
+            }
+            Some(HealthCheck {
+                path,
+                interval: positive(check.interval, 10, &origin, &field("health_check.interval"))?,
+                timeout: positive(check.timeout, 2, &origin, &field("health_check.timeout"))?,
+                expect: check.expect.unwrap_or(200),
+                rise: check.rise.unwrap_or(2).max(1),
+                fall: check.fall.unwrap_or(3).max(1),
+            })
+        }
+    };
+    let sticky_cookie = file
+        .sticky_cookie
+        .clone()
+        .unwrap_or_else(|| "TLSGATE_SERVER".into());
+    if http::HeaderName::from_bytes(sticky_cookie.as_bytes()).is_err()
+        || sticky_cookie.contains(['=', ';'])
+    {
+        return Err(ConfigError::invalid(
+            origin,
+            field("sticky_cookie"),
+            format!("`{sticky_cookie}` is not a cookie name"),
+        ));
+    }
+    Ok(UpstreamSettings {
+        servers,
+        balance,
+        sticky_cookie,
+        cookie_secret: file.cookie_secret.clone(),
+        max_fails: file.max_fails.unwrap_or(1),
+        fail_timeout: positive(file.fail_timeout, 10, &origin, &field("fail_timeout"))?,
+        keepalive: file.keepalive.unwrap_or(32),
+        keepalive_timeout: positive(
+            file.keepalive_timeout,
+            60,
+            &origin,
+            &field("keepalive_timeout"),
+        )?,
+        connect_timeout: positive(file.connect_timeout, 5, &origin, &field("connect_timeout"))?,
+        response_timeout: positive(
+            file.response_timeout,
+            60,
+            &origin,
+            &field("response_timeout"),
+        )?,
+        send_timeout: positive(file.send_timeout, 60, &origin, &field("send_timeout"))?,
+        h2c: file.h2c.unwrap_or(false),
+        health_check,
+    })
+}
+
+/// Defaults for an upstream named only by URL in a route.
+pub fn url_upstream(url: &str) -> UpstreamSettings {
+    UpstreamSettings {
+        servers: vec![ServerSettings {
+            url: url.to_owned(),
+            weight: 1,
+            backup: false,
+            max_conns: 0,
+        }],
+        balance: Balance::RoundRobin,
+        sticky_cookie: "TLSGATE_SERVER".into(),
+        cookie_secret: None,
+        max_fails: 1,
+        fail_timeout: Duration::from_secs(10),
+        keepalive: 32,
+        keepalive_timeout: Duration::from_secs(60),
+        connect_timeout: Duration::from_secs(5),
+        response_timeout: Duration::from_secs(60),
+        send_timeout: Duration::from_secs(60),
+        h2c: false,
+        health_check: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_urls() {
+        assert_eq!(
+            normalize_upstream_url("http://127.0.0.1:8000"),
+            Ok("http://127.0.0.1:8000".into())
+        );
+        assert_eq!(
+            normalize_upstream_url("http://api-gateway"),
+            Ok("http://api-gateway:80".into())
+        );
+        assert!(normalize_upstream_url("https://x:1")
+            .unwrap_err()
+            .contains("plain HTTP"));
+        assert!(normalize_upstream_url("http://x:1/api").is_err());
+        assert!(normalize_upstream_url("127.0.0.1:8000").is_err());
+    }
+}

@@ -1,0 +1,323 @@
+//! One proxied HTTP exchange: route, forwarding headers, balancing with retries, timeouts, and
+//! the response on its way back.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::body::{caused_by, Bounded, Guarded, SendStalled, TooLarge};
+use super::headers::{remove_hop_by_hop, set_forwarding};
+use super::pool::{Pool, ProxyBody};
+use super::routes::Route;
+use super::{tunnel, Proxy};
+use crate::config::proxy::Balance;
+use crate::http::error::HttpError;
+use crate::http::service::ConnectionInfo;
+use crate::http::Response;
+
+/// The request's host, lower case, without port (from `:authority` or `Host`).
+pub fn request_host<B>(request: &Request<B>) -> Option<String> {
+    let authority = request
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            request
+                .headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })?;
+    let authority: http::uri::Authority = authority.parse().ok()?;
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    Some(host.to_ascii_lowercase())
+}
+
+/// The value of cookie `name` in the request, if any.
+fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (key, value) = pair.trim().split_once('=')?;
+            (key == name).then_some(value)
+        })
+}
+
+/// Removes cookie `name` (HAProxy's `indirect`: the backend never sees the sticky cookie).
+fn strip_cookie(headers: &mut HeaderMap, name: &str) {
+    let kept: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && pair.split_once('=').map(|(k, _)| k) != Some(name))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::COOKIE);
+    if let Ok(value) = HeaderValue::from_str(&kept.join("; ")) {
+        if !kept.is_empty() {
+            headers.insert(header::COOKIE, value);
+        }
+    }
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Entry point for every request on a listener with routes.
+pub async fn handle(
+    proxy: Arc<Proxy>,
+    request: Request<Incoming>,
+    conn: ConnectionInfo,
+) -> Response {
+    let Some(host) = request_host(&request) else {
+        return HttpError::BadRequest("missing or invalid Host").into_response();
+    };
+    let Some(route) = proxy.routes.find(&host, request.uri().path()) else {
+        return HttpError::NotFound.into_response();
+    };
+    if tunnel::is_websocket(&request) {
+        return tunnel::open(&proxy, route, request, &conn, &host).await;
+    }
+    forward(&proxy, route, request, &conn, &host).await
+}
+
+/// Upstream-bound headers: the client's minus hop-by-hop, plus forwarding headers.
+pub fn upstream_headers(
+    proxy: &Proxy,
+    pool: &Pool,
+    headers: &HeaderMap,
+    conn: &ConnectionInfo,
+    host: &str,
+    authority: Option<&str>,
+) -> (HeaderMap, IpAddr) {
+    let mut out = headers.clone();
+    remove_hop_by_hop(&mut out);
+    if let Some(authority) = authority {
+        // HTTP/2 clients send :authority instead of Host; HTTP/1.1 upstreams need Host.
+        if !out.contains_key(header::HOST) {
+            if let Ok(value) = HeaderValue::from_str(authority) {
+                out.insert(header::HOST, value);
+            }
+        }
+    }
+    if pool.settings.balance == Balance::Cookie {
+        strip_cookie(&mut out, &pool.settings.sticky_cookie);
+    }
+    let peer = conn.peer.ip();
+    let forwarding = set_forwarding(
+        &mut out,
+        peer,
+        proxy.is_trusted(peer),
+        &|ip| proxy.is_trusted(ip),
+        conn.secure,
+        host,
+    );
+    (out, forwarding.client_ip)
+}
+
+async fn forward(
+    proxy: &Proxy,
+    route: &Route,
+    request: Request<Incoming>,
+    conn: &ConnectionInfo,
+    host: &str,
+) -> Response {
+    let pool = &route.pool;
+    let declared = request.body().size_hint().exact();
+    if declared.is_some_and(|length| length > route.max_body_size) {
+        return HttpError::PayloadTooLarge.into_response();
+    }
+    let (parts, body) = request.into_parts();
+    let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
+    let (headers, client_ip) = upstream_headers(
+        proxy,
+        pool,
+        &parts.headers,
+        conn,
+        host,
+        authority.as_deref(),
+    );
+    let sticky = cookie_value(&parts.headers, &pool.settings.sticky_cookie).map(str::to_owned);
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    let can_retry = is_idempotent(&parts.method) && body.is_end_stream();
+    let mut body =
+        Some(Bounded::new(body, route.max_body_size, pool.settings.send_timeout).boxed());
+    let mut tried = Vec::new();
+    loop {
+        let Some(index) = pool.select(client_ip, sticky.as_deref(), &tried) else {
+            tracing::error!(route = %route.name, upstream = %pool.name, "no upstream server available");
+            return if tried.is_empty() {
+                HttpError::NoUpstream
+            } else {
+                HttpError::BadGateway
+            }
+            .into_response();
+        };
+        let server = &pool.servers[index];
+        let in_flight = pool.begin(index);
+        let mut upstream = Request::builder()
+            .method(parts.method.clone())
+            .uri(format!("{}{path}", server.url))
+            .version(if pool.settings.h2c {
+                Version::HTTP_2
+            } else {
+                Version::HTTP_11
+            });
+        if let Some(target) = upstream.headers_mut() {
+            *target = headers.clone();
+        }
+        let request_body: ProxyBody = body.take().unwrap_or_else(|| {
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed()
+        });
+        let Ok(upstream) = upstream.body(request_body) else {
+            return HttpError::BadRequest("request cannot be forwarded").into_response();
+        };
+        let sent = tokio::time::timeout(
+            pool.settings.response_timeout,
+            pool.client.request(upstream),
+        )
+        .await;
+        match sent {
+            Ok(Ok(response)) => {
+                pool.record_success(index);
+                return respond(
+                    pool,
+                    index,
+                    response,
+                    in_flight,
+                    sticky.as_deref(),
+                    conn.secure,
+                );
+            }
+            Ok(Err(error)) => {
+                if caused_by::<TooLarge>(&error) {
+                    return HttpError::PayloadTooLarge.into_response();
+                }
+                if caused_by::<SendStalled>(&error) {
+                    tracing::warn!(route = %route.name, upstream = %pool.name, server = %server.url, "client stalled while sending the request body");
+                    return HttpError::BadRequest("request body stalled").into_response();
+                }
+                pool.record_failure(index);
+                let never_sent = error.is_connect();
+                tracing::error!(route = %route.name, upstream = %pool.name, server = %server.url, error = %error_chain(&error), "upstream request failed");
+                if never_sent && can_retry && tried.len() + 1 < pool.servers.len() {
+                    tried.push(index);
+                    continue;
+                }
+                return HttpError::BadGateway.into_response();
+            }
+            Err(_) => {
+                pool.record_failure(index);
+                tracing::error!(route = %route.name, upstream = %pool.name, server = %server.url, timeout = ?pool.settings.response_timeout, "upstream response timed out");
+                return HttpError::GatewayTimeout.into_response();
+            }
+        }
+    }
+}
+
+/// An error with its causes, for one log line.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn respond(
+    pool: &Arc<Pool>,
+    index: usize,
+    response: hyper::Response<Incoming>,
+    in_flight: super::pool::InFlight,
+    sticky: Option<&str>,
+    secure: bool,
+) -> Response {
+    let (mut parts, body) = response.into_parts();
+    remove_hop_by_hop(&mut parts.headers);
+    // As nginx does: the backend's `Server` (often with a version) is not passed on.
+    parts.headers.remove(header::SERVER);
+    if pool.settings.balance == Balance::Cookie {
+        let token = pool.cookie_token(index);
+        if sticky != Some(token) {
+            let cookie = format!(
+                "{}={token}; Path=/; HttpOnly; SameSite=Lax{}",
+                pool.settings.sticky_cookie,
+                if secure { "; Secure" } else { "" }
+            );
+            if let Ok(value) = HeaderValue::from_str(&cookie) {
+                parts.headers.append(header::SET_COOKIE, value);
+            }
+            // HAProxy's `nocache`: a response that sets the cookie must not be cached.
+            if !parts.headers.contains_key(header::CACHE_CONTROL) {
+                parts
+                    .headers
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+            }
+        }
+    }
+    hyper::Response::from_parts(parts, Guarded::new(body, in_flight).boxed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sticky_cookie_is_read_and_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; SERVERID=abc; b=2"),
+        );
+        assert_eq!(cookie_value(&h, "SERVERID"), Some("abc"));
+        strip_cookie(&mut h, "SERVERID");
+        assert_eq!(h[header::COOKIE], "a=1; b=2");
+        let mut only = HeaderMap::new();
+        only.insert(header::COOKIE, HeaderValue::from_static("SERVERID=abc"));
+        strip_cookie(&mut only, "SERVERID");
+        assert!(!only.contains_key(header::COOKIE));
+    }
+
+    #[test]
+    fn hosts_from_authority_or_header() {
+        let r = Request::builder()
+            .uri("/x")
+            .header("host", "Example.COM:8443")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&r).as_deref(), Some("example.com"));
+        let r = Request::builder()
+            .uri("https://[::1]:8443/x")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&r).as_deref(), Some("::1"));
+        let r = Request::builder().uri("/x").body(()).unwrap();
+        assert_eq!(request_host(&r), None);
+    }
+}

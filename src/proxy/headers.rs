@@ -1,0 +1,153 @@
+//! Request and response header rewriting for proxying: hop-by-hop removal (RFC 9110 §7.6.1)
+//! and the `X-Forwarded-*` family, trusted only from configured proxies.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one connection, never forwarded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+/// Who the client is, as far as this hop can tell.
+pub struct Forwarding {
+    pub client_ip: IpAddr,
+}
+
+/// Sets `X-Forwarded-For` (appended), `X-Real-IP`, `X-Forwarded-Proto` and
+/// `X-Forwarded-Host`. From an untrusted peer, inbound values are replaced, never believed.
+pub fn set_forwarding(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    peer_trusted: bool,
+    is_trusted: &dyn Fn(IpAddr) -> bool,
+    secure: bool,
+    host: &str,
+) -> Forwarding {
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let real_ip = HeaderName::from_static("x-real-ip");
+    let proto = HeaderName::from_static("x-forwarded-proto");
+    let fwd_host = HeaderName::from_static("x-forwarded-host");
+    let mut client_ip = peer;
+    if peer_trusted {
+        let chain: Vec<String> = headers
+            .get_all(&xff)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        // The client is the right-most address not one of our trusted proxies.
+        let addresses: Vec<IpAddr> = chain.iter().filter_map(|s| s.parse().ok()).collect();
+        if let Some(ip) = addresses
+            .iter()
+            .rev()
+            .find(|ip| !is_trusted(**ip))
+            .or(addresses.first())
+        {
+            client_ip = *ip;
+        }
+        let mut joined = chain.join(", ");
+        if !joined.is_empty() {
+            joined.push_str(", ");
+        }
+        joined.push_str(&peer.to_string());
+        set(headers, xff, &joined);
+        set(headers, real_ip, &client_ip.to_string());
+        if !headers.contains_key(&proto) {
+            set(headers, proto, if secure { "https" } else { "http" });
+        }
+        if !headers.contains_key(&fwd_host) {
+            set(headers, fwd_host, host);
+        }
+    } else {
+        headers.remove(header::FORWARDED);
+        set(headers, xff, &peer.to_string());
+        set(headers, real_ip, &peer.to_string());
+        set(headers, proto, if secure { "https" } else { "http" });
+        set(headers, fwd_host, host);
+    }
+    Forwarding { client_ip }
+}
+
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn untrusted_peers_cannot_spoof() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        h.insert("x-real-ip", HeaderValue::from_static("1.2.3.4"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        let peer: IpAddr = "203.0.113.9".parse().unwrap();
+        let f = set_forwarding(&mut h, peer, false, &|_| false, true, "example.com");
+        assert_eq!(f.client_ip, peer);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9");
+        assert_eq!(h["x-real-ip"], "203.0.113.9");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "example.com");
+    }
+
+    #[test]
+    fn trusted_proxies_extend_the_chain() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("198.51.100.1, 10.0.0.2"),
+        );
+        let peer: IpAddr = "10.0.0.3".parse().unwrap();
+        let trusted = |ip: IpAddr| ip.to_string().starts_with("10.");
+        let f = set_forwarding(&mut h, peer, true, &trusted, true, "example.com");
+        assert_eq!(f.client_ip.to_string(), "198.51.100.1");
+        assert_eq!(h["x-forwarded-for"], "198.51.100.1, 10.0.0.2, 10.0.0.3");
+        assert_eq!(h["x-real-ip"], "198.51.100.1");
+    }
+}

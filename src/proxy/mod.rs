@@ -1,0 +1,112 @@
+//! The reverse proxy: routes to upstream pools, HTTP forwarding with a pooled keep-alive
+//! client, WebSocket tunnels spliced byte for byte, balancing and health.
+
+pub mod body;
+pub mod forward;
+pub mod headers;
+pub mod health;
+pub mod pool;
+pub mod routes;
+pub mod tunnel;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::proxy::{url_upstream, RouteSettings};
+use crate::config::Settings;
+use pool::Pool;
+use routes::{HostMatch, Route, RouteTable};
+
+/// Everything the proxy needs per request, built once per configuration.
+#[derive(Debug)]
+pub struct Proxy {
+    pub routes: RouteTable,
+    trusted_proxies: Vec<ipnet::IpNet>,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+}
+
+impl Proxy {
+    /// Builds pools and routes, and starts active health checks (stopped by `shutdown`).
+    pub fn new(settings: &Settings, shutdown: CancellationToken, tasks: TaskTracker) -> Self {
+        let proxy = &settings.proxy;
+        let mut pools: HashMap<String, Arc<Pool>> = proxy
+            .upstreams
+            .iter()
+            .map(|(name, upstream)| (name.clone(), Arc::new(Pool::new(name, upstream))))
+            .collect();
+        let mut pool_for = |target: &str| -> Arc<Pool> {
+            pools
+                .entry(target.to_owned())
+                .or_insert_with(|| Arc::new(Pool::new(target, &url_upstream(target))))
+                .clone()
+        };
+        let make_route = |route: &RouteSettings, pool: Arc<Pool>| Route {
+            name: format!("{}{}", route.host.as_deref().unwrap_or("*"), route.path),
+            host: match &route.host {
+                None => HostMatch::Any,
+                Some(host) => match host.strip_prefix("*.") {
+                    Some(parent) => HostMatch::Wildcard(parent.to_owned()),
+                    None => HostMatch::Exact(host.clone()),
+                },
+            },
+            path: route.path.clone(),
+            exact: route.exact,
+            pool,
+            allowed_origins: route.allowed_origins.clone(),
+            websocket_idle_timeout: route
+                .websocket_idle_timeout
+                .unwrap_or(settings.limits.websocket_idle_timeout),
+            max_body_size: route.max_body_size.unwrap_or(settings.limits.max_body_size),
+        };
+        let routes: Vec<Route> = proxy
+            .routes
+            .iter()
+            .map(|route| make_route(route, pool_for(&route.upstream)))
+            .collect();
+        let default = proxy.default_route.as_ref().map(|target| {
+            let route = RouteSettings {
+                host: None,
+                path: "/".into(),
+                exact: false,
+                upstream: target.clone(),
+                allowed_origins: Vec::new(),
+                websocket_idle_timeout: None,
+                max_body_size: None,
+            };
+            let mut route = make_route(&route, pool_for(target));
+            route.name = "default".into();
+            route
+        });
+        for pool in pools.values() {
+            if pool.settings.health_check.is_some() {
+                tasks.spawn(health::run(pool.clone(), shutdown.clone()));
+            }
+        }
+        Self {
+            routes: RouteTable::new(routes, default),
+            trusted_proxies: proxy.trusted_proxies.clone(),
+            shutdown,
+            tasks,
+        }
+    }
+
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6)),
+            v4 => v4,
+        };
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// How long a health probe or a tunnel's upstream handshake may take, at most.
+pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,0 +1,348 @@
+//! An upstream pool: its servers, their health (active and passive), in-flight counts, and the
+//! balancing policies. Everything on the request path is atomics; nothing locks.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::proxy::{Balance, UpstreamSettings};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Request bodies sent upstream.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
+
+fn now_millis() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+#[derive(Debug)]
+pub struct Server {
+    /// `http://host:port`.
+    pub url: String,
+    pub weight: u32,
+    pub backup: bool,
+    pub max_conns: u32,
+    pub in_flight: AtomicU32,
+    /// Set by active health checks; true until a check says otherwise.
+    pub healthy: AtomicBool,
+    fails: AtomicU32,
+    fail_window_start: AtomicU64,
+    down_until: AtomicU64,
+}
+
+impl Server {
+    /// Whether this server may take a request now.
+    pub fn available(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+            && self.down_until.load(Ordering::Relaxed) <= now_millis()
+            && (self.max_conns == 0 || self.in_flight.load(Ordering::Relaxed) < self.max_conns)
+    }
+}
+
+pub struct Pool {
+    pub name: String,
+    pub settings: UpstreamSettings,
+    pub servers: Vec<Server>,
+    /// Smooth weighted round-robin order over primaries, then over backups.
+    primary_schedule: Vec<usize>,
+    backup_schedule: Vec<usize>,
+    counter: AtomicUsize,
+    /// Sticky-cookie value per server: a keyed hash, so it does not reveal the address.
+    cookie_tokens: Vec<String>,
+    pub client: UpstreamClient,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// nginx's smooth weighted round robin, unrolled into a fixed order: weights 5,1,1 give
+/// a a b a c a a, never a a a a a b c.
+fn smooth_schedule(members: &[(usize, u32)]) -> Vec<usize> {
+    let total: i64 = members.iter().map(|(_, w)| i64::from(*w)).sum();
+    let mut current = vec![0i64; members.len()];
+    let mut order = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        for (slot, (_, weight)) in current.iter_mut().zip(members) {
+            *slot += i64::from(*weight);
+        }
+        let Some((best, _)) = current
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, c)| (**c, -(*i as i64)))
+        else {
+            break;
+        };
+        current[best] -= total;
+        order.push(members[best].0);
+    }
+    order
+}
+
+fn keyed_token(secret: &str, pool: &str, url: &str) -> String {
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
+    let tag = aws_lc_rs::hmac::sign(&key, format!("{pool}\n{url}").as_bytes());
+    tag.as_ref()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn random_secret() -> String {
+    let mut bytes = [0u8; 32];
+    let _ = aws_lc_rs::rand::fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Pool {
+    pub fn new(name: &str, settings: &UpstreamSettings) -> Self {
+        let servers: Vec<Server> = settings
+            .servers
+            .iter()
+            .map(|s| Server {
+                url: s.url.clone(),
+                weight: s.weight,
+                backup: s.backup,
+                max_conns: s.max_conns,
+                in_flight: AtomicU32::new(0),
+                healthy: AtomicBool::new(true),
+                fails: AtomicU32::new(0),
+                fail_window_start: AtomicU64::new(0),
+                down_until: AtomicU64::new(0),
+            })
+            .collect();
+        let members = |backup: bool| -> Vec<(usize, u32)> {
+            servers
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.backup == backup)
+                .map(|(i, s)| (i, s.weight))
+                .collect()
+        };
+        let secret = settings.cookie_secret.clone().unwrap_or_else(random_secret);
+        let cookie_tokens = servers
+            .iter()
+            .map(|s| keyed_token(&secret, name, &s.url))
+            .collect();
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(settings.keepalive_timeout)
+            .pool_max_idle_per_host(settings.keepalive)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(settings.h2c)
+            .build(connector);
+        Self {
+            name: name.to_owned(),
+            settings: settings.clone(),
+            primary_schedule: smooth_schedule(&members(false)),
+            backup_schedule: smooth_schedule(&members(true)),
+            servers,
+            counter: AtomicUsize::new(0),
+            cookie_tokens,
+            client,
+        }
+    }
+
+    pub fn cookie_token(&self, index: usize) -> &str {
+        &self.cookie_tokens[index]
+    }
+
+    /// Picks a server for a request, or `None` when no server can take it (→ 503).
+    /// `excluded` lists servers already tried for this request.
+    pub fn select(
+        &self,
+        client_ip: IpAddr,
+        cookie: Option<&str>,
+        excluded: &[usize],
+    ) -> Option<usize> {
+        let usable = |i: &usize| !excluded.contains(i) && self.servers[*i].available();
+        if self.settings.balance == Balance::Cookie {
+            if let Some(index) = cookie.and_then(|c| self.cookie_tokens.iter().position(|t| t == c))
+            {
+                if usable(&index) {
+                    return Some(index);
+                }
+            }
+        }
+        for schedule in [&self.primary_schedule, &self.backup_schedule] {
+            if schedule.is_empty() {
+                continue;
+            }
+            let chosen = match self.settings.balance {
+                Balance::RoundRobin | Balance::Cookie => {
+                    let start = self.counter.fetch_add(1, Ordering::Relaxed);
+                    (0..schedule.len())
+                        .map(|step| schedule[(start + step) % schedule.len()])
+                        .find(|i| usable(i))
+                }
+                Balance::LeastConn => {
+                    let start = self.counter.fetch_add(1, Ordering::Relaxed);
+                    let mut members: Vec<usize> = schedule.to_vec();
+                    members.sort_unstable();
+                    members.dedup();
+                    let n = members.len();
+                    // Rotating the scan start spreads ties instead of always picking the first.
+                    (0..n)
+                        .map(|k| members[(start + k) % n])
+                        .filter(|i| usable(i))
+                        .min_by_key(|i| {
+                            let s = &self.servers[*i];
+                            u64::from(s.in_flight.load(Ordering::Relaxed)) * 1_000_000
+                                / u64::from(s.weight)
+                        })
+                }
+                Balance::IpHash => {
+                    let mut members: Vec<usize> = schedule.to_vec();
+                    members.sort_unstable();
+                    members.dedup();
+                    let start = ip_hash(client_ip) as usize % members.len();
+                    (0..members.len())
+                        .map(|k| members[(start + k) % members.len()])
+                        .find(|i| usable(i))
+                }
+            };
+            if chosen.is_some() {
+                return chosen;
+            }
+        }
+        None
+    }
+
+    /// Counts a failed attempt (connect error, reset, timeout); `max_fails` within
+    /// `fail_timeout` takes the server out for `fail_timeout`, as nginx does.
+    pub fn record_failure(&self, index: usize) {
+        let server = &self.servers[index];
+        let now = now_millis();
+        let window = self.settings.fail_timeout.as_millis() as u64;
+        if now.saturating_sub(server.fail_window_start.load(Ordering::Relaxed)) > window {
+            server.fail_window_start.store(now, Ordering::Relaxed);
+            server.fails.store(0, Ordering::Relaxed);
+        }
+        let fails = server.fails.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.settings.max_fails > 0 && fails >= self.settings.max_fails {
+            server.down_until.store(now + window, Ordering::Relaxed);
+            tracing::warn!(upstream = %self.name, server = %server.url, fails, "server marked down for {:?}", self.settings.fail_timeout);
+        }
+    }
+
+    pub fn record_success(&self, index: usize) {
+        self.servers[index].fails.store(0, Ordering::Relaxed);
+    }
+
+    /// Marks a request in flight on a server until the guard drops.
+    pub fn begin(self: &Arc<Self>, index: usize) -> InFlight {
+        self.servers[index]
+            .in_flight
+            .fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            pool: self.clone(),
+            index,
+        }
+    }
+}
+
+fn ip_hash(ip: IpAddr) -> u64 {
+    // FNV-1a: stable across restarts and nodes, so a client keeps its server.
+    let bytes: Vec<u8> = match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// A request (or tunnel) in flight on one server.
+#[derive(Debug)]
+pub struct InFlight {
+    pool: Arc<Pool>,
+    index: usize,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.pool.servers[self.index]
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::proxy::ServerSettings;
+
+    fn settings(weights: &[(u32, bool)], balance: Balance) -> UpstreamSettings {
+        let mut s = crate::config::proxy::url_upstream("http://127.0.0.1:1");
+        s.servers = weights
+            .iter()
+            .enumerate()
+            .map(|(i, (weight, backup))| ServerSettings {
+                url: format!("http://127.0.0.1:{}", 1000 + i),
+                weight: *weight,
+                backup: *backup,
+                max_conns: 0,
+            })
+            .collect();
+        s.balance = balance;
+        s
+    }
+
+    #[test]
+    fn smooth_weighted_order() {
+        assert_eq!(
+            smooth_schedule(&[(0, 5), (1, 1), (2, 1)]),
+            vec![0, 0, 1, 0, 2, 0, 0]
+        );
+    }
+
+    #[tokio::test]
+    async fn backups_only_when_every_primary_is_down() {
+        let pool = Pool::new(
+            "p",
+            &settings(&[(1, false), (1, false), (1, true)], Balance::RoundRobin),
+        );
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..10 {
+            assert_ne!(pool.select(ip, None, &[]), Some(2));
+        }
+        pool.servers[0].healthy.store(false, Ordering::Relaxed);
+        pool.record_failure(1);
+        assert_eq!(pool.select(ip, None, &[]), Some(2));
+        pool.servers[2].healthy.store(false, Ordering::Relaxed);
+        assert_eq!(pool.select(ip, None, &[]), None);
+    }
+
+    #[tokio::test]
+    async fn ip_hash_is_stable_and_cookie_tokens_hide_addresses() {
+        let pool = Pool::new(
+            "p",
+            &settings(&[(1, false), (1, false), (1, false)], Balance::IpHash),
+        );
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let first = pool.select(ip, None, &[]);
+        for _ in 0..20 {
+            assert_eq!(pool.select(ip, None, &[]), first);
+        }
+        for (i, server) in pool.servers.iter().enumerate() {
+            assert!(!pool.cookie_token(i).contains("127.0.0.1"));
+            assert!(!server.url.contains(pool.cookie_token(i)));
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! WebSocket through the proxy: the upgrade is checked and forwarded; on the upstream's `101`
+//! the two connections are spliced byte for byte (extensions such as permessage-deflate and
+//! subprotocols pass end to end), with an idle timeout of their own. HTTP/2 clients may use
+//! extended CONNECT (RFC 8441); the upstream still sees an HTTP/1.1 upgrade.
+
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use super::forward::{error_chain, upstream_headers};
+use super::headers::remove_hop_by_hop;
+use super::pool::ProxyBody;
+use super::routes::Route;
+use super::{Proxy, UPGRADE_TIMEOUT};
+use crate::http::error::HttpError;
+use crate::http::service::{ConnectionInfo, ConnectionSlot};
+use crate::http::{full, websocket, Response};
+
+/// An HTTP/1.1 `Upgrade: websocket` or an HTTP/2 extended CONNECT for websocket.
+pub fn is_websocket<B>(request: &Request<B>) -> bool {
+    if request.method() == Method::CONNECT {
+        return request
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+    }
+    request
+        .headers()
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("websocket"))
+        })
+}
+
+fn origin_allowed(route: &Route, request: &Request<Incoming>) -> bool {
+    if route.allowed_origins.is_empty() {
+        return true;
+    }
+    request
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(|origin| origin.trim_end_matches('/').to_ascii_lowercase())
+        .is_some_and(|origin| route.allowed_origins.contains(&origin))
+}
+
+fn random_key() -> String {
+    let mut bytes = [0u8; 16];
+    let _ = aws_lc_rs::rand::fill(&mut bytes);
+    crate::certs::pem::base64(&bytes)
+}
+
+pub async fn open(
+    proxy: &Proxy,
+    route: &Route,
+    mut request: Request<Incoming>,
+    conn: &ConnectionInfo,
+    host: &str,
+) -> Response {
+    let extended_connect = request.method() == Method::CONNECT;
+    if !extended_connect {
+        if let Err(error) = websocket::check_upgrade(&request) {
+            return error.into_response();
+        }
+    } else if request
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        return HttpError::UnsupportedWebSocketVersion.into_response();
+    }
+    if !origin_allowed(route, &request) {
+        tracing::info!(route = %route.name, origin = ?request.headers().get(header::ORIGIN), "WebSocket origin refused");
+        return HttpError::OriginNotAllowed.into_response();
+    }
+    let pool = route.pool.clone();
+    let authority = request.uri().authority().map(|a| a.as_str().to_owned());
+    let (mut headers, client_ip) = upstream_headers(
+        proxy,
+        &pool,
+        request.headers(),
+        conn,
+        host,
+        authority.as_deref(),
+    );
+    // The upstream always gets an HTTP/1.1 upgrade; for extended CONNECT we make the key.
+    let key = match request.headers().get(header::SEC_WEBSOCKET_KEY) {
+        Some(key) if !extended_connect => key.clone(),
+        _ => match HeaderValue::from_str(&random_key()) {
+            Ok(key) => key,
+            Err(_) => return HttpError::BadGateway.into_response(),
+        },
+    };
+    headers.insert(header::SEC_WEBSOCKET_KEY, key.clone());
+    headers.insert(
+        header::SEC_WEBSOCKET_VERSION,
+        HeaderValue::from_static("13"),
+    );
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+
+    let sticky = None;
+    let Some(index) = pool.select(client_ip, sticky, &[]) else {
+        tracing::error!(route = %route.name, upstream = %pool.name, "no upstream server available for WebSocket");
+        return HttpError::NoUpstream.into_response();
+    };
+    let server_url = pool.servers[index].url.clone();
+    let in_flight = pool.begin(index);
+    let path = request
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    let mut upstream = Request::builder()
+        .method(Method::GET)
+        .uri(format!("{server_url}{path}"))
+        .version(Version::HTTP_11);
+    if let Some(target) = upstream.headers_mut() {
+        *target = headers;
+    }
+    let empty: ProxyBody = http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed();
+    let Ok(upstream) = upstream.body(empty) else {
+        return HttpError::BadRequest("request cannot be forwarded").into_response();
+    };
+    let response = match tokio::time::timeout(
+        UPGRADE_TIMEOUT.min(pool.settings.response_timeout),
+        pool.client.request(upstream),
+    )
+    .await
+    {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => {
+            pool.record_failure(index);
+            tracing::error!(route = %route.name, upstream = %pool.name, server = %server_url, error = %error_chain(&error), "WebSocket upstream failed");
+            return HttpError::BadGateway.into_response();
+        }
+        Err(_) => {
+            pool.record_failure(index);
+            tracing::error!(route = %route.name, upstream = %pool.name, server = %server_url, "WebSocket upstream did not answer");
+            return HttpError::GatewayTimeout.into_response();
+        }
+    };
+    pool.record_success(index);
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // The backend refused (401, 403, 404…): pass its answer on.
+        let (mut parts, body) = response.into_parts();
+        remove_hop_by_hop(&mut parts.headers);
+        return hyper::Response::from_parts(parts, body.boxed());
+    }
+    let expected_accept = derive_accept_key(key.as_bytes());
+    if response
+        .headers()
+        .get(header::SEC_WEBSOCKET_ACCEPT)
+        .map(|v| v.as_bytes())
+        != Some(expected_accept.as_bytes())
+    {
+        tracing::error!(route = %route.name, server = %server_url, "upstream's Sec-WebSocket-Accept does not match");
+        return HttpError::BadGateway.into_response();
+    }
+
+    let mut reply = hyper::Response::new(full(Vec::new()));
+    for name in [
+        header::SEC_WEBSOCKET_PROTOCOL,
+        header::SEC_WEBSOCKET_EXTENSIONS,
+    ] {
+        if let Some(value) = response.headers().get(&name) {
+            reply.headers_mut().insert(name, value.clone());
+        }
+    }
+    if extended_connect {
+        *reply.status_mut() = StatusCode::OK;
+    } else {
+        *reply.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = reply.headers_mut();
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        if let Some(accept) = response.headers().get(header::SEC_WEBSOCKET_ACCEPT) {
+            headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept.clone());
+        }
+    }
+    let client_upgrade = hyper::upgrade::on(&mut request);
+    let upstream_upgrade = hyper::upgrade::on(response);
+    let slot = request.extensions_mut().remove::<ConnectionSlot>();
+    let idle = route.websocket_idle_timeout;
+    let route_name = route.name.clone();
+    let shutdown = proxy.shutdown.clone();
+    proxy.tasks.spawn(async move {
+        let _held = (slot, in_flight);
+        let (client, upstream) = match tokio::join!(client_upgrade, upstream_upgrade) {
+            (Ok(client), Ok(upstream)) => (client, upstream),
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::debug!(route = %route_name, %error, "WebSocket upgrade did not complete");
+                return;
+            }
+        };
+        let reason = tokio::select! {
+            reason = splice(TokioIo::new(client), TokioIo::new(upstream), idle) => reason,
+            () = shutdown.cancelled() => "server shutting down",
+        };
+        tracing::debug!(route = %route_name, reason, "WebSocket tunnel closed");
+    });
+    reply
+}
+
+/// Copies bytes both ways until both sides finish or nothing moves for `idle`.
+pub async fn splice<A, B>(a: A, b: B, idle: Duration) -> &'static str
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut a_read, mut a_write) = tokio::io::split(a);
+    let (mut b_read, mut b_write) = tokio::io::split(b);
+    let mut a_buf = vec![0u8; 8 * 1024];
+    let mut b_buf = vec![0u8; 8 * 1024];
+    let (mut a_open, mut b_open) = (true, true);
+    let idle_timer = tokio::time::sleep(idle);
+    tokio::pin!(idle_timer);
+    while a_open || b_open {
+        tokio::select! {
+            read = a_read.read(&mut a_buf), if a_open => match read {
+                Ok(0) | Err(_) => { a_open = false; let _ = b_write.shutdown().await; }
+                Ok(n) => if b_write.write_all(&a_buf[..n]).await.is_err() { return "upstream closed"; },
+            },
+            read = b_read.read(&mut b_buf), if b_open => match read {
+                Ok(0) | Err(_) => { b_open = false; let _ = a_write.shutdown().await; }
+                Ok(n) => if a_write.write_all(&b_buf[..n]).await.is_err() { return "client closed"; },
+            },
+            () = &mut idle_timer => return "idle timeout",
+        }
+        idle_timer
+            .as_mut()
+            .reset(tokio::time::Instant::now() + idle);
+    }
+    "closed"
+}

@@ -1,0 +1,58 @@
+//! Where each request on the main listener goes: the `421` check, then the proxy (when routes
+//! are configured) or the built-in endpoints, then security headers on the way out.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::StatusCode;
+use hyper::body::Incoming;
+
+use crate::http::error::HttpError;
+use crate::http::headers::SecurityHeaders;
+use crate::http::service::{builtin, ConnectionInfo, EdgeContext};
+use crate::http::Response;
+use crate::proxy::forward::request_host;
+use crate::proxy::Proxy;
+
+#[derive(Debug)]
+pub struct Dispatcher {
+    /// Empty on a plain (TLS off) listener: HSTS is never sent over plain HTTP.
+    pub security_headers: SecurityHeaders,
+    pub builtin: EdgeContext,
+    pub proxy: Option<Arc<Proxy>>,
+}
+
+impl Dispatcher {
+    pub async fn handle(
+        self: Arc<Self>,
+        request: hyper::Request<Incoming>,
+    ) -> Result<Response, Infallible> {
+        let conn = request.extensions().get::<ConnectionInfo>().cloned();
+        let mut response = match self.misdirected(&request, conn.as_ref()) {
+            Some(refusal) => refusal,
+            None => match (&self.proxy, conn) {
+                (Some(proxy), Some(conn)) => {
+                    crate::proxy::forward::handle(proxy.clone(), request, conn).await
+                }
+                _ => builtin(&self.builtin, request),
+            },
+        };
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            self.security_headers.apply(response.headers_mut());
+        }
+        Ok(response)
+    }
+
+    /// `421` when a request's host is not the name its TLS connection was opened for
+    /// (RFC 9110 §15.5.20): certificates and routes are chosen per name, so a client must not
+    /// reuse a connection for another host.
+    fn misdirected<B>(
+        &self,
+        request: &hyper::Request<B>,
+        conn: Option<&ConnectionInfo>,
+    ) -> Option<Response> {
+        let sni = conn?.sni.as_deref()?;
+        let host = request_host(request)?;
+        (host != sni).then(|| HttpError::MisdirectedRequest.into_response())
+    }
+}
