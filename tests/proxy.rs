@@ -131,6 +131,7 @@ async fn forwarding_headers_with_and_without_trusted_proxies() {
             .unwrap();
         let response = request(&server, &ca, "app.test", req).await;
         let headers = &json(&response)["headers"];
+        assert_eq!(json(&response)["version"], "HTTP/1.1");
         assert_eq!(headers["host"], "app.test", "Host preserved");
         assert_eq!(headers["x-forwarded-host"], "app.test");
         assert_eq!(headers["x-end-to-end"], "kept");
@@ -655,6 +656,18 @@ async fn permessage_deflate_passes_end_to_end() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    // Python starts slowly on a busy machine: wait until the backend listens.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the Python backend did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let dir = tempfile::tempdir().unwrap();
     let yaml = format!("routes:\n  - path: /ws\n    upstream: http://127.0.0.1:{port}\n");
     let (server, _) = start(dir.path(), &["localhost"], &yaml).await;
@@ -681,5 +694,20 @@ async fn permessage_deflate_passes_end_to_end() {
     );
     assert!(stdout.contains("echo: 10000"), "{stdout}");
     let _ = backend.kill().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_to_upstreams_when_asked() {
+    let backend = Upstream::start("h2c").await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "upstreams:\n  pool:\n    servers: [{}]\n    h2c: true\ndefault_route: pool\n",
+        backend.url()
+    );
+    let (server, ca) = start(dir.path(), &["app.test"], &yaml).await;
+    let response = get(&server, &ca, "app.test", "/echo").await;
+    assert_eq!(json(&response)["version"], "HTTP/2.0", "{}", response.body);
+    assert_eq!(json(&response)["headers"]["host"], "app.test");
     server.stop().await;
 }

@@ -42,7 +42,7 @@ pub fn request_host<B>(request: &Request<B>) -> Option<String> {
 }
 
 /// The value of cookie `name` in the request, if any.
-fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()

@@ -109,8 +109,9 @@ pub async fn open(
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
 
-    let sticky = None;
-    let Some(index) = pool.select(client_ip, sticky, &[]) else {
+    let sticky = super::forward::cookie_value(request.headers(), &pool.settings.sticky_cookie)
+        .map(str::to_owned);
+    let Some(index) = pool.select(client_ip, sticky.as_deref(), &[]) else {
         tracing::error!(route = %route.name, upstream = %pool.name, "no upstream server available for WebSocket");
         return HttpError::NoUpstream.into_response();
     };
@@ -170,25 +171,20 @@ pub async fn open(
         return HttpError::BadGateway.into_response();
     }
 
+    // Every end-to-end header of the backend's 101 goes to the client (Sec-WebSocket-Protocol,
+    // -Extensions, cookies…); the upgrade itself is this hop's.
     let mut reply = hyper::Response::new(full(Vec::new()));
-    for name in [
-        header::SEC_WEBSOCKET_PROTOCOL,
-        header::SEC_WEBSOCKET_EXTENSIONS,
-    ] {
-        if let Some(value) = response.headers().get(&name) {
-            reply.headers_mut().insert(name, value.clone());
-        }
-    }
+    *reply.headers_mut() = response.headers().clone();
+    remove_hop_by_hop(reply.headers_mut());
+    reply.headers_mut().remove(header::SERVER);
     if extended_connect {
         *reply.status_mut() = StatusCode::OK;
+        reply.headers_mut().remove(header::SEC_WEBSOCKET_ACCEPT);
     } else {
         *reply.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let headers = reply.headers_mut();
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        if let Some(accept) = response.headers().get(header::SEC_WEBSOCKET_ACCEPT) {
-            headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept.clone());
-        }
     }
     let client_upgrade = hyper::upgrade::on(&mut request);
     let upstream_upgrade = hyper::upgrade::on(response);

@@ -157,6 +157,7 @@ impl State {
                     .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
                     .collect();
                 let method = req.method().to_string();
+                let version = format!("{:?}", req.version());
                 let uri = req.uri().to_string();
                 let body = req
                     .into_body()
@@ -165,7 +166,7 @@ impl State {
                     .map(|b| b.to_bytes().len())
                     .unwrap_or(0);
                 let json = serde_json::json!({
-                    "server": self.id, "method": method, "path": uri, "headers": headers, "body_len": body,
+                    "server": self.id, "method": method, "version": version, "path": uri, "headers": headers, "body_len": body,
                 });
                 let mut response = full(200, json.to_string());
                 response
