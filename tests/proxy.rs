@@ -711,3 +711,132 @@ async fn h2c_to_upstreams_when_asked() {
     assert_eq!(json(&response)["headers"]["host"], "app.test");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_uploads_are_not_slow_upstreams_and_stalled_ones_get_408() {
+    let backend = Upstream::start("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "upstreams:\n  pool:\n    servers: [{}]\n    response_timeout: 1s\n    send_timeout: 700ms\n    max_fails: 1\n    fail_timeout: 30s\ndefault_route: pool\n",
+        backend.url()
+    );
+    let (server, ca) = start(dir.path(), &["app.test"], &yaml).await;
+    let upload = |gaps: Vec<u64>| {
+        let (server_addr, ca) = (server.main, ca.clone());
+        async move {
+            let (tx, rx) = tokio::sync::mpsc::channel::<
+                Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>,
+            >(1);
+            let request = http::Request::post("/upload")
+                .header("host", "app.test")
+                .body(BodyExt::boxed(http_body_util::StreamBody::new(
+                    tokio_stream_from(rx),
+                )))
+                .unwrap();
+            let sending = tokio::spawn(async move {
+                let stream = tls_connect(
+                    server_addr,
+                    "app.test",
+                    default_client(std::slice::from_ref(&ca)),
+                )
+                .await
+                .unwrap();
+                send_on(stream, request).await
+            });
+            for gap in gaps {
+                tokio::time::sleep(Duration::from_millis(gap)).await;
+                if tx
+                    .send(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(
+                        b"chunk",
+                    ))))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            drop(tx);
+            sending.await.unwrap()
+        }
+    };
+    // 2.5 s of uploading in 500 ms steps: longer than response_timeout, never a pause > 700 ms.
+    let response = upload(vec![0, 500, 500, 500, 500, 500]).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    // A client that stops sending: 408, and the backend is not blamed for it.
+    let response = upload(vec![0, 2000]).await;
+    assert_eq!(response.status, 408, "{}", response.body);
+    assert_eq!(
+        get(&server, &ca, "app.test", "/echo").await.status,
+        200,
+        "the single server is still in rotation"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_smuggling_and_dot_segments_are_refused() {
+    let public = Upstream::start("public").await;
+    let guarded = Upstream::start("guarded").await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "routes:\n  - path: /ws\n    upstream: {}\n    allowed_origins: [https://app.test]\n  - path: /\n    upstream: {}\n",
+        guarded.url(),
+        public.url()
+    );
+    let (server, ca) = start(dir.path(), &["app.test"], &yaml).await;
+    let raw = |text: &'static str| {
+        let (addr, ca) = (server.main, ca.clone());
+        async move {
+            let mut stream =
+                tls_connect(addr, "app.test", default_client(std::slice::from_ref(&ca)))
+                    .await
+                    .unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut stream, text.as_bytes())
+                .await
+                .unwrap();
+            let mut reply = Vec::new();
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut reply),
+            )
+            .await;
+            String::from_utf8_lossy(&reply).into_owned()
+        }
+    };
+    let reply = raw(
+        "GET /echo HTTP/1.1\r\nHost: app.test\r\nHost: admin.internal\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        reply.starts_with("HTTP/1.1 400"),
+        "two Host headers: {reply}"
+    );
+    let reply = raw("GET /x/../ws HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "dot segments: {reply}");
+    let reply =
+        raw("GET /x/%2e%2e/ws HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n").await;
+    assert!(
+        reply.starts_with("HTTP/1.1 400"),
+        "encoded dot segments: {reply}"
+    );
+    // Absolute form: the upstream's Host is the authority that was routed and checked.
+    let reply = raw(
+        "GET https://app.test/echo HTTP/1.1\r\nHost: admin.internal\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(reply.contains("\"host\":\"app.test\""), "{reply}");
+
+    // A backend that answers an upgrade without 101: its answer is passed on as is.
+    let refused = wss(&server, &ca, "app.test", "/echo", None).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 200);
+            assert!(response.headers().get("server").is_none());
+        }
+        other => panic!(
+            "expected the backend's 200, got {:?}",
+            other.map(|(_, r)| r.status())
+        ),
+    }
+    server.stop().await;
+}

@@ -30,6 +30,8 @@ pub enum HttpError {
     BadGateway,
     #[error("gateway timeout")]
     GatewayTimeout,
+    #[error("request timeout")]
+    RequestTimeout,
 }
 
 impl HttpError {
@@ -48,6 +50,7 @@ impl HttpError {
             HttpError::NoUpstream => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::BadGateway => StatusCode::BAD_GATEWAY,
             HttpError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            HttpError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 

@@ -51,15 +51,26 @@ impl<B: Body + Unpin> Body for Guarded<B> {
     }
 }
 
-/// The request body was larger than allowed.
-#[derive(Debug, thiserror::Error)]
-#[error("request body larger than {0} bytes")]
-pub struct TooLarge(pub u64);
+/// Why a request body failed on the client's side: such failures are never the upstream's
+/// fault (no passive-health strike) and map to the client's status codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFault {
+    TooLarge,
+    Stalled,
+    Aborted,
+}
 
-/// The client stopped sending the request body.
 #[derive(Debug, thiserror::Error)]
-#[error("the client sent no request body data for {0:?}")]
-pub struct SendStalled(pub Duration);
+#[error("request body: {0:?}")]
+pub struct ClientFaultError(pub ClientFault);
+
+/// What a [`Bounded`] body tells the forwarding code: the client's fault, if any, and when the
+/// whole body has been handed over (the response timeout starts then).
+#[derive(Debug, Default)]
+pub struct BodyState {
+    pub fault: std::sync::OnceLock<ClientFault>,
+    pub finished: tokio::sync::Notify,
+}
 
 /// A request body with a byte limit and a limit on the pause between chunks.
 pub struct Bounded<B> {
@@ -68,16 +79,32 @@ pub struct Bounded<B> {
     seen: u64,
     stall: Duration,
     timer: Option<Pin<Box<Sleep>>>,
+    state: std::sync::Arc<BodyState>,
+    signalled: bool,
 }
 
 impl<B> Bounded<B> {
-    pub fn new(inner: B, limit: u64, stall: Duration) -> Self {
+    pub fn new(inner: B, limit: u64, stall: Duration, state: std::sync::Arc<BodyState>) -> Self {
         Self {
             inner,
             limit,
             seen: 0,
             stall,
             timer: None,
+            state,
+            signalled: false,
+        }
+    }
+
+    fn fail(&self, fault: ClientFault) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let _ = self.state.fault.set(fault);
+        Poll::Ready(Some(Err(Box::new(ClientFaultError(fault)))))
+    }
+
+    fn finish(&mut self) {
+        if !self.signalled {
+            self.signalled = true;
+            self.state.finished.notify_one();
         }
     }
 }
@@ -100,20 +127,27 @@ where
                 if let Some(data) = frame.data_ref() {
                     self.seen += data.len() as u64;
                     if self.seen > self.limit {
-                        return Poll::Ready(Some(Err(Box::new(TooLarge(self.limit)))));
+                        return self.fail(ClientFault::TooLarge);
                     }
+                }
+                // A body of known length may never be polled to its end.
+                if self.inner.is_end_stream() {
+                    self.finish();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Some(Err(_))) => self.fail(ClientFault::Aborted),
+            Poll::Ready(None) => {
+                self.finish();
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 let stall = self.stall;
                 let timer = self
                     .timer
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
                 match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(SendStalled(stall))))),
+                    Poll::Ready(()) => self.fail(ClientFault::Stalled),
                     Poll::Pending => Poll::Pending,
                 }
             }

@@ -10,7 +10,7 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::body::{caused_by, Bounded, Guarded, SendStalled, TooLarge};
+use super::body::{BodyState, Bounded, ClientFault, Guarded};
 use super::headers::{remove_hop_by_hop, set_forwarding};
 use super::pool::{Pool, ProxyBody};
 use super::routes::Route;
@@ -86,6 +86,12 @@ pub async fn handle(
     request: Request<Incoming>,
     conn: ConnectionInfo,
 ) -> Response {
+    if request.headers().get_all(header::HOST).iter().count() > 1 {
+        return HttpError::BadRequest("more than one Host header").into_response();
+    }
+    if has_dot_segments(request.uri().path()) {
+        return HttpError::BadRequest("path with . or .. segments").into_response();
+    }
     let Some(host) = request_host(&request) else {
         return HttpError::BadRequest("missing or invalid Host").into_response();
     };
@@ -98,24 +104,31 @@ pub async fn handle(
     forward(&proxy, route, request, &conn, &host).await
 }
 
-/// Upstream-bound headers: the client's minus hop-by-hop, plus forwarding headers.
+/// Upstream-bound headers: the client's minus hop-by-hop, plus forwarding headers. `Host`
+/// is always the authority the request was routed by (`:authority` for HTTP/2 and
+/// absolute-form requests), so the upstream sees the name that was checked.
 pub fn upstream_headers(
     proxy: &Proxy,
     pool: &Pool,
-    headers: &HeaderMap,
+    parts: &http::request::Parts,
     conn: &ConnectionInfo,
     host: &str,
-    authority: Option<&str>,
 ) -> (HeaderMap, IpAddr) {
-    let mut out = headers.clone();
+    let mut out = parts.headers.clone();
     remove_hop_by_hop(&mut out);
-    if let Some(authority) = authority {
-        // HTTP/2 clients send :authority instead of Host; HTTP/1.1 upstreams need Host.
-        if !out.contains_key(header::HOST) {
-            if let Ok(value) = HeaderValue::from_str(authority) {
-                out.insert(header::HOST, value);
-            }
-        }
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        });
+    if let Some(value) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
+        out.insert(header::HOST, value);
     }
     if pool.settings.balance == Balance::Cookie {
         strip_cookie(&mut out, &pool.settings.sticky_cookie);
@@ -132,6 +145,29 @@ pub fn upstream_headers(
     (out, forwarding.client_ip)
 }
 
+/// Paths with `.`/`..` segments (plain or percent-encoded) could match one route and mean
+/// another to the upstream; they are refused rather than guessed at.
+pub fn has_dot_segments(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
+}
+
+/// Whether a failed exchange timed out while connecting.
+fn connect_timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        current = e.source();
+    }
+    false
+}
+
 async fn forward(
     proxy: &Proxy,
     route: &Route,
@@ -145,27 +181,28 @@ async fn forward(
         return HttpError::PayloadTooLarge.into_response();
     }
     let (parts, body) = request.into_parts();
-    let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
-    let (headers, client_ip) = upstream_headers(
-        proxy,
-        pool,
-        &parts.headers,
-        conn,
-        host,
-        authority.as_deref(),
-    );
+    let (headers, client_ip) = upstream_headers(proxy, pool, &parts, conn, host);
     let sticky = cookie_value(&parts.headers, &pool.settings.sticky_cookie).map(str::to_owned);
     let path = parts
         .uri
         .path_and_query()
         .map(|pq| pq.as_str())
         .unwrap_or("/");
-    let can_retry = is_idempotent(&parts.method) && body.is_end_stream();
-    let mut body =
-        Some(Bounded::new(body, route.max_body_size, pool.settings.send_timeout).boxed());
+    let empty_body = body.is_end_stream();
+    let can_retry = is_idempotent(&parts.method) && empty_body;
+    let state = Arc::new(BodyState::default());
+    let mut body = Some(
+        Bounded::new(
+            body,
+            route.max_body_size,
+            pool.settings.send_timeout,
+            state.clone(),
+        )
+        .boxed(),
+    );
     let mut tried = Vec::new();
     loop {
-        let Some(index) = pool.select(client_ip, sticky.as_deref(), &tried) else {
+        let Some((index, in_flight)) = pool.acquire(client_ip, sticky.as_deref(), &tried) else {
             tracing::error!(route = %route.name, upstream = %pool.name, "no upstream server available");
             return if tried.is_empty() {
                 HttpError::NoUpstream
@@ -175,7 +212,6 @@ async fn forward(
             .into_response();
         };
         let server = &pool.servers[index];
-        let in_flight = pool.begin(index);
         let mut upstream = Request::builder()
             .method(parts.method.clone())
             .uri(format!("{}{path}", server.url))
@@ -195,12 +231,17 @@ async fn forward(
         let Ok(upstream) = upstream.body(request_body) else {
             return HttpError::BadRequest("request cannot be forwarded").into_response();
         };
-        let sent = tokio::time::timeout(
-            pool.settings.response_timeout,
-            pool.client.request(upstream),
-        )
-        .await;
-        match sent {
+        let outcome = exchange(pool, upstream, &state, empty_body).await;
+        if let Some(fault) = state.fault.get() {
+            // The client's doing: not the upstream's failure.
+            return match fault {
+                ClientFault::TooLarge => HttpError::PayloadTooLarge,
+                ClientFault::Stalled => HttpError::RequestTimeout,
+                ClientFault::Aborted => HttpError::BadRequest("request body aborted"),
+            }
+            .into_response();
+        }
+        match outcome {
             Ok(Ok(response)) => {
                 pool.record_success(index);
                 return respond(
@@ -213,27 +254,52 @@ async fn forward(
                 );
             }
             Ok(Err(error)) => {
-                if caused_by::<TooLarge>(&error) {
-                    return HttpError::PayloadTooLarge.into_response();
-                }
-                if caused_by::<SendStalled>(&error) {
-                    tracing::warn!(route = %route.name, upstream = %pool.name, server = %server.url, "client stalled while sending the request body");
-                    return HttpError::BadRequest("request body stalled").into_response();
-                }
                 pool.record_failure(index);
                 let never_sent = error.is_connect();
+                let timed_out = connect_timed_out(&error);
                 tracing::error!(route = %route.name, upstream = %pool.name, server = %server.url, error = %error_chain(&error), "upstream request failed");
                 if never_sent && can_retry && tried.len() + 1 < pool.servers.len() {
                     tried.push(index);
                     continue;
                 }
-                return HttpError::BadGateway.into_response();
+                return if timed_out {
+                    HttpError::GatewayTimeout
+                } else {
+                    HttpError::BadGateway
+                }
+                .into_response();
             }
-            Err(_) => {
+            Err(()) => {
                 pool.record_failure(index);
                 tracing::error!(route = %route.name, upstream = %pool.name, server = %server.url, timeout = ?pool.settings.response_timeout, "upstream response timed out");
                 return HttpError::GatewayTimeout.into_response();
             }
+        }
+    }
+}
+
+/// Sends a request; the response timeout runs from the moment the whole request body has been
+/// handed over (at once for an empty body), so a slow upload is not a slow upstream.
+async fn exchange(
+    pool: &Pool,
+    request: Request<ProxyBody>,
+    state: &BodyState,
+    empty_body: bool,
+) -> Result<Result<hyper::Response<Incoming>, hyper_util::client::legacy::Error>, ()> {
+    let sending = pool.client.request(request);
+    tokio::pin!(sending);
+    let timeout = pool.settings.response_timeout;
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let mut armed = empty_body;
+    loop {
+        tokio::select! {
+            result = &mut sending => return Ok(result),
+            () = state.finished.notified(), if !armed => {
+                armed = true;
+                deadline.as_mut().reset(tokio::time::Instant::now() + timeout);
+            }
+            () = &mut deadline, if armed => return Err(()),
         }
     }
 }
@@ -250,7 +316,7 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-fn respond(
+pub(super) fn respond(
     pool: &Arc<Pool>,
     index: usize,
     response: hyper::Response<Incoming>,
@@ -302,6 +368,16 @@ mod tests {
         only.insert(header::COOKIE, HeaderValue::from_static("SERVERID=abc"));
         strip_cookie(&mut only, "SERVERID");
         assert!(!only.contains_key(header::COOKIE));
+    }
+
+    #[test]
+    fn dot_segments_are_spotted_encoded_or_not() {
+        for bad in ["/x/../ws", "/./ws", "/x/%2e%2e/ws", "/x/%2E/y", "/.."] {
+            assert!(has_dot_segments(bad), "{bad}");
+        }
+        for fine in ["/ws", "/a.b/c", "/..x", "/x/.well-known/y"] {
+            assert!(!has_dot_segments(fine), "{fine}");
+        }
     }
 
     #[test]

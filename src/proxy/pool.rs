@@ -175,7 +175,13 @@ impl Pool {
         if self.settings.balance == Balance::Cookie {
             if let Some(index) = cookie.and_then(|c| self.cookie_tokens.iter().position(|t| t == c))
             {
-                if usable(&index) {
+                // A cookie pinned to a backup counts only while no primary can serve.
+                let primary_up = self
+                    .servers
+                    .iter()
+                    .enumerate()
+                    .any(|(i, s)| !s.backup && usable(&i));
+                if usable(&index) && !(self.servers[index].backup && primary_up) {
                     return Some(index);
                 }
             }
@@ -245,14 +251,34 @@ impl Pool {
         self.servers[index].fails.store(0, Ordering::Relaxed);
     }
 
-    /// Marks a request in flight on a server until the guard drops.
-    pub fn begin(self: &Arc<Self>, index: usize) -> InFlight {
-        self.servers[index]
-            .in_flight
-            .fetch_add(1, Ordering::Relaxed);
-        InFlight {
-            pool: self.clone(),
-            index,
+    /// Picks a server and marks a request in flight on it, atomically against `max_conns`
+    /// (two requests cannot both take a server's last slot).
+    pub fn acquire(
+        self: &Arc<Self>,
+        client_ip: IpAddr,
+        cookie: Option<&str>,
+        excluded: &[usize],
+    ) -> Option<(usize, InFlight)> {
+        let mut skipped = excluded.to_vec();
+        loop {
+            let index = self.select(client_ip, cookie, &skipped)?;
+            let server = &self.servers[index];
+            let taken = server
+                .in_flight
+                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                    (server.max_conns == 0 || n < server.max_conns).then_some(n + 1)
+                })
+                .is_ok();
+            if taken {
+                return Some((
+                    index,
+                    InFlight {
+                        pool: self.clone(),
+                        index,
+                    },
+                ));
+            }
+            skipped.push(index);
         }
     }
 }
@@ -304,6 +330,33 @@ mod tests {
         s
     }
 
+    #[tokio::test]
+    async fn max_conns_is_never_exceeded() {
+        let mut s = settings(&[(1, false)], Balance::RoundRobin);
+        s.servers[0].max_conns = 2;
+        let pool = Arc::new(Pool::new("p", &s));
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let first = pool.acquire(ip, None, &[]);
+        let second = pool.acquire(ip, None, &[]);
+        assert!(first.is_some() && second.is_some());
+        assert!(
+            pool.acquire(ip, None, &[]).is_none(),
+            "third request over max_conns"
+        );
+        drop(first);
+        assert!(pool.acquire(ip, None, &[]).is_some(), "a slot freed");
+    }
+
+    #[tokio::test]
+    async fn a_cookie_for_a_backup_does_not_beat_healthy_primaries() {
+        let pool = Pool::new("p", &settings(&[(1, false), (1, true)], Balance::Cookie));
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let backup_token = pool.cookie_token(1).to_owned();
+        assert_eq!(pool.select(ip, Some(&backup_token), &[]), Some(0));
+        pool.servers[0].healthy.store(false, Ordering::Relaxed);
+        assert_eq!(pool.select(ip, Some(&backup_token), &[]), Some(1));
+    }
+
     #[test]
     fn smooth_weighted_order() {
         assert_eq!(
@@ -340,9 +393,26 @@ mod tests {
         for _ in 0..20 {
             assert_eq!(pool.select(ip, None, &[]), first);
         }
+        let hex_url = |url: &str| url.bytes().map(|b| format!("{b:02x}")).collect::<String>();
         for (i, server) in pool.servers.iter().enumerate() {
-            assert!(!pool.cookie_token(i).contains("127.0.0.1"));
-            assert!(!server.url.contains(pool.cookie_token(i)));
+            assert!(
+                !hex_url(&server.url).contains(pool.cookie_token(i)),
+                "not the address in hex"
+            );
         }
+        // Keyed: a configured secret makes tokens stable across restarts and nodes; the pool
+        // name and the secret both change them; without a secret each process draws its own.
+        let mut keyed = settings(&[(1, false)], Balance::Cookie);
+        keyed.cookie_secret = Some("s3cret".into());
+        let one = Pool::new("p", &keyed).cookie_token(0).to_owned();
+        assert_eq!(Pool::new("p", &keyed).cookie_token(0), one);
+        assert_ne!(Pool::new("q", &keyed).cookie_token(0), one);
+        keyed.cookie_secret = Some("other".into());
+        assert_ne!(Pool::new("p", &keyed).cookie_token(0), one);
+        let random = settings(&[(1, false)], Balance::Cookie);
+        assert_ne!(
+            Pool::new("p", &random).cookie_token(0),
+            Pool::new("p", &random).cookie_token(0)
+        );
     }
 }

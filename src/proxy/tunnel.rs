@@ -3,6 +3,7 @@
 //! subprotocols pass end to end), with an idle timeout of their own. HTTP/2 clients may use
 //! extended CONNECT (RFC 8441); the upstream still sees an HTTP/1.1 upgrade.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
@@ -62,7 +63,7 @@ fn random_key() -> String {
 pub async fn open(
     proxy: &Proxy,
     route: &Route,
-    mut request: Request<Incoming>,
+    request: Request<Incoming>,
     conn: &ConnectionInfo,
     host: &str,
 ) -> Response {
@@ -84,15 +85,9 @@ pub async fn open(
         return HttpError::OriginNotAllowed.into_response();
     }
     let pool = route.pool.clone();
-    let authority = request.uri().authority().map(|a| a.as_str().to_owned());
-    let (mut headers, client_ip) = upstream_headers(
-        proxy,
-        &pool,
-        request.headers(),
-        conn,
-        host,
-        authority.as_deref(),
-    );
+    let (parts, body) = request.into_parts();
+    let (mut headers, client_ip) = upstream_headers(proxy, &pool, &parts, conn, host);
+    let mut request = Request::from_parts(parts, body);
     // The upstream always gets an HTTP/1.1 upgrade; for extended CONNECT we make the key.
     let key = match request.headers().get(header::SEC_WEBSOCKET_KEY) {
         Some(key) if !extended_connect => key.clone(),
@@ -111,12 +106,11 @@ pub async fn open(
 
     let sticky = super::forward::cookie_value(request.headers(), &pool.settings.sticky_cookie)
         .map(str::to_owned);
-    let Some(index) = pool.select(client_ip, sticky.as_deref(), &[]) else {
+    let Some((index, in_flight)) = pool.acquire(client_ip, sticky.as_deref(), &[]) else {
         tracing::error!(route = %route.name, upstream = %pool.name, "no upstream server available for WebSocket");
         return HttpError::NoUpstream.into_response();
     };
     let server_url = pool.servers[index].url.clone();
-    let in_flight = pool.begin(index);
     let path = request
         .uri()
         .path_and_query()
@@ -155,10 +149,15 @@ pub async fn open(
     };
     pool.record_success(index);
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        // The backend refused (401, 403, 404…): pass its answer on.
-        let (mut parts, body) = response.into_parts();
-        remove_hop_by_hop(&mut parts.headers);
-        return hyper::Response::from_parts(parts, body.boxed());
+        // The backend refused (401, 403, 404…): its answer goes back like any response.
+        return super::forward::respond(
+            &pool,
+            index,
+            response,
+            in_flight,
+            sticky.as_deref(),
+            conn.secure,
+        );
     }
     let expected_accept = derive_accept_key(key.as_bytes());
     if response
@@ -210,34 +209,57 @@ pub async fn open(
     reply
 }
 
-/// Copies bytes both ways until both sides finish or nothing moves for `idle`.
+/// Copies bytes both ways until both sides finish, or nothing moves either way for `idle`.
+/// Each direction runs on its own, so a peer that stops reading stalls only its direction,
+/// and the idle watchdog still fires.
 pub async fn splice<A, B>(a: A, b: B, idle: Duration) -> &'static str
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut a_read, mut a_write) = tokio::io::split(a);
-    let (mut b_read, mut b_write) = tokio::io::split(b);
-    let mut a_buf = vec![0u8; 8 * 1024];
-    let mut b_buf = vec![0u8; 8 * 1024];
-    let (mut a_open, mut b_open) = (true, true);
-    let idle_timer = tokio::time::sleep(idle);
-    tokio::pin!(idle_timer);
-    while a_open || b_open {
-        tokio::select! {
-            read = a_read.read(&mut a_buf), if a_open => match read {
-                Ok(0) | Err(_) => { a_open = false; let _ = b_write.shutdown().await; }
-                Ok(n) => if b_write.write_all(&a_buf[..n]).await.is_err() { return "upstream closed"; },
-            },
-            read = b_read.read(&mut b_buf), if b_open => match read {
-                Ok(0) | Err(_) => { b_open = false; let _ = a_write.shutdown().await; }
-                Ok(n) => if a_write.write_all(&b_buf[..n]).await.is_err() { return "client closed"; },
-            },
-            () = &mut idle_timer => return "idle timeout",
+    let started = tokio::time::Instant::now();
+    let last = AtomicU64::new(0);
+    let touch = || last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let (a_read, a_write) = tokio::io::split(a);
+    let (b_read, b_write) = tokio::io::split(b);
+    let both = async {
+        tokio::join!(pump(a_read, b_write, &touch), pump(b_read, a_write, &touch));
+    };
+    let watchdog = async {
+        loop {
+            let quiet = started
+                .elapsed()
+                .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+            if quiet >= idle {
+                return;
+            }
+            tokio::time::sleep(idle - quiet).await;
         }
-        idle_timer
-            .as_mut()
-            .reset(tokio::time::Instant::now() + idle);
+    };
+    tokio::select! {
+        () = both => "closed",
+        () = watchdog => "idle timeout",
     }
-    "closed"
+}
+
+/// One direction: read, write, repeat; at end of input, shut the other side's writing half.
+async fn pump<R, W>(mut from: R, mut to: W, touch: &(dyn Fn() + Sync))
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buffer = vec![0u8; 8 * 1024];
+    loop {
+        match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                touch();
+                if to.write_all(&buffer[..n]).await.is_err() {
+                    break;
+                }
+                touch();
+            }
+        }
+    }
+    let _ = to.shutdown().await;
 }
