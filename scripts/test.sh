@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh machine: installs the system tools the tests use as independent
 # oracles (openssl, curl, certutil from libnss3-tools for `cert trust`, Python's websockets for
-# permessage-deflate), then formatting, lints and the whole test suite.
+# permessage-deflate, Pebble as a real ACME CA), then formatting, lints and the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +9,7 @@ missing=()
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v certutil >/dev/null 2>&1 || missing+=(libnss3-tools)
+command -v pebble >/dev/null 2>&1 || missing+=(pebble)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"

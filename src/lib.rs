@@ -3,6 +3,7 @@
 //! The binary (`main.rs`) only calls [`cli::run`]; everything else lives here so tests can
 //! start real servers in-process.
 
+pub mod acme;
 pub mod certs;
 pub mod cli;
 pub mod config;

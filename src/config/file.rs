@@ -24,6 +24,7 @@ pub struct FileConfig {
     pub routes: Option<Vec<Spanned<super::proxy::RouteFile>>>,
     pub default_route: Option<Spanned<String>>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
+    pub acme: Option<Spanned<AcmeFile>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -54,6 +55,30 @@ pub struct CertificateFile {
     pub pem_file: Option<Spanned<String>>,
     pub names: Option<Vec<Spanned<String>>>,
     pub default: Option<bool>,
+    /// `acme: {names: [...]}`: obtained and renewed from the `acme:` CA.
+    pub acme: Option<AcmeCertificateFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeCertificateFile {
+    pub names: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeFile {
+    pub directory: Option<Spanned<String>>,
+    pub email: Option<String>,
+    pub agree_tos: Option<bool>,
+    pub eab_kid: Option<String>,
+    pub eab_hmac_key: Option<String>,
+    pub ca_root: Option<Spanned<String>>,
+    pub challenge: Option<Spanned<String>>,
+    pub key_type: Option<Spanned<String>>,
+    pub dns_hook: Option<Spanned<String>>,
+    pub deploy_hook: Option<String>,
+    pub check_interval: Option<ConfigDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

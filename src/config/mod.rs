@@ -24,6 +24,15 @@ use serde::{Serialize, Serializer};
 pub use names::{normalize_dns_name, validate_path_component, NameError};
 pub use suites::{KxGroup, Tls12Suite, Tls13Suite};
 
+/// The `live/` folder name for an ACME certificate: its first name (`*.` becomes `_wildcard.`).
+pub fn acme_lineage(names: &[String]) -> String {
+    let first = names.first().map(String::as_str).unwrap_or("certificate");
+    match first.strip_prefix("*.") {
+        Some(rest) => format!("_wildcard.{rest}"),
+        None => first.to_owned(),
+    }
+}
+
 /// Default addresses: loopback only, so a first run never exposes anything.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
@@ -44,6 +53,50 @@ pub struct Settings {
     pub limits: Limits,
     #[serde(flatten)]
     pub proxy: proxy::ProxySettings,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acme: Option<AcmeSettings>,
+}
+
+/// The ACME CA certificates marked `acme:` come from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AcmeSettings {
+    /// The directory URL (`letsencrypt` and `letsencrypt-staging` are expanded).
+    pub directory: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    pub agree_tos: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eab_kid: Option<String>,
+    /// Secret: never printed.
+    #[serde(skip)]
+    pub eab_hmac_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_root: Option<PathBuf>,
+    pub challenge: AcmeChallenge,
+    pub key_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_hook: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deploy_hook: Option<String>,
+    /// How often renewal is considered (with jitter); twice a day by default.
+    #[serde(serialize_with = "units::serialize_duration")]
+    pub check_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum AcmeChallenge {
+    #[serde(rename = "http-01")]
+    Http01,
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+    #[serde(rename = "dns-01")]
+    Dns01,
+}
+
+/// A certificate obtained from the ACME CA, kept in `live/NAME/`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AcmeCertificate {
+    pub names: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -123,6 +176,14 @@ pub enum CertSource {
     },
     /// One PEM holding the chain and the key (HAProxy's `crt`, seed 003's `.pem`).
     Combined { pem_file: PathBuf },
+    /// Obtained and renewed over ACME; the files are its certbot-style `live/NAME/` copy.
+    Acme {
+        acme: AcmeCertificate,
+        #[serde(skip)]
+        fullchain: PathBuf,
+        #[serde(skip)]
+        privkey: PathBuf,
+    },
 }
 
 impl CertSource {
@@ -131,6 +192,7 @@ impl CertSource {
         match self {
             CertSource::Files { cert_file, .. } => cert_file,
             CertSource::Combined { pem_file } => pem_file,
+            CertSource::Acme { fullchain, .. } => fullchain,
         }
     }
 
@@ -138,6 +200,7 @@ impl CertSource {
         match self {
             CertSource::Files { key_file, .. } => key_file,
             CertSource::Combined { pem_file } => pem_file,
+            CertSource::Acme { privkey, .. } => privkey,
         }
     }
 }

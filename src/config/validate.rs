@@ -89,7 +89,7 @@ pub fn validate(
     let (http_at, http) = split(&cx, raw.http.take());
     let http = http_settings(&cx, &http_at, http, env, flags)?;
     let (tls_at, tls) = split(&cx, raw.tls.take());
-    let tls = tls_settings(&cx, &tls_at, tls, env)?;
+    let tls = tls_settings(&cx, &tls_at, tls, env, &data_dir)?;
     let (headers_at, headers) = split(&cx, raw.headers.take());
     let headers = header_settings(&headers_at, headers)?;
     let (limits_at, limits) = split(&cx, raw.limits.take());
@@ -131,6 +131,19 @@ pub fn validate(
         ));
     }
 
+    let acme = acme_settings(&cx, raw.acme.take(), &tls)?;
+    if let Some(acme) = &acme {
+        if acme.challenge == super::AcmeChallenge::Http01
+            && (http.mode == HttpMode::Off || !tls.enabled)
+        {
+            return Err(ConfigError::invalid(
+                http_at.clone(),
+                "acme.challenge",
+                "http-01 is answered on the plain-HTTP listener: do not set `http: off` (or use tls-alpn-01 or dns-01)",
+            ));
+        }
+    }
+
     Ok(Settings {
         source: path.map(Path::to_path_buf),
         data_dir,
@@ -140,6 +153,7 @@ pub fn validate(
         headers,
         limits,
         proxy,
+        acme,
     })
 }
 
@@ -310,6 +324,7 @@ fn tls_settings(
     section: &Origin,
     raw: Option<Switch<super::file::TlsFile>>,
     env: &EnvOverlay,
+    data_dir: &Path,
 ) -> Result<TlsSettings, ConfigError> {
     let mut enabled = true;
     let mut map = super::file::TlsFile::default();
@@ -385,7 +400,7 @@ fn tls_settings(
             .take()
             .unwrap_or_default()
             .into_iter()
-            .map(|entry| certificate_settings(cx, entry))
+            .map(|entry| certificate_settings(cx, entry, data_dir))
             .collect::<Result<Vec<_>, _>>()?,
     };
     let defaults: Vec<_> = certificates.iter().filter(|c| c.default).collect();
@@ -414,9 +429,13 @@ fn tls_settings(
 fn certificate_settings(
     cx: &Context<'_>,
     entry: Spanned<CertificateFile>,
+    data_dir: &Path,
 ) -> Result<CertificateSettings, ConfigError> {
     let origin = cx.origin(&entry);
     let file = entry.value;
+    if let Some(acme) = &file.acme {
+        return acme_certificate(cx, origin, &file, acme, data_dir);
+    }
     let source =
         match (&file.cert_file, &file.key_file, &file.pem_file) {
             (Some(cert), Some(key), None) => CertSource::Files {
@@ -644,4 +663,193 @@ fn limit_settings(
         shutdown_timeout: positive(raw.shutdown_timeout, 30, "limits.shutdown_timeout")?,
         max_body_size: raw.max_body_size.map(|s| s.0).unwrap_or(10 * 1024 * 1024),
     })
+}
+
+fn acme_certificate(
+    cx: &Context<'_>,
+    origin: Origin,
+    file: &CertificateFile,
+    acme: &super::file::AcmeCertificateFile,
+    data_dir: &Path,
+) -> Result<CertificateSettings, ConfigError> {
+    if file.cert_file.is_some()
+        || file.key_file.is_some()
+        || file.pem_file.is_some()
+        || file.names.is_some()
+    {
+        return Err(ConfigError::invalid(
+            origin,
+            "tls.certificates.acme",
+            "an ACME certificate names its domains under acme.names and has no cert_file, key_file, pem_file or names",
+        ));
+    }
+    let mut names = Vec::new();
+    for name in &acme.names {
+        let normalized = normalize_dns_name(&name.value).map_err(|error| {
+            ConfigError::invalid(
+                cx.origin(name),
+                "tls.certificates.acme.names",
+                error.to_string(),
+            )
+        })?;
+        if !names.contains(&normalized) {
+            names.push(normalized);
+        }
+    }
+    if names.is_empty() {
+        return Err(ConfigError::invalid(
+            origin,
+            "tls.certificates.acme.names",
+            "list at least one name",
+        ));
+    }
+    let lineage = super::acme_lineage(&names);
+    super::validate_path_component(&lineage).map_err(|e| {
+        ConfigError::invalid(origin.clone(), "tls.certificates.acme.names", e.to_string())
+    })?;
+    let live = data_dir.join("live").join(&lineage);
+    Ok(CertificateSettings {
+        source: CertSource::Acme {
+            acme: super::AcmeCertificate {
+                names: names.clone(),
+            },
+            fullchain: live.join("fullchain.pem"),
+            privkey: live.join("privkey.pem"),
+        },
+        names,
+        default: file.default.unwrap_or(false),
+        origin,
+    })
+}
+
+const LETSENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+const LETSENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+fn acme_settings(
+    cx: &Context<'_>,
+    raw: Option<Spanned<super::file::AcmeFile>>,
+    tls: &TlsSettings,
+) -> Result<Option<super::AcmeSettings>, ConfigError> {
+    let acme_certs: Vec<&CertificateSettings> = tls
+        .certificates
+        .iter()
+        .filter(|c| matches!(c.source, CertSource::Acme { .. }))
+        .collect();
+    let Some(raw) = raw else {
+        if let Some(first) = acme_certs.first() {
+            return Err(ConfigError::invalid(
+                first.origin.clone(),
+                "tls.certificates.acme",
+                "ACME certificates need an `acme:` section (directory, email, agree_tos)",
+            ));
+        }
+        return Ok(None);
+    };
+    let origin = cx.origin(&raw);
+    let file = raw.value;
+    let directory = match file.directory.as_ref().map(|d| d.value.as_str()) {
+        None | Some("letsencrypt") => LETSENCRYPT.to_owned(),
+        Some("letsencrypt-staging") => LETSENCRYPT_STAGING.to_owned(),
+        Some(url) if url.starts_with("https://") => url.to_owned(),
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                file.directory
+                    .as_ref()
+                    .map(|d| cx.origin(d))
+                    .unwrap_or(origin),
+                "acme.directory",
+                format!(
+                    "`{other}`: use letsencrypt, letsencrypt-staging or an https:// directory URL"
+                ),
+            ))
+        }
+    };
+    if file.agree_tos != Some(true) {
+        return Err(ConfigError::invalid(
+            origin,
+            "acme.agree_tos",
+            format!("set `agree_tos: true` to accept the terms of service of {directory}"),
+        ));
+    }
+    let challenge = match file.challenge.as_ref().map(|c| c.value.as_str()) {
+        None | Some("http-01") => super::AcmeChallenge::Http01,
+        Some("tls-alpn-01") => super::AcmeChallenge::TlsAlpn01,
+        Some("dns-01") => super::AcmeChallenge::Dns01,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                file.challenge
+                    .as_ref()
+                    .map(|c| cx.origin(c))
+                    .unwrap_or(origin),
+                "acme.challenge",
+                format!("`{other}`: use http-01, tls-alpn-01 or dns-01"),
+            ))
+        }
+    };
+    let key_type = match file.key_type.as_ref().map(|k| k.value.as_str()) {
+        None => "ecdsa-p256".to_owned(),
+        Some(kind @ ("ecdsa-p256" | "ecdsa-p384" | "rsa-2048" | "rsa-3072" | "rsa-4096")) => {
+            kind.to_owned()
+        }
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                file.key_type
+                    .as_ref()
+                    .map(|k| cx.origin(k))
+                    .unwrap_or(origin),
+                "acme.key_type",
+                format!("`{other}`: use ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072 or rsa-4096"),
+            ))
+        }
+    };
+    let dns_hook = file.dns_hook.as_ref().map(|h| cx.file_path(&h.value));
+    if challenge == super::AcmeChallenge::Dns01 && dns_hook.is_none() {
+        return Err(ConfigError::invalid(
+            origin,
+            "acme.dns_hook",
+            "dns-01 needs a dns_hook command (called with present|cleanup NAME VALUE)",
+        ));
+    }
+    for cert in &acme_certs {
+        if challenge != super::AcmeChallenge::Dns01
+            && cert.names.iter().any(|n| n.starts_with("*."))
+        {
+            return Err(ConfigError::invalid(
+                cert.origin.clone(),
+                "tls.certificates.acme.names",
+                "wildcard names can only be validated with `challenge: dns-01`",
+            ));
+        }
+    }
+    if file.eab_kid.is_some() != file.eab_hmac_key.is_some() {
+        return Err(ConfigError::invalid(
+            origin,
+            "acme.eab_kid",
+            "external account binding needs both eab_kid and eab_hmac_key",
+        ));
+    }
+    let check_interval = file
+        .check_interval
+        .map(|d| d.0)
+        .unwrap_or(Duration::from_secs(12 * 3600));
+    if check_interval < Duration::from_secs(1) || check_interval > Duration::from_secs(86_400) {
+        return Err(ConfigError::invalid(
+            origin,
+            "acme.check_interval",
+            "must be between 1s and 1d",
+        ));
+    }
+    Ok(Some(super::AcmeSettings {
+        directory,
+        email: file.email,
+        agree_tos: true,
+        eab_kid: file.eab_kid,
+        eab_hmac_key: file.eab_hmac_key,
+        ca_root: file.ca_root.as_ref().map(|r| cx.file_path(&r.value)),
+        challenge,
+        key_type,
+        dns_hook,
+        deploy_hook: file.deploy_hook,
+        check_interval,
+    }))
 }

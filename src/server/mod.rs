@@ -18,7 +18,10 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
+
+use crate::acme::challenges::{AlpnChallengeResolver, ACME_TLS_ALPN};
+use crate::acme::{AcmeManager, ChallengeStore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -52,6 +55,8 @@ pub enum ServerError {
 struct TlsEdge {
     resolver: Arc<SniResolver>,
     config: ArcSwap<rustls::ServerConfig>,
+    /// For ClientHellos offering `acme-tls/1` (TLS-ALPN-01 validation), when ACME is on.
+    acme_config: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// What every connection of this server shares.
@@ -61,6 +66,8 @@ struct Shared {
     tls: Option<TlsEdge>,
     http_mode: HttpMode,
     redirect_port: u16,
+    /// Pending ACME challenge answers, when ACME is on.
+    challenges: Option<Arc<ChallengeStore>>,
 }
 
 pub struct Server {
@@ -71,6 +78,7 @@ pub struct Server {
     certificates: Vec<CertSummary>,
     warnings: Vec<String>,
     local: Option<LocalCertificate>,
+    challenges: Option<Arc<ChallengeStore>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -92,17 +100,36 @@ impl Server {
             .into_iter()
             .collect();
         let mut local = None;
+        let challenges = (settings.tls.enabled && settings.acme.is_some())
+            .then(|| Arc::new(ChallengeStore::default()));
         let tls = if settings.tls.enabled {
             let loaded = tls::load_certificates(&settings.tls, &settings.data_dir)?;
             let resolver = Arc::new(SniResolver::new(loaded.table));
             let sessions = SessionState::new()?;
             let config = tls::build_server_config(&settings.tls, resolver.clone(), &sessions)?;
+            let acme_config = match &challenges {
+                Some(store) => {
+                    let mut acme =
+                        tls::build_server_config(&settings.tls, resolver.clone(), &sessions)?;
+                    acme.cert_resolver = Arc::new(AlpnChallengeResolver(store.clone()));
+                    acme.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+                    Some(Arc::new(acme))
+                }
+                None => None,
+            };
+            for names in &loaded.pending {
+                warnings.push(format!(
+                    "ACME certificate for {} is not issued yet: TLS handshakes for it fail until the order completes",
+                    names.join(", ")
+                ));
+            }
             certificates = loaded.summaries;
             warnings.extend(loaded.warnings);
             local = loaded.local;
             Some(TlsEdge {
                 resolver,
                 config: ArcSwap::from_pointee(config),
+                acme_config,
             })
         } else {
             None
@@ -125,6 +152,7 @@ impl Server {
             certificates,
             warnings,
             local,
+            challenges,
             shutdown,
             tasks: TaskTracker::new(),
         })
@@ -170,6 +198,7 @@ impl Server {
             http,
             tls,
             local,
+            challenges,
             shutdown,
             tasks,
             ..
@@ -203,6 +232,7 @@ impl Server {
             tls,
             http_mode: settings.http.mode,
             redirect_port: settings.http.redirect_port.unwrap_or(main_port),
+            challenges: challenges.clone(),
         });
         let connection_limit = Arc::new(Semaphore::new(settings.limits.max_connections));
 
@@ -224,6 +254,25 @@ impl Server {
                 shutdown.clone(),
                 tasks.clone(),
             )));
+        }
+        if let (Some(store), Some(_)) = (&challenges, &shared.tls) {
+            let reload_shared = shared.clone();
+            let reload_settings = settings.clone();
+            let on_change: crate::acme::manager::OnChange = Arc::new(move || {
+                // New certificates go into a new table; handshakes under way keep the old one.
+                let Some(tls) = &reload_shared.tls else {
+                    return;
+                };
+                match tls::load_certificates(&reload_settings.tls, &reload_settings.data_dir) {
+                    Ok(loaded) => tls.resolver.replace(loaded.table),
+                    Err(error) => {
+                        tracing::error!(%error, "reloading certificates after ACME issuance failed; keeping the current ones")
+                    }
+                }
+            });
+            if let Some(manager) = AcmeManager::new(&settings, store.clone(), on_change) {
+                tasks.spawn(Arc::new(manager).run(shutdown.clone()));
+            }
         }
         if local.is_some() {
             tasks.spawn(renew_local_certificate(
@@ -323,8 +372,21 @@ async fn serve_main(
         serve_http(stream, &shared.limits, shutdown, slot, info, true, handler).await;
         return;
     };
-    let acceptor = TlsAcceptor::from(tls.config.load_full());
-    let handshake = tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(stream));
+    // The ClientHello is read first, so a TLS-ALPN-01 validator gets its challenge
+    // certificate and everyone else the normal configuration.
+    let handshake = async {
+        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+        let wants_acme = start
+            .client_hello()
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+        let config = match (&tls.acme_config, wants_acme) {
+            (Some(acme), true) => acme.clone(),
+            _ => tls.config.load_full(),
+        };
+        start.into_stream(config).await
+    };
+    let handshake = tokio::time::timeout(shared.limits.handshake_timeout, handshake);
     let stream = match handshake.await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => {
@@ -360,6 +422,7 @@ async fn serve_redirect(
 ) {
     let mode = shared.http_mode;
     let port = shared.redirect_port;
+    let challenges = shared.challenges.clone();
     let slot = ConnectionSlot(Arc::new(permit));
     let info = ConnectionInfo {
         peer,
@@ -374,7 +437,10 @@ async fn serve_redirect(
         info,
         true,
         move |request| {
-            let response: Response = redirect::respond(mode, &request, port);
+            let response: Response = match challenge_answer(challenges.as_deref(), &request) {
+                Some(answer) => answer,
+                None => redirect::respond(mode, &request, port),
+            };
             std::future::ready(Ok::<_, std::convert::Infallible>(response))
         },
     )
@@ -525,4 +591,22 @@ fn raise_fd_limit(max_connections: usize) -> Option<String> {
             "open-file limit is {target} (hard limit); max_connections {max_connections} needs about {wanted}: raise LimitNOFILE= or lower limits.max_connections"
         )
     })
+}
+
+/// The answer to an HTTP-01 validation request, when its token is pending.
+fn challenge_answer<B>(
+    store: Option<&ChallengeStore>,
+    request: &hyper::Request<B>,
+) -> Option<Response> {
+    let token = request
+        .uri()
+        .path()
+        .strip_prefix(redirect::ACME_CHALLENGE_PREFIX)?;
+    let answer = store?.http_answer(token)?;
+    let mut response = hyper::Response::new(crate::http::full(answer));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/octet-stream"),
+    );
+    Some(response)
 }

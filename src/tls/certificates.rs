@@ -34,6 +34,8 @@ pub struct LoadedCertificates {
     pub warnings: Vec<String>,
     /// Set when no certificate is configured and the local CA provides one.
     pub local: Option<LocalCertificate>,
+    /// ACME certificates not obtained yet (their names), served once issued.
+    pub pending: Vec<Vec<String>>,
 }
 
 /// Loads every configured certificate; with none configured, makes sure the local CA and its
@@ -64,6 +66,21 @@ pub fn load_certificates(
         tls.certificates.clone()
     };
 
+    let mut pending = Vec::new();
+    let entries: Vec<CertificateSettings> = entries
+        .into_iter()
+        .filter(|entry| match &entry.source {
+            CertSource::Acme {
+                acme,
+                fullchain,
+                privkey,
+            } if !(fullchain.exists() && privkey.exists()) => {
+                pending.push(acme.names.clone());
+                false
+            }
+            _ => true,
+        })
+        .collect();
     let mut loaded = Vec::with_capacity(entries.len());
     for entry in &entries {
         let (key, info) = load_one(entry, &provider)?;
@@ -104,6 +121,7 @@ pub fn load_certificates(
         summaries,
         warnings,
         local,
+        pending,
     })
 }
 

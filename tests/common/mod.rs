@@ -34,10 +34,20 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server from `yaml` (paths relative to `dir`), on ephemeral loopback ports.
     pub async fn start(yaml: &str, dir: &Path) -> Result<Self, String> {
+        Self::start_at(yaml, dir, 0, 0).await
+    }
+
+    /// As [`Self::start`], on given ports (0: any free one).
+    pub async fn start_at(
+        yaml: &str,
+        dir: &Path,
+        port: u16,
+        http_port: u16,
+    ) -> Result<Self, String> {
         let overrides = Overrides {
             data_dir: Some(dir.join("data")),
-            listen: Some("127.0.0.1:0".into()),
-            http_listen: Some("127.0.0.1:0".into()),
+            listen: Some(format!("127.0.0.1:{port}")),
+            http_listen: Some(format!("127.0.0.1:{http_port}")),
             ..Default::default()
         };
         let settings =
@@ -296,3 +306,13 @@ where
         version,
     }
 }
+
+/// A port that was free a moment ago (for peers that need fixed ports, like Pebble).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub mod pebble;

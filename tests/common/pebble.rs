@@ -1,0 +1,112 @@
+//! A real Pebble ACME server (Debian's `pebble`), started on free loopback ports with a
+//! throw-away HTTPS certificate made by our own CA code.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::CertificateDer;
+use tlsgate::certs::generate::{CertificateAuthority, KeyAlgorithm, Usage};
+
+pub struct Pebble {
+    child: Child,
+    pub directory: String,
+    /// The CA that signs Pebble's own HTTPS certificate (for `acme.ca_root`).
+    pub https_root: PathBuf,
+    pub management: u16,
+}
+
+impl Pebble {
+    /// Starts Pebble validating HTTP-01 on `http_port` and TLS-ALPN-01 on `tls_port`.
+    pub fn start(dir: &Path, http_port: u16, tls_port: u16, extra_env: &[(&str, &str)]) -> Pebble {
+        assert!(
+            Command::new("pebble").arg("-version").output().is_ok()
+                || Path::new("/usr/bin/pebble").exists(),
+            "pebble is installed (scripts/test.sh installs the Debian package)"
+        );
+        let day = Duration::from_secs(86_400);
+        let ca = CertificateAuthority::new("pebble test https CA", day, KeyAlgorithm::EcdsaP256)
+            .unwrap();
+        let names: Vec<String> = ["localhost", "127.0.0.1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let leaf = ca
+            .issue(&names, day, KeyAlgorithm::EcdsaP256, Usage::Server)
+            .unwrap();
+        let https_root = dir.join("pebble-https-ca.pem");
+        std::fs::write(&https_root, &ca.cert_pem).unwrap();
+        std::fs::write(dir.join("pebble-cert.pem"), &leaf.cert_pem).unwrap();
+        std::fs::write(dir.join("pebble-key.pem"), &leaf.key_pem).unwrap();
+        let (listen, management) = (super::free_port(), super::free_port());
+        let config = serde_json::json!({
+            "pebble": {
+                "listenAddress": format!("127.0.0.1:{listen}"),
+                "managementListenAddress": format!("127.0.0.1:{management}"),
+                "certificate": dir.join("pebble-cert.pem"),
+                "privateKey": dir.join("pebble-key.pem"),
+                "httpPort": http_port,
+                "tlsPort": tls_port,
+                "ocspResponderURL": "",
+                "externalAccountBindingRequired": false
+            }
+        });
+        std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
+        let mut command = Command::new("pebble");
+        command
+            .args([
+                "-config",
+                dir.join("pebble.json").to_str().unwrap(),
+                "-strict=false",
+            ])
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .stdout(Stdio::from(
+                std::fs::File::create(dir.join("pebble.log")).unwrap(),
+            ))
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.join("pebble.err")).unwrap(),
+            ));
+        for (key, value) in extra_env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("start pebble");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", listen)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "pebble did not start: {}",
+                std::fs::read_to_string(dir.join("pebble.err")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Pebble {
+            child,
+            directory: format!("https://127.0.0.1:{listen}/dir"),
+            https_root,
+            management,
+        }
+    }
+
+    /// The root the issued chains lead to (random per Pebble start).
+    pub fn issuing_root(&self) -> CertificateDer<'static> {
+        let output = Command::new("curl")
+            .args(["-sS", "--cacert", self.https_root.to_str().unwrap()])
+            .arg(format!("https://127.0.0.1:{}/roots/0", self.management))
+            .output()
+            .expect("curl");
+        tlsgate::certs::pem::certificates_from_bytes(&output.stdout, Path::new("pebble root"))
+            .expect("pebble root")
+            .remove(0)
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
