@@ -93,3 +93,103 @@ async fn http_01_issuance_end_to_end() {
 async fn tls_alpn_01_issuance_end_to_end() {
     issued_through("tls-alpn-01").await;
 }
+
+/// Puts a locally made certificate for `localhost` with 10 of its 90 days left into
+/// `live/localhost/`, as if an earlier order had produced it: inside the renewal window.
+fn plant_old_certificate(
+    dir: &std::path::Path,
+) -> (rustls::pki_types::CertificateDer<'static>, String) {
+    let ca = tlsgate::certs::CertificateAuthority::new(
+        "old issuer",
+        400 * DAY,
+        tlsgate::certs::KeyAlgorithm::EcdsaP256,
+    )
+    .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let old = ca
+        .issue_between(
+            &["localhost".into()],
+            now - time::Duration::days(80),
+            now + time::Duration::days(10),
+            tlsgate::certs::KeyAlgorithm::EcdsaP256,
+            tlsgate::certs::generate::Usage::Server,
+        )
+        .unwrap();
+    let serial = tlsgate::certs::CertInfo::parse(&old.der).unwrap().serial;
+    let live = dir.join("data/live/localhost");
+    std::fs::create_dir_all(&live).unwrap();
+    std::fs::write(live.join("cert.pem"), &old.cert_pem).unwrap();
+    std::fs::write(live.join("chain.pem"), &ca.cert_pem).unwrap();
+    std::fs::write(
+        live.join("fullchain.pem"),
+        format!("{}{}", old.cert_pem, ca.cert_pem),
+    )
+    .unwrap();
+    std::fs::write(live.join("privkey.pem"), &old.key_pem).unwrap();
+    (ca.cert_der, serial)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_in_window_swaps_without_dropping_an_open_websocket() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let (https_port, http_port) = (free_port(), free_port());
+    let (old_root, old_serial) = plant_old_certificate(dir.path());
+    // Pebble is down at first: the renewal fails, the old certificate keeps serving.
+    let mut pebble = Pebble::start(dir.path(), http_port, https_port, &[]);
+    let yaml = acme_yaml(&pebble, "http-01", "localhost");
+    pebble.stop();
+    let server = TestServer::start_at(&yaml, dir.path(), https_port, http_port)
+        .await
+        .unwrap();
+    let both = |pebble: &Pebble| default_client(&[old_root.clone(), pebble.issuing_root()]);
+    let old_only = default_client(std::slice::from_ref(&old_root));
+
+    let stream = tls_connect(server.main, "localhost", old_only.clone())
+        .await
+        .unwrap();
+    assert_eq!(served_leaf(&stream).serial, old_serial);
+    let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/ws", stream)
+        .await
+        .unwrap();
+    ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("before"));
+
+    // A few failed attempts with the CA down: still the old certificate.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let stream = tls_connect(server.main, "localhost", old_only.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        served_leaf(&stream).serial,
+        old_serial,
+        "the current certificate stays in service"
+    );
+
+    // The CA comes back (same ports, fresh state): the next attempt renews and swaps.
+    pebble.restart();
+    let client = both(&pebble);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let renewed = loop {
+        let stream = tls_connect(server.main, "localhost", client.clone())
+            .await
+            .unwrap();
+        let leaf = served_leaf(&stream);
+        if leaf.serial != old_serial {
+            break leaf;
+        }
+        assert!(Instant::now() < deadline, "never renewed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(renewed.issuer.contains("Pebble"), "{}", renewed.issuer);
+    // The WebSocket opened before the swap is untouched.
+    ws.send(Message::text("after")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("after"));
+    let archived = dir.path().join("data/archive/localhost").join(&old_serial);
+    assert!(
+        archived.join("cert.pem").exists(),
+        "the old certificate is archived"
+    );
+    server.stop().await;
+}

@@ -215,10 +215,20 @@ pub async fn order(
     {
         new_order = new_order.replaces(id);
     }
-    let mut order = account
-        .new_order(&new_order)
-        .await
-        .map_err(protocol(settings))?;
+    let mut order = match account.new_order(&new_order).await {
+        Ok(order) => order,
+        // The CA lost the account (a reset test CA, a deactivated account): register again.
+        Err(error) if error.to_string().contains("accountDoesNotExist") => {
+            tracing::warn!(directory = %settings.directory, "the CA does not know our account any more; registering a new one");
+            let _ = std::fs::remove_file(account_path(data_dir, &settings.directory));
+            let fresh = self::account(settings, data_dir).await?;
+            fresh
+                .new_order(&new_order)
+                .await
+                .map_err(protocol(settings))?
+        }
+        Err(error) => return Err(protocol(settings)(error)),
+    };
     let mut provisioned = Provisioned::default();
     let result = answer_challenges(settings, &mut order, challenges, &mut provisioned).await;
     let outcome = match result {
