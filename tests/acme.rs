@@ -193,3 +193,121 @@ async fn renewal_in_window_swaps_without_dropping_an_open_websocket() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_01_with_a_hook_issues_a_wildcard() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dns_port, management) = (free_port(), free_port());
+    let mut challtestsrv = std::process::Command::new("pebble-challtestsrv")
+        .args([
+            "-defaultIPv6",
+            "",
+            "-dns01",
+            &format!("127.0.0.1:{dns_port}"),
+            "-http01",
+            "",
+            "-https01",
+            "",
+            "-tlsalpn01",
+            "",
+            "-management",
+            &format!("127.0.0.1:{management}"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("pebble-challtestsrv (Debian package pebble)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", management)).is_err() {
+        assert!(Instant::now() < deadline, "challtestsrv did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Any DNS provider works through a hook; this one is challtestsrv's management API.
+    let hook = dir.path().join("dns-hook.sh");
+    let calls = dir.path().join("hook-calls.log");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"$1 $2\" >> {calls}\ncase \"$1\" in\n  present) curl -sf -d \"{{\\\"host\\\":\\\"$2.\\\",\\\"value\\\":\\\"$3\\\"}}\" http://127.0.0.1:{management}/set-txt ;;\n  cleanup) curl -sf -d \"{{\\\"host\\\":\\\"$2.\\\"}}\" http://127.0.0.1:{management}/clear-txt ;;\nesac\n",
+            calls = calls.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let (https_port, http_port) = (free_port(), free_port());
+    let pebble = Pebble::start_with(dir.path(), http_port, https_port, &[], Some(dns_port));
+    let yaml = format!(
+        "acme:\n  directory: {}\n  ca_root: {}\n  agree_tos: true\n  challenge: dns-01\n  dns_hook: {}\n  check_interval: 1s\ntls:\n  certificates:\n    - acme:\n        names: ['*.example.test', example.test]\n",
+        pebble.directory,
+        pebble.https_root.display(),
+        hook.display()
+    );
+    let server = TestServer::start_at(&yaml, dir.path(), https_port, http_port)
+        .await
+        .unwrap();
+    wait_for(
+        &dir.path()
+            .join("data/live/_wildcard.example.test/fullchain.pem"),
+        "the wildcard certificate",
+        dir.path(),
+    )
+    .await;
+    let client = default_client(&[pebble.issuing_root()]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let leaf = loop {
+        match tls_connect(server.main, "www.example.test", client.clone()).await {
+            Ok(stream) => break served_leaf(&stream),
+            Err(error) => {
+                assert!(Instant::now() < deadline, "wildcard never served: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let mut names = leaf.dns_names.clone();
+    names.sort();
+    assert_eq!(names, vec!["*.example.test", "example.test"]);
+    let log = std::fs::read_to_string(&calls).unwrap();
+    assert!(
+        log.contains("present _acme-challenge.example.test"),
+        "{log}"
+    );
+    assert!(
+        log.contains("cleanup _acme-challenge.example.test"),
+        "records are removed afterwards: {log}"
+    );
+    let _ = challtestsrv.kill();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_nonces_are_retried() {
+    // Pebble rejects half of all nonces as badNonce; issuance still completes.
+    let dir = tempfile::tempdir().unwrap();
+    let (https_port, http_port) = (free_port(), free_port());
+    let pebble = Pebble::start(
+        dir.path(),
+        http_port,
+        https_port,
+        &[("PEBBLE_WFE_NONCEREJECT", "50")],
+    );
+    let server = TestServer::start_at(
+        &acme_yaml(&pebble, "http-01", "localhost"),
+        dir.path(),
+        https_port,
+        http_port,
+    )
+    .await
+    .unwrap();
+    wait_for(
+        &dir.path().join("data/live/localhost/fullchain.pem"),
+        "the certificate",
+        dir.path(),
+    )
+    .await;
+    // An order takes about ten signed requests; with half the nonces rejected, completing it
+    // without retrying badNonce would happen about once in a thousand runs.
+    let posts = pebble.log().matches("POST ").count();
+    assert!(posts >= 8, "{posts} signed requests");
+    server.stop().await;
+}
