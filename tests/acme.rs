@@ -277,6 +277,7 @@ async fn dns_01_with_a_hook_issues_a_wildcard() {
         "records are removed afterwards: {log}"
     );
     let _ = challtestsrv.kill();
+    let _ = challtestsrv.wait();
     server.stop().await;
 }
 
@@ -310,4 +311,130 @@ async fn bad_nonces_are_retried() {
     let posts = pebble.log().matches("POST ").count();
     assert!(posts >= 8, "{posts} signed requests");
     server.stop().await;
+}
+
+fn tlsgate(dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tlsgate"))
+        .current_dir(dir)
+        .args(args)
+        .env_remove("SSL_CERT_FILE")
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_issue_list_renew_and_the_lock_prevents_a_double_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (https_port, http_port) = (free_port(), free_port());
+    let pebble = Pebble::start(dir.path(), http_port, https_port, &[]);
+    let yaml = acme_yaml(&pebble, "http-01", "localhost");
+    let config = dir.path().join("tlsgate.yaml");
+    std::fs::write(&config, format!("data_dir: data\nlisten: 127.0.0.1:{https_port}\nhttp:\n  listen: 127.0.0.1:{http_port}\n{yaml}")).unwrap();
+    let path = dir.path().to_path_buf();
+    let run = move |args: Vec<&'static str>| {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut full = args.clone();
+            full.extend(["-c", "tlsgate.yaml"]);
+            tlsgate(&path, &full)
+        })
+    };
+
+    let (code, out, err) = run(vec!["acme", "list"]).await.unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("(not issued yet)") && out.contains("next renewal  now"),
+        "{out}"
+    );
+
+    // No server running: `acme issue` answers HTTP-01 on the configured address itself.
+    let (code, out, err) = run(vec!["acme", "issue", "localhost"]).await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Issued localhost in"), "{out}");
+    let (code, out, _) = run(vec!["acme", "list", "--json"]).await.unwrap();
+    assert_eq!(code, 0);
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        listed[0]["issuer"].as_str().unwrap().contains("Pebble"),
+        "{out}"
+    );
+    assert!(
+        listed[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("a third of the lifetime"),
+        "{out}"
+    );
+    let (code, out, _) = run(vec!["acme", "renew"]).await.unwrap();
+    assert_eq!(code, 0);
+    assert!(out.contains("not due"), "{out}");
+
+    // Another process holds the order lock: no double order.
+    let lock_path = dir.path().join("data/acme/localhost.lock");
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&lock_path)
+        .unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+    let (code, _, err) = run(vec!["acme", "renew", "--force"]).await.unwrap();
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("another tlsgate process is ordering localhost"),
+        "{err}"
+    );
+    drop(lock);
+
+    // A server runs: `acme renew --force` orders while the server answers HTTP-01, then tells
+    // it to load the new certificate (SIGHUP via the pid file).
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_tlsgate"))
+        .current_dir(dir.path())
+        .args(["serve", "-c", "tlsgate.yaml"])
+        .env_remove("SSL_CERT_FILE")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !dir.path().join("data/tlsgate.pid").exists() {
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client = default_client(&[pebble.issuing_root()]);
+    let main: std::net::SocketAddr = format!("127.0.0.1:{https_port}").parse().unwrap();
+    let before = served_leaf(
+        &tls_connect(main, "localhost", client.clone())
+            .await
+            .unwrap(),
+    )
+    .serial;
+    let (code, out, err) = run(vec!["acme", "renew", "--force"]).await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("in use: the running server answers"), "{err}");
+    assert!(out.contains("told the running server"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = served_leaf(
+            &tls_connect(main, "localhost", client.clone())
+                .await
+                .unwrap(),
+        )
+        .serial;
+        if now != before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the running server kept the old certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status();
+    let _ = server.wait();
 }

@@ -13,15 +13,55 @@ use rustls::sign::CertifiedKey;
 pub struct ChallengeStore {
     http: ArcSwap<HashMap<String, String>>,
     alpn: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
+    /// `DATA_DIR/acme/http-01/`: HTTP-01 answers shared between processes, so
+    /// `tlsgate acme issue` can order while a running server answers the validation.
+    shared_dir: Option<std::path::PathBuf>,
+}
+
+/// ACME tokens are base64url; anything else never becomes a path.
+fn safe_token(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= 128
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl ChallengeStore {
-    /// The key authorization for an HTTP-01 token, if one is pending.
+    /// A store whose HTTP-01 answers are also kept in `DATA_DIR/acme/http-01/`.
+    pub fn shared(data_dir: &std::path::Path) -> Self {
+        Self {
+            shared_dir: Some(data_dir.join("acme").join("http-01")),
+            ..Self::default()
+        }
+    }
+
+    /// The key authorization for an HTTP-01 token, if one is pending (here or in another
+    /// tlsgate process sharing the data folder).
     pub fn http_answer(&self, token: &str) -> Option<String> {
-        self.http.load().get(token).cloned()
+        if let Some(answer) = self.http.load().get(token) {
+            return Some(answer.clone());
+        }
+        let dir = self.shared_dir.as_ref()?;
+        if !safe_token(token) {
+            return None;
+        }
+        std::fs::read_to_string(dir.join(token)).ok()
     }
 
     pub fn add_http(&self, token: &str, key_authorization: &str) {
+        if let (Some(dir), true) = (&self.shared_dir, safe_token(token)) {
+            let written = crate::certs::store::ensure_private_dir(dir).and_then(|()| {
+                crate::certs::store::write_atomic(
+                    &dir.join(token),
+                    key_authorization.as_bytes(),
+                    crate::certs::store::PUBLIC_MODE,
+                )
+            });
+            if let Err(error) = written {
+                tracing::warn!(%error, "cannot share the HTTP-01 answer with other processes");
+            }
+        }
         self.http.rcu(|map| {
             let mut map = HashMap::clone(map);
             map.insert(token.to_owned(), key_authorization.to_owned());
@@ -30,6 +70,9 @@ impl ChallengeStore {
     }
 
     pub fn remove_http(&self, token: &str) {
+        if let (Some(dir), true) = (&self.shared_dir, safe_token(token)) {
+            let _ = std::fs::remove_file(dir.join(token));
+        }
         self.http.rcu(|map| {
             let mut map = HashMap::clone(map);
             map.remove(token);
@@ -67,3 +110,23 @@ impl ResolvesServerCert for AlpnChallengeResolver {
 
 /// The protocol a TLS-ALPN-01 validator offers (RFC 8737).
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_shared_through_the_data_folder_and_tokens_never_escape_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = ChallengeStore::shared(dir.path());
+        let reader = ChallengeStore::shared(dir.path());
+        writer.add_http("tok-EN_1", "tok-EN_1.thumb");
+        assert_eq!(
+            reader.http_answer("tok-EN_1").as_deref(),
+            Some("tok-EN_1.thumb")
+        );
+        assert_eq!(reader.http_answer("../../etc/passwd"), None);
+        writer.remove_http("tok-EN_1");
+        assert_eq!(reader.http_answer("tok-EN_1"), None);
+    }
+}

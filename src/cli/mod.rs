@@ -1,6 +1,7 @@
 //! The command tree and what each command prints. This is the binary's edge: errors become
 //! messages and exit codes here, and nowhere else.
 
+mod acme;
 mod banner;
 mod cert;
 
@@ -40,6 +41,9 @@ enum Command {
     /// Generate, inspect, verify and watch certificates (no openssl needed).
     #[command(subcommand)]
     Cert(cert::CertCommand),
+    /// Obtain, renew and list ACME certificates (the server does this by itself too).
+    #[command(subcommand)]
+    Acme(acme::AcmeCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,7 +55,7 @@ enum ConfigCommand {
 }
 
 #[derive(Debug, Args)]
-struct CommonArgs {
+pub(crate) struct CommonArgs {
     /// YAML configuration file.
     #[arg(
         short = 'c',
@@ -109,6 +113,7 @@ pub fn run() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Config(ConfigCommand::Check(args)) => config_check(args),
         Command::Cert(command) => cert::run(command),
+        Command::Acme(command) => acme::run(command),
     }
 }
 
@@ -160,25 +165,39 @@ fn serve(args: ServeArgs) -> ExitCode {
             tracing::warn!("TLS is off: serving plain HTTP and WS, unencrypted");
         }
         print!("{}", banner::render(&server));
-        tokio::spawn(wait_for_signal(shutdown));
+        let pid_file = server.settings().data_dir.join(PID_FILE);
+        let wrote_pid = std::fs::create_dir_all(&server.settings().data_dir)
+            .and_then(|()| std::fs::write(&pid_file, format!("{}\n", std::process::id())))
+            .is_ok();
+        tokio::spawn(wait_for_signal(shutdown, server.certificate_reload()));
         server.run().await;
+        if wrote_pid {
+            let _ = std::fs::remove_file(&pid_file);
+        }
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
 }
 
-async fn wait_for_signal(shutdown: CancellationToken) {
+/// The running server's pid, in the data folder, so `tlsgate acme` can tell it to reload.
+pub const PID_FILE: &str = "tlsgate.pid";
+
+async fn wait_for_signal(shutdown: CancellationToken, reload: std::sync::Arc<tokio::sync::Notify>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return;
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight requests"),
-        _ = int.recv() => tracing::info!("SIGINT: finishing in-flight requests"),
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: finishing in-flight requests"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: finishing in-flight requests"); break; }
+            _ = hup.recv() => { tracing::info!("SIGHUP: re-reading certificates"); reload.notify_one(); }
+        }
     }
     shutdown.cancel();
 }

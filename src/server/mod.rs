@@ -79,6 +79,7 @@ pub struct Server {
     warnings: Vec<String>,
     local: Option<LocalCertificate>,
     challenges: Option<Arc<ChallengeStore>>,
+    reload: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -101,7 +102,7 @@ impl Server {
             .collect();
         let mut local = None;
         let challenges = (settings.tls.enabled && settings.acme.is_some())
-            .then(|| Arc::new(ChallengeStore::default()));
+            .then(|| Arc::new(ChallengeStore::shared(&settings.data_dir)));
         let tls = if settings.tls.enabled {
             let loaded = tls::load_certificates(&settings.tls, &settings.data_dir)?;
             let resolver = Arc::new(SniResolver::new(loaded.table));
@@ -153,6 +154,7 @@ impl Server {
             warnings,
             local,
             challenges,
+            reload: Arc::new(tokio::sync::Notify::new()),
             shutdown,
             tasks: TaskTracker::new(),
         })
@@ -160,6 +162,12 @@ impl Server {
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// Notify this to re-read every certificate from disk (SIGHUP; `tlsgate acme` after
+    /// issuing): new handshakes get the new ones, open connections keep theirs.
+    pub fn certificate_reload(&self) -> Arc<tokio::sync::Notify> {
+        self.reload.clone()
     }
 
     /// The main listener's bound address (the real port when configured with port 0).
@@ -199,6 +207,7 @@ impl Server {
             tls,
             local,
             challenges,
+            reload,
             shutdown,
             tasks,
             ..
@@ -273,6 +282,27 @@ impl Server {
             if let Some(manager) = AcmeManager::new(&settings, store.clone(), on_change) {
                 tasks.spawn(Arc::new(manager).run(shutdown.clone()));
             }
+        }
+        if shared.tls.is_some() {
+            let (shared, settings, shutdown) = (shared.clone(), settings.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = reload.notified() => {}
+                        () = shutdown.cancelled() => return,
+                    }
+                    let Some(tls) = &shared.tls else { return };
+                    match tls::load_certificates(&settings.tls, &settings.data_dir) {
+                        Ok(loaded) => {
+                            tls.resolver.replace(loaded.table);
+                            for summary in &loaded.summaries {
+                                tracing::info!(audit = "certificate loaded", path = %summary.cert_path.display(), serial = %summary.info.serial, fingerprint = %summary.info.sha256_fingerprint, "certificates reloaded");
+                            }
+                        }
+                        Err(error) => tracing::error!(%error, "certificate reload refused; the current certificates stay in service"),
+                    }
+                }
+            });
         }
         if local.is_some() {
             tasks.spawn(renew_local_certificate(
