@@ -438,3 +438,181 @@ async fn commands_issue_list_renew_and_the_lock_prevents_a_double_order() {
         .status();
     let _ = server.wait();
 }
+
+/// A directory in front of Pebble that adds ACME Renewal Information (Pebble 2.4 has none):
+/// `/dir` is Pebble's directory plus `renewalInfo`, and `/renewal-info/…` serves `window`.
+async fn ari_directory(pebble: &Pebble, window: (i64, i64)) -> String {
+    use http_body_util::Full;
+    let directory = {
+        let url = pebble.directory.clone();
+        let root = pebble.https_root.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new("curl")
+                .args(["-sS", "--cacert", root.to_str().unwrap(), &url])
+                .output()
+                .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    let names: Vec<String> = vec!["127.0.0.1".into()];
+    let leaf = pebble
+        .https_ca
+        .issue(
+            &names,
+            DAY,
+            tlsgate::certs::KeyAlgorithm::EcdsaP256,
+            tlsgate::certs::generate::Usage::Server,
+        )
+        .unwrap();
+    let key = tlsgate::certs::pem::private_key_from_bytes(
+        leaf.key_pem.as_bytes(),
+        std::path::Path::new("k"),
+    )
+    .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der.clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut directory = directory;
+    directory["renewalInfo"] =
+        serde_json::Value::String(format!("https://127.0.0.1:{port}/renewal-info"));
+    let format = |t: i64| {
+        time::OffsetDateTime::from_unix_timestamp(t)
+            .unwrap()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let info = serde_json::json!({"suggestedWindow": {"start": format(window.0), "end": format(window.1)}});
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, directory, info) =
+                (acceptor.clone(), directory.to_string(), info.to_string());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let body = if req.uri().path() == "/dir" {
+                            directory.clone()
+                        } else {
+                            info.clone()
+                        };
+                        let mut response =
+                            hyper::Response::new(Full::new(bytes::Bytes::from(body)));
+                        response
+                            .headers_mut()
+                            .insert("content-type", "application/json".parse().unwrap());
+                        response
+                            .headers_mut()
+                            .insert("retry-after", "3600".parse().unwrap());
+                        std::future::ready(Ok::<_, std::convert::Infallible>(response))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    format!("https://127.0.0.1:{port}/dir")
+}
+
+/// Plants a certificate with `left` of its 90 days left.
+fn plant(dir: &std::path::Path, left: i64) -> String {
+    let ca = tlsgate::certs::CertificateAuthority::new(
+        "old issuer",
+        400 * DAY,
+        tlsgate::certs::KeyAlgorithm::EcdsaP256,
+    )
+    .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let cert = ca
+        .issue_between(
+            &["localhost".into()],
+            now - time::Duration::days(90 - left),
+            now + time::Duration::days(left),
+            tlsgate::certs::KeyAlgorithm::EcdsaP256,
+            tlsgate::certs::generate::Usage::Server,
+        )
+        .unwrap();
+    let live = dir.join("data/live/localhost");
+    std::fs::create_dir_all(&live).unwrap();
+    std::fs::write(live.join("cert.pem"), &cert.cert_pem).unwrap();
+    std::fs::write(live.join("chain.pem"), &ca.cert_pem).unwrap();
+    std::fs::write(
+        live.join("fullchain.pem"),
+        format!("{}{}", cert.cert_pem, ca.cert_pem),
+    )
+    .unwrap();
+    std::fs::write(live.join("privkey.pem"), &cert.key_pem).unwrap();
+    tlsgate::certs::CertInfo::parse(&cert.der).unwrap().serial
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ari_window_decides_over_the_lifetime_rule() {
+    let now = tlsgate::certs::inspect::unix_now();
+    for (left, window, expect_renewal) in [
+        // 60 of 90 days left (not due by the 1/3 rule), but the CA says: renew now.
+        (60, (now - 3600, now - 60), true),
+        // 10 of 90 days left (due by the 1/3 rule), but the CA says: not before next week.
+        (10, (now + 7 * 86_400, now + 8 * 86_400), false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (https_port, http_port) = (free_port(), free_port());
+        let pebble = Pebble::start(dir.path(), http_port, https_port, &[]);
+        let directory = ari_directory(&pebble, window).await;
+        let serial = plant(dir.path(), left);
+        let yaml =
+            acme_yaml(&pebble, "http-01", "localhost").replace(&pebble.directory, &directory);
+        std::fs::write(
+            dir.path().join("tlsgate.yaml"),
+            format!("data_dir: data\nlisten: 127.0.0.1:{https_port}\nhttp:\n  listen: 127.0.0.1:{http_port}\n{yaml}"),
+        )
+        .unwrap();
+        let path = dir.path().to_path_buf();
+        let (_, listed, _) = tokio::task::spawn_blocking(move || {
+            tlsgate(&path, &["acme", "list", "-c", "tlsgate.yaml"])
+        })
+        .await
+        .unwrap();
+        assert!(
+            listed.contains("ACME renewal information: window"),
+            "{listed}"
+        );
+        // The same schedule the server's renewal loop follows, run once: `acme renew`.
+        let path = dir.path().to_path_buf();
+        let (code, out, err) = tokio::task::spawn_blocking(move || {
+            tlsgate(&path, &["acme", "renew", "-c", "tlsgate.yaml"])
+        })
+        .await
+        .unwrap();
+        assert_eq!(code, 0, "{out}{err}");
+        let current = tlsgate::certs::CertInfo::parse(
+            &read_certs(&dir.path().join("data/live/localhost/cert.pem"))[0],
+        )
+        .unwrap();
+        assert_eq!(
+            current.serial != serial,
+            expect_renewal,
+            "left {left} days, window {window:?}: {out}{err}"
+        );
+        if expect_renewal {
+            assert!(current.issuer.contains("Pebble"), "{}", current.issuer);
+        } else {
+            assert!(
+                out.contains("not due") && out.contains("ACME renewal information"),
+                "{out}"
+            );
+        }
+    }
+}

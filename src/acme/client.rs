@@ -227,6 +227,15 @@ pub async fn order(
                 .await
                 .map_err(protocol(settings))?
         }
+        // A CA that serves renewal information but does not echo `replaces` on the order
+        // (Pebble with an ARI front, some private CAs): order again without it.
+        Err(error) if error.to_string().contains("replaces field mismatch") => {
+            tracing::warn!(directory = %settings.directory, "the CA ignored `replaces`; ordering without it");
+            account
+                .new_order(&NewOrder::new(&identifiers))
+                .await
+                .map_err(protocol(settings))?
+        }
         Err(error) => return Err(protocol(settings)(error)),
     };
     let mut provisioned = Provisioned::default();
