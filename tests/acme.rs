@@ -616,3 +616,43 @@ async fn ari_window_decides_over_the_lifetime_rule() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_account_binding() {
+    let key = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    for (kid, secret, works) in [
+        ("kid-1", key, true),
+        (
+            "kid-1",
+            "bm90LXRoZS1yaWdodC1rZXktYXQtYWxsLW5vcGUtbm9wZQ",
+            false,
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (https_port, http_port) = (free_port(), free_port());
+        let pebble = Pebble::start_full(
+            dir.path(),
+            http_port,
+            https_port,
+            &[],
+            None,
+            Some(("kid-1", key)),
+        );
+        let yaml = acme_yaml(&pebble, "http-01", "localhost").replace(
+            "  agree_tos: true\n",
+            &format!("  agree_tos: true\n  eab_kid: {kid}\n  eab_hmac_key: {secret}\n"),
+        );
+        std::fs::write(dir.path().join("tlsgate.yaml"), format!("data_dir: data\nlisten: 127.0.0.1:{https_port}\nhttp:\n  listen: 127.0.0.1:{http_port}\n{yaml}")).unwrap();
+        let path = dir.path().to_path_buf();
+        let (code, out, err) = tokio::task::spawn_blocking(move || {
+            tlsgate(&path, &["acme", "issue", "localhost", "-c", "tlsgate.yaml"])
+        })
+        .await
+        .unwrap();
+        assert_eq!(code == 0, works, "{secret}: {out}{err}");
+        if !works {
+            assert!(err.contains("error:"), "{err}");
+            assert!(!err.contains(secret), "the HMAC key is not printed: {err}");
+        }
+    }
+}

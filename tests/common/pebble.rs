@@ -36,6 +36,18 @@ impl Pebble {
         extra_env: &[(&str, &str)],
         dns: Option<u16>,
     ) -> Pebble {
+        Self::start_full(dir, http_port, tls_port, extra_env, dns, None)
+    }
+
+    /// As [`Self::start_with`], requiring external account binding with `eab` (kid, key).
+    pub fn start_full(
+        dir: &Path,
+        http_port: u16,
+        tls_port: u16,
+        extra_env: &[(&str, &str)],
+        dns: Option<u16>,
+        eab: Option<(&str, &str)>,
+    ) -> Pebble {
         let day = Duration::from_secs(86_400);
         let ca = CertificateAuthority::new("pebble test https CA", day, KeyAlgorithm::EcdsaP256)
             .unwrap();
@@ -51,7 +63,7 @@ impl Pebble {
         std::fs::write(dir.join("pebble-cert.pem"), &leaf.cert_pem).unwrap();
         std::fs::write(dir.join("pebble-key.pem"), &leaf.key_pem).unwrap();
         let (port, management) = (super::free_port(), super::free_port());
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "pebble": {
                 "listenAddress": format!("127.0.0.1:{port}"),
                 "managementListenAddress": format!("127.0.0.1:{management}"),
@@ -63,6 +75,10 @@ impl Pebble {
                 "externalAccountBindingRequired": false
             }
         });
+        if let Some((kid, key)) = eab {
+            config["pebble"]["externalAccountBindingRequired"] = true.into();
+            config["pebble"]["externalAccountMACKeys"] = serde_json::json!({ kid: key });
+        }
         let config_path = dir.join("pebble.json");
         std::fs::write(&config_path, config.to_string()).unwrap();
         let mut env = vec![("PEBBLE_VA_NOSLEEP".to_owned(), "1".to_owned())];
