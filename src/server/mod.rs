@@ -404,8 +404,10 @@ async fn serve_main(
     };
     // The ClientHello is read first, so a TLS-ALPN-01 validator gets its challenge
     // certificate and everyone else the normal configuration.
+    let mut requested_name: Option<String> = None;
     let handshake = async {
         let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+        requested_name = start.client_hello().server_name().map(str::to_owned);
         let wants_acme = start
             .client_hello()
             .alpn()
@@ -420,7 +422,12 @@ async fn serve_main(
     let stream = match handshake.await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => {
-            tracing::debug!(%peer, %error, "TLS handshake failed");
+            if error.to_string().contains("no server certificate") {
+                // Only possible with no default certificate: e.g. ACME certificates still on order.
+                tracing::warn!(%peer, name = ?requested_name, "no certificate for this name yet (ACME order pending?); handshake refused");
+            } else {
+                tracing::debug!(%peer, %error, "TLS handshake failed");
+            }
             return;
         }
         Err(_) => {
