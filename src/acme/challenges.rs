@@ -125,7 +125,10 @@ mod tests {
             reader.http_answer("tok-EN_1").as_deref(),
             Some("tok-EN_1.thumb")
         );
-        assert_eq!(reader.http_answer("../../etc/passwd"), None);
+        // A readable file right outside the answers folder stays out of reach.
+        std::fs::write(dir.path().join("acme").join("secret"), "do not serve").unwrap();
+        assert_eq!(reader.http_answer("../secret"), None);
+        assert_eq!(reader.http_answer("..%2Fsecret"), None);
         writer.remove_http("tok-EN_1");
         assert_eq!(reader.http_answer("tok-EN_1"), None);
     }

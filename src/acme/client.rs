@@ -71,12 +71,28 @@ fn decode_base64url(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The account for this directory: stored credentials, or a new registration (saved 0600).
-pub async fn account(settings: &AcmeSettings, data_dir: &Path) -> Result<Account, AcmeError> {
-    let builder = || match &settings.ca_root {
+fn builder(settings: &AcmeSettings) -> Result<instant_acme::AccountBuilder, AcmeError> {
+    match &settings.ca_root {
         Some(root) => Account::builder_with_root(root).map_err(protocol(settings)),
         None => Account::builder().map_err(protocol(settings)),
-    };
+    }
+}
+
+/// The stored account, if there is one: never registers (for read-only questions such as
+/// renewal information).
+pub async fn existing_account(settings: &AcmeSettings, data_dir: &Path) -> Option<Account> {
+    let text = std::fs::read_to_string(account_path(data_dir, &settings.directory)).ok()?;
+    let credentials: AccountCredentials = serde_json::from_str(&text).ok()?;
+    builder(settings)
+        .ok()?
+        .from_credentials(credentials)
+        .await
+        .ok()
+}
+
+/// The account for this directory: stored credentials, or a new registration (saved 0600).
+pub async fn account(settings: &AcmeSettings, data_dir: &Path) -> Result<Account, AcmeError> {
+    let builder = || builder(settings);
     let path = account_path(data_dir, &settings.directory);
     if let Ok(text) = std::fs::read_to_string(&path) {
         let credentials: AccountCredentials =
@@ -167,10 +183,19 @@ async fn dns_hook(
         name: name.to_owned(),
         reason,
     };
-    let output = tokio::process::Command::new(hook)
+    let run = tokio::process::Command::new(hook)
         .args([action, name, value])
-        .output()
+        .kill_on_drop(true)
+        .output();
+    // A hook that hangs must not hold the order lock (and every other renewal) forever.
+    let output = tokio::time::timeout(DNS_HOOK_TIMEOUT, run)
         .await
+        .map_err(|_| {
+            fail(format!(
+                "did not finish within {}s",
+                DNS_HOOK_TIMEOUT.as_secs()
+            ))
+        })?
         .map_err(|e| fail(e.to_string()))?;
     if !output.status.success() {
         return Err(fail(format!(
@@ -182,12 +207,61 @@ async fn dns_hook(
     Ok(())
 }
 
-/// What to clean up after an order, whatever its outcome.
-#[derive(Default)]
-struct Provisioned {
+const DNS_HOOK_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What to clean up after an order, whatever its outcome — also when the order is dropped
+/// half-way (shutdown, Ctrl-C): challenge answers never outlive their order.
+struct Provisioned<'a> {
+    challenges: &'a ChallengeStore,
+    dns_hook: Option<PathBuf>,
     http: Vec<String>,
     alpn: Vec<String>,
     dns: Vec<(String, String)>,
+}
+
+impl Drop for Provisioned<'_> {
+    fn drop(&mut self) {
+        for token in &self.http {
+            self.challenges.remove_http(token);
+        }
+        for name in &self.alpn {
+            self.challenges.remove_alpn(name);
+        }
+        if let (Some(hook), false) = (self.dns_hook.clone(), self.dns.is_empty()) {
+            let records = std::mem::take(&mut self.dns);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    for (name, value) in records {
+                        if let Err(error) = dns_hook(&hook, "cleanup", &name, &value).await {
+                            tracing::warn!(%error, "DNS cleanup failed");
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// The name a TLS-ALPN-01 validator sends as SNI: the DNS name, or for an IP address its
+/// reverse-DNS name (RFC 8738 §6).
+fn alpn_server_name(identifier: &str) -> String {
+    match identifier.parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0])
+        }
+        Ok(IpAddr::V6(v6)) => {
+            let mut labels: Vec<String> = v6
+                .octets()
+                .iter()
+                .flat_map(|b| [b >> 4, b & 0xf])
+                .map(|n| format!("{n:x}"))
+                .collect();
+            labels.reverse();
+            format!("{}.ip6.arpa", labels.join("."))
+        }
+        Err(_) => identifier.to_owned(),
+    }
 }
 
 /// Orders a certificate for `names` and stores it as `live/<lineage>/`. `replaces` is the
@@ -238,33 +312,22 @@ pub async fn order(
         }
         Err(error) => return Err(protocol(settings)(error)),
     };
-    let mut provisioned = Provisioned::default();
-    let result = answer_challenges(settings, &mut order, challenges, &mut provisioned).await;
-    let outcome = match result {
-        Ok(()) => finish(settings, data_dir, names, &mut order).await,
-        Err(error) => Err(error),
+    let mut provisioned = Provisioned {
+        challenges,
+        dns_hook: settings.dns_hook.clone(),
+        http: Vec::new(),
+        alpn: Vec::new(),
+        dns: Vec::new(),
     };
-    for token in &provisioned.http {
-        challenges.remove_http(token);
-    }
-    for name in &provisioned.alpn {
-        challenges.remove_alpn(name);
-    }
-    if let Some(hook) = &settings.dns_hook {
-        for (name, value) in &provisioned.dns {
-            if let Err(error) = dns_hook(hook, "cleanup", name, value).await {
-                tracing::warn!(%error, "DNS cleanup failed");
-            }
-        }
-    }
-    outcome
+    answer_challenges(settings, &mut order, challenges, &mut provisioned).await?;
+    finish(settings, data_dir, names, &mut order).await
 }
 
 async fn answer_challenges(
     settings: &AcmeSettings,
     order: &mut instant_acme::Order,
     challenges: &ChallengeStore,
-    provisioned: &mut Provisioned,
+    provisioned: &mut Provisioned<'_>,
 ) -> Result<(), AcmeError> {
     let kind = match settings.challenge {
         AcmeChallenge::Http01 => ChallengeType::Http01,
@@ -300,8 +363,9 @@ async fn answer_challenges(
             }
             AcmeChallenge::TlsAlpn01 => {
                 let certificate = alpn_certificate(&domain, key_authorization.digest().as_ref())?;
-                challenges.add_alpn(&domain, certificate);
-                provisioned.alpn.push(domain.clone());
+                let server_name = alpn_server_name(&domain);
+                challenges.add_alpn(&server_name, certificate);
+                provisioned.alpn.push(server_name);
             }
             AcmeChallenge::Dns01 => {
                 let hook = settings
@@ -403,6 +467,14 @@ pub fn store(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alpn_names_for_ip_identifiers_are_reverse_dns() {
+        assert_eq!(alpn_server_name("example.com"), "example.com");
+        assert_eq!(alpn_server_name("192.0.2.7"), "7.2.0.192.in-addr.arpa");
+        assert!(alpn_server_name("::1").starts_with("1.0.0.0."));
+        assert!(alpn_server_name("::1").ends_with(".ip6.arpa"));
+    }
 
     #[test]
     fn base64url_decodes() {

@@ -19,6 +19,16 @@ use crate::config::{acme_lineage, AcmeSettings, CertSource, Settings};
 
 pub type OnChange = Arc<dyn Fn() + Send + Sync>;
 
+/// Whether [`AcmeManager::plan`] asks the CA for renewal information.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AskCa {
+    No,
+    /// Only with an account already registered (read-only questions: `acme list`).
+    IfRegistered,
+    /// Registering an account if needed (about to order anyway).
+    Register,
+}
+
 pub struct AcmeManager {
     pub settings: AcmeSettings,
     pub data_dir: PathBuf,
@@ -103,9 +113,10 @@ impl AcmeManager {
         Ok(LivePaths::new(&self.data_dir, &acme_lineage(names))?)
     }
 
-    /// When `names` is due for renewal. With `ask_ca`, the CA's renewal information (RFC 9773)
-    /// decides when it offers any; otherwise a third of the lifetime left.
-    pub async fn plan(&self, names: &[String], ask_ca: bool) -> CertificateStatus {
+    /// When `names` is due for renewal. The CA's renewal information (RFC 9773) decides when
+    /// it offers any, otherwise a third of the lifetime left. `ask` says whether to ask the CA,
+    /// and whether an account may be registered to do so.
+    pub async fn plan(&self, names: &[String], ask: AskCa) -> CertificateStatus {
         let lineage = acme_lineage(names);
         let now = unix_now();
         let mut status = CertificateStatus {
@@ -139,8 +150,8 @@ impl AcmeManager {
             status.reason = format!("the stored certificate lacks {missing:?}");
             return status;
         }
-        if ask_ca {
-            if let Some((start, end)) = self.renewal_window(&leaf).await {
+        if ask != AskCa::No {
+            if let Some((start, end)) = self.renewal_window(&leaf, ask == AskCa::Register).await {
                 // RFC 9773 §4.2: pick a time uniformly within the suggested window.
                 let span = Duration::from_secs((end - start).max(0) as u64);
                 status.due = start + jitter(span).as_secs() as i64;
@@ -163,8 +174,13 @@ impl AcmeManager {
     async fn renewal_window(
         &self,
         leaf: &rustls::pki_types::CertificateDer<'_>,
+        may_register: bool,
     ) -> Option<(i64, i64)> {
-        let account = client::account(&self.settings, &self.data_dir).await.ok()?;
+        let account = if may_register {
+            client::account(&self.settings, &self.data_dir).await.ok()?
+        } else {
+            client::existing_account(&self.settings, &self.data_dir).await?
+        };
         let id = instant_acme::CertificateIdentifier::try_from(leaf).ok()?;
         let (info, _retry_after) = account.renewal_info(&id).await.ok()?;
         let window = info.suggested_window;
@@ -173,15 +189,29 @@ impl AcmeManager {
 
     /// Orders (or renews) one certificate now, under the lock; swaps it in and runs the hook.
     pub async fn issue(&self, names: &[String]) -> Result<LivePaths, AcmeError> {
+        self.issue_if(names, true).await.map(|(live, _)| live)
+    }
+
+    /// As [`Self::issue`], but without `force` it orders only if, once the lock is held, the
+    /// certificate is still due: another process may have renewed it meanwhile. Returns
+    /// whether an order was placed.
+    pub async fn issue_if(
+        &self,
+        names: &[String],
+        force: bool,
+    ) -> Result<(LivePaths, bool), AcmeError> {
         let lineage = acme_lineage(names);
         let _lock = lock(&self.data_dir, &lineage)?;
         let live = self.live(names)?;
+        if !force && self.plan(names, AskCa::Register).await.due > unix_now() {
+            return Ok((live, false));
+        }
         let previous = read_certificates(&live.cert)
             .ok()
             .and_then(|c| c.into_iter().next());
         // Link the order to the certificate it replaces only when the CA speaks ARI.
         let replaces = match &previous {
-            Some(leaf) if self.renewal_window(leaf).await.is_some() => Some(leaf),
+            Some(leaf) if self.renewal_window(leaf, false).await.is_some() => Some(leaf),
             _ => None,
         };
         let started = std::time::Instant::now();
@@ -211,7 +241,7 @@ impl AcmeManager {
         }
         (self.on_change)();
         self.deploy_hook(&lineage, names, &live).await;
-        Ok(live)
+        Ok((live, true))
     }
 
     async fn deploy_hook(&self, lineage: &str, names: &[String], live: &LivePaths) {
@@ -250,14 +280,18 @@ impl AcmeManager {
                 if next_check[index] > now {
                     continue;
                 }
-                let plan = self.plan(names, true).await;
+                let plan = self.plan(names, AskCa::Register).await;
                 if plan.due > unix_now() {
                     let wait = Duration::from_secs((plan.due - unix_now()) as u64);
                     next_check[index] = now + wait.min(interval) + jitter(interval / 10);
                     continue;
                 }
                 tracing::info!(names = %names.join(","), reason = %plan.reason, "ordering certificate");
-                match self.issue(names).await {
+                let result = self.issue_if(names, false).await;
+                // Orders take time (and several run in turn): count from their end, so a CA
+                // outage never gets back-to-back retries.
+                let now = tokio::time::Instant::now();
+                match result {
                     Ok(_) => {
                         backoff[index] = first_backoff;
                         next_check[index] = now + interval + jitter(interval / 10);

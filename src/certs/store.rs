@@ -176,6 +176,10 @@ impl LivePaths {
     }
 
     /// Replaces the live files; the previous ones move to `archive/NAME/SERIAL/`.
+    /// Replaces the live files as one unit: the new set is written to a staging folder and
+    /// swapped with `live/NAME/` in one atomic exchange, so a crash leaves the old set or the
+    /// new one, never a key beside a certificate it does not belong to. The previous set moves
+    /// to `archive/NAME/SERIAL/`.
     pub fn store(
         &self,
         data_dir: &Path,
@@ -184,39 +188,52 @@ impl LivePaths {
         key_pem: &str,
         previous_serial: Option<&str>,
     ) -> Result<(), CertError> {
-        ensure_private_dir(&data_dir.join("live"))?;
-        tighten_dir(&self.dir)?;
-        if let (Some(serial), true) = (previous_serial, self.exists()) {
-            self.archive(data_dir, serial)?;
-        }
-        write_atomic(&self.privkey, key_pem.as_bytes(), SECRET_MODE)?;
-        write_atomic(&self.cert, cert_pem.as_bytes(), PUBLIC_MODE)?;
-        write_atomic(&self.chain, chain_pem.as_bytes(), PUBLIC_MODE)?;
-        let fullchain = format!("{cert_pem}{chain_pem}");
-        write_atomic(&self.fullchain, fullchain.as_bytes(), PUBLIC_MODE)?;
-        Ok(())
-    }
-
-    fn archive(&self, data_dir: &Path, serial: &str) -> Result<(), CertError> {
+        let live_root = data_dir.join("live");
+        ensure_private_dir(&live_root)?;
         let name = self
             .dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let serial = validate_path_component(serial).unwrap_or("unknown");
-        let target = data_dir.join("archive").join(&name).join(serial);
-        ensure_private_dir(&data_dir.join("archive"))?;
-        ensure_private_dir(&data_dir.join("archive").join(&name))?;
-        tighten_dir(&target)?;
-        for file in [&self.cert, &self.chain, &self.fullchain, &self.privkey] {
-            if let (Ok(contents), Some(file_name)) = (fs::read(file), file.file_name()) {
-                let mode = if file == &self.privkey {
-                    SECRET_MODE
-                } else {
-                    PUBLIC_MODE
-                };
-                write_atomic(&target.join(file_name), &contents, mode)?;
-            }
+        let staging = live_root.join(format!(".{name}.staging-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&staging);
+        tighten_dir(&staging)?;
+        let fullchain = format!("{cert_pem}{chain_pem}");
+        for (file, contents, mode) in [
+            (&self.privkey, key_pem, SECRET_MODE),
+            (&self.cert, cert_pem, PUBLIC_MODE),
+            (&self.chain, chain_pem, PUBLIC_MODE),
+            (&self.fullchain, fullchain.as_str(), PUBLIC_MODE),
+        ] {
+            let file_name = file.file_name().unwrap_or_default();
+            write_atomic(&staging.join(file_name), contents.as_bytes(), mode)?;
+        }
+        if !self.dir.exists() {
+            fs::rename(&staging, &self.dir).map_err(write_error(&self.dir))?;
+            return Ok(());
+        }
+        rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &staging,
+            rustix::fs::CWD,
+            &self.dir,
+            rustix::fs::RenameFlags::EXCHANGE,
+        )
+        .map_err(|e| CertError::Write {
+            path: self.dir.clone(),
+            source: e.into(),
+        })?;
+        // `staging` now holds the previous set.
+        let serial = previous_serial
+            .and_then(|s| validate_path_component(s).ok())
+            .unwrap_or("unknown");
+        let archive = data_dir.join("archive");
+        ensure_private_dir(&archive)?;
+        ensure_private_dir(&archive.join(&name))?;
+        let target = archive.join(&name).join(serial);
+        let _ = fs::remove_dir_all(&target);
+        if fs::rename(&staging, &target).is_err() {
+            let _ = fs::remove_dir_all(&staging);
         }
         Ok(())
     }

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 
 use super::CommonArgs;
 use crate::acme::challenges::{AlpnChallengeResolver, ACME_TLS_ALPN};
-use crate::acme::manager::OnChange;
+use crate::acme::manager::{AskCa, OnChange};
 use crate::acme::{AcmeManager, ChallengeStore};
 use crate::config::{normalize_dns_name, AcmeChallenge, Settings};
 
@@ -99,7 +99,13 @@ fn load(common: &CommonArgs) -> Result<Settings, String> {
 /// Tells a running server (pid file in the data folder) to re-read its certificates.
 fn notify_server(data_dir: &Path) -> Option<i32> {
     let text = std::fs::read_to_string(data_dir.join(super::PID_FILE)).ok()?;
-    let pid = rustix::process::Pid::from_raw(text.trim().parse().ok()?)?;
+    let raw: i32 = text.trim().parse().ok()?;
+    // A stale pid file must not make us signal (and, by default, kill) some other program.
+    let name = std::fs::read_to_string(format!("/proc/{raw}/comm")).ok()?;
+    if name.trim() != "tlsgate" {
+        return None;
+    }
+    let pid = rustix::process::Pid::from_raw(raw)?;
     rustix::process::kill_process(pid, rustix::process::Signal::HUP).ok()?;
     Some(pid.as_raw_nonzero().get())
 }
@@ -219,12 +225,17 @@ async fn issue(args: IssueArgs) -> ExitCode {
             }
             acme.deploy_hook = None;
         }
-        settings.data_dir = dir.clone();
-        Some(dir)
+        let real_data_dir = std::mem::replace(&mut settings.data_dir, dir.clone());
+        Some((dir, real_data_dir))
     } else {
         None
     };
-    let store = Arc::new(ChallengeStore::shared(&settings.data_dir));
+    // HTTP-01 answers go to the real data folder, where a running server looks for them.
+    let answers_dir = scratch
+        .as_ref()
+        .map(|(_, real)| real.clone())
+        .unwrap_or_else(|| settings.data_dir.clone());
+    let store = Arc::new(ChallengeStore::shared(&answers_dir));
     let responder = temporary_responder(&settings, store.clone()).await;
     let Some(manager) = manager(&settings, vec![names.clone()], store) else {
         return fail("no acme settings");
@@ -257,7 +268,7 @@ async fn issue(args: IssueArgs) -> ExitCode {
             ExitCode::from(1)
         }
     };
-    if let Some(dir) = scratch {
+    if let Some((dir, _)) = scratch {
         let _ = std::fs::remove_dir_all(dir);
     }
     code
@@ -298,7 +309,7 @@ async fn renew(args: RenewArgs) -> ExitCode {
     let mut responder = None;
     let mut failed = false;
     for names in &certificates {
-        let plan = manager.plan(names, true).await;
+        let plan = manager.plan(names, AskCa::Register).await;
         if !args.force && plan.due > crate::certs::inspect::unix_now() {
             println!(
                 "{}: not due (next renewal {}; {})",
@@ -311,12 +322,13 @@ async fn renew(args: RenewArgs) -> ExitCode {
         if responder.is_none() {
             responder = temporary_responder(&settings, store.clone()).await;
         }
-        match manager.issue(names).await {
-            Ok(live) => println!(
+        match manager.issue_if(names, args.force).await {
+            Ok((live, true)) => println!(
                 "{}: renewed → {}",
                 names.join(", "),
                 live.fullchain.display()
             ),
+            Ok((_, false)) => println!("{}: already renewed by another process", names.join(", ")),
             Err(error) => {
                 eprintln!("{}: renewal failed: {error}", names.join(", "));
                 failed = true;
@@ -348,12 +360,12 @@ async fn list(args: ListArgs) -> ExitCode {
         // The CA is asked for renewal information, but a CA that is down must not hang `list`.
         let plan = match tokio::time::timeout(
             std::time::Duration::from_secs(10),
-            manager.plan(names, true),
+            manager.plan(names, AskCa::IfRegistered),
         )
         .await
         {
             Ok(plan) => plan,
-            Err(_) => manager.plan(names, false).await,
+            Err(_) => manager.plan(names, AskCa::No).await,
         };
         statuses.push(plan);
     }

@@ -303,3 +303,25 @@ fn a_stray_lower_family_variable_does_not_block_a_complete_higher_one() {
         "{error}"
     );
 }
+
+#[test]
+fn acme_certificates_need_distinct_folders_and_ip_names_no_dns_01() {
+    let base = "acme:\n  agree_tos: true\n  challenge: dns-01\n  dns_hook: /bin/true\ntls:\n  certificates:\n";
+    let yaml = format!("{base}    - acme:\n        names: [a.com, b.com]\n    - acme:\n        names: [a.com, c.com]\n");
+    let error = load_with(&yaml, &[]).unwrap_err().to_string();
+    assert!(error.contains("shares its folder live/a.com/"), "{error}");
+    let yaml = format!("{base}    - acme:\n        names: [192.0.2.1]\n");
+    let error = load_with(&yaml, &[]).unwrap_err().to_string();
+    assert!(error.contains("cannot be validated with dns-01"), "{error}");
+    let error = load_with(
+        "tls:\n  certificates:\n    - acme:\n        names: [a.com]\n",
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("need an `acme:` section"), "{error}");
+    let error = load_with("acme:\n  email: a@b.c\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("agree_tos: true"), "{error}");
+}

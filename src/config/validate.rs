@@ -810,7 +810,29 @@ fn acme_settings(
             "dns-01 needs a dns_hook command (called with present|cleanup NAME VALUE)",
         ));
     }
+    let mut lineages: Vec<(String, &Origin)> = Vec::new();
     for cert in &acme_certs {
+        let lineage = super::acme_lineage(&cert.names);
+        if let Some((_, first)) = lineages.iter().find(|(l, _)| *l == lineage) {
+            return Err(ConfigError::invalid(
+                cert.origin.clone(),
+                "tls.certificates.acme.names",
+                format!("shares its folder live/{lineage}/ with the certificate at {first}: give each ACME certificate a different first name"),
+            ));
+        }
+        lineages.push((lineage, &cert.origin));
+        if challenge == super::AcmeChallenge::Dns01
+            && cert
+                .names
+                .iter()
+                .any(|n| n.parse::<std::net::IpAddr>().is_ok())
+        {
+            return Err(ConfigError::invalid(
+                cert.origin.clone(),
+                "tls.certificates.acme.names",
+                "IP addresses cannot be validated with dns-01: use http-01 or tls-alpn-01",
+            ));
+        }
         if challenge != super::AcmeChallenge::Dns01
             && cert.names.iter().any(|n| n.starts_with("*."))
         {
