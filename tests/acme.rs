@@ -334,7 +334,7 @@ async fn commands_issue_list_renew_and_the_lock_prevents_a_double_order() {
     let pebble = Pebble::start(dir.path(), http_port, https_port, &[]);
     let yaml = acme_yaml(&pebble, "http-01", "localhost");
     let config = dir.path().join("tlsgate.yaml");
-    std::fs::write(&config, format!("data_dir: data\nlisten: 127.0.0.1:{https_port}\nhttp:\n  listen: 127.0.0.1:{http_port}\n{yaml}")).unwrap();
+    std::fs::write(&config, format!("data_dir: data\nadmin: off\nlisten: 127.0.0.1:{https_port}\nhttp:\n  listen: 127.0.0.1:{http_port}\n{yaml}")).unwrap();
     let path = dir.path().to_path_buf();
     let run = move |args: Vec<&'static str>| {
         let path = path.clone();
@@ -576,7 +576,7 @@ async fn ari_window_decides_over_the_lifetime_rule() {
             acme_yaml(&pebble, "http-01", "localhost").replace(&pebble.directory, &directory);
         std::fs::write(
             dir.path().join("tlsgate.yaml"),
-            format!("data_dir: data\nlisten: 127.0.0.1:{https_port}\nhttp:\n  listen: 127.0.0.1:{http_port}\n{yaml}"),
+            format!("data_dir: data\nadmin: off\nlisten: 127.0.0.1:{https_port}\nhttp:\n  listen: 127.0.0.1:{http_port}\n{yaml}"),
         )
         .unwrap();
         // The same schedule the server's renewal loop follows, run once: `acme renew`.
@@ -643,7 +643,7 @@ async fn external_account_binding() {
             "  agree_tos: true\n",
             &format!("  agree_tos: true\n  eab_kid: {kid}\n  eab_hmac_key: {secret}\n"),
         );
-        std::fs::write(dir.path().join("tlsgate.yaml"), format!("data_dir: data\nlisten: 127.0.0.1:{https_port}\nhttp:\n  listen: 127.0.0.1:{http_port}\n{yaml}")).unwrap();
+        std::fs::write(dir.path().join("tlsgate.yaml"), format!("data_dir: data\nadmin: off\nlisten: 127.0.0.1:{https_port}\nhttp:\n  listen: 127.0.0.1:{http_port}\n{yaml}")).unwrap();
         let path = dir.path().to_path_buf();
         let (code, out, err) = tokio::task::spawn_blocking(move || {
             tlsgate(&path, &["acme", "issue", "localhost", "-c", "tlsgate.yaml"])

@@ -55,6 +55,8 @@ impl Running {
                 "127.0.0.1:0",
                 "--http-listen",
                 "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
             ])
             .args(extra)
             .stdout(Stdio::piped())

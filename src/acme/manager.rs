@@ -36,6 +36,8 @@ pub struct AcmeManager {
     pub certificates: Vec<Vec<String>>,
     pub challenges: Arc<ChallengeStore>,
     on_change: OnChange,
+    /// Counts orders by result, when running inside a server.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// When a certificate is due, and why: what `acme list` prints.
@@ -106,6 +108,7 @@ impl AcmeManager {
             certificates,
             challenges,
             on_change,
+            metrics: None,
         })
     }
 
@@ -215,14 +218,28 @@ impl AcmeManager {
             _ => None,
         };
         let started = std::time::Instant::now();
-        let live = client::order(
+        let ordered = client::order(
             &self.settings,
             &self.data_dir,
             names,
             &self.challenges,
             replaces,
         )
-        .await?;
+        .await;
+        if let Some(metrics) = &self.metrics {
+            let result = if ordered.is_ok() {
+                "success"
+            } else {
+                "failure"
+            };
+            metrics
+                .acme_orders
+                .get_or_create(&crate::metrics::ResultLabels {
+                    result: result.into(),
+                })
+                .inc();
+        }
+        let live = ordered?;
         let serial = read_certificates(&live.cert)
             .ok()
             .and_then(|c| c.first().and_then(|l| CertInfo::parse(l).ok()))

@@ -77,6 +77,10 @@ pub(crate) struct CommonArgs {
     /// http://127.0.0.1:8000 [env: TLSGATE_UPSTREAM].
     #[arg(long, value_name = "URL")]
     upstream: Option<String>,
+    /// Admin listener (/metrics, /health, /ready, /certificates, POST /reload)
+    /// [default: 127.0.0.1:9090; env: TLSGATE_ADMIN_LISTEN].
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -101,6 +105,7 @@ impl CommonArgs {
             listen: self.listen.clone(),
             http_listen: self.http_listen.clone(),
             upstream: self.upstream.clone(),
+            admin_listen: self.admin_listen.clone(),
         };
         config::load(self.config.as_deref(), &overrides, &config::process_env)
     }
@@ -169,7 +174,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         let wrote_pid = std::fs::create_dir_all(&server.settings().data_dir)
             .and_then(|()| std::fs::write(&pid_file, format!("{}\n", std::process::id())))
             .is_ok();
-        tokio::spawn(wait_for_signal(shutdown, server.certificate_reload()));
+        tokio::spawn(wait_for_signal(shutdown, server.reload_handle()));
         server.run().await;
         if wrote_pid {
             let _ = std::fs::remove_file(&pid_file);
@@ -182,7 +187,7 @@ fn serve(args: ServeArgs) -> ExitCode {
 /// The running server's pid, in the data folder, so `tlsgate acme` can tell it to reload.
 pub const PID_FILE: &str = "tlsgate.pid";
 
-async fn wait_for_signal(shutdown: CancellationToken, reload: std::sync::Arc<tokio::sync::Notify>) {
+async fn wait_for_signal(shutdown: CancellationToken, reload: crate::server::ReloadHandle) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -196,7 +201,7 @@ async fn wait_for_signal(shutdown: CancellationToken, reload: std::sync::Arc<tok
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: finishing in-flight requests"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: finishing in-flight requests"); break; }
-            _ = hup.recv() => { tracing::info!("SIGHUP: re-reading certificates"); reload.notify_one(); }
+            _ = hup.recv() => { tracing::info!("SIGHUP: re-reading certificates"); reload.trigger(); }
         }
     }
     shutdown.cancel();

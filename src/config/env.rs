@@ -25,6 +25,7 @@ pub struct EnvOverlay {
     pub tls_enabled: Option<(bool, Origin)>,
     pub certificate: Option<EnvCertificate>,
     pub upstream: Option<(String, Origin)>,
+    pub admin_listen: Option<(String, Origin)>,
 }
 
 /// Every variable read here (the README documents each).
@@ -40,6 +41,7 @@ pub const VARIABLES: &[&str] = &[
     "TLSGATE_TLS",
     "TLSGATE_MIN_TLS_VERSION",
     "TLSGATE_UPSTREAM",
+    "TLSGATE_ADMIN_LISTEN",
     "TLSGATE_CERT_FILE",
     "TLSGATE_KEY_FILE",
     "SSL_CERTFILE",
@@ -63,6 +65,7 @@ pub fn read_overlay(env: EnvLookup<'_>) -> Result<EnvOverlay, ConfigError> {
         http_mode: get("TLSGATE_HTTP"),
         min_version: get("TLSGATE_MIN_TLS_VERSION"),
         upstream: get("TLSGATE_UPSTREAM"),
+        admin_listen: get("TLSGATE_ADMIN_LISTEN"),
         ..EnvOverlay::default()
     };
 

@@ -25,6 +25,14 @@ pub struct FileConfig {
     pub default_route: Option<Spanned<String>>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
     pub acme: Option<Spanned<AcmeFile>>,
+    /// `admin: off`, or `admin: {listen: ADDR}`.
+    pub admin: Option<Spanned<Switch<AdminFile>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    pub listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -55,7 +55,25 @@ pub struct Settings {
     pub proxy: proxy::ProxySettings,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acme: Option<AcmeSettings>,
+    /// The admin listener (`/metrics`, `/health`, `/ready`, `/certificates`, `POST /reload`);
+    /// `None`: off.
+    #[serde(serialize_with = "serialize_admin")]
+    pub admin: Option<SocketAddr>,
 }
+
+fn serialize_admin<S: Serializer>(admin: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    match admin {
+        None => s.serialize_bool(false),
+        Some(addr) => {
+            let mut map = s.serialize_map(Some(1))?;
+            map.serialize_entry("listen", &addr.to_string())?;
+            map.end()
+        }
+    }
+}
+
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 
 /// The ACME CA certificates marked `acme:` come from.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -353,6 +371,7 @@ pub struct Overrides {
     pub http_listen: Option<String>,
     /// `--upstream URL`: proxy every request no route matches to this backend.
     pub upstream: Option<String>,
+    pub admin_listen: Option<String>,
 }
 
 /// Reads environment variables; tests pass a map instead of touching the process environment.

@@ -132,6 +132,39 @@ pub fn validate(
     }
 
     let acme = acme_settings(&cx, raw.acme.take(), &tls)?;
+    let (admin_at, admin_raw) = split(&cx, raw.admin.take());
+    let mut admin_file_addr = None;
+    let mut admin_on = true;
+    match admin_raw {
+        None => {}
+        Some(Switch::Bool(on)) => admin_on = on,
+        Some(Switch::Word(word)) => {
+            admin_on = parse_switch(&word).ok_or_else(|| {
+                ConfigError::invalid(
+                    admin_at.clone(),
+                    "admin",
+                    format!("`{word}` is not on/off or a mapping (listen)"),
+                )
+            })?
+        }
+        Some(Switch::Map(map)) => admin_file_addr = map.listen,
+    }
+    let admin = if let Some(flag) = &flags.admin_listen {
+        Some(parse_addr(
+            flag,
+            Origin::Flag("--admin-listen"),
+            "admin.listen",
+        )?)
+    } else if let Some((addr, origin)) = &env.admin_listen {
+        Some(parse_addr(addr, origin.clone(), "admin.listen")?)
+    } else if !admin_on {
+        None
+    } else {
+        Some(match &admin_file_addr {
+            Some(addr) => parse_addr(&addr.value, cx.origin(addr), "admin.listen")?,
+            None => parse_addr(super::DEFAULT_ADMIN_LISTEN, Origin::Default, "admin.listen")?,
+        })
+    };
     if let Some(acme) = &acme {
         if acme.challenge == super::AcmeChallenge::Http01
             && (http.mode == HttpMode::Off || !tls.enabled)
@@ -154,6 +187,7 @@ pub fn validate(
         limits,
         proxy,
         acme,
+        admin,
     })
 }
 

@@ -15,6 +15,10 @@ use super::{full, websocket, Response};
 #[derive(Clone)]
 pub struct ConnectionSlot(pub Arc<dyn std::any::Any + Send + Sync>);
 
+/// The route a response came from, for metrics (set by the proxy).
+#[derive(Debug, Clone)]
+pub struct RouteName(pub String);
+
 /// The connection a request arrived on, attached to each request.
 #[derive(Debug, Clone)]
 pub struct ConnectionInfo {

@@ -98,10 +98,15 @@ pub async fn handle(
     let Some(route) = proxy.routes.find(&host, request.uri().path()) else {
         return HttpError::NotFound.into_response();
     };
-    if tunnel::is_websocket(&request) {
-        return tunnel::open(&proxy, route, request, &conn, &host).await;
-    }
-    forward(&proxy, route, request, &conn, &host).await
+    let mut response = if tunnel::is_websocket(&request) {
+        tunnel::open(&proxy, route, request, &conn, &host).await
+    } else {
+        forward(&proxy, route, request, &conn, &host).await
+    };
+    response
+        .extensions_mut()
+        .insert(crate::http::service::RouteName(route.name.clone()));
+    response
 }
 
 /// Upstream-bound headers: the client's minus hop-by-hop, plus forwarding headers. `Host`

@@ -26,6 +26,8 @@ use routes::{HostMatch, Route, RouteTable};
 #[derive(Debug)]
 pub struct Proxy {
     pub routes: RouteTable,
+    pools: Vec<Arc<Pool>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     trusted_proxies: Vec<ipnet::IpNet>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
@@ -33,7 +35,12 @@ pub struct Proxy {
 
 impl Proxy {
     /// Builds pools and routes, and starts active health checks (stopped by `shutdown`).
-    pub fn new(settings: &Settings, shutdown: CancellationToken, tasks: TaskTracker) -> Self {
+    pub fn new(
+        settings: &Settings,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         let proxy = &settings.proxy;
         let mut pools: HashMap<String, Arc<Pool>> = proxy
             .upstreams
@@ -88,12 +95,21 @@ impl Proxy {
                 tasks.spawn(health::run(pool.clone(), shutdown.clone()));
             }
         }
+        let mut all_pools: Vec<Arc<Pool>> = pools.into_values().collect();
+        all_pools.sort_by(|a, b| a.name.cmp(&b.name));
         Self {
             routes: RouteTable::new(routes, default),
+            pools: all_pools,
+            metrics,
             trusted_proxies: proxy.trusted_proxies.clone(),
             shutdown,
             tasks,
         }
+    }
+
+    /// Every upstream pool, for health metrics.
+    pub fn pools(&self) -> &[Arc<Pool>] {
+        &self.pools
     }
 
     pub fn is_trusted(&self, ip: IpAddr) -> bool {

@@ -82,6 +82,14 @@ pub async fn open(
     }
     if !origin_allowed(route, &request) {
         tracing::info!(route = %route.name, origin = ?request.headers().get(header::ORIGIN), "WebSocket origin refused");
+        proxy
+            .metrics
+            .websocket_upgrades
+            .get_or_create(&crate::metrics::UpgradeLabels {
+                route: route.name.clone(),
+                result: "forbidden_origin".into(),
+            })
+            .inc();
         return HttpError::OriginNotAllowed.into_response();
     }
     let pool = route.pool.clone();
@@ -191,8 +199,22 @@ pub async fn open(
     let idle = route.websocket_idle_timeout;
     let route_name = route.name.clone();
     let shutdown = proxy.shutdown.clone();
+    let metrics = proxy.metrics.clone();
+    let route_label = crate::metrics::RouteLabels {
+        route: route_name.clone(),
+    };
+    metrics
+        .websocket_upgrades
+        .get_or_create(&crate::metrics::UpgradeLabels {
+            route: route_name.clone(),
+            result: "ok".into(),
+        })
+        .inc();
     proxy.tasks.spawn(async move {
         let _held = (slot, in_flight);
+        let open = metrics.open_websockets.get_or_create_owned(&route_label);
+        open.inc();
+        let _open = scopeguard_dec(open);
         let (client, upstream) = match tokio::join!(client_upgrade, upstream_upgrade) {
             (Ok(client), Ok(upstream)) => (client, upstream),
             (Err(error), _) | (_, Err(error)) => {
@@ -262,4 +284,17 @@ where
         }
     }
     let _ = to.shutdown().await;
+}
+
+/// Decrements a gauge when dropped.
+struct GaugeGuard(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+fn scopeguard_dec(gauge: prometheus_client::metrics::gauge::Gauge) -> GaugeGuard {
+    GaugeGuard(gauge)
 }

@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 
 use crate::http::error::HttpError;
 use crate::http::headers::SecurityHeaders;
-use crate::http::service::{builtin, ConnectionInfo, EdgeContext};
+use crate::http::service::{builtin, ConnectionInfo, EdgeContext, RouteName};
 use crate::http::Response;
 use crate::proxy::forward::request_host;
 use crate::proxy::Proxy;
@@ -20,6 +20,7 @@ pub struct Dispatcher {
     pub security_headers: SecurityHeaders,
     pub builtin: EdgeContext,
     pub proxy: Option<Arc<Proxy>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Dispatcher {
@@ -27,6 +28,7 @@ impl Dispatcher {
         self: Arc<Self>,
         request: hyper::Request<Incoming>,
     ) -> Result<Response, Infallible> {
+        let started = std::time::Instant::now();
         let conn = request.extensions().get::<ConnectionInfo>().cloned();
         let mut response = match self.misdirected(&request, conn.as_ref()) {
             Some(refusal) => refusal,
@@ -40,6 +42,22 @@ impl Dispatcher {
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             self.security_headers.apply(response.headers_mut());
         }
+        let route = response
+            .extensions()
+            .get::<RouteName>()
+            .map(|r| r.0.clone())
+            .unwrap_or_else(|| {
+                if self.proxy.is_some() {
+                    "none".into()
+                } else {
+                    "builtin".into()
+                }
+            });
+        self.metrics.request(
+            &route,
+            response.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
         Ok(response)
     }
 

@@ -30,6 +30,8 @@ use crate::config::{HttpMode, Limits, Settings};
 use crate::http::headers::SecurityHeaders;
 use crate::http::service::{ConnectionInfo, ConnectionSlot, EdgeContext};
 use crate::http::{redirect, Response};
+use crate::metrics::admin::{AdminContext, CertificateState};
+use crate::metrics::Metrics;
 use crate::tls::{self, CertSummary, SessionState, SniResolver, TlsError};
 use activity::{Activity, TrackedIo};
 use dispatch::Dispatcher;
@@ -68,6 +70,7 @@ struct Shared {
     redirect_port: u16,
     /// Pending ACME challenge answers, when ACME is on.
     challenges: Option<Arc<ChallengeStore>>,
+    metrics: Arc<Metrics>,
 }
 
 pub struct Server {
@@ -79,9 +82,38 @@ pub struct Server {
     warnings: Vec<String>,
     local: Option<LocalCertificate>,
     challenges: Option<Arc<ChallengeStore>>,
-    reload: Arc<tokio::sync::Notify>,
+    pending: Vec<Vec<String>>,
+    admin: Option<TcpListener>,
+    metrics: Arc<Metrics>,
+    reload: ReloadHandle,
+    reload_requests: tokio::sync::mpsc::Receiver<ReloadRequest>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+}
+
+type ReloadRequest = Option<tokio::sync::oneshot::Sender<Result<String, String>>>;
+
+/// Asks a running server to re-read its certificates (SIGHUP, `POST /reload`, `tlsgate acme`).
+#[derive(Clone, Debug)]
+pub struct ReloadHandle(tokio::sync::mpsc::Sender<ReloadRequest>);
+
+impl ReloadHandle {
+    /// Fire and forget (SIGHUP).
+    pub fn trigger(&self) {
+        let _ = self.0.try_send(None);
+    }
+
+    /// Reloads and reports the outcome.
+    pub async fn reload(&self) -> Result<String, String> {
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        self.0
+            .send(Some(reply))
+            .await
+            .map_err(|_| "the server is shutting down".to_owned())?;
+        outcome
+            .await
+            .map_err(|_| "the server is shutting down".to_owned())?
+    }
 }
 
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, ServerError> {
@@ -101,6 +133,7 @@ impl Server {
             .into_iter()
             .collect();
         let mut local = None;
+        let mut pending = Vec::new();
         let challenges = (settings.tls.enabled && settings.acme.is_some())
             .then(|| Arc::new(ChallengeStore::shared(&settings.data_dir)));
         let tls = if settings.tls.enabled {
@@ -118,6 +151,7 @@ impl Server {
                 }
                 None => None,
             };
+            pending = loaded.pending.clone();
             for names in &loaded.pending {
                 warnings.push(format!(
                     "ACME certificate for {} is not issued yet: TLS handshakes for it fail until the order completes",
@@ -145,6 +179,13 @@ impl Server {
         } else {
             None
         };
+        let admin = match settings.admin {
+            Some(addr) => Some(bind(addr, "admin").await?),
+            None => None,
+        };
+        let metrics = Arc::new(Metrics::new());
+        metrics.set_certificates(&certificates);
+        let (reload_sender, reload_requests) = tokio::sync::mpsc::channel(8);
         Ok(Self {
             settings,
             main,
@@ -154,7 +195,11 @@ impl Server {
             warnings,
             local,
             challenges,
-            reload: Arc::new(tokio::sync::Notify::new()),
+            pending,
+            admin,
+            metrics,
+            reload: ReloadHandle(reload_sender),
+            reload_requests,
             shutdown,
             tasks: TaskTracker::new(),
         })
@@ -164,10 +209,18 @@ impl Server {
         &self.settings
     }
 
-    /// Notify this to re-read every certificate from disk (SIGHUP; `tlsgate acme` after
-    /// issuing): new handshakes get the new ones, open connections keep theirs.
-    pub fn certificate_reload(&self) -> Arc<tokio::sync::Notify> {
+    /// Re-reads every certificate from disk on request (SIGHUP, `POST /reload`, `tlsgate
+    /// acme` after issuing): new handshakes get the new ones, open connections keep theirs.
+    pub fn reload_handle(&self) -> ReloadHandle {
         self.reload.clone()
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// The main listener's bound address (the real port when configured with port 0).
@@ -207,7 +260,12 @@ impl Server {
             tls,
             local,
             challenges,
+            certificates,
+            pending,
+            admin,
+            metrics,
             reload,
+            mut reload_requests,
             shutdown,
             tasks,
             ..
@@ -221,6 +279,14 @@ impl Server {
         } else {
             SecurityHeaders::default()
         };
+        let proxy = settings.proxy.is_enabled().then(|| {
+            Arc::new(crate::proxy::Proxy::new(
+                &settings,
+                shutdown.clone(),
+                tasks.clone(),
+                metrics.clone(),
+            ))
+        });
         let shared = Arc::new(Shared {
             limits: settings.limits.clone(),
             dispatcher: Arc::new(Dispatcher {
@@ -230,19 +296,19 @@ impl Server {
                     shutdown: shutdown.clone(),
                     tasks: tasks.clone(),
                 },
-                proxy: settings.proxy.is_enabled().then(|| {
-                    Arc::new(crate::proxy::Proxy::new(
-                        &settings,
-                        shutdown.clone(),
-                        tasks.clone(),
-                    ))
-                }),
+                proxy: proxy.clone(),
+                metrics: metrics.clone(),
             }),
             tls,
             http_mode: settings.http.mode,
             redirect_port: settings.http.redirect_port.unwrap_or(main_port),
             challenges: challenges.clone(),
+            metrics: metrics.clone(),
         });
+        let certificate_state = Arc::new(arc_swap::ArcSwap::from_pointee(CertificateState {
+            served: certificates,
+            pending,
+        }));
         let connection_limit = Arc::new(Semaphore::new(settings.limits.max_connections));
 
         let mut loops = Vec::new();
@@ -264,42 +330,59 @@ impl Server {
                 tasks.clone(),
             )));
         }
-        if let (Some(store), Some(_)) = (&challenges, &shared.tls) {
-            let reload_shared = shared.clone();
-            let reload_settings = settings.clone();
-            let on_change: crate::acme::manager::OnChange = Arc::new(move || {
-                // New certificates go into a new table; handshakes under way keep the old one.
-                let Some(tls) = &reload_shared.tls else {
-                    return;
-                };
-                match tls::load_certificates(&reload_settings.tls, &reload_settings.data_dir) {
-                    Ok(loaded) => tls.resolver.replace(loaded.table),
-                    Err(error) => {
-                        tracing::error!(%error, "reloading certificates after ACME issuance failed; keeping the current ones")
-                    }
-                }
+        let listening = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if let Some(admin) = admin {
+            let reload = reload.clone();
+            let context = Arc::new(AdminContext {
+                metrics: metrics.clone(),
+                certificates: certificate_state.clone(),
+                listening: listening.clone(),
+                reload: Arc::new(move || {
+                    let reload = reload.clone();
+                    Box::pin(async move { reload.reload().await })
+                }),
+                proxy,
             });
-            if let Some(manager) = AcmeManager::new(&settings, store.clone(), on_change) {
+            loops.push(tokio::spawn(admin_loop(
+                admin,
+                context,
+                settings.limits.clone(),
+                shutdown.clone(),
+                tasks.clone(),
+            )));
+        }
+        let apply = {
+            let (shared, settings, metrics, state) = (
+                shared.clone(),
+                settings.clone(),
+                metrics.clone(),
+                certificate_state.clone(),
+            );
+            Arc::new(move || apply_certificates(&shared, &settings, &metrics, &state))
+        };
+        if let (Some(store), Some(_)) = (&challenges, &shared.tls) {
+            let apply = apply.clone();
+            let on_change: crate::acme::manager::OnChange = Arc::new(move || {
+                let _ = apply();
+            });
+            if let Some(mut manager) = AcmeManager::new(&settings, store.clone(), on_change) {
+                manager.metrics = Some(metrics.clone());
                 tasks.spawn(Arc::new(manager).run(shutdown.clone()));
             }
         }
-        if shared.tls.is_some() {
-            let (shared, settings, shutdown) = (shared.clone(), settings.clone(), shutdown.clone());
+        {
+            let (shutdown, metrics, apply) = (shutdown.clone(), metrics.clone(), apply.clone());
             tasks.spawn(async move {
                 loop {
-                    tokio::select! {
-                        () = reload.notified() => {}
+                    let request = tokio::select! {
+                        request = reload_requests.recv() => request,
                         () = shutdown.cancelled() => return,
-                    }
-                    let Some(tls) = &shared.tls else { return };
-                    match tls::load_certificates(&settings.tls, &settings.data_dir) {
-                        Ok(loaded) => {
-                            tls.resolver.replace(loaded.table);
-                            for summary in &loaded.summaries {
-                                tracing::info!(audit = "certificate loaded", path = %summary.cert_path.display(), serial = %summary.info.serial, fingerprint = %summary.info.sha256_fingerprint, "certificates reloaded");
-                            }
-                        }
-                        Err(error) => tracing::error!(%error, "certificate reload refused; the current certificates stay in service"),
+                    };
+                    let Some(reply) = request else { return };
+                    let outcome = apply();
+                    metrics.reload(outcome.is_ok());
+                    if let Some(reply) = reply {
+                        let _ = reply.send(outcome);
                     }
                 }
             });
@@ -311,6 +394,7 @@ impl Server {
                 shutdown.clone(),
             ));
         }
+        listening.store(true, std::sync::atomic::Ordering::Release);
 
         shutdown.cancelled().await;
         for accept in loops {
@@ -390,7 +474,9 @@ async fn serve_main(
     shutdown: CancellationToken,
     permit: OwnedSemaphorePermit,
 ) {
-    let slot = ConnectionSlot(Arc::new(permit));
+    // The slot (connection limit and open-connections gauge) lives as long as the connection,
+    // including an upgraded WebSocket that outlives its HTTP exchange.
+    let slot = ConnectionSlot(Arc::new((permit, OpenConnection::new(&shared.metrics))));
     let dispatcher = shared.dispatcher.clone();
     let handler = move |request| dispatcher.clone().handle(request);
     let Some(tls) = &shared.tls else {
@@ -418,10 +504,29 @@ async fn serve_main(
         };
         start.into_stream(config).await
     };
+    let started = std::time::Instant::now();
     let handshake = tokio::time::timeout(shared.limits.handshake_timeout, handshake);
     let stream = match handshake.await {
-        Ok(Ok(stream)) => stream,
+        Ok(Ok(stream)) => {
+            let connection = stream.get_ref().1;
+            let version = match connection.protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_3) => "1.3",
+                Some(rustls::ProtocolVersion::TLSv1_2) => "1.2",
+                _ => "other",
+            };
+            let cipher = connection
+                .negotiated_cipher_suite()
+                .and_then(|s| s.suite().as_str())
+                .unwrap_or("unknown");
+            shared
+                .metrics
+                .handshake_ok(version, cipher, started.elapsed().as_secs_f64());
+            stream
+        }
         Ok(Err(error)) => {
+            shared
+                .metrics
+                .handshake_failed(crate::metrics::failure_reason(&error));
             if error.to_string().contains("no server certificate") {
                 // Only possible with no default certificate: e.g. ACME certificates still on order.
                 tracing::warn!(%peer, name = ?requested_name, "no certificate for this name yet (ACME order pending?); handshake refused");
@@ -431,6 +536,7 @@ async fn serve_main(
             return;
         }
         Err(_) => {
+            shared.metrics.handshake_failed("timeout");
             tracing::debug!(%peer, "TLS handshake timed out");
             return;
         }
@@ -646,4 +752,100 @@ fn challenge_answer<B>(
         http::HeaderValue::from_static("application/octet-stream"),
     );
     Some(response)
+}
+
+/// Re-reads every certificate and swaps them in as one table: new handshakes get them, open
+/// connections keep theirs. A failure changes nothing.
+fn apply_certificates(
+    shared: &Shared,
+    settings: &Settings,
+    metrics: &Metrics,
+    state: &arc_swap::ArcSwap<CertificateState>,
+) -> Result<String, String> {
+    let Some(tls) = &shared.tls else {
+        return Ok("TLS is off: no certificates to load".into());
+    };
+    match tls::load_certificates(&settings.tls, &settings.data_dir) {
+        Ok(loaded) => {
+            tls.resolver.replace(loaded.table);
+            for summary in &loaded.summaries {
+                tracing::info!(audit = "certificate loaded", path = %summary.cert_path.display(), serial = %summary.info.serial, fingerprint = %summary.info.sha256_fingerprint, not_after = %crate::certs::inspect::format_time(summary.info.not_after), "certificate in service");
+            }
+            for warning in &loaded.warnings {
+                tracing::warn!("{warning}");
+            }
+            metrics.set_certificates(&loaded.summaries);
+            let message = format!("{} certificate(s) loaded", loaded.summaries.len());
+            state.store(Arc::new(CertificateState {
+                served: loaded.summaries,
+                pending: loaded.pending,
+            }));
+            Ok(message)
+        }
+        Err(error) => {
+            tracing::error!(%error, "certificate reload refused; the current certificates stay in service");
+            Err(error.to_string())
+        }
+    }
+}
+
+/// Serves the admin endpoints until shutdown.
+async fn admin_loop(
+    listener: TcpListener,
+    context: Arc<AdminContext>,
+    limits: Limits,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    // The admin listener has its own small budget: monitoring keeps working when the data
+    // plane is at its connection limit.
+    let limit = Arc::new(Semaphore::new(64));
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => return,
+        };
+        let Ok((stream, peer)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            continue;
+        };
+        let (context, limits, shutdown) = (context.clone(), limits.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let info = ConnectionInfo {
+                peer,
+                sni: None,
+                secure: false,
+            };
+            let slot = ConnectionSlot(Arc::new(permit));
+            serve_http(
+                stream,
+                &limits,
+                shutdown,
+                slot,
+                info,
+                true,
+                move |request| crate::metrics::admin::handle(context.clone(), request),
+            )
+            .await;
+        });
+    }
+}
+
+/// Counts an open client connection for as long as it lives.
+struct OpenConnection(Arc<Metrics>);
+
+impl OpenConnection {
+    fn new(metrics: &Arc<Metrics>) -> Self {
+        metrics.open_connections.inc();
+        Self(metrics.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open_connections.dec();
+    }
 }

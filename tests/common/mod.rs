@@ -26,6 +26,7 @@ pub const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
 pub struct TestServer {
     pub main: SocketAddr,
     pub http: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
     pub shutdown: CancellationToken,
     pub handle: JoinHandle<()>,
     pub data_dir: PathBuf,
@@ -48,6 +49,7 @@ impl TestServer {
             data_dir: Some(dir.join("data")),
             listen: Some(format!("127.0.0.1:{port}")),
             http_listen: Some(format!("127.0.0.1:{http_port}")),
+            admin_listen: Some("127.0.0.1:0".into()),
             ..Default::default()
         };
         let settings =
@@ -59,11 +61,13 @@ impl TestServer {
             .map_err(|e| e.to_string())?;
         let main = server.main_addr().ok_or("no main address")?;
         let http = server.http_addr();
+        let admin = server.admin_addr();
         let data_dir = dir.join("data");
         let handle = tokio::spawn(server.run());
         Ok(Self {
             main,
             http,
+            admin,
             shutdown,
             handle,
             data_dir,

@@ -1,0 +1,151 @@
+//! The admin listener (default 127.0.0.1:9090): `/metrics`, `/health`, `/ready`,
+//! `/certificates` and `POST /reload`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::{header, HeaderValue, Method, StatusCode};
+use serde::Serialize;
+
+use super::Metrics;
+use crate::certs::inspect::format_time;
+use crate::http::error::HttpError;
+use crate::http::{full, Response};
+use crate::tls::CertSummary;
+
+/// Asks the server to reload and waits for the outcome.
+pub type ReloadFn =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> + Send + Sync>;
+
+/// What the server currently serves, for `/certificates` and `/ready`.
+#[derive(Debug, Default)]
+pub struct CertificateState {
+    pub served: Vec<CertSummary>,
+    /// ACME certificates still on order (their names).
+    pub pending: Vec<Vec<String>>,
+}
+
+pub struct AdminContext {
+    pub metrics: Arc<Metrics>,
+    pub certificates: Arc<ArcSwap<CertificateState>>,
+    /// Set once every listener accepts connections.
+    pub listening: Arc<AtomicBool>,
+    pub reload: ReloadFn,
+    /// For upstream health, read at scrape time.
+    pub proxy: Option<Arc<crate::proxy::Proxy>>,
+}
+
+#[derive(Serialize)]
+struct CertificateView<'a> {
+    names: &'a [String],
+    file: String,
+    subject: &'a str,
+    issuer: &'a str,
+    serial: &'a str,
+    not_after: String,
+    not_after_unix: i64,
+    days_left: i64,
+    default: bool,
+    sha256_fingerprint: &'a str,
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> Response {
+    let body = serde_json::to_string_pretty(value).unwrap_or_else(|_| "{}".into());
+    let mut response = hyper::Response::new(full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+pub async fn handle<B>(
+    context: Arc<AdminContext>,
+    request: hyper::Request<B>,
+) -> Result<Response, Infallible> {
+    let path = request.uri().path();
+    let method = request.method();
+    let response = match (method, path) {
+        (&Method::GET, "/metrics") => {
+            if let Some(proxy) = &context.proxy {
+                for pool in proxy.pools() {
+                    for server in &pool.servers {
+                        context
+                            .metrics
+                            .upstream_up
+                            .get_or_create(&super::ServerLabels {
+                                upstream: pool.name.clone(),
+                                server: server.url.clone(),
+                            })
+                            .set(i64::from(server.available()));
+                    }
+                }
+            }
+            let mut response = hyper::Response::new(full(context.metrics.encode()));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        }
+        (&Method::GET, "/health") => {
+            json(StatusCode::OK, &serde_json::json!({"status": "healthy"}))
+        }
+        (&Method::GET, "/ready") => {
+            let state = context.certificates.load();
+            let listening = context.listening.load(Ordering::Acquire);
+            if listening && state.pending.is_empty() {
+                json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
+            } else {
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &serde_json::json!({"status": "not ready", "listening": listening, "pending_certificates": state.pending}),
+                )
+            }
+        }
+        (&Method::GET, "/certificates") => {
+            let state = context.certificates.load();
+            let now = crate::certs::inspect::unix_now();
+            let served: Vec<CertificateView<'_>> = state
+                .served
+                .iter()
+                .map(|c| CertificateView {
+                    names: &c.names,
+                    file: c.cert_path.display().to_string(),
+                    subject: &c.info.subject,
+                    issuer: &c.info.issuer,
+                    serial: &c.info.serial,
+                    not_after: format_time(c.info.not_after),
+                    not_after_unix: c.info.not_after,
+                    days_left: c.info.remaining_secs(now).div_euclid(86_400),
+                    default: c.is_default,
+                    sha256_fingerprint: &c.info.sha256_fingerprint,
+                })
+                .collect();
+            json(
+                StatusCode::OK,
+                &serde_json::json!({"certificates": served, "pending": state.pending}),
+            )
+        }
+        (&Method::POST, "/reload") => match (context.reload)().await {
+            Ok(message) => json(
+                StatusCode::OK,
+                &serde_json::json!({"result": "success", "message": message}),
+            ),
+            Err(message) => json(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &serde_json::json!({"result": "failure", "error": message}),
+            ),
+        },
+        (_, "/reload") => HttpError::MethodNotAllowed.into_response(),
+        _ => HttpError::NotFound.into_response(),
+    };
+    Ok(response)
+}

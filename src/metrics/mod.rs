@@ -1,0 +1,280 @@
+//! Prometheus metrics (an explicit registry per server, so tests can scrape their own) and the
+//! admin endpoints that expose them. Label values come only from configuration and fixed sets
+//! (route names, upstream servers, TLS versions and suites, failure reasons), never from
+//! clients, so cardinality stays bounded.
+
+pub mod admin;
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    pub version: String,
+    pub cipher: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpgradeLabels {
+    pub route: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabels {
+    pub upstream: String,
+    pub server: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabels {
+    pub certificate: String,
+    pub serial: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub handshakes: Family<HandshakeLabels, Counter>,
+    pub handshake_failures: Family<ReasonLabels, Counter>,
+    pub handshake_duration: Histogram,
+    pub open_connections: Gauge,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<RouteLabels, Histogram>,
+    pub open_websockets: Family<RouteLabels, Gauge>,
+    pub websocket_upgrades: Family<UpgradeLabels, Counter>,
+    pub upstream_up: Family<ServerLabels, Gauge>,
+    pub certificate_expiry: Family<CertificateLabels, Gauge>,
+    pub acme_orders: Family<ResultLabels, Counter>,
+    pub reloads: Family<ResultLabels, Counter>,
+    pub last_reload: Gauge<f64, AtomicU64>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn duration_histogram() -> Histogram {
+    // 0.1 ms … ~100 s.
+    Histogram::new(exponential_buckets(0.0001, 2.5, 16))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tlsgate");
+        let metrics = Self {
+            handshakes: Family::default(),
+            handshake_failures: Family::default(),
+            handshake_duration: duration_histogram(),
+            open_connections: Gauge::default(),
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(duration_histogram),
+            open_websockets: Family::default(),
+            websocket_upgrades: Family::default(),
+            upstream_up: Family::default(),
+            certificate_expiry: Family::default(),
+            acme_orders: Family::default(),
+            reloads: Family::default(),
+            last_reload: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "tls_handshakes",
+            "Completed TLS handshakes by version and cipher suite",
+            metrics.handshakes.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "Failed TLS handshakes by reason",
+            metrics.handshake_failures.clone(),
+        );
+        registry.register(
+            "tls_handshake_duration_seconds",
+            "Time from the first byte to a completed TLS handshake",
+            metrics.handshake_duration.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Client connections currently open",
+            metrics.open_connections.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status class",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to the response headers, by route",
+            metrics.request_duration.clone(),
+        );
+        registry.register(
+            "open_websockets",
+            "WebSockets currently open, by route",
+            metrics.open_websockets.clone(),
+        );
+        registry.register(
+            "websocket_upgrades",
+            "WebSocket upgrades by route and result",
+            metrics.websocket_upgrades.clone(),
+        );
+        registry.register(
+            "upstream_server_up",
+            "Whether an upstream server is in rotation (1) or not (0)",
+            metrics.upstream_up.clone(),
+        );
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When each served certificate expires (Unix time)",
+            metrics.certificate_expiry.clone(),
+        );
+        registry.register(
+            "acme_orders",
+            "ACME orders by result",
+            metrics.acme_orders.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration and certificate reloads by result",
+            metrics.reloads.clone(),
+        );
+        registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "When the last reload succeeded (Unix time)",
+            metrics.last_reload.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn handshake_ok(&self, version: &str, cipher: &str, seconds: f64) {
+        self.handshakes
+            .get_or_create(&HandshakeLabels {
+                version: version.into(),
+                cipher: cipher.into(),
+            })
+            .inc();
+        self.handshake_duration.observe(seconds);
+    }
+
+    pub fn handshake_failed(&self, reason: &'static str) {
+        self.handshake_failures
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    pub fn request(&self, route: &str, status: u16, seconds: f64) {
+        let class = format!("{}xx", status / 100);
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.into(),
+                status: class,
+            })
+            .inc();
+        self.request_duration
+            .get_or_create(&RouteLabels {
+                route: route.into(),
+            })
+            .observe(seconds);
+    }
+
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.reloads
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
+        if ok {
+            self.last_reload
+                .set(crate::certs::inspect::unix_now() as f64);
+        }
+    }
+
+    /// Replaces the certificate expiry gauges with the certificates now served.
+    pub fn set_certificates(&self, certificates: &[crate::tls::CertSummary]) {
+        self.certificate_expiry.clear();
+        for summary in certificates {
+            let name = summary
+                .names
+                .first()
+                .cloned()
+                .unwrap_or_else(|| summary.cert_path.display().to_string());
+            self.certificate_expiry
+                .get_or_create(&CertificateLabels {
+                    certificate: name,
+                    serial: summary.info.serial.clone(),
+                })
+                .set(summary.info.not_after);
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A handshake failure's reason, as a bounded label value.
+pub fn failure_reason(error: &std::io::Error) -> &'static str {
+    let text = error.to_string();
+    if text.contains("no server certificate") {
+        "no_certificate"
+    } else if text.contains("NoCipherSuitesInCommon")
+        || text.contains("no ciphersuites in common")
+        || text.contains("cipher")
+    {
+        "no_shared_cipher"
+    } else if text.contains("ProtocolVersion") || text.contains("version") {
+        "protocol_version"
+    } else if text.contains("AlertReceived") {
+        "alert_from_client"
+    } else if text.contains("peer closed") || text.contains("eof") || text.contains("UnexpectedEof")
+    {
+        "closed_by_client"
+    } else if text.contains("Invalid") || text.contains("Corrupt") || text.contains("Decode") {
+        "bad_client_hello"
+    } else {
+        "other"
+    }
+}

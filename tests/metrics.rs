@@ -1,0 +1,270 @@
+//! The admin listener: metrics scraped after real traffic, health, readiness, the certificate
+//! inventory and reload.
+
+mod common;
+
+use std::time::Duration;
+
+use common::upstream::Upstream;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use tlsgate::certs::KeyAlgorithm;
+use tokio::io::AsyncWriteExt;
+use tokio_tungstenite::tungstenite::Message;
+
+/// The value of the first sample whose line starts with `name{` and contains every label.
+fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .find(|l| labels.iter().all(|label| l.contains(label)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn admin_get(server: &TestServer, path: &str) -> SimpleResponse {
+    http_get(server.admin.unwrap(), "127.0.0.1", path).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_after_real_handshakes_requests_and_websockets() {
+    let backend = Upstream::start("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = fixture_ca(dir.path());
+    let issued = fixture_cert(
+        &ca,
+        dir.path(),
+        "site",
+        &["app.test"],
+        KeyAlgorithm::EcdsaP256,
+    );
+    let yaml = format!(
+        "tls:\n  certificates:\n    - pem_file: site.pem\nupstreams:\n  pool:\n    servers: [{}]\nroutes:\n  - path: /\n    upstream: pool\n",
+        backend.url()
+    );
+    let server = TestServer::start(&yaml, dir.path()).await.unwrap();
+    assert!(server.admin.unwrap().ip().is_loopback());
+    let roots = [ca.cert_der.clone()];
+
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let client = client_config(&roots, &[version], &[b"http/1.1"]);
+        let response = https_get(server.main, "app.test", client, "/echo").await;
+        assert_eq!(response.status, 200);
+    }
+    // A failed handshake: not TLS at all.
+    let mut tcp = tokio::net::TcpStream::connect(server.main).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    drop(tcp);
+    let stream = tls_connect(server.main, "app.test", default_client(&roots))
+        .await
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async("wss://app.test/ws", stream)
+        .await
+        .unwrap();
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hi"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let scraped = admin_get(&server, "/metrics").await;
+    assert_eq!(scraped.status, 200);
+    let m = &scraped.body;
+    assert_eq!(
+        sample(
+            m,
+            "tlsgate_tls_handshakes_total",
+            &["version=\"1.3\"", "cipher=\"TLS13_"]
+        ),
+        Some(2.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            m,
+            "tlsgate_tls_handshakes_total",
+            &["version=\"1.2\"", "cipher=\"TLS_ECDHE_ECDSA_WITH_"]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(
+        sample(m, "tlsgate_tls_handshake_failures_total", &[]).unwrap_or(0.0) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        sample(m, "tlsgate_tls_handshake_duration_seconds_count", &[]).unwrap_or(0.0) >= 3.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            m,
+            "tlsgate_http_requests_total",
+            &["route=\"*/\"", "status=\"2xx\""]
+        ),
+        Some(2.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            m,
+            "tlsgate_http_requests_total",
+            &["route=\"*/\"", "status=\"1xx\""]
+        ),
+        Some(1.0),
+        "the upgrade: {m}"
+    );
+    assert_eq!(
+        sample(m, "tlsgate_open_websockets", &["route=\"*/\""]),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(m, "tlsgate_websocket_upgrades_total", &["result=\"ok\""]),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(
+        sample(m, "tlsgate_open_connections", &[]).unwrap_or(0.0) >= 1.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(m, "tlsgate_upstream_server_up", &["upstream=\"pool\""]),
+        Some(1.0),
+        "{m}"
+    );
+    let not_after = tlsgate::certs::CertInfo::parse(&issued.der)
+        .unwrap()
+        .not_after as f64;
+    assert_eq!(
+        sample(
+            m,
+            "tlsgate_certificate_expiry_timestamp_seconds",
+            &["certificate=\"app.test\""]
+        ),
+        Some(not_after),
+        "{m}"
+    );
+    ws.close(None).await.unwrap();
+    drop(ws);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let m = admin_get(&server, "/metrics").await.body;
+    assert_eq!(
+        sample(&m, "tlsgate_open_websockets", &["route=\"*/\""]),
+        Some(0.0),
+        "{m}"
+    );
+    backend.kill();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_ready_certificates_and_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = fixture_ca(dir.path());
+    let first = fixture_cert(
+        &ca,
+        dir.path(),
+        "site",
+        &["app.test"],
+        KeyAlgorithm::EcdsaP256,
+    );
+    let server = TestServer::start(
+        "tls:\n  certificates:\n    - pem_file: site.pem\n",
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    let health = admin_get(&server, "/health").await;
+    assert_eq!(
+        (health.status.as_u16(), health.body.contains("healthy")),
+        (200, true)
+    );
+    assert_eq!(admin_get(&server, "/ready").await.status, 200);
+    let inventory: serde_json::Value =
+        serde_json::from_str(&admin_get(&server, "/certificates").await.body).unwrap();
+    let first_serial = tlsgate::certs::CertInfo::parse(&first.der).unwrap().serial;
+    assert_eq!(
+        inventory["certificates"][0]["serial"],
+        first_serial.as_str()
+    );
+    assert_eq!(inventory["certificates"][0]["names"][0], "app.test");
+    assert_eq!(admin_get(&server, "/reload").await.status, 405);
+
+    // The certificate file is replaced; POST /reload swaps it in for new handshakes.
+    let second = fixture_cert(
+        &ca,
+        dir.path(),
+        "site",
+        &["app.test"],
+        KeyAlgorithm::EcdsaP256,
+    );
+    let stream = tokio::net::TcpStream::connect(server.admin.unwrap())
+        .await
+        .unwrap();
+    let post = http::Request::post("/reload")
+        .header("host", "127.0.0.1")
+        .body(body_of(""))
+        .unwrap();
+    let reloaded = send_on(stream, post).await;
+    assert_eq!(reloaded.status, 200, "{}", reloaded.body);
+    let leaf = served_leaf(
+        &tls_connect(
+            server.main,
+            "app.test",
+            default_client(std::slice::from_ref(&ca.cert_der)),
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(
+        leaf.serial,
+        tlsgate::certs::CertInfo::parse(&second.der).unwrap().serial
+    );
+
+    // A broken file: the reload is refused and the old certificate keeps serving.
+    std::fs::write(dir.path().join("site.pem"), "garbage").unwrap();
+    let stream = tokio::net::TcpStream::connect(server.admin.unwrap())
+        .await
+        .unwrap();
+    let post = http::Request::post("/reload")
+        .header("host", "127.0.0.1")
+        .body(body_of(""))
+        .unwrap();
+    let refused = send_on(stream, post).await;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(refused.body.contains("site.pem"), "{}", refused.body);
+    let leaf = served_leaf(
+        &tls_connect(
+            server.main,
+            "app.test",
+            default_client(std::slice::from_ref(&ca.cert_der)),
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(
+        leaf.serial,
+        tlsgate::certs::CertInfo::parse(&second.der).unwrap().serial
+    );
+    let m = admin_get(&server, "/metrics").await.body;
+    assert_eq!(
+        sample(&m, "tlsgate_config_reloads_total", &["result=\"success\""]),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "tlsgate_config_reloads_total", &["result=\"failure\""]),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(
+        sample(
+            &m,
+            "tlsgate_config_last_reload_success_timestamp_seconds",
+            &[]
+        )
+        .unwrap_or(0.0)
+            > 1.7e9,
+        "{m}"
+    );
+    server.stop().await;
+}
