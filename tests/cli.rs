@@ -55,9 +55,12 @@ impl Running {
                 "127.0.0.1:0",
                 "--http-listen",
                 "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
             ])
+            .args(if extra.contains(&"--admin-listen") {
+                &[][..]
+            } else {
+                &["--admin-listen", "127.0.0.1:0"][..]
+            })
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -753,7 +756,21 @@ async fn one_line_reverse_proxy_with_upstream_flag() {
         response.body
     );
     assert!(response.body.contains("/anything?x=1"), "{}", response.body);
-    running.stop();
+    let (_, stderr) = running.stop();
+    let access = stderr
+        .lines()
+        .find(|l| l.contains("tlsgate::access") && l.contains("/anything"))
+        .unwrap_or_else(|| panic!("no access log line: {stderr}"));
+    for field in [
+        "status=200",
+        "tls=\"1.3\"",
+        &format!("upstream=\"{}\"", backend.url()),
+        "client=127.0.0.1",
+        "route=default",
+    ] {
+        assert!(access.contains(field), "{field} missing: {access}");
+    }
+    assert!(!access.contains("x=1"), "queries are not logged: {access}");
 }
 
 #[test]
@@ -816,4 +833,80 @@ fn config_check_reports_proxy_mistakes_with_lines() {
         again, stdout,
         "the effective proxy config reads back unchanged"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_command_and_certificate_files_watched_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = fixture_ca(dir.path());
+    // Kubernetes mounts a Secret as files behind a `..data` symlink that is swapped on update.
+    let version = |n: u32| {
+        let folder = dir.path().join(format!("..v{n}"));
+        std::fs::create_dir_all(&folder).unwrap();
+        let issued = fixture_cert(&ca, &folder, "tls", &["app.test"], KeyAlgorithm::EcdsaP256);
+        (
+            format!("..v{n}"),
+            tlsgate::certs::CertInfo::parse(&issued.der).unwrap().serial,
+        )
+    };
+    let (v1, serial1) = version(1);
+    std::os::unix::fs::symlink(&v1, dir.path().join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/tls.crt", dir.path().join("tls.crt")).unwrap();
+    std::os::unix::fs::symlink("..data/tls.key", dir.path().join("tls.key")).unwrap();
+    let admin = free_port();
+    std::fs::write(
+        dir.path().join("tlsgate.yaml"),
+        format!("admin:\n  listen: 127.0.0.1:{admin}\ntls:\n  certificates:\n    - cert_file: tls.crt\n      key_file: tls.key\n"),
+    )
+    .unwrap();
+    let running = Running::start(
+        &mut tlsgate(dir.path()),
+        &[
+            "-c",
+            "tlsgate.yaml",
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+        ],
+    );
+    let client = default_client(std::slice::from_ref(&ca.cert_der));
+    let main = running.main;
+    let serial = |client: std::sync::Arc<rustls::ClientConfig>| async move {
+        served_leaf(&tls_connect(main, "app.test", client).await.unwrap()).serial
+    };
+    assert_eq!(serial(client.clone()).await, serial1);
+
+    // The symlink swap, as the kubelet does it: new target, then rename over `..data`.
+    let (v2, serial2) = version(2);
+    std::os::unix::fs::symlink(&v2, dir.path().join("..data_tmp")).unwrap();
+    std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while serial(client.clone()).await != serial2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the swapped Secret was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // `tlsgate reload`: success, then a refusal with the reason and the old certificate kept.
+    let (code, out, err) = run(tlsgate(dir.path()).args(["reload", "-c", "tlsgate.yaml"]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("reloaded: 1 certificate(s) loaded"), "{out}");
+    std::fs::write(dir.path().join(&v2).join("tls.key"), "not a key").unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (code, _, err) = run(tlsgate(dir.path()).args(["reload", "-c", "tlsgate.yaml"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("reload refused") && err.contains("tls.key"),
+        "{err}"
+    );
+    assert_eq!(
+        serial(client.clone()).await,
+        serial2,
+        "the old certificate keeps serving"
+    );
+    let (code, _) = running.stop();
+    assert_eq!(code, 0);
+    let (code, _, err) = run(tlsgate(dir.path()).args(["reload", "-c", "tlsgate.yaml"]));
+    assert_eq!(code, 2, "no server: {err}");
 }

@@ -44,6 +44,11 @@ enum Command {
     /// Obtain, renew and list ACME certificates (the server does this by itself too).
     #[command(subcommand)]
     Acme(acme::AcmeCommand),
+    /// Ask the running server to reload (through its admin listener); prints the outcome.
+    #[command(
+        after_help = "Example:\n  tlsgate reload -c /etc/tlsgate/tlsgate.yaml\n\nExit codes: 0 reloaded, 1 the server refused the reload (the message says why; nothing changed), 2 no server reachable or bad input"
+    )]
+    Reload(CommonArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,6 +124,7 @@ pub fn run() -> ExitCode {
         Command::Config(ConfigCommand::Check(args)) => config_check(args),
         Command::Cert(command) => cert::run(command),
         Command::Acme(command) => acme::run(command),
+        Command::Reload(args) => reload(args),
     }
 }
 
@@ -252,4 +258,69 @@ fn config_check(args: CommonArgs) -> ExitCode {
     print!("{}", config::to_yaml(&settings));
     eprintln!("configuration OK: {source}");
     ExitCode::SUCCESS
+}
+
+fn reload(args: CommonArgs) -> ExitCode {
+    let settings = match args.load() {
+        Ok(settings) => settings,
+        Err(error) => return fail(error),
+    };
+    let Some(admin) = settings.admin else {
+        return fail("the admin listener is off (`admin: off`): send SIGHUP to the server instead");
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(format!("cannot start the async runtime: {error}")),
+    };
+    let outcome = runtime.block_on(async move {
+        let connect = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio::net::TcpStream::connect(admin),
+        );
+        let stream = connect
+            .await
+            .map_err(|_| format!("no answer from {admin}"))?
+            .map_err(|e| format!("no tlsgate admin listener on {admin}: {e}"))?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        let request = hyper::Request::post("/reload")
+            .header(http::header::HOST, admin.to_string())
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let response = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            sender.send_request(request),
+        )
+        .await
+        .map_err(|_| "the server did not answer within 60s".to_owned())?
+        .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        Ok::<_, String>((status, String::from_utf8_lossy(&body).into_owned()))
+    });
+    match outcome {
+        Err(error) => fail(error),
+        Ok((status, body)) => {
+            let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            if status.is_success() {
+                println!("reloaded: {}", value["message"].as_str().unwrap_or(&body));
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "error: reload refused: {}",
+                    value["error"].as_str().unwrap_or(&body)
+                );
+                ExitCode::from(1)
+            }
+        }
+    }
 }

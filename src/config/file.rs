@@ -25,6 +25,8 @@ pub struct FileConfig {
     pub default_route: Option<Spanned<String>>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
     pub acme: Option<Spanned<AcmeFile>>,
+    /// One log line per request (target `tlsgate::access`); on by default.
+    pub access_log: Option<bool>,
     /// `admin: off`, or `admin: {listen: ADDR}`.
     pub admin: Option<Spanned<Switch<AdminFile>>>,
 }

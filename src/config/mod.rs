@@ -59,6 +59,7 @@ pub struct Settings {
     /// `None`: off.
     #[serde(serialize_with = "serialize_admin")]
     pub admin: Option<SocketAddr>,
+    pub access_log: bool,
 }
 
 fn serialize_admin<S: Serializer>(admin: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {

@@ -188,6 +188,7 @@ pub fn validate(
         proxy,
         acme,
         admin,
+        access_log: raw.access_log.unwrap_or(true),
     })
 }
 

@@ -15,9 +15,13 @@ use super::{full, websocket, Response};
 #[derive(Clone)]
 pub struct ConnectionSlot(pub Arc<dyn std::any::Any + Send + Sync>);
 
-/// The route a response came from, for metrics (set by the proxy).
+/// The route a response came from, for metrics and the access log (set by the proxy).
 #[derive(Debug, Clone)]
 pub struct RouteName(pub String);
+
+/// The upstream server that answered, for the access log (set by the proxy).
+#[derive(Debug, Clone)]
+pub struct UpstreamServer(pub String);
 
 /// The connection a request arrived on, attached to each request.
 #[derive(Debug, Clone)]
@@ -26,6 +30,8 @@ pub struct ConnectionInfo {
     /// The TLS server name the client sent, lower case.
     pub sni: Option<String>,
     pub secure: bool,
+    /// `1.2` or `1.3` on TLS connections.
+    pub tls_version: Option<&'static str>,
 }
 
 /// What the built-in endpoints need, built once per configuration.

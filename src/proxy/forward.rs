@@ -330,6 +330,11 @@ pub(super) fn respond(
     secure: bool,
 ) -> Response {
     let (mut parts, body) = response.into_parts();
+    parts
+        .extensions
+        .insert(crate::http::service::UpstreamServer(
+            pool.servers[index].url.clone(),
+        ));
     remove_hop_by_hop(&mut parts.headers);
     // As nginx does: the backend's `Server` (often with a version) is not passed on.
     parts.headers.remove(header::SERVER);

@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 
 use crate::http::error::HttpError;
 use crate::http::headers::SecurityHeaders;
-use crate::http::service::{builtin, ConnectionInfo, EdgeContext, RouteName};
+use crate::http::service::{builtin, ConnectionInfo, EdgeContext, RouteName, UpstreamServer};
 use crate::http::Response;
 use crate::proxy::forward::request_host;
 use crate::proxy::Proxy;
@@ -21,6 +21,7 @@ pub struct Dispatcher {
     pub builtin: EdgeContext,
     pub proxy: Option<Arc<Proxy>>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub access_log: bool,
 }
 
 impl Dispatcher {
@@ -30,6 +31,9 @@ impl Dispatcher {
     ) -> Result<Response, Infallible> {
         let started = std::time::Instant::now();
         let conn = request.extensions().get::<ConnectionInfo>().cloned();
+        // The path without its query: queries often carry tokens, which never reach the logs.
+        let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+        let client = conn.as_ref().map(|c| (c.peer.ip(), c.tls_version));
         let mut response = match self.misdirected(&request, conn.as_ref()) {
             Some(refusal) => refusal,
             None => match (&self.proxy, conn) {
@@ -53,11 +57,30 @@ impl Dispatcher {
                     "builtin".into()
                 }
             });
-        self.metrics.request(
-            &route,
-            response.status().as_u16(),
-            started.elapsed().as_secs_f64(),
-        );
+        let elapsed = started.elapsed();
+        self.metrics
+            .request(&route, response.status().as_u16(), elapsed.as_secs_f64());
+        if self.access_log {
+            let upstream = response
+                .extensions()
+                .get::<UpstreamServer>()
+                .map(|u| u.0.as_str())
+                .unwrap_or("-");
+            let bytes = http_body::Body::size_hint(response.body()).exact();
+            tracing::info!(
+                target: "tlsgate::access",
+                client = %client.map(|(ip, _)| ip.to_string()).unwrap_or_default(),
+                tls = client.and_then(|(_, v)| v).unwrap_or("-"),
+                %method,
+                %path,
+                status = response.status().as_u16(),
+                %route,
+                upstream,
+                bytes = bytes.map(|b| b.to_string()).unwrap_or_else(|| "streamed".into()),
+                ms = elapsed.as_secs_f64() * 1000.0,
+                "request"
+            );
+        }
         Ok(response)
     }
 

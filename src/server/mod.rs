@@ -298,6 +298,7 @@ impl Server {
                 },
                 proxy: proxy.clone(),
                 metrics: metrics.clone(),
+                access_log: settings.access_log,
             }),
             tls,
             http_mode: settings.http.mode,
@@ -386,6 +387,9 @@ impl Server {
                     }
                 }
             });
+        }
+        if let Some(watch) = watch_certificate_files(&settings, reload.clone(), shutdown.clone()) {
+            tasks.spawn(watch);
         }
         if local.is_some() {
             tasks.spawn(renew_local_certificate(
@@ -484,6 +488,7 @@ async fn serve_main(
             peer,
             sni: None,
             secure: false,
+            tls_version: None,
         };
         serve_http(stream, &shared.limits, shutdown, slot, info, true, handler).await;
         return;
@@ -552,6 +557,11 @@ async fn serve_main(
             .server_name()
             .map(str::to_ascii_lowercase),
         secure: true,
+        tls_version: match stream.get_ref().1.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => Some("1.3"),
+            Some(rustls::ProtocolVersion::TLSv1_2) => Some("1.2"),
+            _ => None,
+        },
     };
     serve_http(stream, &shared.limits, shutdown, slot, info, http1, handler).await;
 }
@@ -571,6 +581,7 @@ async fn serve_redirect(
         peer,
         sni: None,
         secure: false,
+        tls_version: None,
     };
     serve_http(
         stream,
@@ -818,6 +829,7 @@ async fn admin_loop(
                 peer,
                 sni: None,
                 secure: false,
+                tls_version: None,
             };
             let slot = ConnectionSlot(Arc::new(permit));
             serve_http(
@@ -848,4 +860,77 @@ impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.open_connections.dec();
     }
+}
+
+/// Reloads when a configured certificate or key file changes on disk. The folders are watched,
+/// not the files, so replacing a file by rename and Kubernetes' swap of its `..data` symlink
+/// are both seen. Bursts of events are debounced into one reload.
+fn watch_certificate_files(
+    settings: &Settings,
+    reload: ReloadHandle,
+    shutdown: CancellationToken,
+) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+    use notify::Watcher;
+    if !settings.tls.enabled {
+        return None;
+    }
+    let mut folders: Vec<std::path::PathBuf> = settings
+        .tls
+        .certificates
+        .iter()
+        .filter(|c| !matches!(c.source, crate::config::CertSource::Acme { .. }))
+        .flat_map(|c| {
+            [
+                c.source.cert_path().to_path_buf(),
+                c.source.key_path().to_path_buf(),
+            ]
+        })
+        .filter_map(|path| {
+            let absolute = std::path::absolute(&path).unwrap_or(path);
+            absolute.parent().map(std::path::Path::to_path_buf)
+        })
+        .collect();
+    folders.sort();
+    folders.dedup();
+    if folders.is_empty() {
+        return None;
+    }
+    let (events, mut changes) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher = match notify::recommended_watcher(
+        move |event: notify::Result<notify::Event>| {
+            if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
+                let _ = events.send(());
+            }
+        },
+    ) {
+        Ok(watcher) => watcher,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch certificate files; reload with SIGHUP or POST /reload");
+            return None;
+        }
+    };
+    for folder in &folders {
+        if let Err(error) = watcher.watch(folder, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!(folder = %folder.display(), %error, "cannot watch this folder for certificate changes");
+        }
+    }
+    Some(async move {
+        let _watcher = watcher;
+        loop {
+            tokio::select! {
+                change = changes.recv() => if change.is_none() { return },
+                () = shutdown.cancelled() => return,
+            }
+            // Debounce: a certificate and its key are usually written one after the other.
+            loop {
+                tokio::select! {
+                    more = changes.recv() => if more.is_none() { return },
+                    () = tokio::time::sleep(Duration::from_millis(300)) => break,
+                    () = shutdown.cancelled() => return,
+                }
+            }
+            tracing::info!("certificate files changed on disk: reloading");
+            let _ = reload.reload().await;
+        }
+    })
 }
