@@ -311,12 +311,24 @@ where
     }
 }
 
-/// A port that was free a moment ago (for peers that need fixed ports, like Pebble).
+/// A port that was free a moment ago, for peers that need fixed ports (Pebble validates on
+/// the ports it is configured with). Chosen below Linux's ephemeral range (32768 and up),
+/// where every other test's `127.0.0.1:0` lands, so another test cannot take it meanwhile.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let seed = std::process::id().wrapping_mul(7919).wrapping_add(nanos);
+    loop {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (seed.wrapping_add(step.wrapping_mul(7919)) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub mod pebble;
