@@ -10,6 +10,7 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v certutil >/dev/null 2>&1 || missing+=(libnss3-tools)
 command -v pebble >/dev/null 2>&1 || missing+=(pebble)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"

@@ -143,6 +143,25 @@ async fn metrics_after_real_handshakes_requests_and_websockets() {
         Some(not_after),
         "{m}"
     );
+    // Every metric the alert rules and the dashboard query is one this server exports.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut used = referenced_metrics(
+        &std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml")).unwrap(),
+    );
+    used.extend(referenced_metrics(
+        &std::fs::read_to_string(root.join("deploy/grafana/tlsgate.json")).unwrap(),
+    ));
+    assert!(used.len() >= 10, "{used:?}");
+    for name in used {
+        let base = ["_total", "_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(&name);
+        assert!(
+            m.contains(&format!("# TYPE {base} ")),
+            "{name} is not exported:\n{m}"
+        );
+    }
     ws.close(None).await.unwrap();
     drop(ws);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -267,4 +286,70 @@ async fn health_ready_certificates_and_reload() {
         "{m}"
     );
     server.stop().await;
+}
+
+/// `tlsgate_…` metric names used in a text (alert expressions, dashboard queries).
+fn referenced_metrics(text: &str) -> Vec<String> {
+    let mut names: Vec<String> = text
+        .match_indices("tlsgate_")
+        .map(|(at, _)| {
+            text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect::<String>()
+        })
+        .filter(|name| name.len() > "tlsgate_".len())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_rules_and_dashboard_use_metrics_tlsgate_exports() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let promtool = |args: &[&str], dir: &std::path::Path| {
+        let output = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("promtool is installed (scripts/test.sh installs Debian's prometheus package)");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), text)
+    };
+    let (ok, text) = promtool(&["check", "rules", "deploy/prometheus/alerts.yml"], root);
+    assert!(ok && text.contains("SUCCESS"), "{text}");
+    // The expiry alerts fire at the right thresholds, on the right labels.
+    let (ok, text) = promtool(
+        &["test", "rules", "alerts_test.yml"],
+        &root.join("tests/promtool"),
+    );
+    assert!(ok, "{text}");
+
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("deploy/grafana/tlsgate.json")).unwrap(),
+    )
+    .unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    let titles: Vec<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
+    for wanted in [
+        "Days until certificate expiry",
+        "TLS handshake success rate",
+        "TLS handshake errors by reason",
+        "TLS handshake latency",
+        "TLS version distribution",
+        "Cipher suite distribution",
+    ] {
+        assert!(
+            titles.contains(&wanted),
+            "seed 001's panel {wanted} is missing: {titles:?}"
+        );
+    }
+    for panel in panels {
+        assert!(!panel["targets"].as_array().unwrap().is_empty(), "{panel}");
+    }
 }

@@ -171,6 +171,15 @@ impl Metrics {
             "When the last reload succeeded (Unix time)",
             metrics.last_reload.clone(),
         );
+        // Results with a fixed set of values start at zero, so alert expressions such as
+        // `increase(...{result="failure"}[…])` see a series before the first event.
+        for result in ["success", "failure"] {
+            let labels = ResultLabels {
+                result: result.into(),
+            };
+            let _ = metrics.acme_orders.get_or_create(&labels);
+            let _ = metrics.reloads.get_or_create(&labels);
+        }
         Self {
             registry,
             ..metrics

@@ -87,6 +87,8 @@ pub struct Server {
     metrics: Arc<Metrics>,
     reload: ReloadHandle,
     reload_requests: tokio::sync::mpsc::Receiver<ReloadRequest>,
+    /// Watches certificate files from `bind` on, so no change made after start-up is missed.
+    file_watch: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -186,6 +188,11 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         metrics.set_certificates(&certificates);
         let (reload_sender, reload_requests) = tokio::sync::mpsc::channel(8);
+        let reload = ReloadHandle(reload_sender);
+        let file_watch =
+            watch_certificate_files(&settings, reload.clone(), shutdown.clone()).map(|watch| {
+                Box::pin(watch) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+            });
         Ok(Self {
             settings,
             main,
@@ -198,8 +205,9 @@ impl Server {
             pending,
             admin,
             metrics,
-            reload: ReloadHandle(reload_sender),
+            reload,
             reload_requests,
+            file_watch,
             shutdown,
             tasks: TaskTracker::new(),
         })
@@ -266,6 +274,7 @@ impl Server {
             metrics,
             reload,
             mut reload_requests,
+            file_watch,
             shutdown,
             tasks,
             ..
@@ -388,7 +397,7 @@ impl Server {
                 }
             });
         }
-        if let Some(watch) = watch_certificate_files(&settings, reload.clone(), shutdown.clone()) {
+        if let Some(watch) = file_watch {
             tasks.spawn(watch);
         }
         if local.is_some() {
