@@ -104,15 +104,22 @@ enum LogFormat {
 }
 
 impl CommonArgs {
-    fn load(&self) -> Result<Settings, config::ConfigError> {
-        let overrides = Overrides {
+    fn overrides(&self) -> Overrides {
+        Overrides {
             data_dir: self.data_dir.clone(),
             listen: self.listen.clone(),
             http_listen: self.http_listen.clone(),
             upstream: self.upstream.clone(),
             admin_listen: self.admin_listen.clone(),
-        };
-        config::load(self.config.as_deref(), &overrides, &config::process_env)
+        }
+    }
+
+    fn load(&self) -> Result<Settings, config::ConfigError> {
+        config::load(
+            self.config.as_deref(),
+            &self.overrides(),
+            &config::process_env,
+        )
     }
 }
 
@@ -149,6 +156,7 @@ fn fail(error: impl std::fmt::Display) -> ExitCode {
 
 fn serve(args: ServeArgs) -> ExitCode {
     init_logging(args.log_format);
+    let overrides = args.common.overrides();
     let settings = match args.common.load() {
         Ok(settings) => settings,
         Err(error) => return fail(error),
@@ -165,7 +173,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
-        let server = match Server::bind(settings, shutdown.clone()).await {
+        let mut server = match Server::bind(settings, shutdown.clone()).await {
             Ok(server) => server,
             Err(error) => return fail(format!("cannot start: {error}")),
         };
@@ -175,6 +183,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         if !server.is_tls() {
             tracing::warn!("TLS is off: serving plain HTTP and WS, unencrypted");
         }
+        server.reload_config_from(overrides);
         print!("{}", banner::render(&server));
         let pid_file = server.settings().data_dir.join(PID_FILE);
         let wrote_pid = std::fs::create_dir_all(&server.settings().data_dir)

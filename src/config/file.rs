@@ -122,6 +122,7 @@ pub struct LimitsFile {
     pub max_connections: Option<usize>,
     pub shutdown_timeout: Option<ConfigDuration>,
     pub max_body_size: Option<ConfigSize>,
+    pub reload_grace: Option<ConfigDuration>,
 }
 
 /// A section that may be a mapping, or a shorthand word or boolean: `tls: off`,

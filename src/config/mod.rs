@@ -286,6 +286,10 @@ pub struct Limits {
     /// Largest request body proxied; larger gets `413` (routes may override).
     #[serde(serialize_with = "units::serialize_size")]
     pub max_body_size: u64,
+    /// After a reload removes a route, its WebSockets close (1001) within this long, spread
+    /// at random.
+    #[serde(serialize_with = "units::serialize_duration")]
+    pub reload_grace: Duration,
 }
 
 fn serialize_header<S: Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {

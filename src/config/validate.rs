@@ -697,6 +697,7 @@ fn limit_settings(
         max_connections,
         shutdown_timeout: positive(raw.shutdown_timeout, 30, "limits.shutdown_timeout")?,
         max_body_size: raw.max_body_size.map(|s| s.0).unwrap_or(10 * 1024 * 1024),
+        reload_grace: positive(raw.reload_grace, 10, "limits.reload_grace")?,
     })
 }
 

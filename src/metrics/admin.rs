@@ -35,8 +35,8 @@ pub struct AdminContext {
     /// Set once every listener accepts connections.
     pub listening: Arc<AtomicBool>,
     pub reload: ReloadFn,
-    /// For upstream health, read at scrape time.
-    pub proxy: Option<Arc<crate::proxy::Proxy>>,
+    /// The current proxy (it changes on reload), for upstream health at scrape time.
+    pub proxy: Arc<dyn Fn() -> Option<Arc<crate::proxy::Proxy>> + Send + Sync>,
 }
 
 #[derive(Serialize)]
@@ -72,7 +72,7 @@ pub async fn handle<B>(
     let method = request.method();
     let response = match (method, path) {
         (&Method::GET, "/metrics") => {
-            if let Some(proxy) = &context.proxy {
+            if let Some(proxy) = (context.proxy)() {
                 for pool in proxy.pools() {
                     for server in &pool.servers {
                         context

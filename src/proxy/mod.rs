@@ -31,6 +31,12 @@ pub struct Proxy {
     trusted_proxies: Vec<ipnet::IpNet>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
+    /// Stops this proxy's health checks once a reload replaced it.
+    health_stop: CancellationToken,
+    /// Per route name: cancelled when a reload removes the route, closing its WebSockets.
+    route_closers: HashMap<String, CancellationToken>,
+    /// How long after a reload removed their route WebSockets get, spread at random.
+    pub reload_grace: Duration,
 }
 
 impl Proxy {
@@ -40,6 +46,7 @@ impl Proxy {
         shutdown: CancellationToken,
         tasks: TaskTracker,
         metrics: Arc<crate::metrics::Metrics>,
+        previous: Option<&Proxy>,
     ) -> Self {
         let proxy = &settings.proxy;
         let mut pools: HashMap<String, Arc<Pool>> = proxy
@@ -90,10 +97,18 @@ impl Proxy {
             route.name = "default".into();
             route
         });
+        let health_stop = shutdown.child_token();
         for pool in pools.values() {
             if pool.settings.health_check.is_some() {
-                tasks.spawn(health::run(pool.clone(), shutdown.clone()));
+                tasks.spawn(health::run(pool.clone(), health_stop.clone()));
             }
+        }
+        let mut route_closers = HashMap::new();
+        for name in routes.iter().chain(default.iter()).map(Route::key) {
+            let closer = previous
+                .and_then(|p| p.route_closers.get(&name).cloned())
+                .unwrap_or_default();
+            route_closers.insert(name, closer);
         }
         let mut all_pools: Vec<Arc<Pool>> = pools.into_values().collect();
         all_pools.sort_by(|a, b| a.name.cmp(&b.name));
@@ -104,7 +119,37 @@ impl Proxy {
             trusted_proxies: proxy.trusted_proxies.clone(),
             shutdown,
             tasks,
+            health_stop,
+            route_closers,
+            reload_grace: settings.limits.reload_grace,
         }
+    }
+
+    /// The token that closes `route`'s WebSockets when a reload removes the route.
+    pub fn route_closer(&self, route: &str) -> CancellationToken {
+        self.route_closers.get(route).cloned().unwrap_or_default()
+    }
+
+    /// Called when a reload replaced this proxy: stops its health checks and, after `grace`,
+    /// closes WebSockets on routes the new configuration no longer has.
+    pub fn retire(&self, next: Option<&Proxy>, grace: std::time::Duration) {
+        self.health_stop.cancel();
+        let removed: Vec<(String, CancellationToken)> = self
+            .route_closers
+            .iter()
+            .filter(|(name, _)| next.is_none_or(|n| !n.route_closers.contains_key(*name)))
+            .map(|(name, token)| (name.clone(), token.clone()))
+            .collect();
+        if removed.is_empty() {
+            return;
+        }
+        self.tasks.spawn(async move {
+            tokio::time::sleep(grace).await;
+            for (name, token) in removed {
+                tracing::info!(route = %name, "route removed by reload: closing its WebSockets (1001)");
+                token.cancel();
+            }
+        });
     }
 
     /// Every upstream pool, for health metrics.

@@ -47,6 +47,12 @@ pub struct Route {
 }
 
 impl Route {
+    /// What identifies a route across reloads: its match and its upstream. WebSockets stay
+    /// open through a reload while this is unchanged.
+    pub fn key(&self) -> String {
+        format!("{} -> {}", self.name, self.pool.name)
+    }
+
     fn matches_path(&self, path: &str) -> bool {
         if self.exact {
             return path == self.path;

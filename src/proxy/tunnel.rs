@@ -200,6 +200,8 @@ pub async fn open(
     let route_name = route.name.clone();
     let shutdown = proxy.shutdown.clone();
     let metrics = proxy.metrics.clone();
+    let closer = proxy.route_closer(&route.key());
+    let grace = proxy.reload_grace;
     let route_label = crate::metrics::RouteLabels {
         route: route_name.clone(),
     };
@@ -223,7 +225,7 @@ pub async fn open(
             }
         };
         let reason = tokio::select! {
-            reason = splice(TokioIo::new(client), TokioIo::new(upstream), idle) => reason,
+            reason = splice(TokioIo::new(client), TokioIo::new(upstream), idle, closer, grace) => reason,
             () = shutdown.cancelled() => "server shutting down",
         };
         tracing::debug!(route = %route_name, reason, "WebSocket tunnel closed");
@@ -233,8 +235,16 @@ pub async fn open(
 
 /// Copies bytes both ways until both sides finish, or nothing moves either way for `idle`.
 /// Each direction runs on its own, so a peer that stops reading stalls only its direction,
-/// and the idle watchdog still fires.
-pub async fn splice<A, B>(a: A, b: B, idle: Duration) -> &'static str
+/// and the idle watchdog still fires. When `close` fires (a reload removed the route), the
+/// client gets a WebSocket close frame with code 1001 after a random part of `spread`, so
+/// clients do not all reconnect at once.
+pub async fn splice<A, B>(
+    a: A,
+    b: B,
+    idle: Duration,
+    close: tokio_util::sync::CancellationToken,
+    spread: Duration,
+) -> &'static str
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -242,30 +252,53 @@ where
     let started = tokio::time::Instant::now();
     let last = AtomicU64::new(0);
     let touch = || last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-    let (a_read, a_write) = tokio::io::split(a);
-    let (b_read, b_write) = tokio::io::split(b);
-    let both = async {
-        tokio::join!(pump(a_read, b_write, &touch), pump(b_read, a_write, &touch));
-    };
-    let watchdog = async {
-        loop {
-            let quiet = started
-                .elapsed()
-                .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
-            if quiet >= idle {
-                return;
+    let (mut a_read, mut a_write) = tokio::io::split(a);
+    let (mut b_read, mut b_write) = tokio::io::split(b);
+    let outcome = {
+        let both = async {
+            tokio::join!(
+                pump(&mut a_read, &mut b_write, &touch),
+                pump(&mut b_read, &mut a_write, &touch)
+            );
+        };
+        let watchdog = async {
+            loop {
+                let quiet = started
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+                if quiet >= idle {
+                    return;
+                }
+                tokio::time::sleep(idle - quiet).await;
             }
-            tokio::time::sleep(idle - quiet).await;
+        };
+        let removed = async {
+            close.cancelled().await;
+            tokio::time::sleep(spread_delay(spread)).await;
+        };
+        tokio::select! {
+            () = both => "closed",
+            () = watchdog => "idle timeout",
+            () = removed => "route removed",
         }
     };
-    tokio::select! {
-        () = both => "closed",
-        () = watchdog => "idle timeout",
+    if outcome == "route removed" {
+        // An unmasked close frame, code 1001 (going away).
+        let _ = a_write.write_all(&[0x88, 0x02, 0x03, 0xE9]).await;
+        let _ = a_write.shutdown().await;
+        let _ = b_write.shutdown().await;
     }
+    outcome
+}
+
+fn spread_delay(spread: Duration) -> Duration {
+    let mut bytes = [0u8; 4];
+    let _ = aws_lc_rs::rand::fill(&mut bytes);
+    spread.mul_f64(f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX))
 }
 
 /// One direction: read, write, repeat; at end of input, shut the other side's writing half.
-async fn pump<R, W>(mut from: R, mut to: W, touch: &(dyn Fn() + Sync))
+async fn pump<R, W>(from: &mut R, to: &mut W, touch: &(dyn Fn() + Sync))
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::certs::local_ca::{LeafAction, LocalCertificate};
-use crate::config::{HttpMode, Limits, Settings};
+use crate::config::{HttpMode, Limits, Overrides, Settings};
 use crate::http::headers::SecurityHeaders;
 use crate::http::service::{ConnectionInfo, ConnectionSlot, EdgeContext};
 use crate::http::{redirect, Response};
@@ -54,20 +54,29 @@ pub enum ServerError {
 
 /// The TLS side of the main listener: certificates behind an SNI resolver, and a config that
 /// can be swapped without touching the listener.
+/// The part of the server a configuration reload swaps as one unit.
+struct Runtime {
+    limits: Limits,
+    dispatcher: Arc<Dispatcher>,
+    http_mode: HttpMode,
+    redirect_port: u16,
+}
+
 struct TlsEdge {
     resolver: Arc<SniResolver>,
     config: ArcSwap<rustls::ServerConfig>,
+    /// Ticket keys and session cache, shared by every config built, so sessions resume across
+    /// reloads.
+    sessions: SessionState,
     /// For ClientHellos offering `acme-tls/1` (TLS-ALPN-01 validation), when ACME is on.
     acme_config: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// What every connection of this server shares.
 struct Shared {
-    limits: Limits,
-    dispatcher: Arc<Dispatcher>,
+    /// What a reload replaces; each connection keeps the snapshot it started with.
+    runtime: ArcSwap<Runtime>,
     tls: Option<TlsEdge>,
-    http_mode: HttpMode,
-    redirect_port: u16,
     /// Pending ACME challenge answers, when ACME is on.
     challenges: Option<Arc<ChallengeStore>>,
     metrics: Arc<Metrics>,
@@ -87,6 +96,8 @@ pub struct Server {
     metrics: Arc<Metrics>,
     reload: ReloadHandle,
     reload_requests: tokio::sync::mpsc::Receiver<ReloadRequest>,
+    /// Set by [`Server::reload_config_from`]: reloads re-read the whole configuration.
+    config_source: Option<Overrides>,
     /// Watches certificate files from `bind` on, so no change made after start-up is missed.
     file_watch: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
     shutdown: CancellationToken,
@@ -166,6 +177,7 @@ impl Server {
             Some(TlsEdge {
                 resolver,
                 config: ArcSwap::from_pointee(config),
+                sessions,
                 acme_config,
             })
         } else {
@@ -207,6 +219,7 @@ impl Server {
             metrics,
             reload,
             reload_requests,
+            config_source: None,
             file_watch,
             shutdown,
             tasks: TaskTracker::new(),
@@ -221,6 +234,12 @@ impl Server {
     /// acme` after issuing): new handshakes get the new ones, open connections keep theirs.
     pub fn reload_handle(&self) -> ReloadHandle {
         self.reload.clone()
+    }
+
+    /// Makes reloads re-read the configuration (its file, the environment and these flags),
+    /// not only the certificates.
+    pub fn reload_config_from(&mut self, overrides: Overrides) {
+        self.config_source = Some(overrides);
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
@@ -274,6 +293,7 @@ impl Server {
             metrics,
             reload,
             mut reload_requests,
+            config_source,
             file_watch,
             shutdown,
             tasks,
@@ -283,35 +303,18 @@ impl Server {
             .local_addr()
             .map(|a| a.port())
             .unwrap_or(settings.listen.port());
-        let security_headers = if tls.is_some() {
-            SecurityHeaders::new(&settings.headers)
-        } else {
-            SecurityHeaders::default()
-        };
-        let proxy = settings.proxy.is_enabled().then(|| {
-            Arc::new(crate::proxy::Proxy::new(
-                &settings,
-                shutdown.clone(),
-                tasks.clone(),
-                metrics.clone(),
-            ))
-        });
+        let runtime = build_runtime(
+            &settings,
+            main_port,
+            tls.is_some(),
+            &shutdown,
+            &tasks,
+            &metrics,
+            None,
+        );
         let shared = Arc::new(Shared {
-            limits: settings.limits.clone(),
-            dispatcher: Arc::new(Dispatcher {
-                security_headers,
-                builtin: EdgeContext {
-                    websocket_idle_timeout: settings.limits.websocket_idle_timeout,
-                    shutdown: shutdown.clone(),
-                    tasks: tasks.clone(),
-                },
-                proxy: proxy.clone(),
-                metrics: metrics.clone(),
-                access_log: settings.access_log,
-            }),
+            runtime: ArcSwap::from_pointee(runtime),
             tls,
-            http_mode: settings.http.mode,
-            redirect_port: settings.http.redirect_port.unwrap_or(main_port),
             challenges: challenges.clone(),
             metrics: metrics.clone(),
         });
@@ -351,7 +354,10 @@ impl Server {
                     let reload = reload.clone();
                     Box::pin(async move { reload.reload().await })
                 }),
-                proxy,
+                proxy: {
+                    let shared = shared.clone();
+                    Arc::new(move || shared.runtime.load().dispatcher.proxy.clone())
+                },
             });
             loops.push(tokio::spawn(admin_loop(
                 admin,
@@ -361,14 +367,36 @@ impl Server {
                 tasks.clone(),
             )));
         }
+        let current = Arc::new(ArcSwap::from_pointee(settings.clone()));
         let apply = {
-            let (shared, settings, metrics, state) = (
+            let (shared, current, metrics, state) = (
                 shared.clone(),
-                settings.clone(),
+                current.clone(),
                 metrics.clone(),
                 certificate_state.clone(),
             );
-            Arc::new(move || apply_certificates(&shared, &settings, &metrics, &state))
+            Arc::new(move || apply_certificates(&shared, &current.load(), &metrics, &state))
+        };
+        let reload_config = {
+            let context = ConfigReload {
+                shared: shared.clone(),
+                current: current.clone(),
+                metrics: metrics.clone(),
+                state: certificate_state.clone(),
+                main_port,
+                shutdown: shutdown.clone(),
+                tasks: tasks.clone(),
+            };
+            let overrides = config_source.clone();
+            Arc::new(move || match &overrides {
+                Some(overrides) => context.apply(overrides),
+                None => apply_certificates(
+                    &context.shared,
+                    &context.current.load(),
+                    &context.metrics,
+                    &context.state,
+                ),
+            })
         };
         if let (Some(store), Some(_)) = (&challenges, &shared.tls) {
             let apply = apply.clone();
@@ -381,7 +409,7 @@ impl Server {
             }
         }
         {
-            let (shutdown, metrics, apply) = (shutdown.clone(), metrics.clone(), apply.clone());
+            let (shutdown, metrics) = (shutdown.clone(), metrics.clone());
             tasks.spawn(async move {
                 loop {
                     let request = tokio::select! {
@@ -389,7 +417,7 @@ impl Server {
                         () = shutdown.cancelled() => return,
                     };
                     let Some(reply) = request else { return };
-                    let outcome = apply();
+                    let outcome = reload_config();
                     metrics.reload(outcome.is_ok());
                     if let Some(reply) = reply {
                         let _ = reply.send(outcome);
@@ -490,7 +518,8 @@ async fn serve_main(
     // The slot (connection limit and open-connections gauge) lives as long as the connection,
     // including an upgraded WebSocket that outlives its HTTP exchange.
     let slot = ConnectionSlot(Arc::new((permit, OpenConnection::new(&shared.metrics))));
-    let dispatcher = shared.dispatcher.clone();
+    let runtime = shared.runtime.load_full();
+    let dispatcher = runtime.dispatcher.clone();
     let handler = move |request| dispatcher.clone().handle(request);
     let Some(tls) = &shared.tls else {
         let info = ConnectionInfo {
@@ -499,7 +528,7 @@ async fn serve_main(
             secure: false,
             tls_version: None,
         };
-        serve_http(stream, &shared.limits, shutdown, slot, info, true, handler).await;
+        serve_http(stream, &runtime.limits, shutdown, slot, info, true, handler).await;
         return;
     };
     // The ClientHello is read first, so a TLS-ALPN-01 validator gets its challenge
@@ -519,7 +548,7 @@ async fn serve_main(
         start.into_stream(config).await
     };
     let started = std::time::Instant::now();
-    let handshake = tokio::time::timeout(shared.limits.handshake_timeout, handshake);
+    let handshake = tokio::time::timeout(runtime.limits.handshake_timeout, handshake);
     let stream = match handshake.await {
         Ok(Ok(stream)) => {
             let connection = stream.get_ref().1;
@@ -572,7 +601,16 @@ async fn serve_main(
             _ => None,
         },
     };
-    serve_http(stream, &shared.limits, shutdown, slot, info, http1, handler).await;
+    serve_http(
+        stream,
+        &runtime.limits,
+        shutdown,
+        slot,
+        info,
+        http1,
+        handler,
+    )
+    .await;
 }
 
 async fn serve_redirect(
@@ -582,8 +620,9 @@ async fn serve_redirect(
     shutdown: CancellationToken,
     permit: OwnedSemaphorePermit,
 ) {
-    let mode = shared.http_mode;
-    let port = shared.redirect_port;
+    let runtime = shared.runtime.load_full();
+    let mode = runtime.http_mode;
+    let port = runtime.redirect_port;
     let challenges = shared.challenges.clone();
     let slot = ConnectionSlot(Arc::new(permit));
     let info = ConnectionInfo {
@@ -594,7 +633,7 @@ async fn serve_redirect(
     };
     serve_http(
         stream,
-        &shared.limits,
+        &runtime.limits,
         shutdown,
         slot,
         info,
@@ -942,4 +981,141 @@ fn watch_certificate_files(
             let _ = reload.reload().await;
         }
     })
+}
+
+/// Builds what a configuration decides for new connections: limits, headers, routes and pools.
+/// `previous` hands WebSocket route tokens over, so tunnels on kept routes stay open.
+fn build_runtime(
+    settings: &Settings,
+    main_port: u16,
+    tls: bool,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+    metrics: &Arc<Metrics>,
+    previous: Option<&crate::proxy::Proxy>,
+) -> Runtime {
+    let security_headers = if tls {
+        SecurityHeaders::new(&settings.headers)
+    } else {
+        SecurityHeaders::default()
+    };
+    let proxy = settings.proxy.is_enabled().then(|| {
+        Arc::new(crate::proxy::Proxy::new(
+            settings,
+            shutdown.clone(),
+            tasks.clone(),
+            metrics.clone(),
+            previous,
+        ))
+    });
+    Runtime {
+        limits: settings.limits.clone(),
+        dispatcher: Arc::new(Dispatcher {
+            security_headers,
+            builtin: EdgeContext {
+                websocket_idle_timeout: settings.limits.websocket_idle_timeout,
+                shutdown: shutdown.clone(),
+                tasks: tasks.clone(),
+            },
+            proxy,
+            metrics: metrics.clone(),
+            access_log: settings.access_log,
+        }),
+        http_mode: settings.http.mode,
+        redirect_port: settings.http.redirect_port.unwrap_or(main_port),
+    }
+}
+
+/// Everything a configuration reload touches.
+struct ConfigReload {
+    shared: Arc<Shared>,
+    current: Arc<ArcSwap<Settings>>,
+    metrics: Arc<Metrics>,
+    state: Arc<ArcSwap<CertificateState>>,
+    main_port: u16,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl ConfigReload {
+    /// Loads and validates the whole configuration first; only then swaps certificates, TLS
+    /// settings, routes, pools, headers and limits in. Any error changes nothing. Open
+    /// connections keep what they started with; WebSockets stay open unless their route or
+    /// upstream is gone.
+    fn apply(&self, overrides: &Overrides) -> Result<String, String> {
+        let old = self.current.load_full();
+        let new = crate::config::load(
+            old.source.as_deref(),
+            overrides,
+            &crate::config::process_env,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut restart = Vec::new();
+        if new.listen != old.listen {
+            restart.push("listen");
+        }
+        if new.http.listen != old.http.listen
+            || (new.http.mode == HttpMode::Off) != (old.http.mode == HttpMode::Off)
+        {
+            restart.push("http listener");
+        }
+        if new.tls.enabled != old.tls.enabled {
+            restart.push("tls on/off");
+        }
+        if new.admin != old.admin {
+            restart.push("admin");
+        }
+        if new.data_dir != old.data_dir {
+            restart.push("data_dir");
+        }
+        if new.acme != old.acme {
+            restart.push("acme");
+        }
+        if !restart.is_empty() {
+            return Err(format!(
+                "not applied: {} changed, which needs a restart (nothing else was changed either)",
+                restart.join(", ")
+            ));
+        }
+        let mut message = String::from("configuration reloaded");
+        if let Some(tls) = &self.shared.tls {
+            let loaded =
+                tls::load_certificates(&new.tls, &new.data_dir).map_err(|e| e.to_string())?;
+            let config = tls::build_server_config(&new.tls, tls.resolver.clone(), &tls.sessions)
+                .map_err(|e| e.to_string())?;
+            // Validated; from here on nothing fails.
+            tls.resolver.replace(loaded.table);
+            tls.config.store(Arc::new(config));
+            for summary in &loaded.summaries {
+                tracing::info!(audit = "certificate loaded", path = %summary.cert_path.display(), serial = %summary.info.serial, fingerprint = %summary.info.sha256_fingerprint, "certificate in service");
+            }
+            self.metrics.set_certificates(&loaded.summaries);
+            message = format!(
+                "configuration reloaded; {} certificate(s) loaded",
+                loaded.summaries.len()
+            );
+            self.state.store(Arc::new(CertificateState {
+                served: loaded.summaries,
+                pending: loaded.pending,
+            }));
+        }
+        let previous = self.shared.runtime.load_full();
+        let runtime = build_runtime(
+            &new,
+            self.main_port,
+            self.shared.tls.is_some(),
+            &self.shutdown,
+            &self.tasks,
+            &self.metrics,
+            previous.dispatcher.proxy.as_deref(),
+        );
+        let next_proxy = runtime.dispatcher.proxy.clone();
+        self.shared.runtime.store(Arc::new(runtime));
+        if let Some(old_proxy) = &previous.dispatcher.proxy {
+            old_proxy.retire(next_proxy.as_deref(), new.limits.reload_grace);
+        }
+        self.current.store(Arc::new(new));
+        tracing::info!("{message}");
+        Ok(message)
+    }
 }

@@ -52,13 +52,15 @@ impl TestServer {
             admin_listen: Some("127.0.0.1:0".into()),
             ..Default::default()
         };
-        let settings =
-            config::load_str(yaml, Some(&dir.join("tlsgate.yaml")), &overrides, &|_| None)
-                .map_err(|e| e.to_string())?;
+        // Written out, so reload tests can change it and ask the server to re-read it.
+        std::fs::write(dir.join("tlsgate.yaml"), yaml).map_err(|e| e.to_string())?;
+        let settings = config::load(Some(&dir.join("tlsgate.yaml")), &overrides, &|_| None)
+            .map_err(|e| e.to_string())?;
         let shutdown = CancellationToken::new();
-        let server = Server::bind(settings, shutdown.clone())
+        let mut server = Server::bind(settings, shutdown.clone())
             .await
             .map_err(|e| e.to_string())?;
+        server.reload_config_from(overrides);
         let main = server.main_addr().ok_or("no main address")?;
         let http = server.http_addr();
         let admin = server.admin_addr();

@@ -119,7 +119,7 @@ fn query(req: &hyper::Request<Incoming>, key: &str) -> Option<u64> {
 impl State {
     async fn handle(&self, mut req: hyper::Request<Incoming>) -> hyper::Response<Body> {
         let path = req.uri().path().to_owned();
-        if path.starts_with("/ws") {
+        if path.starts_with("/ws") || path.contains("/ws") {
             return self.websocket(&mut req);
         }
         match path.as_str() {
