@@ -905,8 +905,12 @@ async fn reload_command_and_certificate_files_watched_on_disk() {
         serial2,
         "the old certificate keeps serving"
     );
-    let (code, _) = running.stop();
+    let (code, stderr) = running.stop();
     assert_eq!(code, 0);
+    assert!(
+        stderr.contains("certificate replaced") && stderr.contains(&serial2),
+        "an audit line names the new serial: {stderr}"
+    );
     let (code, _, err) = run(tlsgate(dir.path()).args(["reload", "-c", "tlsgate.yaml"]));
     assert_eq!(code, 2, "no server: {err}");
 }

@@ -249,3 +249,124 @@ async fn reload_under_load_loses_nothing() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_close_with_the_config_and_mismatched_keys_are_refused() {
+    let a = Upstream::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = fixture_ca(dir.path());
+    fixture_cert(
+        &ca,
+        dir.path(),
+        "site",
+        &["app.test"],
+        KeyAlgorithm::EcdsaP256,
+    );
+    fixture_cert(
+        &ca,
+        dir.path(),
+        "other",
+        &["app.test"],
+        KeyAlgorithm::EcdsaP256,
+    );
+    let server = TestServer::start(&config(&a, None, "DENY"), dir.path())
+        .await
+        .unwrap();
+    let http = server.http.unwrap();
+    assert_eq!(http_get(http, "app.test", "/x").await.status, 301);
+
+    // A key that does not match its certificate: refused, the old certificate keeps serving.
+    let mismatched = config(&a, None, "DENY").replace(
+        "    - pem_file: site.pem\n",
+        "    - cert_file: site.crt\n      key_file: other.key\n",
+    );
+    std::fs::write(dir.path().join("tlsgate.yaml"), mismatched).unwrap();
+    let refused = post_reload(&server).await;
+    assert_eq!(refused.status, 422);
+    assert!(refused.body.contains("does not match"), "{}", refused.body);
+    let client = default_client(std::slice::from_ref(&ca.cert_der));
+    assert_eq!(
+        https_get(server.main, "app.test", client.clone(), "/a/x")
+            .await
+            .status,
+        200
+    );
+
+    // `http: off`: the plain-HTTP listener closes; HTTPS goes on.
+    std::fs::write(
+        dir.path().join("tlsgate.yaml"),
+        format!("http: off\n{}", config(&a, None, "DENY")),
+    )
+    .unwrap();
+    let applied = post_reload(&server).await;
+    assert_eq!(applied.status, 200, "{}", applied.body);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        tokio::net::TcpStream::connect(http).await.is_err(),
+        "the HTTP listener is closed"
+    );
+    assert_eq!(
+        https_get(server.main, "app.test", client, "/a/x")
+            .await
+            .status,
+        200
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_move_and_open_with_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let (main, http1, http2, admin1, admin2) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let write = |http: u16, admin: u16| {
+        std::fs::write(
+            dir.path().join("tlsgate.yaml"),
+            format!("data_dir: data\nlisten: 127.0.0.1:{main}\nhttp:\n  listen: 127.0.0.1:{http}\nadmin:\n  listen: 127.0.0.1:{admin}\n"),
+        )
+        .unwrap();
+    };
+    write(http1, admin1);
+    let path = dir.path().join("tlsgate.yaml");
+    let settings = tlsgate::config::load(Some(&path), &Default::default(), &|_| None).unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut server = tlsgate::server::Server::bind(settings, shutdown.clone())
+        .await
+        .unwrap();
+    server.reload_config_from(Default::default());
+    let handle = tokio::spawn(server.run());
+    let at = |port: u16| -> std::net::SocketAddr { format!("127.0.0.1:{port}").parse().unwrap() };
+    assert_eq!(http_get(at(http1), "localhost", "/").await.status, 301);
+
+    write(http2, admin2);
+    let stream = tokio::net::TcpStream::connect(at(admin1)).await.unwrap();
+    let post = http::Request::post("/reload")
+        .header("host", "127.0.0.1")
+        .body(body_of(""))
+        .unwrap();
+    let applied = send_on(stream, post).await;
+    assert_eq!(applied.status, 200, "{}", applied.body);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        http_get(at(http2), "localhost", "/").await.status,
+        301,
+        "the new HTTP listener answers"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(at(http1)).await.is_err(),
+        "the old one is closed"
+    );
+    assert_eq!(
+        http_get(at(admin2), "127.0.0.1", "/health").await.status,
+        200,
+        "the admin listener moved"
+    );
+    assert!(tokio::net::TcpStream::connect(at(admin1)).await.is_err());
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
+}

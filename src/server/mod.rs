@@ -37,6 +37,10 @@ use activity::{Activity, TrackedIo};
 use dispatch::Dispatcher;
 
 /// How often the local `localhost` certificate is checked for re-issue.
+/// Placeholder for an admin address that could not be read back (never bound to).
+const DEFAULT_ADMIN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
 const LOCAL_RENEWAL_CHECK: Duration = Duration::from_secs(12 * 3600);
 
 #[derive(Debug, thiserror::Error)]
@@ -325,6 +329,8 @@ impl Server {
         let connection_limit = Arc::new(Semaphore::new(settings.limits.max_connections));
 
         let mut loops = Vec::new();
+        let main_addr = main.local_addr().unwrap_or(settings.listen);
+        let main_stop = shutdown.child_token();
         loops.push(tokio::spawn(accept_loop(
             main,
             Listener::Main,
@@ -332,18 +338,28 @@ impl Server {
             connection_limit.clone(),
             shutdown.clone(),
             tasks.clone(),
+            main_stop.clone(),
         )));
+        let mut http_listener = None;
         if let Some(http) = http {
+            let stop = shutdown.child_token();
+            http_listener = Some((
+                http.local_addr().unwrap_or(settings.http.listen),
+                stop.clone(),
+            ));
             loops.push(tokio::spawn(accept_loop(
                 http,
                 Listener::Redirect,
                 shared.clone(),
-                connection_limit,
+                connection_limit.clone(),
                 shutdown.clone(),
                 tasks.clone(),
+                stop,
             )));
         }
         let listening = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut admin_listener = None;
+        let mut admin_context = None;
         if let Some(admin) = admin {
             let reload = reload.clone();
             let context = Arc::new(AdminContext {
@@ -359,12 +375,16 @@ impl Server {
                     Arc::new(move || shared.runtime.load().dispatcher.proxy.clone())
                 },
             });
+            let stop = shutdown.child_token();
+            admin_listener = Some((admin.local_addr().unwrap_or(DEFAULT_ADMIN), stop.clone()));
+            admin_context = Some(context.clone());
             loops.push(tokio::spawn(admin_loop(
                 admin,
                 context,
                 settings.limits.clone(),
                 shutdown.clone(),
                 tasks.clone(),
+                stop,
             )));
         }
         let current = Arc::new(ArcSwap::from_pointee(settings.clone()));
@@ -383,9 +403,15 @@ impl Server {
                 current: current.clone(),
                 metrics: metrics.clone(),
                 state: certificate_state.clone(),
-                main_port,
                 shutdown: shutdown.clone(),
                 tasks: tasks.clone(),
+                limit: connection_limit.clone(),
+                listeners: std::sync::Mutex::new(ListenerSet {
+                    main: (main_addr, main_stop.clone()),
+                    http: http_listener.clone(),
+                    admin: admin_listener.clone(),
+                }),
+                admin_context: admin_context.clone(),
             };
             let overrides = config_source.clone();
             Arc::new(move || match &overrides {
@@ -428,6 +454,7 @@ impl Server {
         if let Some(watch) = file_watch {
             tasks.spawn(watch);
         }
+        tasks.spawn(audit_expiry(certificate_state.clone(), shutdown.clone()));
         if local.is_some() {
             tasks.spawn(renew_local_certificate(
                 settings.clone(),
@@ -471,11 +498,12 @@ async fn accept_loop(
     limit: Arc<Semaphore>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    stop: CancellationToken,
 ) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = shutdown.cancelled() => return,
+            () = stop.cancelled() => return,
         };
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
@@ -834,6 +862,7 @@ fn apply_certificates(
                 tracing::warn!("{warning}");
             }
             metrics.set_certificates(&loaded.summaries);
+            audit_replacements(&state.load().served, &loaded.summaries);
             let message = format!("{} certificate(s) loaded", loaded.summaries.len());
             state.store(Arc::new(CertificateState {
                 served: loaded.summaries,
@@ -855,6 +884,7 @@ async fn admin_loop(
     limits: Limits,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    stop: CancellationToken,
 ) {
     // The admin listener has its own small budget: monitoring keeps working when the data
     // plane is at its connection limit.
@@ -862,7 +892,7 @@ async fn admin_loop(
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = shutdown.cancelled() => return,
+            () = stop.cancelled() => return,
         };
         let Ok((stream, peer)) = accepted else {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1032,9 +1062,28 @@ struct ConfigReload {
     current: Arc<ArcSwap<Settings>>,
     metrics: Arc<Metrics>,
     state: Arc<ArcSwap<CertificateState>>,
-    main_port: u16,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    limit: Arc<Semaphore>,
+    /// The listeners running now; only reloads (one at a time) touch this.
+    listeners: std::sync::Mutex<ListenerSet>,
+    admin_context: Option<Arc<AdminContext>>,
+}
+
+/// Each listener's address and the token that stops its accept loop.
+#[derive(Clone)]
+struct ListenerSet {
+    main: (SocketAddr, CancellationToken),
+    http: Option<(SocketAddr, CancellationToken)>,
+    admin: Option<(SocketAddr, CancellationToken)>,
+}
+
+/// Binds `addr` without blocking the runtime (reloads run on it).
+fn bind_now(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
+    let socket = std::net::TcpListener::bind(addr)
+        .map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))?;
+    socket.set_nonblocking(true).map_err(|e| e.to_string())?;
+    TcpListener::from_std(socket).map_err(|e| e.to_string())
 }
 
 impl ConfigReload {
@@ -1051,19 +1100,11 @@ impl ConfigReload {
         )
         .map_err(|e| e.to_string())?;
         let mut restart = Vec::new();
-        if new.listen != old.listen {
-            restart.push("listen");
-        }
-        if new.http.listen != old.http.listen
-            || (new.http.mode == HttpMode::Off) != (old.http.mode == HttpMode::Off)
-        {
-            restart.push("http listener");
-        }
         if new.tls.enabled != old.tls.enabled {
             restart.push("tls on/off");
         }
-        if new.admin != old.admin {
-            restart.push("admin");
+        if new.admin.is_some() && self.admin_context.is_none() {
+            restart.push("admin (off at start-up)");
         }
         if new.data_dir != old.data_dir {
             restart.push("data_dir");
@@ -1077,6 +1118,37 @@ impl ConfigReload {
                 restart.join(", ")
             ));
         }
+        // Listeners the new configuration adds or moves are bound now, before anything
+        // changes: a port in use refuses the whole reload.
+        let running = self
+            .listeners
+            .lock()
+            .map_err(|_| "reload state poisoned".to_owned())?
+            .clone();
+        let tls_on = self.shared.tls.is_some();
+        let new_main = if new.listen != old.listen && new.listen != running.main.0 {
+            Some(bind_now(
+                new.listen,
+                if tls_on { "HTTPS" } else { "plain HTTP" },
+            )?)
+        } else {
+            None
+        };
+        let want_http = tls_on && new.http.mode != HttpMode::Off;
+        let new_http = match (&running.http, want_http) {
+            (Some((addr, _)), true)
+                if new.http.listen == *addr || new.http.listen == old.http.listen =>
+            {
+                None
+            }
+            (_, true) => Some(bind_now(new.http.listen, "HTTP redirect")?),
+            (_, false) => None,
+        };
+        let new_admin = match (&running.admin, new.admin) {
+            (Some((addr, _)), Some(want)) if want == *addr || Some(want) == old.admin => None,
+            (_, Some(want)) if self.admin_context.is_some() => Some(bind_now(want, "admin")?),
+            _ => None,
+        };
         let mut message = String::from("configuration reloaded");
         if let Some(tls) = &self.shared.tls {
             let loaded =
@@ -1090,6 +1162,7 @@ impl ConfigReload {
                 tracing::info!(audit = "certificate loaded", path = %summary.cert_path.display(), serial = %summary.info.serial, fingerprint = %summary.info.sha256_fingerprint, "certificate in service");
             }
             self.metrics.set_certificates(&loaded.summaries);
+            audit_replacements(&self.state.load().served, &loaded.summaries);
             message = format!(
                 "configuration reloaded; {} certificate(s) loaded",
                 loaded.summaries.len()
@@ -1099,10 +1172,84 @@ impl ConfigReload {
                 pending: loaded.pending,
             }));
         }
+        let mut listeners = running.clone();
+        if let Some(listener) = new_main {
+            let stop = self.shutdown.child_token();
+            let addr = listener.local_addr().unwrap_or(new.listen);
+            self.tasks.spawn(accept_loop(
+                listener,
+                Listener::Main,
+                self.shared.clone(),
+                self.limit.clone(),
+                self.shutdown.clone(),
+                self.tasks.clone(),
+                stop.clone(),
+            ));
+            running.main.1.cancel();
+            listeners.main = (addr, stop);
+            tracing::info!(%addr, "main listener moved by reload");
+        }
+        match new_http {
+            Some(listener) => {
+                let stop = self.shutdown.child_token();
+                let addr = listener.local_addr().unwrap_or(new.http.listen);
+                self.tasks.spawn(accept_loop(
+                    listener,
+                    Listener::Redirect,
+                    self.shared.clone(),
+                    self.limit.clone(),
+                    self.shutdown.clone(),
+                    self.tasks.clone(),
+                    stop.clone(),
+                ));
+                if let Some((_, old_stop)) = &running.http {
+                    old_stop.cancel();
+                }
+                listeners.http = Some((addr, stop));
+                tracing::info!(%addr, "plain-HTTP listener opened by reload");
+            }
+            None if !want_http => {
+                if let Some((addr, old_stop)) = &running.http {
+                    old_stop.cancel();
+                    tracing::info!(%addr, "plain-HTTP listener closed by reload");
+                }
+                listeners.http = None;
+            }
+            None => {}
+        }
+        match (new_admin, &self.admin_context) {
+            (Some(listener), Some(context)) => {
+                let stop = self.shutdown.child_token();
+                let addr = listener.local_addr().unwrap_or(DEFAULT_ADMIN);
+                self.tasks.spawn(admin_loop(
+                    listener,
+                    context.clone(),
+                    new.limits.clone(),
+                    self.shutdown.clone(),
+                    self.tasks.clone(),
+                    stop.clone(),
+                ));
+                if let Some((_, old_stop)) = &running.admin {
+                    old_stop.cancel();
+                }
+                listeners.admin = Some((addr, stop));
+            }
+            _ if new.admin.is_none() => {
+                if let Some((_, old_stop)) = &running.admin {
+                    old_stop.cancel();
+                }
+                listeners.admin = None;
+            }
+            _ => {}
+        }
+        let main_port = listeners.main.0.port();
+        if let Ok(mut guard) = self.listeners.lock() {
+            *guard = listeners;
+        }
         let previous = self.shared.runtime.load_full();
         let runtime = build_runtime(
             &new,
-            self.main_port,
+            main_port,
             self.shared.tls.is_some(),
             &self.shutdown,
             &self.tasks,
@@ -1117,5 +1264,48 @@ impl ConfigReload {
         self.current.store(Arc::new(new));
         tracing::info!("{message}");
         Ok(message)
+    }
+}
+
+/// Audit lines for certificates a reload put in place of others (same file, new serial).
+fn audit_replacements(before: &[CertSummary], after: &[CertSummary]) {
+    for new in after {
+        if let Some(old) = before
+            .iter()
+            .find(|old| old.cert_path == new.cert_path && old.info.serial != new.info.serial)
+        {
+            tracing::info!(
+                audit = "certificate replaced",
+                path = %new.cert_path.display(),
+                old_serial = %old.info.serial,
+                serial = %new.info.serial,
+                fingerprint = %new.info.sha256_fingerprint,
+                not_after = %crate::certs::inspect::format_time(new.info.not_after),
+                "certificate replaced"
+            );
+        }
+    }
+}
+
+/// An audit line (once per certificate) when a served certificate expires.
+async fn audit_expiry(state: Arc<ArcSwap<CertificateState>>, shutdown: CancellationToken) {
+    let mut reported = std::collections::HashSet::new();
+    loop {
+        let now = crate::certs::inspect::unix_now();
+        for cert in &state.load().served {
+            if cert.info.not_after <= now && reported.insert(cert.info.serial.clone()) {
+                tracing::warn!(
+                    audit = "certificate expired",
+                    path = %cert.cert_path.display(),
+                    serial = %cert.info.serial,
+                    fingerprint = %cert.info.sha256_fingerprint,
+                    "a served certificate has expired: clients refuse it"
+                );
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(60)) => {}
+            () = shutdown.cancelled() => return,
+        }
     }
 }
