@@ -55,6 +55,30 @@ async fn metrics_after_real_handshakes_requests_and_websockets() {
     let mut tcp = tokio::net::TcpStream::connect(server.main).await.unwrap();
     tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
     drop(tcp);
+    // Refused by version and by cipher, as an old client would be.
+    let connect = server.main.to_string();
+    let tls11 = [
+        "s_client",
+        "-connect",
+        &connect,
+        "-servername",
+        "app.test",
+        "-tls1_1",
+        "-cipher",
+        "DEFAULT@SECLEVEL=0",
+    ];
+    let _ = openssl_async(tls11.map(String::from).to_vec()).await;
+    let cbc = [
+        "s_client",
+        "-connect",
+        &connect,
+        "-servername",
+        "app.test",
+        "-tls1_2",
+        "-cipher",
+        "ECDHE-ECDSA-AES128-SHA:AES128-SHA",
+    ];
+    let _ = openssl_async(cbc.map(String::from).to_vec()).await;
     let stream = tls_connect(server.main, "app.test", default_client(&roots))
         .await
         .unwrap();
@@ -86,10 +110,14 @@ async fn metrics_after_real_handshakes_requests_and_websockets() {
         Some(1.0),
         "{m}"
     );
-    assert!(
-        sample(m, "tlsgate_tls_handshake_failures_total", &[]).unwrap_or(0.0) >= 1.0,
-        "{m}"
-    );
+    for reason in ["bad_client_hello", "protocol_version", "no_shared_cipher"] {
+        let label = format!("reason=\"{reason}\"");
+        assert_eq!(
+            sample(m, "tlsgate_tls_handshake_failures_total", &[&label]),
+            Some(1.0),
+            "{reason}: {m}"
+        );
+    }
     assert!(
         sample(m, "tlsgate_tls_handshake_duration_seconds_count", &[]).unwrap_or(0.0) >= 3.0,
         "{m}"
@@ -206,6 +234,7 @@ async fn health_ready_certificates_and_reload() {
         first_serial.as_str()
     );
     assert_eq!(inventory["certificates"][0]["names"][0], "app.test");
+    assert_eq!(inventory["certificates"][0]["source"], "file");
     assert_eq!(admin_get(&server, "/reload").await.status, 405);
 
     // The certificate file is replaced; POST /reload swaps it in for new handshakes.

@@ -51,6 +51,9 @@ struct CertificateView<'a> {
     days_left: i64,
     default: bool,
     sha256_fingerprint: &'a str,
+    source: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_renewal: Option<String>,
 }
 
 fn json(status: StatusCode, value: &impl Serialize) -> Response {
@@ -127,6 +130,8 @@ pub async fn handle<B>(
                     days_left: c.info.remaining_secs(now).div_euclid(86_400),
                     default: c.is_default,
                     sha256_fingerprint: &c.info.sha256_fingerprint,
+                    source: c.source,
+                    next_renewal: c.next_renewal().map(format_time),
                 })
                 .collect();
             json(

@@ -266,24 +266,47 @@ impl Default for Metrics {
 
 /// A handshake failure's reason, as a bounded label value.
 pub fn failure_reason(error: &std::io::Error) -> &'static str {
-    let text = error.to_string();
-    if text.contains("no server certificate") {
-        "no_certificate"
-    } else if text.contains("NoCipherSuitesInCommon")
-        || text.contains("no ciphersuites in common")
-        || text.contains("cipher")
-    {
-        "no_shared_cipher"
-    } else if text.contains("ProtocolVersion") || text.contains("version") {
-        "protocol_version"
-    } else if text.contains("AlertReceived") {
-        "alert_from_client"
-    } else if text.contains("peer closed") || text.contains("eof") || text.contains("UnexpectedEof")
-    {
-        "closed_by_client"
-    } else if text.contains("Invalid") || text.contains("Corrupt") || text.contains("Decode") {
-        "bad_client_hello"
-    } else {
-        "other"
+    use rustls::{Error, PeerIncompatible};
+    let tls = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<Error>());
+    match tls {
+        Some(Error::PeerIncompatible(PeerIncompatible::NoCipherSuitesInCommon)) => {
+            "no_shared_cipher"
+        }
+        Some(Error::PeerIncompatible(PeerIncompatible::NoKxGroupsInCommon)) => "no_shared_group",
+        Some(Error::PeerIncompatible(PeerIncompatible::NoSignatureSchemesInCommon)) => {
+            "no_shared_signature_scheme"
+        }
+        // A TLS 1.0/1.1 ClientHello has no signature_algorithms or supported_versions
+        // extension: rustls reports the missing extension; the cause is the old version.
+        Some(Error::PeerIncompatible(
+            PeerIncompatible::SignatureAlgorithmsExtensionRequired
+            | PeerIncompatible::SupportedVersionsExtensionRequired
+            | PeerIncompatible::Tls12NotOffered
+            | PeerIncompatible::Tls12NotOfferedOrEnabled
+            | PeerIncompatible::ServerDoesNotSupportTls12Or13,
+        )) => "protocol_version",
+        Some(Error::PeerIncompatible(_)) => "incompatible_client",
+        Some(Error::InvalidCertificate(_) | Error::NoCertificatesPresented) => {
+            "bad_client_certificate"
+        }
+        Some(Error::AlertReceived(_)) => "alert_from_client",
+        Some(Error::General(text)) if text.contains("certificate") => "no_certificate",
+        Some(
+            Error::InvalidMessage(_)
+            | Error::PeerMisbehaved(_)
+            | Error::InappropriateMessage { .. }
+            | Error::InappropriateHandshakeMessage { .. },
+        ) => "bad_client_hello",
+        Some(_) => "other",
+        None if error.to_string().contains("no server certificate") => "no_certificate",
+        None => match error.kind() {
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
+                "closed_by_client"
+            }
+            std::io::ErrorKind::InvalidData => "bad_client_hello",
+            _ => "other",
+        },
     }
 }

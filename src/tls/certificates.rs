@@ -24,6 +24,17 @@ pub struct CertSummary {
     pub names: Vec<String>,
     pub info: CertInfo,
     pub is_default: bool,
+    /// `file`, `acme` or `local CA`.
+    pub source: &'static str,
+}
+
+impl CertSummary {
+    /// When tlsgate itself will renew this certificate (ACME and local CA certificates, a
+    /// third of the lifetime before expiry; the CA's renewal information may move an ACME
+    /// renewal), or `None` for files it does not manage.
+    pub fn next_renewal(&self) -> Option<i64> {
+        (self.source != "file").then(|| self.info.not_after - self.info.lifetime_secs() / 3)
+    }
 }
 
 #[derive(Debug)]
@@ -109,11 +120,17 @@ pub fn load_certificates(
         warnings.extend(key_permission_warning(entry.source.key_path()));
         let is_default = index == default_index || (!names.is_empty() && names == default_names);
         table.insert(&names, Arc::new(key), is_default);
+        let source = match (&entry.source, local.is_some()) {
+            (CertSource::Acme { .. }, _) => "acme",
+            (_, true) => "local CA",
+            _ => "file",
+        };
         summaries.push(CertSummary {
             cert_path: entry.source.cert_path().to_path_buf(),
             names,
             info,
             is_default,
+            source,
         });
     }
     Ok(LoadedCertificates {
