@@ -292,6 +292,26 @@ async fn listeners_close_with_the_config_and_mismatched_keys_are_refused() {
         200
     );
 
+    // Sessions issued before a reload still resume after it (the ticket keys are kept).
+    let resuming = default_client(std::slice::from_ref(&ca.cert_der));
+    let first = tls_connect(server.main, "app.test", resuming.clone())
+        .await
+        .unwrap();
+    let _ = request_on(first, false, "app.test", "/a/x").await;
+    std::fs::write(
+        dir.path().join("tlsgate.yaml"),
+        config(&a, None, "SAMEORIGIN"),
+    )
+    .unwrap();
+    assert_eq!(post_reload(&server).await.status, 200);
+    let again = tls_connect(server.main, "app.test", resuming)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+
     // `http: off`: the plain-HTTP listener closes; HTTPS goes on.
     std::fs::write(
         dir.path().join("tlsgate.yaml"),

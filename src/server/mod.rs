@@ -445,6 +445,9 @@ impl Server {
                     let Some(reply) = request else { return };
                     let outcome = reload_config();
                     metrics.reload(outcome.is_ok());
+                    if let Err(error) = &outcome {
+                        tracing::error!(%error, "reload refused; the running configuration is unchanged");
+                    }
                     if let Some(reply) = reply {
                         let _ = reply.send(outcome);
                     }
