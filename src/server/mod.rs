@@ -857,27 +857,39 @@ fn apply_certificates(
     };
     match tls::load_certificates(&settings.tls, &settings.data_dir) {
         Ok(loaded) => {
-            tls.resolver.replace(loaded.table);
-            for summary in &loaded.summaries {
-                tracing::info!(audit = "certificate loaded", path = %summary.cert_path.display(), serial = %summary.info.serial, fingerprint = %summary.info.sha256_fingerprint, not_after = %crate::certs::inspect::format_time(summary.info.not_after), "certificate in service");
-            }
-            for warning in &loaded.warnings {
-                tracing::warn!("{warning}");
-            }
-            metrics.set_certificates(&loaded.summaries);
-            audit_replacements(&state.load().served, &loaded.summaries);
-            let message = format!("{} certificate(s) loaded", loaded.summaries.len());
-            state.store(Arc::new(CertificateState {
-                served: loaded.summaries,
-                pending: loaded.pending,
-            }));
-            Ok(message)
+            let count = put_in_service(tls, loaded, metrics, state);
+            Ok(format!("{count} certificate(s) loaded"))
         }
         Err(error) => {
             tracing::error!(%error, "certificate reload refused; the current certificates stay in service");
             Err(error.to_string())
         }
     }
+}
+
+/// Swaps loaded certificates in for new handshakes, with audit lines, metrics and the state
+/// `/certificates` shows. Returns how many are served.
+fn put_in_service(
+    tls: &TlsEdge,
+    loaded: tls::LoadedCertificates,
+    metrics: &Metrics,
+    state: &arc_swap::ArcSwap<CertificateState>,
+) -> usize {
+    tls.resolver.replace(loaded.table);
+    for summary in &loaded.summaries {
+        tracing::info!(audit = "certificate loaded", path = %summary.cert_path.display(), serial = %summary.info.serial, fingerprint = %summary.info.sha256_fingerprint, not_after = %crate::certs::inspect::format_time(summary.info.not_after), "certificate in service");
+    }
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    metrics.set_certificates(&loaded.summaries);
+    audit_replacements(&state.load().served, &loaded.summaries);
+    let count = loaded.summaries.len();
+    state.store(Arc::new(CertificateState {
+        served: loaded.summaries,
+        pending: loaded.pending,
+    }));
+    count
 }
 
 /// Serves the admin endpoints until shutdown.
@@ -1159,21 +1171,9 @@ impl ConfigReload {
             let config = tls::build_server_config(&new.tls, tls.resolver.clone(), &tls.sessions)
                 .map_err(|e| e.to_string())?;
             // Validated; from here on nothing fails.
-            tls.resolver.replace(loaded.table);
             tls.config.store(Arc::new(config));
-            for summary in &loaded.summaries {
-                tracing::info!(audit = "certificate loaded", path = %summary.cert_path.display(), serial = %summary.info.serial, fingerprint = %summary.info.sha256_fingerprint, "certificate in service");
-            }
-            self.metrics.set_certificates(&loaded.summaries);
-            audit_replacements(&self.state.load().served, &loaded.summaries);
-            message = format!(
-                "configuration reloaded; {} certificate(s) loaded",
-                loaded.summaries.len()
-            );
-            self.state.store(Arc::new(CertificateState {
-                served: loaded.summaries,
-                pending: loaded.pending,
-            }));
+            let count = put_in_service(tls, loaded, &self.metrics, &self.state);
+            message = format!("configuration reloaded; {count} certificate(s) loaded");
         }
         let mut listeners = running.clone();
         if let Some(listener) = new_main {
