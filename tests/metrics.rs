@@ -294,16 +294,11 @@ async fn health_ready_certificates_and_reload() {
         tlsgate::certs::CertInfo::parse(&second.der).unwrap().serial
     );
     let m = admin_get(&server, "/metrics").await.body;
-    assert_eq!(
-        sample(&m, "tlsgate_config_reloads_total", &["result=\"success\""]),
-        Some(1.0),
-        "{m}"
-    );
-    assert_eq!(
-        sample(&m, "tlsgate_config_reloads_total", &["result=\"failure\""]),
-        Some(1.0),
-        "{m}"
-    );
+    // The file watcher may also have reloaded on the same changes: at least one of each.
+    let successes = sample(&m, "tlsgate_config_reloads_total", &["result=\"success\""]);
+    assert!(successes.is_some_and(|n| n >= 1.0), "{m}");
+    let failures = sample(&m, "tlsgate_config_reloads_total", &["result=\"failure\""]);
+    assert!(failures.is_some_and(|n| n >= 1.0), "{m}");
     assert!(
         sample(
             &m,

@@ -388,5 +388,8 @@ async fn listeners_move_and_open_with_the_config() {
     );
     assert!(tokio::net::TcpStream::connect(at(admin1)).await.is_err());
     shutdown.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
+    tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .expect("the server stops within 10 s of shutdown")
+        .expect("the server task does not panic");
 }

@@ -75,6 +75,8 @@ pub async fn handle<B>(
     let method = request.method();
     let response = match (method, path) {
         (&Method::GET, "/metrics") => {
+            // Rebuilt on each scrape, so servers a reload removed disappear.
+            context.metrics.upstream_up.clear();
             if let Some(proxy) = (context.proxy)() {
                 for pool in proxy.pools() {
                     for server in &pool.servers {

@@ -49,15 +49,34 @@ impl Proxy {
         previous: Option<&Proxy>,
     ) -> Self {
         let proxy = &settings.proxy;
+        // A pool whose settings did not change is kept across a reload: its servers' health
+        // and its sticky-cookie key carry over.
+        let reuse = |name: &str, upstream: &crate::config::proxy::UpstreamSettings| {
+            previous
+                .and_then(|p| {
+                    p.pools
+                        .iter()
+                        .find(|pool| pool.name == name && pool.settings == *upstream)
+                })
+                .cloned()
+        };
         let mut pools: HashMap<String, Arc<Pool>> = proxy
             .upstreams
             .iter()
-            .map(|(name, upstream)| (name.clone(), Arc::new(Pool::new(name, upstream))))
+            .map(|(name, upstream)| {
+                let pool =
+                    reuse(name, upstream).unwrap_or_else(|| Arc::new(Pool::new(name, upstream)));
+                (name.clone(), pool)
+            })
             .collect();
         let mut pool_for = |target: &str| -> Arc<Pool> {
             pools
                 .entry(target.to_owned())
-                .or_insert_with(|| Arc::new(Pool::new(target, &url_upstream(target))))
+                .or_insert_with(|| {
+                    let settings = url_upstream(target);
+                    reuse(target, &settings)
+                        .unwrap_or_else(|| Arc::new(Pool::new(target, &settings)))
+                })
                 .clone()
         };
         let make_route = |route: &RouteSettings, pool: Arc<Pool>| Route {
@@ -143,8 +162,12 @@ impl Proxy {
         if removed.is_empty() {
             return;
         }
+        let shutdown = self.shutdown.clone();
         self.tasks.spawn(async move {
-            tokio::time::sleep(grace).await;
+            tokio::select! {
+                () = tokio::time::sleep(grace) => {}
+                () = shutdown.cancelled() => return,
+            }
             for (name, token) in removed {
                 tracing::info!(route = %name, "route removed by reload: closing its WebSockets (1001)");
                 token.cancel();

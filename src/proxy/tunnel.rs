@@ -233,11 +233,16 @@ pub async fn open(
     reply
 }
 
+/// How long a removed route's tunnel may take to finish the frame in flight and send the
+/// close frame before the connection is simply dropped.
+const CLOSE_FRAME_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Copies bytes both ways until both sides finish, or nothing moves either way for `idle`.
 /// Each direction runs on its own, so a peer that stops reading stalls only its direction,
 /// and the idle watchdog still fires. When `close` fires (a reload removed the route), the
 /// client gets a WebSocket close frame with code 1001 after a random part of `spread`, so
-/// clients do not all reconnect at once.
+/// clients do not all reconnect at once; the frame goes in between the backend's frames, never
+/// inside one.
 pub async fn splice<A, B>(
     a: A,
     b: B,
@@ -255,11 +260,27 @@ where
     let (mut a_read, mut a_write) = tokio::io::split(a);
     let (mut b_read, mut b_write) = tokio::io::split(b);
     let outcome = {
+        let removed = async {
+            close.cancelled().await;
+            tokio::time::sleep(spread_delay(spread)).await;
+        };
         let both = async {
-            tokio::join!(
-                pump(&mut a_read, &mut b_write, &touch),
-                pump(&mut b_read, &mut a_write, &touch)
-            );
+            let to_upstream = pump(&mut a_read, &mut b_write, &touch);
+            let to_client = pump_to_client(&mut b_read, &mut a_write, &touch, removed);
+            tokio::pin!(to_upstream, to_client);
+            let (mut upstream_done, mut client_done) = (false, false);
+            while !(upstream_done && client_done) {
+                tokio::select! {
+                    () = &mut to_upstream, if !upstream_done => upstream_done = true,
+                    removed = &mut to_client, if !client_done => {
+                        if removed {
+                            return "route removed";
+                        }
+                        client_done = true;
+                    }
+                }
+            }
+            "closed"
         };
         let watchdog = async {
             loop {
@@ -272,21 +293,13 @@ where
                 tokio::time::sleep(idle - quiet).await;
             }
         };
-        let removed = async {
-            close.cancelled().await;
-            tokio::time::sleep(spread_delay(spread)).await;
-        };
         tokio::select! {
-            () = both => "closed",
+            outcome = both => outcome,
             () = watchdog => "idle timeout",
-            () = removed => "route removed",
         }
     };
     if outcome == "route removed" {
-        // An unmasked close frame, code 1001 (going away).
-        let _ = a_write.write_all(&[0x88, 0x02, 0x03, 0xE9]).await;
-        let _ = a_write.shutdown().await;
-        let _ = b_write.shutdown().await;
+        let _ = tokio::time::timeout(CLOSE_FRAME_DEADLINE, b_write.shutdown()).await;
     }
     outcome
 }
@@ -319,6 +332,128 @@ where
     let _ = to.shutdown().await;
 }
 
+/// An unmasked close frame, code 1001 (going away).
+const GOING_AWAY: [u8; 4] = [0x88, 0x02, 0x03, 0xE9];
+
+/// The backend-to-client direction. It follows the frame boundaries so that, once `removed`
+/// fires, it can end the frame in flight and then send the client a close frame. Returns
+/// whether it stopped for that reason.
+async fn pump_to_client<R, W>(
+    from: &mut R,
+    to: &mut W,
+    touch: &(dyn Fn() + Sync),
+    removed: impl std::future::Future<Output = ()>,
+) -> bool
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buffer = vec![0u8; 8 * 1024];
+    let mut frames = FrameBoundary::default();
+    tokio::pin!(removed);
+    // Until the route goes away: copy, following the frames.
+    let read = loop {
+        tokio::select! {
+            read = from.read(&mut buffer) => match read {
+                Ok(0) | Err(_) => {
+                    let _ = to.shutdown().await;
+                    return false;
+                }
+                Ok(n) => {
+                    touch();
+                    frames.consume(&buffer[..n], false);
+                    if to.write_all(&buffer[..n]).await.is_err() {
+                        return false;
+                    }
+                    touch();
+                }
+            },
+            () = &mut removed => break frames.at_boundary(),
+        }
+    };
+    let finish = async {
+        let mut at_boundary = read;
+        // Mid-frame: copy up to the end of that frame, and not a byte further.
+        while !at_boundary {
+            let n = match from.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let upto = frames.consume(&buffer[..n], true);
+            if to.write_all(&buffer[..upto]).await.is_err() {
+                return;
+            }
+            at_boundary = frames.at_boundary();
+        }
+        let _ = to.write_all(&GOING_AWAY).await;
+        let _ = to.shutdown().await;
+    };
+    let _ = tokio::time::timeout(CLOSE_FRAME_DEADLINE, finish).await;
+    true
+}
+
+/// Where WebSocket frames end in a byte stream read in arbitrary chunks (RFC 6455 §5.2).
+#[derive(Default)]
+struct FrameBoundary {
+    /// The bytes of a frame header read so far.
+    header: Vec<u8>,
+    /// Payload bytes still to come in the current frame.
+    remaining: u64,
+}
+
+impl FrameBoundary {
+    fn at_boundary(&self) -> bool {
+        self.header.is_empty() && self.remaining == 0
+    }
+
+    /// Length of the header being read, once its first two bytes are known.
+    fn header_len(&self) -> Option<usize> {
+        let second = *self.header.get(1)?;
+        let extended = match second & 0x7F {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let mask = if second & 0x80 != 0 { 4 } else { 0 };
+        Some(2 + extended + mask)
+    }
+
+    fn payload_len(&self) -> u64 {
+        match self.header[1] & 0x7F {
+            126 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
+            127 => {
+                let mut bytes = [0u8; 8];
+                bytes.copy_from_slice(&self.header[2..10]);
+                u64::from_be_bytes(bytes)
+            }
+            short => u64::from(short),
+        }
+    }
+
+    /// Follows `bytes`; returns how many were taken. With `stop_at_boundary` it stops at the
+    /// first frame boundary (which may be 0 bytes in), otherwise it takes them all.
+    fn consume(&mut self, bytes: &[u8], stop_at_boundary: bool) -> usize {
+        let mut taken = 0;
+        loop {
+            if (stop_at_boundary && self.at_boundary()) || taken == bytes.len() {
+                return taken;
+            }
+            if self.remaining > 0 {
+                let step = self.remaining.min((bytes.len() - taken) as u64);
+                taken += step as usize;
+                self.remaining -= step;
+                continue;
+            }
+            self.header.push(bytes[taken]);
+            taken += 1;
+            if self.header_len() == Some(self.header.len()) {
+                self.remaining = self.payload_len();
+                self.header.clear();
+            }
+        }
+    }
+}
+
 /// Decrements a gauge when dropped.
 struct GaugeGuard(prometheus_client::metrics::gauge::Gauge);
 
@@ -330,4 +465,92 @@ impl Drop for GaugeGuard {
 
 fn scopeguard_dec(gauge: prometheus_client::metrics::gauge::Gauge) -> GaugeGuard {
     GaugeGuard(gauge)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(payload_len: usize) -> Vec<u8> {
+        let mut frame = vec![0x82];
+        match payload_len {
+            0..=125 => frame.push(payload_len as u8),
+            126..=65535 => {
+                frame.push(126);
+                frame.extend_from_slice(&(payload_len as u16).to_be_bytes());
+            }
+            _ => {
+                frame.push(127);
+                frame.extend_from_slice(&(payload_len as u64).to_be_bytes());
+            }
+        }
+        frame.extend(std::iter::repeat_n(0xAB, payload_len));
+        frame
+    }
+
+    #[test]
+    fn frame_boundaries_are_found_across_any_chunking() {
+        let frames = [frame(3), frame(0), frame(300), frame(70_000), frame(125)];
+        let stream: Vec<u8> = frames.concat();
+        let mut ends = Vec::new();
+        let mut offset = 0;
+        for frame in &frames {
+            offset += frame.len();
+            ends.push(offset);
+        }
+        for chunk_size in [1, 2, 3, 7, 100, 8192, stream.len()] {
+            let mut tracker = FrameBoundary::default();
+            let mut seen = Vec::new();
+            let mut position = 0;
+            for chunk in stream.chunks(chunk_size) {
+                let mut start = 0;
+                while start < chunk.len() {
+                    start += tracker.consume(&chunk[start..], true);
+                    let here = position + start;
+                    if tracker.at_boundary() && here > 0 && seen.last() != Some(&here) {
+                        seen.push(here);
+                    }
+                    if start < chunk.len() {
+                        start += tracker.consume(&chunk[start..start + 1], false);
+                    }
+                }
+                position += chunk.len();
+            }
+            // The zero-length frame ends 2 bytes after the first one, and is seen as its own.
+            assert_eq!(seen, ends, "chunk size {chunk_size}");
+        }
+    }
+
+    #[tokio::test]
+    async fn close_frame_waits_for_the_frame_in_flight() {
+        let (mut backend, tunnel_backend) = tokio::io::duplex(64 * 1024);
+        let (tunnel_client, mut client) = tokio::io::duplex(64 * 1024);
+        let close = tokio_util::sync::CancellationToken::new();
+        let splice = tokio::spawn(splice(
+            tunnel_client,
+            tunnel_backend,
+            Duration::from_secs(30),
+            close.clone(),
+            Duration::ZERO,
+        ));
+        let big = frame(1000);
+        // Half a frame, then the route goes away, then the rest and a frame that must not pass.
+        backend.write_all(&big[..500]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        close.cancel();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut rest = big[500..].to_vec();
+        rest.extend_from_slice(&frame(10));
+        backend.write_all(&rest).await.unwrap();
+        let reason = tokio::time::timeout(Duration::from_secs(5), splice)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(reason, "route removed");
+        let mut received = Vec::new();
+        client.read_to_end(&mut received).await.unwrap();
+        let mut expected = big.clone();
+        expected.extend_from_slice(&GOING_AWAY);
+        assert_eq!(received, expected);
+    }
 }

@@ -388,15 +388,6 @@ impl Server {
             )));
         }
         let current = Arc::new(ArcSwap::from_pointee(settings.clone()));
-        let apply = {
-            let (shared, current, metrics, state) = (
-                shared.clone(),
-                current.clone(),
-                metrics.clone(),
-                certificate_state.clone(),
-            );
-            Arc::new(move || apply_certificates(&shared, &current.load(), &metrics, &state))
-        };
         let reload_config = {
             let context = ConfigReload {
                 shared: shared.clone(),
@@ -425,10 +416,10 @@ impl Server {
             })
         };
         if let (Some(store), Some(_)) = (&challenges, &shared.tls) {
-            let apply = apply.clone();
-            let on_change: crate::acme::manager::OnChange = Arc::new(move || {
-                let _ = apply();
-            });
+            // Every certificate change goes through the one reload task, so a renewal and a
+            // configuration reload can never undo each other.
+            let reload = reload.clone();
+            let on_change: crate::acme::manager::OnChange = Arc::new(move || reload.trigger());
             if let Some(mut manager) = AcmeManager::new(&settings, store.clone(), on_change) {
                 manager.metrics = Some(metrics.clone());
                 tasks.spawn(Arc::new(manager).run(shutdown.clone()));
@@ -460,8 +451,8 @@ impl Server {
         tasks.spawn(audit_expiry(certificate_state.clone(), shutdown.clone()));
         if local.is_some() {
             tasks.spawn(renew_local_certificate(
-                settings.clone(),
-                shared.clone(),
+                current.clone(),
+                reload.clone(),
                 shutdown.clone(),
             ));
         }
@@ -549,9 +540,18 @@ async fn serve_main(
     // The slot (connection limit and open-connections gauge) lives as long as the connection,
     // including an upgraded WebSocket that outlives its HTTP exchange.
     let slot = ConnectionSlot(Arc::new((permit, OpenConnection::new(&shared.metrics))));
+    // Limits are fixed per connection; routes and headers are read per request, so a reload
+    // reaches keep-alive and HTTP/2 connections too (a request in flight keeps its copy).
     let runtime = shared.runtime.load_full();
-    let dispatcher = runtime.dispatcher.clone();
-    let handler = move |request| dispatcher.clone().handle(request);
+    let per_request = shared.clone();
+    let handler = move |request| {
+        per_request
+            .runtime
+            .load()
+            .dispatcher
+            .clone()
+            .handle(request)
+    };
     let Some(tls) = &shared.tls else {
         let info = ConnectionInfo {
             peer,
@@ -652,9 +652,8 @@ async fn serve_redirect(
     permit: OwnedSemaphorePermit,
 ) {
     let runtime = shared.runtime.load_full();
-    let mode = runtime.http_mode;
-    let port = runtime.redirect_port;
     let challenges = shared.challenges.clone();
+    let per_request = shared.clone();
     let slot = ConnectionSlot(Arc::new(permit));
     let info = ConnectionInfo {
         peer,
@@ -670,9 +669,10 @@ async fn serve_redirect(
         info,
         true,
         move |request| {
+            let current = per_request.runtime.load();
             let response: Response = match challenge_answer(challenges.as_deref(), &request) {
                 Some(answer) => answer,
-                None => redirect::respond(mode, &request, port),
+                None => redirect::respond(current.http_mode, &request, current.redirect_port),
             };
             std::future::ready(Ok::<_, std::convert::Infallible>(response))
         },
@@ -767,25 +767,22 @@ async fn serve_http<I, H, F>(
 /// Re-issues the local `localhost` certificate when it enters its renewal window, and swaps
 /// it in for new handshakes.
 async fn renew_local_certificate(
-    settings: Settings,
-    shared: Arc<Shared>,
+    current: Arc<ArcSwap<Settings>>,
+    reload: ReloadHandle,
     shutdown: CancellationToken,
 ) {
-    let Some(tls) = &shared.tls else { return };
     loop {
         tokio::select! {
             () = tokio::time::sleep(LOCAL_RENEWAL_CHECK) => {}
             () = shutdown.cancelled() => return,
         }
-        match tls::load_certificates(&settings.tls, &settings.data_dir) {
-            Ok(loaded) => {
-                if let Some(local) = &loaded.local {
-                    if local.leaf != LeafAction::Reused {
-                        tls.resolver.replace(loaded.table);
-                        tracing::info!(action = ?local.leaf, "local certificate re-issued and swapped in");
-                    }
-                }
+        let data_dir = current.load().data_dir.clone();
+        match crate::certs::local_ca::ensure(&data_dir) {
+            Ok(local) if local.leaf != LeafAction::Reused => {
+                tracing::info!(action = ?local.leaf, "local certificate re-issued");
+                reload.trigger();
             }
+            Ok(_) => {}
             Err(error) => {
                 tracing::error!(%error, "checking the local certificate failed; keeping the current one")
             }

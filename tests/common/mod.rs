@@ -100,7 +100,10 @@ impl TestServer {
 
     pub async fn stop(self) {
         self.shutdown.cancel();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.handle).await;
+        tokio::time::timeout(std::time::Duration::from_secs(10), self.handle)
+            .await
+            .expect("the server stops within 10 s of shutdown")
+            .expect("the server task does not panic");
     }
 }
 
