@@ -905,6 +905,34 @@ async fn reload_command_and_certificate_files_watched_on_disk() {
         serial2,
         "the old certificate keeps serving"
     );
+
+    // The configuration moves the certificate to another folder: that folder is watched now.
+    let moved = dir.path().join("moved");
+    std::fs::create_dir_all(&moved).unwrap();
+    let issue = || {
+        let issued = fixture_cert(&ca, &moved, "site", &["app.test"], KeyAlgorithm::EcdsaP256);
+        tlsgate::certs::CertInfo::parse(&issued.der).unwrap().serial
+    };
+    let serial3 = issue();
+    std::fs::write(
+        dir.path().join("tlsgate.yaml"),
+        format!("admin:\n  listen: 127.0.0.1:{admin}\ntls:\n  certificates:\n    - cert_file: moved/site.pem\n      key_file: moved/site.key\n"),
+    )
+    .unwrap();
+    let (code, out, err) = run(tlsgate(dir.path()).args(["reload", "-c", "tlsgate.yaml"]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(serial(client.clone()).await, serial3);
+    // Let the watcher's own reload for the rewritten tlsgate.yaml pass first.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let serial4 = issue();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while serial(client.clone()).await != serial4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a certificate in the newly configured folder was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (code, stderr) = running.stop();
     assert_eq!(code, 0);
     assert!(

@@ -104,6 +104,8 @@ pub struct Server {
     config_source: Option<Overrides>,
     /// Watches certificate files from `bind` on, so no change made after start-up is missed.
     file_watch: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+    /// What `file_watch` watches and the token that stops it (a reload may replace it).
+    watching: WatchedFolders,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -205,10 +207,18 @@ impl Server {
         metrics.set_certificates(&certificates);
         let (reload_sender, reload_requests) = tokio::sync::mpsc::channel(8);
         let reload = ReloadHandle(reload_sender);
-        let file_watch =
-            watch_certificate_files(&settings, reload.clone(), shutdown.clone()).map(|watch| {
-                Box::pin(watch) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
-            });
+        let watching = WatchedFolders {
+            folders: watched_folders(&settings),
+            stop: shutdown.child_token(),
+        };
+        let file_watch = watch_certificate_files(
+            watching.folders.clone(),
+            reload.clone(),
+            watching.stop.clone(),
+        )
+        .map(|watch| {
+            Box::pin(watch) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        });
         Ok(Self {
             settings,
             main,
@@ -225,6 +235,7 @@ impl Server {
             reload_requests,
             config_source: None,
             file_watch,
+            watching,
             shutdown,
             tasks: TaskTracker::new(),
         })
@@ -299,6 +310,7 @@ impl Server {
             mut reload_requests,
             config_source,
             file_watch,
+            watching,
             shutdown,
             tasks,
             ..
@@ -403,6 +415,8 @@ impl Server {
                     admin: admin_listener.clone(),
                 }),
                 admin_context: admin_context.clone(),
+                reload: reload.clone(),
+                watching: std::sync::Mutex::new(watching),
             };
             let overrides = config_source.clone();
             Arc::new(move || match &overrides {
@@ -952,17 +966,10 @@ impl Drop for OpenConnection {
     }
 }
 
-/// Reloads when a configured certificate or key file changes on disk. The folders are watched,
-/// not the files, so replacing a file by rename and Kubernetes' swap of its `..data` symlink
-/// are both seen. Bursts of events are debounced into one reload.
-fn watch_certificate_files(
-    settings: &Settings,
-    reload: ReloadHandle,
-    shutdown: CancellationToken,
-) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
-    use notify::Watcher;
+/// The folders holding the configured certificate and key files (ACME's are tlsgate's own).
+fn watched_folders(settings: &Settings) -> Vec<std::path::PathBuf> {
     if !settings.tls.enabled {
-        return None;
+        return Vec::new();
     }
     let mut folders: Vec<std::path::PathBuf> = settings
         .tls
@@ -982,6 +989,18 @@ fn watch_certificate_files(
         .collect();
     folders.sort();
     folders.dedup();
+    folders
+}
+
+/// Reloads when a configured certificate or key file changes on disk. The folders are watched,
+/// not the files, so replacing a file by rename and Kubernetes' swap of its `..data` symlink
+/// are both seen. Bursts of events are debounced into one reload.
+fn watch_certificate_files(
+    folders: Vec<std::path::PathBuf>,
+    reload: ReloadHandle,
+    shutdown: CancellationToken,
+) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+    use notify::Watcher;
     if folders.is_empty() {
         return None;
     }
@@ -1080,6 +1099,15 @@ struct ConfigReload {
     /// The listeners running now; only reloads (one at a time) touch this.
     listeners: std::sync::Mutex<ListenerSet>,
     admin_context: Option<Arc<AdminContext>>,
+    reload: ReloadHandle,
+    /// The certificate folders watched now; a reload that changes them replaces the watcher.
+    watching: std::sync::Mutex<WatchedFolders>,
+}
+
+/// The folders a certificate watcher covers and the token that stops it.
+struct WatchedFolders {
+    folders: Vec<std::path::PathBuf>,
+    stop: CancellationToken,
 }
 
 /// Each listener's address and the token that stops its accept loop.
@@ -1099,6 +1127,26 @@ fn bind_now(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
 }
 
 impl ConfigReload {
+    /// Certificate files that moved to other folders are watched there from now on.
+    fn rewatch(&self, settings: &Settings) {
+        let folders = watched_folders(settings);
+        let Ok(mut watching) = self.watching.lock() else {
+            return;
+        };
+        if watching.folders == folders {
+            return;
+        }
+        watching.stop.cancel();
+        let stop = self.shutdown.child_token();
+        if let Some(watch) =
+            watch_certificate_files(folders.clone(), self.reload.clone(), stop.clone())
+        {
+            self.tasks.spawn(watch);
+        }
+        tracing::debug!(?folders, "certificate folders watched");
+        *watching = WatchedFolders { folders, stop };
+    }
+
     /// Loads and validates the whole configuration first; only then swaps certificates, TLS
     /// settings, routes, pools, headers and limits in. Any error changes nothing. Open
     /// connections keep what they started with; WebSockets stay open unless their route or
@@ -1261,6 +1309,7 @@ impl ConfigReload {
         if let Some(old_proxy) = &previous.dispatcher.proxy {
             old_proxy.retire(next_proxy.as_deref(), new.limits.reload_grace);
         }
+        self.rewatch(&new);
         self.current.store(Arc::new(new));
         tracing::info!("{message}");
         Ok(message)
