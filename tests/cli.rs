@@ -942,3 +942,63 @@ async fn reload_command_and_certificate_files_watched_on_disk() {
     let (code, _, err) = run(tlsgate(dir.path()).args(["reload", "-c", "tlsgate.yaml"]));
     assert_eq!(code, 2, "no server: {err}");
 }
+
+#[test]
+fn json_logs_carry_access_and_audit_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = Running::start(&mut tlsgate(dir.path()), &["--log-format", "json"]);
+    let port = running.main.port();
+    let ca = dir.path().join("tlsgate-data/ca/root.crt");
+    let output = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(&ca)
+        .args([
+            "--resolve",
+            &format!("localhost:{port}:127.0.0.1"),
+            &format!("https://localhost:{port}/health?token=secret"),
+        ])
+        .output()
+        .expect("curl is installed by scripts/test.sh");
+    assert!(output.status.success(), "{output:?}");
+    let (code, stderr) = running.stop();
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let access = lines
+        .iter()
+        .find(|l| l["target"] == "tlsgate::access")
+        .unwrap_or_else(|| panic!("no access line: {stderr}"));
+    let fields = &access["fields"];
+    assert_eq!(fields["status"], 200, "{access}");
+    assert_eq!(
+        fields["path"], "/health",
+        "no query (secrets) logged: {access}"
+    );
+    assert_eq!(fields["tls"], "1.3", "{access}");
+    assert_eq!(fields["client"], "127.0.0.1", "{access}");
+    assert_eq!(fields["route"], "builtin", "{access}");
+    assert!(!stderr.contains("secret"), "{stderr}");
+    let audit = lines
+        .iter()
+        .find(|l| l["fields"]["audit"] == "certificate loaded")
+        .unwrap_or_else(|| panic!("no audit line: {stderr}"));
+    let leaf = tlsgate::certs::pem::read_certificates(
+        &dir.path().join("tlsgate-data/live/localhost/cert.pem"),
+    )
+    .unwrap();
+    let info = tlsgate::certs::CertInfo::parse(&leaf[0]).unwrap();
+    assert_eq!(audit["fields"]["serial"], info.serial.as_str(), "{audit}");
+    assert_eq!(
+        audit["fields"]["fingerprint"],
+        info.sha256_fingerprint.as_str(),
+        "{audit}"
+    );
+    // A first start issues the localhost certificate: that is audited too.
+    let issued = lines
+        .iter()
+        .find(|l| l["fields"]["audit"] == "certificate issued")
+        .unwrap_or_else(|| panic!("no issuance audit line: {stderr}"));
+    assert_eq!(issued["fields"]["serial"], info.serial.as_str(), "{issued}");
+}

@@ -180,6 +180,10 @@ impl Server {
             certificates = loaded.summaries;
             warnings.extend(loaded.warnings);
             local = loaded.local;
+            if let Some(local) = &local {
+                audit_local_issue(&local.leaf, &certificates);
+            }
+            audit_loaded(&certificates);
             Some(TlsEdge {
                 resolver,
                 config: ArcSwap::from_pointee(config),
@@ -793,7 +797,10 @@ async fn renew_local_certificate(
         let data_dir = current.load().data_dir.clone();
         match crate::certs::local_ca::ensure(&data_dir) {
             Ok(local) if local.leaf != LeafAction::Reused => {
-                tracing::info!(action = ?local.leaf, "local certificate re-issued");
+                // The audit line names the serial the reload puts in service.
+                if let Ok(loaded) = tls::load_certificates(&current.load().tls, &data_dir) {
+                    audit_local_issue(&local.leaf, &loaded.summaries);
+                }
                 reload.trigger();
             }
             Ok(_) => {}
@@ -887,9 +894,7 @@ fn put_in_service(
     state: &arc_swap::ArcSwap<CertificateState>,
 ) -> usize {
     tls.resolver.replace(loaded.table);
-    for summary in &loaded.summaries {
-        tracing::info!(audit = "certificate loaded", path = %summary.cert_path.display(), serial = %summary.info.serial, fingerprint = %summary.info.sha256_fingerprint, not_after = %crate::certs::inspect::format_time(summary.info.not_after), "certificate in service");
-    }
+    audit_loaded(&loaded.summaries);
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
@@ -1313,6 +1318,40 @@ impl ConfigReload {
         self.current.store(Arc::new(new));
         tracing::info!("{message}");
         Ok(message)
+    }
+}
+
+/// An audit line per certificate put in service, at start-up and on every reload.
+fn audit_loaded(summaries: &[CertSummary]) {
+    for summary in summaries {
+        tracing::info!(
+            audit = "certificate loaded",
+            path = %summary.cert_path.display(),
+            source = summary.source,
+            serial = %summary.info.serial,
+            fingerprint = %summary.info.sha256_fingerprint,
+            not_after = %crate::certs::inspect::format_time(summary.info.not_after),
+            "certificate in service"
+        );
+    }
+}
+
+/// An audit line when the local CA issued the `localhost` certificate.
+fn audit_local_issue(action: &LeafAction, summaries: &[CertSummary]) {
+    if *action == LeafAction::Reused {
+        return;
+    }
+    for summary in summaries.iter().filter(|s| s.source == "local CA") {
+        tracing::info!(
+            audit = "certificate issued",
+            issuer = "local CA",
+            reason = ?action,
+            path = %summary.cert_path.display(),
+            serial = %summary.info.serial,
+            fingerprint = %summary.info.sha256_fingerprint,
+            not_after = %crate::certs::inspect::format_time(summary.info.not_after),
+            "local certificate issued"
+        );
     }
 }
 
