@@ -245,14 +245,7 @@ async fn health_ready_certificates_and_reload() {
         &["app.test"],
         KeyAlgorithm::EcdsaP256,
     );
-    let stream = tokio::net::TcpStream::connect(server.admin.unwrap())
-        .await
-        .unwrap();
-    let post = http::Request::post("/reload")
-        .header("host", "127.0.0.1")
-        .body(body_of(""))
-        .unwrap();
-    let reloaded = send_on(stream, post).await;
+    let reloaded = server.post_reload().await;
     assert_eq!(reloaded.status, 200, "{}", reloaded.body);
     let leaf = served_leaf(
         &tls_connect(
@@ -270,14 +263,7 @@ async fn health_ready_certificates_and_reload() {
 
     // A broken file: the reload is refused and the old certificate keeps serving.
     std::fs::write(dir.path().join("site.pem"), "garbage").unwrap();
-    let stream = tokio::net::TcpStream::connect(server.admin.unwrap())
-        .await
-        .unwrap();
-    let post = http::Request::post("/reload")
-        .header("host", "127.0.0.1")
-        .body(body_of(""))
-        .unwrap();
-    let refused = send_on(stream, post).await;
+    let refused = server.post_reload().await;
     assert_eq!(refused.status, 422, "{}", refused.body);
     assert!(refused.body.contains("site.pem"), "{}", refused.body);
     let leaf = served_leaf(

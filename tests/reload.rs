@@ -12,17 +12,6 @@ use rustls::pki_types::CertificateDer;
 use tlsgate::certs::KeyAlgorithm;
 use tokio_tungstenite::tungstenite::Message;
 
-async fn post_reload(server: &TestServer) -> SimpleResponse {
-    let stream = tokio::net::TcpStream::connect(server.admin.unwrap())
-        .await
-        .unwrap();
-    let post = http::Request::post("/reload")
-        .header("host", "127.0.0.1")
-        .body(body_of(""))
-        .unwrap();
-    send_on(stream, post).await
-}
-
 type Wss =
     tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
@@ -76,7 +65,7 @@ async fn removed_route_closes_only_its_websockets_and_bad_configs_change_nothing
         "routes:\n  - path: /a\n    upstreem: x\n",
     )
     .unwrap();
-    let refused = post_reload(&server).await;
+    let refused = server.post_reload().await;
     assert_eq!(refused.status, 422, "{}", refused.body);
     assert!(
         refused.body.contains("tlsgate.yaml:3:5"),
@@ -95,7 +84,7 @@ async fn removed_route_closes_only_its_websockets_and_bad_configs_change_nothing
         "tls: off\n",
     );
     std::fs::write(dir.path().join("tlsgate.yaml"), tls_off).unwrap();
-    let refused = post_reload(&server).await;
+    let refused = server.post_reload().await;
     assert_eq!(refused.status, 422);
     assert!(refused.body.contains("needs a restart"), "{}", refused.body);
     assert_eq!(
@@ -111,7 +100,7 @@ async fn removed_route_closes_only_its_websockets_and_bad_configs_change_nothing
         config(&a, None, "SAMEORIGIN"),
     )
     .unwrap();
-    let applied = post_reload(&server).await;
+    let applied = server.post_reload().await;
     assert_eq!(applied.status, 200, "{}", applied.body);
     let response = https_get(server.main, "app.test", client.clone(), "/a/x").await;
     assert_eq!(response.headers["x-frame-options"], "SAMEORIGIN");
@@ -201,7 +190,7 @@ async fn reload_under_load_loses_nothing() {
         // …and the configuration changes.
         let frame = if round % 2 == 0 { "SAMEORIGIN" } else { "DENY" };
         std::fs::write(dir.path().join("tlsgate.yaml"), config(&a, None, frame)).unwrap();
-        let applied = post_reload(&server).await;
+        let applied = server.post_reload().await;
         assert_eq!(applied.status, 200, "{}", applied.body);
         for socket in sockets.iter_mut().step_by(20) {
             socket
@@ -281,7 +270,7 @@ async fn listeners_close_with_the_config_and_mismatched_keys_are_refused() {
         "    - cert_file: site.crt\n      key_file: other.key\n",
     );
     std::fs::write(dir.path().join("tlsgate.yaml"), mismatched).unwrap();
-    let refused = post_reload(&server).await;
+    let refused = server.post_reload().await;
     assert_eq!(refused.status, 422);
     assert!(refused.body.contains("does not match"), "{}", refused.body);
     let client = default_client(std::slice::from_ref(&ca.cert_der));
@@ -303,7 +292,7 @@ async fn listeners_close_with_the_config_and_mismatched_keys_are_refused() {
         config(&a, None, "SAMEORIGIN"),
     )
     .unwrap();
-    assert_eq!(post_reload(&server).await.status, 200);
+    assert_eq!(server.post_reload().await.status, 200);
     let again = tls_connect(server.main, "app.test", resuming)
         .await
         .unwrap();
@@ -318,7 +307,7 @@ async fn listeners_close_with_the_config_and_mismatched_keys_are_refused() {
         format!("http: off\n{}", config(&a, None, "DENY")),
     )
     .unwrap();
-    let applied = post_reload(&server).await;
+    let applied = server.post_reload().await;
     assert_eq!(applied.status, 200, "{}", applied.body);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(

@@ -98,6 +98,17 @@ impl TestServer {
         (ws, response.status().as_u16())
     }
 
+    /// `POST /reload` on the admin listener.
+    pub async fn post_reload(&self) -> SimpleResponse {
+        let admin = self.admin.expect("the test server has an admin listener");
+        let stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let post = http::Request::post("/reload")
+            .header("host", "127.0.0.1")
+            .body(body_of(""))
+            .unwrap();
+        send_on(stream, post).await
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         tokio::time::timeout(std::time::Duration::from_secs(10), self.handle)
