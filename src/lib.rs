@@ -5,6 +5,7 @@
 
 pub mod acme;
 pub mod certs;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod http;

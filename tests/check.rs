@@ -1,0 +1,169 @@
+//! `tlsgate check`'s probes against real servers: tlsgate itself and `openssl s_server` set
+//! up to accept what tlsgate refuses (TLS 1.0, CBC, RSA key exchange).
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use tlsgate::certs::KeyAlgorithm;
+use tlsgate::check::probe::{probe, ProbeAnswer, Protocol, BROAD_SUITES};
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+const ECDHE_ECDSA_AES128_GCM: u16 = 0xC02B;
+const ECDHE_ECDSA_AES128_CBC_SHA: u16 = 0xC009;
+const RSA_AES128_CBC_SHA: u16 = 0x002F;
+const PROTOCOL_VERSION: u8 = 70;
+const HANDSHAKE_FAILURE: u8 = 40;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tlsgate_refuses_old_versions_and_cbc_and_accepts_tls12_aead() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start("", dir.path()).await.unwrap();
+    let host = Some("localhost");
+    for old in [Protocol::Ssl3, Protocol::Tls10, Protocol::Tls11] {
+        let answer = probe(server.main, host, old, BROAD_SUITES, PROBE_TIMEOUT)
+            .await
+            .unwrap();
+        assert!(!answer.accepted(), "{} accepted: {answer:?}", old.name());
+    }
+    let answer = probe(
+        server.main,
+        host,
+        Protocol::Tls10,
+        BROAD_SUITES,
+        PROBE_TIMEOUT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer, ProbeAnswer::Alert(PROTOCOL_VERSION));
+    let answer = probe(
+        server.main,
+        host,
+        Protocol::Tls12,
+        &[ECDHE_ECDSA_AES128_GCM],
+        PROBE_TIMEOUT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        answer,
+        ProbeAnswer::Accepted {
+            version: 0x0303,
+            suite: ECDHE_ECDSA_AES128_GCM
+        }
+    );
+    for weak in [
+        ECDHE_ECDSA_AES128_CBC_SHA,
+        RSA_AES128_CBC_SHA,
+        0x000A,
+        0x0005,
+    ] {
+        let answer = probe(server.main, host, Protocol::Tls12, &[weak], PROBE_TIMEOUT)
+            .await
+            .unwrap();
+        assert_eq!(
+            answer,
+            ProbeAnswer::Alert(HANDSHAKE_FAILURE),
+            "suite {weak:#06x}"
+        );
+    }
+    server.stop().await;
+}
+
+/// `openssl s_server` on a free port; killed when dropped.
+struct OpensslServer(Child);
+
+impl Drop for OpensslServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_openssl_server_is_seen_accepting_tls10_and_cbc() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = fixture_ca(dir.path());
+    fixture_cert(
+        &ca,
+        dir.path(),
+        "legacy",
+        &["legacy.test"],
+        KeyAlgorithm::Rsa2048,
+    );
+    let port = free_port();
+    let _server = OpensslServer(
+        Command::new("openssl")
+            .current_dir(dir.path())
+            .args([
+                "s_server",
+                "-quiet",
+                "-accept",
+                &port.to_string(),
+                "-cert",
+                "legacy.crt",
+                "-key",
+                "legacy.key",
+                "-tls1",
+                "-cipher",
+                "AES128-SHA:ECDHE-RSA-AES128-SHA:@SECLEVEL=0",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl is installed by scripts/test.sh"),
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "s_server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let host = Some("legacy.test");
+    let answer = probe(
+        addr,
+        host,
+        Protocol::Tls10,
+        &[RSA_AES128_CBC_SHA],
+        PROBE_TIMEOUT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        answer,
+        ProbeAnswer::Accepted {
+            version: 0x0301,
+            suite: RSA_AES128_CBC_SHA
+        }
+    );
+    // Offered TLS 1.2, this server answers with 1.0 at most; an AEAD suite it lacks is refused.
+    let answer = probe(addr, host, Protocol::Tls12, BROAD_SUITES, PROBE_TIMEOUT)
+        .await
+        .unwrap();
+    assert!(
+        !matches!(
+            answer,
+            ProbeAnswer::Accepted {
+                version: 0x0303,
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+    let answer = probe(
+        addr,
+        host,
+        Protocol::Tls10,
+        &[ECDHE_ECDSA_AES128_GCM],
+        PROBE_TIMEOUT,
+    )
+    .await
+    .unwrap();
+    assert!(!answer.accepted(), "{answer:?}");
+}
