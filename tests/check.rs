@@ -167,3 +167,50 @@ async fn a_legacy_openssl_server_is_seen_accepting_tls10_and_cbc() {
     .unwrap();
     assert!(!answer.accepted(), "{answer:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suites_and_groups_of_tlsgate_are_enumerated_as_configured() {
+    use tlsgate::check::{modern, probe::accepted_suites, probe::suite_name};
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(
+        "tls:\n  tls13_cipher_suites: [TLS_AES_256_GCM_SHA384, TLS_CHACHA20_POLY1305_SHA256]\n  tls12_cipher_suites: [TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256]\n",
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    let tls12: Vec<String> = accepted_suites(
+        server.main,
+        Some("localhost"),
+        Protocol::Tls12,
+        PROBE_TIMEOUT,
+    )
+    .await
+    .unwrap()
+    .into_iter()
+    .map(suite_name)
+    .collect();
+    assert_eq!(
+        tls12,
+        [
+            "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"
+        ]
+    );
+    let tls13 = modern::tls13_suites(server.main, "localhost", PROBE_TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(
+        tls13,
+        ["TLS13_AES_256_GCM_SHA384", "TLS13_CHACHA20_POLY1305_SHA256"]
+    );
+    let groups = modern::key_exchange_groups(server.main, "localhost", PROBE_TIMEOUT)
+        .await
+        .unwrap();
+    for group in ["X25519MLKEM768", "X25519", "secp256r1", "secp384r1"] {
+        assert!(
+            groups.iter().any(|g| g == group),
+            "{group} missing: {groups:?}"
+        );
+    }
+    server.stop().await;
+}

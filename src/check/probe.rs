@@ -89,6 +89,70 @@ pub const BROAD_SUITES: &[u16] = &[
     0x000A, 0x0005, 0x0004, // 3DES, RC4
 ];
 
+/// TLS 1.2 (and older) suites a probe asks about one at a time, with IANA names: the modern
+/// ones, and the legacy ones a grade must catch (CBC, RSA key exchange, 3DES, RC4, NULL,
+/// EXPORT).
+pub const KNOWN_SUITES: &[(u16, &str)] = &[
+    (0xC02B, "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"),
+    (0xC02C, "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"),
+    (0xCCA9, "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"),
+    (0xC02F, "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"),
+    (0xC030, "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"),
+    (0xCCA8, "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256"),
+    (0x009E, "TLS_DHE_RSA_WITH_AES_128_GCM_SHA256"),
+    (0x009F, "TLS_DHE_RSA_WITH_AES_256_GCM_SHA384"),
+    (0xC009, "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA"),
+    (0xC00A, "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA"),
+    (0xC023, "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256"),
+    (0xC024, "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA384"),
+    (0xC013, "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA"),
+    (0xC014, "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA"),
+    (0xC027, "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256"),
+    (0xC028, "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA384"),
+    (0x0033, "TLS_DHE_RSA_WITH_AES_128_CBC_SHA"),
+    (0x0039, "TLS_DHE_RSA_WITH_AES_256_CBC_SHA"),
+    (0x009C, "TLS_RSA_WITH_AES_128_GCM_SHA256"),
+    (0x009D, "TLS_RSA_WITH_AES_256_GCM_SHA384"),
+    (0x002F, "TLS_RSA_WITH_AES_128_CBC_SHA"),
+    (0x0035, "TLS_RSA_WITH_AES_256_CBC_SHA"),
+    (0x003C, "TLS_RSA_WITH_AES_128_CBC_SHA256"),
+    (0x003D, "TLS_RSA_WITH_AES_256_CBC_SHA256"),
+    (0xC012, "TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA"),
+    (0x000A, "TLS_RSA_WITH_3DES_EDE_CBC_SHA"),
+    (0xC011, "TLS_ECDHE_RSA_WITH_RC4_128_SHA"),
+    (0x0005, "TLS_RSA_WITH_RC4_128_SHA"),
+    (0x0004, "TLS_RSA_WITH_RC4_128_MD5"),
+    (0x0002, "TLS_RSA_WITH_NULL_SHA"),
+    (0x0003, "TLS_RSA_EXPORT_WITH_RC4_40_MD5"),
+    (0x0008, "TLS_RSA_EXPORT_WITH_DES40_CBC_SHA"),
+];
+
+/// The IANA name of a suite code, or its hex code when unknown.
+pub fn suite_name(code: u16) -> String {
+    KNOWN_SUITES
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map(|(_, name)| (*name).to_owned())
+        .unwrap_or_else(|| format!("0x{code:04X}"))
+}
+
+/// Every suite of [`KNOWN_SUITES`] the server accepts at `protocol`, one probe per suite.
+pub async fn accepted_suites(
+    addr: SocketAddr,
+    server_name: Option<&str>,
+    protocol: Protocol,
+    timeout: Duration,
+) -> Result<Vec<u16>, ProbeError> {
+    let mut accepted = Vec::new();
+    for (code, _) in KNOWN_SUITES {
+        let answer = probe(addr, server_name, protocol, &[*code], timeout).await?;
+        if answer.accepts(protocol) {
+            accepted.push(*code);
+        }
+    }
+    Ok(accepted)
+}
+
 /// Sends one ClientHello for `protocol` offering `suites`, and reads the first answer.
 pub async fn probe(
     addr: SocketAddr,
