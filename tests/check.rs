@@ -214,3 +214,59 @@ async fn suites_and_groups_of_tlsgate_are_enumerated_as_configured() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_findings_for_a_served_chain() {
+    use tlsgate::check::certificate::assess;
+    use tlsgate::check::findings::Status;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = fixture_ca(dir.path());
+    // Ten days left: under the 30-day warning line.
+    let issued = ca
+        .issue(
+            &["app.test".to_owned()],
+            Duration::from_secs(10 * 86_400),
+            KeyAlgorithm::Rsa2048,
+            tlsgate::certs::generate::Usage::Server,
+        )
+        .unwrap();
+    write_fixture(dir.path(), "site", &issued, &ca.cert_pem);
+    let server = TestServer::start(
+        "tls:\n  certificates:\n    - cert_file: site.crt\n      key_file: site.key\n",
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    let chain = tlsgate::certs::remote::fetch_chain(
+        "127.0.0.1",
+        server.main.port(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let roots = || {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert_der.clone()).unwrap();
+        roots
+    };
+    let status = |findings: &[tlsgate::check::findings::Finding], check: &str| {
+        findings
+            .iter()
+            .find(|f| f.check == check)
+            .map(|f| f.status)
+            .unwrap_or_else(|| panic!("no {check} finding: {findings:?}"))
+    };
+    let findings = assess(&chain, roots(), "app.test");
+    assert_eq!(status(&findings, "chain"), Status::Pass, "{findings:?}");
+    assert_eq!(status(&findings, "host"), Status::Pass);
+    assert_eq!(status(&findings, "expiry"), Status::Warn, "{findings:?}");
+    assert_eq!(status(&findings, "key"), Status::Pass);
+    assert_eq!(status(&findings, "signature"), Status::Pass);
+    assert_eq!(status(&findings, "chain order"), Status::Pass);
+    let wrong_host = assess(&chain, roots(), "other.test");
+    assert_eq!(status(&wrong_host, "host"), Status::Fail);
+    // Not trusted: the system roots do not know this CA.
+    let untrusted = assess(&chain, rustls::RootCertStore::empty(), "app.test");
+    assert_eq!(status(&untrusted, "chain"), Status::Fail);
+    server.stop().await;
+}
