@@ -181,7 +181,7 @@ impl Server {
             warnings.extend(loaded.warnings);
             local = loaded.local;
             if let Some(local) = &local {
-                audit_local_issue(&local.leaf, &certificates);
+                audit_local_issue(local);
             }
             audit_loaded(&certificates);
             Some(TlsEdge {
@@ -797,10 +797,7 @@ async fn renew_local_certificate(
         let data_dir = current.load().data_dir.clone();
         match crate::certs::local_ca::ensure(&data_dir) {
             Ok(local) if local.leaf != LeafAction::Reused => {
-                // The audit line names the serial the reload puts in service.
-                if let Ok(loaded) = tls::load_certificates(&current.load().tls, &data_dir) {
-                    audit_local_issue(&local.leaf, &loaded.summaries);
-                }
+                audit_local_issue(&local);
                 reload.trigger();
             }
             Ok(_) => {}
@@ -1336,23 +1333,30 @@ fn audit_loaded(summaries: &[CertSummary]) {
     }
 }
 
-/// An audit line when the local CA issued the `localhost` certificate.
-fn audit_local_issue(action: &LeafAction, summaries: &[CertSummary]) {
-    if *action == LeafAction::Reused {
+/// An audit line when the local CA issued the `localhost` certificate (read from its one
+/// live file, not by loading every configured certificate).
+fn audit_local_issue(local: &LocalCertificate) {
+    if local.leaf == LeafAction::Reused {
         return;
     }
-    for summary in summaries.iter().filter(|s| s.source == "local CA") {
-        tracing::info!(
-            audit = "certificate issued",
-            issuer = "local CA",
-            reason = ?action,
-            path = %summary.cert_path.display(),
-            serial = %summary.info.serial,
-            fingerprint = %summary.info.sha256_fingerprint,
-            not_after = %crate::certs::inspect::format_time(summary.info.not_after),
-            "local certificate issued"
-        );
-    }
+    let leaf = crate::certs::pem::read_certificates(&local.live.cert)
+        .ok()
+        .and_then(|chain| {
+            chain
+                .first()
+                .and_then(|der| crate::certs::CertInfo::parse(der).ok())
+        });
+    let Some(info) = leaf else { return };
+    tracing::info!(
+        audit = "certificate issued",
+        issuer = "local CA",
+        reason = ?local.leaf,
+        path = %local.live.cert.display(),
+        serial = %info.serial,
+        fingerprint = %info.sha256_fingerprint,
+        not_after = %crate::certs::inspect::format_time(info.not_after),
+        "local certificate issued"
+    );
 }
 
 /// Audit lines for certificates a reload put in place of others (same file, new serial).
