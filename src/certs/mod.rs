@@ -44,6 +44,8 @@ pub enum CertError {
     Exists { path: PathBuf },
     #[error("{target}: {reason}")]
     Remote { target: String, reason: String },
+    #[error("no system root certificates found; pass a CA file")]
+    NoRoots,
     #[error("cannot generate {what}: {reason}")]
     Generate { what: String, reason: String },
 }

@@ -9,7 +9,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{CertificateError, RootCertStore};
 use serde::Serialize;
 
-use super::CertInfo;
+use super::{CertError, CertInfo};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
@@ -23,7 +23,7 @@ fn explain(error: &rustls::Error) -> String {
     match error {
         rustls::Error::InvalidCertificate(reason) => match reason {
             CertificateError::UnknownIssuer => {
-                "not issued by a trusted CA (unknown issuer; is the intermediate missing, or pass --ca?)".into()
+                "not issued by a trusted CA (unknown issuer: is an intermediate missing, or is it a private CA?)".into()
             }
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired".into(),
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
@@ -37,6 +37,31 @@ fn explain(error: &rustls::Error) -> String {
         },
         other => other.to_string(),
     }
+}
+
+/// The trust anchors: every certificate in `ca`, or the system's roots when `ca` is `None`.
+pub fn load_roots(ca: Option<&std::path::Path>) -> Result<RootCertStore, CertError> {
+    let mut roots = RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            for cert in super::pem::read_certificates(path)? {
+                roots.add(cert).map_err(|e| CertError::Malformed {
+                    path: path.to_owned(),
+                    reason: format!("not a usable CA certificate: {e}"),
+                })?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                // One unusable system root must not hide the others.
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err(CertError::NoRoots);
+            }
+        }
+    }
+    Ok(roots)
 }
 
 /// Verifies `chain` (leaf first) against `roots`; checks `host` and `key` when given.

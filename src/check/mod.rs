@@ -3,5 +3,192 @@
 
 pub mod certificate;
 pub mod findings;
+pub mod grade;
+pub mod http;
 pub mod modern;
 pub mod probe;
+pub mod suites;
+pub mod target;
+pub mod tls_scan;
+pub mod websocket;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("{url}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("cannot resolve {host}: {reason}")]
+    Resolve { host: String, reason: String },
+    #[error("rustls offers no TLS client for these settings")]
+    NoTlsClient,
+    #[error("HTTP: {0}")]
+    Http(String),
+    #[error(transparent)]
+    Roots(#[from] crate::certs::CertError),
+    #[error(transparent)]
+    Probe(#[from] probe::ProbeError),
+}
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::CertificateDer;
+use serde::Serialize;
+
+use findings::{Finding, Status};
+use grade::{GradeInput, GradeResult};
+use target::Target;
+use tls_scan::TlsScan;
+
+/// Everything `tlsgate check` was asked to do.
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    pub url: String,
+    pub resolve: Option<String>,
+    pub cacert: Option<PathBuf>,
+    /// Report trust problems as warnings and leave them out of the grade.
+    pub insecure: bool,
+    pub headers: Vec<(String, String)>,
+    pub token: Option<String>,
+    /// The plain-HTTP port; `None`: 80, or 8080 when HTTPS is on 8443.
+    pub http_port: Option<u16>,
+    pub websocket: Option<websocket::WsOptions>,
+    /// Per network step.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub url: String,
+    pub address: String,
+    #[serde(flatten)]
+    pub grade: GradeResult,
+    pub findings: Vec<Finding>,
+    pub tls: TlsScan,
+    pub elapsed_ms: u128,
+}
+
+impl Report {
+    pub fn failures(&self) -> usize {
+        self.findings
+            .iter()
+            .filter(|f| f.status == Status::Fail)
+            .count()
+    }
+}
+
+/// The chain the server sends to a default client.
+async fn fetch_chain(
+    target: &Target,
+    timeout: Duration,
+) -> Result<Vec<CertificateDer<'static>>, CheckError> {
+    let config = modern::default_client_config(&[]).ok_or(CheckError::NoTlsClient)?;
+    let Some(tls) = modern::connect(target.addr, &target.host, config, timeout).await? else {
+        return Ok(Vec::new());
+    };
+    Ok(tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default())
+}
+
+/// Checks, in this order of report: certificate, protocols, ciphers, key exchange, HTTP,
+/// WebSocket. The network steps run side by side; `progress` hears each one start.
+pub async fn run(
+    options: &CheckOptions,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<Report, CheckError> {
+    let started = Instant::now();
+    let target = Target::new(&options.url, options.resolve.as_deref())?;
+    let roots = crate::certs::verify::load_roots(options.cacert.as_deref())?;
+    progress("certificate");
+    let chain = fetch_chain(&target, options.timeout).await?;
+    let http_port = options
+        .http_port
+        .unwrap_or_else(|| http::default_http_port(target.port));
+    let mut headers = options.headers.clone();
+    if let Some(token) = &options.token {
+        headers.push(("authorization".into(), format!("Bearer {token}")));
+    }
+
+    let scan = tls_scan::scan(target.addr, &target.host, options.timeout, progress);
+    let web = async {
+        let answer = http::fetch(&target, &headers, options.timeout).await;
+        let redirect = http::redirect_finding(&target, http_port, options.timeout).await;
+        (answer, redirect)
+    };
+    let ws = async {
+        match &options.websocket {
+            Some(ws) => websocket::check(&target, ws, progress).await,
+            None => Vec::new(),
+        }
+    };
+    let (scan, (answer, redirect), ws_findings) = tokio::join!(scan, web, ws);
+    let scan = scan?;
+
+    let mut findings = certificate::assess(&chain, roots, &target.host);
+    let mut trust_problems = Vec::new();
+    for finding in &mut findings {
+        let trust = matches!(
+            finding.check,
+            "chain" | "host" | "expiry" | "signature" | "parse"
+        );
+        if trust && finding.status == Status::Fail {
+            trust_problems.push(format!("{}: {}", finding.check, finding.reason));
+            if options.insecure {
+                finding.status = Status::Warn;
+                finding.reason.push_str(" (ignored: --insecure)");
+            }
+        }
+    }
+    if options.insecure {
+        trust_problems.clear();
+    }
+    findings.extend(tls_scan::findings(&scan));
+
+    let hsts_max_age = match &answer {
+        Ok(answer) => {
+            let path_given = options.url.trim_start_matches("https://").contains('/');
+            findings.extend(http::findings(answer, &target.path, path_given));
+            answer
+                .headers
+                .get("strict-transport-security")
+                .and_then(|v| v.to_str().ok())
+                .and_then(http::Hsts::parse)
+                .map(|h| h.max_age)
+        }
+        Err(error) => {
+            findings.push(Finding::new(
+                "http",
+                "response",
+                Status::Fail,
+                error.to_string(),
+            ));
+            None
+        }
+    };
+    findings.push(redirect);
+    findings.extend(ws_findings);
+
+    let (key_type, key_bits) = chain
+        .first()
+        .and_then(|leaf| crate::certs::CertInfo::parse(leaf).ok())
+        .map(|info| (info.key_type, info.key_bits))
+        .unwrap_or_default();
+    let grade = grade::grade(&GradeInput {
+        scan: &scan,
+        key_type,
+        key_bits,
+        trust_problems,
+        hsts_max_age,
+    });
+    Ok(Report {
+        url: options.url.clone(),
+        address: target.addr.to_string(),
+        grade,
+        findings,
+        tls: scan,
+        elapsed_ms: started.elapsed().as_millis(),
+    })
+}

@@ -719,31 +719,7 @@ fn inspect(args: InspectArgs) -> Outcome {
 }
 
 fn roots_from(ca: Option<&Path>) -> Result<rustls::RootCertStore, Failure> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca {
-        Some(path) => {
-            for cert in read_certificates(path)? {
-                roots.add(cert).map_err(|e| {
-                    Failure(format!(
-                        "{}: not a usable CA certificate: {e}",
-                        path.display()
-                    ))
-                })?;
-            }
-        }
-        None => {
-            let loaded = rustls_native_certs::load_native_certs();
-            for cert in loaded.certs {
-                let _ = roots.add(cert);
-            }
-            if roots.is_empty() {
-                return Err(Failure(
-                    "no system root certificates found; pass --ca FILE".into(),
-                ));
-            }
-        }
-    }
-    Ok(roots)
+    Ok(crate::certs::verify::load_roots(ca)?)
 }
 
 fn verify_command(args: VerifyArgs) -> Outcome {

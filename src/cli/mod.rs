@@ -4,6 +4,7 @@
 mod acme;
 mod banner;
 mod cert;
+mod check;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +45,10 @@ enum Command {
     /// Obtain, renew and list ACME certificates (the server does this by itself too).
     #[command(subcommand)]
     Acme(acme::AcmeCommand),
+    /// Grade a live HTTPS/WSS deployment (any server): certificate, protocols, ciphers,
+    /// HTTP headers and redirect, WebSocket upgrade, echo, ping and idle survival.
+    #[command(after_long_help = check::long_help(), after_help = check::AFTER_HELP)]
+    Check(check::CheckArgs),
     /// Ask the running server to reload (through its admin listener); prints the outcome.
     #[command(
         after_help = "Example:\n  tlsgate reload -c /etc/tlsgate/tlsgate.yaml\n\nExit codes: 0 reloaded, 1 the server refused the reload (the message says why; nothing changed), 2 no server reachable or bad input"
@@ -132,6 +137,7 @@ pub fn run() -> ExitCode {
         Command::Cert(command) => cert::run(command),
         Command::Acme(command) => acme::run(command),
         Command::Reload(args) => reload(args),
+        Command::Check(args) => check::run(args),
     }
 }
 
