@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh machine: installs the system tools the tests use as independent
 # oracles (openssl, curl, certutil from libnss3-tools for `cert trust`, Python's websockets for
-# permessage-deflate, Pebble as a real ACME CA), then formatting, lints and the whole test suite.
+# permessage-deflate, Pebble as a real ACME CA, nginx and sslscan for `tlsgate check`), then
+# formatting, lints and the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,9 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v certutil >/dev/null 2>&1 || missing+=(libnss3-tools)
 command -v pebble >/dev/null 2>&1 || missing+=(pebble)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+# `tlsgate check` is graded against real nginx configs and cross-checked with sslscan.
+command -v nginx >/dev/null 2>&1 || missing+=(nginx)
+command -v sslscan >/dev/null 2>&1 || missing+=(sslscan)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"

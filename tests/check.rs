@@ -201,7 +201,7 @@ async fn suites_and_groups_of_tlsgate_are_enumerated_as_configured() {
         .unwrap();
     assert_eq!(
         tls13,
-        ["TLS13_AES_256_GCM_SHA384", "TLS13_CHACHA20_POLY1305_SHA256"]
+        ["TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"]
     );
     let groups = modern::key_exchange_groups(server.main, "localhost", PROBE_TIMEOUT)
         .await

@@ -37,6 +37,7 @@ pub fn assess(chain: &[CertificateDer<'static>], roots: RootCertStore, host: &st
         ));
         return findings;
     };
+    let complete = chain_complete(chain, &infos, &roots);
     for check in crate::certs::verify::verify(chain, leaf, false, roots, Some(host), None) {
         let status = if check.ok { Status::Pass } else { Status::Fail };
         findings.push(Finding::new(SECTION, check.check, status, check.detail));
@@ -98,5 +99,105 @@ pub fn assess(chain: &[CertificateDer<'static>], roots: RootCertStore, host: &st
         )
     };
     findings.push(Finding::new(SECTION, "chain order", status, reason));
+    let (status, reason) = match complete {
+        Ok(reason) => (Status::Pass, reason),
+        Err(reason) => (Status::Warn, reason),
+    };
+    findings.push(Finding::new(SECTION, "chain complete", status, reason));
     findings
+}
+
+/// Whether the chain reaches a trust anchor without fetching anything: it ends in a
+/// self-issued certificate, or the last certificate's issuer is one of `roots`.
+fn chain_complete(
+    chain: &[CertificateDer<'static>],
+    infos: &[CertInfo],
+    roots: &RootCertStore,
+) -> Result<String, String> {
+    let (Some(last), Some(last_info)) = (chain.last(), infos.last()) else {
+        return Err("no certificate".into());
+    };
+    if last_info.self_issued {
+        return Ok("ends in a self-issued certificate (a root, which need not be sent)".into());
+    }
+    let issuer = x509_parser::parse_x509_certificate(last)
+        .map(|(_, cert)| cert.issuer().as_raw().to_vec())
+        .unwrap_or_default();
+    let issuer_value = der_value(&issuer);
+    let anchored = roots
+        .roots
+        .iter()
+        .any(|anchor| anchor.subject.as_ref() == issuer_value || anchor.subject.as_ref() == issuer);
+    if anchored {
+        Ok(format!(
+            "ends at a certificate issued by a trusted root ({})",
+            last_info.issuer
+        ))
+    } else {
+        Err(format!(
+            "the last certificate's issuer ({}) is neither sent nor a trusted root: send the intermediate, or trust that CA (--cacert)",
+            last_info.issuer
+        ))
+    }
+}
+
+/// The contents of a DER TLV (trust anchors keep a name without its SEQUENCE header).
+fn der_value(tlv: &[u8]) -> &[u8] {
+    let Some(&first) = tlv.get(1) else {
+        return tlv;
+    };
+    let header = if first < 0x80 {
+        2
+    } else {
+        2 + usize::from(first & 0x7F)
+    };
+    tlv.get(header..).unwrap_or(tlv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certs::generate::{CertificateAuthority, KeyAlgorithm, Usage};
+    use std::time::Duration;
+
+    fn status_of(findings: &[Finding], check: &str) -> Status {
+        findings
+            .iter()
+            .find(|f| f.check == check)
+            .map(|f| f.status)
+            .unwrap_or_else(|| panic!("no {check}"))
+    }
+
+    #[test]
+    fn a_leaf_only_chain_is_complete_when_its_issuer_is_trusted() {
+        let ca = CertificateAuthority::new(
+            "complete test CA",
+            Duration::from_secs(86_400),
+            KeyAlgorithm::EcdsaP256,
+        )
+        .unwrap();
+        let leaf = ca
+            .issue(
+                &["site.test".into()],
+                Duration::from_secs(3_600),
+                KeyAlgorithm::EcdsaP256,
+                Usage::Server,
+            )
+            .unwrap();
+        let chain = vec![leaf.der.clone()];
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.cert_der.clone()).unwrap();
+        let trusted = assess(&chain, roots, "site.test");
+        assert_eq!(status_of(&trusted, "chain complete"), Status::Pass);
+        assert_eq!(status_of(&trusted, "chain"), Status::Pass);
+        assert_eq!(
+            status_of(&trusted, "expiry"),
+            Status::Warn,
+            "an hour left is under 30 days"
+        );
+        let untrusted = assess(&chain, RootCertStore::empty(), "other.test");
+        assert_eq!(status_of(&untrusted, "chain complete"), Status::Warn);
+        assert_eq!(status_of(&untrusted, "chain"), Status::Fail);
+        assert_eq!(status_of(&untrusted, "host"), Status::Fail);
+    }
 }

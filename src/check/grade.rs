@@ -207,7 +207,7 @@ pub fn grade(input: &GradeInput) -> GradeResult {
     );
     for group in &scan.groups {
         let bits = group_rsa_bits(group);
-        if bits < exchange_bits {
+        if bits < exchange_bits && strength_score(bits) < strength_score(exchange_bits) {
             exchange_bits = bits;
             exchange_reason = format!("key-exchange group {group} ≈ RSA {bits}");
         }
@@ -312,12 +312,19 @@ pub fn grade(input: &GradeInput) -> GradeResult {
     }
 
     let mut trusted_grade = by_score.min(cap);
-    if trusted_grade == Grade::A {
-        match input.hsts_max_age {
-            Some(age) if age >= super::http::HSTS_MIN_AGE => trusted_grade = Grade::APlus,
-            Some(age) => reasons.push(format!("not A+: HSTS max-age={age} is under a year")),
-            None => reasons.push("not A+: no HSTS header".into()),
+    let long_hsts = match input.hsts_max_age {
+        Some(age) if age >= super::http::HSTS_MIN_AGE => true,
+        Some(age) => {
+            reasons.push(format!("no A+: HSTS max-age={age} is under a year"));
+            false
         }
+        None => {
+            reasons.push("no A+: no HSTS header".into());
+            false
+        }
+    };
+    if trusted_grade == Grade::A && long_hsts {
+        trusted_grade = Grade::APlus;
     }
     let (grade, ignoring_trust) = if input.trust_problems.is_empty() {
         (trusted_grade, None)

@@ -292,6 +292,7 @@ pub async fn openssl_async(args: Vec<String>) -> (bool, String) {
     .expect("openssl task")
 }
 
+pub mod nginx;
 pub mod upstream;
 
 pub type TestBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
