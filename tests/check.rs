@@ -166,6 +166,29 @@ async fn a_legacy_openssl_server_is_seen_accepting_tls10_and_cbc() {
     .await
     .unwrap();
     assert!(!answer.accepted(), "{answer:?}");
+
+    // The whole check against a TLS 1.0-only server: F, and it says why the certificate
+    // could not be judged. --resolve sends the name while connecting to loopback.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tlsgate"))
+        .args(["check", &format!("https://legacy.test:{port}/")])
+        .args([
+            "--resolve",
+            "legacy.test:127.0.0.1",
+            "--http-port",
+            "1",
+            "--json",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{report:#}");
+    assert_eq!(report["grade"], "F", "{report:#}");
+    let reasons = report["reasons"].to_string();
+    assert!(reasons.contains("neither TLS 1.2 nor TLS 1.3"), "{reasons}");
+    assert!(report["findings"]
+        .to_string()
+        .contains("not read: no TLS 1.2 or 1.3 handshake"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,7 +25,8 @@ Grading (after SSL Labs' rating guide):
     B   TLS 1.0 or 1.1 accepted, no forward-secret suite, or an RSA key < 2048 bits
     A-  a suite without forward secrecy, a CBC suite, or no TLS 1.3
     T   untrusted, expired or wrong-host certificate, or a SHA-1/MD5 signature
-        (the grade it would have with a trusted certificate is shown too; --insecure ignores trust)
+        (unless it is F anyway; the grade it would have with a trusted certificate is shown
+        too; --insecure ignores trust)
   A+  an A with none of the above, and HSTS with max-age >= 1 year";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -326,12 +327,12 @@ pub fn grade(input: &GradeInput) -> GradeResult {
     if trusted_grade == Grade::A && long_hsts {
         trusted_grade = Grade::APlus;
     }
-    let (grade, ignoring_trust) = if input.trust_problems.is_empty() {
+    for problem in &input.trust_problems {
+        reasons.push(format!("certificate not trusted: {problem}"));
+    }
+    let (grade, ignoring_trust) = if input.trust_problems.is_empty() || trusted_grade == Grade::F {
         (trusted_grade, None)
     } else {
-        for problem in &input.trust_problems {
-            reasons.push(format!("T (not trusted): {problem}"));
-        }
         (Grade::T, Some(trusted_grade))
     };
     GradeResult {

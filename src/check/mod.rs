@@ -127,7 +127,16 @@ pub async fn run(
     let (scan, (answer, redirect), ws_findings) = tokio::join!(scan, web, ws);
     let scan = scan?;
 
-    let mut findings = certificate::assess(&chain, roots, &target.host);
+    let mut findings = if chain.is_empty() {
+        vec![Finding::new(
+            "certificate",
+            "chain",
+            Status::Fail,
+            "not read: no TLS 1.2 or 1.3 handshake with a modern suite succeeded",
+        )]
+    } else {
+        certificate::assess(&chain, roots, &target.host)
+    };
     let mut trust_problems = Vec::new();
     for finding in &mut findings {
         let trust = matches!(
