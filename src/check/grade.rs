@@ -202,10 +202,14 @@ pub fn grade(input: &GradeInput) -> GradeResult {
 
     let key_bits = key_rsa_bits(&input.key_type, input.key_bits);
     let mut exchange_bits = key_bits;
-    let mut exchange_reason = format!(
-        "the certificate key ({} {}) ≈ RSA {key_bits}",
-        input.key_type, input.key_bits
-    );
+    let mut exchange_reason = if input.key_type == "RSA" {
+        format!("the certificate key is RSA {key_bits}")
+    } else {
+        format!(
+            "the certificate key ({} {}) ≈ RSA {key_bits}",
+            input.key_type, input.key_bits
+        )
+    };
     for group in &scan.groups {
         let bits = group_rsa_bits(group);
         if bits < exchange_bits && strength_score(bits) < strength_score(exchange_bits) {
@@ -277,11 +281,10 @@ pub fn grade(input: &GradeInput) -> GradeResult {
             limit(Grade::B, format!("{old} accepted"), &mut reasons);
         }
     }
-    let without_fs = traits
-        .iter()
-        .filter(|(_, t)| t.key_exchange == KeyExchange::Rsa)
-        .count();
-    if !traits.is_empty() && without_fs == traits.len() {
+    let without_fs = scan
+        .suite_names(|t| t.key_exchange == KeyExchange::Rsa)
+        .len();
+    if !traits.is_empty() && without_fs == scan.suite_names(|_| true).len() {
         limit(Grade::B, "no forward-secret suite".into(), &mut reasons);
     } else if without_fs > 0 {
         limit(
@@ -297,10 +300,7 @@ pub fn grade(input: &GradeInput) -> GradeResult {
             &mut reasons,
         );
     }
-    let cbc = traits
-        .iter()
-        .filter(|(_, t)| t.kind == CipherKind::Cbc)
-        .count();
+    let cbc = scan.suite_names(|t| t.kind == CipherKind::Cbc).len();
     if cbc > 0 {
         limit(
             Grade::AMinus,

@@ -43,6 +43,20 @@ pub struct TlsScan {
 }
 
 impl TlsScan {
+    /// Distinct names of the accepted suites whose traits satisfy `keep` (a suite accepted at
+    /// several versions counts once), sorted.
+    pub fn suite_names(&self, keep: impl Fn(&SuiteTraits) -> bool) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .suites
+            .iter()
+            .filter(|s| keep(&s.traits()))
+            .map(|s| s.name.as_str())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
     pub fn accepts(&self, protocol: &str) -> bool {
         self.protocols
             .iter()
@@ -180,12 +194,7 @@ pub fn findings(scan: &TlsScan) -> Vec<Finding> {
         };
         findings.push(Finding::new("ciphers", suite.protocol, status, reason));
     }
-    let without_fs: Vec<&str> = scan
-        .suites
-        .iter()
-        .filter(|s| s.traits().key_exchange == KeyExchange::Rsa)
-        .map(|s| s.name.as_str())
-        .collect();
+    let without_fs = scan.suite_names(|t| t.key_exchange == KeyExchange::Rsa);
     let (status, reason) = if scan.suites.is_empty() {
         (Status::Fail, "no cipher suite accepted".to_owned())
     } else if without_fs.is_empty() {
@@ -193,20 +202,18 @@ pub fn findings(scan: &TlsScan) -> Vec<Finding> {
             Status::Pass,
             "every accepted suite uses ephemeral key exchange".to_owned(),
         )
-    } else if without_fs.len() == scan.suites.len() {
+    } else if scan.suite_names(|_| true).len() == without_fs.len() {
         (
             Status::Fail,
             "no accepted suite is forward secret: recorded traffic can be decrypted once the key leaks".to_owned(),
         )
     } else {
-        let mut names = without_fs.clone();
-        names.dedup();
         (
             Status::Warn,
             format!(
                 "{} suite(s) without forward secrecy accepted: {}",
                 without_fs.len(),
-                names.join(", ")
+                without_fs.join(", ")
             ),
         )
     };

@@ -114,8 +114,7 @@ pub async fn check(
     }
     findings.push(ping(&mut socket, options.timeout).await);
     if !options.idle.is_zero() {
-        progress("WebSocket idle period");
-        findings.push(idle(&mut socket, options).await);
+        findings.push(idle(&mut socket, options, progress).await);
     }
     let _ = socket.close(None).await;
     findings.push(plain_ws_finding(target, options).await);
@@ -346,13 +345,27 @@ async fn ping(socket: &mut Socket, timeout: Duration) -> Finding {
 
 /// Stays silent for the idle period (still answering the server's pings), then checks the
 /// connection still carries a message.
-async fn idle(socket: &mut Socket, options: &WsOptions) -> Finding {
+async fn idle(
+    socket: &mut Socket,
+    options: &WsOptions,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Finding {
     let seconds = options.idle.as_secs_f64();
     let started = tokio::time::Instant::now();
     let deadline = started + options.idle;
     loop {
-        match tokio::time::timeout_at(deadline, socket.next()).await {
-            Err(_) => break,
+        // Wake every second to show the countdown: this is the step a long check waits on.
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            break;
+        }
+        progress(&format!(
+            "WebSocket idle period: {:.0}s of {seconds:.0}s",
+            (now - started).as_secs_f64()
+        ));
+        let tick = deadline.min(now + Duration::from_secs(1));
+        match tokio::time::timeout_at(tick, socket.next()).await {
+            Err(_) => continue,
             Ok(Some(Ok(Message::Close(frame)))) => {
                 let code = frame
                     .map(|f| format!(" with {} {}", u16::from(f.code), f.reason))

@@ -255,7 +255,7 @@ pub fn render(report: &Report, min_grade: Grade) -> String {
         )
     };
     out.push_str(&format!(
-        "\n{verdict}; checked in {:.1} s\n",
+        "\n{verdict}; checked in {:.2} s\n",
         report.elapsed_ms as f64 / 1000.0
     ));
     out
