@@ -107,6 +107,8 @@ async fn tlsgate_with_defaults_gets_a_plus_with_every_websocket_check_passing() 
     let elapsed = started.elapsed();
     assert_eq!(report["grade"], "A+", "{report:#}");
     assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["passed"], true);
+    assert_eq!(report["min_grade"], "B");
     let failed_or_warned: Vec<&Value> = report["findings"]
         .as_array()
         .unwrap()
@@ -135,6 +137,7 @@ async fn tlsgate_with_defaults_gets_a_plus_with_every_websocket_check_passing() 
     let (code, report) = check_json(&args(&[&url, "--http-port", &http_port])).await;
     assert_eq!(report["grade"], "T", "{report:#}");
     assert_eq!(report["ignoring_trust"], "A+");
+    assert_eq!(report["passed"], false);
     assert_eq!(code, 1);
     // --insecure grades as if trusted, and keeps the problem as a warning.
     let (code, report) = check_json(&args(&[&url, "--http-port", &http_port, "--insecure"])).await;

@@ -62,30 +62,48 @@ pub fn assess(chain: &[CertificateDer<'static>], roots: RootCertStore, host: &st
     };
     findings.push(Finding::new(SECTION, "expiry", status, reason));
 
-    let weak_key = match leaf.key_type.as_str() {
-        "RSA" => leaf.key_bits < 2048,
-        "ECDSA" => leaf.key_bits < 256,
-        _ => false,
+    let (status, reason) = match leaf.key_type.as_str() {
+        "RSA" if leaf.key_bits < 2048 => (
+            Status::Fail,
+            format!("{}: under 2048 bits", leaf.key_description()),
+        ),
+        "ECDSA" if leaf.key_bits < 256 => (
+            Status::Fail,
+            format!("{}: under 256 bits", leaf.key_description()),
+        ),
+        "RSA" | "ECDSA" | "Ed25519" | "Ed448" => (Status::Pass, leaf.key_description()),
+        other => (
+            Status::Warn,
+            format!("{other} key: not one browsers expect (RSA ≥ 2048 or ECDSA)"),
+        ),
     };
-    findings.push(Finding::new(
-        SECTION,
-        "key",
-        if weak_key { Status::Fail } else { Status::Pass },
-        leaf.key_description(),
-    ));
+    findings.push(Finding::new(SECTION, "key", status, reason));
 
-    let algorithm = leaf.signature_algorithm.to_ascii_lowercase();
-    let weak_signature = algorithm.contains("sha1") || algorithm.contains("md5");
-    findings.push(Finding::new(
-        SECTION,
-        "signature",
-        if weak_signature {
-            Status::Fail
-        } else {
-            Status::Pass
-        },
-        leaf.signature_algorithm.clone(),
-    ));
+    // Every signature a client checks: all but a self-signed root (whose own is never used).
+    let weak_signatures: Vec<String> = infos
+        .iter()
+        .filter(|info| !info.self_issued)
+        .filter(|info| {
+            let algorithm = info.signature_algorithm.to_ascii_lowercase();
+            algorithm.contains("sha1") || algorithm.contains("md5")
+        })
+        .map(|info| format!("{} ({})", info.subject, info.signature_algorithm))
+        .collect();
+    findings.push(if weak_signatures.is_empty() {
+        Finding::new(
+            SECTION,
+            "signature",
+            Status::Pass,
+            leaf.signature_algorithm.clone(),
+        )
+    } else {
+        Finding::new(
+            SECTION,
+            "signature",
+            Status::Fail,
+            format!("broken hash in the chain: {}", weak_signatures.join(", ")),
+        )
+    });
 
     let (status, reason) = if chain_in_order(&infos) {
         (

@@ -20,9 +20,10 @@ Grading (after SSL Labs' rating guide):
               (0 bits 0, <128 20, <256 80, 256 100)
   letter: A >= 80, B >= 65, C >= 50, D >= 35, E >= 20, else F
   caps:
-    F   SSLv3, a NULL or EXPORT suite, an RSA key < 1024 bits, or neither TLS 1.2 nor 1.3
+    F   SSLv3, a NULL, EXPORT, DES or anonymous suite, an RSA key or DHE group < 1024 bits,
+        or neither TLS 1.2 nor 1.3
     C   RC4 or 3DES accepted
-    B   TLS 1.0 or 1.1 accepted, no forward-secret suite, or an RSA key < 2048 bits
+    B   TLS 1.0 or 1.1 accepted, no forward-secret suite, or an RSA key or DHE group < 2048 bits
     A-  a suite without forward secrecy, a CBC suite, or no TLS 1.3
     T   untrusted, expired or wrong-host certificate, or a SHA-1/MD5 signature
         (unless it is F anyway; the grade it would have with a trusted certificate is shown
@@ -106,8 +107,16 @@ pub struct GradeInput<'a> {
     pub key_bits: u32,
     /// Trust problems (chain, host, expiry, signature), each a reason; empty when trusted.
     pub trust_problems: Vec<String>,
-    /// HSTS max-age, when the header was sent.
-    pub hsts_max_age: Option<u64>,
+    pub hsts: HstsSeen,
+}
+
+/// What the HTTPS response said about HSTS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HstsSeen {
+    MaxAge(u64),
+    Missing,
+    /// The HTTPS request failed, so the header could not be seen.
+    NotMeasured,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -202,7 +211,9 @@ pub fn grade(input: &GradeInput) -> GradeResult {
 
     let key_bits = key_rsa_bits(&input.key_type, input.key_bits);
     let mut exchange_bits = key_bits;
-    let mut exchange_reason = if input.key_type == "RSA" {
+    let mut exchange_reason = if input.key_type.is_empty() {
+        "no certificate key could be read".to_owned()
+    } else if input.key_type == "RSA" {
         format!("the certificate key is RSA {key_bits}")
     } else {
         format!(
@@ -210,11 +221,21 @@ pub fn grade(input: &GradeInput) -> GradeResult {
             input.key_type, input.key_bits
         )
     };
-    for group in &scan.groups {
-        let bits = group_rsa_bits(group);
-        if bits < exchange_bits && strength_score(bits) < strength_score(exchange_bits) {
+    let mut exchanges: Vec<(u32, String)> = scan
+        .groups
+        .iter()
+        .map(|group| {
+            let bits = group_rsa_bits(group);
+            (bits, format!("key-exchange group {group} ≈ RSA {bits}"))
+        })
+        .collect();
+    if let Some(bits) = scan.dhe_bits {
+        exchanges.push((bits, format!("the DHE group has {bits} bits")));
+    }
+    for (bits, reason) in exchanges {
+        if strength_score(bits) < strength_score(exchange_bits) {
             exchange_bits = bits;
-            exchange_reason = format!("key-exchange group {group} ≈ RSA {bits}");
+            exchange_reason = reason;
         }
     }
     let key_exchange = strength_score(exchange_bits);
@@ -252,12 +273,27 @@ pub fn grade(input: &GradeInput) -> GradeResult {
     if accepts("SSLv3") {
         limit(Grade::F, "SSLv3 accepted".into(), &mut reasons);
     }
-    if any_kind(&[CipherKind::Null, CipherKind::Export]) {
+    if any_kind(&[CipherKind::Null, CipherKind::Export, CipherKind::Des]) {
         limit(
             Grade::F,
-            "a NULL or EXPORT suite accepted".into(),
+            "a NULL, EXPORT or DES suite accepted".into(),
             &mut reasons,
         );
+    }
+    if traits
+        .iter()
+        .any(|(_, t)| t.key_exchange == KeyExchange::Anonymous)
+    {
+        limit(
+            Grade::F,
+            "an anonymous suite accepted (no server authentication)".into(),
+            &mut reasons,
+        );
+    }
+    match scan.dhe_bits {
+        Some(bits) if bits < 1024 => limit(Grade::F, format!("{bits}-bit DHE group"), &mut reasons),
+        Some(bits) if bits < 2048 => limit(Grade::B, format!("{bits}-bit DHE group"), &mut reasons),
+        _ => {}
     }
     if rsa_key && input.key_bits < 1024 {
         limit(
@@ -281,9 +317,7 @@ pub fn grade(input: &GradeInput) -> GradeResult {
             limit(Grade::B, format!("{old} accepted"), &mut reasons);
         }
     }
-    let without_fs = scan
-        .suite_names(|t| t.key_exchange == KeyExchange::Rsa)
-        .len();
+    let without_fs = scan.suite_names(|t| !t.forward_secret()).len();
     if !traits.is_empty() && without_fs == scan.suite_names(|_| true).len() {
         limit(Grade::B, "no forward-secret suite".into(), &mut reasons);
     } else if without_fs > 0 {
@@ -313,14 +347,18 @@ pub fn grade(input: &GradeInput) -> GradeResult {
     }
 
     let mut trusted_grade = by_score.min(cap);
-    let long_hsts = match input.hsts_max_age {
-        Some(age) if age >= super::http::HSTS_MIN_AGE => true,
-        Some(age) => {
+    let long_hsts = match input.hsts {
+        HstsSeen::MaxAge(age) if age >= super::http::HSTS_MIN_AGE => true,
+        HstsSeen::MaxAge(age) => {
             reasons.push(format!("no A+: HSTS max-age={age} is under a year"));
             false
         }
-        None => {
+        HstsSeen::Missing => {
             reasons.push("no A+: no HSTS header".into());
+            false
+        }
+        HstsSeen::NotMeasured => {
+            reasons.push("no A+: HSTS not measured (the HTTPS request failed)".into());
             false
         }
     };
@@ -369,16 +407,18 @@ mod tests {
                 })
                 .collect(),
             groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            ..TlsScan::default()
         }
     }
 
     fn input(scan: &TlsScan, hsts: Option<u64>) -> GradeInput<'_> {
+        let hsts = hsts.map_or(HstsSeen::Missing, HstsSeen::MaxAge);
         GradeInput {
             scan,
             key_type: "ECDSA".into(),
             key_bits: 256,
             trust_problems: vec![],
-            hsts_max_age: hsts,
+            hsts,
         }
     }
 

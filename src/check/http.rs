@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Serialize;
 use tokio::net::TcpStream;
@@ -77,10 +77,13 @@ pub async fn fetch(
         .map(|p| String::from_utf8_lossy(p).into_owned());
     let h2 = alpn.as_deref() == Some("h2");
     let authority = target.authority(target.port, 443);
-    let mut builder = Request::get(format!("https://{authority}{}", target.path));
-    if !h2 {
-        builder = builder.header(http::header::HOST, &authority);
-    }
+    // HTTP/2 takes the absolute URI (:scheme, :authority); HTTP/1.1 the origin form plus Host,
+    // as browsers send it (some servers refuse an absolute request target).
+    let mut builder = if h2 {
+        Request::get(format!("https://{authority}{}", target.path))
+    } else {
+        Request::get(target.path.as_str()).header(http::header::HOST, &authority)
+    };
     builder = builder.header(
         http::header::USER_AGENT,
         concat!("tlsgate-check/", env!("CARGO_PKG_VERSION")),
@@ -103,11 +106,8 @@ pub async fn fetch(
             tokio::spawn(connection);
             sender.send_request(request).await?
         };
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        // Read the body so the server sees a complete exchange; its content is not judged.
-        let _ = response.into_body().collect().await;
-        Ok::<_, hyper::Error>((status, headers))
+        // The head is what is judged; the body (maybe a stream) is not read.
+        Ok::<_, hyper::Error>((response.status().as_u16(), response.headers().clone()))
     };
     let (status, headers) = tokio::time::timeout(timeout, exchange)
         .await
@@ -318,6 +318,17 @@ pub fn findings(answer: &HttpsAnswer, path: &str, path_given: bool) -> Vec<Findi
             .find(|d| d.to_ascii_lowercase().starts_with("frame-ancestors"))
     });
     let (status, reason) = match (header(&answer.headers, "x-frame-options"), frame_ancestors) {
+        (_, Some(directive))
+            if directive
+                .split_whitespace()
+                .skip(1)
+                .any(|source| source == "*" || source.ends_with(':')) =>
+        {
+            (
+                Status::Warn,
+                format!("CSP {directive} lets any site frame the pages"),
+            )
+        }
         (_, Some(directive)) => (Status::Pass, format!("CSP {directive}")),
         (Some(v), None)
             if ["deny", "sameorigin"].contains(&v.trim().to_ascii_lowercase().as_str()) =>

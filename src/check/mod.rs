@@ -125,7 +125,30 @@ pub async fn run(
         }
     };
     let (scan, (answer, redirect), ws_findings) = tokio::join!(scan, web, ws);
-    let scan = scan?;
+    let mut chain = chain;
+    if chain.is_empty() {
+        // rustls could not complete a handshake (an old or CBC-only server): read the chain
+        // from a legacy handshake's Certificate message, which TLS ≤ 1.2 sends in clear.
+        if let Some(protocol) = tls_scan::newest_legacy(&scan) {
+            let sni = Some(target.host.as_str());
+            if let Ok(flight) = probe::exchange(
+                target.addr,
+                sni,
+                protocol,
+                probe::BROAD_SUITES,
+                true,
+                options.timeout,
+            )
+            .await
+            {
+                chain = flight
+                    .certificates
+                    .into_iter()
+                    .map(CertificateDer::from)
+                    .collect();
+            }
+        }
+    }
 
     let mut findings = if chain.is_empty() {
         vec![Finding::new(
@@ -158,8 +181,7 @@ pub async fn run(
 
     let hsts_max_age = match &answer {
         Ok(answer) => {
-            let path_given = options.url.trim_start_matches("https://").contains('/');
-            findings.extend(http::findings(answer, &target.path, path_given));
+            findings.extend(http::findings(answer, &target.path, target.path_given));
             answer
                 .headers
                 .get("strict-transport-security")
@@ -177,6 +199,11 @@ pub async fn run(
             None
         }
     };
+    let hsts = match (&answer, hsts_max_age) {
+        (Err(_), _) => grade::HstsSeen::NotMeasured,
+        (Ok(_), Some(age)) => grade::HstsSeen::MaxAge(age),
+        (Ok(_), None) => grade::HstsSeen::Missing,
+    };
     findings.push(redirect);
     findings.extend(ws_findings);
 
@@ -190,7 +217,7 @@ pub async fn run(
         key_type,
         key_bits,
         trust_problems,
-        hsts_max_age,
+        hsts,
     });
     Ok(Report {
         url: options.url.clone(),

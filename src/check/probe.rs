@@ -6,7 +6,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use futures_util::{stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// A protocol version as it appears on the wire.
@@ -46,13 +47,14 @@ impl Protocol {
 }
 
 /// What the server answered to one probe.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum ProbeAnswer {
     /// A ServerHello: the version and suite the server picked.
     Accepted { version: u16, suite: u16 },
     /// A TLS alert (description code, e.g. 70 protocol_version, 40 handshake_failure).
     Alert(u8),
     /// The connection closed, or the answer was not TLS: refused either way.
+    #[default]
     Closed,
 }
 
@@ -90,8 +92,8 @@ pub const BROAD_SUITES: &[u16] = &[
 ];
 
 /// TLS 1.2 (and older) suites a probe asks about one at a time, with IANA names: the modern
-/// ones, and the legacy ones a grade must catch (CBC, RSA key exchange, 3DES, RC4, NULL,
-/// EXPORT).
+/// ones, and the legacy ones a grade must catch (CBC, RSA and static key exchange, anonymous,
+/// CCM, CAMELLIA, SEED, DES, 3DES, RC4, NULL, EXPORT).
 pub const KNOWN_SUITES: &[(u16, &str)] = &[
     (0xC02B, "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"),
     (0xC02C, "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"),
@@ -125,6 +127,41 @@ pub const KNOWN_SUITES: &[(u16, &str)] = &[
     (0x0002, "TLS_RSA_WITH_NULL_SHA"),
     (0x0003, "TLS_RSA_EXPORT_WITH_RC4_40_MD5"),
     (0x0008, "TLS_RSA_EXPORT_WITH_DES40_CBC_SHA"),
+    (0x0067, "TLS_DHE_RSA_WITH_AES_128_CBC_SHA256"),
+    (0x006B, "TLS_DHE_RSA_WITH_AES_256_CBC_SHA256"),
+    (0xCCAA, "TLS_DHE_RSA_WITH_CHACHA20_POLY1305_SHA256"),
+    (0x0032, "TLS_DHE_DSS_WITH_AES_128_CBC_SHA"),
+    (0x0038, "TLS_DHE_DSS_WITH_AES_256_CBC_SHA"),
+    (0xC0AC, "TLS_ECDHE_ECDSA_WITH_AES_128_CCM"),
+    (0xC0AD, "TLS_ECDHE_ECDSA_WITH_AES_256_CCM"),
+    (0xC09C, "TLS_RSA_WITH_AES_128_CCM"),
+    (0x0041, "TLS_RSA_WITH_CAMELLIA_128_CBC_SHA"),
+    (0x0084, "TLS_RSA_WITH_CAMELLIA_256_CBC_SHA"),
+    (0x0045, "TLS_DHE_RSA_WITH_CAMELLIA_128_CBC_SHA"),
+    (0x0088, "TLS_DHE_RSA_WITH_CAMELLIA_256_CBC_SHA"),
+    (0x0096, "TLS_RSA_WITH_SEED_CBC_SHA"),
+    (0xC004, "TLS_ECDH_ECDSA_WITH_AES_128_CBC_SHA"),
+    (0xC005, "TLS_ECDH_ECDSA_WITH_AES_256_CBC_SHA"),
+    (0xC00E, "TLS_ECDH_RSA_WITH_AES_128_CBC_SHA"),
+    (0xC00F, "TLS_ECDH_RSA_WITH_AES_256_CBC_SHA"),
+    (0xC02D, "TLS_ECDH_ECDSA_WITH_AES_128_GCM_SHA256"),
+    (0xC031, "TLS_ECDH_RSA_WITH_AES_128_GCM_SHA256"),
+    (0x0016, "TLS_DHE_RSA_WITH_3DES_EDE_CBC_SHA"),
+    (0xC008, "TLS_ECDHE_ECDSA_WITH_3DES_EDE_CBC_SHA"),
+    (0xC007, "TLS_ECDHE_ECDSA_WITH_RC4_128_SHA"),
+    (0x0009, "TLS_RSA_WITH_DES_CBC_SHA"),
+    (0x0015, "TLS_DHE_RSA_WITH_DES_CBC_SHA"),
+    (0x0034, "TLS_DH_anon_WITH_AES_128_CBC_SHA"),
+    (0x003A, "TLS_DH_anon_WITH_AES_256_CBC_SHA"),
+    (0x00A6, "TLS_DH_anon_WITH_AES_128_GCM_SHA256"),
+    (0xC018, "TLS_ECDH_anon_WITH_AES_128_CBC_SHA"),
+    (0xC019, "TLS_ECDH_anon_WITH_AES_256_CBC_SHA"),
+    (0x0001, "TLS_RSA_WITH_NULL_MD5"),
+    (0x003B, "TLS_RSA_WITH_NULL_SHA256"),
+    (0xC006, "TLS_ECDHE_ECDSA_WITH_NULL_SHA"),
+    (0xC010, "TLS_ECDHE_RSA_WITH_NULL_SHA"),
+    (0x0006, "TLS_RSA_EXPORT_WITH_RC2_CBC_40_MD5"),
+    (0x0014, "TLS_DHE_RSA_EXPORT_WITH_DES40_CBC_SHA"),
 ];
 
 /// The IANA name of a suite code, or its hex code when unknown.
@@ -136,21 +173,37 @@ pub fn suite_name(code: u16) -> String {
         .unwrap_or_else(|| format!("0x{code:04X}"))
 }
 
-/// Every suite of [`KNOWN_SUITES`] the server accepts at `protocol`, one probe per suite.
+/// Probes in flight at once: fast on loopback, gentle enough for a production server.
+const PARALLEL_PROBES: usize = 8;
+
+/// Every suite of [`KNOWN_SUITES`] the server accepts at `protocol`, one probe per suite, and
+/// how many probes got no answer at all (timeouts, refused connections: results may be short).
 pub async fn accepted_suites(
     addr: SocketAddr,
     server_name: Option<&str>,
     protocol: Protocol,
     timeout: Duration,
-) -> Result<Vec<u16>, ProbeError> {
+) -> (Vec<u16>, usize) {
+    let answers: Vec<(u16, Result<ProbeAnswer, ProbeError>)> = stream::iter(KNOWN_SUITES)
+        .map(|(code, _)| async move {
+            (
+                *code,
+                probe(addr, server_name, protocol, &[*code], timeout).await,
+            )
+        })
+        .buffered(PARALLEL_PROBES)
+        .collect()
+        .await;
     let mut accepted = Vec::new();
-    for (code, _) in KNOWN_SUITES {
-        let answer = probe(addr, server_name, protocol, &[*code], timeout).await?;
-        if answer.accepts(protocol) {
-            accepted.push(*code);
+    let mut unanswered = 0;
+    for (code, answer) in answers {
+        match answer {
+            Ok(answer) if answer.accepts(protocol) => accepted.push(code),
+            Ok(_) => {}
+            Err(_) => unanswered += 1,
         }
     }
-    Ok(accepted)
+    (accepted, unanswered)
 }
 
 /// Sends one ClientHello for `protocol` offering `suites`, and reads the first answer.
@@ -161,53 +214,165 @@ pub async fn probe(
     suites: &[u16],
     timeout: Duration,
 ) -> Result<ProbeAnswer, ProbeError> {
+    Ok(
+        exchange(addr, server_name, protocol, suites, false, timeout)
+            .await?
+            .answer,
+    )
+}
+
+/// What the server sent in its first flight (TLS ≤ 1.2 sends it all in clear).
+#[derive(Debug, Clone, Default)]
+pub struct ServerFlight {
+    pub answer: ProbeAnswer,
+    /// The Certificate message's chain, leaf first.
+    pub certificates: Vec<Vec<u8>>,
+    /// From a DHE ServerKeyExchange: the size of the prime in bits.
+    pub dh_bits: Option<u32>,
+    /// From an ECDHE ServerKeyExchange: the named group's code.
+    pub ec_group: Option<u16>,
+}
+
+/// One ClientHello, and the server's answer; with `whole_flight`, also its Certificate and
+/// ServerKeyExchange messages.
+pub async fn exchange(
+    addr: SocketAddr,
+    server_name: Option<&str>,
+    protocol: Protocol,
+    suites: &[u16],
+    whole_flight: bool,
+    timeout: Duration,
+) -> Result<ServerFlight, ProbeError> {
     let exchange = async {
         let mut stream = TcpStream::connect(addr)
             .await
             .map_err(|source| ProbeError::Connect { addr, source })?;
         let hello = client_hello(protocol, suites, server_name);
         if stream.write_all(&hello).await.is_err() {
-            return Ok(ProbeAnswer::Closed);
+            return Ok(ServerFlight::default());
         }
-        Ok(read_answer(&mut stream).await)
+        Ok(read_flight(&mut stream, suites, whole_flight).await)
     };
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| ProbeError::Timeout { addr, timeout })?
 }
 
-async fn read_answer(stream: &mut TcpStream) -> ProbeAnswer {
-    let mut header = [0u8; 5];
-    if stream.read_exact(&mut header).await.is_err() {
-        return ProbeAnswer::Closed;
-    }
-    let length = usize::from(u16::from_be_bytes([header[3], header[4]]));
-    if length == 0 || length > 18 * 1024 {
-        return ProbeAnswer::Closed;
-    }
-    let mut body = vec![0u8; length];
-    if stream.read_exact(&mut body).await.is_err() {
-        return ProbeAnswer::Closed;
-    }
-    match header[0] {
-        // Alert: level, description.
-        21 if body.len() >= 2 => ProbeAnswer::Alert(body[1]),
-        22 => parse_server_hello(&body).unwrap_or(ProbeAnswer::Closed),
-        _ => ProbeAnswer::Closed,
+/// The most a server's first flight may take before the probe gives up reading it.
+const MAX_FLIGHT: usize = 256 * 1024;
+
+/// Reads records until the answer (and, with `whole_flight`, the rest of the flight) is in:
+/// handshake messages may be split across records or share one; warning alerts and
+/// HelloRequests are skipped.
+async fn read_flight<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    offered: &[u16],
+    whole_flight: bool,
+) -> ServerFlight {
+    let mut flight = ServerFlight::default();
+    let mut handshake = Vec::new();
+    let mut parsed = 0;
+    loop {
+        let mut header = [0u8; 5];
+        if stream.read_exact(&mut header).await.is_err() {
+            return flight;
+        }
+        let length = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        if length == 0 || length > 18 * 1024 || handshake.len() + length > MAX_FLIGHT {
+            return flight;
+        }
+        let mut body = vec![0u8; length];
+        if stream.read_exact(&mut body).await.is_err() {
+            return flight;
+        }
+        match header[0] {
+            // Alert: a warning (level 1, e.g. unrecognized_name) is not a refusal.
+            21 if body.len() >= 2 && body[0] == 1 => continue,
+            21 if body.len() >= 2 => {
+                if !flight.answer.accepted() {
+                    flight.answer = ProbeAnswer::Alert(body[1]);
+                }
+                return flight;
+            }
+            22 => handshake.extend_from_slice(&body),
+            _ => return flight,
+        }
+        // Every complete handshake message in the buffer, in order.
+        while let Some(header) = handshake.get(parsed..parsed + 4) {
+            let kind = header[0];
+            let size = u32::from_be_bytes([0, header[1], header[2], header[3]]) as usize;
+            let Some(message) = handshake.get(parsed + 4..parsed + 4 + size) else {
+                break;
+            };
+            parsed += 4 + size;
+            match kind {
+                0 => continue, // HelloRequest
+                2 => match parse_server_hello(message) {
+                    Some(ProbeAnswer::Accepted { version, suite }) if offered.contains(&suite) => {
+                        flight.answer = ProbeAnswer::Accepted { version, suite };
+                        if !whole_flight {
+                            return flight;
+                        }
+                    }
+                    // A suite never offered: a broken server; not an acceptance.
+                    _ => return flight,
+                },
+                11 => flight.certificates = parse_certificates(message),
+                12 => parse_key_exchange(message, &mut flight),
+                14 => return flight, // ServerHelloDone: the flight is complete
+                _ => {}
+            }
+        }
     }
 }
 
-/// The version and suite from a ServerHello (the first handshake message in `body`).
-fn parse_server_hello(body: &[u8]) -> Option<ProbeAnswer> {
-    if *body.first()? != 2 {
-        return None;
-    }
-    let hello = body.get(4..)?;
+/// The version and suite from a ServerHello body.
+fn parse_server_hello(hello: &[u8]) -> Option<ProbeAnswer> {
     let version = u16::from_be_bytes([*hello.first()?, *hello.get(1)?]);
     let session_id_len = usize::from(*hello.get(34)?);
     let at = 35 + session_id_len;
     let suite = u16::from_be_bytes([*hello.get(at)?, *hello.get(at + 1)?]);
     Some(ProbeAnswer::Accepted { version, suite })
+}
+
+/// The certificates (DER) of a TLS ≤ 1.2 Certificate message body.
+fn parse_certificates(message: &[u8]) -> Vec<Vec<u8>> {
+    let mut certificates = Vec::new();
+    let mut at = 3; // the list's own length
+    while let Some(len) = message.get(at..at + 3) {
+        let len = u32::from_be_bytes([0, len[0], len[1], len[2]]) as usize;
+        let Some(der) = message.get(at + 3..at + 3 + len) else {
+            break;
+        };
+        certificates.push(der.to_vec());
+        at += 3 + len;
+    }
+    certificates
+}
+
+/// A ServerKeyExchange, read by the negotiated suite: an ECDHE named curve, or a DHE prime's
+/// size.
+fn parse_key_exchange(message: &[u8], flight: &mut ServerFlight) {
+    let ProbeAnswer::Accepted { suite, .. } = flight.answer else {
+        return;
+    };
+    let name = suite_name(suite);
+    if name.contains("_ECDHE_") {
+        if let (Some(3), Some(group)) = (message.first(), message.get(1..3)) {
+            flight.ec_group = Some(u16::from_be_bytes([group[0], group[1]]));
+        }
+        return;
+    }
+    if !name.contains("_DHE_") {
+        return;
+    }
+    if let Some(len) = message.get(0..2) {
+        let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+        if let Some(prime) = message.get(2..2 + len) {
+            let significant = prime.iter().skip_while(|b| **b == 0).count();
+            flight.dh_bits = Some(significant as u32 * 8);
+        }
+    }
 }
 
 fn push_u16(out: &mut Vec<u8>, value: u16) {
@@ -237,9 +402,11 @@ pub fn client_hello(protocol: Protocol, suites: &[u16], server_name: Option<&str
     for suite in suites {
         push_u16(&mut suite_bytes, *suite);
     }
-    // TLS_EMPTY_RENEGOTIATION_INFO_SCSV: some servers refuse hellos without secure
-    // renegotiation.
-    push_u16(&mut suite_bytes, 0x00FF);
+    // SSLv3 has no extensions: the TLS_EMPTY_RENEGOTIATION_INFO_SCSV suite stands in for the
+    // renegotiation_info extension (RFC 5746), which some servers insist on.
+    if protocol == Protocol::Ssl3 {
+        push_u16(&mut suite_bytes, 0x00FF);
+    }
     push_vec16(&mut hello, &suite_bytes);
     hello.extend_from_slice(&[1, 0]); // compression: null only
     if protocol != Protocol::Ssl3 {
@@ -251,9 +418,11 @@ pub fn client_hello(protocol: Protocol, suites: &[u16], server_name: Option<&str
             push_vec16(&mut list, &entry);
             extension(&mut extensions, 0x0000, &list);
         }
-        // supported_groups: x25519, P-256, P-384, P-521, ffdhe2048.
+        // supported_groups: x25519, P-256, P-384, P-521, ffdhe2048 to ffdhe8192.
         let mut groups = Vec::new();
-        for group in [0x001D, 0x0017, 0x0018, 0x0019, 0x0100] {
+        for group in [
+            0x001D, 0x0017, 0x0018, 0x0019, 0x0100, 0x0101, 0x0102, 0x0103, 0x0104,
+        ] {
             push_u16(&mut groups, group);
         }
         let mut list = Vec::new();
@@ -309,20 +478,84 @@ mod tests {
         assert!(!ssl3.windows(11).any(|w| w == b"example.com"));
     }
 
-    #[test]
-    fn server_hello_is_read() {
-        let mut body = vec![2, 0, 0, 0x46, 3, 3];
+    fn server_hello(suite: u16) -> Vec<u8> {
+        let mut body = vec![3, 3];
         body.extend_from_slice(&[7; 32]);
         body.push(32);
         body.extend_from_slice(&[9; 32]);
-        body.extend_from_slice(&[0xC0, 0x2F, 0]);
+        body.extend_from_slice(&suite.to_be_bytes());
+        body.push(0);
+        body
+    }
+
+    fn message(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![kind];
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn record(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![kind, 3, 3];
+        out.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    async fn read(bytes: Vec<u8>, offered: &[u16], whole: bool) -> ServerFlight {
+        read_flight(&mut bytes.as_slice(), offered, whole).await
+    }
+
+    #[tokio::test]
+    async fn a_server_hello_split_across_records_after_a_warning_alert_is_read() {
+        let hello = message(2, &server_hello(0xC02F));
+        let mut bytes = record(21, &[1, 112]); // warning: unrecognized_name
+        bytes.extend(record(22, &message(0, &[]))); // HelloRequest
+        bytes.extend(record(22, &hello[..20]));
+        bytes.extend(record(22, &hello[20..]));
+        let flight = read(bytes, &[0xC02F], false).await;
         assert_eq!(
-            parse_server_hello(&body),
-            Some(ProbeAnswer::Accepted {
+            flight.answer,
+            ProbeAnswer::Accepted {
                 version: 0x0303,
                 suite: 0xC02F
-            })
+            }
         );
-        assert_eq!(parse_server_hello(&body[..20]), None);
+    }
+
+    #[tokio::test]
+    async fn fatal_alerts_refuse_and_unoffered_suites_are_not_acceptances() {
+        let flight = read(record(21, &[2, 40]), &[0xC02F], false).await;
+        assert_eq!(flight.answer, ProbeAnswer::Alert(40));
+        let bytes = record(22, &message(2, &server_hello(0x002F)));
+        assert_eq!(
+            read(bytes, &[0xC02F], false).await.answer,
+            ProbeAnswer::Closed
+        );
+        assert_eq!(
+            read(vec![22, 3, 3], &[0xC02F], false).await.answer,
+            ProbeAnswer::Closed
+        );
+    }
+
+    #[tokio::test]
+    async fn the_whole_flight_yields_certificates_and_the_dh_prime_size() {
+        let mut certificate = Vec::new();
+        let mut list = Vec::new();
+        for der in [&b"leaf-der"[..], &b"ca"[..]] {
+            list.extend_from_slice(&(der.len() as u32).to_be_bytes()[1..]);
+            list.extend_from_slice(der);
+        }
+        certificate.extend_from_slice(&(list.len() as u32).to_be_bytes()[1..]);
+        certificate.extend_from_slice(&list);
+        let mut dh = vec![0x00, 0x81, 0x00]; // a 128-byte prime with a leading zero byte
+        dh.extend_from_slice(&[0xFF; 128]);
+        let mut flight_bytes = message(2, &server_hello(0x009E));
+        flight_bytes.extend(message(11, &certificate));
+        flight_bytes.extend(message(12, &dh));
+        flight_bytes.extend(message(14, &[]));
+        let flight = read(record(22, &flight_bytes), &[0x009E], true).await;
+        assert_eq!(flight.certificates, [b"leaf-der".to_vec(), b"ca".to_vec()]);
+        assert_eq!(flight.dh_bits, Some(1024));
     }
 }

@@ -6,8 +6,11 @@
 pub enum KeyExchange {
     /// Ephemeral (EC)DH, or any TLS 1.3 suite: forward secret.
     Ephemeral,
-    /// The client encrypts the secret to the server's RSA key: no forward secrecy.
-    Rsa,
+    /// RSA key transport or static (EC)DH: the server's long-term key decrypts every recorded
+    /// session, so no forward secrecy.
+    Static,
+    /// Anonymous (EC)DH: no server authentication at all.
+    Anonymous,
 }
 
 /// The bulk cipher's family, from sound to broken.
@@ -17,6 +20,7 @@ pub enum CipherKind {
     Cbc,
     TripleDes,
     Rc4,
+    Des,
     Export,
     Null,
 }
@@ -25,14 +29,19 @@ pub enum CipherKind {
 pub struct SuiteTraits {
     pub key_exchange: KeyExchange,
     pub kind: CipherKind,
-    /// Effective symmetric strength in bits (3DES counts 112, EXPORT 40, NULL 0).
+    /// Effective symmetric strength in bits (3DES counts 112, DES 56, EXPORT 40, NULL 0).
     pub bits: u16,
 }
 
 impl SuiteTraits {
     pub fn of(name: &str) -> SuiteTraits {
-        let key_exchange = if name.starts_with("TLS_RSA_") {
-            KeyExchange::Rsa
+        let key_exchange = if name.contains("_anon_") {
+            KeyExchange::Anonymous
+        } else if name.starts_with("TLS_RSA_")
+            || name.starts_with("TLS_ECDH_")
+            || name.starts_with("TLS_DH_")
+        {
+            KeyExchange::Static
         } else {
             KeyExchange::Ephemeral
         };
@@ -44,8 +53,14 @@ impl SuiteTraits {
             (CipherKind::Rc4, 128)
         } else if name.contains("3DES") {
             (CipherKind::TripleDes, 112)
+        } else if name.contains("_DES_") {
+            (CipherKind::Des, 56)
         } else {
-            let bits = if name.contains("_128_") { 128 } else { 256 };
+            let bits = if name.contains("_256") || name.contains("CHACHA20") {
+                256
+            } else {
+                128
+            };
             if name.contains("_CBC_") {
                 (CipherKind::Cbc, bits)
             } else {
@@ -59,27 +74,36 @@ impl SuiteTraits {
         }
     }
 
+    pub fn forward_secret(&self) -> bool {
+        self.key_exchange == KeyExchange::Ephemeral
+    }
+
     /// One short phrase on what is wrong with the suite, if anything.
     pub fn weakness(&self) -> Option<&'static str> {
+        if self.key_exchange == KeyExchange::Anonymous {
+            return Some(
+                "anonymous key exchange: no server authentication (trivial man-in-the-middle)",
+            );
+        }
+        let static_kx = self.key_exchange == KeyExchange::Static;
         match self.kind {
             CipherKind::Null => Some("no encryption at all"),
             CipherKind::Export => Some("EXPORT-grade 40-bit encryption (FREAK/Logjam)"),
+            CipherKind::Des => Some("single DES: 56-bit keys, brute-forced in hours"),
             CipherKind::Rc4 => Some("RC4 is broken (RFC 7465 forbids it)"),
             CipherKind::TripleDes => Some("3DES has 64-bit blocks (SWEET32)"),
-            CipherKind::Cbc if self.key_exchange == KeyExchange::Rsa => {
-                Some("RSA key exchange (no forward secrecy) and CBC mode")
+            CipherKind::Cbc if static_kx => {
+                Some("static key exchange (no forward secrecy) and CBC mode")
             }
             CipherKind::Cbc => Some("CBC mode (padding-oracle attacks such as Lucky13)"),
-            CipherKind::Aead if self.key_exchange == KeyExchange::Rsa => {
-                Some("RSA key exchange: no forward secrecy")
-            }
+            CipherKind::Aead if static_kx => Some("static key exchange: no forward secrecy"),
             CipherKind::Aead => None,
         }
     }
 
     /// Broken, not merely dated: a server accepting it fails the check.
     pub fn is_broken(&self) -> bool {
-        self.kind >= CipherKind::TripleDes
+        self.kind >= CipherKind::TripleDes || self.key_exchange == KeyExchange::Anonymous
     }
 }
 
@@ -99,7 +123,7 @@ mod tests {
         let rsa = SuiteTraits::of("TLS_RSA_WITH_AES_256_CBC_SHA256");
         assert_eq!(
             (rsa.key_exchange, rsa.kind, rsa.bits),
-            (KeyExchange::Rsa, CipherKind::Cbc, 256)
+            (KeyExchange::Static, CipherKind::Cbc, 256)
         );
         assert!(!rsa.is_broken());
         assert_eq!(
@@ -113,5 +137,18 @@ mod tests {
         assert_eq!(SuiteTraits::of("TLS_RSA_EXPORT_WITH_RC4_40_MD5").bits, 40);
         assert_eq!(SuiteTraits::of("TLS_RSA_WITH_NULL_SHA").bits, 0);
         assert!(SuiteTraits::of("TLS_RSA_WITH_NULL_SHA").is_broken());
+        let anon = SuiteTraits::of("TLS_DH_anon_WITH_AES_128_GCM_SHA256");
+        assert_eq!(anon.key_exchange, KeyExchange::Anonymous);
+        assert!(anon.is_broken());
+        assert!(!SuiteTraits::of("TLS_ECDH_RSA_WITH_AES_128_GCM_SHA256").forward_secret());
+        assert!(SuiteTraits::of("TLS_DHE_RSA_WITH_AES_128_GCM_SHA256").forward_secret());
+        let des = SuiteTraits::of("TLS_RSA_WITH_DES_CBC_SHA");
+        assert_eq!((des.kind, des.bits), (CipherKind::Des, 56));
+        assert_eq!(SuiteTraits::of("TLS_RSA_WITH_SEED_CBC_SHA").bits, 128);
+        assert_eq!(
+            SuiteTraits::of("TLS_ECDHE_ECDSA_WITH_AES_256_CCM").kind,
+            CipherKind::Aead
+        );
+        assert_eq!(SuiteTraits::of("TLS_AES_128_GCM_SHA256").bits, 128);
     }
 }

@@ -14,6 +14,8 @@ pub struct Target {
     pub port: u16,
     /// Path and query from the URL, `/` when none.
     pub path: String,
+    /// Whether the URL named a path (the health path, which must then answer).
+    pub path_given: bool,
     /// Where to connect.
     pub addr: SocketAddr,
 }
@@ -29,13 +31,18 @@ impl Target {
         let (host, port) = crate::certs::remote::parse_url(url)
             .ok_or_else(|| bad("expected https://HOST[:PORT][/path]"))?;
         let rest = &url["https://".len()..];
+        let rest = rest.split('#').next().unwrap_or_default();
         let path = match rest.find(['/', '?']) {
             Some(at) if rest[at..].starts_with('?') => format!("/{}", &rest[at..]),
             Some(at) => rest[at..].to_owned(),
             None => "/".to_owned(),
         };
-        let path = path.split('#').next().unwrap_or("/").to_owned();
-        let host = host.to_ascii_lowercase();
+        let path_given = rest
+            .find(['/', '?'])
+            .is_some_and(|at| rest[at..].starts_with('/'))
+            && path != "/";
+        // A fully qualified name's final dot is not part of the SNI or certificate name.
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
         let addr = match resolve {
             Some(spec) => resolve_override(spec, &host, port)?,
             None => lookup(&host, port)?,
@@ -45,6 +52,7 @@ impl Target {
             host,
             port,
             path,
+            path_given,
             addr,
         })
     }
@@ -147,6 +155,16 @@ mod tests {
 
         let target = Target::new("https://example.com?q", Some("example.com:10.0.0.1")).unwrap();
         assert_eq!(target.path, "/?q");
+        assert!(!target.path_given);
+        let target = Target::new("https://example.com.#a/b", Some("example.com:10.0.0.1")).unwrap();
+        assert_eq!(
+            (target.host.as_str(), target.path.as_str()),
+            ("example.com", "/")
+        );
+        let target =
+            Target::new("https://example.com/health#x", Some("example.com:10.0.0.1")).unwrap();
+        assert_eq!(target.path, "/health");
+        assert!(target.path_given);
 
         for (url, resolve, expected) in [
             ("http://example.com", None, "expected https://"),

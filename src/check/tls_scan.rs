@@ -4,16 +4,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures_util::{stream, StreamExt};
 use serde::Serialize;
 
 use super::findings::{Finding, Status};
 use super::modern;
-use super::probe::{self, ProbeError, Protocol, BROAD_SUITES, KNOWN_SUITES};
-use super::suites::{KeyExchange, SuiteTraits};
+use super::probe::{self, Protocol, BROAD_SUITES, KNOWN_SUITES};
+use super::suites::SuiteTraits;
 
-/// Probes in flight at once: fast on loopback, gentle enough for a production server.
-const PARALLEL_PROBES: usize = 8;
 pub const TLS13: &str = "TLS 1.3";
 
 #[derive(Debug, Clone, Serialize)]
@@ -40,6 +37,10 @@ pub struct TlsScan {
     pub protocols: Vec<ProtocolSupport>,
     pub suites: Vec<AcceptedSuite>,
     pub groups: Vec<String>,
+    /// The size of the DHE group, when DHE suites are accepted.
+    pub dhe_bits: Option<u32>,
+    /// Probes that got no answer (timeouts, refused connections), counted as refusals.
+    pub unanswered: usize,
 }
 
 impl TlsScan {
@@ -64,20 +65,23 @@ impl TlsScan {
     }
 }
 
-/// Scans `addr` (SNI `server_name`), reporting each step to `progress`.
+/// Scans `addr` (SNI `server_name`), reporting each step to `progress`. A probe that gets no
+/// answer counts as refused and is tallied in `unanswered`: one dropped packet must not
+/// void the whole report.
 pub async fn scan(
     addr: SocketAddr,
     server_name: &str,
     timeout: Duration,
     progress: &(dyn Fn(&str) + Sync),
-) -> Result<TlsScan, ProbeError> {
+) -> TlsScan {
     let sni = Some(server_name);
+    let mut scan = TlsScan::default();
     progress("protocols");
-    let legacy = futures_util::future::try_join_all(Protocol::ALL.map(|protocol| async move {
-        let answer = probe::probe(addr, sni, protocol, BROAD_SUITES, timeout).await?;
-        Ok::<_, ProbeError>((protocol, answer.accepts(protocol)))
+    let legacy = futures_util::future::join_all(Protocol::ALL.map(|protocol| async move {
+        let answer = probe::probe(addr, sni, protocol, BROAD_SUITES, timeout).await;
+        (protocol, answer)
     }))
-    .await?;
+    .await;
     let tls13 = modern::handshake(
         addr,
         server_name,
@@ -86,55 +90,87 @@ pub async fn scan(
         all_groups(),
         timeout,
     )
-    .await?
-    .is_some();
-    let mut scan = TlsScan::default();
-    for (protocol, accepted) in &legacy {
+    .await;
+    let mut accepted_legacy = Vec::new();
+    for (protocol, answer) in legacy {
+        let accepted = match answer {
+            Ok(answer) => answer.accepts(protocol),
+            Err(_) => {
+                scan.unanswered += 1;
+                false
+            }
+        };
+        if accepted {
+            accepted_legacy.push(protocol);
+        }
         scan.protocols.push(ProtocolSupport {
             protocol: protocol.name(),
-            accepted: *accepted,
+            accepted,
         });
     }
+    let tls13 = tls13.unwrap_or_else(|_| {
+        scan.unanswered += 1;
+        None
+    });
     scan.protocols.push(ProtocolSupport {
         protocol: TLS13,
-        accepted: tls13,
+        accepted: tls13.is_some(),
     });
 
     progress("cipher suites");
-    for (protocol, accepted) in legacy {
-        if !accepted {
-            continue;
-        }
-        let answers: Vec<Result<Option<u16>, ProbeError>> = stream::iter(KNOWN_SUITES)
-            .map(|(code, _)| async move {
-                let answer = probe::probe(addr, sni, protocol, &[*code], timeout).await?;
-                Ok(answer.accepts(protocol).then_some(*code))
-            })
-            .buffered(PARALLEL_PROBES)
-            .collect()
-            .await;
-        for answer in answers {
-            if let Some(code) = answer? {
-                scan.suites.push(AcceptedSuite {
-                    protocol: protocol.name(),
-                    name: probe::suite_name(code),
-                });
-            }
-        }
-    }
-    if tls13 {
-        for suite in modern::tls13_suites(addr, server_name, timeout).await? {
+    for protocol in &accepted_legacy {
+        let (codes, unanswered) = probe::accepted_suites(addr, sni, *protocol, timeout).await;
+        scan.unanswered += unanswered;
+        for code in codes {
             scan.suites.push(AcceptedSuite {
-                protocol: TLS13,
-                name: suite,
+                protocol: protocol.name(),
+                name: probe::suite_name(code),
             });
         }
     }
-    progress("key exchange groups");
-    if tls13 || scan.accepts(Protocol::Tls12.name()) {
-        scan.groups = modern::key_exchange_groups(addr, server_name, timeout).await?;
+    if tls13.is_some() {
+        match modern::tls13_suites(addr, server_name, timeout).await {
+            Ok(suites) => scan
+                .suites
+                .extend(suites.into_iter().map(|name| AcceptedSuite {
+                    protocol: TLS13,
+                    name,
+                })),
+            Err(_) => scan.unanswered += 1,
+        }
     }
-    Ok(scan)
+
+    progress("key exchange groups");
+    if tls13.is_some() || scan.accepts(Protocol::Tls12.name()) {
+        match modern::key_exchange_groups(addr, server_name, timeout).await {
+            Ok(groups) => scan.groups = groups,
+            Err(_) => scan.unanswered += 1,
+        }
+    }
+    // The DHE group size, from the ServerKeyExchange of a handshake offering only the
+    // accepted DHE suites at the newest accepted version before 1.3.
+    let dhe: Vec<u16> = KNOWN_SUITES
+        .iter()
+        .filter(|(code, name)| {
+            name.contains("_DHE_") && scan.suites.iter().any(|s| s.name == *name) && *code != 0
+        })
+        .map(|(code, _)| *code)
+        .collect();
+    if let (false, Some(protocol)) = (dhe.is_empty(), accepted_legacy.last()) {
+        match probe::exchange(addr, sni, *protocol, &dhe, true, timeout).await {
+            Ok(flight) => scan.dhe_bits = flight.dh_bits,
+            Err(_) => scan.unanswered += 1,
+        }
+    }
+    scan
+}
+
+/// The newest version before TLS 1.3 the scan saw accepted.
+pub fn newest_legacy(scan: &TlsScan) -> Option<Protocol> {
+    Protocol::ALL
+        .into_iter()
+        .rev()
+        .find(|p| scan.accepts(p.name()))
 }
 
 fn modern_suites(
@@ -194,7 +230,7 @@ pub fn findings(scan: &TlsScan) -> Vec<Finding> {
         };
         findings.push(Finding::new("ciphers", suite.protocol, status, reason));
     }
-    let without_fs = scan.suite_names(|t| t.key_exchange == KeyExchange::Rsa);
+    let without_fs = scan.suite_names(|t| !t.forward_secret());
     let (status, reason) = if scan.suites.is_empty() {
         (Status::Fail, "no cipher suite accepted".to_owned())
     } else if without_fs.is_empty() {
@@ -239,5 +275,30 @@ pub fn findings(scan: &TlsScan) -> Vec<Finding> {
         )
     };
     findings.push(Finding::new("key exchange", "groups", status, reason));
+    if let Some(bits) = scan.dhe_bits {
+        let (status, reason) = match bits {
+            0..=1023 => (
+                Status::Fail,
+                format!("{bits}-bit DHE group: breakable (Logjam); use 2048 bits or drop DHE"),
+            ),
+            1024..=2047 => (
+                Status::Warn,
+                format!("{bits}-bit DHE group: below 2048 bits"),
+            ),
+            _ => (Status::Pass, format!("{bits}-bit DHE group")),
+        };
+        findings.push(Finding::new("key exchange", "DHE", status, reason));
+    }
+    if scan.unanswered > 0 {
+        findings.push(Finding::new(
+            "protocols",
+            "unanswered probes",
+            Status::Warn,
+            format!(
+                "{} probe(s) got no answer (timeouts or refused connections) and count as refused: a firewall or rate limit may hide accepted suites",
+                scan.unanswered
+            ),
+        ));
+    }
     findings
 }

@@ -116,7 +116,7 @@ pub async fn check(
     if !options.idle.is_zero() {
         findings.push(idle(&mut socket, options, progress).await);
     }
-    let _ = socket.close(None).await;
+    let _ = tokio::time::timeout(options.timeout, socket.close(None)).await;
     findings.push(plain_ws_finding(target, options).await);
     findings
 }
@@ -260,6 +260,8 @@ fn meets(reply: &Message, sent: &Message, expect: &Expect) -> bool {
     }
 }
 
+/// Sends `sent` and waits for a reply meeting `expect`; other messages (server pushes) are
+/// skipped until the timeout.
 async fn exchange(
     socket: &mut Socket,
     check: &'static str,
@@ -268,41 +270,63 @@ async fn exchange(
     timeout: Duration,
 ) -> Finding {
     let what = describe(&sent);
-    if let Err(error) = socket.send(sent.clone()).await {
-        return Finding::new(
-            SECTION,
-            check,
-            Status::Fail,
-            format!("cannot send {what}: {error}"),
-        );
-    }
-    match next_message(socket, timeout).await {
-        Err(reason) => Finding::new(
-            SECTION,
-            check,
-            Status::Fail,
-            format!("sent {what}: {reason}"),
-        ),
-        Ok(reply) if meets(&reply, &sent, expect) => {
-            let how = if reply == sent {
-                "echoed".to_owned()
-            } else {
-                format!("reply: {}", describe(&reply))
-            };
-            Finding::new(SECTION, check, Status::Pass, format!("sent {what}, {how}"))
+    match tokio::time::timeout(timeout, socket.send(sent.clone())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            return Finding::new(
+                SECTION,
+                check,
+                Status::Fail,
+                format!("cannot send {what}: {error}"),
+            )
         }
-        Ok(reply) => Finding::new(
-            SECTION,
-            check,
-            Status::Fail,
-            format!("sent {what}, expected {expect:?}, got {}", describe(&reply)),
-        ),
+        Err(_) => {
+            return Finding::new(
+                SECTION,
+                check,
+                Status::Fail,
+                format!("cannot send {what} within {timeout:?}"),
+            )
+        }
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut other = None;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match next_message(socket, left).await {
+            Ok(reply) if meets(&reply, &sent, expect) => {
+                let how = if reply == sent {
+                    "echoed".to_owned()
+                } else {
+                    format!("reply: {}", describe(&reply))
+                };
+                return Finding::new(SECTION, check, Status::Pass, format!("sent {what}, {how}"));
+            }
+            Ok(reply) => other = Some(reply),
+            Err(reason) => {
+                let reason = match other {
+                    Some(reply) => {
+                        format!("sent {what}, expected {expect:?}, got {}", describe(&reply))
+                    }
+                    None => format!("sent {what}: {reason}"),
+                };
+                return Finding::new(SECTION, check, Status::Fail, reason);
+            }
+        }
     }
 }
 
 async fn ping(socket: &mut Socket, timeout: Duration) -> Finding {
     let payload = b"tlsgate-check".to_vec();
-    if let Err(error) = socket.send(Message::Ping(payload.clone().into())).await {
+    let sent =
+        match tokio::time::timeout(timeout, socket.send(Message::Ping(payload.clone().into())))
+            .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!("not sent within {timeout:?}")),
+        };
+    if let Err(error) = sent {
         return Finding::new(
             SECTION,
             "ping",
@@ -388,28 +412,25 @@ async fn idle(
             Ok(Some(Ok(_))) => continue,
         }
     }
-    let text = options.expect_text != Expect::Skip;
-    let (sent, expect) = if text {
-        (Message::text(options.text.clone()), &options.expect_text)
-    } else {
-        (Message::Ping(b"after-idle".to_vec().into()), &Expect::Any)
-    };
-    if !text {
-        return match socket.send(sent).await {
-            Ok(()) => Finding::new(
+    if options.expect_text == Expect::Skip {
+        let after = ping(socket, options.timeout).await;
+        return if after.status == Status::Pass {
+            Finding::new(
                 SECTION,
                 "idle",
                 Status::Pass,
-                format!("still open after {seconds:.0}s of silence"),
-            ),
-            Err(error) => Finding::new(
+                format!("still answers pings after {seconds:.0}s of silence"),
+            )
+        } else {
+            Finding::new(
                 SECTION,
                 "idle",
                 Status::Fail,
-                format!("broken after {seconds:.0}s of silence: {error}"),
-            ),
+                format!("after {seconds:.0}s of silence: {}", after.reason),
+            )
         };
     }
+    let (sent, expect) = (Message::text(options.text.clone()), &options.expect_text);
     let after = exchange(socket, "idle", sent, expect, options.timeout).await;
     if after.status == Status::Pass {
         Finding::new(

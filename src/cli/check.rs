@@ -172,8 +172,21 @@ pub fn run(args: CheckArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let passed = report.grade.grade >= args.min_grade && report.failures() == 0;
     if args.json {
-        match serde_json::to_string_pretty(&report) {
+        #[derive(serde::Serialize)]
+        struct Verdict<'a> {
+            passed: bool,
+            min_grade: Grade,
+            #[serde(flatten)]
+            report: &'a Report,
+        }
+        let verdict = Verdict {
+            passed,
+            min_grade: args.min_grade,
+            report: &report,
+        };
+        match serde_json::to_string_pretty(&verdict) {
             Ok(json) => println!("{json}"),
             Err(error) => {
                 eprintln!("error: {error}");
@@ -183,7 +196,6 @@ pub fn run(args: CheckArgs) -> ExitCode {
     } else {
         print!("{}", render(&report, args.min_grade));
     }
-    let passed = report.grade.grade >= args.min_grade && report.failures() == 0;
     if passed {
         ExitCode::SUCCESS
     } else {

@@ -373,7 +373,9 @@ impl Server {
                 stop,
             )));
         }
-        let listening = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // The accept loops above already run on bound sockets: ready from here on (setting
+        // this later raced the admin loop, which could answer /ready 503 to a first probe).
+        let listening = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let mut admin_listener = None;
         let mut admin_context = None;
         if let Some(admin) = admin {
@@ -474,7 +476,6 @@ impl Server {
                 shutdown.clone(),
             ));
         }
-        listening.store(true, std::sync::atomic::Ordering::Release);
 
         shutdown.cancelled().await;
         for accept in loops {
