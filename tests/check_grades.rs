@@ -497,3 +497,128 @@ fn sslscan_suites(xml: &str) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// A plain WebSocket echo backend that wants `?token=s3cret` and `Authorization: Bearer
+/// s3cret`, and answers 401 otherwise.
+async fn token_backend() -> SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let authorize = |request: &Request, response: Response| {
+                    let query_ok = request.uri().query() == Some("token=s3cret");
+                    let header_ok = request
+                        .headers()
+                        .get("authorization")
+                        .is_some_and(|v| v == "Bearer s3cret");
+                    if query_ok && header_ok {
+                        Ok(response)
+                    } else {
+                        let mut refusal = ErrorResponse::new(Some("bad token".into()));
+                        *refusal.status_mut() = http::StatusCode::UNAUTHORIZED;
+                        Err(refusal)
+                    }
+                };
+                let Ok(mut socket) = tokio_tungstenite::accept_hdr_async(stream, authorize).await
+                else {
+                    return;
+                };
+                while let Some(Ok(message)) = socket.next().await {
+                    if message.is_text() || message.is_binary() {
+                        let _ = socket.send(message).await;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_and_headers_reach_the_websocket_endpoint_and_their_absence_is_reported() {
+    let backend = token_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "routes:\n  - path: /ws\n    upstream: http://{backend}\n    allowed_origins: [https://app.test]\n"
+    );
+    let server = TestServer::start(&yaml, dir.path()).await.unwrap();
+    let ca = server.data_dir.join("ca/root.crt");
+    // No path: this config proxies only /ws, so / answers 404, which is only a warning.
+    let base = args(&[
+        &format!("https://localhost:{}", server.main.port()),
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--http-port",
+        &server.http.unwrap().port().to_string(),
+        "--ws",
+        "/ws",
+        "--ws-idle",
+        "0s",
+        "--ws-text",
+        "hello hub",
+        "--ws-expect",
+        "contains:hub",
+        "--ws-binary",
+        "skip",
+    ]);
+    let with = |extra: &[&str]| {
+        let mut all = base.clone();
+        all.extend(args(extra));
+        all
+    };
+
+    let (code, report) = check_json(&with(&[
+        "--token",
+        "s3cret",
+        "--header",
+        "Origin: https://app.test",
+    ]))
+    .await;
+    assert_eq!(
+        status(&report, "websocket", "upgrade"),
+        "pass",
+        "{report:#}"
+    );
+    let text = finding(&report, "websocket", "text message");
+    assert_eq!(text["status"], "pass", "{text}");
+    assert!(text["reason"].as_str().unwrap().contains("hello hub"));
+    assert!(
+        !report["findings"].to_string().contains("binary message"),
+        "--ws-binary skip sends none"
+    );
+    assert_eq!(code, 0, "{report:#}");
+
+    let (code, report) = check_json(&with(&["--header", "Origin: https://app.test"])).await;
+    let upgrade = finding(&report, "websocket", "upgrade");
+    assert_eq!(upgrade["status"], "fail");
+    assert!(
+        upgrade["reason"].as_str().unwrap().contains("HTTP 401"),
+        "{upgrade}"
+    );
+    assert_eq!(code, 1);
+
+    let (_, report) = check_json(&with(&["--token", "s3cret"])).await;
+    let upgrade = finding(&report, "websocket", "upgrade");
+    assert!(
+        upgrade["reason"].as_str().unwrap().contains("HTTP 403"),
+        "{upgrade}"
+    );
+
+    // An expectation the reply does not meet fails with what came instead.
+    let mut wrong = with(&["--token", "s3cret", "--header", "Origin: https://app.test"]);
+    wrong.extend(args(&["--ws-expect", "contains:pong", "--timeout", "1s"]));
+    let (_, report) = check_json(&wrong).await;
+    let text = finding(&report, "websocket", "text message");
+    assert_eq!(text["status"], "fail");
+    assert!(
+        text["reason"]
+            .as_str()
+            .unwrap()
+            .contains("got text `hello hub`"),
+        "{text}"
+    );
+    server.stop().await;
+}

@@ -47,7 +47,7 @@ enum Command {
     Acme(acme::AcmeCommand),
     /// Grade a live HTTPS/WSS deployment (any server): certificate, protocols, ciphers,
     /// HTTP headers and redirect, WebSocket upgrade, echo, ping and idle survival.
-    #[command(after_long_help = check::long_help(), after_help = check::AFTER_HELP)]
+    #[command(after_long_help = check::long_help(), after_help = check::AFTER_HELP, args_override_self = true)]
     Check(check::CheckArgs),
     /// Ask the running server to reload (through its admin listener); prints the outcome.
     #[command(
