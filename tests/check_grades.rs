@@ -500,6 +500,8 @@ fn sslscan_suites(xml: &str) -> Vec<(String, String)> {
 
 /// A plain WebSocket echo backend that wants `?token=s3cret` and `Authorization: Bearer
 /// s3cret`, and answers 401 otherwise.
+// tungstenite's handshake callback returns its (large) ErrorResponse by value.
+#[allow(clippy::result_large_err)]
 async fn token_backend() -> SocketAddr {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
