@@ -26,6 +26,7 @@ pub struct EnvOverlay {
     pub certificate: Option<EnvCertificate>,
     pub upstream: Option<(String, Origin)>,
     pub admin_listen: Option<(String, Origin)>,
+    pub workers: Option<(String, Origin)>,
 }
 
 /// Every variable read here (the README documents each).
@@ -42,6 +43,7 @@ pub const VARIABLES: &[&str] = &[
     "TLSGATE_MIN_TLS_VERSION",
     "TLSGATE_UPSTREAM",
     "TLSGATE_ADMIN_LISTEN",
+    "TLSGATE_WORKERS",
     "TLSGATE_CERT_FILE",
     "TLSGATE_KEY_FILE",
     "SSL_CERTFILE",
@@ -66,6 +68,7 @@ pub fn read_overlay(env: EnvLookup<'_>) -> Result<EnvOverlay, ConfigError> {
         min_version: get("TLSGATE_MIN_TLS_VERSION"),
         upstream: get("TLSGATE_UPSTREAM"),
         admin_listen: get("TLSGATE_ADMIN_LISTEN"),
+        workers: get("TLSGATE_WORKERS"),
         ..EnvOverlay::default()
     };
 

@@ -120,6 +120,7 @@ pub struct LimitsFile {
     pub idle_timeout: Option<ConfigDuration>,
     pub websocket_idle_timeout: Option<ConfigDuration>,
     pub max_connections: Option<usize>,
+    pub workers: Option<usize>,
     pub shutdown_timeout: Option<ConfigDuration>,
     pub max_body_size: Option<ConfigSize>,
     pub reload_grace: Option<ConfigDuration>,

@@ -280,6 +280,8 @@ pub struct Limits {
     #[serde(serialize_with = "units::serialize_duration")]
     pub websocket_idle_timeout: Duration,
     pub max_connections: usize,
+    /// Threads that serve connections; `0`: one per CPU. Read at start only.
+    pub workers: usize,
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
     #[serde(serialize_with = "units::serialize_duration")]
     pub shutdown_timeout: Duration,

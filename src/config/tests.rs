@@ -325,3 +325,31 @@ fn acme_certificates_need_distinct_folders_and_ip_names_no_dns_01() {
         .to_string();
     assert!(error.contains("agree_tos: true"), "{error}");
 }
+
+#[test]
+fn workers_come_from_the_file_or_the_environment_and_are_bounded() {
+    assert_eq!(load_with("", &[]).unwrap().limits.workers, 0);
+    assert_eq!(
+        load_with("limits:\n  workers: 1\n", &[])
+            .unwrap()
+            .limits
+            .workers,
+        1
+    );
+    let settings = load_with("limits:\n  workers: 1\n", &[("TLSGATE_WORKERS", "4")]).unwrap();
+    assert_eq!(settings.limits.workers, 4);
+    let error = load_with("limits:\n  workers: 5000\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("limits.workers") && error.contains("between"),
+        "{error}"
+    );
+    let error = load_with("", &[("TLSGATE_WORKERS", "many")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("TLSGATE_WORKERS") && error.contains("`many`"),
+        "{error}"
+    );
+}

@@ -21,6 +21,7 @@ const ONE_YEAR: Duration = Duration::from_secs(365 * 86_400);
 /// Timeouts beyond a year are typos, and would overflow timer arithmetic near `u64::MAX`.
 const MAX_LIMIT_DURATION: Duration = ONE_YEAR;
 const MAX_CONNECTIONS: usize = 1_000_000;
+const MAX_WORKERS: usize = 1024;
 
 /// Turns locations in the file into [`Origin`]s and relative paths into absolute ones.
 struct Context<'a> {
@@ -93,7 +94,20 @@ pub fn validate(
     let (headers_at, headers) = split(&cx, raw.headers.take());
     let headers = header_settings(&headers_at, headers)?;
     let (limits_at, limits) = split(&cx, raw.limits.take());
-    let limits = limit_settings(&limits_at, limits)?;
+    let mut limits = limit_settings(&limits_at, limits)?;
+    if let Some((value, origin)) = &env.workers {
+        limits.workers = value
+            .parse()
+            .ok()
+            .filter(|w| *w <= MAX_WORKERS)
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    origin.clone(),
+                    "TLSGATE_WORKERS",
+                    format!("`{value}` is not a number of threads between 0 (one per CPU) and {MAX_WORKERS}"),
+                )
+            })?;
+    }
     let default_route = if let Some(url) = &flags.upstream {
         Some((url.clone(), Origin::Flag("--upstream")))
     } else if let Some((url, origin)) = &env.upstream {
@@ -684,7 +698,16 @@ fn limit_settings(
             format!("must be between 1 and {MAX_CONNECTIONS}"),
         ));
     }
+    let workers = raw.workers.unwrap_or(0);
+    if workers > MAX_WORKERS {
+        return Err(ConfigError::invalid(
+            section.clone(),
+            "limits.workers",
+            format!("must be between 0 (one per CPU) and {MAX_WORKERS}"),
+        ));
+    }
     Ok(Limits {
+        workers,
         handshake_timeout: positive(raw.handshake_timeout, 10, "limits.handshake_timeout")?,
         header_read_timeout: positive(raw.header_read_timeout, 10, "limits.header_read_timeout")?,
         max_header_size,
