@@ -1,0 +1,553 @@
+#!/usr/bin/env python3
+"""tlsgate's benchmark against nginx, HAProxy and Caddy on this machine, in one run.
+
+Every proxy terminates TLS 1.3 with the same ECDSA P-256 certificate and proxies `/` (a 1 KiB
+plain-HTTP backend, keep-alive) and `/ws` (a WebSocket echo backend). Proxies are limited to
+one worker/thread and pinned to core 0; load generators and backends run on core 1. Targets are
+interleaved round by round. For each measurement the proxy's own CPU time per operation
+(utime + stime of its process, from /proc, divided by operations) is the main figure: it is far
+less noisy on a shared machine than wall-clock throughput. Results are medians with min-max and
+ratios to nginx from the same run, written as markdown to bench/results/.
+
+Usage: bench/run.py [--quick] [--rounds N] [--seconds S] [--idle-connections N] [--only a,b]
+"""
+
+import argparse
+import datetime
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PROXY_CORE = "0"
+LOAD_CORE = "1"
+BACKEND_HTTP = 19001
+BACKEND_WS = 19002
+PORTS = {"nginx": 19443, "haproxy": 19444, "caddy": 19445, "tlsgate": 19446}
+PACKAGES = {
+    "nginx": "nginx",
+    "haproxy": "haproxy",
+    "caddy": "caddy",
+    "wrk": "wrk",
+    "h2load": "nghttp2-client",
+    "openssl": "openssl",
+    "taskset": "util-linux",
+}
+
+
+def log(message):
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def install_tools():
+    missing = sorted({pkg for tool, pkg in PACKAGES.items() if shutil.which(tool) is None})
+    if not missing:
+        return
+    log(f"installing: {' '.join(missing)}")
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    subprocess.run(sudo + ["apt-get", "update", "-qq"], check=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(sudo + ["apt-get", "install", "-y", "-qq"] + missing, check=True, env=env)
+    # Debian starts the packaged services; the benchmark runs its own instances.
+    for service in ("nginx", "haproxy", "caddy"):
+        subprocess.run(sudo + ["service", service, "stop"], capture_output=True)
+
+
+def build(profile):
+    log(f"building tlsgate and the load client ({profile})")
+    flags = ["--release"] if profile == "release" else []
+    subprocess.run(["cargo", "build", "--locked", *flags, "--bin", "tlsgate", "--example", "loadgen"],
+                   cwd=ROOT, check=True)
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+    folder = os.path.join(target, profile if profile == "release" else "debug")
+    return os.path.join(folder, "tlsgate"), os.path.join(folder, "examples", "loadgen")
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    # utime and stime are fields 14 and 15 of the whole line; after the ")" they are 12 and 13.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def wait_port(port, proc, name, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{name} exited at start (code {proc.returncode}); see its log in the work folder")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"{name} did not listen on {port} within {timeout}s")
+
+
+def raise_fd_limit():
+    import resource
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class Run:
+    def __init__(self, args, work, tlsgate, loadgen):
+        self.args = args
+        self.work = work
+        self.tlsgate = tlsgate
+        self.loadgen = loadgen
+        self.procs = {}
+        self.logs = []
+
+    def start(self, name, command, env=None, core=PROXY_CORE):
+        log_file = open(os.path.join(self.work, f"{name}.log"), "w")
+        self.logs.append(log_file)
+        proc = subprocess.Popen(["taskset", "-c", core] + command, cwd=self.work, env=env,
+                                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                                preexec_fn=raise_fd_limit)
+        self.procs[name] = proc
+        return proc
+
+    def stop_all(self):
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for log_file in self.logs:
+            log_file.close()
+
+    def restart(self, name):
+        proc = self.procs[name]
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        wait_port(PORTS[name], getattr(self, f"start_{name}")(), name)
+
+    def certificates(self):
+        ca = os.path.join(self.work, "ca")
+        os.makedirs(ca, exist_ok=True)
+        subprocess.run([self.tlsgate, "cert", "ca", "init", "--out", ca], check=True, capture_output=True)
+        subprocess.run([self.tlsgate, "cert", "ca", "issue", "localhost", "127.0.0.1", "--ca", ca,
+                        "--key", "ecdsa-p256", "--out", self.work], check=True, capture_output=True)
+        self.cacert = os.path.join(ca, "ca.crt")
+        self.cert = os.path.join(self.work, "localhost.crt")
+        self.key = os.path.join(self.work, "localhost.key")
+        self.combined = os.path.join(self.work, "localhost.pem")
+
+    def write(self, name, text):
+        path = os.path.join(self.work, name)
+        with open(path, "w") as out:
+            out.write(text)
+        return path
+
+    def start_backends(self):
+        proc = self.start("backend", [self.loadgen, "backend", "--http", f"127.0.0.1:{BACKEND_HTTP}",
+                                      "--ws", f"127.0.0.1:{BACKEND_WS}"], core=LOAD_CORE)
+        wait_port(BACKEND_HTTP, proc, "backend")
+        wait_port(BACKEND_WS, proc, "backend")
+
+    def start_nginx(self):
+        w = self.work
+        config = f"""
+daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid {w}/nginx.pid;
+error_log {w}/nginx-error.log error;
+events {{ worker_connections 20000; }}
+http {{
+  access_log off;
+  client_body_temp_path {w}/nginx-body;
+  proxy_temp_path {w}/nginx-proxy;
+  keepalive_requests 100000000;
+  http2_max_requests 100000000;
+  upstream app {{ server 127.0.0.1:{BACKEND_HTTP}; keepalive 64; keepalive_requests 100000000; }}
+  upstream ws {{ server 127.0.0.1:{BACKEND_WS}; }}
+  server {{
+    listen 127.0.0.1:{PORTS['nginx']} ssl http2;
+    ssl_certificate {self.cert};
+    ssl_certificate_key {self.key};
+    ssl_protocols TLSv1.3;
+    ssl_session_cache shared:SSL:10m;
+    location / {{
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+    location /ws {{
+      proxy_pass http://ws;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection "upgrade";
+      proxy_read_timeout 1h;
+    }}
+  }}
+}}
+"""
+        path = self.write("nginx.conf", config)
+        return self.start("nginx", ["nginx", "-p", w, "-c", path, "-e", f"{w}/nginx-error.log"])
+
+    def start_haproxy(self):
+        config = f"""
+global
+  nbthread 1
+  maxconn 9950
+  ssl-default-bind-options ssl-min-ver TLSv1.3
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+  timeout tunnel 1h
+  option http-keep-alive
+  http-reuse always
+frontend edge
+  bind 127.0.0.1:{PORTS['haproxy']} ssl crt {self.combined} alpn h2,http/1.1
+  use_backend ws if {{ path_beg /ws }}
+  default_backend app
+backend app
+  server app 127.0.0.1:{BACKEND_HTTP}
+backend ws
+  server ws 127.0.0.1:{BACKEND_WS}
+"""
+        path = self.write("haproxy.cfg", config)
+        return self.start("haproxy", ["haproxy", "-db", "-f", path])
+
+    def start_caddy(self):
+        config = f"""
+{{
+  admin off
+  auto_https off
+  default_sni localhost
+}}
+https://localhost:{PORTS['caddy']}, https://127.0.0.1:{PORTS['caddy']} {{
+  tls {self.cert} {self.key} {{
+    protocols tls1.3
+  }}
+  reverse_proxy /ws* 127.0.0.1:{BACKEND_WS}
+  reverse_proxy 127.0.0.1:{BACKEND_HTTP}
+}}
+"""
+        path = self.write("Caddyfile", config)
+        env = dict(os.environ, GOMAXPROCS="1", XDG_DATA_HOME=self.work, XDG_CONFIG_HOME=self.work,
+                   HOME=self.work)
+        return self.start("caddy", ["caddy", "run", "--config", path, "--adapter", "caddyfile"], env=env)
+
+    def start_tlsgate(self):
+        config = f"""
+listen: 127.0.0.1:{PORTS['tlsgate']}
+data_dir: {self.work}/tlsgate-data
+http: off
+admin: off
+access_log: false
+tls:
+  min_version: "1.3"
+  certificates:
+    - cert_file: {self.cert}
+      key_file: {self.key}
+limits:
+  workers: 1
+  max_connections: 20000
+routes:
+  - path: /ws
+    upstream: http://127.0.0.1:{BACKEND_WS}
+  - path: /
+    upstream: http://127.0.0.1:{BACKEND_HTTP}
+"""
+        path = self.write("tlsgate.yaml", config)
+        env = dict(os.environ, TLSGATE_LOG="error")
+        return self.start("tlsgate", [self.tlsgate, "serve", "-c", path], env=env)
+
+    def load(self, command, timeout):
+        result = subprocess.run(["taskset", "-c", LOAD_CORE] + command, capture_output=True, text=True,
+                                timeout=timeout, preexec_fn=raise_fd_limit)
+        if result.returncode != 0:
+            raise RuntimeError(f"{command[0]} failed: {result.stderr.strip()[-400:]}")
+        return result.stdout
+
+    def measure(self, name, kind):
+        """One measurement against one proxy: (operations, proxy CPU seconds, extra dict)."""
+        pid = self.procs[name].pid
+        port = PORTS[name]
+        seconds = max(1, int(self.args.seconds))
+        url = f"https://127.0.0.1:{port}/"
+        target = ["--addr", f"127.0.0.1:{port}", "--host", "localhost", "--cacert", self.cacert]
+        before = cpu_seconds(pid)
+        extra = {}
+        if kind == "h1":
+            out = self.load(["wrk", "-t1", "-c64", f"-d{seconds}s", "--latency", url], seconds + 30)
+            ops = int(re.search(r"(\d+) requests in", out).group(1))
+            errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+            extra["p99_ms"] = parse_wrk_latency(out, "99%")
+            extra["rate"] = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+            if errors:
+                raise RuntimeError(f"{name}: {errors.group(1)} non-2xx responses")
+        elif kind == "h2":
+            out = self.load(["h2load", "-t1", "-c64", "-m10", "-D", str(seconds), url], seconds + 30)
+            match = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded", out)
+            ops = int(match.group(1))
+            extra["rate"] = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+        elif kind in ("handshake", "resumed"):
+            command = [self.loadgen, "handshakes", *target, "--connections", "16", "--seconds", str(seconds)]
+            if kind == "resumed":
+                command.append("--resume")
+            result = json.loads(self.load(command, seconds + 30))
+            ops = result["operations"]
+            extra["rate"] = result["rate"]
+            if kind == "resumed":
+                extra["resumed_share"] = result["resumed"] / max(1, ops)
+            if result["errors"]:
+                extra["errors"] = result["errors"]
+        elif kind == "ws":
+            command = [self.loadgen, "ws-echo", *target, "--path", "/ws", "--connections", "64",
+                       "--seconds", str(seconds), "--size", "64"]
+            result = json.loads(self.load(command, seconds + 60))
+            ops = result["operations"]
+            extra.update(rate=result["rate"], p50_us=result["p50_us"], p99_us=result["p99_us"])
+        else:
+            raise ValueError(kind)
+        cpu = cpu_seconds(pid) - before
+        if ops == 0:
+            raise RuntimeError(f"{name} {kind}: no operations completed")
+        return ops, cpu, extra
+
+    def idle_memory(self, name):
+        """Resident KiB per idle proxied wss connection."""
+        pid = self.procs[name].pid
+        port = PORTS[name]
+        count = self.args.idle_connections
+        time.sleep(1)
+        before = rss_kib(pid)
+        proc = subprocess.Popen(["taskset", "-c", LOAD_CORE, self.loadgen, "ws-idle", "--addr",
+                                 f"127.0.0.1:{port}", "--host", "localhost", "--cacert", self.cacert,
+                                 "--path", "/ws", "--connections", str(count)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                preexec_fn=raise_fd_limit)
+        line = proc.stdout.readline()
+        opened = json.loads(line) if line else {"open": 0, "failed": count, "first_error": "no output"}
+        time.sleep(2)  # let the proxy settle (lazy allocations, GC)
+        after = rss_kib(pid)
+        proc.stdin.close()
+        proc.wait(timeout=60)
+        time.sleep(2)
+        if opened["open"] == 0:
+            return {"open": 0, "failed": opened["failed"], "error": opened.get("first_error")}
+        return {"open": opened["open"], "failed": opened["failed"], "rss_before_kib": before,
+                "rss_after_kib": after, "kib_per_connection": (after - before) / opened["open"],
+                "error": opened.get("first_error")}
+
+
+def parse_wrk_latency(out, label):
+    match = re.search(rf"^\s*{re.escape(label)}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    if not match:
+        return None
+    value, unit = float(match.group(1)), match.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def crypto_ceilings():
+    """Per-operation costs from `openssl speed` (µs): P-256 sign, X25519, and AES-128-GCM MB/s."""
+    result = {}
+    out = subprocess.run(["openssl", "speed", "-seconds", "2", "ecdsap256", "ecdhx25519"],
+                         capture_output=True, text=True).stdout
+    sign = re.search(r"256 bits ecdsa \(nistp256\)\s+([\d.]+)s\s+([\d.]+)s", out)
+    if sign:
+        result["ecdsa_p256_sign_us"] = float(sign.group(1)) * 1e6
+        result["ecdsa_p256_verify_us"] = float(sign.group(2)) * 1e6
+    x25519 = re.search(r"253 bits ecdh \(X25519\)\s+([\d.]+)s", out)
+    if x25519:
+        result["x25519_op_us"] = float(x25519.group(1)) * 1e6
+    out = subprocess.run(["openssl", "speed", "-seconds", "2", "-evp", "aes-128-gcm"],
+                         capture_output=True, text=True).stdout
+    gcm = re.search(r"^AES-128-GCM\s+([\d.]+)k\s+([\d.]+)k\s+([\d.]+)k\s+([\d.]+)k\s+([\d.]+)k", out, re.M | re.I)
+    if gcm:
+        result["aes128gcm_16k_mb_s"] = float(gcm.group(5)) / 1000
+    return result
+
+
+MEASUREMENTS = [
+    ("h1", "HTTP/1.1 keep-alive request (wrk, 64 conn)"),
+    ("h2", "HTTP/2 request (h2load, 64 conn x 10 streams)"),
+    ("handshake", "new TLS connection + 1 request, full handshake"),
+    ("resumed", "new TLS connection + 1 request, resumed"),
+    ("ws", "wss:// 64-byte echo message (64 conn)"),
+]
+
+
+def median_range(values):
+    if not values:
+        return "n/a"
+    return f"{statistics.median(values):.1f} ({min(values):.1f}–{max(values):.1f})"
+
+
+def report(args, results, memory, ceilings, proxies, started, errors):
+    lines = [f"# tlsgate benchmark, {started:%Y-%m-%d %H:%M} UTC", ""]
+    lines.append(f"Rounds: {args.rounds}, {args.seconds} s per measurement; proxies pinned to core "
+                 f"{PROXY_CORE} with one worker, load and backends on core {LOAD_CORE}. "
+                 f"Versions: {', '.join(versions(proxies))}.")
+    lines += ["", "## Proxy CPU time per operation (µs; median, min–max over rounds; ratio to nginx)", ""]
+    header = "| measurement | " + " | ".join(proxies) + " |"
+    lines += [header, "|" + "---|" * (len(proxies) + 1)]
+    for kind, label in MEASUREMENTS:
+        nginx = [r["cpu_us"] for r in results.get(("nginx", kind), [])]
+        row = [label]
+        for proxy in proxies:
+            values = [r["cpu_us"] for r in results.get((proxy, kind), [])]
+            cell = median_range(values)
+            if nginx and values and proxy != "nginx":
+                cell += f" **{statistics.median(values) / statistics.median(nginx):.2f}×**"
+            row.append(cell)
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "## Throughput (operations/s, median) and latency", ""]
+    lines += [header, "|" + "---|" * (len(proxies) + 1)]
+    for kind, label in MEASUREMENTS:
+        row = [label]
+        for proxy in proxies:
+            rates = [r["rate"] for r in results.get((proxy, kind), []) if "rate" in r]
+            row.append(f"{statistics.median(rates):,.0f}/s" if rates else "n/a")
+        lines.append("| " + " | ".join(row) + " |")
+    for key, label in (("p99_ms", "HTTP/1.1 p99 latency (ms, wrk)"), ("p99_us", "wss echo p99 latency (µs)"),
+                       ("p50_us", "wss echo p50 latency (µs)")):
+        kind = "h1" if key == "p99_ms" else "ws"
+        row = [label]
+        for proxy in proxies:
+            values = [r[key] for r in results.get((proxy, kind), []) if r.get(key) is not None]
+            row.append(median_range(values))
+        lines.append("| " + " | ".join(row) + " |")
+    row = ["resumed share of 'resumed' handshakes"]
+    for proxy in proxies:
+        values = [r["resumed_share"] for r in results.get((proxy, "resumed"), []) if "resumed_share" in r]
+        row.append(f"{statistics.median(values):.0%}" if values else "n/a")
+    lines.append("| " + " | ".join(row) + " |")
+    lines += ["", f"## Resident memory per idle proxied wss:// connection ({args.idle_connections} connections)", ""]
+    lines += ["| proxy | open | KiB per connection | ratio to nginx | RSS before → after (KiB) |", "|---|---|---|---|---|"]
+    for proxy in proxies:
+        m = memory.get(proxy)
+        if not m or not m.get("open"):
+            lines.append(f"| {proxy} | 0 | n/a ({(m or {}).get('error')}) | | |")
+            continue
+        ratio = ""
+        if memory.get("nginx", {}).get("kib_per_connection") and proxy != "nginx":
+            ratio = f"{m['kib_per_connection'] / memory['nginx']['kib_per_connection']:.2f}×"
+        lines.append(f"| {proxy} | {m['open']} (failed {m['failed']}) | {m['kib_per_connection']:.1f} | {ratio} | "
+                     f"{m['rss_before_kib']} → {m['rss_after_kib']} |")
+    if ceilings:
+        lines += ["", "## Crypto ceilings of this machine (`openssl speed`)", ""]
+        for key, value in ceilings.items():
+            lines.append(f"- {key}: {value:.1f}")
+        if "ecdsa_p256_sign_us" in ceilings and "x25519_op_us" in ceilings:
+            floor = ceilings["ecdsa_p256_sign_us"] + 2 * ceilings["x25519_op_us"]
+            lines.append(f"- full TLS 1.3 handshake floor (1 P-256 signature + X25519 keygen and agreement): "
+                         f"{floor:.0f} µs")
+    if errors:
+        lines += ["", "## Errors", ""] + [f"- {e}" for e in errors]
+    return "\n".join(lines) + "\n"
+
+
+def versions(proxies):
+    found = []
+    for proxy, command in (("nginx", ["nginx", "-v"]), ("haproxy", ["haproxy", "-v"]),
+                           ("caddy", ["caddy", "version"])):
+        if proxy in proxies:
+            out = subprocess.run(command, capture_output=True, text=True)
+            text = (out.stdout + out.stderr).strip().splitlines()
+            found.append(text[0] if text else proxy)
+    return found + ["tlsgate (this commit)"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one short round, for CI smoke tests")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--idle-connections", type=int, default=9900,
+                        help="idle wss connections for the memory figure (each costs a proxy two "
+                             "file descriptors; the hard limit here is 20,000)")
+    parser.add_argument("--only", default="nginx,haproxy,caddy,tlsgate")
+    parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    parser.add_argument("--debug-build", action="store_true", help="benchmark a debug build (smoke tests)")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.seconds, args.idle_connections = 1, 1, 200
+    proxies = [p for p in args.only.split(",") if p in PORTS]
+    if "nginx" not in proxies:
+        proxies.insert(0, "nginx")
+
+    install_tools()
+    tlsgate, loadgen = build("debug" if args.debug_build else "release")
+    started = datetime.datetime.now(datetime.timezone.utc)
+    work = tempfile.mkdtemp(prefix="tlsgate-bench-")
+    run = Run(args, work, tlsgate, loadgen)
+    results, memory, errors = {}, {}, []
+    try:
+        run.certificates()
+        run.start_backends()
+        for proxy in proxies:
+            wait_port(PORTS[proxy], getattr(run, f"start_{proxy}")(), proxy)
+        for round_number in range(args.rounds):
+            # Rotate the order so no proxy always runs first (caches, CPU frequency).
+            order = proxies[round_number % len(proxies):] + proxies[:round_number % len(proxies)]
+            for kind, label in MEASUREMENTS:
+                for proxy in order:
+                    log(f"round {round_number + 1}/{args.rounds}: {proxy} {kind}")
+                    try:
+                        ops, cpu, extra = run.measure(proxy, kind)
+                    except Exception as error:  # a failed measurement is reported, not fatal
+                        errors.append(f"round {round_number + 1} {proxy} {kind}: {error}")
+                        log(f"  failed: {error}")
+                        continue
+                    results.setdefault((proxy, kind), []).append(dict(cpu_us=cpu / ops * 1e6, ops=ops, **extra))
+        for proxy in proxies:
+            log(f"{proxy}: {args.idle_connections} idle wss connections")
+            try:
+                # A fresh process: memory freed by the load rounds would hide the growth.
+                run.restart(proxy)
+                memory[proxy] = run.idle_memory(proxy)
+            except Exception as error:
+                errors.append(f"{proxy} idle memory: {error}")
+    finally:
+        run.stop_all()
+    ceilings = {} if args.quick else crypto_ceilings()
+    text = report(args, results, memory, ceilings, proxies, started, errors)
+    os.makedirs(args.out, exist_ok=True)
+    name = f"{started:%Y%m%d-%H%M%S}{'-quick' if args.quick else ''}.md"
+    path = os.path.join(args.out, name)
+    with open(path, "w") as out:
+        out.write(text)
+    with open(path.replace(".md", ".json"), "w") as out:
+        json.dump({"results": {f"{p}/{k}": v for (p, k), v in results.items()}, "memory": memory,
+                   "ceilings": ceilings, "errors": errors}, out, indent=1)
+    print(text)
+    log(f"written: {path}")
+    shutil.rmtree(work, ignore_errors=True)
+    missing = [f"{p}/{k}" for p in proxies for k, _ in MEASUREMENTS if (p, k) not in results]
+    if missing:
+        log(f"no result for: {', '.join(missing)}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
