@@ -482,7 +482,7 @@ fn upstream_settings(
         cookie_secret: file.cookie_secret.clone(),
         max_fails: file.max_fails.unwrap_or(1),
         fail_timeout: positive(file.fail_timeout, 10, &origin, &field("fail_timeout"))?,
-        keepalive: file.keepalive.unwrap_or(32),
+        keepalive: file.keepalive.unwrap_or(256),
         keepalive_timeout: positive(
             file.keepalive_timeout,
             60,
@@ -516,7 +516,7 @@ pub fn url_upstream(url: &str) -> UpstreamSettings {
         cookie_secret: None,
         max_fails: 1,
         fail_timeout: Duration::from_secs(10),
-        keepalive: 32,
+        keepalive: 256,
         keepalive_timeout: Duration::from_secs(60),
         connect_timeout: Duration::from_secs(5),
         response_timeout: Duration::from_secs(60),

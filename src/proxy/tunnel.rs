@@ -310,21 +310,75 @@ fn spread_delay(spread: Duration) -> Duration {
     spread.mul_f64(f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX))
 }
 
+/// Bytes a tunnel direction holds while idle: small, since ten thousand idle WebSockets hold
+/// two each. A read that fills it switches the direction to [`BULK_BUFFER`] until traffic
+/// thins out again.
+const IDLE_BUFFER: usize = 1024;
+const BULK_BUFFER: usize = 16 * 1024;
+
+/// A copy buffer that is small while traffic is small or absent and large while it flows.
+struct CopyBuffer {
+    small: [u8; IDLE_BUFFER],
+    bulk: Vec<u8>,
+}
+
+impl CopyBuffer {
+    fn new() -> Self {
+        CopyBuffer {
+            small: [0; IDLE_BUFFER],
+            bulk: Vec::new(),
+        }
+    }
+
+    fn space(&mut self) -> &mut [u8] {
+        if self.bulk.is_empty() {
+            &mut self.small
+        } else {
+            &mut self.bulk
+        }
+    }
+
+    fn filled(&self, n: usize) -> &[u8] {
+        if self.bulk.is_empty() {
+            &self.small[..n]
+        } else {
+            &self.bulk[..n]
+        }
+    }
+
+    /// After a read of `n` bytes: grow when the small buffer was filled, give the large one
+    /// back when a read used under a quarter of it.
+    fn adapt(&mut self, n: usize) {
+        if self.bulk.is_empty() {
+            if n == IDLE_BUFFER {
+                self.bulk = vec![0; BULK_BUFFER];
+            }
+        } else if n < BULK_BUFFER / 4 {
+            self.bulk = Vec::new();
+        }
+    }
+
+    async fn read_from<R: AsyncRead + Unpin>(&mut self, from: &mut R) -> std::io::Result<usize> {
+        from.read(self.space()).await
+    }
+}
+
 /// One direction: read, write, repeat; at end of input, shut the other side's writing half.
 async fn pump<R, W>(from: &mut R, to: &mut W, touch: &(dyn Fn() + Sync))
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buffer = vec![0u8; 8 * 1024];
+    let mut buffer = Box::new(CopyBuffer::new());
     loop {
-        match from.read(&mut buffer).await {
+        match buffer.read_from(from).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 touch();
-                if to.write_all(&buffer[..n]).await.is_err() {
+                if to.write_all(buffer.filled(n)).await.is_err() {
                     break;
                 }
+                buffer.adapt(n);
                 touch();
             }
         }
@@ -348,23 +402,24 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buffer = vec![0u8; 8 * 1024];
+    let mut buffer = Box::new(CopyBuffer::new());
     let mut frames = FrameBoundary::default();
     tokio::pin!(removed);
     // Until the route goes away: copy, following the frames.
     let read = loop {
         tokio::select! {
-            read = from.read(&mut buffer) => match read {
+            read = buffer.read_from(from) => match read {
                 Ok(0) | Err(_) => {
                     let _ = to.shutdown().await;
                     return false;
                 }
                 Ok(n) => {
                     touch();
-                    frames.consume(&buffer[..n], false);
-                    if to.write_all(&buffer[..n]).await.is_err() {
+                    frames.consume(buffer.filled(n), false);
+                    if to.write_all(buffer.filled(n)).await.is_err() {
                         return false;
                     }
+                    buffer.adapt(n);
                     touch();
                 }
             },
@@ -375,12 +430,12 @@ where
         let mut at_boundary = read;
         // Mid-frame: copy up to the end of that frame, and not a byte further.
         while !at_boundary {
-            let n = match from.read(&mut buffer).await {
+            let n = match buffer.read_from(from).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            let upto = frames.consume(&buffer[..n], true);
-            if to.write_all(&buffer[..upto]).await.is_err() {
+            let upto = frames.consume(buffer.filled(n), true);
+            if to.write_all(&buffer.filled(n)[..upto]).await.is_err() {
                 return;
             }
             at_boundary = frames.at_boundary();
@@ -470,6 +525,67 @@ fn scopeguard_dec(gauge: prometheus_client::metrics::gauge::Gauge) -> GaugeGuard
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_buffer_grows_while_reads_fill_it_and_shrinks_when_traffic_thins() {
+        let mut buffer = CopyBuffer::new();
+        assert_eq!(buffer.space().len(), IDLE_BUFFER);
+        buffer.adapt(100);
+        assert_eq!(buffer.space().len(), IDLE_BUFFER);
+        buffer.adapt(IDLE_BUFFER);
+        assert_eq!(buffer.space().len(), BULK_BUFFER);
+        buffer.adapt(BULK_BUFFER);
+        assert_eq!(buffer.space().len(), BULK_BUFFER);
+        buffer.adapt(64);
+        assert_eq!(buffer.space().len(), IDLE_BUFFER);
+        assert!(
+            buffer.bulk.capacity() == 0,
+            "the large buffer is given back"
+        );
+    }
+
+    #[tokio::test]
+    async fn splice_carries_small_and_bulk_traffic_both_ways_intact() {
+        let (client, client_side) = tokio::io::duplex(64 * 1024);
+        let (upstream, upstream_side) = tokio::io::duplex(64 * 1024);
+        let tunnel = tokio::spawn(splice(
+            client_side,
+            upstream_side,
+            Duration::from_secs(10),
+            tokio_util::sync::CancellationToken::new(),
+            Duration::ZERO,
+        ));
+        // Sizes around both buffer sizes, with distinct bytes so reordering would show.
+        let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let sizes = [1, 64, 1023, 1024, 1025, 16 * 1024, 16 * 1024 + 1, 100_000];
+        let (mut client_read, mut client_write) = tokio::io::split(client);
+        let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
+        let sent = payload.clone();
+        let writer = tokio::spawn(async move {
+            let mut at = 0;
+            for size in sizes {
+                client_write.write_all(&sent[at..at + size]).await.unwrap();
+                at += size;
+            }
+            client_write.shutdown().await.unwrap();
+            at
+        });
+        let mut received = Vec::new();
+        upstream_read.read_to_end(&mut received).await.unwrap();
+        let total = writer.await.unwrap();
+        assert_eq!(received, payload[..total]);
+        // And back the other way, in one bulk write (read meanwhile: the pipes are bounded).
+        let bulk = payload.clone();
+        let writer = tokio::spawn(async move {
+            upstream_write.write_all(&bulk).await.unwrap();
+            upstream_write.shutdown().await.unwrap();
+        });
+        let mut back = Vec::new();
+        client_read.read_to_end(&mut back).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(back, payload);
+        assert_eq!(tunnel.await.unwrap(), "closed");
+    }
 
     fn frame(payload_len: usize) -> Vec<u8> {
         let mut frame = vec![0x82];
