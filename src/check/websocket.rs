@@ -412,32 +412,21 @@ async fn idle(
             Ok(Some(Ok(_))) => continue,
         }
     }
-    if options.expect_text == Expect::Skip {
-        let after = ping(socket, options.timeout).await;
-        return if after.status == Status::Pass {
-            Finding::new(
-                SECTION,
-                "idle",
-                Status::Pass,
-                format!("still answers pings after {seconds:.0}s of silence"),
-            )
-        } else {
-            Finding::new(
-                SECTION,
-                "idle",
-                Status::Fail,
-                format!("after {seconds:.0}s of silence: {}", after.reason),
-            )
-        };
-    }
-    let (sent, expect) = (Message::text(options.text.clone()), &options.expect_text);
-    let after = exchange(socket, "idle", sent, expect, options.timeout).await;
+    // After the silence the connection must still answer: a ping when messages are skipped,
+    // else the configured message.
+    let (after, what) = if options.expect_text == Expect::Skip {
+        (ping(socket, options.timeout).await, "pings")
+    } else {
+        let sent = Message::text(options.text.clone());
+        let after = exchange(socket, "idle", sent, &options.expect_text, options.timeout).await;
+        (after, "messages")
+    };
     if after.status == Status::Pass {
         Finding::new(
             SECTION,
             "idle",
             Status::Pass,
-            format!("still answers after {seconds:.0}s of silence"),
+            format!("still answers {what} after {seconds:.0}s of silence"),
         )
     } else {
         Finding::new(
