@@ -800,3 +800,94 @@ async fn connection_limit_holds_extra_clients_until_a_slot_frees() {
     );
     server.stop().await;
 }
+
+/// A client offering TLS 1.3 suites in `order` (codes as rustls names them).
+fn client_with_suites(
+    roots: &[rustls::pki_types::CertificateDer<'static>],
+    order: &[rustls::CipherSuite],
+) -> std::sync::Arc<rustls::ClientConfig> {
+    let mut store = rustls::RootCertStore::empty();
+    for root in roots {
+        store.add(root.clone()).unwrap();
+    }
+    let base = rustls::crypto::aws_lc_rs::default_provider();
+    let suites = order
+        .iter()
+        .map(|code| {
+            *base
+                .cipher_suites
+                .iter()
+                .find(|s| s.suite() == *code)
+                .unwrap()
+        })
+        .collect();
+    let provider = rustls::crypto::CryptoProvider {
+        cipher_suites: suites,
+        ..base
+    };
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(store)
+            .with_no_client_auth(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_suite_order_wins_except_for_clients_that_prefer_chacha() {
+    use rustls::CipherSuite::{
+        TLS13_AES_128_GCM_SHA256 as AES128, TLS13_AES_256_GCM_SHA384 as AES256,
+        TLS13_CHACHA20_POLY1305_SHA256 as CHACHA,
+    };
+    let negotiated = |stream: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>| {
+        stream
+            .get_ref()
+            .1
+            .negotiated_cipher_suite()
+            .unwrap()
+            .suite()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start("", dir.path()).await.unwrap();
+    let roots = [server.local_ca()];
+    // Default order: AES-128-GCM first, even for a client that lists AES-256 first (as
+    // OpenSSL and rustls clients do).
+    let stream = tls_connect(
+        server.main,
+        "localhost",
+        client_with_suites(&roots, &[AES256, AES128, CHACHA]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(negotiated(&stream), AES128);
+    // A client listing ChaCha20 first (no AES hardware) gets ChaCha20.
+    let stream = tls_connect(
+        server.main,
+        "localhost",
+        client_with_suites(&roots, &[CHACHA, AES256, AES128]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(negotiated(&stream), CHACHA);
+    server.stop().await;
+
+    // A configured order is the server's preference.
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(
+        "tls:\n  tls13_cipher_suites: [TLS_AES_256_GCM_SHA384, TLS_AES_128_GCM_SHA256]\n",
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    let roots = [server.local_ca()];
+    let stream = tls_connect(
+        server.main,
+        "localhost",
+        client_with_suites(&roots, &[AES128, AES256]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(negotiated(&stream), AES256);
+    server.stop().await;
+}

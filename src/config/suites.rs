@@ -86,22 +86,24 @@ pub fn refusal_reason(text: &str) -> Option<&'static str> {
     None
 }
 
-/// The defaults: every AEAD suite, strongest preference order as rustls orders them.
+/// The defaults: every AEAD suite, AES-128-GCM first (hardware AES and SHA-256 make it the
+/// cheapest; 128-bit keys are Mozilla's and Go's first choice too). Clients that list
+/// ChaCha20 first get it regardless (see `tls::ServerConfigs`).
 pub fn default_tls13() -> Vec<Tls13Suite> {
     vec![
-        Tls13Suite::Aes256GcmSha384,
         Tls13Suite::Aes128GcmSha256,
+        Tls13Suite::Aes256GcmSha384,
         Tls13Suite::Chacha20Poly1305Sha256,
     ]
 }
 
 pub fn default_tls12() -> Vec<Tls12Suite> {
     vec![
-        Tls12Suite::EcdheEcdsaAes256Gcm,
         Tls12Suite::EcdheEcdsaAes128Gcm,
+        Tls12Suite::EcdheEcdsaAes256Gcm,
         Tls12Suite::EcdheEcdsaChacha20,
-        Tls12Suite::EcdheRsaAes256Gcm,
         Tls12Suite::EcdheRsaAes128Gcm,
+        Tls12Suite::EcdheRsaAes256Gcm,
         Tls12Suite::EcdheRsaChacha20,
     ]
 }

@@ -68,7 +68,7 @@ struct Runtime {
 
 struct TlsEdge {
     resolver: Arc<SniResolver>,
-    config: ArcSwap<rustls::ServerConfig>,
+    config: ArcSwap<tls::ServerConfigs>,
     /// Ticket keys and session cache, shared by every config built, so sessions resume across
     /// reloads.
     sessions: SessionState,
@@ -186,7 +186,7 @@ impl Server {
             audit_loaded(&certificates);
             Some(TlsEdge {
                 resolver,
-                config: ArcSwap::from_pointee(config),
+                config: ArcSwap::from_pointee(tls::ServerConfigs::new(config)),
                 sessions,
                 acme_config,
             })
@@ -593,7 +593,7 @@ async fn serve_main(
             .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
         let config = match (&tls.acme_config, wants_acme) {
             (Some(acme), true) => acme.clone(),
-            _ => tls.config.load_full(),
+            _ => tls.config.load().for_hello(&start.client_hello()),
         };
         start.into_stream(config).await
     };
@@ -1219,7 +1219,7 @@ impl ConfigReload {
             let config = tls::build_server_config(&new.tls, tls.resolver.clone(), &tls.sessions)
                 .map_err(|e| e.to_string())?;
             // Validated; from here on nothing fails.
-            tls.config.store(Arc::new(config));
+            tls.config.store(Arc::new(tls::ServerConfigs::new(config)));
             let count = put_in_service(tls, loaded, &self.metrics, &self.state);
             message = format!("configuration reloaded; {count} certificate(s) loaded");
         }

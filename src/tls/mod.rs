@@ -8,7 +8,7 @@ mod server_config;
 
 pub use certificates::{load_certificates, CertSummary, LoadedCertificates};
 pub use resolver::{CertTable, SniResolver};
-pub use server_config::{build_server_config, SessionState};
+pub use server_config::{build_server_config, ServerConfigs, SessionState};
 
 use std::path::PathBuf;
 
