@@ -32,3 +32,19 @@ pub fn text_response(status: http::StatusCode, text: &str) -> Response {
     );
     response
 }
+
+/// The host of a request's authority: `:authority` (HTTP/2, absolute-form URIs), else the
+/// `Host` header; lower case, without port, IPv6 in brackets. `None` if absent or malformed.
+pub fn authority_host<B>(request: &http::Request<B>) -> Option<String> {
+    let host = match request.uri().authority() {
+        Some(authority) => authority.host().to_ascii_lowercase(),
+        None => {
+            let value = request.headers().get(http::header::HOST)?;
+            http::uri::Authority::try_from(value.as_bytes())
+                .ok()?
+                .host()
+                .to_ascii_lowercase()
+        }
+    };
+    Some(host)
+}

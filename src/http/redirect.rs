@@ -49,12 +49,7 @@ pub fn respond<B>(mode: HttpMode, request: &Request<B>, https_port: u16) -> Resp
 /// The request's host without port, if it is a plausible host name or IP literal. Anything
 /// else is refused rather than reflected into a `Location` header.
 fn request_host<B>(request: &Request<B>) -> Option<String> {
-    let raw = request.uri().host().map(str::to_owned).or_else(|| {
-        let value = request.headers().get(header::HOST)?.to_str().ok()?;
-        let authority: http::uri::Authority = value.parse().ok()?;
-        Some(authority.host().to_owned())
-    })?;
-    let host = raw.to_ascii_lowercase();
+    let host = super::authority_host(request)?;
     let valid = if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         inner.parse::<std::net::Ipv6Addr>().is_ok()
     } else {

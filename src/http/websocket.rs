@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::HttpError;
 
-fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+/// Whether header `name` lists `token` (comma-separated, any case).
+pub(crate) fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     headers
         .get_all(name)
         .iter()

@@ -310,3 +310,20 @@ pub fn failure_reason(error: &std::io::Error) -> &'static str {
         },
     }
 }
+
+/// Counts something in a gauge for as long as this value lives (an open connection, an open
+/// WebSocket).
+pub struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    pub fn new(gauge: Gauge) -> Self {
+        gauge.inc();
+        GaugeGuard(gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

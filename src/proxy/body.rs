@@ -162,17 +162,3 @@ where
         self.inner.size_hint()
     }
 }
-
-/// Whether an error (or anything in its source chain) is of type `T`.
-pub fn caused_by<T: std::error::Error + 'static>(
-    error: &(dyn std::error::Error + 'static),
-) -> bool {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if e.is::<T>() {
-            return true;
-        }
-        current = e.source();
-    }
-    false
-}

@@ -20,25 +20,15 @@ use crate::http::error::HttpError;
 use crate::http::service::ConnectionInfo;
 use crate::http::Response;
 
-/// The request's host, lower case, without port (from `:authority` or `Host`).
+/// The request's host, lower case, without port or IPv6 brackets (from `:authority` or `Host`).
 pub fn request_host<B>(request: &Request<B>) -> Option<String> {
-    let authority = request
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            request
-                .headers()
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        })?;
-    let authority: http::uri::Authority = authority.parse().ok()?;
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    Some(host.to_ascii_lowercase())
+    let host = crate::http::authority_host(request)?;
+    Some(
+        match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(inner) => inner.to_owned(),
+            None => host,
+        },
+    )
 }
 
 /// The value of cookie `name` in the request, if any.
@@ -80,11 +70,12 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-/// Entry point for every request on a listener with routes.
+/// Entry point for every request on a listener with routes; `host` is [`request_host`].
 pub async fn handle(
-    proxy: Arc<Proxy>,
+    proxy: &Proxy,
     request: Request<Incoming>,
     conn: ConnectionInfo,
+    host: Option<String>,
 ) -> Response {
     if request.headers().get_all(header::HOST).iter().count() > 1 {
         return HttpError::BadRequest("more than one Host header").into_response();
@@ -92,16 +83,16 @@ pub async fn handle(
     if has_dot_segments(request.uri().path()) {
         return HttpError::BadRequest("path with . or .. segments").into_response();
     }
-    let Some(host) = request_host(&request) else {
+    let Some(host) = host else {
         return HttpError::BadRequest("missing or invalid Host").into_response();
     };
     let Some(route) = proxy.routes.find(&host, request.uri().path()) else {
         return HttpError::NotFound.into_response();
     };
     let mut response = if tunnel::is_websocket(&request) {
-        tunnel::open(&proxy, route, request, &conn, &host).await
+        tunnel::open(proxy, route, request, &conn, &host).await
     } else {
-        forward(&proxy, route, request, &conn, &host).await
+        forward(proxy, route, request, &conn, &host).await
     };
     response
         .extensions_mut()

@@ -55,6 +55,9 @@ pub struct Pool {
     /// Smooth weighted round-robin order over primaries, then over backups.
     primary_schedule: Vec<usize>,
     backup_schedule: Vec<usize>,
+    /// Each group's servers once, in index order (least-conn and ip-hash scan these).
+    primary_members: Vec<usize>,
+    backup_members: Vec<usize>,
     counter: AtomicUsize,
     /// Sticky-cookie value per server: a keyed hash, so it does not reveal the address.
     cookie_tokens: Vec<String>,
@@ -152,6 +155,8 @@ impl Pool {
             settings: settings.clone(),
             primary_schedule: smooth_schedule(&members(false)),
             backup_schedule: smooth_schedule(&members(true)),
+            primary_members: members(false).into_iter().map(|(i, _)| i).collect(),
+            backup_members: members(true).into_iter().map(|(i, _)| i).collect(),
             servers,
             counter: AtomicUsize::new(0),
             cookie_tokens,
@@ -186,7 +191,10 @@ impl Pool {
                 }
             }
         }
-        for schedule in [&self.primary_schedule, &self.backup_schedule] {
+        for (schedule, members) in [
+            (&self.primary_schedule, &self.primary_members),
+            (&self.backup_schedule, &self.backup_members),
+        ] {
             if schedule.is_empty() {
                 continue;
             }
@@ -199,9 +207,6 @@ impl Pool {
                 }
                 Balance::LeastConn => {
                     let start = self.counter.fetch_add(1, Ordering::Relaxed);
-                    let mut members: Vec<usize> = schedule.to_vec();
-                    members.sort_unstable();
-                    members.dedup();
                     let n = members.len();
                     // Rotating the scan start spreads ties instead of always picking the first.
                     (0..n)
@@ -214,9 +219,6 @@ impl Pool {
                         })
                 }
                 Balance::IpHash => {
-                    let mut members: Vec<usize> = schedule.to_vec();
-                    members.sort_unstable();
-                    members.dedup();
                     let start = ip_hash(client_ip) as usize % members.len();
                     (0..members.len())
                         .map(|k| members[(start + k) % members.len()])

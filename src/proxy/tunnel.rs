@@ -31,15 +31,7 @@ pub fn is_websocket<B>(request: &Request<B>) -> bool {
             .get::<hyper::ext::Protocol>()
             .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
     }
-    request
-        .headers()
-        .get_all(header::UPGRADE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("websocket"))
-        })
+    websocket::has_token(request.headers(), header::UPGRADE, "websocket")
 }
 
 fn origin_allowed(route: &Route, request: &Request<Incoming>) -> bool {
@@ -215,8 +207,7 @@ pub async fn open(
     proxy.tasks.spawn(async move {
         let _held = (slot, in_flight);
         let open = metrics.open_websockets.get_or_create_owned(&route_label);
-        open.inc();
-        let _open = scopeguard_dec(open);
+        let _open = crate::metrics::GaugeGuard::new(open);
         let (client, upstream) = match tokio::join!(client_upgrade, upstream_upgrade) {
             (Ok(client), Ok(upstream)) => (client, upstream),
             (Err(error), _) | (_, Err(error)) => {
@@ -507,19 +498,6 @@ impl FrameBoundary {
             }
         }
     }
-}
-
-/// Decrements a gauge when dropped.
-struct GaugeGuard(prometheus_client::metrics::gauge::Gauge);
-
-impl Drop for GaugeGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-fn scopeguard_dec(gauge: prometheus_client::metrics::gauge::Gauge) -> GaugeGuard {
-    GaugeGuard(gauge)
 }
 
 #[cfg(test)]

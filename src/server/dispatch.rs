@@ -32,13 +32,21 @@ impl Dispatcher {
         let started = std::time::Instant::now();
         let conn = request.extensions().get::<ConnectionInfo>().cloned();
         // The path without its query: queries often carry tokens, which never reach the logs.
-        let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+        let logged = self
+            .access_log
+            .then(|| (request.method().clone(), request.uri().path().to_owned()));
         let client = conn.as_ref().map(|c| (c.peer.ip(), c.tls_version));
-        let mut response = match self.misdirected(&request, conn.as_ref()) {
+        // Parsed once: for the 421 check and for routing.
+        let host = if self.proxy.is_some() || conn.as_ref().is_some_and(|c| c.sni.is_some()) {
+            request_host(&request)
+        } else {
+            None
+        };
+        let mut response = match self.misdirected(host.as_deref(), conn.as_ref()) {
             Some(refusal) => refusal,
             None => match (&self.proxy, conn) {
                 (Some(proxy), Some(conn)) => {
-                    crate::proxy::forward::handle(proxy.clone(), request, conn).await
+                    crate::proxy::forward::handle(proxy, request, conn, host).await
                 }
                 _ => builtin(&self.builtin, request),
             },
@@ -60,7 +68,7 @@ impl Dispatcher {
         let elapsed = started.elapsed();
         self.metrics
             .request(&route, response.status().as_u16(), elapsed.as_secs_f64());
-        if self.access_log {
+        if let Some((method, path)) = logged {
             let upstream = response
                 .extensions()
                 .get::<UpstreamServer>()
@@ -87,13 +95,8 @@ impl Dispatcher {
     /// `421` when a request's host is not the name its TLS connection was opened for
     /// (RFC 9110 §15.5.20): certificates and routes are chosen per name, so a client must not
     /// reuse a connection for another host.
-    fn misdirected<B>(
-        &self,
-        request: &hyper::Request<B>,
-        conn: Option<&ConnectionInfo>,
-    ) -> Option<Response> {
+    fn misdirected(&self, host: Option<&str>, conn: Option<&ConnectionInfo>) -> Option<Response> {
         let sni = conn?.sni.as_deref()?;
-        let host = request_host(request)?;
-        (host != sni).then(|| HttpError::MisdirectedRequest.into_response())
+        (host? != sni).then(|| HttpError::MisdirectedRequest.into_response())
     }
 }

@@ -558,7 +558,8 @@ async fn serve_main(
 ) {
     // The slot (connection limit and open-connections gauge) lives as long as the connection,
     // including an upgraded WebSocket that outlives its HTTP exchange.
-    let slot = ConnectionSlot(Arc::new((permit, OpenConnection::new(&shared.metrics))));
+    let open = crate::metrics::GaugeGuard::new(shared.metrics.open_connections.clone());
+    let slot = ConnectionSlot(Arc::new((permit, open)));
     // Limits are fixed per connection; routes and headers are read per request, so a reload
     // reaches keep-alive and HTTP/2 connections too (a request in flight keeps its copy).
     let runtime = shared.runtime.load_full();
@@ -950,22 +951,6 @@ async fn admin_loop(
             )
             .await;
         });
-    }
-}
-
-/// Counts an open client connection for as long as it lives.
-struct OpenConnection(Arc<Metrics>);
-
-impl OpenConnection {
-    fn new(metrics: &Arc<Metrics>) -> Self {
-        metrics.open_connections.inc();
-        Self(metrics.clone())
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.open_connections.dec();
     }
 }
 

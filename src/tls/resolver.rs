@@ -33,10 +33,6 @@ impl CertTable {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.default.is_empty() && self.exact.is_empty() && self.wildcard.is_empty()
-    }
-
     /// The certificate for a server name (already lower case) and the client's signature
     /// schemes.
     pub fn lookup(
