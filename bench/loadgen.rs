@@ -175,12 +175,11 @@ async fn backend(http: SocketAddr, ws: SocketAddr) -> Result<(), Error> {
     }
 }
 
-fn client_config(cacert: &PathBuf, resume: bool) -> Result<Arc<rustls::ClientConfig>, Error> {
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(cacert)?;
-    for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
-        roots.add(cert?)?;
-    }
+fn client_config(
+    cacert: &std::path::Path,
+    resume: bool,
+) -> Result<Arc<rustls::ClientConfig>, Error> {
+    let roots = tlsgate::certs::verify::load_roots(Some(cacert))?;
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))

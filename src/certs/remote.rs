@@ -83,6 +83,50 @@ impl ServerCertVerifier for ReadOnly {
     }
 }
 
+/// A client offering only `versions`, `suites` and `groups` and reading any chain (it is judged
+/// apart). `None` when rustls has no suite for those versions.
+pub fn client_config(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    suites: Vec<rustls::SupportedCipherSuite>,
+    groups: Vec<&'static dyn rustls::crypto::SupportedKxGroup>,
+    alpn: &[&[u8]],
+) -> Option<rustls::ClientConfig> {
+    let base = rustls::crypto::aws_lc_rs::default_provider();
+    let verifier = Arc::new(ReadOnly(Arc::new(base.clone())));
+    let provider = rustls::crypto::CryptoProvider {
+        cipher_suites: suites,
+        kx_groups: groups,
+        ..base
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)
+        .ok()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Some(config)
+}
+
+/// The default reading client (TLS 1.3 and 1.2, every suite and group rustls has) with `alpn`.
+pub fn default_client_config(alpn: &[&[u8]]) -> Option<rustls::ClientConfig> {
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    client_config(
+        &[&rustls::version::TLS13, &rustls::version::TLS12],
+        provider.cipher_suites,
+        provider.kx_groups,
+        alpn,
+    )
+}
+
+/// The chain a connected server sent, leaf first (empty if none).
+pub fn peer_chain(connection: &rustls::ClientConnection) -> Vec<CertificateDer<'static>> {
+    connection
+        .peer_certificates()
+        .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default()
+}
+
 /// Connects to `host:port` (SNI `host`) and returns the chain the server sent.
 pub async fn fetch_chain(
     host: &str,
@@ -94,13 +138,8 @@ pub async fn fetch_chain(
         target: target.clone(),
         reason,
     };
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| fail(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ReadOnly(provider)))
-        .with_no_client_auth();
+    let config =
+        default_client_config(&[]).ok_or_else(|| fail("no TLS client configuration".into()))?;
     let name = ServerName::try_from(host.to_owned()).map_err(|e| fail(e.to_string()))?;
     let connect = async {
         let tcp = TcpStream::connect((host, port))
@@ -110,11 +149,11 @@ pub async fn fetch_chain(
             .connect(name, tcp)
             .await
             .map_err(|e| fail(format!("TLS handshake failed: {e}")))?;
-        tls.get_ref()
-            .1
-            .peer_certificates()
-            .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
-            .ok_or_else(|| fail("the server sent no certificate".into()))
+        let chain = peer_chain(tls.get_ref().1);
+        if chain.is_empty() {
+            return Err(fail("the server sent no certificate".into()));
+        }
+        Ok(chain)
     };
     tokio::time::timeout(timeout, connect)
         .await

@@ -10,9 +10,9 @@ use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Serialize;
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use super::findings::{Finding, Status};
-use super::modern;
 use super::target::Target;
 use super::CheckError;
 
@@ -59,17 +59,20 @@ impl Hsts {
     }
 }
 
-/// GET `target.path` over HTTPS, offering h2 and http/1.1.
+impl HttpsAnswer {
+    /// The Strict-Transport-Security header, when sent and valid.
+    pub fn hsts(&self) -> Option<Hsts> {
+        header(&self.headers, "strict-transport-security").and_then(Hsts::parse)
+    }
+}
+
+/// GET `target.path` on `tls`, a connection that offered h2 and http/1.1 through ALPN.
 pub async fn fetch(
     target: &Target,
+    tls: TlsStream<TcpStream>,
     extra_headers: &[(String, String)],
     timeout: Duration,
 ) -> Result<HttpsAnswer, CheckError> {
-    let config =
-        modern::default_client_config(&[b"h2", b"http/1.1"]).ok_or(CheckError::NoTlsClient)?;
-    let tls = modern::connect(target.addr, &target.host, config, timeout)
-        .await?
-        .ok_or_else(|| CheckError::Http("the TLS handshake failed".into()))?;
     let alpn = tls
         .get_ref()
         .1

@@ -76,23 +76,6 @@ impl Report {
     }
 }
 
-/// The chain the server sends to a default client.
-async fn fetch_chain(
-    target: &Target,
-    timeout: Duration,
-) -> Result<Vec<CertificateDer<'static>>, CheckError> {
-    let config = modern::default_client_config(&[]).ok_or(CheckError::NoTlsClient)?;
-    let Some(tls) = modern::connect(target.addr, &target.host, config, timeout).await? else {
-        return Ok(Vec::new());
-    };
-    Ok(tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
-        .unwrap_or_default())
-}
-
 /// Checks, in this order of report: certificate, protocols, ciphers, key exchange, HTTP,
 /// WebSocket. The network steps run side by side; `progress` hears each one start.
 pub async fn run(
@@ -103,7 +86,14 @@ pub async fn run(
     let target = Target::new(&options.url, options.resolve.as_deref())?;
     let roots = crate::certs::verify::load_roots(options.cacert.as_deref())?;
     progress("certificate");
-    let chain = fetch_chain(&target, options.timeout).await?;
+    // One connection: its chain is the certificate section's, and it carries the HTTP check.
+    let config =
+        modern::default_client_config(&[b"h2", b"http/1.1"]).ok_or(CheckError::NoTlsClient)?;
+    let tls = modern::connect(target.addr, &target.host, config, options.timeout).await?;
+    let mut chain = tls
+        .as_ref()
+        .map(|tls| crate::certs::remote::peer_chain(tls.get_ref().1))
+        .unwrap_or_default();
     let http_port = options
         .http_port
         .unwrap_or_else(|| http::default_http_port(target.port));
@@ -114,18 +104,20 @@ pub async fn run(
 
     let scan = tls_scan::scan(target.addr, &target.host, options.timeout, progress);
     let web = async {
-        let answer = http::fetch(&target, &headers, options.timeout).await;
+        let answer = match tls {
+            Some(tls) => http::fetch(&target, tls, &headers, options.timeout).await,
+            None => Err(CheckError::Http("the TLS handshake failed".into())),
+        };
         let redirect = http::redirect_finding(&target, http_port, options.timeout).await;
         (answer, redirect)
     };
     let ws = async {
         match &options.websocket {
-            Some(ws) => websocket::check(&target, ws, progress).await,
+            Some(ws) => websocket::check(&target, ws, http_port, progress).await,
             None => Vec::new(),
         }
     };
     let (scan, (answer, redirect), ws_findings) = tokio::join!(scan, web, ws);
-    let mut chain = chain;
     if chain.is_empty() {
         // rustls could not complete a handshake (an old or CBC-only server): read the chain
         // from a legacy handshake's Certificate message, which TLS ≤ 1.2 sends in clear.
@@ -167,27 +159,22 @@ pub async fn run(
             "chain" | "host" | "expiry" | "signature" | "parse"
         );
         if trust && finding.status == Status::Fail {
-            trust_problems.push(format!("{}: {}", finding.check, finding.reason));
             if options.insecure {
                 finding.status = Status::Warn;
                 finding.reason.push_str(" (ignored: --insecure)");
+            } else {
+                trust_problems.push(format!("{}: {}", finding.check, finding.reason));
             }
         }
     }
-    if options.insecure {
-        trust_problems.clear();
-    }
     findings.extend(tls_scan::findings(&scan));
 
-    let hsts_max_age = match &answer {
+    let hsts = match &answer {
         Ok(answer) => {
             findings.extend(http::findings(answer, &target.path, target.path_given));
-            answer
-                .headers
-                .get("strict-transport-security")
-                .and_then(|v| v.to_str().ok())
-                .and_then(http::Hsts::parse)
-                .map(|h| h.max_age)
+            answer.hsts().map_or(grade::HstsSeen::Missing, |h| {
+                grade::HstsSeen::MaxAge(h.max_age)
+            })
         }
         Err(error) => {
             findings.push(Finding::new(
@@ -196,13 +183,8 @@ pub async fn run(
                 Status::Fail,
                 error.to_string(),
             ));
-            None
+            grade::HstsSeen::NotMeasured
         }
-    };
-    let hsts = match (&answer, hsts_max_age) {
-        (Err(_), _) => grade::HstsSeen::NotMeasured,
-        (Ok(_), Some(age)) => grade::HstsSeen::MaxAge(age),
-        (Ok(_), None) => grade::HstsSeen::Missing,
     };
     findings.push(redirect);
     findings.extend(ws_findings);

@@ -229,8 +229,6 @@ pub struct ServerFlight {
     pub certificates: Vec<Vec<u8>>,
     /// From a DHE ServerKeyExchange: the size of the prime in bits.
     pub dh_bits: Option<u32>,
-    /// From an ECDHE ServerKeyExchange: the named group's code.
-    pub ec_group: Option<u16>,
 }
 
 /// One ClientHello, and the server's answer; with `whole_flight`, also its Certificate and
@@ -350,19 +348,12 @@ fn parse_certificates(message: &[u8]) -> Vec<Vec<u8>> {
     certificates
 }
 
-/// A ServerKeyExchange, read by the negotiated suite: an ECDHE named curve, or a DHE prime's
-/// size.
+/// A DHE ServerKeyExchange (told apart by the negotiated suite): the prime's size.
 fn parse_key_exchange(message: &[u8], flight: &mut ServerFlight) {
     let ProbeAnswer::Accepted { suite, .. } = flight.answer else {
         return;
     };
     let name = suite_name(suite);
-    if name.contains("_ECDHE_") {
-        if let (Some(3), Some(group)) = (message.first(), message.get(1..3)) {
-            flight.ec_group = Some(u16::from_be_bytes([group[0], group[1]]));
-        }
-        return;
-    }
     if !name.contains("_DHE_") {
         return;
     }

@@ -7,8 +7,6 @@ use super::CheckError;
 
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// The URL as given.
-    pub url: String,
     /// Host name (or IP) from the URL: SNI, Host header and the name the certificate must cover.
     pub host: String,
     pub port: u16,
@@ -48,7 +46,6 @@ impl Target {
             None => lookup(&host, port)?,
         };
         Ok(Target {
-            url: url.to_owned(),
             host,
             port,
             path,

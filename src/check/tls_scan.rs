@@ -86,7 +86,7 @@ pub async fn scan(
         addr,
         server_name,
         &[&rustls::version::TLS13],
-        modern_suites(&rustls::version::TLS13),
+        modern::suites_of(&rustls::version::TLS13),
         all_groups(),
         timeout,
     )
@@ -110,11 +110,11 @@ pub async fn scan(
     }
     let tls13 = tls13.unwrap_or_else(|_| {
         scan.unanswered += 1;
-        None
+        false
     });
     scan.protocols.push(ProtocolSupport {
         protocol: TLS13,
-        accepted: tls13.is_some(),
+        accepted: tls13,
     });
 
     progress("cipher suites");
@@ -128,7 +128,7 @@ pub async fn scan(
             });
         }
     }
-    if tls13.is_some() {
+    if tls13 {
         match modern::tls13_suites(addr, server_name, timeout).await {
             Ok(suites) => scan
                 .suites
@@ -141,7 +141,7 @@ pub async fn scan(
     }
 
     progress("key exchange groups");
-    if tls13.is_some() || scan.accepts(Protocol::Tls12.name()) {
+    if tls13 || scan.accepts(Protocol::Tls12.name()) {
         match modern::key_exchange_groups(addr, server_name, timeout).await {
             Ok(groups) => scan.groups = groups,
             Err(_) => scan.unanswered += 1,
@@ -151,9 +151,7 @@ pub async fn scan(
     // accepted DHE suites at the newest accepted version before 1.3.
     let dhe: Vec<u16> = KNOWN_SUITES
         .iter()
-        .filter(|(code, name)| {
-            name.contains("_DHE_") && scan.suites.iter().any(|s| s.name == *name) && *code != 0
-        })
+        .filter(|(_, name)| name.contains("_DHE_") && scan.suites.iter().any(|s| s.name == *name))
         .map(|(code, _)| *code)
         .collect();
     if let (false, Some(protocol)) = (dhe.is_empty(), accepted_legacy.last()) {
@@ -171,16 +169,6 @@ pub fn newest_legacy(scan: &TlsScan) -> Option<Protocol> {
         .into_iter()
         .rev()
         .find(|p| scan.accepts(p.name()))
-}
-
-fn modern_suites(
-    version: &'static rustls::SupportedProtocolVersion,
-) -> Vec<rustls::SupportedCipherSuite> {
-    rustls::crypto::aws_lc_rs::default_provider()
-        .cipher_suites
-        .into_iter()
-        .filter(|s| s.version() == version)
-        .collect()
 }
 
 fn all_groups() -> Vec<&'static dyn rustls::crypto::SupportedKxGroup> {

@@ -58,7 +58,6 @@ pub struct WsOptions {
     pub expect_text: Expect,
     pub expect_binary: Expect,
     pub idle: Duration,
-    pub http_port: u16,
     pub timeout: Duration,
 }
 
@@ -66,9 +65,11 @@ type Socket =
     tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
 /// Runs every WebSocket check against `target`.
+/// `http_port`: where a plain `ws://` attempt goes.
 pub async fn check(
     target: &Target,
     options: &WsOptions,
+    http_port: u16,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Vec<Finding> {
     let mut findings = Vec::new();
@@ -80,7 +81,7 @@ pub async fn check(
         }
         Err(reason) => {
             findings.push(Finding::new(SECTION, "upgrade", Status::Fail, reason));
-            findings.push(plain_ws_finding(target, options).await);
+            findings.push(plain_ws_finding(target, options, http_port).await);
             return findings;
         }
     };
@@ -117,7 +118,7 @@ pub async fn check(
         findings.push(idle(&mut socket, options, progress).await);
     }
     let _ = tokio::time::timeout(options.timeout, socket.close(None)).await;
-    findings.push(plain_ws_finding(target, options).await);
+    findings.push(plain_ws_finding(target, options, http_port).await);
     findings
 }
 
@@ -439,10 +440,9 @@ async fn idle(
 }
 
 /// A plain `ws://` upgrade on the HTTP port must be redirected or refused, never accepted.
-async fn plain_ws_finding(target: &Target, options: &WsOptions) -> Finding {
-    let addr = SocketAddr::new(target.addr.ip(), options.http_port);
-    let host = target.authority(options.http_port, 80);
-    let port = options.http_port;
+async fn plain_ws_finding(target: &Target, options: &WsOptions, port: u16) -> Finding {
+    let addr = SocketAddr::new(target.addr.ip(), port);
+    let host = target.authority(port, 80);
     match plain_request(addr, &host, &options.path, true, options.timeout).await {
         PlainAnswer::Refused(reason) => Finding::new(
             SECTION,

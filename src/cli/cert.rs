@@ -718,14 +718,10 @@ fn inspect(args: InspectArgs) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-fn roots_from(ca: Option<&Path>) -> Result<rustls::RootCertStore, Failure> {
-    Ok(crate::certs::verify::load_roots(ca)?)
-}
-
 fn verify_command(args: VerifyArgs) -> Outcome {
     let chain = read_certificates(&args.cert)?;
     let leaf = CertInfo::parse(&chain[0])?;
-    let roots = roots_from(args.ca.as_deref())?;
+    let roots = crate::certs::verify::load_roots(args.ca.as_deref())?;
     let host = match &args.host {
         Some(host) => Some(
             normalize_dns_name(host)

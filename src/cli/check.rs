@@ -100,10 +100,6 @@ fn options(args: &CheckArgs) -> Result<CheckOptions, String> {
     } else {
         format!("https://{}", args.url)
     };
-    let target_port = crate::certs::remote::parse_url(&url).map(|(_, port)| port);
-    let http_port = args
-        .http_port
-        .or_else(|| target_port.map(crate::check::http::default_http_port));
     let websocket = args.ws.as_ref().map(|path| WsOptions {
         path: if path.starts_with('/') {
             path.clone()
@@ -117,7 +113,6 @@ fn options(args: &CheckArgs) -> Result<CheckOptions, String> {
         expect_text: args.ws_expect.clone(),
         expect_binary: args.ws_binary.clone(),
         idle: args.ws_idle,
-        http_port: http_port.unwrap_or(80),
         timeout: args.timeout,
     });
     if matches!(args.ws_binary, Expect::Contains(_)) {
@@ -130,7 +125,7 @@ fn options(args: &CheckArgs) -> Result<CheckOptions, String> {
         insecure: args.insecure,
         headers,
         token: args.token.clone(),
-        http_port,
+        http_port: args.http_port,
         websocket,
         timeout: args.timeout,
     })
