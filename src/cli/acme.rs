@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 
-use super::CommonArgs;
+use super::{fail, CommonArgs};
 use crate::acme::challenges::{AlpnChallengeResolver, ACME_TLS_ALPN};
 use crate::acme::manager::{AskCa, OnChange};
 use crate::acme::{AcmeManager, ChallengeStore};
@@ -62,11 +62,6 @@ pub struct ListArgs {
     json: bool,
     #[command(flatten)]
     common: CommonArgs,
-}
-
-fn fail(message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("error: {message}");
-    ExitCode::from(2)
 }
 
 pub fn run(command: AcmeCommand) -> ExitCode {
@@ -220,8 +215,8 @@ async fn issue(args: IssueArgs) -> ExitCode {
             return fail("cannot make a scratch folder for --dry-run");
         };
         if let Some(acme) = settings.acme.as_mut() {
-            if acme.directory == "https://acme-v02.api.letsencrypt.org/directory" {
-                acme.directory = "https://acme-staging-v02.api.letsencrypt.org/directory".into();
+            if acme.directory == crate::config::LETSENCRYPT {
+                acme.directory = crate::config::LETSENCRYPT_STAGING.into();
             }
             acme.deploy_hook = None;
         }

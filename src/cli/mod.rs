@@ -172,13 +172,13 @@ fn serve(args: ServeArgs) -> ExitCode {
         1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
-        0 => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-        workers => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build(),
+        workers => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if workers > 1 {
+                builder.worker_threads(workers);
+            }
+            builder.enable_all().build()
+        }
     };
     let runtime = match built {
         Ok(runtime) => runtime,

@@ -371,6 +371,10 @@ impl ConfigError {
 }
 
 /// Command-line flags that override the file and the environment.
+/// Let's Encrypt's production directory, and its staging twin (`acme renew --dry-run`).
+pub const LETSENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+pub const LETSENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub data_dir: Option<PathBuf>,

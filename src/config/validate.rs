@@ -781,9 +781,6 @@ fn acme_certificate(
     })
 }
 
-const LETSENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
-const LETSENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
-
 fn acme_settings(
     cx: &Context<'_>,
     raw: Option<Spanned<super::file::AcmeFile>>,
@@ -807,8 +804,8 @@ fn acme_settings(
     let origin = cx.origin(&raw);
     let file = raw.value;
     let directory = match file.directory.as_ref().map(|d| d.value.as_str()) {
-        None | Some("letsencrypt") => LETSENCRYPT.to_owned(),
-        Some("letsencrypt-staging") => LETSENCRYPT_STAGING.to_owned(),
+        None | Some("letsencrypt") => super::LETSENCRYPT.to_owned(),
+        Some("letsencrypt-staging") => super::LETSENCRYPT_STAGING.to_owned(),
         Some(url) if url.starts_with("https://") => url.to_owned(),
         Some(other) => {
             return Err(ConfigError::invalid(
