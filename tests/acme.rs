@@ -94,48 +94,13 @@ async fn tls_alpn_01_issuance_end_to_end() {
     issued_through("tls-alpn-01").await;
 }
 
-/// Puts a locally made certificate for `localhost` with 10 of its 90 days left into
-/// `live/localhost/`, as if an earlier order had produced it: inside the renewal window.
-fn plant_old_certificate(
-    dir: &std::path::Path,
-) -> (rustls::pki_types::CertificateDer<'static>, String) {
-    let ca = tlsgate::certs::CertificateAuthority::new(
-        "old issuer",
-        400 * DAY,
-        tlsgate::certs::KeyAlgorithm::EcdsaP256,
-    )
-    .unwrap();
-    let now = time::OffsetDateTime::now_utc();
-    let old = ca
-        .issue_between(
-            &["localhost".into()],
-            now - time::Duration::days(80),
-            now + time::Duration::days(10),
-            tlsgate::certs::KeyAlgorithm::EcdsaP256,
-            tlsgate::certs::generate::Usage::Server,
-        )
-        .unwrap();
-    let serial = tlsgate::certs::CertInfo::parse(&old.der).unwrap().serial;
-    let live = dir.join("data/live/localhost");
-    std::fs::create_dir_all(&live).unwrap();
-    std::fs::write(live.join("cert.pem"), &old.cert_pem).unwrap();
-    std::fs::write(live.join("chain.pem"), &ca.cert_pem).unwrap();
-    std::fs::write(
-        live.join("fullchain.pem"),
-        format!("{}{}", old.cert_pem, ca.cert_pem),
-    )
-    .unwrap();
-    std::fs::write(live.join("privkey.pem"), &old.key_pem).unwrap();
-    (ca.cert_der, serial)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewal_in_window_swaps_without_dropping_an_open_websocket() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let dir = tempfile::tempdir().unwrap();
     let (https_port, http_port) = (free_port(), free_port());
-    let (old_root, old_serial) = plant_old_certificate(dir.path());
+    let (old_root, old_serial) = plant(dir.path(), 10);
     // Pebble is down at first: the renewal fails, the old certificate keeps serving.
     let mut pebble = Pebble::start(dir.path(), http_port, https_port, &[]);
     let yaml = acme_yaml(&pebble, "http-01", "localhost");
@@ -527,8 +492,9 @@ async fn ari_directory(pebble: &Pebble, window: (i64, i64)) -> String {
     format!("https://127.0.0.1:{port}/dir")
 }
 
-/// Plants a certificate with `left` of its 90 days left.
-fn plant(dir: &std::path::Path, left: i64) -> String {
+/// Puts a locally made certificate for `localhost` with `left` of its 90 days left into
+/// `live/localhost/`, as if an earlier order had produced it. Returns its issuer and serial.
+fn plant(dir: &std::path::Path, left: i64) -> (rustls::pki_types::CertificateDer<'static>, String) {
     let ca = tlsgate::certs::CertificateAuthority::new(
         "old issuer",
         400 * DAY,
@@ -555,7 +521,8 @@ fn plant(dir: &std::path::Path, left: i64) -> String {
     )
     .unwrap();
     std::fs::write(live.join("privkey.pem"), &cert.key_pem).unwrap();
-    tlsgate::certs::CertInfo::parse(&cert.der).unwrap().serial
+    let serial = tlsgate::certs::CertInfo::parse(&cert.der).unwrap().serial;
+    (ca.cert_der, serial)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -571,7 +538,7 @@ async fn ari_window_decides_over_the_lifetime_rule() {
         let (https_port, http_port) = (free_port(), free_port());
         let pebble = Pebble::start(dir.path(), http_port, https_port, &[]);
         let directory = ari_directory(&pebble, window).await;
-        let serial = plant(dir.path(), left);
+        let serial = plant(dir.path(), left).1;
         let yaml =
             acme_yaml(&pebble, "http-01", "localhost").replace(&pebble.directory, &directory);
         std::fs::write(

@@ -6,6 +6,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::check_report::*;
 use common::*;
 use tlsgate::certs::KeyAlgorithm;
 use tlsgate::check::probe::{probe, ProbeAnswer, Protocol, BROAD_SUITES};
@@ -175,32 +176,22 @@ async fn a_legacy_openssl_server_is_seen_accepting_tls10_and_cbc() {
 
     // The whole check against a TLS 1.0-only server, which rustls cannot talk to: F, with the
     // certificate read from the legacy handshake. --resolve sends the name to loopback.
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tlsgate"))
-        .args(["check", &format!("https://legacy.test:{port}/")])
-        .args([
-            "--resolve",
-            "legacy.test:127.0.0.1",
-            "--http-port",
-            "1",
-            "--json",
-        ])
-        .arg("--cacert")
-        .arg(dir.path().join("ca.crt"))
-        .output()
-        .await
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(output.status.code(), Some(1), "{report:#}");
+    let ca_file = dir.path().join("ca.crt");
+    let (code, report) = check_json(&args(&[
+        &format!("https://legacy.test:{port}/"),
+        "--resolve",
+        "legacy.test:127.0.0.1",
+        "--http-port",
+        "1",
+        "--cacert",
+        ca_file.to_str().unwrap(),
+    ]))
+    .await;
+    assert_eq!(code, 1, "{report:#}");
     assert_eq!(report["grade"], "F", "{report:#}");
     let reasons = report["reasons"].to_string();
     assert!(reasons.contains("neither TLS 1.2 nor TLS 1.3"), "{reasons}");
-    let findings = report["findings"].as_array().unwrap();
-    let certificate = |check: &str| {
-        findings
-            .iter()
-            .find(|f| f["section"] == "certificate" && f["check"] == check)
-            .unwrap_or_else(|| panic!("no certificate/{check}: {report:#}"))
-    };
+    let certificate = |check: &str| finding(&report, "certificate", check);
     assert_eq!(certificate("chain")["status"], "pass", "{report:#}");
     assert_eq!(certificate("host")["status"], "pass");
     assert_eq!(certificate("key")["reason"], "RSA 2048");

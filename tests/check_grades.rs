@@ -9,45 +9,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::check_report::*;
 use common::nginx::Nginx;
 use common::upstream::Upstream;
 use common::*;
 use serde_json::Value;
 use tlsgate::certs::generate::Usage;
 use tlsgate::certs::KeyAlgorithm;
-
-/// Runs `tlsgate check ARGS --json`; returns the exit code and the parsed report.
-async fn check_json(args: &[String]) -> (i32, Value) {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tlsgate"))
-        .arg("check")
-        .args(args)
-        .arg("--json")
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {stdout}\nstderr: {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-    });
-    (output.status.code().unwrap_or(-1), report)
-}
-
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
-
-/// The finding `section`/`check` (the first, when several share the name).
-fn finding<'a>(report: &'a Value, section: &str, check: &str) -> &'a Value {
-    report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["section"] == section && f["check"] == check)
-        .unwrap_or_else(|| panic!("no {section}/{check} in {report:#}"))
-}
 
 fn status(report: &Value, section: &str, check: &str) -> String {
     finding(report, section, check)["status"]

@@ -806,10 +806,6 @@ fn client_with_suites(
     roots: &[rustls::pki_types::CertificateDer<'static>],
     order: &[rustls::CipherSuite],
 ) -> std::sync::Arc<rustls::ClientConfig> {
-    let mut store = rustls::RootCertStore::empty();
-    for root in roots {
-        store.add(root.clone()).unwrap();
-    }
     let base = rustls::crypto::aws_lc_rs::default_provider();
     let suites = order
         .iter()
@@ -825,13 +821,7 @@ fn client_with_suites(
         cipher_suites: suites,
         ..base
     };
-    std::sync::Arc::new(
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_root_certificates(store)
-            .with_no_client_auth(),
-    )
+    client_config_with(provider, roots, &[&rustls::version::TLS13], &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -128,12 +128,26 @@ pub fn client_config(
     versions: &[&'static rustls::SupportedProtocolVersion],
     alpn: &[&[u8]],
 ) -> Arc<ClientConfig> {
+    client_config_with(
+        rustls::crypto::aws_lc_rs::default_provider(),
+        roots,
+        versions,
+        alpn,
+    )
+}
+
+/// As [`client_config`], with `provider`'s suites and groups (e.g. a chosen suite order).
+pub fn client_config_with(
+    provider: rustls::crypto::CryptoProvider,
+    roots: &[CertificateDer<'static>],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> Arc<ClientConfig> {
     let mut store = rustls::RootCertStore::empty();
     for root in roots {
         store.add(root.clone()).expect("root");
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
+    let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(versions)
         .expect("versions")
         .with_root_certificates(store)
@@ -292,6 +306,7 @@ pub async fn openssl_async(args: Vec<String>) -> (bool, String) {
     .expect("openssl task")
 }
 
+pub mod check_report;
 pub mod nginx;
 pub mod upstream;
 
