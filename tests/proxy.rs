@@ -840,3 +840,119 @@ async fn host_smuggling_and_dot_segments_are_refused() {
     }
     server.stop().await;
 }
+
+/// Reads from `stream` until a blank line ends an HTTP head; returns the head and any bytes
+/// that came behind it.
+async fn read_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> (String, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = received.split_off(end + 4);
+            return (String::from_utf8_lossy(&received).into_owned(), rest);
+        }
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "stream ended inside a head: {received:?}");
+        received.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Reads one unmasked frame with a short payload (< 126 bytes) from `pending` + `stream`.
+async fn read_short_frame<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    pending: &mut Vec<u8>,
+) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if pending.len() >= 2 && pending.len() >= 2 + usize::from(pending[1] & 0x7F) {
+            let len = usize::from(pending[1] & 0x7F);
+            let frame: Vec<u8> = pending.drain(..2 + len).collect();
+            return frame[2..].to_vec();
+        }
+        let mut chunk = [0u8; 1024];
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "stream ended inside a frame");
+        pending.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_bytes_sent_right_behind_either_handshake_arrive_in_order() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A backend that sends its greeting in the same write as its 101, then echoes the
+    // client's first (masked) frame back unmasked.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let (head, mut rest) = read_head(&mut socket).await;
+        let key = head
+            .lines()
+            .find_map(|l| l.strip_prefix("sec-websocket-key: "))
+            .expect("the upgrade carries a key")
+            .trim();
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let mut answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-accept: {accept}\r\n\r\n"
+        )
+        .into_bytes();
+        answer.extend_from_slice(&[0x81, 7]);
+        answer.extend_from_slice(b"welcome");
+        socket.write_all(&answer).await.unwrap();
+        while rest.len() < 6 || rest.len() < 6 + usize::from(rest[1] & 0x7F) {
+            let mut chunk = [0u8; 1024];
+            let n = socket.read(&mut chunk).await.unwrap();
+            assert!(n > 0);
+            rest.extend_from_slice(&chunk[..n]);
+        }
+        let len = usize::from(rest[1] & 0x7F);
+        let mask = [rest[2], rest[3], rest[4], rest[5]];
+        let payload: Vec<u8> = rest[6..6 + len]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ mask[i % 4])
+            .collect();
+        let mut echo = vec![0x81, len as u8];
+        echo.extend_from_slice(&payload);
+        socket.write_all(&echo).await.unwrap();
+        let _ = socket.read(&mut [0u8; 16]).await;
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!("routes:\n  - path: /ws\n    upstream: http://{backend}\n");
+    let (server, ca) = start(dir.path(), &["app.test"], &yaml).await;
+    let mut tls = tls_connect(
+        server.main,
+        "app.test",
+        default_client(std::slice::from_ref(&ca)),
+    )
+    .await
+    .unwrap();
+    // The upgrade request and a first frame in one write.
+    let mut request = b"GET /ws HTTP/1.1\r\nhost: app.test\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".to_vec();
+    let mask = [1u8, 2, 3, 4];
+    request.extend_from_slice(&[0x81, 0x80 | 5]);
+    request.extend_from_slice(&mask);
+    request.extend(b"early".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    tls.write_all(&request).await.unwrap();
+    let (head, mut pending) = tokio::time::timeout(Duration::from_secs(5), read_head(&mut tls))
+        .await
+        .unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let greeting = read_short_frame(&mut tls, &mut pending).await;
+    assert_eq!(
+        greeting, b"welcome",
+        "the backend's bytes behind its 101 come first"
+    );
+    let echo = tokio::time::timeout(
+        Duration::from_secs(5),
+        read_short_frame(&mut tls, &mut pending),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        echo, b"early",
+        "the client's bytes behind its upgrade reach the backend"
+    );
+    server.stop().await;
+}

@@ -62,6 +62,8 @@ pub struct Pool {
     /// Sticky-cookie value per server: a keyed hash, so it does not reveal the address.
     cookie_tokens: Vec<String>,
     pub client: UpstreamClient,
+    /// Connects to a server on its own: a WebSocket upgrade takes a connection for itself.
+    pub connector: HttpConnector,
 }
 
 impl std::fmt::Debug for Pool {
@@ -149,7 +151,7 @@ impl Pool {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .http2_only(settings.h2c)
-            .build(connector);
+            .build(connector.clone());
         Self {
             name: name.to_owned(),
             settings: settings.clone(),
@@ -161,6 +163,7 @@ impl Pool {
             counter: AtomicUsize::new(0),
             cookie_tokens,
             client,
+            connector,
         }
     }
 

@@ -3,15 +3,18 @@
 //! subprotocols pass end to end), with an idle timeout of their own. HTTP/2 clients may use
 //! extended CONNECT (RFC 8441); the upstream still sees an HTTP/1.1 upgrade.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::forward::{error_chain, upstream_headers};
@@ -22,6 +25,7 @@ use super::{Proxy, UPGRADE_TIMEOUT};
 use crate::http::error::HttpError;
 use crate::http::service::{ConnectionInfo, ConnectionSlot};
 use crate::http::{full, websocket, Response};
+use crate::server::TlsConnectionIo;
 
 /// An HTTP/1.1 `Upgrade: websocket` or an HTTP/2 extended CONNECT for websocket.
 pub fn is_websocket<B>(request: &Request<B>) -> bool {
@@ -131,14 +135,14 @@ pub async fn open(
     };
     let response = match tokio::time::timeout(
         UPGRADE_TIMEOUT.min(pool.settings.response_timeout),
-        pool.client.request(upstream),
+        send_upgrade(proxy, &pool, upstream),
     )
     .await
     {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {
             pool.record_failure(index);
-            tracing::error!(route = %route.name, upstream = %pool.name, server = %server_url, error = %error_chain(&error), "WebSocket upstream failed");
+            tracing::error!(route = %route.name, upstream = %pool.name, server = %server_url, error = %error_chain(&*error), "WebSocket upstream failed");
             return HttpError::BadGateway.into_response();
         }
         Err(_) => {
@@ -204,24 +208,123 @@ pub async fn open(
             result: "ok".into(),
         })
         .inc();
+    let tasks = proxy.tasks.clone();
     proxy.tasks.spawn(async move {
-        let _held = (slot, in_flight);
         let open = metrics.open_websockets.get_or_create_owned(&route_label);
-        let _open = crate::metrics::GaugeGuard::new(open);
+        let tunnel = Tunnel {
+            _slot: slot,
+            _in_flight: in_flight,
+            _open: crate::metrics::GaugeGuard::new(open),
+            route_name,
+            idle,
+            closer,
+            grace,
+            shutdown,
+        };
         let (client, upstream) = match tokio::join!(client_upgrade, upstream_upgrade) {
             (Ok(client), Ok(upstream)) => (client, upstream),
             (Err(error), _) | (_, Err(error)) => {
-                tracing::debug!(route = %route_name, %error, "WebSocket upgrade did not complete");
+                tracing::debug!(route = %tunnel.route_name, %error, "WebSocket upgrade did not complete");
                 return;
             }
         };
-        let reason = tokio::select! {
-            reason = splice(TokioIo::new(client), TokioIo::new(upstream), idle, closer, grace) => reason,
-            () = shutdown.cancelled() => "server shutting down",
+        // The bare sockets, when hyper hands them back: an idle tunnel then holds no HTTP
+        // machinery, only the two streams. Each pairing runs as a task of its own, sized
+        // for just its own pair of stream types.
+        let upstream = match upstream.downcast::<TokioIo<tokio::net::TcpStream>>() {
+            Ok(parts) => Ends::Bare(parts.io.into_inner(), parts.read_buf),
+            Err(upstream) => Ends::Upgraded(TokioIo::new(upstream)),
         };
-        tracing::debug!(route = %route_name, reason, "WebSocket tunnel closed");
+        // The TLS stream is boxed so that the tunnel's future, which moves it, stays small.
+        match (client.downcast::<TlsConnectionIo>(), upstream) {
+            (Ok(client), Ends::Bare(upstream, early)) => {
+                tasks.spawn(tunnel.run(Box::new(client.io.into_inner()), client.read_buf, upstream, early))
+            }
+            (Ok(client), Ends::Upgraded(upstream)) => {
+                tasks.spawn(tunnel.run(Box::new(client.io.into_inner()), client.read_buf, upstream, Bytes::new()))
+            }
+            (Err(client), Ends::Bare(upstream, early)) => {
+                tasks.spawn(tunnel.run(TokioIo::new(client), Bytes::new(), upstream, early))
+            }
+            (Err(client), Ends::Upgraded(upstream)) => {
+                tasks.spawn(tunnel.run(TokioIo::new(client), Bytes::new(), upstream, Bytes::new()))
+            }
+        };
     });
     reply
+}
+
+/// What an open tunnel holds besides its two streams: the connection slot, the upstream
+/// server's in-flight count and the open-WebSockets gauge, all released when it ends.
+struct Tunnel {
+    _slot: Option<ConnectionSlot>,
+    _in_flight: super::pool::InFlight,
+    _open: crate::metrics::GaugeGuard,
+    route_name: String,
+    idle: Duration,
+    closer: tokio_util::sync::CancellationToken,
+    grace: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl Tunnel {
+    async fn run<A, B>(self, client: A, client_early: Bytes, upstream: B, upstream_early: Bytes)
+    where
+        A: AsyncRead + AsyncWrite + Unpin,
+        B: AsyncRead + AsyncWrite + Unpin,
+    {
+        let tunnel = splice(
+            client,
+            client_early,
+            upstream,
+            upstream_early,
+            self.idle,
+            self.closer.clone(),
+            self.grace,
+        );
+        let reason = tokio::select! {
+            reason = tunnel => reason,
+            () = self.shutdown.cancelled() => "server shutting down",
+        };
+        tracing::debug!(route = %self.route_name, reason, "WebSocket tunnel closed");
+    }
+}
+
+/// The upstream end of a tunnel: the socket itself, with the bytes hyper read past the
+/// `101`, or hyper's wrapper when it could not hand the socket back.
+enum Ends {
+    Bare(tokio::net::TcpStream, Bytes),
+    Upgraded(TokioIo<hyper::upgrade::Upgraded>),
+}
+
+/// Sends the upgrade on a connection of its own rather than a pooled one: once upgraded it
+/// belongs to the tunnel, and hyper's connection task ends, leaving the bare socket.
+async fn send_upgrade(
+    proxy: &Proxy,
+    pool: &super::pool::Pool,
+    mut request: Request<ProxyBody>,
+) -> Result<hyper::Response<Incoming>, Box<dyn std::error::Error + Send + Sync>> {
+    use tower_service::Service;
+    let io = pool.connector.clone().call(request.uri().clone()).await?;
+    if !request.headers().contains_key(header::HOST) {
+        if let Some(authority) = request.uri().authority() {
+            let host = HeaderValue::from_str(authority.as_str())?;
+            request.headers_mut().insert(header::HOST, host);
+        }
+    }
+    // On this connection the request line carries the path only (origin form).
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or_else(|| http::uri::PathAndQuery::from_static("/"), Clone::clone);
+    *request.uri_mut() = http::Uri::from(path);
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+    proxy.tasks.spawn(async move {
+        if let Err(error) = connection.with_upgrades().await {
+            tracing::debug!(%error, "WebSocket upstream connection ended with an error");
+        }
+    });
+    Ok(sender.send_request(request).await?)
 }
 
 /// How long a removed route's tunnel may take to finish the frame in flight and send the
@@ -229,14 +332,17 @@ pub async fn open(
 const CLOSE_FRAME_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Copies bytes both ways until both sides finish, or nothing moves either way for `idle`.
-/// Each direction runs on its own, so a peer that stops reading stalls only its direction,
-/// and the idle watchdog still fires. When `close` fires (a reload removed the route), the
-/// client gets a WebSocket close frame with code 1001 after a random part of `spread`, so
-/// clients do not all reconnect at once; the frame goes in between the backend's frames, never
-/// inside one.
+/// `a_early` and `b_early` are bytes each side already sent (read past its handshake); they
+/// go first. The directions advance independently, so a peer that stops reading stalls only
+/// its own direction, and the idle watchdog still fires. When `close` fires (a reload removed
+/// the route), the client gets a WebSocket close frame with code 1001 after a random part of
+/// `spread`, so clients do not all reconnect at once; the frame goes in between the backend's
+/// frames, never inside one.
 pub async fn splice<A, B>(
-    a: A,
-    b: B,
+    mut a: A,
+    a_early: Bytes,
+    mut b: B,
+    b_early: Bytes,
     idle: Duration,
     close: tokio_util::sync::CancellationToken,
     spread: Duration,
@@ -248,31 +354,27 @@ where
     let started = tokio::time::Instant::now();
     let last = AtomicU64::new(0);
     let touch = || last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-    let (mut a_read, mut a_write) = tokio::io::split(a);
-    let (mut b_read, mut b_write) = tokio::io::split(b);
+    let mut to_b = Direction::new(&a_early);
+    let mut to_a = Direction::new(&b_early);
+    let mut frames = FrameBoundary::default();
+    frames.consume(&b_early, false);
+    drop((a_early, b_early));
     let outcome = {
         let removed = async {
             close.cancelled().await;
             tokio::time::sleep(spread_delay(spread)).await;
         };
-        let both = async {
-            let to_upstream = pump(&mut a_read, &mut b_write, &touch);
-            let to_client = pump_to_client(&mut b_read, &mut a_write, &touch, removed);
-            tokio::pin!(to_upstream, to_client);
-            let (mut upstream_done, mut client_done) = (false, false);
-            while !(upstream_done && client_done) {
-                tokio::select! {
-                    () = &mut to_upstream, if !upstream_done => upstream_done = true,
-                    removed = &mut to_client, if !client_done => {
-                        if removed {
-                            return "route removed";
-                        }
-                        client_done = true;
-                    }
-                }
+        let both = std::future::poll_fn(|cx| {
+            let upstream = to_b.poll_until_done(cx, &mut a, &mut b, &touch, pass_all);
+            let downstream = to_a.poll_until_done(cx, &mut b, &mut a, &touch, |bytes: &[u8]| {
+                frames.consume(bytes, false)
+            });
+            if upstream.is_ready() && downstream.is_ready() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
             }
-            "closed"
-        };
+        });
         let watchdog = async {
             loop {
                 let quiet = started
@@ -285,14 +387,92 @@ where
             }
         };
         tokio::select! {
-            outcome = both => outcome,
+            () = both => "closed",
             () = watchdog => "idle timeout",
+            () = removed => "route removed",
         }
     };
     if outcome == "route removed" {
-        let _ = tokio::time::timeout(CLOSE_FRAME_DEADLINE, b_write.shutdown()).await;
+        let finish = async {
+            // Mid-frame: copy up to the end of that frame, and not a byte further.
+            while !to_a.done && !frames.at_boundary() {
+                let step = to_a
+                    .relay
+                    .relay(&mut b, &mut a, |bytes: &[u8]| frames.consume(bytes, true));
+                if !matches!(step.await, Ok(1..)) {
+                    return;
+                }
+            }
+            if to_a.done || to_a.relay.finish(&mut a).await.is_err() {
+                return;
+            }
+            let _ = a.write_all(&GOING_AWAY).await;
+            let _ = a.shutdown().await;
+        };
+        let _ = tokio::time::timeout(CLOSE_FRAME_DEADLINE, finish).await;
+        let _ = tokio::time::timeout(CLOSE_FRAME_DEADLINE, b.shutdown()).await;
     }
     outcome
+}
+
+/// One direction of a tunnel: relays until its source ends, then shuts its destination's
+/// writing half.
+struct Direction {
+    relay: Relay,
+    /// The source ended (or failed); the destination is being shut.
+    ended: bool,
+    done: bool,
+}
+
+impl Direction {
+    fn new(early: &[u8]) -> Self {
+        Direction {
+            relay: Relay {
+                unwritten: early.to_vec(),
+                unflushed: false,
+            },
+            ended: false,
+            done: false,
+        }
+    }
+
+    /// Relays what is ready, a bounded number of reads per call so the other direction and
+    /// other tasks get their turn; ready once this direction is finished.
+    fn poll_until_done<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut R,
+        to: &mut W,
+        touch: &dyn Fn(),
+        mut keep: impl FnMut(&[u8]) -> usize,
+    ) -> Poll<()>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        const READS_PER_TURN: usize = 32;
+        let mut reads = 0;
+        while !self.ended {
+            match self.relay.poll_relay(cx, from, to, &mut keep) {
+                Poll::Ready(Ok(1..)) => {
+                    touch();
+                    reads += 1;
+                    if reads == READS_PER_TURN {
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                }
+                Poll::Ready(Ok(0) | Err(_)) => self.ended = true,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if !self.done {
+            // Shut the destination's writing half; an error there ends the direction too.
+            ready!(Pin::new(&mut *to).poll_shutdown(cx)).ok();
+            self.done = true;
+        }
+        Poll::Ready(())
+    }
 }
 
 fn spread_delay(spread: Duration) -> Duration {
@@ -301,160 +481,139 @@ fn spread_delay(spread: Duration) -> Duration {
     spread.mul_f64(f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX))
 }
 
-/// Bytes a tunnel direction holds while idle: small, since ten thousand idle WebSockets hold
-/// two each. A read that fills it switches the direction to [`BULK_BUFFER`] until traffic
-/// thins out again.
-const IDLE_BUFFER: usize = 1024;
-const BULK_BUFFER: usize = 16 * 1024;
+/// Every read of every tunnel on a thread lands in this one buffer and is written on at
+/// once; a tunnel keeps only what its destination would not take yet. So ten thousand idle
+/// WebSockets hold no copy buffers at all.
+const SCRATCH_SIZE: usize = 16 * 1024;
 
-/// A copy buffer that is small while traffic is small or absent and large while it flows.
-struct CopyBuffer {
-    small: [u8; IDLE_BUFFER],
-    bulk: Vec<u8>,
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; SCRATCH_SIZE].into_boxed_slice());
 }
 
-impl CopyBuffer {
-    fn new() -> Self {
-        CopyBuffer {
-            small: [0; IDLE_BUFFER],
-            bulk: Vec::new(),
-        }
+/// One direction's state between reads: bytes the destination has not taken yet, and
+/// whether written bytes may still sit in a buffer of the destination (TLS records).
+#[derive(Default)]
+struct Relay {
+    unwritten: Vec<u8>,
+    unflushed: bool,
+}
+
+impl Relay {
+    /// Passes on what `from` has next: reads into the thread's scratch buffer, lets `keep`
+    /// see the bytes and say how many of them go on, and writes those to `to`. Whatever `to`
+    /// does not take now is kept and written before the next read, so a slow reader still
+    /// slows its writer. Returns the number of bytes read; 0 at end of input.
+    async fn relay<R, W>(
+        &mut self,
+        from: &mut R,
+        to: &mut W,
+        mut keep: impl FnMut(&[u8]) -> usize,
+    ) -> std::io::Result<usize>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        std::future::poll_fn(|cx| self.poll_relay(cx, from, to, &mut keep)).await
     }
 
-    fn space(&mut self) -> &mut [u8] {
-        if self.bulk.is_empty() {
-            &mut self.small
-        } else {
-            &mut self.bulk
-        }
-    }
-
-    fn filled(&self, n: usize) -> &[u8] {
-        if self.bulk.is_empty() {
-            &self.small[..n]
-        } else {
-            &self.bulk[..n]
-        }
-    }
-
-    /// After a read of `n` bytes: grow when the small buffer was filled, give the large one
-    /// back when a read used under a quarter of it.
-    fn adapt(&mut self, n: usize) {
-        if self.bulk.is_empty() {
-            if n == IDLE_BUFFER {
-                self.bulk = vec![0; BULK_BUFFER];
+    fn poll_relay<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut R,
+        to: &mut W,
+        keep: &mut impl FnMut(&[u8]) -> usize,
+    ) -> Poll<std::io::Result<usize>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        while !self.unwritten.is_empty() {
+            let written = ready!(Pin::new(&mut *to).poll_write(cx, &self.unwritten))?;
+            if written == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
             }
-        } else if n < BULK_BUFFER / 4 {
-            self.bulk = Vec::new();
+            self.unwritten.drain(..written);
+            self.unflushed = true;
         }
-    }
-
-    async fn read_from<R: AsyncRead + Unpin>(&mut self, from: &mut R) -> std::io::Result<usize> {
-        from.read(self.space()).await
-    }
-}
-
-/// One direction: read, write, repeat; at end of input, shut the other side's writing half.
-async fn pump<R, W>(from: &mut R, to: &mut W, touch: &(dyn Fn() + Sync))
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buffer = Box::new(CopyBuffer::new());
-    loop {
-        match buffer.read_from(from).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                touch();
-                if to.write_all(buffer.filled(n)).await.is_err() {
-                    break;
+        if self.unwritten.capacity() > 0 {
+            self.unwritten = Vec::new();
+        }
+        SCRATCH.with_borrow_mut(|scratch| {
+            let mut space = ReadBuf::new(scratch);
+            match Pin::new(&mut *from).poll_read(cx, &mut space) {
+                Poll::Pending => {
+                    if self.unflushed {
+                        if let Poll::Ready(flushed) = Pin::new(&mut *to).poll_flush(cx) {
+                            flushed?;
+                            self.unflushed = false;
+                        }
+                    }
+                    return Poll::Pending;
                 }
-                buffer.adapt(n);
-                touch();
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Ready(Ok(())) => {}
             }
-        }
+            let read = space.filled().len();
+            if read == 0 {
+                return Poll::Ready(Ok(0));
+            }
+            let kept = keep(&scratch[..read]).min(read);
+            let mut at = 0;
+            while at < kept {
+                match Pin::new(&mut *to).poll_write(cx, &scratch[at..kept]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                    }
+                    Poll::Ready(Ok(written)) => at += written,
+                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                    Poll::Pending => {
+                        self.unwritten.extend_from_slice(&scratch[at..kept]);
+                        break;
+                    }
+                }
+            }
+            self.unflushed = true;
+            Poll::Ready(Ok(read))
+        })
     }
-    let _ = to.shutdown().await;
+
+    /// Writes out what is still kept and flushes it.
+    async fn finish<W: AsyncWrite + Unpin>(&mut self, to: &mut W) -> std::io::Result<()> {
+        let unwritten = std::mem::take(&mut self.unwritten);
+        to.write_all(&unwritten).await?;
+        to.flush().await
+    }
+}
+
+fn pass_all(bytes: &[u8]) -> usize {
+    bytes.len()
 }
 
 /// An unmasked close frame, code 1001 (going away).
 const GOING_AWAY: [u8; 4] = [0x88, 0x02, 0x03, 0xE9];
 
-/// The backend-to-client direction. It follows the frame boundaries so that, once `removed`
-/// fires, it can end the frame in flight and then send the client a close frame. Returns
-/// whether it stopped for that reason.
-async fn pump_to_client<R, W>(
-    from: &mut R,
-    to: &mut W,
-    touch: &(dyn Fn() + Sync),
-    removed: impl std::future::Future<Output = ()>,
-) -> bool
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buffer = Box::new(CopyBuffer::new());
-    let mut frames = FrameBoundary::default();
-    tokio::pin!(removed);
-    // Until the route goes away: copy, following the frames.
-    let read = loop {
-        tokio::select! {
-            read = buffer.read_from(from) => match read {
-                Ok(0) | Err(_) => {
-                    let _ = to.shutdown().await;
-                    return false;
-                }
-                Ok(n) => {
-                    touch();
-                    frames.consume(buffer.filled(n), false);
-                    if to.write_all(buffer.filled(n)).await.is_err() {
-                        return false;
-                    }
-                    buffer.adapt(n);
-                    touch();
-                }
-            },
-            () = &mut removed => break frames.at_boundary(),
-        }
-    };
-    let finish = async {
-        let mut at_boundary = read;
-        // Mid-frame: copy up to the end of that frame, and not a byte further.
-        while !at_boundary {
-            let n = match buffer.read_from(from).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            let upto = frames.consume(buffer.filled(n), true);
-            if to.write_all(&buffer.filled(n)[..upto]).await.is_err() {
-                return;
-            }
-            at_boundary = frames.at_boundary();
-        }
-        let _ = to.write_all(&GOING_AWAY).await;
-        let _ = to.shutdown().await;
-    };
-    let _ = tokio::time::timeout(CLOSE_FRAME_DEADLINE, finish).await;
-    true
-}
-
 /// Where WebSocket frames end in a byte stream read in arbitrary chunks (RFC 6455 §5.2).
 #[derive(Default)]
 struct FrameBoundary {
-    /// The bytes of a frame header read so far.
-    header: Vec<u8>,
+    /// The bytes of a frame header read so far (at most 14).
+    header: [u8; 14],
+    header_read: usize,
     /// Payload bytes still to come in the current frame.
     remaining: u64,
 }
 
 impl FrameBoundary {
     fn at_boundary(&self) -> bool {
-        self.header.is_empty() && self.remaining == 0
+        self.header_read == 0 && self.remaining == 0
     }
 
     /// Length of the header being read, once its first two bytes are known.
     fn header_len(&self) -> Option<usize> {
-        let second = *self.header.get(1)?;
+        if self.header_read < 2 {
+            return None;
+        }
+        let second = self.header[1];
         let extended = match second & 0x7F {
             126 => 2,
             127 => 8,
@@ -490,11 +649,12 @@ impl FrameBoundary {
                 self.remaining -= step;
                 continue;
             }
-            self.header.push(bytes[taken]);
+            self.header[self.header_read] = bytes[taken];
+            self.header_read += 1;
             taken += 1;
-            if self.header_len() == Some(self.header.len()) {
+            if self.header_len() == Some(self.header_read) {
                 self.remaining = self.payload_len();
-                self.header.clear();
+                self.header_read = 0;
             }
         }
     }
@@ -503,23 +663,39 @@ impl FrameBoundary {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
-    #[test]
-    fn copy_buffer_grows_while_reads_fill_it_and_shrinks_when_traffic_thins() {
-        let mut buffer = CopyBuffer::new();
-        assert_eq!(buffer.space().len(), IDLE_BUFFER);
-        buffer.adapt(100);
-        assert_eq!(buffer.space().len(), IDLE_BUFFER);
-        buffer.adapt(IDLE_BUFFER);
-        assert_eq!(buffer.space().len(), BULK_BUFFER);
-        buffer.adapt(BULK_BUFFER);
-        assert_eq!(buffer.space().len(), BULK_BUFFER);
-        buffer.adapt(64);
-        assert_eq!(buffer.space().len(), IDLE_BUFFER);
-        assert!(
-            buffer.bulk.capacity() == 0,
-            "the large buffer is given back"
+    #[tokio::test]
+    async fn a_slow_destination_gets_every_byte_and_an_idle_relay_holds_no_buffer() {
+        // A pipe of 100 bytes forces the relay to keep what the destination cannot take.
+        let (mut source, mut from) = tokio::io::duplex(64 * 1024);
+        let (mut to, mut destination) = tokio::io::duplex(100);
+        let payload: Vec<u8> = (0..50_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        source.write_all(&payload).await.unwrap();
+        drop(source);
+        let reader = tokio::spawn(async move {
+            let mut received = Vec::new();
+            destination.read_to_end(&mut received).await.unwrap();
+            received
+        });
+        let mut relay = Relay::default();
+        let mut held_back = false;
+        loop {
+            let read = relay.relay(&mut from, &mut to, pass_all).await.unwrap();
+            held_back |= !relay.unwritten.is_empty();
+            if read == 0 {
+                break;
+            }
+        }
+        assert!(held_back, "the 100-byte pipe should have pushed back");
+        assert_eq!(
+            relay.unwritten.capacity(),
+            0,
+            "nothing is kept once written"
         );
+        to.shutdown().await.unwrap();
+        drop(to);
+        assert_eq!(reader.await.unwrap(), payload);
     }
 
     #[tokio::test]
@@ -528,7 +704,9 @@ mod tests {
         let (upstream, upstream_side) = tokio::io::duplex(64 * 1024);
         let tunnel = tokio::spawn(splice(
             client_side,
+            Bytes::new(),
             upstream_side,
+            Bytes::new(),
             Duration::from_secs(10),
             tokio_util::sync::CancellationToken::new(),
             Duration::ZERO,
@@ -622,7 +800,9 @@ mod tests {
         let close = tokio_util::sync::CancellationToken::new();
         let splice = tokio::spawn(splice(
             tunnel_client,
+            Bytes::new(),
             tunnel_backend,
+            Bytes::new(),
             Duration::from_secs(30),
             close.clone(),
             Duration::ZERO,

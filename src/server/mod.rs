@@ -579,7 +579,16 @@ async fn serve_main(
             secure: false,
             tls_version: None,
         };
-        serve_http(stream, &runtime.limits, shutdown, slot, info, true, handler).await;
+        serve_http(
+            stream,
+            &runtime.limits,
+            shutdown,
+            slot,
+            info,
+            Protocol::Detect,
+            handler,
+        )
+        .await;
         return;
     };
     // The ClientHello is read first, so a TLS-ALPN-01 validator gets its challenge
@@ -635,9 +644,13 @@ async fn serve_main(
             return;
         }
     };
-    // HTTP/2 clients may exchange control frames while idle; the request-head deadline is
-    // for HTTP/1 (slowloris), where bytes with no request dispatched mean a head in progress.
-    let http1 = stream.get_ref().1.alpn_protocol() != Some(b"h2");
+    // ALPN already chose the protocol, so hyper serves it directly (no sniffing wrapper):
+    // an upgraded WebSocket then hands the bare TLS stream to its tunnel.
+    let protocol = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        Protocol::Http2
+    } else {
+        Protocol::Http1
+    };
     let info = ConnectionInfo {
         peer,
         sni: stream
@@ -658,7 +671,7 @@ async fn serve_main(
         shutdown,
         slot,
         info,
-        http1,
+        protocol,
         handler,
     )
     .await;
@@ -687,7 +700,7 @@ async fn serve_redirect(
         shutdown,
         slot,
         info,
-        true,
+        Protocol::Detect,
         move |request| {
             let current = per_request.runtime.load();
             let response: Response = match challenge_answer(challenges.as_deref(), &request) {
@@ -699,6 +712,21 @@ async fn serve_redirect(
     )
     .await;
 }
+
+/// How a connection's HTTP version is known.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// TLS without ALPN `h2`.
+    Http1,
+    /// TLS with ALPN `h2`.
+    Http2,
+    /// Plain TCP: HTTP/1.1, or HTTP/2 with prior knowledge, told apart by the first bytes.
+    Detect,
+}
+
+/// The IO of a TLS connection as hyper serves it; a WebSocket tunnel takes it back out of
+/// the upgrade (see `proxy::tunnel`).
+pub(crate) type TlsConnectionIo = TokioIo<TrackedIo<tokio_rustls::server::TlsStream<TcpStream>>>;
 
 /// Serves HTTP/1.1 and HTTP/2 on one connection with the configured limits:
 /// - a request head must arrive within `header_read_timeout` of its first byte (HTTP/1);
@@ -714,7 +742,7 @@ async fn serve_http<I, H, F>(
     shutdown: CancellationToken,
     slot: ConnectionSlot,
     info: ConnectionInfo,
-    head_deadline: bool,
+    protocol: Protocol,
     handler: H,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -723,20 +751,6 @@ async fn serve_http<I, H, F>(
 {
     let activity = Activity::new();
     let io = TokioIo::new(TrackedIo::new(io, activity.clone()));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // hyper's own header timer also runs while a keep-alive connection waits for its next
-    // request, which would cap `idle_timeout`; the watchdog below measures both separately.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(None)
-        .max_buf_size(limits.max_header_size as usize);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        // RFC 8441: WebSocket over HTTP/2 (extended CONNECT).
-        .enable_connect_protocol()
-        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
     let handler = Arc::new(handler);
     let request_activity = activity.clone();
     let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
@@ -750,34 +764,108 @@ async fn serve_http<I, H, F>(
             response
         }
     });
-    let connection = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(connection);
-    let shortest = limits.idle_timeout.min(limits.header_read_timeout);
-    let check_every = (shortest / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
-    let mut ticker = tokio::time::interval(check_every);
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(error) = result {
-                    tracing::debug!(%error, "connection ended with an error");
-                }
-                return;
-            }
-            () = shutdown.cancelled(), if !closing => {
-                connection.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            _ = ticker.tick() => {
-                if head_deadline && activity.head_wait().is_some_and(|wait| wait >= limits.header_read_timeout) {
-                    // A slow or stalled request head: drop the connection outright, since a
-                    // graceful shutdown would wait for that very request.
-                    tracing::debug!("request head not received in time; closing");
+    // HTTP/2 clients may exchange control frames while idle; the request-head deadline is
+    // for HTTP/1 (slowloris), where bytes with no request dispatched mean a head in progress.
+    let watch = ConnectionWatch {
+        activity,
+        limits,
+        head_deadline: protocol != Protocol::Http2,
+    };
+    // hyper's own header timer also runs while a keep-alive connection waits for its next
+    // request, which would cap `idle_timeout`; the watchdog measures both separately.
+    let max_header_list = u32::try_from(limits.max_header_size).unwrap_or(u32::MAX);
+    match protocol {
+        Protocol::Http1 => {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(None)
+                .max_buf_size(limits.max_header_size as usize);
+            let connection = builder.serve_connection(io, service).with_upgrades();
+            watch
+                .drive(connection, shutdown, |c| c.graceful_shutdown())
+                .await;
+        }
+        Protocol::Http2 => {
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                // RFC 8441: WebSocket over HTTP/2 (extended CONNECT).
+                .enable_connect_protocol()
+                .max_header_list_size(max_header_list);
+            let connection = builder.serve_connection(io, service);
+            watch
+                .drive(connection, shutdown, |c| c.graceful_shutdown())
+                .await;
+        }
+        Protocol::Detect => {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(None)
+                .max_buf_size(limits.max_header_size as usize);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .enable_connect_protocol()
+                .max_header_list_size(max_header_list);
+            let connection = builder.serve_connection_with_upgrades(io, service);
+            watch
+                .drive(connection, shutdown, |c| c.graceful_shutdown())
+                .await;
+        }
+    }
+}
+
+/// The limits a served connection is held to while hyper runs it.
+struct ConnectionWatch<'a> {
+    activity: Arc<Activity>,
+    limits: &'a Limits,
+    head_deadline: bool,
+}
+
+impl ConnectionWatch<'_> {
+    /// Runs `connection` to its end, asking it to finish (`graceful`) on shutdown or when
+    /// idle, and dropping it when a request head is too slow.
+    async fn drive<C, E>(
+        self,
+        connection: C,
+        shutdown: CancellationToken,
+        graceful: impl Fn(std::pin::Pin<&mut C>),
+    ) where
+        C: std::future::Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        let limits = self.limits;
+        tokio::pin!(connection);
+        let shortest = limits.idle_timeout.min(limits.header_read_timeout);
+        let check_every = (shortest / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        let mut ticker = tokio::time::interval(check_every);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, "connection ended with an error");
+                    }
                     return;
                 }
-                if !closing && activity.idle_for().is_some_and(|idle| idle >= limits.idle_timeout) {
-                    connection.as_mut().graceful_shutdown();
+                () = shutdown.cancelled(), if !closing => {
+                    graceful(connection.as_mut());
                     closing = true;
+                }
+                _ = ticker.tick() => {
+                    if self.head_deadline && self.activity.head_wait().is_some_and(|wait| wait >= limits.header_read_timeout) {
+                        // A slow or stalled request head: drop the connection outright, since a
+                        // graceful shutdown would wait for that very request.
+                        tracing::debug!("request head not received in time; closing");
+                        return;
+                    }
+                    if !closing && self.activity.idle_for().is_some_and(|idle| idle >= limits.idle_timeout) {
+                        graceful(connection.as_mut());
+                        closing = true;
+                    }
                 }
             }
         }
@@ -946,7 +1034,7 @@ async fn admin_loop(
                 shutdown,
                 slot,
                 info,
-                true,
+                Protocol::Detect,
                 move |request| crate::metrics::admin::handle(context.clone(), request),
             )
             .await;
