@@ -881,3 +881,89 @@ async fn the_server_suite_order_wins_except_for_clients_that_prefer_chacha() {
     assert_eq!(negotiated(&stream), AES256);
     server.stop().await;
 }
+
+/// Reads from a blocking rustls client until the response to one request is complete (the
+/// server closes after it: `Connection: close`).
+fn read_response_blocking(
+    client: &mut rustls::ClientConnection,
+    tcp: &mut std::net::TcpStream,
+) -> String {
+    use std::io::Read;
+    let mut response = Vec::new();
+    loop {
+        match client.complete_io(tcp) {
+            Ok((0, 0)) => break,
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(error) => panic!("reading the response: {error}"),
+        }
+        let mut chunk = [0u8; 4096];
+        match client.reader().read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => response.extend_from_slice(&chunk[..n]),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) => panic!("reading plaintext: {error}"),
+        }
+    }
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_split_across_reads_key_updates_and_close_notify_work_on_tls13_and_tls12() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start("", dir.path()).await.unwrap();
+    let ca = server.local_ca();
+    let addr = server.main;
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let config = client_config(std::slice::from_ref(&ca), &[version], &[b"http/1.1"]);
+        let tls13 = version.version == rustls::ProtocolVersion::TLSv1_3;
+        let answer = tokio::task::spawn_blocking(move || {
+            let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+            tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let mut client = rustls::ClientConnection::new(config, name).unwrap();
+            while client.is_handshaking() {
+                client.complete_io(&mut tcp).unwrap();
+            }
+            // A key update first (TLS 1.3): the server must switch keys both ways, answering
+            // with its own, or nothing after it decrypts.
+            if tls13 {
+                client.refresh_traffic_keys().unwrap();
+            }
+            client
+                .writer()
+                .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut wire = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut wire).unwrap();
+            }
+            // Every record reaches the server in pieces, a pause between them.
+            for piece in wire.chunks(7) {
+                tcp.write_all(piece).unwrap();
+                tcp.flush().unwrap();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let response = read_response_blocking(&mut client, &mut tcp);
+            // The server closed with close_notify, not a bare FIN.
+            let clean = client
+                .process_new_packets()
+                .map(|state| state.peer_has_closed());
+            (response, clean)
+        })
+        .await
+        .unwrap();
+        let (response, clean) = answer;
+        assert!(
+            response.starts_with("HTTP/1.1 200"),
+            "{version:?}: {response}"
+        );
+        assert!(
+            response.ends_with(r#"{"status":"healthy"}"#),
+            "{version:?}: {response}"
+        );
+        assert_eq!(clean.ok(), Some(true), "{version:?}: close_notify received");
+    }
+    server.stop().await;
+}

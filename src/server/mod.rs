@@ -18,7 +18,6 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::LazyConfigAcceptor;
 
 use crate::acme::challenges::{AlpnChallengeResolver, ACME_TLS_ALPN};
 use crate::acme::{AcmeManager, ChallengeStore};
@@ -32,6 +31,7 @@ use crate::http::service::{ConnectionInfo, ConnectionSlot, EdgeContext};
 use crate::http::{redirect, Response};
 use crate::metrics::admin::{AdminContext, CertificateState};
 use crate::metrics::Metrics;
+use crate::tls::stream::TlsServerStream;
 use crate::tls::{self, CertSummary, SessionState, SniResolver, TlsError};
 use activity::{Activity, TrackedIo};
 use dispatch::Dispatcher;
@@ -595,23 +595,24 @@ async fn serve_main(
     // certificate and everyone else the normal configuration.
     let mut requested_name: Option<String> = None;
     let handshake = async {
-        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
-        requested_name = start.client_hello().server_name().map(str::to_owned);
-        let wants_acme = start
-            .client_hello()
-            .alpn()
-            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+        let mut stream = stream;
+        let mut received = Vec::new();
+        let hello = tls::stream::read_client_hello(&mut stream, &mut received)
+            .await?
+            .unwrap_or_default();
+        requested_name.clone_from(&hello.server_name);
+        let wants_acme = hello.alpn.iter().any(|p| p == ACME_TLS_ALPN);
         let config = match (&tls.acme_config, wants_acme) {
             (Some(acme), true) => acme.clone(),
-            _ => tls.config.load().for_hello(&start.client_hello()),
+            _ => tls.config.load().for_suites(&hello.cipher_suites),
         };
-        start.into_stream(config).await
+        TlsServerStream::accept(stream, received, config, hello.server_name).await
     };
     let started = std::time::Instant::now();
     let handshake = tokio::time::timeout(runtime.limits.handshake_timeout, handshake);
     let stream = match handshake.await {
         Ok(Ok(stream)) => {
-            let connection = stream.get_ref().1;
+            let connection = stream.connection();
             let version = match connection.protocol_version() {
                 Some(rustls::ProtocolVersion::TLSv1_3) => "1.3",
                 Some(rustls::ProtocolVersion::TLSv1_2) => "1.2",
@@ -646,20 +647,16 @@ async fn serve_main(
     };
     // ALPN already chose the protocol, so hyper serves it directly (no sniffing wrapper):
     // an upgraded WebSocket then hands the bare TLS stream to its tunnel.
-    let protocol = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+    let protocol = if stream.connection().alpn_protocol() == Some(b"h2") {
         Protocol::Http2
     } else {
         Protocol::Http1
     };
     let info = ConnectionInfo {
         peer,
-        sni: stream
-            .get_ref()
-            .1
-            .server_name()
-            .map(str::to_ascii_lowercase),
+        sni: stream.server_name().map(str::to_owned),
         secure: true,
-        tls_version: match stream.get_ref().1.protocol_version() {
+        tls_version: match stream.connection().protocol_version() {
             Some(rustls::ProtocolVersion::TLSv1_3) => Some("1.3"),
             Some(rustls::ProtocolVersion::TLSv1_2) => Some("1.2"),
             _ => None,
@@ -726,7 +723,7 @@ enum Protocol {
 
 /// The IO of a TLS connection as hyper serves it; a WebSocket tunnel takes it back out of
 /// the upgrade (see `proxy::tunnel`).
-pub(crate) type TlsConnectionIo = TokioIo<TrackedIo<tokio_rustls::server::TlsStream<TcpStream>>>;
+pub(crate) type TlsConnectionIo = TokioIo<TrackedIo<TlsServerStream>>;
 
 /// Serves HTTP/1.1 and HTTP/2 on one connection with the configured limits:
 /// - a request head must arrive within `header_read_timeout` of its first byte (HTTP/1);

@@ -5,6 +5,7 @@
 mod certificates;
 mod resolver;
 mod server_config;
+pub mod stream;
 
 pub use certificates::{load_certificates, CertSummary, LoadedCertificates};
 pub use resolver::{CertTable, SniResolver};

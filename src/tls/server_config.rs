@@ -119,8 +119,8 @@ impl ServerConfigs {
     }
 
     /// The config for a handshake starting with `hello`.
-    pub fn for_hello(&self, hello: &rustls::server::ClientHello<'_>) -> Arc<ServerConfig> {
-        if prefers_chacha(hello.cipher_suites()) {
+    pub fn for_suites(&self, client_suites: &[rustls::CipherSuite]) -> Arc<ServerConfig> {
+        if prefers_chacha(client_suites) {
             self.client_order.clone()
         } else {
             self.server_order.clone()

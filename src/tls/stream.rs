@@ -1,0 +1,814 @@
+//! Server-side TLS streams on rustls' unbuffered API, so the buffers are ours. rustls'
+//! buffered connection keeps a 4 KiB receive buffer for each connection's whole life; here
+//! ciphertext is read into one scratch buffer per thread and decrypted from there, and a
+//! connection keeps bytes only while they are in flight: part of a record, plaintext its
+//! reader has not taken yet, or TLS bytes the socket has not accepted yet. An idle connection
+//! (ten thousand parked WebSockets) holds its keys and protocol state, and nothing else.
+//!
+//! The ClientHello is read and parsed here first (server name, ALPN, cipher suites), so the
+//! caller can choose a configuration before the handshake, as `LazyConfigAcceptor` allowed.
+
+use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
+};
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// The largest TLS record: a 5-byte header, 16 KiB of plaintext and at most 2 KiB of
+/// expansion (RFC 5246 §6.2.3; TLS 1.3 allows only 256).
+const MAX_RECORD: usize = 5 + 16 * 1024 + 2048;
+
+/// Plaintext encrypted per write call: a few full records.
+const MAX_WRITE_CHUNK: usize = 4 * 16 * 1024;
+
+/// A ClientHello may span records; more than this is refused (rustls' own limit is 64 KiB).
+const MAX_CLIENT_HELLO: usize = 64 * 1024;
+
+thread_local! {
+    /// Ciphertext as read from sockets: a partial record carried over plus a fresh read.
+    static READ_SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; 2 * MAX_RECORD].into_boxed_slice());
+    /// Slices of a vectored write, joined.
+    static GATHER_SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; MAX_WRITE_CHUNK].into_boxed_slice());
+    /// Records as encrypted, before the socket takes them.
+    static WRITE_SCRATCH: RefCell<Box<[u8]>> =
+        RefCell::new(vec![0; MAX_WRITE_CHUNK + 8 * 64].into_boxed_slice());
+}
+
+/// What the caller needs from a ClientHello to choose a configuration.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ClientHelloSummary {
+    /// The SNI host name, lower-cased.
+    pub server_name: Option<String>,
+    pub alpn: Vec<Vec<u8>>,
+    pub cipher_suites: Vec<rustls::CipherSuite>,
+}
+
+/// Reads the first handshake message from `tcp` into `received` (every byte read stays there,
+/// to be handed to rustls) and summarises it. `None` when it is not a ClientHello that parses:
+/// rustls then sees the same bytes and refuses them with the proper alert.
+pub async fn read_client_hello(
+    tcp: &mut TcpStream,
+    received: &mut Vec<u8>,
+) -> io::Result<Option<ClientHelloSummary>> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        match client_hello_message(received) {
+            HelloProgress::Complete(message) => return Ok(parse_client_hello(&message)),
+            HelloProgress::NotAHello => return Ok(None),
+            HelloProgress::Incomplete => {}
+        }
+        if received.len() >= MAX_CLIENT_HELLO {
+            return Ok(None);
+        }
+        let mut chunk = [0u8; 2048];
+        let read = tcp.read(&mut chunk).await?;
+        if read == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed before the ClientHello was complete",
+            ));
+        }
+        received.extend_from_slice(&chunk[..read]);
+    }
+}
+
+enum HelloProgress {
+    Complete(Vec<u8>),
+    Incomplete,
+    NotAHello,
+}
+
+/// Joins the handshake records at the start of `bytes` until the first handshake message is
+/// whole; returns that message's body.
+fn client_hello_message(bytes: &[u8]) -> HelloProgress {
+    let mut handshake = Vec::new();
+    let mut at = 0;
+    while bytes.len() >= at + 5 {
+        let header = &bytes[at..at + 5];
+        if header[0] != 22 {
+            return HelloProgress::NotAHello;
+        }
+        let length = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        let Some(fragment) = bytes.get(at + 5..at + 5 + length) else {
+            return HelloProgress::Incomplete;
+        };
+        handshake.extend_from_slice(fragment);
+        at += 5 + length;
+        if handshake.len() >= 4 {
+            if handshake[0] != 1 {
+                return HelloProgress::NotAHello;
+            }
+            let body = (usize::from(handshake[1]) << 16)
+                | (usize::from(handshake[2]) << 8)
+                | usize::from(handshake[3]);
+            if handshake.len() >= 4 + body {
+                handshake.truncate(4 + body);
+                handshake.drain(..4);
+                return HelloProgress::Complete(handshake);
+            }
+        }
+    }
+    HelloProgress::Incomplete
+}
+
+/// A cursor over a ClientHello body (RFC 8446 §4.1.2).
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn u8(&mut self) -> Option<usize> {
+        self.take(1).map(|b| usize::from(b[0]))
+    }
+
+    fn u16(&mut self) -> Option<usize> {
+        self.take(2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    }
+
+    fn vec8(&mut self) -> Option<&'a [u8]> {
+        let n = self.u8()?;
+        self.take(n)
+    }
+
+    fn vec16(&mut self) -> Option<&'a [u8]> {
+        let n = self.u16()?;
+        self.take(n)
+    }
+}
+
+fn parse_client_hello(body: &[u8]) -> Option<ClientHelloSummary> {
+    let mut hello = Reader(body);
+    hello.take(2 + 32)?; // legacy_version, random
+    hello.vec8()?; // legacy_session_id
+    let suites = hello.vec16()?;
+    hello.vec8()?; // legacy_compression_methods
+    let mut summary = ClientHelloSummary {
+        cipher_suites: suites
+            .chunks_exact(2)
+            .map(|s| rustls::CipherSuite::from(u16::from_be_bytes([s[0], s[1]])))
+            .collect(),
+        ..ClientHelloSummary::default()
+    };
+    let Some(extensions) = hello.vec16() else {
+        return Some(summary); // a hello without extensions (SSL 3.0 style)
+    };
+    let mut extensions = Reader(extensions);
+    while !extensions.0.is_empty() {
+        let kind = extensions.u16()?;
+        let mut data = Reader(extensions.vec16()?);
+        match kind {
+            0 => {
+                // server_name: a list of (type, name); type 0 is a host name.
+                let mut names = Reader(data.vec16()?);
+                while !names.0.is_empty() {
+                    let name_type = names.u8()?;
+                    let name = names.vec16()?;
+                    if name_type == 0 {
+                        summary.server_name = std::str::from_utf8(name)
+                            .ok()
+                            .map(|n| n.trim_end_matches('.').to_ascii_lowercase());
+                    }
+                }
+            }
+            16 => {
+                let mut protocols = Reader(data.vec16()?);
+                while !protocols.0.is_empty() {
+                    summary.alpn.push(protocols.vec8()?.to_vec());
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(summary)
+}
+
+/// A TLS connection accepted on a TCP socket.
+pub struct TlsServerStream {
+    tcp: TcpStream,
+    session: Session,
+    /// The start of a record whose end has not arrived; empty (no allocation) otherwise.
+    partial: Vec<u8>,
+    /// The peer sent close_notify or closed its side: reads give end of file.
+    read_closed: bool,
+    /// Our close_notify is queued.
+    close_sent: bool,
+    server_name: Option<String>,
+}
+
+/// rustls' state plus the bytes waiting on either side of it.
+struct Session {
+    connection: UnbufferedServerConnection,
+    /// Decrypted bytes the reader has not taken yet (from `plaintext_taken` on).
+    plaintext: Vec<u8>,
+    plaintext_taken: usize,
+    /// TLS bytes the socket has not taken yet (from `outgoing_sent` on).
+    outgoing: Vec<u8>,
+    outgoing_sent: usize,
+}
+
+/// Where rustls stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// It needs more bytes from the peer (mid-handshake, or a record incomplete).
+    NeedsData,
+    /// Everything received is processed and application data may be sent.
+    Writable,
+    /// The peer sent close_notify.
+    PeerClosed,
+    /// Both sides sent close_notify.
+    Closed,
+}
+
+/// What to write once rustls lets us.
+enum Write<'a> {
+    Nothing,
+    /// Encrypt `plaintext` into `into`; how much of `into` was used comes back.
+    Data {
+        plaintext: &'a [u8],
+        into: &'a mut [u8],
+    },
+    CloseNotify,
+}
+
+struct Processed {
+    step: Step,
+    /// Bytes of the input fully processed, to be dropped from its front.
+    consumed: usize,
+    /// Bytes written to `Write::Data::into` (0 if rustls could not write yet).
+    encrypted: Option<usize>,
+}
+
+fn tls_error(error: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, error)
+}
+
+impl Session {
+    /// Runs rustls over `incoming` until it needs more bytes or may send: decrypted bytes go
+    /// to `reader` as far as it has room, the rest to `self.plaintext`; handshake and alert
+    /// bytes to `self.outgoing`; then `write` is carried out if rustls allows writing.
+    fn process(
+        &mut self,
+        incoming: &mut [u8],
+        mut reader: Option<&mut ReadBuf<'_>>,
+        mut write: Write<'_>,
+    ) -> Result<Processed, rustls::Error> {
+        let mut consumed = 0;
+        let mut encrypted = None;
+        loop {
+            let UnbufferedStatus { discard, state } = self
+                .connection
+                .process_tls_records(&mut incoming[consumed..]);
+            let state = match state {
+                Ok(state) => state,
+                Err(error) => {
+                    self.queue_alert();
+                    return Err(error);
+                }
+            };
+            let step = match state {
+                ConnectionState::ReadTraffic(mut traffic) => {
+                    while let Some(record) = traffic.next_record() {
+                        let record = record?;
+                        deliver(record.payload, reader.as_deref_mut(), &mut self.plaintext);
+                    }
+                    None
+                }
+                ConnectionState::ReadEarlyData(mut early) => {
+                    // 0-RTT is not enabled; nothing should arrive here, and nothing is kept.
+                    while let Some(record) = early.next_record() {
+                        record?;
+                    }
+                    None
+                }
+                ConnectionState::EncodeTlsData(mut encode) => {
+                    encode_into(&mut self.outgoing, |space| encode.encode(space))?;
+                    None
+                }
+                ConnectionState::TransmitTlsData(transmit) => {
+                    // The bytes are in `outgoing`, which is written before anything later.
+                    transmit.done();
+                    None
+                }
+                ConnectionState::BlockedHandshake => Some(Step::NeedsData),
+                ConnectionState::PeerClosed => Some(Step::PeerClosed),
+                ConnectionState::Closed => Some(Step::Closed),
+                ConnectionState::WriteTraffic(mut traffic) => {
+                    match std::mem::replace(&mut write, Write::Nothing) {
+                        Write::Nothing => {}
+                        Write::Data { plaintext, into } => {
+                            encrypted = Some(match traffic.encrypt(plaintext, into) {
+                                Ok(written) => written,
+                                Err(EncryptError::InsufficientSize(needed)) => {
+                                    // Larger than the scratch buffer: straight to `outgoing`.
+                                    let start = self.outgoing.len();
+                                    self.outgoing.resize(start + needed.required_size, 0);
+                                    let written = traffic
+                                        .encrypt(plaintext, &mut self.outgoing[start..])
+                                        .map_err(|_| rustls::Error::EncryptError)?;
+                                    self.outgoing.truncate(start + written);
+                                    0
+                                }
+                                Err(EncryptError::EncryptExhausted) => {
+                                    return Err(rustls::Error::EncryptError)
+                                }
+                            });
+                        }
+                        Write::CloseNotify => {
+                            let start = self.outgoing.len();
+                            self.outgoing.resize(start + 64, 0);
+                            let written = traffic
+                                .queue_close_notify(&mut self.outgoing[start..])
+                                .map_err(|_| rustls::Error::EncryptError)?;
+                            self.outgoing.truncate(start + written);
+                            encrypted = Some(0);
+                        }
+                    }
+                    Some(Step::Writable)
+                }
+                _ => Some(Step::NeedsData),
+            };
+            consumed += discard;
+            if let Some(step) = step {
+                return Ok(Processed {
+                    step,
+                    consumed,
+                    encrypted,
+                });
+            }
+        }
+    }
+
+    /// After an error rustls queues an alert for the peer; it comes out as TLS data to encode.
+    fn queue_alert(&mut self) {
+        for _ in 0..4 {
+            let status = self.connection.process_tls_records(&mut []);
+            match status.state {
+                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                    if encode_into(&mut self.outgoing, |space| encode.encode(space)).is_err() {
+                        return;
+                    }
+                }
+                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
+                _ => return,
+            }
+        }
+    }
+
+    /// Copies pending plaintext into `reader`; true if there was any.
+    fn take_plaintext(&mut self, reader: &mut ReadBuf<'_>) -> bool {
+        let pending = &self.plaintext[self.plaintext_taken..];
+        if pending.is_empty() {
+            return false;
+        }
+        let n = pending.len().min(reader.remaining());
+        reader.put_slice(&pending[..n]);
+        self.plaintext_taken += n;
+        if self.plaintext_taken == self.plaintext.len() {
+            self.plaintext = Vec::new();
+            self.plaintext_taken = 0;
+        }
+        true
+    }
+
+    /// Writes queued TLS bytes to the socket; ready once all are written.
+    fn poll_send(&mut self, cx: &mut Context<'_>, tcp: &mut TcpStream) -> Poll<io::Result<()>> {
+        while self.outgoing_sent < self.outgoing.len() {
+            let written =
+                ready!(Pin::new(&mut *tcp).poll_write(cx, &self.outgoing[self.outgoing_sent..]))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.outgoing_sent += written;
+        }
+        if !self.outgoing.is_empty() {
+            self.outgoing = Vec::new();
+            self.outgoing_sent = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Decrypted bytes go to the reader while it has room; the rest waits in `pending`.
+fn deliver(payload: &[u8], reader: Option<&mut ReadBuf<'_>>, pending: &mut Vec<u8>) {
+    let mut rest = payload;
+    if let Some(reader) = reader {
+        if pending.is_empty() {
+            let n = rest.len().min(reader.remaining());
+            reader.put_slice(&rest[..n]);
+            rest = &rest[n..];
+        }
+    }
+    pending.extend_from_slice(rest);
+}
+
+/// Appends what `encode` writes to `outgoing`, growing it as rustls asks.
+fn encode_into(
+    outgoing: &mut Vec<u8>,
+    mut encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
+) -> Result<(), rustls::Error> {
+    let start = outgoing.len();
+    let mut room = 4096;
+    loop {
+        outgoing.resize(start + room, 0);
+        match encode(&mut outgoing[start..]) {
+            Ok(written) => {
+                outgoing.truncate(start + written);
+                return Ok(());
+            }
+            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                room = required_size;
+            }
+            Err(EncodeError::AlreadyEncoded) => {
+                outgoing.truncate(start);
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl TlsServerStream {
+    /// Completes the handshake on `tcp` with `config`; `received` holds the bytes read so
+    /// far (the ClientHello).
+    pub async fn accept(
+        tcp: TcpStream,
+        received: Vec<u8>,
+        config: Arc<ServerConfig>,
+        server_name: Option<String>,
+    ) -> io::Result<TlsServerStream> {
+        let connection = UnbufferedServerConnection::new(config).map_err(tls_error)?;
+        let mut stream = TlsServerStream {
+            tcp,
+            session: Session {
+                connection,
+                plaintext: Vec::new(),
+                plaintext_taken: 0,
+                outgoing: Vec::new(),
+                outgoing_sent: 0,
+            },
+            partial: received,
+            read_closed: false,
+            close_sent: false,
+            server_name,
+        };
+        std::future::poll_fn(|cx| stream.poll_handshake(cx)).await?;
+        Ok(stream)
+    }
+
+    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let processed = self
+                .session
+                .process(&mut self.partial, None, Write::Nothing);
+            let processed = match processed {
+                Ok(processed) => processed,
+                Err(error) => {
+                    // Best effort: the alert tells the client why.
+                    let _ = self.session.poll_send(cx, &mut self.tcp);
+                    return Poll::Ready(Err(tls_error(error)));
+                }
+            };
+            self.partial.drain(..processed.consumed);
+            ready!(self.session.poll_send(cx, &mut self.tcp))?;
+            if !self.session.connection.is_handshaking() {
+                if self.partial.is_empty() {
+                    self.partial = Vec::new();
+                }
+                return Poll::Ready(Ok(()));
+            }
+            match processed.step {
+                Step::NeedsData | Step::Writable => {}
+                Step::PeerClosed | Step::Closed => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "peer closed the connection during the handshake",
+                    )))
+                }
+            }
+            if self.partial.len() > MAX_CLIENT_HELLO + MAX_RECORD {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "handshake messages too large",
+                )));
+            }
+            let start = self.partial.len();
+            self.partial.resize(start + 4096, 0);
+            let mut space = ReadBuf::new(&mut self.partial[start..]);
+            let read = Pin::new(&mut self.tcp).poll_read(cx, &mut space);
+            let n = space.filled().len();
+            self.partial.truncate(start + n);
+            ready!(read)?;
+            if n == 0 {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "peer closed the connection during the handshake",
+                )));
+            }
+        }
+    }
+
+    /// The negotiated session: protocol version, suite, ALPN protocol.
+    pub fn connection(&self) -> &UnbufferedServerConnection {
+        &self.session.connection
+    }
+
+    /// The server name the client asked for (SNI), lower-cased.
+    pub fn server_name(&self) -> Option<&str> {
+        self.server_name.as_deref()
+    }
+}
+
+impl AsyncRead for TlsServerStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        reader: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.session.take_plaintext(reader) {
+                return Poll::Ready(Ok(()));
+            }
+            // Tickets, key-update answers and alerts that came out of reading go out now; if
+            // the socket is full they wait, and this task is woken when it drains.
+            if let Poll::Ready(Err(error)) = this.session.poll_send(cx, &mut this.tcp) {
+                return Poll::Ready(Err(error));
+            }
+            if this.read_closed {
+                return Poll::Ready(Ok(()));
+            }
+            let before = reader.filled().len();
+            let outcome = READ_SCRATCH.with_borrow_mut(|scratch| {
+                let carried = this.partial.len();
+                scratch[..carried].copy_from_slice(&this.partial);
+                let mut space = ReadBuf::new(&mut scratch[carried..]);
+                ready!(Pin::new(&mut this.tcp).poll_read(cx, &mut space))?;
+                let read = space.filled().len();
+                if read == 0 {
+                    // The peer closed without close_notify: end of file all the same.
+                    this.read_closed = true;
+                    return Poll::Ready(Ok(()));
+                }
+                let received = &mut scratch[..carried + read];
+                let processed = this
+                    .session
+                    .process(received, Some(reader), Write::Nothing)
+                    .map_err(tls_error)?;
+                let rest = &received[processed.consumed..];
+                if rest.is_empty() {
+                    this.partial = Vec::new();
+                } else {
+                    this.partial.clear();
+                    this.partial.extend_from_slice(rest);
+                }
+                if matches!(processed.step, Step::PeerClosed | Step::Closed) {
+                    this.read_closed = true;
+                }
+                Poll::Ready(Ok(()))
+            });
+            match outcome {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(error)) => {
+                    let _ = this.session.poll_send(cx, &mut this.tcp);
+                    return Poll::Ready(Err(error));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+            if reader.filled().len() > before {
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+impl TlsServerStream {
+    /// Encrypts `chunk` as one run of records and sends what the socket takes.
+    fn poll_write_plaintext(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        WRITE_SCRATCH.with_borrow_mut(|scratch| {
+            let processed = self
+                .session
+                .process(
+                    &mut self.partial,
+                    None,
+                    Write::Data {
+                        plaintext: chunk,
+                        into: scratch,
+                    },
+                )
+                .map_err(tls_error)?;
+            self.partial.drain(..processed.consumed);
+            let Some(encrypted) = processed.encrypted else {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "TLS connection cannot send application data",
+                )));
+            };
+            // Bytes rustls queued meanwhile (an alert, a key update) go before these.
+            let mut sent = 0;
+            if self.session.outgoing.is_empty() {
+                while sent < encrypted {
+                    match Pin::new(&mut self.tcp).poll_write(cx, &scratch[sent..encrypted]) {
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()))
+                        }
+                        Poll::Ready(Ok(n)) => sent += n,
+                        Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                        Poll::Pending => break,
+                    }
+                }
+            }
+            self.session
+                .outgoing
+                .extend_from_slice(&scratch[sent..encrypted]);
+            if !self.session.outgoing.is_empty() {
+                // Whatever the socket would not take waits; a failure shows on the next call.
+                let _ = self.session.poll_send(cx, &mut self.tcp);
+            }
+            Poll::Ready(Ok(chunk.len()))
+        })
+    }
+
+    /// Ready when earlier bytes are sent and writing is still open.
+    fn poll_writable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Backpressure: earlier bytes go first.
+        ready!(self.session.poll_send(cx, &mut self.tcp))?;
+        if self.close_sent {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for TlsServerStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_writable(cx))?;
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        this.poll_write_plaintext(cx, &data[..data.len().min(MAX_WRITE_CHUNK)])
+    }
+
+    /// Gathers the slices into one plaintext, so a frame header and its payload (HTTP/2,
+    /// hyper's queued writes) become one record and one system call, not one each.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        slices: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_writable(cx))?;
+        let mut nonempty = slices.iter().filter(|s| !s.is_empty());
+        match (nonempty.next(), nonempty.next()) {
+            (None, _) => return Poll::Ready(Ok(0)),
+            (Some(only), None) => {
+                return this.poll_write_plaintext(cx, &only[..only.len().min(MAX_WRITE_CHUNK)])
+            }
+            _ => {}
+        }
+        GATHER_SCRATCH.with_borrow_mut(|gathered| {
+            let mut filled = 0;
+            for slice in slices {
+                let n = slice.len().min(MAX_WRITE_CHUNK - filled);
+                gathered[filled..filled + n].copy_from_slice(&slice[..n]);
+                filled += n;
+                if filled == MAX_WRITE_CHUNK {
+                    break;
+                }
+            }
+            this.poll_write_plaintext(cx, &gathered[..filled])
+        })
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.session.poll_send(cx, &mut this.tcp))?;
+        Pin::new(&mut this.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.close_sent {
+            this.close_sent = true;
+            if let Err(error) = this
+                .session
+                .process(&mut this.partial, None, Write::CloseNotify)
+            {
+                tracing::debug!(%error, "close_notify not sent");
+            }
+        }
+        ready!(this.session.poll_send(cx, &mut this.tcp))?;
+        Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ClientHello as rustls' client writes it, captured from a real handshake.
+    fn real_client_hello(server_name: &str, alpn: &[&[u8]]) -> Vec<u8> {
+        let roots = rustls::RootCertStore::empty();
+        let mut config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_owned()).expect("a name");
+        let mut client = rustls::ClientConnection::new(Arc::new(config), name).expect("a client");
+        let mut hello = Vec::new();
+        client.write_tls(&mut hello).expect("the hello");
+        hello
+    }
+
+    #[test]
+    fn client_hello_names_alpn_and_suites_are_read() {
+        let hello = real_client_hello("App.Example.com", &[b"h2", b"http/1.1"]);
+        let HelloProgress::Complete(message) = client_hello_message(&hello) else {
+            panic!("a whole hello");
+        };
+        let summary = parse_client_hello(&message).expect("it parses");
+        assert_eq!(summary.server_name.as_deref(), Some("app.example.com"));
+        assert_eq!(summary.alpn, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+        assert!(summary
+            .cipher_suites
+            .contains(&rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
+    }
+
+    #[test]
+    fn a_hello_split_over_records_and_reads_is_joined() {
+        let hello = real_client_hello("split.test", &[]);
+        // The same handshake message cut into two records of its own.
+        let message = &hello[5..];
+        let (first, second) = message.split_at(100);
+        let mut split = Vec::new();
+        for fragment in [first, second] {
+            split.extend_from_slice(&[22, 3, 1]);
+            split.extend_from_slice(&(fragment.len() as u16).to_be_bytes());
+            split.extend_from_slice(fragment);
+        }
+        for cut in [3, 5, 50, 104, 105, 200, split.len() - 1] {
+            assert!(
+                matches!(
+                    client_hello_message(&split[..cut]),
+                    HelloProgress::Incomplete
+                ),
+                "cut at {cut}"
+            );
+        }
+        let HelloProgress::Complete(joined) = client_hello_message(&split) else {
+            panic!("a whole hello");
+        };
+        assert_eq!(
+            parse_client_hello(&joined).and_then(|s| s.server_name),
+            Some("split.test".to_owned())
+        );
+    }
+
+    #[test]
+    fn plain_http_and_garbage_are_not_hellos() {
+        assert!(matches!(
+            client_hello_message(b"GET / HTTP/1.1\r\n\r\n"),
+            HelloProgress::NotAHello
+        ));
+        // A handshake record that is not a ClientHello (a ServerHello, type 2).
+        assert!(matches!(
+            client_hello_message(&[22, 3, 3, 0, 4, 2, 0, 0, 0]),
+            HelloProgress::NotAHello
+        ));
+        // Truncated extension lists parse to None rather than panicking.
+        let hello = real_client_hello("x.test", &[b"h2"]);
+        let HelloProgress::Complete(message) = client_hello_message(&hello) else {
+            panic!("a whole hello");
+        };
+        for cut in 0..message.len() {
+            let _ = parse_client_hello(&message[..cut]);
+        }
+    }
+}
