@@ -88,6 +88,11 @@ struct Target {
     /// CA certificate to trust.
     #[arg(long)]
     cacert: PathBuf,
+    /// Offer the post-quantum hybrid X25519MLKEM768 first (rustls' default). Without it the
+    /// client offers X25519 alone, as OpenSSL 3.0 clients (wrk, h2load) do, so every proxy
+    /// does the same key exchange.
+    #[arg(long)]
+    post_quantum: bool,
 }
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -175,17 +180,16 @@ async fn backend(http: SocketAddr, ws: SocketAddr) -> Result<(), Error> {
     }
 }
 
-fn client_config(
-    cacert: &std::path::Path,
-    resume: bool,
-) -> Result<Arc<rustls::ClientConfig>, Error> {
-    let roots = tlsgate::certs::verify::load_roots(Some(cacert))?;
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+fn client_config(target: &Target, resume: bool) -> Result<Arc<rustls::ClientConfig>, Error> {
+    let roots = tlsgate::certs::verify::load_roots(Some(&target.cacert))?;
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    if !target.post_quantum {
+        provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     if !resume {
         config.resumption = rustls::client::Resumption::disabled();
@@ -245,7 +249,7 @@ async fn handshakes(
     seconds: f64,
     resume: bool,
 ) -> Result<(), Error> {
-    let config = client_config(&target.cacert, resume)?;
+    let config = client_config(&target, resume)?;
     // Prime the session cache so the first resumed handshakes have a ticket.
     if resume {
         one_request(&target, &config).await?;
@@ -310,7 +314,7 @@ async fn ws_echo(
     seconds: f64,
     size: usize,
 ) -> Result<(), Error> {
-    let config = client_config(&target.cacert, false)?;
+    let config = client_config(&target, false)?;
     let mut sockets = Vec::new();
     for _ in 0..connections {
         sockets.push(open_websocket(&target, &config).await?);
@@ -373,7 +377,7 @@ async fn ws_echo(
 }
 
 async fn ws_idle(target: Target, connections: usize) -> Result<(), Error> {
-    let config = client_config(&target.cacert, false)?;
+    let config = client_config(&target, false)?;
     let results: Vec<Result<Socket, Error>> = futures_util::stream::iter(0..connections)
         .map(|_| open_websocket(&target, &config))
         .buffer_unordered(128)

@@ -363,3 +363,65 @@ async fn alert_rules_and_dashboard_use_metrics_tlsgate_exports() {
         assert!(!panel["targets"].as_array().unwrap().is_empty(), "{panel}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watcher_reloads_for_certificate_files_not_for_their_neighbours() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = fixture_ca(dir.path());
+    fixture_cert(
+        &ca,
+        dir.path(),
+        "site",
+        &["app.test"],
+        KeyAlgorithm::EcdsaP256,
+    );
+    let server = TestServer::start(
+        "tls:\n  certificates:\n    - pem_file: site.pem\n",
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    let reloads =
+        |m: &str| sample(m, "tlsgate_config_reloads_total", &["result=\"success\""]).unwrap_or(0.0);
+    // A log file and a scratch file next to the certificate, written for a second.
+    let log = dir.path().join("service.log");
+    for i in 0..20 {
+        std::fs::write(&log, format!("line {i}\n")).unwrap();
+        std::fs::write(dir.path().join(format!("tmp-{i}")), "x").unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let m = admin_get(&server, "/metrics").await.body;
+    assert_eq!(reloads(&m), 0.0, "unrelated files caused reloads:\n{m}");
+
+    // The certificate itself is replaced: picked up without being asked.
+    let second = fixture_cert(
+        &ca,
+        dir.path(),
+        "site",
+        &["app.test"],
+        KeyAlgorithm::EcdsaP256,
+    );
+    let wanted = tlsgate::certs::CertInfo::parse(&second.der).unwrap().serial;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stream = tls_connect(
+            server.main,
+            "app.test",
+            default_client(std::slice::from_ref(&ca.cert_der)),
+        )
+        .await
+        .unwrap();
+        if served_leaf(&stream).serial == wanted {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new certificate was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let m = admin_get(&server, "/metrics").await.body;
+    assert!(reloads(&m) >= 1.0, "{m}");
+    server.stop().await;
+}

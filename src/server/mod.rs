@@ -212,11 +212,11 @@ impl Server {
         let (reload_sender, reload_requests) = tokio::sync::mpsc::channel(8);
         let reload = ReloadHandle(reload_sender);
         let watching = WatchedFolders {
-            folders: watched_folders(&settings),
+            files: CertificateFiles::of(&settings),
             stop: shutdown.child_token(),
         };
         let file_watch = watch_certificate_files(
-            watching.folders.clone(),
+            watching.files.clone(),
             reload.clone(),
             watching.stop.clone(),
         )
@@ -1039,48 +1039,69 @@ async fn admin_loop(
     }
 }
 
-/// The folders holding the configured certificate and key files (ACME's are tlsgate's own).
-fn watched_folders(settings: &Settings) -> Vec<std::path::PathBuf> {
-    if !settings.tls.enabled {
-        return Vec::new();
+/// The configured certificate and key files (ACME's are tlsgate's own), as folders to watch
+/// and the file names that matter in them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct CertificateFiles {
+    folders: Vec<std::path::PathBuf>,
+    names: std::collections::BTreeSet<std::ffi::OsString>,
+}
+
+impl CertificateFiles {
+    fn of(settings: &Settings) -> Self {
+        if !settings.tls.enabled {
+            return Self::default();
+        }
+        let mut files = Self::default();
+        let paths = settings
+            .tls
+            .certificates
+            .iter()
+            .filter(|c| !matches!(c.source, crate::config::CertSource::Acme { .. }))
+            .flat_map(|c| [c.source.cert_path(), c.source.key_path()]);
+        for path in paths {
+            let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+            if let (Some(folder), Some(name)) = (absolute.parent(), absolute.file_name()) {
+                files.folders.push(folder.to_path_buf());
+                files.names.insert(name.to_owned());
+            }
+        }
+        files.folders.sort();
+        files.folders.dedup();
+        files
     }
-    let mut folders: Vec<std::path::PathBuf> = settings
-        .tls
-        .certificates
-        .iter()
-        .filter(|c| !matches!(c.source, crate::config::CertSource::Acme { .. }))
-        .flat_map(|c| {
-            [
-                c.source.cert_path().to_path_buf(),
-                c.source.key_path().to_path_buf(),
-            ]
+
+    /// Whether a change to `path` may change a configured file: the file itself (written,
+    /// or replaced by rename, as certbot's `live/` symlinks are), or Kubernetes' `..data`
+    /// swap. Logs and other files sharing the folder are not.
+    fn concerns(&self, path: &std::path::Path) -> bool {
+        path.file_name().is_some_and(|name| {
+            self.names.contains(name) || name.as_encoded_bytes().starts_with(b"..")
         })
-        .filter_map(|path| {
-            let absolute = std::path::absolute(&path).unwrap_or(path);
-            absolute.parent().map(std::path::Path::to_path_buf)
-        })
-        .collect();
-    folders.sort();
-    folders.dedup();
-    folders
+    }
 }
 
 /// Reloads when a configured certificate or key file changes on disk. The folders are watched,
 /// not the files, so replacing a file by rename and Kubernetes' swap of its `..data` symlink
 /// are both seen. Bursts of events are debounced into one reload.
 fn watch_certificate_files(
-    folders: Vec<std::path::PathBuf>,
+    files: CertificateFiles,
     reload: ReloadHandle,
     shutdown: CancellationToken,
 ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
     use notify::Watcher;
-    if folders.is_empty() {
+    if files.folders.is_empty() {
         return None;
     }
+    let folders = files.folders.clone();
     let (events, mut changes) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = match notify::recommended_watcher(
         move |event: notify::Result<notify::Event>| {
-            if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
+            let relevant = event.is_ok_and(|e| {
+                !matches!(e.kind, notify::EventKind::Access(_))
+                    && e.paths.iter().any(|path| files.concerns(path))
+            });
+            if relevant {
                 let _ = events.send(());
             }
         },
@@ -1179,7 +1200,7 @@ struct ConfigReload {
 
 /// The folders a certificate watcher covers and the token that stops it.
 struct WatchedFolders {
-    folders: Vec<std::path::PathBuf>,
+    files: CertificateFiles,
     stop: CancellationToken,
 }
 
@@ -1202,22 +1223,22 @@ fn bind_now(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
 impl ConfigReload {
     /// Certificate files that moved to other folders are watched there from now on.
     fn rewatch(&self, settings: &Settings) {
-        let folders = watched_folders(settings);
+        let files = CertificateFiles::of(settings);
         let Ok(mut watching) = self.watching.lock() else {
             return;
         };
-        if watching.folders == folders {
+        if watching.files == files {
             return;
         }
         watching.stop.cancel();
         let stop = self.shutdown.child_token();
         if let Some(watch) =
-            watch_certificate_files(folders.clone(), self.reload.clone(), stop.clone())
+            watch_certificate_files(files.clone(), self.reload.clone(), stop.clone())
         {
             self.tasks.spawn(watch);
         }
-        tracing::debug!(?folders, "certificate folders watched");
-        *watching = WatchedFolders { folders, stop };
+        tracing::debug!(folders = ?files.folders, "certificate folders watched");
+        *watching = WatchedFolders { files, stop };
     }
 
     /// Loads and validates the whole configuration first; only then swaps certificates, TLS
