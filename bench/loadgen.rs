@@ -209,10 +209,16 @@ async fn connect(
         .await?)
 }
 
+/// The key-exchange group the server chose, as seen on the first connection.
+static NEGOTIATED_GROUP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// One `GET` on a fresh connection; `Ok(resumed)` once the whole response is in.
 async fn one_request(target: &Target, config: &Arc<rustls::ClientConfig>) -> Result<bool, Error> {
     let mut tls = connect(target, config).await?;
     let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    if let Some(group) = tls.get_ref().1.negotiated_key_exchange_group() {
+        let _ = NEGOTIATED_GROUP.set(format!("{:?}", group.name()));
+    }
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
         target.path, target.host
@@ -288,10 +294,11 @@ async fn handshakes(
     }
     let done = done.load(Ordering::Relaxed);
     println!(
-        "{{\"operations\":{done},\"resumed\":{},\"errors\":{},\"seconds\":{elapsed:.3},\"rate\":{:.1}}}",
+        "{{\"operations\":{done},\"resumed\":{},\"errors\":{},\"seconds\":{elapsed:.3},\"rate\":{:.1},\"group\":\"{}\"}}",
         resumed.load(Ordering::Relaxed),
         errors.load(Ordering::Relaxed),
-        done as f64 / elapsed
+        done as f64 / elapsed,
+        NEGOTIATED_GROUP.get().map_or("", String::as_str)
     );
     Ok(())
 }

@@ -310,13 +310,16 @@ routes:
             match = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded", out)
             ops = int(match.group(1))
             extra["rate"] = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
-        elif kind in ("handshake", "resumed"):
+        elif kind in ("handshake", "resumed", "handshake_pq"):
             command = [self.loadgen, "handshakes", *target, "--connections", "16", "--seconds", str(seconds)]
             if kind == "resumed":
                 command.append("--resume")
+            if kind == "handshake_pq":
+                command.append("--post-quantum")
             result = json.loads(self.load(command, seconds + 30))
             ops = result["operations"]
             extra["rate"] = result["rate"]
+            extra["group"] = result.get("group", "")
             if kind == "resumed":
                 extra["resumed_share"] = result["resumed"] / max(1, ops)
             if result["errors"]:
@@ -392,8 +395,9 @@ def crypto_ceilings():
 MEASUREMENTS = [
     ("h1", "HTTP/1.1 keep-alive request (wrk, 64 conn)"),
     ("h2", "HTTP/2 request (h2load, 64 conn x 10 streams)"),
-    ("handshake", "new TLS connection + 1 request, full handshake"),
+    ("handshake", "new TLS connection + 1 request, full handshake (X25519)"),
     ("resumed", "new TLS connection + 1 request, resumed"),
+    ("handshake_pq", "same, client offers X25519MLKEM768 first (only tlsgate takes it)"),
     ("ws", "wss:// 64-byte echo message (64 conn)"),
 ]
 
@@ -438,6 +442,11 @@ def report(args, results, memory, ceilings, proxies, started, errors):
             values = [r[key] for r in results.get((proxy, kind), []) if r.get(key) is not None]
             row.append(median_range(values))
         lines.append("| " + " | ".join(row) + " |")
+    row = ["key exchange chosen when X25519MLKEM768 is offered"]
+    for proxy in proxies:
+        groups = sorted({r["group"] for r in results.get((proxy, "handshake_pq"), []) if r.get("group")})
+        row.append(", ".join(groups) if groups else "n/a")
+    lines.append("| " + " | ".join(row) + " |")
     row = ["resumed share of 'resumed' handshakes"]
     for proxy in proxies:
         values = [r["resumed_share"] for r in results.get((proxy, "resumed"), []) if "resumed_share" in r]

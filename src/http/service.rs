@@ -17,18 +17,18 @@ pub struct ConnectionSlot(pub Arc<dyn std::any::Any + Send + Sync>);
 
 /// The route a response came from, for metrics and the access log (set by the proxy).
 #[derive(Debug, Clone)]
-pub struct RouteName(pub String);
+pub struct RouteName(pub std::sync::Arc<crate::metrics::RouteStats>);
 
 /// The upstream server that answered, for the access log (set by the proxy).
 #[derive(Debug, Clone)]
-pub struct UpstreamServer(pub String);
+pub struct UpstreamServer(pub std::sync::Arc<str>);
 
 /// The connection a request arrived on, attached to each request.
 #[derive(Debug, Clone)]
 pub struct ConnectionInfo {
     pub peer: std::net::SocketAddr,
     /// The TLS server name the client sent, lower case.
-    pub sni: Option<String>,
+    pub sni: Option<std::sync::Arc<str>>,
     pub secure: bool,
     /// `1.2` or `1.3` on TLS connections.
     pub tls_version: Option<&'static str>,

@@ -13,6 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandshakeLabels {
@@ -212,11 +213,10 @@ impl Metrics {
     }
 
     pub fn request(&self, route: &str, status: u16, seconds: f64) {
-        let class = format!("{}xx", status / 100);
         self.requests
             .get_or_create(&RequestLabels {
                 route: route.into(),
-                status: class,
+                status: status_class(status).into(),
             })
             .inc();
         self.request_duration
@@ -261,6 +261,59 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+const STATUS_CLASSES: [&str; 9] = [
+    "1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "7xx", "8xx", "9xx",
+];
+
+/// `2xx` for 200 and so on (hyper's status codes run from 100 to 999).
+fn status_class(status: u16) -> &'static str {
+    STATUS_CLASSES[usize::from(status / 100).clamp(1, 9) - 1]
+}
+
+/// One route's request series, looked up once per route and kept, rather than found by
+/// label (hashing, a lock, three strings) on every request.
+#[derive(Debug)]
+pub struct RouteStats {
+    pub name: String,
+    metrics: Arc<Metrics>,
+    /// Per status class, made on first use, so a class never seen exports no series.
+    requests: [std::sync::OnceLock<Counter>; 9],
+    duration: std::sync::OnceLock<Histogram>,
+}
+
+impl RouteStats {
+    pub fn new(metrics: Arc<Metrics>, name: String) -> Self {
+        Self {
+            name,
+            metrics,
+            requests: Default::default(),
+            duration: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub fn record(&self, status: u16, seconds: f64) {
+        let class = status_class(status);
+        let index = usize::from(status / 100).clamp(1, 9) - 1;
+        self.requests[index]
+            .get_or_init(|| {
+                self.metrics.requests.get_or_create_owned(&RequestLabels {
+                    route: self.name.clone(),
+                    status: class.into(),
+                })
+            })
+            .inc();
+        self.duration
+            .get_or_init(|| {
+                self.metrics
+                    .request_duration
+                    .get_or_create_owned(&RouteLabels {
+                        route: self.name.clone(),
+                    })
+            })
+            .observe(seconds);
     }
 }
 

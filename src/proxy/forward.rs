@@ -90,13 +90,15 @@ pub async fn handle(
         return HttpError::NotFound.into_response();
     };
     let mut response = if tunnel::is_websocket(&request) {
-        tunnel::open(proxy, route, request, &conn, &host).await
+        // Boxed: the upgrade's state is several KiB, and every request's future would carry
+        // (and copy) that much room for it otherwise.
+        Box::pin(tunnel::open(proxy, route, request, &conn, &host)).await
     } else {
         forward(proxy, route, request, &conn, &host).await
     };
     response
         .extensions_mut()
-        .insert(crate::http::service::RouteName(route.name.clone()));
+        .insert(crate::http::service::RouteName(route.stats.clone()));
     response
 }
 
@@ -106,26 +108,19 @@ pub async fn handle(
 pub fn upstream_headers(
     proxy: &Proxy,
     pool: &Pool,
-    parts: &http::request::Parts,
+    mut out: HeaderMap,
+    uri: &http::Uri,
     conn: &ConnectionInfo,
     host: &str,
 ) -> (HeaderMap, IpAddr) {
-    let mut out = parts.headers.clone();
-    remove_hop_by_hop(&mut out);
-    let authority = parts
-        .uri
+    // `:authority` (HTTP/2, absolute form) wins over a `Host` header; otherwise `Host` stays.
+    if let Some(value) = uri
         .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        });
-    if let Some(value) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
         out.insert(header::HOST, value);
     }
+    remove_hop_by_hop(&mut out);
     if pool.settings.balance == Balance::Cookie {
         strip_cookie(&mut out, &pool.settings.sticky_cookie);
     }
@@ -176,16 +171,20 @@ async fn forward(
     if declared.is_some_and(|length| length > route.max_body_size) {
         return HttpError::PayloadTooLarge.into_response();
     }
-    let (parts, body) = request.into_parts();
-    let (headers, client_ip) = upstream_headers(proxy, pool, &parts, conn, host);
+    let (mut parts, body) = request.into_parts();
     let sticky = cookie_value(&parts.headers, &pool.settings.sticky_cookie).map(str::to_owned);
+    let client_headers = std::mem::take(&mut parts.headers);
+    let (headers, client_ip) =
+        upstream_headers(proxy, pool, client_headers, &parts.uri, conn, host);
     let path = parts
         .uri
         .path_and_query()
-        .map(|pq| pq.as_str())
-        .unwrap_or("/");
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let empty_body = body.is_end_stream();
     let can_retry = is_idempotent(&parts.method) && empty_body;
+    // Kept for a retry only when one could happen; otherwise the first attempt takes them.
+    let mut headers = Some(headers);
     let state = Arc::new(BodyState::default());
     let mut body = Some(
         Bounded::new(
@@ -208,16 +207,22 @@ async fn forward(
             .into_response();
         };
         let server = &pool.servers[index];
+        let retry_possible = can_retry && tried.len() + 1 < pool.servers.len();
+        let attempt_headers = if retry_possible {
+            headers.clone().unwrap_or_default()
+        } else {
+            headers.take().unwrap_or_default()
+        };
         let mut upstream = Request::builder()
             .method(parts.method.clone())
-            .uri(format!("{}{path}", server.url))
+            .uri(upstream_uri(server, &path))
             .version(if pool.settings.h2c {
                 Version::HTTP_2
             } else {
                 Version::HTTP_11
             });
         if let Some(target) = upstream.headers_mut() {
-            *target = headers.clone();
+            *target = attempt_headers;
         }
         let request_body: ProxyBody = body.take().unwrap_or_else(|| {
             http_body_util::Empty::new()
@@ -274,6 +279,23 @@ async fn forward(
     }
 }
 
+/// The upstream URI for `path` on `server`, assembled from parts (no formatting, no parsing)
+/// when the server's authority is known.
+fn upstream_uri(server: &super::pool::Server, path: &http::uri::PathAndQuery) -> http::Uri {
+    if let Some(authority) = &server.authority {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(authority.clone());
+        parts.path_and_query = Some(path.clone());
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            return uri;
+        }
+    }
+    format!("{}{path}", server.url)
+        .parse()
+        .unwrap_or_else(|_| http::Uri::from_static("/"))
+}
+
 /// Sends a request; the response timeout runs from the moment the whole request body has been
 /// handed over (at once for an empty body), so a slow upload is not a slow upstream.
 async fn exchange(
@@ -324,7 +346,7 @@ pub(super) fn respond(
     parts
         .extensions
         .insert(crate::http::service::UpstreamServer(
-            pool.servers[index].url.clone(),
+            pool.servers[index].label.clone(),
         ));
     remove_hop_by_hop(&mut parts.headers);
     // As nginx does: the backend's `Server` (often with a version) is not passed on.

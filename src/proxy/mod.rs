@@ -79,8 +79,12 @@ impl Proxy {
                 })
                 .clone()
         };
-        let make_route = |route: &RouteSettings, pool: Arc<Pool>| Route {
-            name: format!("{}{}", route.host.as_deref().unwrap_or("*"), route.path),
+        let make_route = |route: &RouteSettings, name: String, pool: Arc<Pool>| Route {
+            stats: Arc::new(crate::metrics::RouteStats::new(
+                metrics.clone(),
+                name.clone(),
+            )),
+            name,
             host: match &route.host {
                 None => HostMatch::Any,
                 Some(host) => match host.strip_prefix("*.") {
@@ -100,7 +104,10 @@ impl Proxy {
         let routes: Vec<Route> = proxy
             .routes
             .iter()
-            .map(|route| make_route(route, pool_for(&route.upstream)))
+            .map(|route| {
+                let name = format!("{}{}", route.host.as_deref().unwrap_or("*"), route.path);
+                make_route(route, name, pool_for(&route.upstream))
+            })
             .collect();
         let default = proxy.default_route.as_ref().map(|target| {
             let route = RouteSettings {
@@ -112,9 +119,7 @@ impl Proxy {
                 websocket_idle_timeout: None,
                 max_body_size: None,
             };
-            let mut route = make_route(&route, pool_for(target));
-            route.name = "default".into();
-            route
+            make_route(&route, "default".into(), pool_for(target))
         });
         let health_stop = shutdown.child_token();
         for pool in pools.values() {

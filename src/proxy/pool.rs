@@ -28,6 +28,10 @@ fn now_millis() -> u64 {
 pub struct Server {
     /// `http://host:port`.
     pub url: String,
+    /// The same, shared with each response it serves (the access log's `upstream`).
+    pub label: std::sync::Arc<str>,
+    /// `host:port` of `url`, so a request's URI is built without formatting and parsing.
+    pub authority: Option<http::uri::Authority>,
     pub weight: u32,
     pub backup: bool,
     pub max_conns: u32,
@@ -119,6 +123,8 @@ impl Pool {
             .iter()
             .map(|s| Server {
                 url: s.url.clone(),
+                label: s.url.as_str().into(),
+                authority: s.url.strip_prefix("http://").and_then(|a| a.parse().ok()),
                 weight: s.weight,
                 backup: s.backup,
                 max_conns: s.max_conns,

@@ -37,6 +37,8 @@ impl HostMatch {
 pub struct Route {
     /// `host/path`, for logs.
     pub name: String,
+    /// This route's request metrics (labelled with `name`).
+    pub stats: Arc<crate::metrics::RouteStats>,
     pub host: HostMatch,
     pub path: String,
     pub exact: bool,
@@ -100,6 +102,10 @@ mod tests {
     fn route(host: HostMatch, path: &str, exact: bool, pool: &Arc<Pool>) -> Route {
         Route {
             name: format!("{host:?}{path}"),
+            stats: Arc::new(crate::metrics::RouteStats::new(
+                Arc::new(crate::metrics::Metrics::new()),
+                format!("{host:?}{path}"),
+            )),
             host,
             path: path.into(),
             exact,

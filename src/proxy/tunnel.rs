@@ -90,7 +90,8 @@ pub async fn open(
     }
     let pool = route.pool.clone();
     let (parts, body) = request.into_parts();
-    let (mut headers, client_ip) = upstream_headers(proxy, &pool, &parts, conn, host);
+    let (mut headers, client_ip) =
+        upstream_headers(proxy, &pool, parts.headers.clone(), &parts.uri, conn, host);
     let mut request = Request::from_parts(parts, body);
     // The upstream always gets an HTTP/1.1 upgrade; for extended CONNECT we make the key.
     let key = match request.headers().get(header::SEC_WEBSOCKET_KEY) {

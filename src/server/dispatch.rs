@@ -54,25 +54,32 @@ impl Dispatcher {
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             self.security_headers.apply(response.headers_mut());
         }
-        let route = response
+        let elapsed = started.elapsed();
+        let status = response.status().as_u16();
+        let served_by = response
             .extensions()
             .get::<RouteName>()
-            .map(|r| r.0.clone())
-            .unwrap_or_else(|| {
-                if self.proxy.is_some() {
-                    "none".into()
+            .map(|r| r.0.clone());
+        let route = match &served_by {
+            Some(stats) => {
+                stats.record(status, elapsed.as_secs_f64());
+                stats.name.as_str()
+            }
+            None => {
+                let route = if self.proxy.is_some() {
+                    "none"
                 } else {
-                    "builtin".into()
-                }
-            });
-        let elapsed = started.elapsed();
-        self.metrics
-            .request(&route, response.status().as_u16(), elapsed.as_secs_f64());
+                    "builtin"
+                };
+                self.metrics.request(route, status, elapsed.as_secs_f64());
+                route
+            }
+        };
         if let Some((method, path)) = logged {
             let upstream = response
                 .extensions()
                 .get::<UpstreamServer>()
-                .map(|u| u.0.as_str())
+                .map(|u| &*u.0)
                 .unwrap_or("-");
             let bytes = http_body::Body::size_hint(response.body()).exact();
             tracing::info!(

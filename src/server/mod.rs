@@ -564,13 +564,17 @@ async fn serve_main(
     // reaches keep-alive and HTTP/2 connections too (a request in flight keeps its copy).
     let runtime = shared.runtime.load_full();
     let per_request = shared.clone();
+    // Boxed once here: hyper moves the request's future into its stream and task state, and
+    // moving a pointer is cheaper than moving the few KiB of the proxy's future each time.
     let handler = move |request| {
-        per_request
-            .runtime
-            .load()
-            .dispatcher
-            .clone()
-            .handle(request)
+        Box::pin(
+            per_request
+                .runtime
+                .load()
+                .dispatcher
+                .clone()
+                .handle(request),
+        )
     };
     let Some(tls) = &shared.tls else {
         let info = ConnectionInfo {
@@ -654,7 +658,7 @@ async fn serve_main(
     };
     let info = ConnectionInfo {
         peer,
-        sni: stream.server_name().map(str::to_owned),
+        sni: stream.server_name().map(std::sync::Arc::from),
         secure: true,
         tls_version: match stream.connection().protocol_version() {
             Some(rustls::ProtocolVersion::TLSv1_3) => Some("1.3"),

@@ -570,6 +570,14 @@ impl AsyncRead for TlsServerStream {
             let before = reader.filled().len();
             let outcome = READ_SCRATCH.with_borrow_mut(|scratch| {
                 let carried = this.partial.len();
+                if carried > MAX_RECORD {
+                    // Only ever the start of one record is carried; more means a bug upstream,
+                    // and the connection ends rather than the process.
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "more than one partial TLS record carried over",
+                    )));
+                }
                 scratch[..carried].copy_from_slice(&this.partial);
                 let mut space = ReadBuf::new(&mut scratch[carried..]);
                 ready!(Pin::new(&mut this.tcp).poll_read(cx, &mut space))?;
