@@ -92,9 +92,6 @@ pub fn build_server_config(
     // The configured suite order is the server's preference (see `ServerConfigs`).
     config.ignore_client_order = true;
     config.session_storage = sessions.cache.clone();
-    // One ticket per handshake, as Go (Caddy) sends: browsers resume with one, and each ticket
-    // costs an encryption and a key derivation on every new connection.
-    config.send_tls13_tickets = 1;
     if tls.session_tickets {
         config.ticketer = sessions.ticketer.clone();
     }
