@@ -12,6 +12,12 @@ use super::{normalize_dns_name, ConfigError, Origin};
 
 // ---------- file schema ----------
 
+/// Idle pooled connections kept per upstream server. Generous, as HAProxy keeps all of them:
+/// a burst of concurrent requests (HTTP/2 clients multiplex many) needs that many upstream
+/// connections, and with a small cap the excess is closed after each burst and opened again for
+/// the next. An idle connection costs a descriptor and a few KiB; `keepalive_timeout` ends it.
+pub const DEFAULT_KEEPALIVE: usize = 1024;
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
@@ -482,7 +488,7 @@ fn upstream_settings(
         cookie_secret: file.cookie_secret.clone(),
         max_fails: file.max_fails.unwrap_or(1),
         fail_timeout: positive(file.fail_timeout, 10, &origin, &field("fail_timeout"))?,
-        keepalive: file.keepalive.unwrap_or(256),
+        keepalive: file.keepalive.unwrap_or(DEFAULT_KEEPALIVE),
         keepalive_timeout: positive(
             file.keepalive_timeout,
             60,
@@ -516,7 +522,7 @@ pub fn url_upstream(url: &str) -> UpstreamSettings {
         cookie_secret: None,
         max_fails: 1,
         fail_timeout: Duration::from_secs(10),
-        keepalive: 256,
+        keepalive: DEFAULT_KEEPALIVE,
         keepalive_timeout: Duration::from_secs(60),
         connect_timeout: Duration::from_secs(5),
         response_timeout: Duration::from_secs(60),
