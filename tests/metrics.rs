@@ -203,23 +203,26 @@ async fn metrics_after_real_handshakes_requests_and_websockets() {
     server.stop().await;
 }
 
+/// A server whose one certificate, `site.pem` for `app.test`, is a file in `dir`.
+async fn start_with_site_certificate(
+    dir: &std::path::Path,
+) -> (
+    TestServer,
+    tlsgate::certs::generate::CertificateAuthority,
+    tlsgate::certs::generate::IssuedCertificate,
+) {
+    let ca = fixture_ca(dir);
+    let site = fixture_cert(&ca, dir, "site", &["app.test"], KeyAlgorithm::EcdsaP256);
+    let server = TestServer::start("tls:\n  certificates:\n    - pem_file: site.pem\n", dir)
+        .await
+        .unwrap();
+    (server, ca, site)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_ready_certificates_and_reload() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = fixture_ca(dir.path());
-    let first = fixture_cert(
-        &ca,
-        dir.path(),
-        "site",
-        &["app.test"],
-        KeyAlgorithm::EcdsaP256,
-    );
-    let server = TestServer::start(
-        "tls:\n  certificates:\n    - pem_file: site.pem\n",
-        dir.path(),
-    )
-    .await
-    .unwrap();
+    let (server, ca, first) = start_with_site_certificate(dir.path()).await;
     let health = admin_get(&server, "/health").await;
     assert_eq!(
         (health.status.as_u16(), health.body.contains("healthy")),
@@ -367,20 +370,7 @@ async fn alert_rules_and_dashboard_use_metrics_tlsgate_exports() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watcher_reloads_for_certificate_files_not_for_their_neighbours() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = fixture_ca(dir.path());
-    fixture_cert(
-        &ca,
-        dir.path(),
-        "site",
-        &["app.test"],
-        KeyAlgorithm::EcdsaP256,
-    );
-    let server = TestServer::start(
-        "tls:\n  certificates:\n    - pem_file: site.pem\n",
-        dir.path(),
-    )
-    .await
-    .unwrap();
+    let (server, ca, _) = start_with_site_certificate(dir.path()).await;
     let reloads =
         |m: &str| sample(m, "tlsgate_config_reloads_total", &["result=\"success\""]).unwrap_or(0.0);
     // A log file and a scratch file next to the certificate, written for a second.
