@@ -314,15 +314,23 @@ impl AcmeManager {
                         next_check[index] = now + interval + jitter(interval / 10);
                     }
                     Err(error) => {
-                        let limited = error.to_string().contains("rateLimited");
+                        let text = error.to_string();
+                        let limited = text.contains("rateLimited");
+                        // A nonce the CA refused more times than the client retries is a
+                        // passing condition (RFC 8555 §6.5), not an outage: try again soon.
+                        let transient = text.contains("badNonce");
                         let wait = if limited {
                             backoff[index].max(Duration::from_secs(3600))
+                        } else if transient {
+                            first_backoff
                         } else {
                             backoff[index]
                         };
                         tracing::error!(names = %names.join(","), %error, retry_in = ?wait, "ACME order failed; the current certificate stays in service");
                         next_check[index] = now + wait;
-                        backoff[index] = (backoff[index] * 2).min(Duration::from_secs(86_400));
+                        if !transient {
+                            backoff[index] = (backoff[index] * 2).min(Duration::from_secs(86_400));
+                        }
                     }
                 }
             }
