@@ -85,7 +85,7 @@ pub async fn handle<B>(
                             .upstream_up
                             .get_or_create(&super::ServerLabels {
                                 upstream: pool.name.clone(),
-                                server: server.url.clone(),
+                                server: server.url.to_string(),
                             })
                             .set(i64::from(server.available()));
                     }

@@ -270,7 +270,11 @@ const STATUS_CLASSES: [&str; 9] = [
 
 /// `2xx` for 200 and so on (hyper's status codes run from 100 to 999).
 fn status_class(status: u16) -> &'static str {
-    STATUS_CLASSES[usize::from(status / 100).clamp(1, 9) - 1]
+    STATUS_CLASSES[status_index(status)]
+}
+
+fn status_index(status: u16) -> usize {
+    usize::from(status / 100).clamp(1, 9) - 1
 }
 
 /// One route's request series, looked up once per route and kept, rather than found by
@@ -295,13 +299,12 @@ impl RouteStats {
     }
 
     pub fn record(&self, status: u16, seconds: f64) {
-        let class = status_class(status);
-        let index = usize::from(status / 100).clamp(1, 9) - 1;
+        let index = status_index(status);
         self.requests[index]
             .get_or_init(|| {
                 self.metrics.requests.get_or_create_owned(&RequestLabels {
                     route: self.name.clone(),
-                    status: class.into(),
+                    status: STATUS_CLASSES[index].into(),
                 })
             })
             .inc();

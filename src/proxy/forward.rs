@@ -346,7 +346,7 @@ pub(super) fn respond(
     parts
         .extensions
         .insert(crate::http::service::UpstreamServer(
-            pool.servers[index].label.clone(),
+            pool.servers[index].url.clone(),
         ));
     remove_hop_by_hop(&mut parts.headers);
     // As nginx does: the backend's `Server` (often with a version) is not passed on.

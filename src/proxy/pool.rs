@@ -26,10 +26,8 @@ fn now_millis() -> u64 {
 
 #[derive(Debug)]
 pub struct Server {
-    /// `http://host:port`.
-    pub url: String,
-    /// The same, shared with each response it serves (the access log's `upstream`).
-    pub label: std::sync::Arc<str>,
+    /// `http://host:port`, shared with each response it serves (the access log's `upstream`).
+    pub url: std::sync::Arc<str>,
     /// `host:port` of `url`, so a request's URI is built without formatting and parsing.
     pub authority: Option<http::uri::Authority>,
     pub weight: u32,
@@ -122,8 +120,7 @@ impl Pool {
             .servers
             .iter()
             .map(|s| Server {
-                url: s.url.clone(),
-                label: s.url.as_str().into(),
+                url: s.url.as_str().into(),
                 authority: s.url.strip_prefix("http://").and_then(|a| a.parse().ok()),
                 weight: s.weight,
                 backup: s.backup,

@@ -56,12 +56,8 @@ impl Dispatcher {
         }
         let elapsed = started.elapsed();
         let status = response.status().as_u16();
-        let served_by = response
-            .extensions()
-            .get::<RouteName>()
-            .map(|r| r.0.clone());
-        let route = match &served_by {
-            Some(stats) => {
+        let route = match response.extensions().get::<RouteName>() {
+            Some(RouteName(stats)) => {
                 stats.record(status, elapsed.as_secs_f64());
                 stats.name.as_str()
             }
