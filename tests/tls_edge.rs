@@ -967,3 +967,43 @@ async fn records_split_across_reads_key_updates_and_close_notify_work_on_tls13_a
     }
     server.stop().await;
 }
+
+/// TLS 1.3 session tickets may wait to leave with the first response, but not while the
+/// client still holds its request back: under Nagle's algorithm a client sends the request
+/// only once its Finished is acknowledged, and with nothing coming back the server's delayed
+/// ACK held every first request for about 40 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_under_nagles_algorithm_is_not_held_by_a_delayed_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start("", dir.path()).await.unwrap();
+    let ca = server.local_ca();
+    let mut config = (*client_config(
+        std::slice::from_ref(&ca),
+        &[&rustls::version::TLS13],
+        &[b"http/1.1"],
+    ))
+    .clone();
+    config.resumption = rustls::client::Resumption::disabled();
+    let config = std::sync::Arc::new(config);
+    let mut took = Vec::new();
+    for _ in 0..9 {
+        let started = std::time::Instant::now();
+        let tcp = tokio::net::TcpStream::connect(server.main).await.unwrap();
+        tcp.set_nodelay(false).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(config.clone())
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let reply = get_on(&mut tls).await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        took.push(started.elapsed());
+    }
+    took.sort();
+    assert!(
+        took[4] < Duration::from_millis(25),
+        "median connection + first request took {:?} ({took:?})",
+        took[4]
+    );
+    server.stop().await;
+}

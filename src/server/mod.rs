@@ -469,6 +469,7 @@ impl Server {
             tasks.spawn(watch);
         }
         tasks.spawn(audit_expiry(certificate_state.clone(), shutdown.clone()));
+        tasks.spawn(timer_heartbeat(shutdown.clone()));
         if local.is_some() {
             tasks.spawn(renew_local_certificate(
                 current.clone(),
@@ -842,7 +843,10 @@ impl ConnectionWatch<'_> {
         tokio::pin!(connection);
         let shortest = limits.idle_timeout.min(limits.header_read_timeout);
         let check_every = (shortest / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
-        let mut ticker = tokio::time::interval(check_every);
+        // The first check is one period in: an immediate tick would find nothing, and a timer
+        // due at once costs tokio a wake-up of its driver.
+        let mut ticker =
+            tokio::time::interval_at(tokio::time::Instant::now() + check_every, check_every);
         let mut closing = false;
         loop {
             tokio::select! {
@@ -869,6 +873,25 @@ impl ConnectionWatch<'_> {
                     }
                 }
             }
+        }
+    }
+}
+
+/// How often the runtime's timer wakes up even with nothing due.
+const TIMER_HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// Keeps a timer due within half a second at all times. tokio wakes its driver through an
+/// `eventfd` whenever a new timer is due before the earliest one it knew of, and on a busy
+/// worker that was two system calls (the write and an extra `epoll_wait`) per connection, for
+/// the handshake deadline and the connection's idle check. With this one always nearest,
+/// timers of half a second and more are only filed.
+async fn timer_heartbeat(shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(TIMER_HEARTBEAT);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shutdown.cancelled() => return,
         }
     }
 }

@@ -214,6 +214,10 @@ pub struct TlsServerStream {
     close_sent: bool,
     /// The peer closed its side of the TCP connection.
     tcp_eof: bool,
+    /// `outgoing` holds only TLS 1.3 session tickets, which the client is not waiting for.
+    tickets_only: bool,
+    /// Application data has come in since the handshake.
+    data_received: bool,
     server_name: Option<String>,
 }
 
@@ -476,6 +480,8 @@ impl TlsServerStream {
             read_closed: false,
             close_sent: false,
             tcp_eof: false,
+            tickets_only: false,
+            data_received: false,
             server_name,
         };
         std::future::poll_fn(|cx| stream.poll_handshake(cx)).await?;
@@ -506,6 +512,7 @@ impl TlsServerStream {
                 ready!(self.session.poll_send(cx, &mut self.tcp))?;
             }
             if done {
+                self.tickets_only = self.session.queued() > 0;
                 if self.partial.is_empty() {
                     self.partial = Vec::new();
                 }
@@ -562,6 +569,7 @@ impl AsyncRead for TlsServerStream {
         let this = self.get_mut();
         loop {
             if this.session.take_plaintext(reader) {
+                this.data_received = true;
                 return Poll::Ready(Ok(()));
             }
             if this.read_closed {
@@ -589,10 +597,15 @@ impl AsyncRead for TlsServerStream {
                     return Poll::Ready(Ok(()));
                 }
                 let received = &mut scratch[..carried + read];
+                let queued = this.session.queued();
                 let processed = this
                     .session
                     .process(received, Some(reader), Write::Nothing)
                     .map_err(tls_error)?;
+                if this.session.queued() != queued {
+                    // A key update's answer, say: the next flush sends it.
+                    this.tickets_only = false;
+                }
                 let rest = &received[processed.consumed..];
                 if rest.is_empty() {
                     this.partial = Vec::new();
@@ -614,6 +627,7 @@ impl AsyncRead for TlsServerStream {
                 Poll::Pending => return Poll::Pending,
             }
             if reader.filled().len() > before {
+                this.data_received = true;
                 return Poll::Ready(Ok(()));
             }
         }
@@ -646,6 +660,7 @@ impl TlsServerStream {
                     "TLS connection cannot send application data",
                 )));
             };
+            self.tickets_only = false;
             // Bytes rustls queued meanwhile (an alert, a key update) go before these.
             let mut sent = 0;
             if self.session.outgoing.is_empty() {
@@ -736,7 +751,12 @@ impl AsyncWrite for TlsServerStream {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        ready!(this.session.poll_send(cx, &mut this.tcp))?;
+        // Tickets wait to leave with the response once the request is in (hyper flushes after
+        // reading it too). Before that they go now: a client under Nagle's algorithm holds its
+        // request back until its Finished is acknowledged, and they carry the ACK.
+        if !(this.tickets_only && this.data_received) {
+            ready!(this.session.poll_send(cx, &mut this.tcp))?;
+        }
         Pin::new(&mut this.tcp).poll_flush(cx)
     }
 
