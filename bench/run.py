@@ -296,6 +296,7 @@ routes:
         url = f"https://127.0.0.1:{port}/"
         target = ["--addr", f"127.0.0.1:{port}", "--host", "localhost", "--cacert", self.cacert]
         before = cpu_seconds(pid)
+        started = time.monotonic()
         extra = {}
         if kind == "h1":
             out = self.load(["wrk", "-t1", "-c64", f"-d{seconds}s", "--latency", url], seconds + 30)
@@ -310,12 +311,14 @@ routes:
             match = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded", out)
             ops = int(match.group(1))
             extra["rate"] = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
-        elif kind in ("handshake", "resumed", "handshake_pq"):
+        elif kind in ("handshake", "resumed", "handshake_pq", "handshake_verify_every"):
             command = [self.loadgen, "handshakes", *target, "--connections", "16", "--seconds", str(seconds)]
             if kind == "resumed":
                 command.append("--resume")
             if kind == "handshake_pq":
                 command.append("--post-quantum")
+            if kind == "handshake_verify_every":
+                command.append("--verify-every")
             result = json.loads(self.load(command, seconds + 30))
             ops = result["operations"]
             extra["rate"] = result["rate"]
@@ -333,6 +336,9 @@ routes:
         else:
             raise ValueError(kind)
         cpu = cpu_seconds(pid) - before
+        # A proxy well below 100% was waiting on the load client, and pays for sleeping and
+        # waking up in every operation.
+        extra["busy"] = cpu / max(1e-9, time.monotonic() - started)
         if ops == 0:
             raise RuntimeError(f"{name} {kind}: no operations completed")
         return ops, cpu, extra
@@ -398,6 +404,7 @@ MEASUREMENTS = [
     ("handshake", "new TLS connection + 1 request, full handshake (X25519)"),
     ("resumed", "new TLS connection + 1 request, resumed"),
     ("handshake_pq", "same, client offers X25519MLKEM768 first (only tlsgate takes it)"),
+    ("handshake_verify_every", "same as full handshake, client verifies every connection (client-bound)"),
     ("ws", "wss:// 64-byte echo message (64 conn)"),
 ]
 
@@ -442,6 +449,15 @@ def report(args, results, memory, ceilings, proxies, started, errors):
             values = [r[key] for r in results.get((proxy, kind), []) if r.get(key) is not None]
             row.append(median_range(values))
         lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "## Proxy core busy during each measurement (CPU time ÷ wall time, median)", ""]
+    lines += [header, "|" + "---|" * (len(proxies) + 1)]
+    for kind, label in MEASUREMENTS:
+        row = [label]
+        for proxy in proxies:
+            values = [r["busy"] for r in results.get((proxy, kind), []) if "busy" in r]
+            row.append(f"{statistics.median(values):.0%}" if values else "n/a")
+        lines.append("| " + " | ".join(row) + " |")
+    lines += [""]
     row = ["key exchange chosen when X25519MLKEM768 is offered"]
     for proxy in proxies:
         groups = sorted({r["group"] for r in results.get((proxy, "handshake_pq"), []) if r.get("group")})
