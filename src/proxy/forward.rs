@@ -139,10 +139,22 @@ pub fn upstream_headers(
 /// Paths with `.`/`..` segments (plain or percent-encoded) could match one route and mean
 /// another to the upstream; they are refused rather than guessed at.
 pub fn has_dot_segments(path: &str) -> bool {
-    path.split('/').any(|segment| {
-        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-        decoded == "." || decoded == ".."
-    })
+    path.split('/').any(is_dot_segment)
+}
+
+/// `.` or `..`, each dot plain or as `%2e`/`%2E` (checked on every request: no allocation).
+fn is_dot_segment(segment: &str) -> bool {
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() {
+        rest = match rest {
+            [b'.', tail @ ..] => tail,
+            [b'%', b'2', e, tail @ ..] if e.eq_ignore_ascii_case(&b'e') => tail,
+            _ => return false,
+        };
+        dots += 1;
+    }
+    dots == 1 || dots == 2
 }
 
 /// Whether a failed exchange timed out while connecting.
@@ -395,10 +407,28 @@ mod tests {
 
     #[test]
     fn dot_segments_are_spotted_encoded_or_not() {
-        for bad in ["/x/../ws", "/./ws", "/x/%2e%2e/ws", "/x/%2E/y", "/.."] {
+        for bad in [
+            "/x/../ws",
+            "/./ws",
+            "/x/%2e%2e/ws",
+            "/x/%2E/y",
+            "/..",
+            "/.%2e/x",
+            "/%2E./x",
+        ] {
             assert!(has_dot_segments(bad), "{bad}");
         }
-        for fine in ["/ws", "/a.b/c", "/..x", "/x/.well-known/y"] {
+        for fine in [
+            "/ws",
+            "/a.b/c",
+            "/..x",
+            "/x/.well-known/y",
+            "/.../x",
+            "/%2e%2e%2e",
+            "/%2",
+            "/%2ex",
+            "/%2f",
+        ] {
             assert!(!has_dot_segments(fine), "{fine}");
         }
     }

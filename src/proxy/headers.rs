@@ -5,31 +5,38 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Headers that describe one connection, never forwarded.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// Headers that describe one connection, never forwarded (as names, so removing them hashes
+/// no strings).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
     }
 }
 
@@ -48,10 +55,13 @@ pub fn set_forwarding(
     secure: bool,
     host: &str,
 ) -> Forwarding {
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let real_ip = HeaderName::from_static("x-real-ip");
-    let proto = HeaderName::from_static("x-forwarded-proto");
-    let fwd_host = HeaderName::from_static("x-forwarded-host");
+    let (xff, real_ip, proto, fwd_host) = (
+        X_FORWARDED_FOR,
+        X_REAL_IP,
+        X_FORWARDED_PROTO,
+        X_FORWARDED_HOST,
+    );
+    let scheme = HeaderValue::from_static(if secure { "https" } else { "http" });
     let mut client_ip = peer;
     if peer_trusted {
         let chain: Vec<String> = headers
@@ -80,16 +90,18 @@ pub fn set_forwarding(
         set(headers, xff, &joined);
         set(headers, real_ip, &client_ip.to_string());
         if !headers.contains_key(&proto) {
-            set(headers, proto, if secure { "https" } else { "http" });
+            headers.insert(proto, scheme);
         }
         if !headers.contains_key(&fwd_host) {
             set(headers, fwd_host, host);
         }
     } else {
         headers.remove(header::FORWARDED);
-        set(headers, xff, &peer.to_string());
-        set(headers, real_ip, &peer.to_string());
-        set(headers, proto, if secure { "https" } else { "http" });
+        if let Ok(address) = HeaderValue::from_str(&peer.to_string()) {
+            headers.insert(xff, address.clone());
+            headers.insert(real_ip, address);
+        }
+        headers.insert(proto, scheme);
         set(headers, fwd_host, host);
     }
     Forwarding { client_ip }

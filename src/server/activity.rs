@@ -6,13 +6,22 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// Milliseconds on the kernel's coarse monotonic clock. Every read and write of a client
+/// connection records the time; the coarse clock (a few ms of resolution, plenty for
+/// second-scale timeouts) reads a stored value instead of the time-stamp counter.
+fn coarse_millis() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    (now.tv_sec as u64) * 1000 + (now.tv_nsec as u64) / 1_000_000
+}
+
 #[derive(Debug)]
 pub struct Activity {
-    started: Instant,
+    /// `coarse_millis()` when the connection began.
+    started_millis: u64,
     last_millis: AtomicU64,
     /// When the first byte arrived with no request in flight (millis + 1; 0 = none): a
     /// request head is on its way.
@@ -23,7 +32,7 @@ pub struct Activity {
 impl Activity {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
-            started: Instant::now(),
+            started_millis: coarse_millis(),
             last_millis: AtomicU64::new(0),
             head_started: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
@@ -31,7 +40,7 @@ impl Activity {
     }
 
     fn now_millis(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        coarse_millis().saturating_sub(self.started_millis)
     }
 
     fn touch(&self) {
@@ -66,8 +75,10 @@ impl Activity {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
-        let last = Duration::from_millis(self.last_millis.load(Ordering::Relaxed));
-        Some(self.started.elapsed().saturating_sub(last))
+        let last = self.last_millis.load(Ordering::Relaxed);
+        Some(Duration::from_millis(
+            self.now_millis().saturating_sub(last),
+        ))
     }
 
     /// Marks a request in flight until the guard drops.
