@@ -457,7 +457,8 @@ def report(args, results, memory, ceilings, proxies, started, errors):
             values = [r["busy"] for r in results.get((proxy, kind), []) if "busy" in r]
             row.append(f"{statistics.median(values):.0%}" if values else "n/a")
         lines.append("| " + " | ".join(row) + " |")
-    lines += [""]
+    lines += ["", "## Handshake details", ""]
+    lines += ["| | " + " | ".join(proxies) + " |", "|" + "---|" * (len(proxies) + 1)]
     row = ["key exchange chosen when X25519MLKEM768 is offered"]
     for proxy in proxies:
         groups = sorted({r["group"] for r in results.get((proxy, "handshake_pq"), []) if r.get("group")})
