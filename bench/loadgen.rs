@@ -216,7 +216,9 @@ fn client_config(target: &Target, resume: bool) -> Result<Arc<rustls::ClientConf
 
 /// Verifies the first connection fully; afterwards the same end-entity certificate is
 /// trusted without repeating the work (unless `every`). A different certificate is verified
-/// in full.
+/// in full. Later connections thus skip the handshake signature, name and expiry checks: a
+/// server replaying the public certificate would pass. Fit for a loopback benchmark against a
+/// proxy it started itself, never for anything else.
 #[derive(Debug)]
 struct VerifyFirst {
     webpki: Arc<rustls::client::WebPkiServerVerifier>,

@@ -968,6 +968,81 @@ async fn records_split_across_reads_key_updates_and_close_notify_work_on_tls13_a
     server.stop().await;
 }
 
+/// A client that sends its request in the same write as its Finished: the server holds its
+/// TLS 1.3 session tickets back to send them with the response. The response must come
+/// whole, and the tickets with it: the next connection resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tickets_held_for_the_response_arrive_with_it() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start("", dir.path()).await.unwrap();
+    let ca = server.local_ca();
+    let addr = server.main;
+    let config = client_config(
+        std::slice::from_ref(&ca),
+        &[&rustls::version::TLS13],
+        &[b"http/1.1"],
+    );
+    let kinds = tokio::task::spawn_blocking(move || {
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+            tcp.set_nodelay(true).unwrap();
+            tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let mut client = rustls::ClientConnection::new(config.clone(), name).unwrap();
+            // Queued before the handshake: rustls sends it right behind the Finished.
+            client
+                .writer()
+                .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut wire = Vec::new();
+            client.write_tls(&mut wire).unwrap();
+            tcp.write_all(&wire).unwrap();
+            while client.is_handshaking() {
+                client.read_tls(&mut tcp).unwrap();
+                client.process_new_packets().unwrap();
+            }
+            // Finished and the request, in one write.
+            let mut wire = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut wire).unwrap();
+            }
+            tcp.write_all(&wire).unwrap();
+            let mut response = Vec::new();
+            let mut buffer = [0u8; 4096];
+            loop {
+                match client.reader().read(&mut buffer) {
+                    Ok(0) => break,
+                    Ok(n) => response.extend_from_slice(&buffer[..n]),
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                        if client.read_tls(&mut tcp).unwrap() == 0 {
+                            break;
+                        }
+                        client.process_new_packets().unwrap();
+                    }
+                    Err(error) => panic!("reading: {error}"),
+                }
+            }
+            let response = String::from_utf8_lossy(&response).into_owned();
+            assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+            assert!(response.ends_with(r#"{"status":"healthy"}"#), "{response}");
+            kinds.push(client.handshake_kind());
+        }
+        kinds
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        kinds,
+        vec![
+            Some(rustls::HandshakeKind::Full),
+            Some(rustls::HandshakeKind::Resumed)
+        ]
+    );
+    server.stop().await;
+}
+
 /// TLS 1.3 session tickets may wait to leave with the first response, but not while the
 /// client still holds its request back: under Nagle's algorithm a client sends the request
 /// only once its Finished is acknowledged, and with nothing coming back the server's delayed

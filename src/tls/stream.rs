@@ -603,7 +603,7 @@ impl AsyncRead for TlsServerStream {
                     .process(received, Some(reader), Write::Nothing)
                     .map_err(tls_error)?;
                 if this.session.queued() != queued {
-                    // A key update's answer, say: the next flush sends it.
+                    // Bytes rustls queued while reading go out with the next flush.
                     this.tickets_only = false;
                 }
                 let rest = &received[processed.consumed..];
@@ -641,6 +641,9 @@ impl TlsServerStream {
         cx: &mut Context<'_>,
         chunk: &[u8],
     ) -> Poll<io::Result<usize>> {
+        // Whatever is queued now goes out with these records, or at the next flush should
+        // rustls fail (its alert is queued then).
+        self.tickets_only = false;
         WRITE_SCRATCH.with_borrow_mut(|scratch| {
             let processed = self
                 .session
@@ -660,7 +663,6 @@ impl TlsServerStream {
                     "TLS connection cannot send application data",
                 )));
             };
-            self.tickets_only = false;
             // Bytes rustls queued meanwhile (an alert, a key update) go before these.
             let mut sent = 0;
             if self.session.outgoing.is_empty() {
