@@ -973,7 +973,7 @@ async fn records_split_across_reads_key_updates_and_close_notify_work_on_tls13_a
 /// whole, and the tickets with it: the next connection resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tickets_held_for_the_response_arrive_with_it() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start("", dir.path()).await.unwrap();
     let ca = server.local_ca();
@@ -1009,22 +1009,7 @@ async fn tickets_held_for_the_response_arrive_with_it() {
                 client.write_tls(&mut wire).unwrap();
             }
             tcp.write_all(&wire).unwrap();
-            let mut response = Vec::new();
-            let mut buffer = [0u8; 4096];
-            loop {
-                match client.reader().read(&mut buffer) {
-                    Ok(0) => break,
-                    Ok(n) => response.extend_from_slice(&buffer[..n]),
-                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                        if client.read_tls(&mut tcp).unwrap() == 0 {
-                            break;
-                        }
-                        client.process_new_packets().unwrap();
-                    }
-                    Err(error) => panic!("reading: {error}"),
-                }
-            }
-            let response = String::from_utf8_lossy(&response).into_owned();
+            let response = read_response_blocking(&mut client, &mut tcp);
             assert!(response.starts_with("HTTP/1.1 200"), "{response}");
             assert!(response.ends_with(r#"{"status":"healthy"}"#), "{response}");
             kinds.push(client.handshake_kind());
