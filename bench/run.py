@@ -307,10 +307,13 @@ routes:
             if errors:
                 raise RuntimeError(f"{name}: {errors.group(1)} non-2xx responses")
         elif kind == "h2":
-            out = self.load(["h2load", "-t1", "-c64", "-m10", "-D", str(seconds), url], seconds + 30)
+            log_path = os.path.join(self.work, "h2load-requests.log")
+            out = self.load(["h2load", "-t1", "-c64", "-m10", "-D", str(seconds), f"--log-file={log_path}", url],
+                            seconds + 30)
             match = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded", out)
             ops = int(match.group(1))
             extra["rate"] = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+            extra.update(h2_latency_ms(log_path))
         elif kind in ("handshake", "resumed", "handshake_pq", "handshake_verify_every"):
             command = [self.loadgen, "handshakes", *target, "--connections", "16", "--seconds", str(seconds)]
             if kind == "resumed":
@@ -377,6 +380,25 @@ def parse_wrk_latency(out, label):
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
+def h2_latency_ms(log_path):
+    """p50 and p99 request latency from h2load's per-request log (start µs, status, duration µs),
+    leaving out the first second: 640 streams opening 64 connections and the upstream connections
+    behind them are start-up, not steady state."""
+    rows = []
+    with open(log_path) as log:
+        for line in log:
+            fields = line.split()
+            if len(fields) >= 3:
+                rows.append((int(fields[0]), int(fields[2])))
+    os.remove(log_path)
+    if not rows:
+        return {}
+    first = min(start for start, _ in rows)
+    steady = sorted(duration for start, duration in rows if start - first >= 1_000_000) or \
+        sorted(duration for _, duration in rows)
+    return {"h2_p50_ms": steady[len(steady) // 2] / 1000, "h2_p99_ms": steady[int(len(steady) * 0.99)] / 1000}
+
+
 def crypto_ceilings():
     """Per-operation costs from `openssl speed` (µs): P-256 sign, X25519, and AES-128-GCM MB/s."""
     result = {}
@@ -441,9 +463,12 @@ def report(args, results, memory, ceilings, proxies, started, errors):
             rates = [r["rate"] for r in results.get((proxy, kind), []) if "rate" in r]
             row.append(f"{statistics.median(rates):,.0f}/s" if rates else "n/a")
         lines.append("| " + " | ".join(row) + " |")
-    for key, label in (("p99_ms", "HTTP/1.1 p99 latency (ms, wrk)"), ("p99_us", "wss echo p99 latency (µs)"),
+    for key, label in (("p99_ms", "HTTP/1.1 p99 latency (ms, wrk)"),
+                       ("h2_p99_ms", "HTTP/2 p99 latency (ms, h2load log, after 1 s)"),
+                       ("h2_p50_ms", "HTTP/2 p50 latency (ms, h2load log, after 1 s)"),
+                       ("p99_us", "wss echo p99 latency (µs)"),
                        ("p50_us", "wss echo p50 latency (µs)")):
-        kind = "h1" if key == "p99_ms" else "ws"
+        kind = {"p99_ms": "h1", "h2_p99_ms": "h2", "h2_p50_ms": "h2"}.get(key, "ws")
         row = [label]
         for proxy in proxies:
             values = [r[key] for r in results.get((proxy, kind), []) if r.get(key) is not None]
