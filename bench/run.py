@@ -442,6 +442,18 @@ def median_range(values):
     return f"{statistics.median(values):.1f} ({min(values):.1f}–{max(values):.1f})"
 
 
+def median_rows(results, proxies, key, show):
+    """One table row per measurement: each proxy's median of `key` over rounds, shown by `show`."""
+    rows = []
+    for kind, label in MEASUREMENTS:
+        row = [label]
+        for proxy in proxies:
+            values = [r[key] for r in results.get((proxy, kind), []) if key in r]
+            row.append(show(statistics.median(values)) if values else "n/a")
+        rows.append("| " + " | ".join(row) + " |")
+    return rows
+
+
 def report(args, results, memory, ceilings, proxies, started, errors):
     lines = [f"# tlsgate benchmark, {started:%Y-%m-%d %H:%M} UTC", ""]
     lines.append(f"Rounds: {args.rounds}, {args.seconds} s per measurement; proxies pinned to core "
@@ -462,12 +474,7 @@ def report(args, results, memory, ceilings, proxies, started, errors):
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "## Throughput (operations/s, median) and latency", ""]
     lines += [header, "|" + "---|" * (len(proxies) + 1)]
-    for kind, label in MEASUREMENTS:
-        row = [label]
-        for proxy in proxies:
-            rates = [r["rate"] for r in results.get((proxy, kind), []) if "rate" in r]
-            row.append(f"{statistics.median(rates):,.0f}/s" if rates else "n/a")
-        lines.append("| " + " | ".join(row) + " |")
+    lines += median_rows(results, proxies, "rate", lambda rate: f"{rate:,.0f}/s")
     for key, label in (("p99_ms", "HTTP/1.1 p99 latency (ms, wrk)"),
                        ("h2_p99_ms", "HTTP/2 p99 latency (ms, h2load log, after 1 s)"),
                        ("h2_p50_ms", "HTTP/2 p50 latency (ms, h2load log, after 1 s)"),
@@ -481,12 +488,7 @@ def report(args, results, memory, ceilings, proxies, started, errors):
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "## Proxy core busy during each measurement (CPU time ÷ wall time, median)", ""]
     lines += [header, "|" + "---|" * (len(proxies) + 1)]
-    for kind, label in MEASUREMENTS:
-        row = [label]
-        for proxy in proxies:
-            values = [r["busy"] for r in results.get((proxy, kind), []) if "busy" in r]
-            row.append(f"{statistics.median(values):.0%}" if values else "n/a")
-        lines.append("| " + " | ".join(row) + " |")
+    lines += median_rows(results, proxies, "busy", lambda busy: f"{busy:.0%}")
     lines += ["", "## Handshake details", ""]
     lines += ["| | " + " | ".join(proxies) + " |", "|" + "---|" * (len(proxies) + 1)]
     row = ["key exchange chosen when X25519MLKEM768 is offered"]
