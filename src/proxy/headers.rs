@@ -55,17 +55,11 @@ pub fn set_forwarding(
     secure: bool,
     host: &str,
 ) -> Forwarding {
-    let (xff, real_ip, proto, fwd_host) = (
-        X_FORWARDED_FOR,
-        X_REAL_IP,
-        X_FORWARDED_PROTO,
-        X_FORWARDED_HOST,
-    );
     let scheme = HeaderValue::from_static(if secure { "https" } else { "http" });
     let mut client_ip = peer;
     if peer_trusted {
         let chain: Vec<String> = headers
-            .get_all(&xff)
+            .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
@@ -87,22 +81,22 @@ pub fn set_forwarding(
             joined.push_str(", ");
         }
         joined.push_str(&peer.to_string());
-        set(headers, xff, &joined);
-        set(headers, real_ip, &client_ip.to_string());
-        if !headers.contains_key(&proto) {
-            headers.insert(proto, scheme);
+        set(headers, X_FORWARDED_FOR, &joined);
+        set(headers, X_REAL_IP, &client_ip.to_string());
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO, scheme);
         }
-        if !headers.contains_key(&fwd_host) {
-            set(headers, fwd_host, host);
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            set(headers, X_FORWARDED_HOST, host);
         }
     } else {
         headers.remove(header::FORWARDED);
         if let Ok(address) = HeaderValue::from_str(&peer.to_string()) {
-            headers.insert(xff, address.clone());
-            headers.insert(real_ip, address);
+            headers.insert(X_FORWARDED_FOR, address.clone());
+            headers.insert(X_REAL_IP, address);
         }
-        headers.insert(proto, scheme);
-        set(headers, fwd_host, host);
+        headers.insert(X_FORWARDED_PROTO, scheme);
+        set(headers, X_FORWARDED_HOST, host);
     }
     Forwarding { client_ip }
 }
