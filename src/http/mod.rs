@@ -12,7 +12,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 
 /// The response body type of every handler (boxed, so streaming bodies fit later).
-pub type ResponseBody = BoxBody<Bytes, hyper::Error>;
+pub type ResponseBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 pub type Response = hyper::Response<ResponseBody>;
 
 /// A complete body from bytes.

@@ -14,6 +14,7 @@ use super::body::{BodyState, Bounded, ClientFault, Guarded};
 use super::headers::{remove_hop_by_hop, set_forwarding};
 use super::pool::{Pool, ProxyBody};
 use super::routes::Route;
+use super::upstream::{self, ResponseBody, UpstreamError};
 use super::{tunnel, Proxy};
 use crate::config::proxy::Balance;
 use crate::http::error::HttpError;
@@ -244,7 +245,28 @@ async fn forward(
         let Ok(upstream) = upstream.body(request_body) else {
             return HttpError::BadRequest("request cannot be forwarded").into_response();
         };
-        let outcome = exchange(pool, upstream, &state, empty_body).await;
+        let outcome = if pool.settings.h2c {
+            exchange(pool, pool.client.request(upstream), &state, empty_body)
+                .await
+                .map(|result| {
+                    result
+                        .map(|response| response.map(ResponseBody::H2c))
+                        .map_err(UpstreamError::from)
+                })
+        } else {
+            let Some(authority) = &server.authority else {
+                return HttpError::BadGateway.into_response();
+            };
+            let target = upstream::Target {
+                host: authority.host(),
+                port: authority.port_u16().unwrap_or(80),
+                idle: &server.idle,
+                connect_timeout: pool.settings.connect_timeout,
+            };
+            exchange(pool, upstream::send(target, upstream), &state, empty_body)
+                .await
+                .map(|result| result.map(|response| response.map(ResponseBody::Http1)))
+        };
         if let Some(fault) = state.fault.get() {
             // The client's doing: not the upstream's failure.
             return match fault {
@@ -310,13 +332,12 @@ fn upstream_uri(server: &super::pool::Server, path: &http::uri::PathAndQuery) ->
 
 /// Sends a request; the response timeout runs from the moment the whole request body has been
 /// handed over (at once for an empty body), so a slow upload is not a slow upstream.
-async fn exchange(
+async fn exchange<T>(
     pool: &Pool,
-    request: Request<ProxyBody>,
+    sending: impl std::future::Future<Output = T>,
     state: &BodyState,
     empty_body: bool,
-) -> Result<Result<hyper::Response<Incoming>, hyper_util::client::legacy::Error>, ()> {
-    let sending = pool.client.request(request);
+) -> Result<T, ()> {
     tokio::pin!(sending);
     let timeout = pool.settings.response_timeout;
     let deadline = tokio::time::sleep(timeout);
@@ -346,14 +367,18 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-pub(super) fn respond(
+pub(super) fn respond<B>(
     pool: &Arc<Pool>,
     index: usize,
-    response: hyper::Response<Incoming>,
+    response: hyper::Response<B>,
     in_flight: super::pool::InFlight,
     sticky: Option<&str>,
     secure: bool,
-) -> Response {
+) -> Response
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<super::pool::BoxError>,
+{
     let (mut parts, body) = response.into_parts();
     parts
         .extensions
@@ -382,7 +407,10 @@ pub(super) fn respond(
             }
         }
     }
-    hyper::Response::from_parts(parts, Guarded::new(body, in_flight).boxed())
+    hyper::Response::from_parts(
+        parts,
+        Guarded::new(body, in_flight).map_err(Into::into).boxed(),
+    )
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod health;
 pub mod pool;
 pub mod routes;
 pub mod tunnel;
+pub mod upstream;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -125,6 +126,9 @@ impl Proxy {
         for pool in pools.values() {
             if pool.settings.health_check.is_some() {
                 tasks.spawn(health::run(pool.clone(), health_stop.clone()));
+            }
+            if pool.settings.keepalive > 0 && !pool.settings.h2c {
+                tasks.spawn(pool.clone().sweep_idle_connections(health_stop.clone()));
             }
         }
         let mut route_closers = HashMap::new();

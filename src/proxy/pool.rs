@@ -36,6 +36,8 @@ pub struct Server {
     pub in_flight: AtomicU32,
     /// Set by active health checks; true until a check says otherwise.
     pub healthy: AtomicBool,
+    /// Kept-alive HTTP/1.1 connections waiting for the next request.
+    pub idle: Arc<super::upstream::IdleConnections>,
     fails: AtomicU32,
     fail_window_start: AtomicU64,
     down_until: AtomicU64,
@@ -127,6 +129,10 @@ impl Pool {
                 max_conns: s.max_conns,
                 in_flight: AtomicU32::new(0),
                 healthy: AtomicBool::new(true),
+                idle: Arc::new(super::upstream::IdleConnections::new(
+                    settings.keepalive,
+                    settings.keepalive_timeout,
+                )),
                 fails: AtomicU32::new(0),
                 fail_window_start: AtomicU64::new(0),
                 down_until: AtomicU64::new(0),
@@ -167,6 +173,26 @@ impl Pool {
             cookie_tokens,
             client,
             connector,
+        }
+    }
+
+    /// Closes idle upstream connections past `keepalive_timeout` or closed by their server,
+    /// every half timeout (at least a second apart), until `stop`.
+    pub async fn sweep_idle_connections(
+        self: Arc<Self>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let period = (self.settings.keepalive_timeout / 2).max(std::time::Duration::from_secs(1));
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = ticks.tick() => {
+                    for server in &self.servers {
+                        server.idle.sweep();
+                    }
+                }
+            }
         }
     }
 
