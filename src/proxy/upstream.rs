@@ -268,6 +268,9 @@ pub async fn send(
     };
     let head = encode_head(&request, framing, target.host);
     let head_only = *request.method() == Method::HEAD;
+    // Sent again on a fresh connection only when the server cannot have acted on it.
+    let resendable =
+        framing == RequestFraming::Empty && super::forward::is_idempotent(request.method());
     let mut body = Some(request.into_body());
     let mut reused = target.idle.take();
     loop {
@@ -293,11 +296,7 @@ pub async fn send(
         };
         let (head, request_sent) = match outcome {
             Ok(received) => received,
-            Err(error)
-                if was_reused
-                    && framing == RequestFraming::Empty
-                    && error.is_stale_connection() =>
-            {
+            Err(error) if was_reused && resendable && error.is_stale_connection() => {
                 continue;
             }
             Err(error) => return Err(error),
@@ -830,5 +829,371 @@ impl Body for ResponseBody {
             Self::Http1(body) => body.size_hint(),
             Self::H2c(body) => body.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::net::TcpListener;
+
+    /// What the scripted backend does after writing its answer.
+    #[derive(Clone, Copy, PartialEq)]
+    enum After {
+        KeepOpen,
+        Close,
+    }
+
+    /// A raw-socket backend answering each request head with `answer(head)`; counts accepted
+    /// connections. `drop_second` closes a connection at its second request without answering.
+    async fn backend(
+        answer: fn(&str) -> (Vec<u8>, After),
+        drop_second: bool,
+    ) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut pending = Vec::new();
+                    let mut served = 0;
+                    loop {
+                        let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            let mut chunk = [0u8; 4096];
+                            match socket.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => pending.extend_from_slice(&chunk[..n]),
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&pending[..end + 4]).into_owned();
+                        pending.drain(..end + 4);
+                        served += 1;
+                        if drop_second && served == 2 {
+                            return;
+                        }
+                        let (bytes, after) = answer(&head);
+                        if socket.write_all(&bytes).await.is_err() || after == After::Close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn idle() -> Arc<IdleConnections> {
+        Arc::new(IdleConnections::new(8, Duration::from_secs(60)))
+    }
+
+    fn target<'a>(addr: &SocketAddr, idle: &'a Arc<IdleConnections>) -> Target<'a> {
+        Target {
+            host: "127.0.0.1",
+            port: addr.port(),
+            idle,
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+
+    fn request(method: Method, path: &str, body: ProxyBody) -> Request<ProxyBody> {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, "app.test")
+            .body(body)
+            .unwrap()
+    }
+
+    fn empty() -> ProxyBody {
+        http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed()
+    }
+
+    async fn get(
+        addr: &SocketAddr,
+        idle: &Arc<IdleConnections>,
+        method: Method,
+        path: &str,
+    ) -> Result<(StatusCode, HeaderMap, Result<Bytes, BoxError>), UpstreamError> {
+        let response = send(target(addr, idle), request(method, path, empty())).await?;
+        let (parts, body) = response.into_parts();
+        let collected = tokio::time::timeout(Duration::from_secs(5), body.collect())
+            .await
+            .expect("the body ends");
+        Ok((
+            parts.status,
+            parts.headers,
+            collected.map(http_body_util::Collected::to_bytes),
+        ))
+    }
+
+    fn answers(head: &str) -> (Vec<u8>, After) {
+        let path = head.split(' ').nth(1).unwrap_or("/");
+        let text: &[u8] = match path {
+            "/length" => b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-from: backend\r\n\r\nhello",
+            "/chunked" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n",
+            "/until-close" => return (b"HTTP/1.1 200 OK\r\n\r\nuntil close".to_vec(), After::Close),
+            "/continue" => b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
+            "/head" => b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n",
+            "/no-content" => b"HTTP/1.1 204 No Content\r\ncontent-length: 7\r\n\r\n",
+            "/close-after" => b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+            "/silent-close" => return (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(), After::Close),
+            "/conflict" => b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!",
+            "/truncated" => return (b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this".to_vec(), After::Close),
+            "/huge-head" => {
+                let mut text = b"HTTP/1.1 200 OK\r\n".to_vec();
+                for i in 0..60 {
+                    text.extend_from_slice(format!("x-filler-{i}: {}\r\n", "a".repeat(1200)).as_bytes());
+                }
+                text.extend_from_slice(b"content-length: 0\r\n\r\n");
+                return (text, After::KeepOpen);
+            }
+            "/bad-chunk" => return (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n".to_vec(), After::KeepOpen),
+            _ => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+        };
+        (text.to_vec(), After::KeepOpen)
+    }
+
+    #[tokio::test]
+    async fn keep_alive_reuses_one_connection_and_decodes_every_framing() {
+        let (addr, accepted) = backend(answers, false).await;
+        let idle = idle();
+        for path in ["/length", "/chunked", "/length", "/continue", "/no-content"] {
+            let (status, headers, body) = get(&addr, &idle, Method::GET, path).await.unwrap();
+            let body = body.unwrap();
+            match path {
+                "/length" => {
+                    assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello"[..]));
+                    assert_eq!(headers["x-from"], "backend");
+                }
+                "/chunked" => {
+                    assert_eq!(&body[..], b"hello world", "chunks joined, trailer dropped")
+                }
+                "/continue" => assert_eq!((status, &body[..]), (StatusCode::CREATED, &b"ok"[..])),
+                _ => assert_eq!((status, body.len()), (StatusCode::NO_CONTENT, 0)),
+            }
+        }
+        let (status, _, body) = get(&addr, &idle, Method::HEAD, "/head").await.unwrap();
+        assert_eq!(
+            (status, body.unwrap().len()),
+            (StatusCode::OK, 0),
+            "HEAD has no body"
+        );
+        assert_eq!(
+            get(&addr, &idle, Method::GET, "/length")
+                .await
+                .unwrap()
+                .2
+                .unwrap(),
+            "hello"
+        );
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "every exchange on one connection"
+        );
+        assert_eq!(idle.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn connections_that_cannot_carry_another_request_are_not_kept() {
+        let (addr, accepted) = backend(answers, false).await;
+        let idle = idle();
+        let (_, _, body) = get(&addr, &idle, Method::GET, "/until-close")
+            .await
+            .unwrap();
+        assert_eq!(
+            body.unwrap(),
+            "until close",
+            "a body without length ends at close"
+        );
+        assert_eq!(idle.len(), 0);
+        let (_, _, body) = get(&addr, &idle, Method::GET, "/close-after")
+            .await
+            .unwrap();
+        assert_eq!(body.unwrap(), "ok");
+        assert_eq!(idle.len(), 0, "Connection: close is honoured");
+        get(&addr, &idle, Method::GET, "/length")
+            .await
+            .unwrap()
+            .2
+            .unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closed_while_idle_is_replaced() {
+        let (addr, accepted) = backend(answers, false).await;
+        let idle = idle();
+        // The server closes after answering, without saying so (its keep-alive timeout).
+        let (_, _, body) = get(&addr, &idle, Method::GET, "/silent-close")
+            .await
+            .unwrap();
+        assert_eq!(body.unwrap(), "ok");
+        assert_eq!(idle.len(), 1, "parked: nothing said it would close");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (status, _, body) = get(&addr, &idle, Method::GET, "/length").await.unwrap();
+        assert_eq!(
+            (status, body.unwrap()),
+            (StatusCode::OK, Bytes::from_static(b"hello"))
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // The sweep drops closed connections without a request.
+        let (_, _, body) = get(&addr, &idle, Method::GET, "/silent-close")
+            .await
+            .unwrap();
+        assert_eq!(body.unwrap(), "ok");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(idle.len(), 1);
+        idle.sweep();
+        assert_eq!(idle.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_request_lost_on_a_closing_connection_is_sent_again_only_when_safe() {
+        // Each connection is closed at its second request, unanswered: the race with a
+        // server's keep-alive timeout.
+        let (addr, accepted) = backend(answers, true).await;
+        let idle = idle();
+        get(&addr, &idle, Method::GET, "/length")
+            .await
+            .unwrap()
+            .2
+            .unwrap();
+        let (status, _, body) = get(&addr, &idle, Method::GET, "/length").await.unwrap();
+        assert_eq!(
+            (status, body.unwrap()),
+            (StatusCode::OK, Bytes::from_static(b"hello"))
+        );
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "sent again on a new connection"
+        );
+        let error = send(
+            target(&addr, &idle),
+            request(Method::POST, "/length", empty()),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(error, UpstreamError::ClosedEarly), "{error}");
+    }
+
+    #[tokio::test]
+    async fn broken_responses_are_errors_not_hangs() {
+        let (addr, _) = backend(answers, false).await;
+        let idle = idle();
+        for (path, expected) in [
+            ("/conflict", "conflicting Content-Length values"),
+            ("/huge-head", "response head over 64 KiB"),
+        ] {
+            let error = get(&addr, &idle, Method::GET, path).await.unwrap_err();
+            assert_eq!(error.to_string(), format!("invalid response: {expected}"));
+        }
+        let (_, _, body) = get(&addr, &idle, Method::GET, "/truncated").await.unwrap();
+        let error = body.unwrap_err().to_string();
+        assert!(
+            error.contains("closed the connection before the body ended"),
+            "{error}"
+        );
+        let (_, _, body) = get(&addr, &idle, Method::GET, "/bad-chunk").await.unwrap();
+        assert!(body.unwrap_err().to_string().contains("invalid chunk size"));
+        assert_eq!(idle.len(), 0, "no broken connection is kept");
+        let refused = Target {
+            port: 1,
+            ..target(&addr, &idle)
+        };
+        let error = send(refused, request(Method::GET, "/", empty()))
+            .await
+            .unwrap_err();
+        assert!(error.is_connect(), "{error}");
+    }
+
+    #[tokio::test]
+    async fn bodies_without_length_go_chunked_and_an_early_answer_stops_the_upload() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (transcript_tx, transcript) = tokio::sync::oneshot::channel();
+        let server = tokio::spawn(async move {
+            // First connection: read a chunked upload to its end, answer with what arrived.
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut received = Vec::new();
+            while !received.ends_with(b"0\r\n\r\n") {
+                let mut chunk = [0u8; 1024];
+                let n = socket.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "upload ended early");
+                received.extend_from_slice(&chunk[..n]);
+            }
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            let _ = transcript_tx.send(String::from_utf8_lossy(&received).into_owned());
+            // Second: answer 413 after the head, never reading the body.
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = [0u8; 1024];
+            let _ = socket.read(&mut head).await.unwrap();
+            socket
+                .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let idle = idle();
+        let (mut sender, channel) = http_body_util::channel::Channel::<Bytes, BoxError>::new(4);
+        tokio::spawn(async move {
+            for part in ["abc", "defgh"] {
+                let _ = sender.send_data(Bytes::from_static(part.as_bytes())).await;
+            }
+        });
+        let response = send(
+            target(&addr, &idle),
+            request(Method::POST, "/up", channel.boxed()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        drop(response);
+        let transcript = transcript.await.unwrap();
+        assert!(
+            transcript.contains("\r\ntransfer-encoding: chunked\r\n"),
+            "{transcript}"
+        );
+        assert!(
+            !transcript.to_lowercase().contains("content-length"),
+            "{transcript}"
+        );
+        assert!(
+            transcript.ends_with("\r\n\r\n3\r\nabc\r\n5\r\ndefgh\r\n0\r\n\r\n"),
+            "{transcript}"
+        );
+        // A new queue: the second exchange must open the second connection.
+        let idle = self::idle();
+        let (sender, channel) = http_body_util::channel::Channel::<Bytes, BoxError>::new(4);
+        let response = tokio::time::timeout(
+            Duration::from_secs(3),
+            send(
+                target(&addr, &idle),
+                request(Method::POST, "/up", channel.boxed()),
+            ),
+        )
+        .await
+        .expect("the early answer comes through while the upload is still open")
+        .unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        drop((response, sender));
+        assert_eq!(
+            idle.len(),
+            0,
+            "a connection with half an upload is not reused"
+        );
+        server.abort();
     }
 }
