@@ -46,8 +46,10 @@ pub struct Server {
 impl Server {
     /// Whether this server may take a request now.
     pub fn available(&self) -> bool {
+        let down_until = self.down_until.load(Ordering::Relaxed);
+        // The clock is read only for a server that was marked down at some point.
         self.healthy.load(Ordering::Relaxed)
-            && self.down_until.load(Ordering::Relaxed) <= now_millis()
+            && (down_until == 0 || down_until <= now_millis())
             && (self.max_conns == 0 || self.in_flight.load(Ordering::Relaxed) < self.max_conns)
     }
 }
