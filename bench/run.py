@@ -99,6 +99,17 @@ def wait_port(port, proc, name, timeout=20):
     raise SystemExit(f"{name} did not listen on {port} within {timeout}s")
 
 
+def ensure_ports_free(ports):
+    """Stops the run when another process already listens on one of our ports: the load would
+    reach it instead of the proxy under test (and its certificate would not verify)."""
+    for port in ports:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                raise SystemExit(f"port {port} is already in use by another process; stop it first")
+        except OSError:
+            pass
+
+
 def raise_fd_limit():
     import resource
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -561,6 +572,7 @@ def main():
     work = tempfile.mkdtemp(prefix="tlsgate-bench-")
     run = Run(args, work, tlsgate, loadgen)
     results, memory, errors = {}, {}, []
+    ensure_ports_free([BACKEND_HTTP, BACKEND_WS] + [PORTS[p] for p in proxies])
     try:
         run.certificates()
         run.start_backends()

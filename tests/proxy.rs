@@ -825,6 +825,9 @@ async fn host_smuggling_and_dot_segments_are_refused() {
     )
     .await;
     assert!(reply.contains("\"host\":\"app.test\""), "{reply}");
+    // No tunnels to arbitrary hosts through a reverse proxy.
+    let reply = raw("CONNECT app.test:22 HTTP/1.1\r\nHost: app.test:22\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 501"), "CONNECT: {reply}");
 
     // A backend that answers an upgrade without 101: its answer is passed on as is.
     let refused = wss(&server, &ca, "app.test", "/echo", None).await;

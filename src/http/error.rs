@@ -18,6 +18,8 @@ pub enum HttpError {
     UnsupportedWebSocketVersion,
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
     #[error("request body too large")]
     PayloadTooLarge,
     #[error("misdirected request: the Host does not match the TLS server name")]
@@ -44,6 +46,7 @@ impl HttpError {
                 StatusCode::UPGRADE_REQUIRED
             }
             HttpError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            HttpError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             HttpError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             HttpError::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
             HttpError::OriginNotAllowed => StatusCode::FORBIDDEN,

@@ -78,6 +78,11 @@ pub async fn handle(
     conn: ConnectionInfo,
     host: Option<String>,
 ) -> Response {
+    // A reverse proxy opens no tunnels to arbitrary hosts; only WebSocket's extended CONNECT
+    // (RFC 8441) is a CONNECT it takes.
+    if request.method() == Method::CONNECT && !tunnel::is_websocket(&request) {
+        return HttpError::NotImplemented("CONNECT").into_response();
+    }
     if request.headers().get_all(header::HOST).iter().count() > 1 {
         return HttpError::BadRequest("more than one Host header").into_response();
     }

@@ -6,17 +6,16 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use crossbeam_queue::ArrayQueue;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use super::pool::{BoxError, ProxyBody};
@@ -79,9 +78,13 @@ struct IdleConnection {
     since: Instant,
 }
 
-/// One server's idle keep-alive connections, oldest first.
+/// One server's idle keep-alive connections, newest last. Taken newest first (as nginx and
+/// hyper do): busy connections stay warm and surplus ones age out. The lock is only ever
+/// `try_lock`ed, for one push or pop: contention means "none idle" or "not parked", never
+/// a wait on the request path.
 pub struct IdleConnections {
-    queue: Option<ArrayQueue<IdleConnection>>,
+    stack: Mutex<Vec<IdleConnection>>,
+    max_idle: usize,
     timeout: Duration,
 }
 
@@ -97,23 +100,27 @@ impl IdleConnections {
     /// Keeps up to `max_idle` connections (0: none), each for at most `timeout`.
     pub fn new(max_idle: usize, timeout: Duration) -> Self {
         Self {
-            queue: (max_idle > 0).then(|| ArrayQueue::new(max_idle)),
+            stack: Mutex::new(Vec::new()),
+            max_idle,
             timeout,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.queue.as_ref().map_or(0, ArrayQueue::len)
+        self.stack.lock().map_or(0, |stack| stack.len())
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    fn pop(&self) -> Option<IdleConnection> {
+        self.stack.try_lock().ok()?.pop()
+    }
+
     /// An idle connection still open and within its timeout, if any.
     fn take(&self) -> Option<TcpStream> {
-        let queue = self.queue.as_ref()?;
-        while let Some(idle) = queue.pop() {
+        while let Some(idle) = self.pop() {
             if idle.since.elapsed() < self.timeout && still_open(&idle.stream) {
                 return Some(idle.stream);
             }
@@ -121,24 +128,34 @@ impl IdleConnections {
         None
     }
 
-    /// Parks a connection whose last response was read to its end; dropped when full.
+    /// Parks a connection whose last response was read to its end; closed when full.
     fn put(&self, stream: TcpStream) {
-        if let Some(queue) = &self.queue {
-            let _ = queue.push(IdleConnection {
-                stream,
-                since: Instant::now(),
-            });
+        if let Ok(mut stack) = self.stack.try_lock() {
+            if stack.len() < self.max_idle {
+                stack.push(IdleConnection {
+                    stream,
+                    since: Instant::now(),
+                });
+            }
         }
     }
 
-    /// Closes connections past their timeout or closed by the server.
+    /// Closes connections past their timeout or closed by the server. They are checked
+    /// outside the lock; those parked meanwhile are newer and stay on top.
     pub fn sweep(&self) {
-        let Some(queue) = &self.queue else { return };
-        for _ in 0..queue.len() {
-            let Some(idle) = queue.pop() else { break };
-            if idle.since.elapsed() < self.timeout && still_open(&idle.stream) {
-                let _ = queue.push(idle);
-            }
+        let idle = match self.stack.lock() {
+            Ok(mut stack) => std::mem::take(&mut *stack),
+            Err(_) => return,
+        };
+        let kept: Vec<IdleConnection> = idle
+            .into_iter()
+            .filter(|idle| idle.since.elapsed() < self.timeout && still_open(&idle.stream))
+            .collect();
+        if let Ok(mut stack) = self.stack.lock() {
+            let newer = std::mem::replace(&mut *stack, kept);
+            stack.extend(newer);
+            let surplus = stack.len().saturating_sub(self.max_idle);
+            stack.drain(..surplus);
         }
     }
 }
@@ -194,37 +211,36 @@ async fn connect(target: &Target<'_>) -> Result<TcpStream, UpstreamError> {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum RequestFraming {
     Empty,
-    Length,
+    Length(u64),
     Chunked,
 }
 
-/// The request line and headers, with `Host` first and framing headers that match the body.
+/// The request line and headers, with `Host` first and framing headers of its own: the
+/// client's `Content-Length` is not trusted to match what will be written.
 fn encode_head(
     request: &Request<ProxyBody>,
     framing: RequestFraming,
-    fallback_host: &str,
+    target: &Target<'_>,
 ) -> Vec<u8> {
     let headers = request.headers();
     let path = request
         .uri()
         .path_and_query()
         .map_or("/", http::uri::PathAndQuery::as_str);
-    let mut head = Vec::with_capacity(64 + path.len() + headers.len() * 48);
+    let mut head = Vec::with_capacity(96 + path.len() + headers.len() * 48);
     head.extend_from_slice(request.method().as_str().as_bytes());
     head.push(b' ');
     head.extend_from_slice(path.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     match headers.get(header::HOST) {
         Some(host) => head.extend_from_slice(host.as_bytes()),
-        None => head.extend_from_slice(fallback_host.as_bytes()),
+        None if target.port == 80 => head.extend_from_slice(target.host.as_bytes()),
+        None => head.extend_from_slice(format!("{}:{}", target.host, target.port).as_bytes()),
     }
     head.extend_from_slice(b"\r\n");
     for (name, value) in headers {
         // The edge answers `Expect: 100-continue` itself and streams the body regardless.
-        if name == header::HOST
-            || name == header::EXPECT
-            || (framing == RequestFraming::Chunked && name == header::CONTENT_LENGTH)
-        {
+        if name == header::HOST || name == header::EXPECT || name == header::CONTENT_LENGTH {
             continue;
         }
         head.extend_from_slice(name.as_str().as_bytes());
@@ -234,44 +250,146 @@ fn encode_head(
     }
     match framing {
         RequestFraming::Chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        RequestFraming::Length | RequestFraming::Empty
-            if !headers.contains_key(header::CONTENT_LENGTH) =>
-        {
-            let length = request.body().size_hint().exact().unwrap_or(0);
-            if length > 0
+        RequestFraming::Length(length) => {
+            head.extend_from_slice(format!("content-length: {length}\r\n").as_bytes());
+        }
+        RequestFraming::Empty => {
+            if headers.contains_key(header::CONTENT_LENGTH)
                 || matches!(
                     *request.method(),
                     Method::POST | Method::PUT | Method::PATCH
                 )
             {
-                head.extend_from_slice(format!("content-length: {length}\r\n").as_bytes());
+                head.extend_from_slice(b"content-length: 0\r\n");
             }
         }
-        _ => {}
     }
     head.extend_from_slice(b"\r\n");
     head
 }
 
+/// A request on its way upstream, head then body, written as far as the socket takes it. It
+/// goes on after the response head arrives: a server may answer first and read on (an echo,
+/// a progress stream), and only when its response ends is an unfinished upload abandoned.
+struct Upload {
+    body: ProxyBody,
+    framing: RequestFraming,
+    /// Body bytes taken so far (without chunk framing), checked against a declared length.
+    taken: u64,
+    /// Bytes not yet written.
+    out: Bytes,
+    /// The body has ended; `out` holds its last bytes.
+    ended: bool,
+}
+
+impl Upload {
+    fn new(head: Bytes, body: ProxyBody, framing: RequestFraming) -> Self {
+        Self {
+            body,
+            framing,
+            taken: 0,
+            out: head,
+            ended: false,
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.ended && self.out.is_empty()
+    }
+
+    /// `Ready(Ok)` once everything is written; `Pending` while the body or the socket waits.
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        stream: &mut TcpStream,
+    ) -> Poll<Result<(), UpstreamError>> {
+        loop {
+            while !self.out.is_empty() {
+                let written = ready!(Pin::new(&mut *stream).poll_write(cx, &self.out))
+                    .map_err(UpstreamError::Send)?;
+                if written == 0 {
+                    return Poll::Ready(Err(UpstreamError::Send(io::ErrorKind::WriteZero.into())));
+                }
+                self.out.advance(written);
+            }
+            if self.ended {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    // Trailers are not forwarded.
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    self.taken += data.len() as u64;
+                    self.out = match self.framing {
+                        RequestFraming::Chunked => {
+                            let mut chunk = BytesMut::with_capacity(data.len() + 20);
+                            chunk.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                            chunk.extend_from_slice(&data);
+                            chunk.extend_from_slice(b"\r\n");
+                            chunk.freeze()
+                        }
+                        RequestFraming::Length(length) if self.taken > length => {
+                            return Poll::Ready(Err(UpstreamError::RequestBody(
+                                "the request body is longer than its Content-Length".into(),
+                            )))
+                        }
+                        RequestFraming::Length(_) => data,
+                        RequestFraming::Empty => {
+                            return Poll::Ready(Err(UpstreamError::RequestBody(
+                                "an empty request body yielded data".into(),
+                            )))
+                        }
+                    };
+                }
+                Some(Err(error)) => return Poll::Ready(Err(UpstreamError::RequestBody(error))),
+                None => {
+                    self.ended = true;
+                    match self.framing {
+                        RequestFraming::Chunked => self.out = Bytes::from_static(b"0\r\n\r\n"),
+                        RequestFraming::Length(length) if self.taken != length => {
+                            return Poll::Ready(Err(UpstreamError::RequestBody(
+                                "the request body is shorter than its Content-Length".into(),
+                            )))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn empty_body() -> ProxyBody {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
 /// Sends `request` to the target over a kept-alive connection or a new one. A kept-alive
-/// connection the server closed meanwhile is replaced once, when nothing but the head was sent.
+/// connection the server closed meanwhile is replaced once, for a request without a body
+/// whose method is idempotent (the server cannot have acted on it, or acting twice is safe).
 pub async fn send(
     target: Target<'_>,
     request: Request<ProxyBody>,
 ) -> Result<hyper::Response<UpstreamBody>, UpstreamError> {
     let framing = if request.body().is_end_stream() {
         RequestFraming::Empty
-    } else if request.body().size_hint().exact().is_some() {
-        RequestFraming::Length
     } else {
-        RequestFraming::Chunked
+        match request.body().size_hint().exact() {
+            Some(length) => RequestFraming::Length(length),
+            None => RequestFraming::Chunked,
+        }
     };
-    let head = encode_head(&request, framing, target.host);
+    let head = Bytes::from(encode_head(&request, framing, &target));
     let head_only = *request.method() == Method::HEAD;
-    // Sent again on a fresh connection only when the server cannot have acted on it.
     let resendable =
         framing == RequestFraming::Empty && super::forward::is_idempotent(request.method());
-    let mut body = Some(request.into_body());
+    let mut upload = Upload::new(head.clone(), request.into_body(), framing);
     let mut reused = target.idle.take();
     loop {
         let was_reused = reused.is_some();
@@ -280,86 +398,92 @@ pub async fn send(
             None => connect(&target).await?,
         };
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        let outcome = match framing {
-            RequestFraming::Empty => match stream.write_all(&head).await {
-                Ok(()) => read_head(&mut stream, &mut buf).await.map(|h| (h, true)),
-                Err(error) => Err(UpstreamError::Send(error)),
-            },
-            RequestFraming::Length | RequestFraming::Chunked => {
-                let body = body.take().unwrap_or_else(|| {
-                    http_body_util::Empty::new()
-                        .map_err(|never| match never {})
-                        .boxed()
-                });
-                send_with_body(&mut stream, &head, body, framing, &mut buf).await
+        match exchange_head(&mut stream, &mut upload, &mut buf).await {
+            Ok(response) => {
+                return Ok(response.into_response(
+                    stream,
+                    buf,
+                    head_only,
+                    upload,
+                    target.idle.clone(),
+                ))
             }
-        };
-        let (head, request_sent) = match outcome {
-            Ok(received) => received,
             Err(error) if was_reused && resendable && error.is_stale_connection() => {
-                continue;
+                upload = Upload::new(head.clone(), empty_body(), framing);
             }
             Err(error) => return Err(error),
-        };
-        return Ok(head.into_response(stream, buf, head_only, request_sent, target.idle.clone()));
+        }
     }
 }
 
-/// Writes the head and the body while watching for the response: a server may answer (413,
-/// say) before the upload ends, and then the rest of the body is not sent.
-async fn send_with_body(
+/// Writes the request while reading the response head, until the head is complete. A failed
+/// write does not end it: a server that answered and closed may have left its answer to read.
+async fn exchange_head(
     stream: &mut TcpStream,
-    head: &[u8],
-    mut body: ProxyBody,
-    framing: RequestFraming,
+    upload: &mut Upload,
     buf: &mut BytesMut,
-) -> Result<(ResponseHead, bool), UpstreamError> {
-    let (mut reader, mut writer) = stream.split();
-    let sending = async {
-        writer.write_all(head).await.map_err(UpstreamError::Send)?;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(UpstreamError::RequestBody)?;
-            let Ok(data) = frame.into_data() else {
-                continue; // trailers are not forwarded
-            };
-            if data.is_empty() {
-                continue;
-            }
-            if framing == RequestFraming::Chunked {
-                let size = format!("{:x}\r\n", data.len());
-                writer
-                    .write_all(size.as_bytes())
-                    .await
-                    .map_err(UpstreamError::Send)?;
-                writer.write_all(&data).await.map_err(UpstreamError::Send)?;
-                writer
-                    .write_all(b"\r\n")
-                    .await
-                    .map_err(UpstreamError::Send)?;
-            } else {
-                writer.write_all(&data).await.map_err(UpstreamError::Send)?;
+) -> Result<ResponseHead, UpstreamError> {
+    let mut received = false;
+    let mut write_failure: Option<UpstreamError> = None;
+    std::future::poll_fn(|cx| {
+        if write_failure.is_none() && !upload.done() {
+            match upload.poll_send(cx, stream) {
+                Poll::Ready(Err(error @ UpstreamError::RequestBody(_))) => {
+                    return Poll::Ready(Err(error))
+                }
+                Poll::Ready(Err(error)) => write_failure = Some(error),
+                Poll::Ready(Ok(())) | Poll::Pending => {}
             }
         }
-        if framing == RequestFraming::Chunked {
-            writer
-                .write_all(b"0\r\n\r\n")
-                .await
-                .map_err(UpstreamError::Send)?;
+        match poll_read_head(cx, stream, buf, &mut received) {
+            Poll::Ready(Err(read_failure)) => {
+                Poll::Ready(Err(write_failure.take().unwrap_or(read_failure)))
+            }
+            other => other,
         }
-        Ok::<(), UpstreamError>(())
-    };
-    let receiving = read_head(&mut reader, buf);
-    tokio::pin!(sending, receiving);
-    let mut sent = false;
+    })
+    .await
+}
+
+/// Reads until a final (non-1xx) response head is complete; what follows stays in `buf`.
+fn poll_read_head(
+    cx: &mut Context<'_>,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    received: &mut bool,
+) -> Poll<Result<ResponseHead, UpstreamError>> {
     loop {
-        tokio::select! {
-            biased;
-            head = &mut receiving => return head.map(|head| (head, sent)),
-            result = &mut sending, if !sent => {
-                result?;
-                sent = true;
+        if !buf.is_empty() {
+            if let Some(head) = parse_head(buf)? {
+                if head.status.is_informational() {
+                    if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                        return Poll::Ready(Err(UpstreamError::Protocol(
+                            "101 to a request without upgrade",
+                        )));
+                    }
+                    continue; // 100 Continue, 103 Early Hints: the final answer follows
+                }
+                return Poll::Ready(Ok(head));
+            }
+            if buf.len() >= MAX_HEAD_BYTES {
+                return Poll::Ready(Err(UpstreamError::Protocol("response head over 64 KiB")));
             }
         }
+        buf.reserve(READ_CHUNK);
+        let read = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut *stream),
+            cx,
+            buf
+        ))
+        .map_err(UpstreamError::Receive)?;
+        if read == 0 {
+            return Poll::Ready(Err(if *received {
+                UpstreamError::Protocol("the connection closed inside the response head")
+            } else {
+                UpstreamError::ClosedEarly
+            }));
+        }
+        *received = true;
     }
 }
 
@@ -369,7 +493,8 @@ struct ResponseHead {
     version: Version,
     headers: HeaderMap,
     framing: ResponseFraming,
-    keep_alive: bool,
+    /// The server will close, or the framing leaves the connection unusable.
+    close: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -387,40 +512,6 @@ enum ChunkState {
     Data(u64),
     DataEnd,
     Trailers(usize),
-}
-
-/// Reads until a final (non-1xx) response head is complete; what follows stays in `buf`.
-async fn read_head<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    buf: &mut BytesMut,
-) -> Result<ResponseHead, UpstreamError> {
-    let mut received = false;
-    loop {
-        if !buf.is_empty() {
-            if let Some(head) = parse_head(buf)? {
-                if head.status.is_informational() {
-                    if head.status == StatusCode::SWITCHING_PROTOCOLS {
-                        return Err(UpstreamError::Protocol("101 to a request without upgrade"));
-                    }
-                    continue; // 100 Continue, 103 Early Hints: the final answer follows
-                }
-                return Ok(head);
-            }
-            if buf.len() >= MAX_HEAD_BYTES {
-                return Err(UpstreamError::Protocol("response head over 64 KiB"));
-            }
-        }
-        buf.reserve(READ_CHUNK);
-        let read = reader.read_buf(buf).await.map_err(UpstreamError::Receive)?;
-        if read == 0 {
-            return Err(if received {
-                UpstreamError::Protocol("the connection closed inside the response head")
-            } else {
-                UpstreamError::ClosedEarly
-            });
-        }
-        received = true;
-    }
 }
 
 /// Parses a complete head off the front of `buf`; `None` while it is incomplete.
@@ -450,9 +541,9 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, UpstreamError>
     };
     let start = buf.as_ptr() as usize;
     let mut content_length: Option<u64> = None;
-    let mut chunked = false;
     let mut transfer_encoding = false;
-    let mut close = version == Version::HTTP_10;
+    let mut saw_close = false;
+    let mut saw_keep_alive = false;
     let mut fields: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(response.headers.len());
     for field in response.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes())
@@ -471,25 +562,31 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, UpstreamError>
                 content_length = Some(value);
             }
         } else if name == header::TRANSFER_ENCODING {
+            // Only a single `chunked` is understood (as nginx): another coding would reach
+            // the client undecoded and unlabelled, since Transfer-Encoding is hop-by-hop.
+            if transfer_encoding || !field.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err(UpstreamError::Protocol("unsupported Transfer-Encoding"));
+            }
             transfer_encoding = true;
-            // Only the last coding decides: `chunked` must come last to frame the body.
-            chunked = field
-                .value
-                .rsplit(|b| *b == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if name == header::CONNECTION {
             for token in field.value.split(|b| *b == b',') {
                 let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
-                    close = false;
-                }
+                saw_close |= token.eq_ignore_ascii_case(b"close");
+                saw_keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         }
         let value_start = field.value.as_ptr() as usize - start;
         fields.push((name, value_start, value_start + field.value.len()));
+    }
+    // `close` wins over `keep-alive`, whatever their order; HTTP/1.0 closes unless it asks not
+    // to, and chunked framing in HTTP/1.0 is faulty (RFC 9112 §6.1).
+    let mut close =
+        saw_close || (version == Version::HTTP_10 && (!saw_keep_alive || transfer_encoding));
+    if transfer_encoding && content_length.is_some() {
+        // Transfer-Encoding wins (RFC 9112 §6.3); the Content-Length is dropped before
+        // forwarding, and the connection, with its framing in doubt, is not reused.
+        close = true;
+        fields.retain(|(name, _, _)| name != header::CONTENT_LENGTH);
     }
     let head_bytes = buf.split_to(length).freeze();
     let mut headers = HeaderMap::with_capacity(fields.len());
@@ -504,16 +601,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, UpstreamError>
     let framing = if no_body {
         ResponseFraming::Done
     } else if transfer_encoding {
-        // Transfer-Encoding beats Content-Length (RFC 9112 §6.3); both at once taints the
-        // connection, so it is not reused.
-        if content_length.is_some() {
-            close = true;
-        }
-        if chunked {
-            ResponseFraming::Chunked(ChunkState::Size)
-        } else {
-            ResponseFraming::UntilClose
-        }
+        ResponseFraming::Chunked(ChunkState::Size)
     } else {
         match content_length {
             Some(length) => ResponseFraming::Length(length),
@@ -525,7 +613,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, UpstreamError>
         version,
         headers,
         framing,
-        keep_alive: !close && framing != ResponseFraming::UntilClose,
+        close,
     }))
 }
 
@@ -535,7 +623,7 @@ impl ResponseHead {
         stream: TcpStream,
         buf: BytesMut,
         head_only: bool,
-        request_sent: bool,
+        upload: Upload,
         idle: Arc<IdleConnections>,
     ) -> hyper::Response<UpstreamBody> {
         let framing = if head_only {
@@ -547,7 +635,8 @@ impl ResponseHead {
             stream: Some(stream),
             buf,
             framing,
-            reusable: self.keep_alive && request_sent,
+            reusable: !self.close && framing != ResponseFraming::UntilClose,
+            upload: (!upload.done()).then_some(upload),
             idle,
         };
         if body.framing == ResponseFraming::Length(0) {
@@ -571,6 +660,8 @@ pub struct UpstreamBody {
     buf: BytesMut,
     framing: ResponseFraming,
     reusable: bool,
+    /// The rest of a request body still on its way.
+    upload: Option<Upload>,
     idle: Arc<IdleConnections>,
 }
 
@@ -590,17 +681,39 @@ enum BodyError {
     Chunk(&'static str),
     #[error("reading the body: {0}")]
     Io(#[from] io::Error),
+    #[error("the request body failed while the response was streaming")]
+    Upload,
 }
 
 impl UpstreamBody {
-    /// The body ended: the connection is parked when it can carry another request.
+    /// The body ended: the connection is parked when it can carry another request (its
+    /// request sent whole, nothing unread).
     fn release(&mut self) {
         self.framing = ResponseFraming::Done;
         if let Some(stream) = self.stream.take() {
-            if self.reusable && self.buf.is_empty() {
+            if self.reusable && self.buf.is_empty() && self.upload.is_none() {
                 self.idle.put(stream);
             }
         }
+        self.upload = None;
+    }
+
+    /// Moves the upload on; a failed write ends it (the connection is then not reused), a
+    /// failed request body ends the exchange.
+    fn poll_upload(&mut self, cx: &mut Context<'_>) -> Result<(), BodyError> {
+        let (Some(upload), Some(stream)) = (self.upload.as_mut(), self.stream.as_mut()) else {
+            return Ok(());
+        };
+        match upload.poll_send(cx, stream) {
+            Poll::Pending => {}
+            Poll::Ready(Ok(())) => self.upload = None,
+            Poll::Ready(Err(UpstreamError::RequestBody(_))) => return Err(BodyError::Upload),
+            Poll::Ready(Err(_)) => {
+                self.reusable = false;
+                self.upload = None;
+            }
+        }
+        Ok(())
     }
 
     /// Reads more into `buf`; `Ok(0)` at end of stream.
@@ -608,7 +721,7 @@ impl UpstreamBody {
         let Some(stream) = self.stream.as_mut() else {
             return Poll::Ready(Ok(0));
         };
-        self.buf.reserve(want.clamp(1, READ_CHUNK * 4));
+        self.buf.reserve(want.clamp(1, READ_CHUNK));
         tokio_util::io::poll_read_buf(Pin::new(stream), cx, &mut self.buf)
     }
 
@@ -634,21 +747,7 @@ impl UpstreamBody {
                     }
                     return Ok(None);
                 };
-                let line = &self.buf[..end];
-                let digits = line
-                    .split(|b| *b == b';')
-                    .next()
-                    .unwrap_or_default()
-                    .trim_ascii();
-                if digits.is_empty()
-                    || digits.len() > 15
-                    || !digits.iter().all(u8::is_ascii_hexdigit)
-                {
-                    return Err(BodyError::Chunk("invalid chunk size"));
-                }
-                let size = digits.iter().fold(0u64, |n, d| {
-                    n * 16 + u64::from((*d as char).to_digit(16).unwrap_or(0))
-                });
+                let size = parse_chunk_size(&self.buf[..end])?;
                 self.buf.advance(end + 2);
                 self.framing = ResponseFraming::Chunked(if size == 0 {
                     ChunkState::Trailers(0)
@@ -682,6 +781,11 @@ impl UpstreamBody {
                 Ok(None)
             }
             ChunkState::Trailers(seen) => {
+                if let Some(end) = self.line_end() {
+                    if self.buf[..end].iter().any(|b| *b == b'\r' || *b == b'\n') {
+                        return Err(BodyError::Chunk("bare CR or LF in the trailer section"));
+                    }
+                }
                 let Some(end) = self.line_end() else {
                     if seen + self.buf.len() > MAX_TRAILER_BYTES {
                         return Err(BodyError::Chunk("trailer section too large"));
@@ -701,6 +805,12 @@ impl UpstreamBody {
     }
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyError>>> {
+        if let Err(error) = self.poll_upload(cx) {
+            self.stream = None;
+            self.upload = None;
+            self.framing = ResponseFraming::Done;
+            return Poll::Ready(Some(Err(error)));
+        }
         loop {
             let want = match self.framing {
                 ResponseFraming::Done => return Poll::Ready(None),
@@ -767,6 +877,33 @@ impl UpstreamBody {
             }
         }
     }
+}
+
+/// The size of a chunk-size line (`1a;name=value`): hex digits right at its start, optional
+/// whitespace before extensions, no bare CR or LF, and no more than [`MAX_CHUNK_LINE`] bytes.
+fn parse_chunk_size(line: &[u8]) -> Result<u64, BodyError> {
+    if line.len() > MAX_CHUNK_LINE {
+        return Err(BodyError::Chunk("chunk-size line too long"));
+    }
+    if line.iter().any(|b| *b == b'\r' || *b == b'\n') {
+        return Err(BodyError::Chunk("bare CR or LF in a chunk-size line"));
+    }
+    let digits_end = line
+        .iter()
+        .position(|b| !b.is_ascii_hexdigit())
+        .unwrap_or(line.len());
+    let (digits, rest) = line.split_at(digits_end);
+    let rest = rest.trim_ascii_start();
+    if digits.is_empty() || !(rest.is_empty() || rest.starts_with(b";")) {
+        return Err(BodyError::Chunk("invalid chunk size"));
+    }
+    digits.iter().try_fold(0u64, |size, digit| {
+        let value = (*digit as char).to_digit(16).map(u64::from);
+        size.checked_mul(16)
+            .zip(value)
+            .and_then(|(size, value)| size.checked_add(value))
+            .ok_or(BodyError::Chunk("chunk size out of range"))
+    })
 }
 
 impl Body for UpstreamBody {
@@ -837,6 +974,7 @@ mod tests {
     use super::*;
     use std::net::SocketAddr;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     /// What the scripted backend does after writing its answer.
@@ -945,6 +1083,11 @@ mod tests {
             "/no-content" => b"HTTP/1.1 204 No Content\r\ncontent-length: 7\r\n\r\n",
             "/close-after" => b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
             "/silent-close" => return (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(), After::Close),
+            "/http10-keep-alive" => b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok",
+            "/close-and-keep-alive" => b"HTTP/1.1 200 OK\r\nconnection: close, keep-alive\r\ncontent-length: 2\r\n\r\nok",
+            "/te-and-length" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            "/gzip-chunked" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            "/head-bare" => b"HTTP/1.1 200 OK\r\n\r\n",
             "/conflict" => b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!",
             "/truncated" => return (b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this".to_vec(), After::Close),
             "/huge-head" => {
@@ -1117,7 +1260,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn bodies_without_length_go_chunked_and_an_early_answer_stops_the_upload() {
+    async fn bodies_without_length_go_chunked_and_an_early_answer_comes_through() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (transcript_tx, transcript) = tokio::sync::oneshot::channel();
@@ -1195,5 +1338,211 @@ mod tests {
             "a connection with half an upload is not reused"
         );
         server.abort();
+    }
+
+    #[tokio::test]
+    async fn connection_headers_and_framing_decide_reuse_and_what_is_forwarded() {
+        let (addr, accepted) = backend(answers, false).await;
+        let idle = idle();
+        let (_, _, body) = get(&addr, &idle, Method::GET, "/http10-keep-alive")
+            .await
+            .unwrap();
+        assert_eq!(body.unwrap(), "ok");
+        assert_eq!(idle.len(), 1, "HTTP/1.0 asking for keep-alive is reused");
+        let (_, headers, body) = get(&addr, &idle, Method::GET, "/te-and-length")
+            .await
+            .unwrap();
+        assert_eq!(body.unwrap(), "hello", "chunked framing wins");
+        assert!(
+            !headers.contains_key(header::CONTENT_LENGTH),
+            "the conflicting Content-Length is not passed on"
+        );
+        assert_eq!(
+            idle.len(),
+            0,
+            "a connection with conflicting framing is not reused"
+        );
+        let (_, _, body) = get(&addr, &idle, Method::GET, "/close-and-keep-alive")
+            .await
+            .unwrap();
+        assert_eq!(body.unwrap(), "ok");
+        assert_eq!(idle.len(), 0, "close wins over keep-alive");
+        let (status, _, body) = get(&addr, &idle, Method::HEAD, "/head-bare").await.unwrap();
+        assert_eq!((status, body.unwrap().len()), (StatusCode::OK, 0));
+        assert_eq!(
+            idle.len(),
+            1,
+            "a HEAD answer without length is complete at once"
+        );
+        let error = get(&addr, &idle, Method::GET, "/gzip-chunked")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid response: unsupported Transfer-Encoding"
+        );
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            3,
+            "kept: the first and the fourth"
+        );
+    }
+
+    #[test]
+    fn chunk_size_lines_are_parsed_strictly() {
+        for (line, size) in [
+            (&b"1a"[..], 26),
+            (b"1A;name=value", 26),
+            (b"1a \t;name", 26),
+            (b"0000000000000000000001", 1),
+            (b"0", 0),
+        ] {
+            assert_eq!(parse_chunk_size(line).unwrap(), size, "{line:?}");
+        }
+        for line in [
+            &b""[..],
+            b" 1a",
+            b"1a x",
+            b"1a\r",
+            b"1a\n;x",
+            b"zz",
+            b"-1",
+            b"10000000000000000",
+        ] {
+            assert!(parse_chunk_size(line).is_err(), "{line:?}");
+        }
+        assert!(parse_chunk_size(&[b'1'; MAX_CHUNK_LINE + 1]).is_err());
+    }
+
+    /// A body that declares one length and yields another.
+    struct Lying {
+        declared: u64,
+        data: Option<Bytes>,
+    }
+
+    impl Body for Lying {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.data.take().map(|data| Ok(Frame::data(data))))
+        }
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(self.declared)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_breaks_its_declared_length_never_desyncs_the_connection() {
+        let (addr, _) = backend(answers, false).await;
+        let idle = idle();
+        for (declared, data, expected) in [
+            (10, "short", "shorter than its Content-Length"),
+            (3, "too long", "longer than its Content-Length"),
+        ] {
+            let body = Lying {
+                declared,
+                data: Some(Bytes::from_static(data.as_bytes())),
+            };
+            let error = send(
+                target(&addr, &idle),
+                request(Method::POST, "/length", body.boxed()),
+            )
+            .await
+            .unwrap_err();
+            assert!(error.to_string().contains(expected), "{error}");
+        }
+        assert_eq!(idle.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_upload_goes_on_while_the_response_streams() {
+        // The server sends its head at once, then echoes each piece of the upload as a chunk:
+        // the proxy must keep uploading after the response head arrived.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = socket.read(&mut chunk).await.unwrap();
+                seen.extend_from_slice(&chunk[..n]);
+            }
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await
+                .unwrap();
+            let head_end = seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            let mut pending = seen[head_end..].to_vec();
+            loop {
+                if pending.is_empty() {
+                    let n = socket.read(&mut chunk).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    pending.extend_from_slice(&chunk[..n]);
+                }
+                let piece = std::mem::take(&mut pending);
+                let piece = &piece[..];
+                socket
+                    .write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+                    .await
+                    .unwrap();
+                socket.write_all(piece).await.unwrap();
+                socket.write_all(b"\r\n").await.unwrap();
+                if piece.ends_with(b"0\r\n\r\n") {
+                    socket.write_all(b"0\r\n\r\n").await.unwrap();
+                }
+            }
+        });
+        let idle = idle();
+        let (mut sender, channel) = http_body_util::channel::Channel::<Bytes, BoxError>::new(1);
+        sender
+            .send_data(Bytes::from_static(b"first"))
+            .await
+            .unwrap();
+        let response = tokio::time::timeout(
+            Duration::from_secs(3),
+            send(
+                target(&addr, &idle),
+                request(Method::POST, "/echo", channel.boxed()),
+            ),
+        )
+        .await
+        .expect("the head comes before the upload ends")
+        .unwrap();
+        let mut body = response.into_body();
+        let mut echoed = Vec::new();
+        for piece in ["first", "second", "third"] {
+            if piece != "first" {
+                sender.send_data(Bytes::from(piece)).await.unwrap();
+            }
+            while !String::from_utf8_lossy(&echoed).contains(piece) {
+                let frame = tokio::time::timeout(Duration::from_secs(3), body.frame())
+                    .await
+                    .unwrap_or_else(|_| panic!("no echo of {piece}"))
+                    .unwrap()
+                    .unwrap();
+                echoed.extend_from_slice(&frame.into_data().unwrap());
+            }
+        }
+        drop(sender);
+        let rest = tokio::time::timeout(Duration::from_secs(3), body.collect())
+            .await
+            .expect("the response ends after the upload")
+            .unwrap()
+            .to_bytes();
+        echoed.extend_from_slice(&rest);
+        let text = String::from_utf8_lossy(&echoed);
+        for piece in ["first", "second", "third"] {
+            assert!(text.contains(piece), "{piece} echoed: {text:?}");
+        }
+        assert!(
+            text.ends_with("0\r\n\r\n"),
+            "the upload's last chunk came back: {text:?}"
+        );
     }
 }
