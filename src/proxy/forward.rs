@@ -267,6 +267,7 @@ async fn forward(
                 port: authority.port_u16().unwrap_or(80),
                 idle: &server.idle,
                 connect_timeout: pool.settings.connect_timeout,
+                read_timeout: pool.settings.response_timeout,
             };
             exchange(pool, upstream::send(target, upstream), &state, empty_body)
                 .await

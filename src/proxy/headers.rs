@@ -91,7 +91,7 @@ pub fn set_forwarding(
         }
     } else {
         headers.remove(header::FORWARDED);
-        if let Ok(address) = HeaderValue::from_str(&peer.to_string()) {
+        if let Some(address) = address_value(peer) {
             headers.insert(X_FORWARDED_FOR, address.clone());
             headers.insert(X_REAL_IP, address);
         }
@@ -99,6 +99,35 @@ pub fn set_forwarding(
         set(headers, X_FORWARDED_HOST, host);
     }
     Forwarding { client_ip }
+}
+
+/// An address as a header value; IPv4, the common case, without the formatting machinery
+/// (this runs for every proxied request).
+fn address_value(ip: IpAddr) -> Option<HeaderValue> {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut text = [0u8; 15];
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text[len] = b'.';
+                    len += 1;
+                }
+                if octet >= 100 {
+                    text[len] = b'0' + octet / 100;
+                    len += 1;
+                }
+                if octet >= 10 {
+                    text[len] = b'0' + octet / 10 % 10;
+                    len += 1;
+                }
+                text[len] = b'0' + octet % 10;
+                len += 1;
+            }
+            HeaderValue::from_bytes(&text[..len]).ok()
+        }
+        IpAddr::V6(v6) => HeaderValue::from_str(&v6.to_string()).ok(),
+    }
 }
 
 fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
@@ -110,6 +139,27 @@ fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_written_as_std_writes_them() {
+        for text in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.100.9",
+            "192.168.1.10",
+            "1.20.199.250",
+            "::1",
+            "2001:db8::7",
+            "::ffff:10.0.0.1",
+        ] {
+            let ip: IpAddr = text.parse().unwrap();
+            assert_eq!(
+                address_value(ip).unwrap(),
+                ip.to_string().as_str(),
+                "{text}"
+            );
+        }
+    }
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {

@@ -3,6 +3,7 @@
 //! task or a channel in between (nginx's model), and idle keep-alive connections wait per
 //! server in a lock-free queue.
 
+use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -180,6 +181,8 @@ pub struct Target<'a> {
     pub port: u16,
     pub idle: &'a Arc<IdleConnections>,
     pub connect_timeout: Duration,
+    /// The longest pause allowed inside a response body (nginx's `proxy_read_timeout`).
+    pub read_timeout: Duration,
 }
 
 async fn connect(target: &Target<'_>) -> Result<TcpStream, UpstreamError> {
@@ -400,13 +403,7 @@ pub async fn send(
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         match exchange_head(&mut stream, &mut upload, &mut buf).await {
             Ok(response) => {
-                return Ok(response.into_response(
-                    stream,
-                    buf,
-                    head_only,
-                    upload,
-                    target.idle.clone(),
-                ))
+                return Ok(response.into_response(stream, buf, head_only, upload, &target))
             }
             Err(error) if was_reused && resendable && error.is_stale_connection() => {
                 upload = Upload::new(head.clone(), empty_body(), framing);
@@ -624,7 +621,7 @@ impl ResponseHead {
         buf: BytesMut,
         head_only: bool,
         upload: Upload,
-        idle: Arc<IdleConnections>,
+        target: &Target<'_>,
     ) -> hyper::Response<UpstreamBody> {
         let framing = if head_only {
             ResponseFraming::Done
@@ -637,7 +634,9 @@ impl ResponseHead {
             framing,
             reusable: !self.close && framing != ResponseFraming::UntilClose,
             upload: (!upload.done()).then_some(upload),
-            idle,
+            idle: target.idle.clone(),
+            read_timeout: target.read_timeout,
+            stalled: None,
         };
         if body.framing == ResponseFraming::Length(0) {
             body.framing = ResponseFraming::Done;
@@ -663,6 +662,9 @@ pub struct UpstreamBody {
     /// The rest of a request body still on its way.
     upload: Option<Upload>,
     idle: Arc<IdleConnections>,
+    read_timeout: Duration,
+    /// Runs while a read waits; the body fails when it fires.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl std::fmt::Debug for UpstreamBody {
@@ -683,6 +685,8 @@ enum BodyError {
     Io(#[from] io::Error),
     #[error("the request body failed while the response was streaming")]
     Upload,
+    #[error("the upstream sent nothing for {0:?} inside the response body")]
+    Stalled(Duration),
 }
 
 impl UpstreamBody {
@@ -858,7 +862,24 @@ impl UpstreamBody {
                     }
                 }
             };
-            match ready!(self.poll_fill(cx, want)) {
+            let filled = match self.poll_fill(cx, want) {
+                Poll::Ready(filled) => filled,
+                // While an upload is under way the server may be waiting for it.
+                Poll::Pending if self.upload.is_some() => return Poll::Pending,
+                Poll::Pending => {
+                    let timeout = self.read_timeout;
+                    let stalled = self
+                        .stalled
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                    ready!(stalled.as_mut().poll(cx));
+                    tracing::warn!(timeout = ?timeout, "upstream response body stalled: connection closed");
+                    self.stream = None;
+                    self.framing = ResponseFraming::Done;
+                    return Poll::Ready(Some(Err(BodyError::Stalled(timeout))));
+                }
+            };
+            self.stalled = None;
+            match filled {
                 Ok(0) => {
                     self.stream = None;
                     if self.framing == ResponseFraming::UntilClose {
@@ -1036,6 +1057,7 @@ mod tests {
             port: addr.port(),
             idle,
             connect_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_millis(300),
         }
     }
 
@@ -1087,6 +1109,7 @@ mod tests {
             "/close-and-keep-alive" => b"HTTP/1.1 200 OK\r\nconnection: close, keep-alive\r\ncontent-length: 2\r\n\r\nok",
             "/te-and-length" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
             "/gzip-chunked" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            "/stall" => b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf",
             "/head-bare" => b"HTTP/1.1 200 OK\r\n\r\n",
             "/conflict" => b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!",
             "/truncated" => return (b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this".to_vec(), After::Close),
@@ -1245,6 +1268,14 @@ mod tests {
         assert!(
             error.contains("closed the connection before the body ended"),
             "{error}"
+        );
+        let started = Instant::now();
+        let (_, _, body) = get(&addr, &idle, Method::GET, "/stall").await.unwrap();
+        let error = body.unwrap_err().to_string();
+        assert!(error.contains("sent nothing for 300ms"), "{error}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "cut after the read timeout"
         );
         let (_, _, body) = get(&addr, &idle, Method::GET, "/bad-chunk").await.unwrap();
         assert!(body.unwrap_err().to_string().contains("invalid chunk size"));
