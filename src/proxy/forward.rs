@@ -163,8 +163,9 @@ fn is_dot_segment(segment: &str) -> bool {
     dots == 1 || dots == 2
 }
 
-/// Whether a failed exchange timed out while connecting.
-fn connect_timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+/// Whether a failed exchange timed out (connecting, or waiting for the server to take the
+/// request): a `504` rather than a `502`.
+pub(super) fn connect_timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = Some(error);
     while let Some(e) = current {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
@@ -268,6 +269,7 @@ async fn forward(
                 idle: &server.idle,
                 connect_timeout: pool.settings.connect_timeout,
                 read_timeout: pool.settings.response_timeout,
+                send_timeout: pool.settings.send_timeout,
             };
             exchange(pool, upstream::send(target, upstream), &state, empty_body)
                 .await

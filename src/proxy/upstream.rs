@@ -1,7 +1,7 @@
 //! HTTP/1.1 exchanges with plain-HTTP upstream servers, driven by the client connection's own
 //! task: the request is written and the response read and streamed back without a connection
 //! task or a channel in between (nginx's model), and idle keep-alive connections wait per
-//! server in a lock-free queue.
+//! server, newest on top.
 
 use std::future::Future;
 use std::io;
@@ -129,16 +129,24 @@ impl IdleConnections {
         None
     }
 
-    /// Parks a connection whose last response was read to its end; closed when full.
+    /// Parks a connection whose last response was read to its end; when the stack is full the
+    /// oldest gives way. Sockets are closed outside the lock.
     fn put(&self, stream: TcpStream) {
-        if let Ok(mut stack) = self.stack.try_lock() {
-            if stack.len() < self.max_idle {
+        if self.max_idle == 0 {
+            return;
+        }
+        let evicted = match self.stack.try_lock() {
+            Ok(mut stack) => {
+                let evicted = (stack.len() >= self.max_idle).then(|| stack.remove(0));
                 stack.push(IdleConnection {
                     stream,
                     since: Instant::now(),
                 });
+                evicted
             }
-        }
+            Err(_) => None,
+        };
+        drop(evicted);
     }
 
     /// Closes connections past their timeout or closed by the server. They are checked
@@ -152,12 +160,16 @@ impl IdleConnections {
             .into_iter()
             .filter(|idle| idle.since.elapsed() < self.timeout && still_open(&idle.stream))
             .collect();
-        if let Ok(mut stack) = self.stack.lock() {
-            let newer = std::mem::replace(&mut *stack, kept);
-            stack.extend(newer);
-            let surplus = stack.len().saturating_sub(self.max_idle);
-            stack.drain(..surplus);
-        }
+        let surplus: Vec<IdleConnection> = match self.stack.lock() {
+            Ok(mut stack) => {
+                let newer = std::mem::replace(&mut *stack, kept);
+                stack.extend(newer);
+                let surplus = stack.len().saturating_sub(self.max_idle);
+                stack.drain(..surplus).collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        drop(surplus); // closed outside the lock
     }
 }
 
@@ -183,6 +195,8 @@ pub struct Target<'a> {
     pub connect_timeout: Duration,
     /// The longest pause allowed inside a response body (nginx's `proxy_read_timeout`).
     pub read_timeout: Duration,
+    /// The longest the server may leave request bytes untaken (nginx's `proxy_send_timeout`).
+    pub send_timeout: Duration,
 }
 
 async fn connect(target: &Target<'_>) -> Result<TcpStream, UpstreamError> {
@@ -283,6 +297,42 @@ struct Upload {
     out: Bytes,
     /// The body has ended; `out` holds its last bytes.
     ended: bool,
+    /// Bytes written so far, head included: progress for the stall timer.
+    written: u64,
+    /// Waiting for the server to take bytes (not for the client to send more).
+    blocked_on_socket: bool,
+}
+
+/// Fires when nothing moved for a while: re-armed whenever the progress count changes.
+#[derive(Default)]
+struct StallTimer {
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    seen: u64,
+}
+
+impl StallTimer {
+    fn reset(&mut self) {
+        self.sleep = None;
+    }
+
+    /// `Ready` once `limit` has passed with `progress` unchanged.
+    fn poll(&mut self, cx: &mut Context<'_>, progress: u64, limit: Duration) -> Poll<()> {
+        if progress != self.seen {
+            self.seen = progress;
+            self.sleep = None;
+        }
+        self.sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)))
+            .as_mut()
+            .poll(cx)
+    }
+}
+
+fn send_stalled(limit: Duration) -> UpstreamError {
+    UpstreamError::Send(io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("the upstream took none of the request for {limit:?}"),
+    ))
 }
 
 impl Upload {
@@ -293,6 +343,8 @@ impl Upload {
             taken: 0,
             out: head,
             ended: false,
+            written: 0,
+            blocked_on_socket: false,
         }
     }
 
@@ -308,11 +360,13 @@ impl Upload {
     ) -> Poll<Result<(), UpstreamError>> {
         loop {
             while !self.out.is_empty() {
-                let written = ready!(Pin::new(&mut *stream).poll_write(cx, &self.out))
-                    .map_err(UpstreamError::Send)?;
+                let polled = Pin::new(&mut *stream).poll_write(cx, &self.out);
+                self.blocked_on_socket = polled.is_pending();
+                let written = ready!(polled).map_err(UpstreamError::Send)?;
                 if written == 0 {
                     return Poll::Ready(Err(UpstreamError::Send(io::ErrorKind::WriteZero.into())));
                 }
+                self.written += written as u64;
                 self.out.advance(written);
             }
             if self.ended {
@@ -401,9 +455,10 @@ pub async fn send(
             None => connect(&target).await?,
         };
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        match exchange_head(&mut stream, &mut upload, &mut buf).await {
-            Ok(response) => {
-                return Ok(response.into_response(stream, buf, head_only, upload, &target))
+        match exchange_head(&mut stream, &mut upload, &mut buf, target.send_timeout).await {
+            Ok((response, upload_failed)) => {
+                let upload = (!upload_failed).then_some(upload);
+                return Ok(response.into_response(stream, buf, head_only, upload, &target));
             }
             Err(error) if was_reused && resendable && error.is_stale_connection() => {
                 upload = Upload::new(head.clone(), empty_body(), framing);
@@ -414,14 +469,18 @@ pub async fn send(
 }
 
 /// Writes the request while reading the response head, until the head is complete. A failed
-/// write does not end it: a server that answered and closed may have left its answer to read.
+/// write does not end it: a server that answered and closed may have left its answer to read
+/// (the upload is then abandoned, and the connection not reused). A server that takes none of
+/// the request for `send_timeout` ends it.
 async fn exchange_head(
     stream: &mut TcpStream,
     upload: &mut Upload,
     buf: &mut BytesMut,
-) -> Result<ResponseHead, UpstreamError> {
+    send_timeout: Duration,
+) -> Result<(ResponseHead, bool), UpstreamError> {
     let mut received = false;
     let mut write_failure: Option<UpstreamError> = None;
+    let mut stall = StallTimer::default();
     std::future::poll_fn(|cx| {
         if write_failure.is_none() && !upload.done() {
             match upload.poll_send(cx, stream) {
@@ -433,10 +492,26 @@ async fn exchange_head(
             }
         }
         match poll_read_head(cx, stream, buf, &mut received) {
+            Poll::Ready(Ok(head)) => Poll::Ready(Ok((head, write_failure.is_some()))),
             Poll::Ready(Err(read_failure)) => {
-                Poll::Ready(Err(write_failure.take().unwrap_or(read_failure)))
+                Poll::Ready(Err(match (write_failure.take(), read_failure) {
+                    (_, error @ UpstreamError::Protocol(_)) => error,
+                    // Part of an answer came: whatever failed, the server may have acted.
+                    (_, UpstreamError::Receive(_)) if received => {
+                        UpstreamError::Protocol("the connection failed inside the response head")
+                    }
+                    (Some(write), _) => write,
+                    (None, error) => error,
+                }))
             }
-            other => other,
+            Poll::Pending if write_failure.is_none() && upload.blocked_on_socket => {
+                ready!(stall.poll(cx, upload.written, send_timeout));
+                Poll::Ready(Err(send_stalled(send_timeout)))
+            }
+            Poll::Pending => {
+                stall.reset();
+                Poll::Pending
+            }
         }
     })
     .await
@@ -487,7 +562,6 @@ fn poll_read_head(
 /// A parsed response head.
 struct ResponseHead {
     status: StatusCode,
-    version: Version,
     headers: HeaderMap,
     framing: ResponseFraming,
     /// The server will close, or the framing leaves the connection unusable.
@@ -607,7 +681,6 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, UpstreamError>
     };
     Ok(Some(ResponseHead {
         status,
-        version,
         headers,
         framing,
         close,
@@ -620,7 +693,7 @@ impl ResponseHead {
         stream: TcpStream,
         buf: BytesMut,
         head_only: bool,
-        upload: Upload,
+        upload: Option<Upload>,
         target: &Target<'_>,
     ) -> hyper::Response<UpstreamBody> {
         let framing = if head_only {
@@ -632,11 +705,15 @@ impl ResponseHead {
             stream: Some(stream),
             buf,
             framing,
-            reusable: !self.close && framing != ResponseFraming::UntilClose,
-            upload: (!upload.done()).then_some(upload),
+            // A failed upload (`None`) leaves the connection unusable.
+            reusable: upload.is_some() && !self.close && framing != ResponseFraming::UntilClose,
+            // Boxed: only requests with a body still going need the room.
+            upload: upload.filter(|upload| !upload.done()).map(Box::new),
             idle: target.idle.clone(),
             read_timeout: target.read_timeout,
-            stalled: None,
+            send_timeout: target.send_timeout,
+            stall: StallTimer::default(),
+            received: 0,
         };
         if body.framing == ResponseFraming::Length(0) {
             body.framing = ResponseFraming::Done;
@@ -646,7 +723,9 @@ impl ResponseHead {
         }
         let mut response = hyper::Response::new(body);
         *response.status_mut() = self.status;
-        *response.version_mut() = self.version;
+        // The client's connection is not the upstream's: an HTTP/1.0 server must not turn it
+        // into HTTP/1.0.
+        *response.version_mut() = Version::HTTP_11;
         *response.headers_mut() = self.headers;
         response
     }
@@ -660,11 +739,14 @@ pub struct UpstreamBody {
     framing: ResponseFraming,
     reusable: bool,
     /// The rest of a request body still on its way.
-    upload: Option<Upload>,
+    upload: Option<Box<Upload>>,
     idle: Arc<IdleConnections>,
     read_timeout: Duration,
-    /// Runs while a read waits; the body fails when it fires.
-    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    send_timeout: Duration,
+    /// Runs while nothing moves either way; the body fails when it fires.
+    stall: StallTimer,
+    /// Bytes read so far: progress for the stall timer.
+    received: u64,
 }
 
 impl std::fmt::Debug for UpstreamBody {
@@ -685,7 +767,7 @@ enum BodyError {
     Io(#[from] io::Error),
     #[error("the request body failed while the response was streaming")]
     Upload,
-    #[error("the upstream sent nothing for {0:?} inside the response body")]
+    #[error("the upstream neither sent nor took anything for {0:?} during the response")]
     Stalled(Duration),
 }
 
@@ -718,6 +800,14 @@ impl UpstreamBody {
             }
         }
         Ok(())
+    }
+
+    /// Ends the exchange on an error: the connection and any upload are dropped.
+    fn fail(&mut self, error: BodyError) -> Poll<Option<Result<Bytes, BodyError>>> {
+        self.stream = None;
+        self.upload = None;
+        self.framing = ResponseFraming::Done;
+        Poll::Ready(Some(Err(error)))
     }
 
     /// Reads more into `buf`; `Ok(0)` at end of stream.
@@ -810,10 +900,7 @@ impl UpstreamBody {
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyError>>> {
         if let Err(error) = self.poll_upload(cx) {
-            self.stream = None;
-            self.upload = None;
-            self.framing = ResponseFraming::Done;
-            return Poll::Ready(Some(Err(error)));
+            return self.fail(error);
         }
         loop {
             let want = match self.framing {
@@ -840,11 +927,7 @@ impl UpstreamBody {
                 ResponseFraming::Chunked(state) => {
                     let before = self.buf.len();
                     match self.step_chunked(state) {
-                        Err(error) => {
-                            self.stream = None;
-                            self.framing = ResponseFraming::Done;
-                            return Poll::Ready(Some(Err(error)));
-                        }
+                        Err(error) => return self.fail(error),
                         Ok(Some(data)) => return Poll::Ready(Some(Ok(data))),
                         Ok(None) => {
                             if self.framing != ResponseFraming::Chunked(state)
@@ -864,37 +947,33 @@ impl UpstreamBody {
             };
             let filled = match self.poll_fill(cx, want) {
                 Poll::Ready(filled) => filled,
-                // While an upload is under way the server may be waiting for it.
-                Poll::Pending if self.upload.is_some() => return Poll::Pending,
                 Poll::Pending => {
-                    let timeout = self.read_timeout;
-                    let stalled = self
-                        .stalled
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                    ready!(stalled.as_mut().poll(cx));
-                    tracing::warn!(timeout = ?timeout, "upstream response body stalled: connection closed");
-                    self.stream = None;
-                    self.framing = ResponseFraming::Done;
-                    return Poll::Ready(Some(Err(BodyError::Stalled(timeout))));
+                    let limit = match &self.upload {
+                        // The server may be waiting for the client's next bytes, whose pauses
+                        // the request body's own timer bounds.
+                        Some(upload) if !upload.blocked_on_socket => {
+                            self.stall.reset();
+                            return Poll::Pending;
+                        }
+                        Some(_) => self.send_timeout,
+                        None => self.read_timeout,
+                    };
+                    let progress = self.received + self.upload.as_ref().map_or(0, |u| u.written);
+                    ready!(self.stall.poll(cx, progress, limit));
+                    tracing::warn!(timeout = ?limit, "upstream stalled inside a response: connection closed");
+                    return self.fail(BodyError::Stalled(limit));
                 }
             };
-            self.stalled = None;
             match filled {
-                Ok(0) => {
+                Ok(0) if self.framing == ResponseFraming::UntilClose => {
                     self.stream = None;
-                    if self.framing == ResponseFraming::UntilClose {
-                        self.framing = ResponseFraming::Done;
-                        return Poll::Ready(None);
-                    }
+                    self.upload = None;
                     self.framing = ResponseFraming::Done;
-                    return Poll::Ready(Some(Err(BodyError::Truncated)));
+                    return Poll::Ready(None);
                 }
-                Ok(_) => {}
-                Err(error) => {
-                    self.stream = None;
-                    self.framing = ResponseFraming::Done;
-                    return Poll::Ready(Some(Err(BodyError::Io(error))));
-                }
+                Ok(0) => return self.fail(BodyError::Truncated),
+                Ok(read) => self.received += read as u64,
+                Err(error) => return self.fail(BodyError::Io(error)),
             }
         }
     }
@@ -914,9 +993,20 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, BodyError> {
         .position(|b| !b.is_ascii_hexdigit())
         .unwrap_or(line.len());
     let (digits, rest) = line.split_at(digits_end);
-    let rest = rest.trim_ascii_start();
-    if digits.is_empty() || !(rest.is_empty() || rest.starts_with(b";")) {
+    // Only spaces and tabs (BWS) may come before the extensions, which hold no controls.
+    let extensions_start = rest
+        .iter()
+        .position(|b| *b != b' ' && *b != b'\t')
+        .unwrap_or(rest.len());
+    let extensions = &rest[extensions_start..];
+    if digits.is_empty() || !(extensions.is_empty() || extensions.starts_with(b";")) {
         return Err(BodyError::Chunk("invalid chunk size"));
+    }
+    if extensions
+        .iter()
+        .any(|b| (*b < 0x20 && *b != b'\t') || *b == 0x7f)
+    {
+        return Err(BodyError::Chunk("control character in chunk extensions"));
     }
     digits.iter().try_fold(0u64, |size, digit| {
         let value = (*digit as char).to_digit(16).map(u64::from);
@@ -1058,6 +1148,7 @@ mod tests {
             idle,
             connect_timeout: Duration::from_secs(2),
             read_timeout: Duration::from_millis(300),
+            send_timeout: Duration::from_millis(300),
         }
     }
 
@@ -1272,7 +1363,7 @@ mod tests {
         let started = Instant::now();
         let (_, _, body) = get(&addr, &idle, Method::GET, "/stall").await.unwrap();
         let error = body.unwrap_err().to_string();
-        assert!(error.contains("sent nothing for 300ms"), "{error}");
+        assert!(error.contains("anything for 300ms"), "{error}");
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "cut after the read timeout"
@@ -1575,5 +1666,68 @@ mod tests {
             text.ends_with("0\r\n\r\n"),
             "the upload's last chunk came back: {text:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_server_that_takes_no_more_of_an_upload_is_given_up_on() {
+        // The server reads the head only; the first time it says nothing, the second time it
+        // sends a response head. Either way the upload cannot go on.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            for answer in [
+                &b""[..],
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+            ] {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut head = [0u8; 1024];
+                let _ = socket.read(&mut head).await.unwrap();
+                socket.write_all(answer).await.unwrap();
+                held.push(socket);
+            }
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        });
+        let big_upload = || {
+            let chunks =
+                (0..1024).map(|_| Ok::<_, BoxError>(Frame::data(Bytes::from(vec![b'x'; 65536]))));
+            http_body_util::StreamBody::new(futures_util::stream::iter(chunks)).boxed()
+        };
+        let idle = idle();
+        let started = Instant::now();
+        let error = tokio::time::timeout(
+            Duration::from_secs(3),
+            send(
+                target(&addr, &idle),
+                request(Method::POST, "/up", big_upload()),
+            ),
+        )
+        .await
+        .expect("a server that takes nothing is given up on")
+        .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("took none of the request for 300ms"),
+            "{error}"
+        );
+        assert!(
+            super::super::forward::connect_timed_out(&error),
+            "answered 504"
+        );
+        assert!(started.elapsed() < Duration::from_secs(3));
+        let response = send(
+            target(&addr, &idle),
+            request(Method::POST, "/up", big_upload()),
+        )
+        .await
+        .unwrap();
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(Duration::from_secs(3), response.into_body().collect())
+            .await
+            .expect("the stalled exchange ends");
+        let error = outcome.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("anything for 300ms"), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 }
