@@ -1530,6 +1530,8 @@ mod tests {
             b"zz",
             b"-1",
             b"10000000000000000",
+            b"1a;name=\x01",
+            b"1a\x0c;name",
         ] {
             assert!(parse_chunk_size(line).is_err(), "{line:?}");
         }
