@@ -1185,6 +1185,12 @@ mod tests {
         ))
     }
 
+    /// The body of a successful GET.
+    async fn body_of(addr: &SocketAddr, idle: &Arc<IdleConnections>, path: &str) -> Bytes {
+        let (_, _, body) = get(addr, idle, Method::GET, path).await.unwrap();
+        body.unwrap()
+    }
+
     fn answers(head: &str) -> (Vec<u8>, After) {
         let path = head.split(' ').nth(1).unwrap_or("/");
         let text: &[u8] = match path {
@@ -1272,16 +1278,9 @@ mod tests {
             "a body without length ends at close"
         );
         assert_eq!(idle.len(), 0);
-        let (_, _, body) = get(&addr, &idle, Method::GET, "/close-after")
-            .await
-            .unwrap();
-        assert_eq!(body.unwrap(), "ok");
+        assert_eq!(body_of(&addr, &idle, "/close-after").await, "ok");
         assert_eq!(idle.len(), 0, "Connection: close is honoured");
-        get(&addr, &idle, Method::GET, "/length")
-            .await
-            .unwrap()
-            .2
-            .unwrap();
+        body_of(&addr, &idle, "/length").await;
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
     }
 
@@ -1290,10 +1289,7 @@ mod tests {
         let (addr, accepted) = backend(answers, false).await;
         let idle = idle();
         // The server closes after answering, without saying so (its keep-alive timeout).
-        let (_, _, body) = get(&addr, &idle, Method::GET, "/silent-close")
-            .await
-            .unwrap();
-        assert_eq!(body.unwrap(), "ok");
+        assert_eq!(body_of(&addr, &idle, "/silent-close").await, "ok");
         assert_eq!(idle.len(), 1, "parked: nothing said it would close");
         tokio::time::sleep(Duration::from_millis(50)).await;
         let (status, _, body) = get(&addr, &idle, Method::GET, "/length").await.unwrap();
@@ -1303,10 +1299,7 @@ mod tests {
         );
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         // The sweep drops closed connections without a request.
-        let (_, _, body) = get(&addr, &idle, Method::GET, "/silent-close")
-            .await
-            .unwrap();
-        assert_eq!(body.unwrap(), "ok");
+        assert_eq!(body_of(&addr, &idle, "/silent-close").await, "ok");
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(idle.len(), 1);
         idle.sweep();
@@ -1319,11 +1312,7 @@ mod tests {
         // server's keep-alive timeout.
         let (addr, accepted) = backend(answers, true).await;
         let idle = idle();
-        get(&addr, &idle, Method::GET, "/length")
-            .await
-            .unwrap()
-            .2
-            .unwrap();
+        body_of(&addr, &idle, "/length").await;
         let (status, _, body) = get(&addr, &idle, Method::GET, "/length").await.unwrap();
         assert_eq!(
             (status, body.unwrap()),
@@ -1466,10 +1455,7 @@ mod tests {
     async fn connection_headers_and_framing_decide_reuse_and_what_is_forwarded() {
         let (addr, accepted) = backend(answers, false).await;
         let idle = idle();
-        let (_, _, body) = get(&addr, &idle, Method::GET, "/http10-keep-alive")
-            .await
-            .unwrap();
-        assert_eq!(body.unwrap(), "ok");
+        assert_eq!(body_of(&addr, &idle, "/http10-keep-alive").await, "ok");
         assert_eq!(idle.len(), 1, "HTTP/1.0 asking for keep-alive is reused");
         let (_, headers, body) = get(&addr, &idle, Method::GET, "/te-and-length")
             .await
@@ -1484,10 +1470,7 @@ mod tests {
             0,
             "a connection with conflicting framing is not reused"
         );
-        let (_, _, body) = get(&addr, &idle, Method::GET, "/close-and-keep-alive")
-            .await
-            .unwrap();
-        assert_eq!(body.unwrap(), "ok");
+        assert_eq!(body_of(&addr, &idle, "/close-and-keep-alive").await, "ok");
         assert_eq!(idle.len(), 0, "close wins over keep-alive");
         let (status, _, body) = get(&addr, &idle, Method::HEAD, "/head-bare").await.unwrap();
         assert_eq!((status, body.unwrap().len()), (StatusCode::OK, 0));
