@@ -297,7 +297,9 @@ async fn forward(
                 );
             }
             Ok(Err(error)) => {
-                pool.record_failure(index);
+                if error.counts_against_server() {
+                    pool.record_failure(index);
+                }
                 let never_sent = error.is_connect();
                 let timed_out = connect_timed_out(&error);
                 tracing::error!(route = %route.name, upstream = %pool.name, server = %server.url, error = %error_chain(&error), "upstream request failed");

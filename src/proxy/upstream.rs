@@ -45,11 +45,20 @@ pub enum UpstreamError {
     RequestBody(#[source] BoxError),
     #[error("invalid response: {0}")]
     Protocol(&'static str),
+    /// A kept-alive connection the server was closing as the request went out: not a sign
+    /// that the server is failing.
+    #[error("the server closed its kept-alive connection under the request: {0}")]
+    Stale(#[source] Box<UpstreamError>),
     #[error(transparent)]
     H2c(#[from] hyper_util::client::legacy::Error),
 }
 
 impl UpstreamError {
+    /// Whether the failure says something about the server's health (passive checks).
+    pub fn counts_against_server(&self) -> bool {
+        !matches!(self, Self::Stale(_))
+    }
+
     /// Whether the request never reached the server (safe to try another one).
     pub fn is_connect(&self) -> bool {
         match self {
@@ -460,7 +469,10 @@ pub async fn send(
                 let upload = (!upload_failed).then_some(upload);
                 return Ok(response.into_response(stream, buf, head_only, upload, &target));
             }
-            Err(error) if was_reused && resendable && error.is_stale_connection() => {
+            Err(error) if was_reused && error.is_stale_connection() => {
+                if !resendable {
+                    return Err(UpstreamError::Stale(Box::new(error)));
+                }
                 upload = Upload::new(head.clone(), empty_body(), framing);
             }
             Err(error) => return Err(error),
@@ -1329,7 +1341,14 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert!(matches!(error, UpstreamError::ClosedEarly), "{error}");
+        assert!(
+            matches!(&error, UpstreamError::Stale(cause) if matches!(**cause, UpstreamError::ClosedEarly)),
+            "{error}"
+        );
+        assert!(
+            !error.counts_against_server(),
+            "no strike against a healthy server"
+        );
     }
 
     #[tokio::test]
