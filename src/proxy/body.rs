@@ -51,6 +51,36 @@ impl<B: Body + Unpin> Body for Guarded<B> {
     }
 }
 
+/// Fires when nothing moved for a while: re-armed whenever the progress count changes.
+#[derive(Default)]
+pub(super) struct StallTimer {
+    sleep: Option<Pin<Box<Sleep>>>,
+    seen: u64,
+}
+
+impl StallTimer {
+    pub(super) fn reset(&mut self) {
+        self.sleep = None;
+    }
+
+    /// `Ready` once `limit` has passed with `progress` unchanged.
+    pub(super) fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        progress: u64,
+        limit: Duration,
+    ) -> Poll<()> {
+        if progress != self.seen {
+            self.seen = progress;
+            self.sleep = None;
+        }
+        self.sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)))
+            .as_mut()
+            .poll(cx)
+    }
+}
+
 /// Why a request body failed on the client's side: such failures are never the upstream's
 /// fault (no passive-health strike) and map to the client's status codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +108,7 @@ pub struct Bounded<B> {
     limit: u64,
     seen: u64,
     stall: Duration,
-    timer: Option<Pin<Box<Sleep>>>,
+    timer: StallTimer,
     state: std::sync::Arc<BodyState>,
     signalled: bool,
 }
@@ -90,7 +120,7 @@ impl<B> Bounded<B> {
             limit,
             seen: 0,
             stall,
-            timer: None,
+            timer: StallTimer::default(),
             state,
             signalled: false,
         }
@@ -123,7 +153,7 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                self.timer = None;
+                self.timer.reset();
                 if let Some(data) = frame.data_ref() {
                     self.seen += data.len() as u64;
                     if self.seen > self.limit {
@@ -142,11 +172,8 @@ where
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                let stall = self.stall;
-                let timer = self
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
-                match timer.as_mut().poll(cx) {
+                let (seen, stall) = (self.seen, self.stall);
+                match self.timer.poll(cx, seen, stall) {
                     Poll::Ready(()) => self.fail(ClientFault::Stalled),
                     Poll::Pending => Poll::Pending,
                 }

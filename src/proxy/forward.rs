@@ -165,7 +165,7 @@ fn is_dot_segment(segment: &str) -> bool {
 
 /// Whether a failed exchange timed out (connecting, or waiting for the server to take the
 /// request): a `504` rather than a `502`.
-pub(super) fn connect_timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+pub(super) fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = Some(error);
     while let Some(e) = current {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
@@ -301,7 +301,7 @@ async fn forward(
                     pool.record_failure(index);
                 }
                 let never_sent = error.is_connect();
-                let timed_out = connect_timed_out(&error);
+                let timed_out = is_timeout(&error);
                 tracing::error!(route = %route.name, upstream = %pool.name, server = %server.url, error = %error_chain(&error), "upstream request failed");
                 if never_sent && can_retry && tried.len() + 1 < pool.servers.len() {
                     tried.push(index);

@@ -3,7 +3,6 @@
 //! task or a channel in between (nginx's model), and idle keep-alive connections wait per
 //! server, newest on top.
 
-use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -19,6 +18,7 @@ use http_body_util::BodyExt;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
+use super::body::StallTimer;
 use super::pool::{BoxError, ProxyBody};
 
 /// The most a response head (status line and headers) may take; nginx's default is 4–8 KiB.
@@ -88,6 +88,13 @@ struct IdleConnection {
     since: Instant,
 }
 
+impl IdleConnection {
+    /// Within its timeout and still open: fit to carry a request.
+    fn usable(&self, timeout: Duration) -> bool {
+        self.since.elapsed() < timeout && still_open(&self.stream)
+    }
+}
+
 /// One server's idle keep-alive connections, newest last. Taken newest first (as nginx and
 /// hyper do): busy connections stay warm and surplus ones age out. The lock is only ever
 /// `try_lock`ed, for one push or pop: contention means "none idle" or "not parked", never
@@ -131,7 +138,7 @@ impl IdleConnections {
     /// An idle connection still open and within its timeout, if any.
     fn take(&self) -> Option<TcpStream> {
         while let Some(idle) = self.pop() {
-            if idle.since.elapsed() < self.timeout && still_open(&idle.stream) {
+            if idle.usable(self.timeout) {
                 return Some(idle.stream);
             }
         }
@@ -167,7 +174,7 @@ impl IdleConnections {
         };
         let kept: Vec<IdleConnection> = idle
             .into_iter()
-            .filter(|idle| idle.since.elapsed() < self.timeout && still_open(&idle.stream))
+            .filter(|idle| idle.usable(self.timeout))
             .collect();
         let surplus: Vec<IdleConnection> = match self.stack.lock() {
             Ok(mut stack) => {
@@ -310,31 +317,6 @@ struct Upload {
     written: u64,
     /// Waiting for the server to take bytes (not for the client to send more).
     blocked_on_socket: bool,
-}
-
-/// Fires when nothing moved for a while: re-armed whenever the progress count changes.
-#[derive(Default)]
-struct StallTimer {
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-    seen: u64,
-}
-
-impl StallTimer {
-    fn reset(&mut self) {
-        self.sleep = None;
-    }
-
-    /// `Ready` once `limit` has passed with `progress` unchanged.
-    fn poll(&mut self, cx: &mut Context<'_>, progress: u64, limit: Duration) -> Poll<()> {
-        if progress != self.seen {
-            self.seen = progress;
-            self.sleep = None;
-        }
-        self.sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)))
-            .as_mut()
-            .poll(cx)
-    }
 }
 
 fn send_stalled(limit: Duration) -> UpstreamError {
@@ -1197,6 +1179,22 @@ mod tests {
         ))
     }
 
+    /// A POST that must come back (with a response or an error) within 3 s, else `why` fails.
+    async fn post_within_3s(
+        addr: &SocketAddr,
+        idle: &Arc<IdleConnections>,
+        path: &str,
+        body: ProxyBody,
+        why: &str,
+    ) -> Result<hyper::Response<UpstreamBody>, UpstreamError> {
+        tokio::time::timeout(
+            Duration::from_secs(3),
+            send(target(addr, idle), request(Method::POST, path, body)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{why}"))
+    }
+
     /// The body of a successful GET.
     async fn body_of(addr: &SocketAddr, idle: &Arc<IdleConnections>, path: &str) -> Bytes {
         let (_, _, body) = get(addr, idle, Method::GET, path).await.unwrap();
@@ -1450,15 +1448,14 @@ mod tests {
         // A new queue: the second exchange must open the second connection.
         let idle = self::idle();
         let (sender, channel) = http_body_util::channel::Channel::<Bytes, BoxError>::new(4);
-        let response = tokio::time::timeout(
-            Duration::from_secs(3),
-            send(
-                target(&addr, &idle),
-                request(Method::POST, "/up", channel.boxed()),
-            ),
+        let response = post_within_3s(
+            &addr,
+            &idle,
+            "/up",
+            channel.boxed(),
+            "the early answer comes through while the upload is still open",
         )
         .await
-        .expect("the early answer comes through while the upload is still open")
         .unwrap();
         assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
         drop((response, sender));
@@ -1630,15 +1627,14 @@ mod tests {
             .send_data(Bytes::from_static(b"first"))
             .await
             .unwrap();
-        let response = tokio::time::timeout(
-            Duration::from_secs(3),
-            send(
-                target(&addr, &idle),
-                request(Method::POST, "/echo", channel.boxed()),
-            ),
+        let response = post_within_3s(
+            &addr,
+            &idle,
+            "/echo",
+            channel.boxed(),
+            "the head comes before the upload ends",
         )
         .await
-        .expect("the head comes before the upload ends")
         .unwrap();
         let mut body = response.into_body();
         let mut echoed = Vec::new();
@@ -1699,15 +1695,14 @@ mod tests {
         };
         let idle = idle();
         let started = Instant::now();
-        let error = tokio::time::timeout(
-            Duration::from_secs(3),
-            send(
-                target(&addr, &idle),
-                request(Method::POST, "/up", big_upload()),
-            ),
+        let error = post_within_3s(
+            &addr,
+            &idle,
+            "/up",
+            big_upload(),
+            "a server that takes nothing is given up on",
         )
         .await
-        .expect("a server that takes nothing is given up on")
         .unwrap_err();
         assert!(
             error
@@ -1715,10 +1710,7 @@ mod tests {
                 .contains("took none of the request for 300ms"),
             "{error}"
         );
-        assert!(
-            super::super::forward::connect_timed_out(&error),
-            "answered 504"
-        );
+        assert!(super::super::forward::is_timeout(&error), "answered 504");
         assert!(started.elapsed() < Duration::from_secs(3));
         let response = send(
             target(&addr, &idle),
