@@ -32,6 +32,10 @@ LOAD_CORE = "1"
 BACKEND_HTTP = 19001
 BACKEND_WS = 19002
 PORTS = {"nginx": 19443, "haproxy": 19444, "caddy": 19445, "tlsgate": 19446}
+# The floor: nginx's stream module moving bytes between client and backend, with no HTTP at all.
+# TLS 1.3 to the HTTP backend, TLS 1.3 to the WebSocket backend, and plain TCP to the HTTP backend.
+RELAY_PORTS = {"h1": 19447, "ws": 19448, "h1_tcp": 19449}
+RELAY_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 PACKAGES = {
     "nginx": "nginx",
     "haproxy": "haproxy",
@@ -49,6 +53,8 @@ def log(message):
 
 def install_tools():
     missing = sorted({pkg for tool, pkg in PACKAGES.items() if shutil.which(tool) is None})
+    if not os.path.exists(RELAY_MODULE):
+        missing.append("libnginx-mod-stream")
     if not missing:
         return
     log(f"installing: {' '.join(missing)}")
@@ -71,11 +77,16 @@ def build(profile):
     return os.path.join(folder, "tlsgate"), os.path.join(folder, "examples", "loadgen")
 
 
-def cpu_seconds(pid):
+def cpu_split(pid):
+    """(user, system) CPU seconds of a process so far."""
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     # utime and stime are fields 14 and 15 of the whole line; after the ")" they are 12 and 13.
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def cpu_seconds(pid):
+    return sum(cpu_split(pid))
 
 
 def rss_kib(pid):
@@ -221,6 +232,28 @@ http {{
         path = self.write("nginx.conf", config)
         return self.start("nginx", ["nginx", "-p", w, "-c", path, "-e", f"{w}/nginx-error.log"])
 
+    def start_relay(self):
+        """nginx's stream module as a byte relay: what any proxy on this machine pays for the same
+        socket work (and TLS), without parsing or writing a single HTTP header."""
+        w = self.work
+        tls = f"ssl_certificate {self.cert}; ssl_certificate_key {self.key}; ssl_protocols TLSv1.3;"
+        config = f"""
+load_module {RELAY_MODULE};
+daemon off;
+master_process off;
+worker_processes 1;
+pid {w}/relay.pid;
+error_log {w}/relay-error.log error;
+events {{ worker_connections 20000; }}
+stream {{
+  server {{ listen 127.0.0.1:{RELAY_PORTS['h1']} ssl backlog=4096; {tls} proxy_pass 127.0.0.1:{BACKEND_HTTP}; }}
+  server {{ listen 127.0.0.1:{RELAY_PORTS['ws']} ssl backlog=4096; {tls} proxy_pass 127.0.0.1:{BACKEND_WS}; }}
+  server {{ listen 127.0.0.1:{RELAY_PORTS['h1_tcp']} backlog=4096; proxy_pass 127.0.0.1:{BACKEND_HTTP}; }}
+}}
+"""
+        path = self.write("relay.conf", config)
+        return self.start("relay", ["nginx", "-p", w, "-c", path, "-e", f"{w}/relay-error.log"])
+
     def start_haproxy(self):
         config = f"""
 global
@@ -302,14 +335,14 @@ routes:
     def measure(self, name, kind):
         """One measurement against one proxy: (operations, proxy CPU seconds, extra dict)."""
         pid = self.procs[name].pid
-        port = PORTS[name]
+        port = RELAY_PORTS[kind] if name == "relay" else PORTS[name]
         seconds = max(1, int(self.args.seconds))
-        url = f"https://127.0.0.1:{port}/"
+        url = f"{'http' if kind == 'h1_tcp' else 'https'}://127.0.0.1:{port}/"
         target = ["--addr", f"127.0.0.1:{port}", "--host", "localhost", "--cacert", self.cacert]
-        before = cpu_seconds(pid)
+        user_before, system_before = cpu_split(pid)
         started = time.monotonic()
         extra = {}
-        if kind == "h1":
+        if kind in ("h1", "h1_tcp"):
             out = self.load(["wrk", "-t1", "-c64", f"-d{seconds}s", "--latency", url], seconds + 30)
             ops = int(re.search(r"(\d+) requests in", out).group(1))
             errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -346,7 +379,9 @@ routes:
             extra.update(rate=result["rate"], p50_us=result["p50_us"], p99_us=result["p99_us"])
         else:
             raise ValueError(kind)
-        cpu = cpu_seconds(pid) - before
+        user_after, system_after = cpu_split(pid)
+        cpu = user_after - user_before + system_after - system_before
+        extra["sys_us"] = (system_after - system_before) / max(1, ops) * 1e6
         # A proxy well below 100% was waiting on the load client, and pays for sleeping and
         # waking up in every operation.
         extra["busy"] = cpu / max(1e-9, time.monotonic() - started)
@@ -445,6 +480,12 @@ MEASUREMENTS = [
     ("handshake_verify_every", "same as full handshake, client verifies every connection (client-bound)"),
     ("ws", "wss:// 64-byte echo message (64 conn)"),
 ]
+# What the relay is measured on: the two rows whose targets sit near the kernel's share.
+RELAY_MEASUREMENTS = [
+    ("h1", "HTTP/1.1 keep-alive request, TLS 1.3 relay (wrk, 64 conn)"),
+    ("h1_tcp", "HTTP/1.1 keep-alive request, plain TCP relay (wrk, 64 conn)"),
+    ("ws", "wss:// 64-byte echo message, TLS 1.3 relay (64 conn)"),
+]
 
 
 def median_range(values):
@@ -524,6 +565,8 @@ def report(args, results, memory, ceilings, proxies, started, errors):
             ratio = f"{m['kib_per_connection'] / memory['nginx']['kib_per_connection']:.2f}×"
         lines.append(f"| {proxy} | {m['open']} (failed {m['failed']}) | {m['kib_per_connection']:.1f} | {ratio} | "
                      f"{m['rss_before_kib']} → {m['rss_after_kib']} |")
+    if results.get(("relay", "h1")) or results.get(("relay", "ws")):
+        lines += relay_section(results)
     if ceilings:
         lines += ["", "## Crypto ceilings of this machine (`openssl speed`)", ""]
         for key, value in ceilings.items():
@@ -535,6 +578,35 @@ def report(args, results, memory, ceilings, proxies, started, errors):
     if errors:
         lines += ["", "## Errors", ""] + [f"- {e}" for e in errors]
     return "\n".join(lines) + "\n"
+
+
+def relay_section(results):
+    """The byte relay's cost next to nginx's and tlsgate's, split into user and kernel time."""
+    lines = ["", "## Floor: a byte relay with no HTTP (nginx stream module), user + kernel µs per operation", "",
+             "The relay makes the same four socket calls per request or message as the proxies (read from "
+             "the client, write to the backend, read from the backend, write to the client). Its kernel "
+             "time is what that socket work costs here; on loopback each write also runs the receiver's "
+             "TCP processing and wake-up. Ratios are to nginx's HTTPS proxy on the same row.", "",
+             "| measurement | CPU | user | kernel | ratio to nginx |", "|---|---|---|---|---|"]
+
+    def row(label, rows, nginx_rows):
+        if not rows:
+            return
+        cpu = statistics.median(r["cpu_us"] for r in rows)
+        system = statistics.median(r["sys_us"] for r in rows if "sys_us" in r)
+        ratio = ""
+        if nginx_rows:
+            ratio = f"{cpu / statistics.median(r['cpu_us'] for r in nginx_rows):.2f}×"
+        lines.append(f"| {label} | {median_range([r['cpu_us'] for r in rows])} | {cpu - system:.1f} | "
+                     f"{system:.1f} | {ratio} |")
+
+    for kind, label in RELAY_MEASUREMENTS:
+        nginx_rows = results.get(("nginx", "h1" if kind == "h1_tcp" else kind), [])
+        row(label, results.get(("relay", kind), []), nginx_rows)
+        if kind != "h1_tcp":
+            for proxy in ("nginx", "tlsgate"):
+                row(f"{proxy}, same load as above", results.get((proxy, kind), []), nginx_rows)
+    return lines
 
 
 def versions(proxies):
@@ -556,15 +628,19 @@ def main():
     parser.add_argument("--idle-connections", type=int, default=9900,
                         help="idle wss connections for the memory figure (each costs a proxy two "
                              "file descriptors; the hard limit here is 20,000)")
-    parser.add_argument("--only", default="nginx,haproxy,caddy,tlsgate")
+    parser.add_argument("--only", default="nginx,haproxy,caddy,tlsgate,relay",
+                        help="proxies to measure; `relay` is nginx's stream module moving bytes with no "
+                             "HTTP, measured on HTTP/1.1 and wss messages as the floor of socket work")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     parser.add_argument("--debug-build", action="store_true", help="benchmark a debug build (smoke tests)")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.seconds, args.idle_connections = 1, 1, 200
-    proxies = [p for p in args.only.split(",") if p in PORTS]
+    chosen = args.only.split(",")
+    proxies = [p for p in chosen if p in PORTS]
     if "nginx" not in proxies:
         proxies.insert(0, "nginx")
+    with_relay = "relay" in chosen
 
     install_tools()
     tlsgate, loadgen = build("debug" if args.debug_build else "release")
@@ -572,17 +648,25 @@ def main():
     work = tempfile.mkdtemp(prefix="tlsgate-bench-")
     run = Run(args, work, tlsgate, loadgen)
     results, memory, errors = {}, {}, []
-    ensure_ports_free([BACKEND_HTTP, BACKEND_WS] + [PORTS[p] for p in proxies])
+    ensure_ports_free([BACKEND_HTTP, BACKEND_WS] + [PORTS[p] for p in proxies] +
+                      (list(RELAY_PORTS.values()) if with_relay else []))
     try:
         run.certificates()
         run.start_backends()
         for proxy in proxies:
             wait_port(PORTS[proxy], getattr(run, f"start_{proxy}")(), proxy)
+        if with_relay:
+            relay = run.start_relay()
+            for port in RELAY_PORTS.values():
+                wait_port(port, relay, "relay")
         for round_number in range(args.rounds):
-            # Rotate the order so no proxy always runs first (caches, CPU frequency).
-            order = proxies[round_number % len(proxies):] + proxies[:round_number % len(proxies)]
-            for kind, label in MEASUREMENTS:
-                for proxy in order:
+            for kind in [k for k, _ in MEASUREMENTS] + (["h1_tcp"] if with_relay else []):
+                targets = [p for p in proxies if kind != "h1_tcp"]
+                if with_relay and kind in dict(RELAY_MEASUREMENTS):
+                    targets.append("relay")
+                # Rotate the order so no proxy always runs first (caches, CPU frequency).
+                shift = round_number % len(targets)
+                for proxy in targets[shift:] + targets[:shift]:
                     log(f"round {round_number + 1}/{args.rounds}: {proxy} {kind}")
                     try:
                         ops, cpu, extra = run.measure(proxy, kind)
@@ -614,7 +698,9 @@ def main():
     print(text)
     log(f"written: {path}")
     shutil.rmtree(work, ignore_errors=True)
-    missing = [f"{p}/{k}" for p in proxies for k, _ in MEASUREMENTS if (p, k) not in results]
+    expected = [(p, k) for p in proxies for k, _ in MEASUREMENTS]
+    expected += [("relay", k) for k, _ in RELAY_MEASUREMENTS] if with_relay else []
+    missing = [f"{p}/{k}" for p, k in expected if (p, k) not in results]
     if missing:
         log(f"no result for: {', '.join(missing)}")
         sys.exit(1)
