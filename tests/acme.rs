@@ -628,3 +628,132 @@ async fn external_account_binding() {
         }
     }
 }
+
+/// How a CA under test misbehaves once a client is connected.
+#[derive(Clone, Copy, Debug)]
+enum Silence {
+    /// Takes the TCP connection, never says a TLS word.
+    NoHandshake,
+    /// Completes TLS, reads the request, never answers.
+    NoAnswer,
+    /// Sends a response head announcing 100 bytes, then 10 of them, then nothing.
+    StalledBody,
+}
+
+/// A "CA" on loopback that is up but silent in the way `silence` says. Returns its directory
+/// URL and the PEM file of the root that signed its certificate.
+async fn silent_ca(dir: &std::path::Path, silence: Silence) -> (String, std::path::PathBuf) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = tlsgate::certs::CertificateAuthority::new(
+        "silent CA",
+        DAY,
+        tlsgate::certs::KeyAlgorithm::EcdsaP256,
+    )
+    .unwrap();
+    let leaf = ca
+        .issue(
+            &["127.0.0.1".to_string()],
+            DAY,
+            tlsgate::certs::KeyAlgorithm::EcdsaP256,
+            tlsgate::certs::generate::Usage::Server,
+        )
+        .unwrap();
+    let root = dir.join("silent-ca.pem");
+    std::fs::write(&root, &ca.cert_pem).unwrap();
+    let key = tlsgate::certs::pem::private_key_from_bytes(leaf.key_pem.as_bytes(), &root).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der.clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Silence::NoHandshake = silence {
+                    let _held = tcp;
+                    return tokio::time::sleep(Duration::from_secs(60)).await;
+                }
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut request = [0u8; 4096];
+                let _ = tls.read(&mut request).await;
+                if let Silence::StalledBody = silence {
+                    let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"newNonce";
+                    let _ = tls.write_all(head.as_bytes()).await;
+                    let _ = tls.flush().await;
+                }
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+        }
+    });
+    (format!("https://127.0.0.1:{port}/dir"), root)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_that_is_up_but_silent_is_given_up_on_at_the_request_timeout() {
+    for silence in [
+        Silence::NoHandshake,
+        Silence::NoAnswer,
+        Silence::StalledBody,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (directory, root) = silent_ca(dir.path(), silence).await;
+        std::fs::write(
+            dir.path().join("tlsgate.yaml"),
+            format!(
+                "data_dir: data\nadmin: off\nlisten: 127.0.0.1:{}\nhttp:\n  listen: 127.0.0.1:{}\n\
+                 acme:\n  directory: {directory}\n  ca_root: {}\n  agree_tos: true\n  request_timeout: 700ms\n\
+                 tls:\n  certificates:\n    - acme:\n        names: [localhost]\n",
+                free_port(),
+                free_port(),
+                root.display()
+            ),
+        )
+        .unwrap();
+        let path = dir.path().to_path_buf();
+        let started = Instant::now();
+        // `timeout` ends a tlsgate that would wait forever (exit 124) instead of the test.
+        let output = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("timeout")
+                .current_dir(&path)
+                .args([
+                    "20",
+                    env!("CARGO_BIN_EXE_tlsgate"),
+                    "acme",
+                    "issue",
+                    "localhost",
+                ])
+                .args(["-c", "tlsgate.yaml"])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let took = started.elapsed();
+        let (code, out, err) = (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+        eprintln!("{silence:?} after {took:?}: {err}");
+        assert_ne!(code, 0, "{silence:?}: {out}{err}");
+        assert!(
+            err.contains(&format!("GET {directory}: no answer within 700ms")),
+            "{silence:?}: {out}{err}"
+        );
+        // One deadline per request, and no endless retry of the directory.
+        assert!(took < Duration::from_secs(10), "{silence:?}: took {took:?}");
+        assert!(
+            !dir.path().join("data/live/localhost").exists(),
+            "{silence:?}"
+        );
+    }
+}

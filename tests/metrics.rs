@@ -51,9 +51,19 @@ async fn metrics_after_real_handshakes_requests_and_websockets() {
         let response = https_get(server.main, "app.test", client, "/echo").await;
         assert_eq!(response.status, 200);
     }
-    // A failed handshake: not TLS at all.
+    // Failed handshakes: not TLS at all, and plain HTTP sent to the TLS port (answered).
     let mut tcp = tokio::net::TcpStream::connect(server.main).await.unwrap();
-    tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    tcp.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").await.unwrap();
+    drop(tcp);
+    let mut tcp = tokio::net::TcpStream::connect(server.main).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nhost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut tcp, &mut answer)
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
     drop(tcp);
     // Refused by version and by cipher, as an old client would be.
     let connect = server.main.to_string();
@@ -110,7 +120,12 @@ async fn metrics_after_real_handshakes_requests_and_websockets() {
         Some(1.0),
         "{m}"
     );
-    for reason in ["bad_client_hello", "protocol_version", "no_shared_cipher"] {
+    for reason in [
+        "bad_client_hello",
+        "plain_http",
+        "protocol_version",
+        "no_shared_cipher",
+    ] {
         let label = format!("reason=\"{reason}\"");
         assert_eq!(
             sample(m, "tlsgate_tls_handshake_failures_total", &[&label]),

@@ -521,6 +521,65 @@ async fn http_listener_redirects_exactly_and_never_sends_hsts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_sent_to_the_tls_port_gets_an_answer_it_can_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start("", dir.path()).await.unwrap();
+    // curl as the independent client: an HTTP answer it parses, not a TLS alert.
+    let url = format!("http://127.0.0.1:{}/some/path", server.main.port());
+    let output = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", "-w", "\n%{http_code}", &url])
+        .output()
+        .await
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        printed.starts_with("This port speaks HTTPS") && printed.ends_with("\n400"),
+        "{printed}"
+    );
+    // A POST with a body larger than the first read still gets the answer, not a reset.
+    let body = dir.path().join("body");
+    std::fs::write(&body, "x".repeat(200_000)).unwrap();
+    let data = format!("@{}", body.display());
+    let output = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--data-binary",
+            &data,
+            &url,
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "400",
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The port still speaks TLS.
+    let response = https_get(
+        server.main,
+        "localhost",
+        default_client(&[server.local_ca()]),
+        "/health",
+    )
+    .await;
+    assert_eq!(response.status, 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wss_echo_text_binary_ping() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start("", dir.path()).await.unwrap();

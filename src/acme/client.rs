@@ -72,10 +72,8 @@ fn decode_base64url(text: &str) -> Option<Vec<u8>> {
 }
 
 fn builder(settings: &AcmeSettings) -> Result<instant_acme::AccountBuilder, AcmeError> {
-    match &settings.ca_root {
-        Some(root) => Account::builder_with_root(root).map_err(protocol(settings)),
-        None => Account::builder().map_err(protocol(settings)),
-    }
+    let client = super::http::DeadlineClient::new(settings)?;
+    Ok(Account::builder_with_http(Box::new(client)))
 }
 
 /// The stored account, if there is one: never registers (for read-only questions such as

@@ -3,6 +3,7 @@
 
 pub mod challenges;
 pub mod client;
+mod http;
 pub mod manager;
 
 pub use challenges::ChallengeStore;

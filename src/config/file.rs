@@ -89,6 +89,7 @@ pub struct AcmeFile {
     pub dns_hook: Option<Spanned<String>>,
     pub deploy_hook: Option<String>,
     pub check_interval: Option<ConfigDuration>,
+    pub request_timeout: Option<ConfigDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -100,6 +100,9 @@ pub struct AcmeSettings {
     /// How often renewal is considered (with jitter); twice a day by default.
     #[serde(serialize_with = "units::serialize_duration")]
     pub check_interval: Duration,
+    /// The most one request to the CA may take, answer included.
+    #[serde(serialize_with = "units::serialize_duration")]
+    pub request_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -172,17 +175,40 @@ impl Serialize for TlsVersion {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CertificateSettings {
-    #[serde(flatten)]
     pub source: CertSource,
     /// Names this certificate serves; empty means every DNS name in its SANs.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub names: Vec<String>,
     pub default: bool,
     /// Where this entry was configured, for error messages.
-    #[serde(skip)]
     pub origin: Origin,
+}
+
+/// Printed as it is written in a config file: an ACME entry's names are its `acme.names`
+/// (copied into `names` when validated), so they appear once and the output reads back.
+impl Serialize for CertificateSettings {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Written<'a> {
+            #[serde(flatten)]
+            source: &'a CertSource,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            names: Option<&'a Vec<String>>,
+            default: bool,
+        }
+        let names = match &self.source {
+            CertSource::Acme { .. } => None,
+            _ if self.names.is_empty() => None,
+            _ => Some(&self.names),
+        };
+        Written {
+            source: &self.source,
+            names,
+            default: self.default,
+        }
+        .serialize(serializer)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

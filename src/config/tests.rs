@@ -247,6 +247,17 @@ fn effective_config_reads_back_unchanged() {
         first.tls.certificates[0].source,
         second.tls.certificates[0].source
     );
+
+    // With ACME: the certificate's names are printed once, under `acme.names`.
+    let yaml = "acme:\n  directory: https://ca.test/dir\n  email: ops@example.com\n  agree_tos: true\n  request_timeout: 5s\ntls:\n  certificates:\n    - acme:\n        names: [example.com, www.example.com]\n";
+    let first = load_with(yaml, &[]).unwrap();
+    let printed = to_yaml(&first);
+    assert_eq!(printed.matches("www.example.com").count(), 1, "{printed}");
+    let second = load_with(&printed, &[]).unwrap();
+    assert_eq!(printed, to_yaml(&second), "printed:\n{printed}");
+    let (a, b) = (&first.tls.certificates[0], &second.tls.certificates[0]);
+    assert_eq!((&a.source, &a.names), (&b.source, &b.names));
+    assert_eq!(first.acme, second.acme);
 }
 
 #[test]

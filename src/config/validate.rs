@@ -917,6 +917,17 @@ fn acme_settings(
             "must be between 1s and 1d",
         ));
     }
+    let request_timeout = file
+        .request_timeout
+        .map(|d| d.0)
+        .unwrap_or(Duration::from_secs(30));
+    if request_timeout < Duration::from_millis(100) || request_timeout > Duration::from_secs(600) {
+        return Err(ConfigError::invalid(
+            origin,
+            "acme.request_timeout",
+            "must be between 100ms and 10m",
+        ));
+    }
     Ok(Some(super::AcmeSettings {
         directory,
         email: file.email,
@@ -929,5 +940,6 @@ fn acme_settings(
         dns_hook,
         deploy_hook: file.deploy_hook,
         check_interval,
+        request_timeout,
     }))
 }

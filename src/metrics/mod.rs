@@ -357,6 +357,12 @@ pub fn failure_reason(error: &std::io::Error) -> &'static str {
         ) => "bad_client_hello",
         Some(_) => "other",
         None if error.to_string().contains("no server certificate") => "no_certificate",
+        None if error
+            .get_ref()
+            .is_some_and(|inner| inner.is::<crate::server::PlainHttpOnTlsPort>()) =>
+        {
+            "plain_http"
+        }
         None => match error.kind() {
             std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
                 "closed_by_client"

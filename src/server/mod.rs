@@ -602,9 +602,32 @@ async fn serve_main(
     let handshake = async {
         let mut stream = stream;
         let mut received = Vec::new();
-        let hello = tls::stream::read_client_hello(&mut stream, &mut received)
-            .await?
-            .unwrap_or_default();
+        let hello = match tls::stream::read_client_hello(&mut stream, &mut received).await? {
+            Some(hello) => hello,
+            None if tls::stream::is_plain_http(&received) => {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                // Best effort: the client learns why, then the connection ends. The rest of
+                // its request is read and dropped for a moment (a lingering close, as nginx
+                // does): closing with unread bytes would reset the answer away.
+                let _ = stream.write_all(tls::stream::PLAIN_HTTP_ANSWER).await;
+                let _ = stream.shutdown().await;
+                let mut rest = [0u8; 4096];
+                let linger = async {
+                    // At most 1 MiB, for at most a second.
+                    for _ in 0..256 {
+                        if matches!(stream.read(&mut rest).await, Ok(0) | Err(_)) {
+                            break;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), linger).await;
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    PlainHttpOnTlsPort,
+                ));
+            }
+            None => Default::default(),
+        };
         requested_name.clone_from(&hello.server_name);
         let wants_acme = hello.alpn.iter().any(|p| p == ACME_TLS_ALPN);
         let config = match (&tls.acme_config, wants_acme) {
@@ -678,6 +701,11 @@ async fn serve_main(
     )
     .await;
 }
+
+/// A plain-HTTP request arrived on the TLS port (answered with a 400, then closed).
+#[derive(Debug, thiserror::Error)]
+#[error("plain HTTP request on the TLS port")]
+pub struct PlainHttpOnTlsPort;
 
 async fn serve_redirect(
     stream: TcpStream,

@@ -84,6 +84,24 @@ pub async fn read_client_hello(
     }
 }
 
+/// Whether the first bytes on the TLS port are a plain-HTTP request line (`GET /…`): a
+/// method token of capital letters and a space. TLS records start with a byte below 0x20.
+pub fn is_plain_http(received: &[u8]) -> bool {
+    let method = received
+        .iter()
+        .take_while(|b| b.is_ascii_uppercase())
+        .count();
+    (3..=10).contains(&method) && received.get(method) == Some(&b' ')
+}
+
+/// The answer to a plain-HTTP request on the TLS port, as nginx (497) and Go servers give one,
+/// instead of a TLS alert the client's HTTP parser cannot read.
+pub const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+content-type: text/plain; charset=utf-8\r\n\
+content-length: 80\r\n\
+connection: close\r\n\r\n\
+This port speaks HTTPS and was sent a plain HTTP request: use https:// instead.\n";
+
 enum HelloProgress {
     Complete(Vec<u8>),
     Incomplete,
@@ -852,6 +870,18 @@ mod tests {
             client_hello_message(b"GET / HTTP/1.1\r\n\r\n"),
             HelloProgress::NotAHello
         ));
+        assert!(is_plain_http(b"GET / HTTP/1.1\r\n"));
+        assert!(is_plain_http(b"OPTIONS * HTTP/1.1\r\n"));
+        assert!(!is_plain_http(&[22, 3, 1, 0, 200]));
+        assert!(!is_plain_http(b"get / HTTP/1.1\r\n"));
+        assert!(!is_plain_http(b"GE"));
+        assert!(!is_plain_http(b"SSH-2.0-OpenSSH_9.2\r\n"));
+        let answer = std::str::from_utf8(PLAIN_HTTP_ANSWER).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{answer}"
+        );
         // A handshake record that is not a ClientHello (a ServerHello, type 2).
         assert!(matches!(
             client_hello_message(&[22, 3, 3, 0, 4, 2, 0, 0, 0]),
