@@ -215,29 +215,61 @@ pub struct Target<'a> {
     pub send_timeout: Duration,
 }
 
+/// Connects to the first of the host's addresses that answers. Each address gets an equal
+/// share of the time still left (as hyper-util's connector does), so one that drops SYNs (an
+/// unreachable IPv6 address, a full accept queue) cannot use up `connect_timeout` alone.
 async fn connect(target: &Target<'_>) -> Result<TcpStream, UpstreamError> {
     let host = target
         .host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(target.host);
-    let stream = match tokio::time::timeout(
-        target.connect_timeout,
-        TcpStream::connect((host, target.port)),
-    )
-    .await
-    {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => return Err(UpstreamError::Connect(error)),
-        Err(_) => {
-            return Err(UpstreamError::Connect(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("no connection within {:?}", target.connect_timeout),
-            )))
+    let deadline = tokio::time::Instant::now() + target.connect_timeout;
+    let addresses: Vec<std::net::SocketAddr> =
+        match tokio::time::timeout_at(deadline, tokio::net::lookup_host((host, target.port))).await
+        {
+            Ok(Ok(addresses)) => addresses.collect(),
+            Ok(Err(error)) => return Err(UpstreamError::Connect(error)),
+            Err(_) => {
+                return Err(UpstreamError::Connect(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{host} not resolved within {:?}", target.connect_timeout),
+                )))
+            }
+        };
+    connect_to_any(&addresses, deadline)
+        .await
+        .map_err(UpstreamError::Connect)
+}
+
+async fn connect_to_any(
+    addresses: &[std::net::SocketAddr],
+    deadline: tokio::time::Instant,
+) -> io::Result<TcpStream> {
+    let mut last_error = io::Error::new(io::ErrorKind::NotFound, "the host has no address");
+    for (index, address) in addresses.iter().enumerate() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            break;
         }
-    };
-    stream.set_nodelay(true).map_err(UpstreamError::Connect)?;
-    Ok(stream)
+        let share = left / (addresses.len() - index) as u32;
+        match tokio::time::timeout(share, TcpStream::connect(address)).await {
+            Ok(Ok(stream)) => {
+                stream.set_nodelay(true)?;
+                return Ok(stream);
+            }
+            Ok(Err(error)) => {
+                last_error = io::Error::new(error.kind(), format!("{address}: {error}"));
+            }
+            Err(_) => {
+                last_error = io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{address}: no connection within {share:.1?}"),
+                );
+            }
+        }
+    }
+    Err(last_error)
 }
 
 /// How the request body goes on the wire.
@@ -1385,6 +1417,48 @@ mod tests {
             .await
             .unwrap_err();
         assert!(error.is_connect(), "{error}");
+    }
+
+    /// A listener whose accept queue is full: the kernel drops further SYNs, so a connect to
+    /// it hangs as it would to an unreachable address. Returns it with the connections filling it.
+    async fn black_hole(ip: &str) -> (SocketAddr, Vec<TcpStream>, tokio::net::TcpListener) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut filling = Vec::new();
+        for _ in 0..16 {
+            match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => filling.push(stream),
+                _ => return (addr, filling, listener),
+            }
+        }
+        panic!("the accept queue of {addr} never filled");
+    }
+
+    #[tokio::test]
+    async fn an_address_that_drops_connections_leaves_time_for_the_next() {
+        let (dead, _filling, _listener) = black_hole("127.0.0.2").await;
+        let live = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live_addr = live.local_addr().unwrap();
+        let started = tokio::time::Instant::now();
+        let stream = connect_to_any(&[dead, live_addr], started + Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), live_addr);
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_millis(1500),
+            "the dead address gets half of the 2 s, the live one the rest: {took:?}"
+        );
+        // Only dead addresses: the error names the last one tried and comes at the deadline.
+        let started = tokio::time::Instant::now();
+        let error = connect_to_any(&[dead], started + Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert!(error.to_string().starts_with(&dead.to_string()), "{error}");
+        assert!(started.elapsed() < Duration::from_millis(600));
     }
 
     #[tokio::test]
