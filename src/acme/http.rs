@@ -31,7 +31,7 @@ pub struct DeadlineClient {
 impl DeadlineClient {
     /// Trusts `acme.ca_root` when set (every certificate in the file), else the system's roots.
     pub fn new(settings: &AcmeSettings) -> Result<Self, AcmeError> {
-        let roots = crate::certs::verify::load_roots(settings.ca_root.as_deref())?;
+        let roots = roots(settings)?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -52,6 +52,20 @@ impl DeadlineClient {
             deadline: settings.request_timeout,
         })
     }
+}
+
+/// `acme.ca_root` is read each time (a small file an operator may replace); the system's roots
+/// once per process, as they are many files and every renewal check builds a client.
+fn roots(settings: &AcmeSettings) -> Result<rustls::RootCertStore, AcmeError> {
+    static SYSTEM_ROOTS: std::sync::OnceLock<rustls::RootCertStore> = std::sync::OnceLock::new();
+    if let Some(path) = &settings.ca_root {
+        return Ok(crate::certs::verify::load_roots(Some(path))?);
+    }
+    if let Some(roots) = SYSTEM_ROOTS.get() {
+        return Ok(roots.clone());
+    }
+    let loaded = crate::certs::verify::load_roots(None)?;
+    Ok(SYSTEM_ROOTS.get_or_init(|| loaded).clone())
 }
 
 impl HttpClient for DeadlineClient {
