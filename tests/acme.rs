@@ -404,28 +404,14 @@ async fn commands_issue_list_renew_and_the_lock_prevents_a_double_order() {
     let _ = server.wait();
 }
 
-/// A directory in front of Pebble that adds ACME Renewal Information (Pebble 2.4 has none):
-/// `/dir` is Pebble's directory plus `renewalInfo`, and `/renewal-info/…` serves `window`.
-async fn ari_directory(pebble: &Pebble, window: (i64, i64)) -> String {
-    use http_body_util::Full;
-    let directory = {
-        let url = pebble.directory.clone();
-        let root = pebble.https_root.clone();
-        tokio::task::spawn_blocking(move || {
-            let out = std::process::Command::new("curl")
-                .args(["-sS", "--cacert", root.to_str().unwrap(), &url])
-                .output()
-                .unwrap();
-            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
-        })
-        .await
-        .unwrap()
-    };
-    let names: Vec<String> = vec!["127.0.0.1".into()];
-    let leaf = pebble
-        .https_ca
+/// A loopback listener and a TLS acceptor whose certificate for 127.0.0.1 `ca` issued: the
+/// start of a stand-in HTTPS server.
+async fn tls_listener(
+    ca: &tlsgate::certs::CertificateAuthority,
+) -> (tokio_rustls::TlsAcceptor, tokio::net::TcpListener, u16) {
+    let leaf = ca
         .issue(
-            &names,
+            &["127.0.0.1".to_string()],
             DAY,
             tlsgate::certs::KeyAlgorithm::EcdsaP256,
             tlsgate::certs::generate::Usage::Server,
@@ -447,6 +433,27 @@ async fn ari_directory(pebble: &Pebble, window: (i64, i64)) -> String {
     let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
+    (acceptor, listener, port)
+}
+
+/// A directory in front of Pebble that adds ACME Renewal Information (Pebble 2.4 has none):
+/// `/dir` is Pebble's directory plus `renewalInfo`, and `/renewal-info/…` serves `window`.
+async fn ari_directory(pebble: &Pebble, window: (i64, i64)) -> String {
+    use http_body_util::Full;
+    let directory = {
+        let url = pebble.directory.clone();
+        let root = pebble.https_root.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new("curl")
+                .args(["-sS", "--cacert", root.to_str().unwrap(), &url])
+                .output()
+                .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    let (acceptor, listener, port) = tls_listener(&pebble.https_ca).await;
     let mut directory = directory;
     directory["renewalInfo"] =
         serde_json::Value::String(format!("https://127.0.0.1:{port}/renewal-info"));
@@ -650,28 +657,9 @@ async fn silent_ca(dir: &std::path::Path, silence: Silence) -> (String, std::pat
         tlsgate::certs::KeyAlgorithm::EcdsaP256,
     )
     .unwrap();
-    let leaf = ca
-        .issue(
-            &["127.0.0.1".to_string()],
-            DAY,
-            tlsgate::certs::KeyAlgorithm::EcdsaP256,
-            tlsgate::certs::generate::Usage::Server,
-        )
-        .unwrap();
     let root = dir.join("silent-ca.pem");
     std::fs::write(&root, &ca.cert_pem).unwrap();
-    let key = tlsgate::certs::pem::private_key_from_bytes(leaf.key_pem.as_bytes(), &root).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![leaf.der.clone()], key)
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let (acceptor, listener, port) = tls_listener(&ca).await;
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
