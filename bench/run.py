@@ -108,10 +108,6 @@ def cpu_split(pid):
     return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
-def cpu_seconds(pid):
-    return sum(cpu_split(pid))
-
-
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as status:
         for line in status:

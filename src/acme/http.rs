@@ -17,6 +17,7 @@ use instant_acme::{BodyWrapper, BytesResponse, HttpClient};
 use super::AcmeError;
 use crate::config::units::format_duration;
 use crate::config::AcmeSettings;
+use crate::http::error::error_chain;
 
 /// ACME answers are JSON documents and certificate chains: a few KiB. More is not an ACME CA.
 const MAX_ANSWER_BYTES: usize = 1 << 20;
@@ -106,19 +107,6 @@ fn failed(
     error: impl Into<Box<dyn std::error::Error + Send + Sync>>,
 ) -> instant_acme::Error {
     let error: Box<dyn std::error::Error + Send + Sync> = error.into();
-    instant_acme::Error::Other(format!("{what}: {}", chain(&*error)).into())
-}
-
-/// hyper's errors say "client error (Connect)" and keep the reason in their sources.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text = format!("{text}: {cause_text}");
-        }
-        source = cause.source();
-    }
-    text
+    // hyper's errors say "client error (Connect)" and keep the reason in their sources.
+    instant_acme::Error::Other(format!("{what}: {}", error_chain(&*error)).into())
 }

@@ -4,6 +4,22 @@ use http::StatusCode;
 
 use super::{text_response, Response};
 
+/// An error with its causes, for one log line or message. A cause whose text the line already
+/// holds is left out (some errors print their source in their own message).
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     #[error("not found")]

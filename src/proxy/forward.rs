@@ -17,7 +17,7 @@ use super::routes::Route;
 use super::upstream::{self, ResponseBody, UpstreamError};
 use super::{tunnel, Proxy};
 use crate::config::proxy::Balance;
-use crate::http::error::HttpError;
+use crate::http::error::{error_chain, HttpError};
 use crate::http::service::ConnectionInfo;
 use crate::http::Response;
 
@@ -363,18 +363,6 @@ async fn exchange<T>(
             () = &mut deadline, if armed => return Err(()),
         }
     }
-}
-
-/// An error with its causes, for one log line.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 pub(super) fn respond<B>(

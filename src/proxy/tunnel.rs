@@ -17,11 +17,12 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use super::forward::{error_chain, upstream_headers};
+use super::forward::upstream_headers;
 use super::headers::remove_hop_by_hop;
 use super::pool::ProxyBody;
 use super::routes::Route;
 use super::{Proxy, UPGRADE_TIMEOUT};
+use crate::http::error::error_chain;
 use crate::http::error::HttpError;
 use crate::http::service::{ConnectionInfo, ConnectionSlot};
 use crate::http::{full, websocket, Response};

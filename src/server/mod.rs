@@ -605,22 +605,7 @@ async fn serve_main(
         let hello = match tls::stream::read_client_hello(&mut stream, &mut received).await? {
             Some(hello) => hello,
             None if tls::stream::is_plain_http(&received) => {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                // Best effort: the client learns why, then the connection ends. The rest of
-                // its request is read and dropped for a moment (a lingering close, as nginx
-                // does): closing with unread bytes would reset the answer away.
-                let _ = stream.write_all(tls::stream::PLAIN_HTTP_ANSWER).await;
-                let _ = stream.shutdown().await;
-                let mut rest = [0u8; 4096];
-                let linger = async {
-                    // At most 1 MiB, for at most a second.
-                    for _ in 0..256 {
-                        if matches!(stream.read(&mut rest).await, Ok(0) | Err(_)) {
-                            break;
-                        }
-                    }
-                };
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), linger).await;
+                tls::stream::answer_plain_http(&mut stream).await;
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     PlainHttpOnTlsPort,

@@ -96,11 +96,30 @@ pub fn is_plain_http(received: &[u8]) -> bool {
 
 /// The answer to a plain-HTTP request on the TLS port, as nginx (497) and Go servers give one,
 /// instead of a TLS alert the client's HTTP parser cannot read.
-pub const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
 content-type: text/plain; charset=utf-8\r\n\
 content-length: 80\r\n\
 connection: close\r\n\r\n\
 This port speaks HTTPS and was sent a plain HTTP request: use https:// instead.\n";
+
+/// Answers a plain-HTTP request with [`PLAIN_HTTP_ANSWER`] and ends the connection, best
+/// effort. The rest of the request is read and dropped for a moment first (a lingering close,
+/// as nginx does): closing with unread bytes would reset the answer away.
+pub async fn answer_plain_http(tcp: &mut TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp.write_all(PLAIN_HTTP_ANSWER).await;
+    let _ = tcp.shutdown().await;
+    let mut rest = [0u8; 4096];
+    let linger = async {
+        // At most 1 MiB, for at most a second.
+        for _ in 0..256 {
+            if matches!(tcp.read(&mut rest).await, Ok(0) | Err(_)) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), linger).await;
+}
 
 enum HelloProgress {
     Complete(Vec<u8>),
