@@ -570,6 +570,24 @@ async fn plain_http_sent_to_the_tls_port_gets_an_answer_it_can_read() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    // A request line that arrives in pieces, split inside a method longer than a TLS record
+    // header (5 bytes), gets the same answer, not a TLS alert.
+    let mut typed = tokio::net::TcpStream::connect(server.main).await.unwrap();
+    typed.set_nodelay(true).unwrap();
+    typed.write_all(b"OPTIO").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    typed
+        .write_all(b"NS * HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), typed.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(answer.contains("use https:// instead"), "{answer}");
     // The port still speaks TLS.
     let response = https_get(
         server.main,

@@ -66,7 +66,10 @@ pub async fn read_client_hello(
     loop {
         match client_hello_message(received) {
             HelloProgress::Complete(message) => return Ok(parse_client_hello(&message)),
-            HelloProgress::NotAHello => return Ok(None),
+            // A request line may come in pieces (`OPTIO`, then `NS * …`): wait for the
+            // method's end before deciding, so the answer is the plain-HTTP one, not an alert.
+            HelloProgress::NotAHello if !may_become_plain_http(received) => return Ok(None),
+            HelloProgress::NotAHello => {}
             HelloProgress::Incomplete => {}
         }
         if received.len() >= MAX_CLIENT_HELLO {
@@ -92,6 +95,13 @@ pub fn is_plain_http(received: &[u8]) -> bool {
         .take_while(|b| b.is_ascii_uppercase())
         .count();
     (3..=10).contains(&method) && received.get(method) == Some(&b' ')
+}
+
+/// Whether the bytes so far are the start of a method token that has not ended yet: more must
+/// be read before [`is_plain_http`] can tell. At most the longest method it accepts, so a
+/// client cannot make this wait on more than a few bytes (and the handshake timeout bounds it).
+fn may_become_plain_http(received: &[u8]) -> bool {
+    received.len() < 10 && received.iter().all(u8::is_ascii_uppercase)
 }
 
 /// The answer to a plain-HTTP request on the TLS port, as nginx (497) and Go servers give one,
@@ -894,6 +904,12 @@ mod tests {
         assert!(!is_plain_http(&[22, 3, 1, 0, 200]));
         assert!(!is_plain_http(b"get / HTTP/1.1\r\n"));
         assert!(!is_plain_http(b"GE"));
+        assert!(may_become_plain_http(b"GE"));
+        assert!(may_become_plain_http(b"OPTIONS"));
+        assert!(!may_become_plain_http(b"GET "));
+        assert!(!may_become_plain_http(b"SSH-"));
+        assert!(!may_become_plain_http(b"ABCDEFGHIJ"));
+        assert!(!may_become_plain_http(&[22]));
         assert!(!is_plain_http(b"SSH-2.0-OpenSSH_9.2\r\n"));
         let answer = std::str::from_utf8(PLAIN_HTTP_ANSWER).unwrap();
         let (head, body) = answer.split_once("\r\n\r\n").unwrap();
