@@ -98,10 +98,11 @@ pub fn is_plain_http(received: &[u8]) -> bool {
 }
 
 /// Whether the bytes so far are the start of a method token that has not ended yet: more must
-/// be read before [`is_plain_http`] can tell. At most the longest method it accepts, so a
-/// client cannot make this wait on more than a few bytes (and the handshake timeout bounds it).
+/// be read before [`is_plain_http`] can tell. Up to the longest method it accepts (10 letters)
+/// and the space after it, so a client cannot make this wait on more than a few bytes (and the
+/// handshake timeout bounds it).
 fn may_become_plain_http(received: &[u8]) -> bool {
-    received.len() < 10 && received.iter().all(u8::is_ascii_uppercase)
+    received.len() <= 10 && received.iter().all(u8::is_ascii_uppercase)
 }
 
 /// The answer to a plain-HTTP request on the TLS port, as nginx (497) and Go servers give one,
@@ -908,7 +909,9 @@ mod tests {
         assert!(may_become_plain_http(b"OPTIONS"));
         assert!(!may_become_plain_http(b"GET "));
         assert!(!may_become_plain_http(b"SSH-"));
-        assert!(!may_become_plain_http(b"ABCDEFGHIJ"));
+        assert!(may_become_plain_http(b"UNCHECKOUT"));
+        assert!(is_plain_http(b"UNCHECKOUT / HTTP/1.1\r\n"));
+        assert!(!may_become_plain_http(b"ABCDEFGHIJK"));
         assert!(!may_become_plain_http(&[22]));
         assert!(!is_plain_http(b"SSH-2.0-OpenSSH_9.2\r\n"));
         let answer = std::str::from_utf8(PLAIN_HTTP_ANSWER).unwrap();
