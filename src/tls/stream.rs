@@ -69,8 +69,7 @@ pub async fn read_client_hello(
             // A request line may come in pieces (`OPTIO`, then `NS * …`): wait for the
             // method's end before deciding, so the answer is the plain-HTTP one, not an alert.
             HelloProgress::NotAHello if !may_become_plain_http(received) => return Ok(None),
-            HelloProgress::NotAHello => {}
-            HelloProgress::Incomplete => {}
+            HelloProgress::NotAHello | HelloProgress::Incomplete => {}
         }
         if received.len() >= MAX_CLIENT_HELLO {
             return Ok(None);
@@ -87,6 +86,9 @@ pub async fn read_client_hello(
     }
 }
 
+/// The longest method token taken for plain HTTP (`UNCHECKOUT`, WebDAV's longest).
+const LONGEST_METHOD: usize = 10;
+
 /// Whether the first bytes on the TLS port are a plain-HTTP request line (`GET /…`): a
 /// method token of capital letters and a space. TLS records start with a byte below 0x20.
 pub fn is_plain_http(received: &[u8]) -> bool {
@@ -94,15 +96,15 @@ pub fn is_plain_http(received: &[u8]) -> bool {
         .iter()
         .take_while(|b| b.is_ascii_uppercase())
         .count();
-    (3..=10).contains(&method) && received.get(method) == Some(&b' ')
+    (3..=LONGEST_METHOD).contains(&method) && received.get(method) == Some(&b' ')
 }
 
 /// Whether the bytes so far are the start of a method token that has not ended yet: more must
-/// be read before [`is_plain_http`] can tell. Up to the longest method it accepts (10 letters)
-/// and the space after it, so a client cannot make this wait on more than a few bytes (and the
+/// be read before [`is_plain_http`] can tell. Up to the longest method it accepts and the
+/// space after it, so a client cannot make this wait on more than a few bytes (and the
 /// handshake timeout bounds it).
 fn may_become_plain_http(received: &[u8]) -> bool {
-    received.len() <= 10 && received.iter().all(u8::is_ascii_uppercase)
+    received.len() <= LONGEST_METHOD && received.iter().all(u8::is_ascii_uppercase)
 }
 
 /// The answer to a plain-HTTP request on the TLS port, as nginx (497) and Go servers give one,
