@@ -1,6 +1,6 @@
 //! The reverse proxy over real sockets, with real backends started by the tests.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! The binary as an operator runs it: start-up errors and exit codes, the banner, the seeds'
 //! environment variables, `config check` over every example, SIGTERM.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;

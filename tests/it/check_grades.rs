@@ -3,7 +3,7 @@
 //! with a short `proxy_read_timeout`, and `sslscan` as an independent oracle for the protocol
 //! and cipher findings.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::Path;

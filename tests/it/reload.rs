@@ -1,7 +1,7 @@
 //! Configuration reload: validated first, applied atomically, connections and WebSockets kept
 //! unless their route is gone.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

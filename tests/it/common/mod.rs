@@ -1,6 +1,5 @@
 //! Shared test helpers: start a real server on 127.0.0.1:0, make fixtures with the product's
 //! own certificate code, and talk to the server over real sockets.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

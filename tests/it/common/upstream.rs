@@ -27,7 +27,6 @@ use tokio_util::sync::CancellationToken;
 type Body = BoxBody<Bytes, Infallible>;
 
 pub struct Upstream {
-    pub id: String,
     pub addr: SocketAddr,
     healthy: Arc<AtomicBool>,
     pub uploaded: Arc<AtomicU64>,
@@ -40,7 +39,6 @@ impl Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let upstream = Upstream {
-            id: id.to_owned(),
             addr,
             healthy: Arc::new(AtomicBool::new(true)),
             uploaded: Arc::new(AtomicU64::new(0)),

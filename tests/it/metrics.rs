@@ -1,7 +1,7 @@
 //! The admin listener: metrics scraped after real traffic, health, readiness, the certificate
 //! inventory and reload.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

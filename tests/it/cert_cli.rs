@@ -1,7 +1,7 @@
 //! `tlsgate cert …` as an operator runs it, with `openssl` and `certutil` as independent
 //! oracles for everything it writes.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

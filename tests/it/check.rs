@@ -1,7 +1,7 @@
 //! `tlsgate check`'s probes against real servers: tlsgate itself and `openssl s_server` set
 //! up to accept what tlsgate refuses (TLS 1.0, CBC, RSA key exchange).
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! ACME against a real Pebble: HTTP-01 and TLS-ALPN-01 through the running server.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};

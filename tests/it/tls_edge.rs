@@ -1,7 +1,7 @@
 //! The TLS edge over real loopback sockets: protocol versions, suites, SNI, ALPN, headers,
 //! WebSocket, limits. Clients are rustls, hyper, tokio-tungstenite and `openssl s_client`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

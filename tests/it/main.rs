@@ -1,0 +1,15 @@
+//! The integration tests, as one binary: each module was a test binary of its own, and each of
+//! those linked the whole crate again (nine links, most of a clean build's disk and time).
+//! They start real servers on `127.0.0.1:0` and talk to them over real sockets.
+
+mod common;
+
+mod acme;
+mod cert_cli;
+mod check;
+mod check_grades;
+mod cli;
+mod metrics;
+mod proxy;
+mod reload;
+mod tls_edge;
