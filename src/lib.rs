@@ -4,12 +4,15 @@
 //! start real servers in-process.
 
 pub mod acme;
+pub mod admin;
 pub mod certs;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod http;
 pub mod metrics;
+pub mod pipeline;
 pub mod proxy;
 pub mod server;
 pub mod tls;

@@ -49,6 +49,23 @@ impl ChallengeStore {
         std::fs::read_to_string(dir.join(token)).ok()
     }
 
+    /// The answer to an HTTP-01 validation request (`GET /.well-known/acme-challenge/TOKEN`),
+    /// when its token is pending: the one responder of the server's plain-HTTP listener and
+    /// of `tlsgate acme`'s temporary one.
+    pub fn http_response<B>(&self, request: &http::Request<B>) -> Option<crate::http::Response> {
+        let token = request
+            .uri()
+            .path()
+            .strip_prefix(crate::http::redirect::ACME_CHALLENGE_PREFIX)?;
+        let answer = self.http_answer(token)?;
+        let mut response = hyper::Response::new(crate::http::full(answer));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/octet-stream"),
+        );
+        Some(response)
+    }
+
     pub fn add_http(&self, token: &str, key_authorization: &str) {
         if let (Some(dir), true) = (&self.shared_dir, safe_token(token)) {
             let written = crate::certs::store::ensure_private_dir(dir).and_then(|()| {

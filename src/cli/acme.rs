@@ -131,16 +131,9 @@ async fn temporary_responder(
                     tokio::spawn(async move {
                         let service = hyper::service::service_fn(
                             move |request: hyper::Request<hyper::body::Incoming>| {
-                                let token = request
-                                    .uri()
-                                    .path()
-                                    .strip_prefix(crate::http::redirect::ACME_CHALLENGE_PREFIX)
-                                    .unwrap_or("")
-                                    .to_owned();
-                                let response = match store.http_answer(&token) {
-                                    Some(answer) => hyper::Response::new(crate::http::full(answer)),
-                                    None => crate::http::error::HttpError::NotFound.into_response(),
-                                };
+                                let response = store.http_response(&request).unwrap_or_else(|| {
+                                    crate::http::error::HttpError::NotFound.into_response()
+                                });
                                 std::future::ready(Ok::<_, std::convert::Infallible>(response))
                             },
                         );

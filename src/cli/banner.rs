@@ -11,8 +11,8 @@ fn display_host(server: &Server, addr: SocketAddr) -> String {
     if server.local_certificate().is_some() {
         return "localhost".into();
     }
-    let configured = server
-        .certificates()
+    let certificates = server.certificates();
+    let configured = certificates
         .iter()
         .flat_map(|c| c.names.iter())
         .find(|n| !n.starts_with("*."));

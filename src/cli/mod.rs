@@ -189,7 +189,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
-        let mut server = match Server::bind(settings, shutdown.clone()).await {
+        let server = match Server::bind(settings, overrides, shutdown.clone()).await {
             Ok(server) => server,
             Err(error) => return fail(format!("cannot start: {error}")),
         };
@@ -199,7 +199,6 @@ fn serve(args: ServeArgs) -> ExitCode {
         if !server.is_tls() {
             tracing::warn!("TLS is off: serving plain HTTP and WS, unencrypted");
         }
-        server.reload_config_from(overrides);
         print!("{}", banner::render(&server));
         let pid_file = server.settings().data_dir.join(PID_FILE);
         let wrote_pid = std::fs::create_dir_all(&server.settings().data_dir)
@@ -218,7 +217,7 @@ fn serve(args: ServeArgs) -> ExitCode {
 /// The running server's pid, in the data folder, so `tlsgate acme` can tell it to reload.
 pub const PID_FILE: &str = "tlsgate.pid";
 
-async fn wait_for_signal(shutdown: CancellationToken, reload: crate::server::ReloadHandle) {
+async fn wait_for_signal(shutdown: CancellationToken, reload: crate::control::ReloadHandle) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),

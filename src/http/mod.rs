@@ -1,10 +1,12 @@
-//! Request pipeline pieces: security headers, the plain-HTTP redirect, the built-in endpoints
-//! (health, WebSocket echo) and the one place that maps errors to status codes.
+//! Small shared HTTP pieces: the request context and connection types, security headers, the
+//! plain-HTTP redirect, WebSocket checks, the connection activity tracker, and the one place
+//! that maps errors to status codes.
 
+pub mod activity;
+pub mod context;
 pub mod error;
 pub mod headers;
 pub mod redirect;
-pub mod service;
 pub mod websocket;
 
 use bytes::Bytes;
@@ -47,4 +49,15 @@ pub fn authority_host<B>(request: &http::Request<B>) -> Option<String> {
         }
     };
     Some(host)
+}
+
+/// The request's host, lower case, without port or IPv6 brackets (from `:authority` or `Host`).
+pub fn request_host<B>(request: &http::Request<B>) -> Option<String> {
+    let host = authority_host(request)?;
+    Some(
+        match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(inner) => inner.to_owned(),
+            None => host,
+        },
+    )
 }

@@ -26,6 +26,34 @@ pub(crate) fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &s
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// An HTTP/1.1 `Upgrade: websocket` or an HTTP/2 extended CONNECT for websocket (RFC 8441).
+pub fn is_websocket<B>(request: &Request<B>) -> bool {
+    if request.method() == Method::CONNECT {
+        return request
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+    }
+    has_token(request.headers(), header::UPGRADE, "websocket")
+}
+
+/// Validates a WebSocket opening request of either kind: the HTTP/1.1 upgrade's headers
+/// ([`check_upgrade`]), or an extended CONNECT's version.
+pub fn check_opening<B>(request: &Request<B>) -> Result<(), HttpError> {
+    if request.method() != Method::CONNECT {
+        return check_upgrade(request).map(drop);
+    }
+    if request
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        return Err(HttpError::UnsupportedWebSocketVersion);
+    }
+    Ok(())
+}
+
 /// Validates an upgrade request; returns the `Sec-WebSocket-Accept` value for the `101`.
 pub fn check_upgrade<B>(request: &Request<B>) -> Result<HeaderValue, HttpError> {
     let headers = request.headers();

@@ -1,11 +1,13 @@
-//! Prometheus metrics (an explicit registry per server, so tests can scrape their own) and the
-//! admin endpoints that expose them. Label values come only from configuration and fixed sets
-//! (route names, upstream servers, TLS versions and suites, failure reasons), never from
+//! Prometheus metrics: a leaf that other modules record into. An explicit registry per
+//! server, so tests can scrape their own. Label values come only from configuration and fixed
+//! sets (route names, upstream servers, TLS versions and suites, failure reasons), never from
 //! clients, so cardinality stays bounded.
 
-pub mod admin;
-
 use std::sync::atomic::AtomicU64;
+
+use arc_swap::ArcSwap;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -62,6 +64,8 @@ pub struct ResultLabels {
 
 pub struct Metrics {
     registry: Registry,
+    /// What `upstream_server_up` reports, read at scrape time.
+    upstreams: Arc<UpstreamCollector>,
     pub handshakes: Family<HandshakeLabels, Counter>,
     pub handshake_failures: Family<ReasonLabels, Counter>,
     pub handshake_duration: Histogram,
@@ -70,7 +74,6 @@ pub struct Metrics {
     pub request_duration: Family<RouteLabels, Histogram>,
     pub open_websockets: Family<RouteLabels, Gauge>,
     pub websocket_upgrades: Family<UpgradeLabels, Counter>,
-    pub upstream_up: Family<ServerLabels, Gauge>,
     pub certificate_expiry: Family<CertificateLabels, Gauge>,
     pub acme_orders: Family<ResultLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
@@ -100,13 +103,14 @@ impl Metrics {
             request_duration: Family::new_with_constructor(duration_histogram),
             open_websockets: Family::default(),
             websocket_upgrades: Family::default(),
-            upstream_up: Family::default(),
             certificate_expiry: Family::default(),
             acme_orders: Family::default(),
             reloads: Family::default(),
             last_reload: Gauge::default(),
             registry: Registry::default(),
+            upstreams: Arc::new(UpstreamCollector::default()),
         };
+        registry.register_collector(Box::new(metrics.upstreams.clone()));
         registry.register(
             "tls_handshakes",
             "Completed TLS handshakes by version and cipher suite",
@@ -146,11 +150,6 @@ impl Metrics {
             "websocket_upgrades",
             "WebSocket upgrades by route and result",
             metrics.websocket_upgrades.clone(),
-        );
-        registry.register(
-            "upstream_server_up",
-            "Whether an upstream server is in rotation (1) or not (0)",
-            metrics.upstream_up.clone(),
         );
         registry.register(
             "certificate_expiry_timestamp_seconds",
@@ -239,6 +238,12 @@ impl Metrics {
         }
     }
 
+    /// Makes `upstream_server_up` report `source`'s servers from the next scrape on (a reload
+    /// hands over its new set; `None` when no upstream is configured).
+    pub fn set_upstreams(&self, source: Option<Arc<dyn UpstreamStates>>) {
+        self.upstreams.source.store(Arc::new(source));
+    }
+
     /// Replaces the certificate expiry gauges with the certificates now served.
     pub fn set_certificates(&self, certificates: &[crate::tls::CertSummary]) {
         self.certificate_expiry.clear();
@@ -320,59 +325,6 @@ impl RouteStats {
     }
 }
 
-/// A handshake failure's reason, as a bounded label value.
-pub fn failure_reason(error: &std::io::Error) -> &'static str {
-    use rustls::{Error, PeerIncompatible};
-    let tls = error
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<Error>());
-    match tls {
-        Some(Error::PeerIncompatible(PeerIncompatible::NoCipherSuitesInCommon)) => {
-            "no_shared_cipher"
-        }
-        Some(Error::PeerIncompatible(PeerIncompatible::NoKxGroupsInCommon)) => "no_shared_group",
-        Some(Error::PeerIncompatible(PeerIncompatible::NoSignatureSchemesInCommon)) => {
-            "no_shared_signature_scheme"
-        }
-        // A TLS 1.0/1.1 ClientHello has no signature_algorithms or supported_versions
-        // extension: rustls reports the missing extension; the cause is the old version.
-        Some(Error::PeerIncompatible(
-            PeerIncompatible::SignatureAlgorithmsExtensionRequired
-            | PeerIncompatible::SupportedVersionsExtensionRequired
-            | PeerIncompatible::Tls12NotOffered
-            | PeerIncompatible::Tls12NotOfferedOrEnabled
-            | PeerIncompatible::ServerDoesNotSupportTls12Or13,
-        )) => "protocol_version",
-        Some(Error::PeerIncompatible(_)) => "incompatible_client",
-        Some(Error::InvalidCertificate(_) | Error::NoCertificatesPresented) => {
-            "bad_client_certificate"
-        }
-        Some(Error::AlertReceived(_)) => "alert_from_client",
-        Some(Error::General(text)) if text.contains("certificate") => "no_certificate",
-        Some(
-            Error::InvalidMessage(_)
-            | Error::PeerMisbehaved(_)
-            | Error::InappropriateMessage { .. }
-            | Error::InappropriateHandshakeMessage { .. },
-        ) => "bad_client_hello",
-        Some(_) => "other",
-        None if error.to_string().contains("no server certificate") => "no_certificate",
-        None if error
-            .get_ref()
-            .is_some_and(|inner| inner.is::<crate::server::PlainHttpOnTlsPort>()) =>
-        {
-            "plain_http"
-        }
-        None => match error.kind() {
-            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
-                "closed_by_client"
-            }
-            std::io::ErrorKind::InvalidData => "bad_client_hello",
-            _ => "other",
-        },
-    }
-}
-
 /// Counts something in a gauge for as long as this value lives (an open connection, an open
 /// WebSocket).
 pub struct GaugeGuard(Gauge);
@@ -387,5 +339,47 @@ impl GaugeGuard {
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+/// Something that knows upstream servers and whether each is in rotation (the proxy's pools).
+pub trait UpstreamStates: Send + Sync {
+    /// Calls `report(upstream, server, up)` once per server.
+    fn each_server(&self, report: &mut dyn FnMut(&str, &str, bool));
+}
+
+/// `upstream_server_up`, built afresh from the current upstreams on each scrape: servers a
+/// reload removed disappear, and two scrapes at once never see a half-filled family.
+#[derive(Default)]
+struct UpstreamCollector {
+    source: ArcSwap<Option<Arc<dyn UpstreamStates>>>,
+}
+
+impl std::fmt::Debug for UpstreamCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for UpstreamCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let family = Family::<ServerLabels, Gauge>::default();
+        if let Some(source) = self.source.load().as_ref() {
+            source.each_server(&mut |upstream, server, up| {
+                family
+                    .get_or_create(&ServerLabels {
+                        upstream: upstream.to_owned(),
+                        server: server.to_owned(),
+                    })
+                    .set(i64::from(up));
+            });
+        }
+        let metric = encoder.encode_descriptor(
+            "upstream_server_up",
+            "Whether an upstream server is in rotation (1) or not (0)",
+            None,
+            family.metric_type(),
+        )?;
+        family.encode(metric)
     }
 }

@@ -1,9 +1,13 @@
-//! Request and response header rewriting for proxying: hop-by-hop removal (RFC 9110 §7.6.1)
-//! and the `X-Forwarded-*` family, trusted only from configured proxies.
+//! Upstream-bound header rewriting: hop-by-hop removal (RFC 9110 §7.6.1), the `X-Forwarded-*`
+//! family (trusted only from configured proxies) and the sticky cookie.
 
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use super::pool::Pool;
+use crate::config::proxy::Balance;
+use crate::http::context::RequestContext;
 
 /// Headers that describe one connection, never forwarded (as names, so removing them hashes
 /// no strings).
@@ -40,49 +44,30 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Who the client is, as far as this hop can tell.
-pub struct Forwarding {
-    pub client_ip: IpAddr,
-}
-
 /// Sets `X-Forwarded-For` (appended), `X-Real-IP`, `X-Forwarded-Proto` and
-/// `X-Forwarded-Host`. From an untrusted peer, inbound values are replaced, never believed.
-pub fn set_forwarding(
-    headers: &mut HeaderMap,
-    peer: IpAddr,
-    peer_trusted: bool,
-    is_trusted: &dyn Fn(IpAddr) -> bool,
-    secure: bool,
-    host: &str,
-) -> Forwarding {
-    let scheme = HeaderValue::from_static(if secure { "https" } else { "http" });
-    let mut client_ip = peer;
-    if peer_trusted {
-        let chain: Vec<String> = headers
+/// `X-Forwarded-Host`. From an untrusted peer, inbound values are replaced, never believed;
+/// from a trusted one, the chain is extended and `X-Real-IP` is the client the pipeline found
+/// behind it (`client_ip`).
+pub fn set_forwarding(headers: &mut HeaderMap, ctx: &RequestContext) {
+    let peer = ctx.conn.peer.ip();
+    let host = ctx.host.as_str();
+    let scheme = HeaderValue::from_static(if ctx.conn.secure { "https" } else { "http" });
+    if ctx.peer_trusted {
+        let chain: Vec<&str> = headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .map(|s| s.trim().to_owned())
+            .map(str::trim)
             .filter(|s| !s.is_empty())
             .collect();
-        // The client is the right-most address not one of our trusted proxies.
-        let addresses: Vec<IpAddr> = chain.iter().filter_map(|s| s.parse().ok()).collect();
-        if let Some(ip) = addresses
-            .iter()
-            .rev()
-            .find(|ip| !is_trusted(**ip))
-            .or(addresses.first())
-        {
-            client_ip = *ip;
-        }
         let mut joined = chain.join(", ");
         if !joined.is_empty() {
             joined.push_str(", ");
         }
         joined.push_str(&peer.to_string());
         set(headers, X_FORWARDED_FOR, &joined);
-        set(headers, X_REAL_IP, &client_ip.to_string());
+        set(headers, X_REAL_IP, &ctx.client_ip.to_string());
         if !headers.contains_key(&X_FORWARDED_PROTO) {
             headers.insert(X_FORWARDED_PROTO, scheme);
         }
@@ -98,7 +83,62 @@ pub fn set_forwarding(
         headers.insert(X_FORWARDED_PROTO, scheme);
         set(headers, X_FORWARDED_HOST, host);
     }
-    Forwarding { client_ip }
+}
+
+/// Upstream-bound headers: the client's minus hop-by-hop, plus forwarding headers. `Host`
+/// is always the authority the request was routed by (`:authority` for HTTP/2 and
+/// absolute-form requests), so the upstream sees the name that was checked.
+pub fn upstream_headers(
+    pool: &Pool,
+    mut out: HeaderMap,
+    uri: &http::Uri,
+    ctx: &RequestContext,
+) -> HeaderMap {
+    // `:authority` (HTTP/2, absolute form) wins over a `Host` header; otherwise `Host` stays.
+    if let Some(value) = uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        out.insert(header::HOST, value);
+    }
+    remove_hop_by_hop(&mut out);
+    if pool.settings.balance == Balance::Cookie {
+        strip_cookie(&mut out, &pool.settings.sticky_cookie);
+    }
+    set_forwarding(&mut out, ctx);
+    out
+}
+
+/// The value of cookie `name` in the request, if any.
+pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (key, value) = pair.trim().split_once('=')?;
+            (key == name).then_some(value)
+        })
+}
+
+/// Removes cookie `name` (HAProxy's `indirect`: the backend never sees the sticky cookie).
+fn strip_cookie(headers: &mut HeaderMap, name: &str) {
+    let kept: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && pair.split_once('=').map(|(k, _)| k) != Some(name))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::COOKIE);
+    if let Ok(value) = HeaderValue::from_str(&kept.join("; ")) {
+        if !kept.is_empty() {
+            headers.insert(header::COOKIE, value);
+        }
+    }
 }
 
 /// An address as a header value; IPv4, the common case, without the formatting machinery
@@ -177,15 +217,30 @@ mod tests {
         assert!(h.contains_key("x-kept"));
     }
 
+    fn context(peer: &str, trusted: bool, client: &str) -> RequestContext {
+        RequestContext {
+            conn: crate::http::context::ConnectionInfo {
+                peer: format!("{peer}:40000").parse().unwrap(),
+                sni: None,
+                secure: true,
+                tls_version: Some("1.3"),
+            },
+            host: "example.com".into(),
+            client_ip: client.parse().unwrap(),
+            peer_trusted: trusted,
+            route: "test".into(),
+            body_limit: 0,
+            started: std::time::Instant::now(),
+        }
+    }
+
     #[test]
     fn untrusted_peers_cannot_spoof() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
         h.insert("x-real-ip", HeaderValue::from_static("1.2.3.4"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-        let peer: IpAddr = "203.0.113.9".parse().unwrap();
-        let f = set_forwarding(&mut h, peer, false, &|_| false, true, "example.com");
-        assert_eq!(f.client_ip, peer);
+        set_forwarding(&mut h, &context("203.0.113.9", false, "203.0.113.9"));
         assert_eq!(h["x-forwarded-for"], "203.0.113.9");
         assert_eq!(h["x-real-ip"], "203.0.113.9");
         assert_eq!(h["x-forwarded-proto"], "https");
@@ -199,11 +254,24 @@ mod tests {
             "x-forwarded-for",
             HeaderValue::from_static("198.51.100.1, 10.0.0.2"),
         );
-        let peer: IpAddr = "10.0.0.3".parse().unwrap();
-        let trusted = |ip: IpAddr| ip.to_string().starts_with("10.");
-        let f = set_forwarding(&mut h, peer, true, &trusted, true, "example.com");
-        assert_eq!(f.client_ip.to_string(), "198.51.100.1");
+        set_forwarding(&mut h, &context("10.0.0.3", true, "198.51.100.1"));
         assert_eq!(h["x-forwarded-for"], "198.51.100.1, 10.0.0.2, 10.0.0.3");
         assert_eq!(h["x-real-ip"], "198.51.100.1");
+    }
+
+    #[test]
+    fn sticky_cookie_is_read_and_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; SERVERID=abc; b=2"),
+        );
+        assert_eq!(cookie_value(&h, "SERVERID"), Some("abc"));
+        strip_cookie(&mut h, "SERVERID");
+        assert_eq!(h[header::COOKIE], "a=1; b=2");
+        let mut only = HeaderMap::new();
+        only.insert(header::COOKIE, HeaderValue::from_static("SERVERID=abc"));
+        strip_cookie(&mut only, "SERVERID");
+        assert!(!only.contains_key(header::COOKIE));
     }
 }

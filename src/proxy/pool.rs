@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
@@ -17,7 +16,8 @@ use crate::config::proxy::{Balance, UpstreamSettings};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Request bodies sent upstream.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
-pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
+/// hyper's client, for h2c pools and health checks, over the one connector.
+pub type UpstreamClient = Client<super::connect::Connector, ProxyBody>;
 
 fn now_millis() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
@@ -69,7 +69,7 @@ pub struct Pool {
     cookie_tokens: Vec<String>,
     pub client: UpstreamClient,
     /// Connects to a server on its own: a WebSocket upgrade takes a connection for itself.
-    pub connector: HttpConnector,
+    pub connector: super::connect::Connector,
 }
 
 impl std::fmt::Debug for Pool {
@@ -153,16 +153,16 @@ impl Pool {
             .iter()
             .map(|s| keyed_token(&secret, name, &s.url))
             .collect();
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.set_nodelay(true);
+        let connector = super::connect::Connector {
+            timeout: settings.connect_timeout,
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(settings.keepalive_timeout)
             .pool_max_idle_per_host(settings.keepalive)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .http2_only(settings.h2c)
-            .build(connector.clone());
+            .build(connector);
         Self {
             name: name.to_owned(),
             settings: settings.clone(),

@@ -5,6 +5,7 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -16,39 +17,31 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::forward::upstream_headers;
-use super::headers::remove_hop_by_hop;
-use super::pool::ProxyBody;
-use super::routes::Route;
-use super::{Proxy, UPGRADE_TIMEOUT};
-use crate::http::error::error_chain;
-use crate::http::error::HttpError;
-use crate::http::service::{ConnectionInfo, ConnectionSlot};
-use crate::http::{full, websocket, Response};
-use crate::server::TlsConnectionIo;
+use super::headers::{cookie_value, remove_hop_by_hop, upstream_headers};
+use super::pool::{InFlight, Pool, ProxyBody};
+use super::response::respond;
+use super::UPGRADE_TIMEOUT;
+use crate::http::activity::TlsConnectionIo;
+use crate::http::context::{ConnectionSlot, RequestContext};
+use crate::http::error::{error_chain, HttpError};
+use crate::http::{full, Response};
+use crate::metrics::{GaugeGuard, Metrics, RouteLabels, UpgradeLabels};
 
-/// An HTTP/1.1 `Upgrade: websocket` or an HTTP/2 extended CONNECT for websocket.
-pub fn is_websocket<B>(request: &Request<B>) -> bool {
-    if request.method() == Method::CONNECT {
-        return request
-            .extensions()
-            .get::<hyper::ext::Protocol>()
-            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
-    }
-    websocket::has_token(request.headers(), header::UPGRADE, "websocket")
-}
-
-fn origin_allowed(route: &Route, request: &Request<Incoming>) -> bool {
-    if route.allowed_origins.is_empty() {
-        return true;
-    }
-    request
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .map(|origin| origin.trim_end_matches('/').to_ascii_lowercase())
-        .is_some_and(|origin| route.allowed_origins.contains(&origin))
+/// What a tunnel is held to and reports to, decided by the pipeline from the route.
+pub struct TunnelTerms {
+    /// Closes the tunnel when nothing moves either way for this long.
+    pub idle: Duration,
+    /// Cancelled when a reload removes the route: the client gets a 1001 close frame.
+    pub closer: CancellationToken,
+    /// How long after `closer` fires, at random, the close frame goes out.
+    pub grace: Duration,
+    pub shutdown: CancellationToken,
+    /// Open tunnels run here, so shutdown waits for them.
+    pub tasks: TaskTracker,
+    pub metrics: Arc<Metrics>,
 }
 
 fn random_key() -> String {
@@ -57,49 +50,25 @@ fn random_key() -> String {
     crate::certs::pem::base64(&bytes)
 }
 
-pub async fn open(
-    proxy: &Proxy,
-    route: &Route,
+/// Opens a WebSocket tunnel to a server of `pool` for an opening request the pipeline has
+/// checked (handshake headers, Origin). The upstream always gets an HTTP/1.1 upgrade; for
+/// HTTP/2's extended CONNECT the key is made here.
+pub async fn tunnel(
+    pool: &Arc<Pool>,
     request: Request<Incoming>,
-    conn: &ConnectionInfo,
-    host: &str,
-) -> Response {
+    ctx: &RequestContext,
+    terms: &TunnelTerms,
+) -> Result<Response, HttpError> {
     let extended_connect = request.method() == Method::CONNECT;
-    if !extended_connect {
-        if let Err(error) = websocket::check_upgrade(&request) {
-            return error.into_response();
-        }
-    } else if request
-        .headers()
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(|v| v.as_bytes())
-        != Some(b"13")
-    {
-        return HttpError::UnsupportedWebSocketVersion.into_response();
-    }
-    if !origin_allowed(route, &request) {
-        tracing::info!(route = %route.name, origin = ?request.headers().get(header::ORIGIN), "WebSocket origin refused");
-        proxy
-            .metrics
-            .websocket_upgrades
-            .get_or_create(&crate::metrics::UpgradeLabels {
-                route: route.name.clone(),
-                result: "forbidden_origin".into(),
-            })
-            .inc();
-        return HttpError::OriginNotAllowed.into_response();
-    }
-    let pool = route.pool.clone();
     let (parts, body) = request.into_parts();
-    let (mut headers, client_ip) =
-        upstream_headers(proxy, &pool, parts.headers.clone(), &parts.uri, conn, host);
+    let mut headers = upstream_headers(pool, parts.headers.clone(), &parts.uri, ctx);
     let mut request = Request::from_parts(parts, body);
     // The upstream always gets an HTTP/1.1 upgrade; for extended CONNECT we make the key.
     let key = match request.headers().get(header::SEC_WEBSOCKET_KEY) {
         Some(key) if !extended_connect => key.clone(),
         _ => match HeaderValue::from_str(&random_key()) {
             Ok(key) => key,
-            Err(_) => return HttpError::BadGateway.into_response(),
+            Err(_) => return Err(HttpError::BadGateway),
         },
     };
     headers.insert(header::SEC_WEBSOCKET_KEY, key.clone());
@@ -110,11 +79,10 @@ pub async fn open(
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
 
-    let sticky = super::forward::cookie_value(request.headers(), &pool.settings.sticky_cookie)
-        .map(str::to_owned);
-    let Some((index, in_flight)) = pool.acquire(client_ip, sticky.as_deref(), &[]) else {
-        tracing::error!(route = %route.name, upstream = %pool.name, "no upstream server available for WebSocket");
-        return HttpError::NoUpstream.into_response();
+    let sticky = cookie_value(request.headers(), &pool.settings.sticky_cookie).map(str::to_owned);
+    let Some((index, in_flight)) = pool.acquire(ctx.client_ip, sticky.as_deref(), &[]) else {
+        tracing::error!(route = %ctx.route, upstream = %pool.name, "no upstream server available for WebSocket");
+        return Err(HttpError::NoUpstream);
     };
     let server_url = pool.servers[index].url.clone();
     let path = request
@@ -133,37 +101,37 @@ pub async fn open(
         .map_err(|never| match never {})
         .boxed();
     let Ok(upstream) = upstream.body(empty) else {
-        return HttpError::BadRequest("request cannot be forwarded").into_response();
+        return Err(HttpError::BadRequest("request cannot be forwarded"));
     };
     let response = match tokio::time::timeout(
         UPGRADE_TIMEOUT.min(pool.settings.response_timeout),
-        send_upgrade(proxy, &pool, upstream),
+        send_upgrade(pool, upstream, &terms.tasks),
     )
     .await
     {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {
             pool.record_failure(index);
-            tracing::error!(route = %route.name, upstream = %pool.name, server = %server_url, error = %error_chain(&*error), "WebSocket upstream failed");
-            return HttpError::BadGateway.into_response();
+            tracing::error!(route = %ctx.route, upstream = %pool.name, server = %server_url, error = %error_chain(&*error), "WebSocket upstream failed");
+            return Err(HttpError::BadGateway);
         }
         Err(_) => {
             pool.record_failure(index);
-            tracing::error!(route = %route.name, upstream = %pool.name, server = %server_url, "WebSocket upstream did not answer");
-            return HttpError::GatewayTimeout.into_response();
+            tracing::error!(route = %ctx.route, upstream = %pool.name, server = %server_url, "WebSocket upstream did not answer");
+            return Err(HttpError::GatewayTimeout);
         }
     };
     pool.record_success(index);
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The backend refused (401, 403, 404…): its answer goes back like any response.
-        return super::forward::respond(
-            &pool,
+        return Ok(respond(
+            pool,
             index,
             response,
             in_flight,
             sticky.as_deref(),
-            conn.secure,
-        );
+            ctx.conn.secure,
+        ));
     }
     let expected_accept = derive_accept_key(key.as_bytes());
     if response
@@ -172,8 +140,8 @@ pub async fn open(
         .map(|v| v.as_bytes())
         != Some(expected_accept.as_bytes())
     {
-        tracing::error!(route = %route.name, server = %server_url, "upstream's Sec-WebSocket-Accept does not match");
-        return HttpError::BadGateway.into_response();
+        tracing::error!(route = %ctx.route, server = %server_url, "upstream's Sec-WebSocket-Accept does not match");
+        return Err(HttpError::BadGateway);
     }
 
     // Every end-to-end header of the backend's 101 goes to the client (Sec-WebSocket-Protocol,
@@ -194,34 +162,35 @@ pub async fn open(
     let client_upgrade = hyper::upgrade::on(&mut request);
     let upstream_upgrade = hyper::upgrade::on(response);
     let slot = request.extensions_mut().remove::<ConnectionSlot>();
-    let idle = route.websocket_idle_timeout;
-    let route_name = route.name.clone();
-    let shutdown = proxy.shutdown.clone();
-    let metrics = proxy.metrics.clone();
-    let closer = proxy.route_closer(&route.key());
-    let grace = proxy.reload_grace;
-    let route_label = crate::metrics::RouteLabels {
+    let route_name = ctx.route.to_string();
+    let route_label = RouteLabels {
         route: route_name.clone(),
     };
-    metrics
+    terms
+        .metrics
         .websocket_upgrades
-        .get_or_create(&crate::metrics::UpgradeLabels {
+        .get_or_create(&UpgradeLabels {
             route: route_name.clone(),
             result: "ok".into(),
         })
         .inc();
-    let tasks = proxy.tasks.clone();
-    proxy.tasks.spawn(async move {
+    let metrics = terms.metrics.clone();
+    let tasks = terms.tasks.clone();
+    let tunnel = Tunnel {
+        _slot: slot,
+        _in_flight: in_flight,
+        _open: None,
+        route_name,
+        idle: terms.idle,
+        closer: terms.closer.clone(),
+        grace: terms.grace,
+        shutdown: terms.shutdown.clone(),
+    };
+    terms.tasks.spawn(async move {
         let open = metrics.open_websockets.get_or_create_owned(&route_label);
         let tunnel = Tunnel {
-            _slot: slot,
-            _in_flight: in_flight,
-            _open: crate::metrics::GaugeGuard::new(open),
-            route_name,
-            idle,
-            closer,
-            grace,
-            shutdown,
+            _open: Some(GaugeGuard::new(open)),
+            ..tunnel
         };
         let (client, upstream) = match tokio::join!(client_upgrade, upstream_upgrade) {
             (Ok(client), Ok(upstream)) => (client, upstream),
@@ -253,20 +222,20 @@ pub async fn open(
             }
         };
     });
-    reply
+    Ok(reply)
 }
 
 /// What an open tunnel holds besides its two streams: the connection slot, the upstream
 /// server's in-flight count and the open-WebSockets gauge, all released when it ends.
 struct Tunnel {
     _slot: Option<ConnectionSlot>,
-    _in_flight: super::pool::InFlight,
-    _open: crate::metrics::GaugeGuard,
+    _in_flight: InFlight,
+    _open: Option<GaugeGuard>,
     route_name: String,
     idle: Duration,
-    closer: tokio_util::sync::CancellationToken,
+    closer: CancellationToken,
     grace: Duration,
-    shutdown: tokio_util::sync::CancellationToken,
+    shutdown: CancellationToken,
 }
 
 impl Tunnel {
@@ -302,9 +271,9 @@ enum Ends {
 /// Sends the upgrade on a connection of its own rather than a pooled one: once upgraded it
 /// belongs to the tunnel, and hyper's connection task ends, leaving the bare socket.
 async fn send_upgrade(
-    proxy: &Proxy,
-    pool: &super::pool::Pool,
+    pool: &Pool,
     mut request: Request<ProxyBody>,
+    tasks: &TaskTracker,
 ) -> Result<hyper::Response<Incoming>, Box<dyn std::error::Error + Send + Sync>> {
     use tower_service::Service;
     let io = pool.connector.clone().call(request.uri().clone()).await?;
@@ -321,7 +290,7 @@ async fn send_upgrade(
         .map_or_else(|| http::uri::PathAndQuery::from_static("/"), Clone::clone);
     *request.uri_mut() = http::Uri::from(path);
     let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
-    proxy.tasks.spawn(async move {
+    tasks.spawn(async move {
         if let Err(error) = connection.with_upgrades().await {
             tracing::debug!(%error, "WebSocket upstream connection ended with an error");
         }

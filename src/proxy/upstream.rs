@@ -215,76 +215,11 @@ pub struct Target<'a> {
     pub send_timeout: Duration,
 }
 
-/// Connects to the first of the host's addresses that answers. Each address gets an equal
-/// share of the time still left, but at least `MIN_CONNECT_SHARE` of it (as Go's dialer does),
-/// so one that drops SYNs (an unreachable IPv6 address, a full accept queue) cannot use up
-/// `connect_timeout` alone, and a long list does not leave each address less than a SYN
-/// retransmission needs.
+/// Connects through the one upstream connector ([`super::connect`]).
 async fn connect(target: &Target<'_>) -> Result<TcpStream, UpstreamError> {
-    let host = target
-        .host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(target.host);
-    let deadline = tokio::time::Instant::now() + target.connect_timeout;
-    let addresses: Vec<std::net::SocketAddr> =
-        match tokio::time::timeout_at(deadline, tokio::net::lookup_host((host, target.port))).await
-        {
-            Ok(Ok(addresses)) => addresses.collect(),
-            Ok(Err(error)) => return Err(UpstreamError::Connect(error)),
-            Err(_) => {
-                return Err(UpstreamError::Connect(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("{host} not resolved within {:?}", target.connect_timeout),
-                )))
-            }
-        };
-    connect_to_any(&addresses, deadline)
+    super::connect::connect(target.host, target.port, target.connect_timeout)
         .await
         .map_err(UpstreamError::Connect)
-}
-
-const MIN_CONNECT_SHARE: Duration = Duration::from_secs(2);
-
-async fn connect_to_any(
-    addresses: &[std::net::SocketAddr],
-    deadline: tokio::time::Instant,
-) -> io::Result<TcpStream> {
-    if addresses.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            "the host has no address",
-        ));
-    }
-    let mut refused = None;
-    let mut timed_out = None;
-    for (index, address) in addresses.iter().enumerate() {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        let share = (left / (addresses.len() - index) as u32).max(left.min(MIN_CONNECT_SHARE));
-        match tokio::time::timeout(share, TcpStream::connect(address)).await {
-            Ok(Ok(stream)) => {
-                stream.set_nodelay(true)?;
-                return Ok(stream);
-            }
-            Ok(Err(error)) => {
-                refused = Some(io::Error::new(error.kind(), format!("{address}: {error}")));
-            }
-            Err(_) => {
-                timed_out = Some(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("{address}: no connection within {share:.1?}"),
-                ));
-            }
-        }
-    }
-    // A timeout anywhere makes the whole a timeout (a 504, not a 502), as does running out of
-    // time before any address was tried.
-    Err(timed_out
-        .or(refused)
-        .unwrap_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "no time left to connect")))
 }
 
 /// How the request body goes on the wire.
@@ -1432,57 +1367,6 @@ mod tests {
             .await
             .unwrap_err();
         assert!(error.is_connect(), "{error}");
-    }
-
-    /// A listener whose accept queue is full: the kernel drops further SYNs, so a connect to
-    /// it hangs as it would to an unreachable address. Returns it with the connections filling it.
-    async fn black_hole(ip: &str) -> (SocketAddr, Vec<TcpStream>, tokio::net::TcpListener) {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
-        let listener = socket.listen(0).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut filling = Vec::new();
-        for _ in 0..16 {
-            match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => filling.push(stream),
-                _ => return (addr, filling, listener),
-            }
-        }
-        panic!("the accept queue of {addr} never filled");
-    }
-
-    #[tokio::test]
-    async fn an_address_that_drops_connections_leaves_time_for_the_next() {
-        let (dead, _filling, _listener) = black_hole("127.0.0.2").await;
-        let live = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let live_addr = live.local_addr().unwrap();
-        let started = tokio::time::Instant::now();
-        let stream = connect_to_any(&[dead, live_addr], started + Duration::from_secs(5))
-            .await
-            .unwrap();
-        assert_eq!(stream.peer_addr().unwrap(), live_addr);
-        let took = started.elapsed();
-        assert!(
-            took >= Duration::from_millis(2400) && took < Duration::from_millis(4500),
-            "the dead address gets half of the 5 s, the live one the rest: {took:?}"
-        );
-        // Only dead addresses: the error names the last one tried and comes at the deadline,
-        // a timeout even when a refusal came first.
-        let refusing = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let refusing_addr = refusing.local_addr().unwrap();
-        drop(refusing);
-        let started = tokio::time::Instant::now();
-        let error = connect_to_any(&[refusing_addr, dead], started + Duration::from_millis(300))
-            .await
-            .unwrap_err();
-        assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
-        assert!(error.to_string().starts_with(&dead.to_string()), "{error}");
-        assert!(started.elapsed() < Duration::from_millis(1000));
-        // No address at all.
-        let error = connect_to_any(&[], started + Duration::from_secs(1))
-            .await
-            .unwrap_err();
-        assert_eq!(error.kind(), io::ErrorKind::NotFound);
     }
 
     #[tokio::test]

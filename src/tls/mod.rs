@@ -2,11 +2,13 @@
 //! [`crate::config::TlsSettings`], and the state shared across reloads (ticket keys, session
 //! cache).
 
+pub mod accept;
 mod certificates;
 mod resolver;
 mod server_config;
 pub mod stream;
 
+pub use accept::{Accepted, HandshakeFailure, TlsEdge};
 pub use certificates::{load_certificates, CertSummary, LoadedCertificates};
 pub use resolver::{CertTable, SniResolver};
 pub use server_config::{build_server_config, ServerConfigs, SessionState};

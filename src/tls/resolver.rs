@@ -33,6 +33,18 @@ impl CertTable {
         }
     }
 
+    /// The certificates that may serve a server name (already lower case).
+    fn candidates(&self, server_name: Option<&str>) -> &[Arc<CertifiedKey>] {
+        server_name
+            .and_then(|name| {
+                self.exact.get(name).or_else(|| {
+                    let (_, parent) = name.split_once('.')?;
+                    self.wildcard.get(parent)
+                })
+            })
+            .unwrap_or(&self.default)
+    }
+
     /// The certificate for a server name (already lower case) and the client's signature
     /// schemes.
     pub fn lookup(
@@ -40,14 +52,7 @@ impl CertTable {
         server_name: Option<&str>,
         schemes: &[SignatureScheme],
     ) -> Option<Arc<CertifiedKey>> {
-        let candidates = server_name
-            .and_then(|name| {
-                self.exact.get(name).or_else(|| {
-                    let (_, parent) = name.split_once('.')?;
-                    self.wildcard.get(parent)
-                })
-            })
-            .unwrap_or(&self.default);
+        let candidates = self.candidates(server_name);
         candidates
             .iter()
             .find(|key| key.key.choose_scheme(schemes).is_some())
@@ -67,6 +72,11 @@ impl SniResolver {
         Self {
             table: ArcSwap::from_pointee(table),
         }
+    }
+
+    /// Whether some certificate serves this name (lower case), the default included.
+    pub fn covers(&self, server_name: Option<&str>) -> bool {
+        !self.table.load().candidates(server_name).is_empty()
     }
 
     /// Replaces every certificate at once; handshakes already under way keep the old ones.

@@ -344,10 +344,9 @@ async fn listeners_move_and_open_with_the_config() {
     let path = dir.path().join("tlsgate.yaml");
     let settings = tlsgate::config::load(Some(&path), &Default::default(), &|_| None).unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let mut server = tlsgate::server::Server::bind(settings, shutdown.clone())
+    let server = tlsgate::server::Server::bind(settings, Default::default(), shutdown.clone())
         .await
         .unwrap();
-    server.reload_config_from(Default::default());
     let handle = tokio::spawn(server.run());
     let at = |port: u16| -> std::net::SocketAddr { format!("127.0.0.1:{port}").parse().unwrap() };
     assert_eq!(http_get(at(http1), "localhost", "/").await.status, 301);

@@ -56,10 +56,9 @@ impl TestServer {
         let settings = config::load(Some(&dir.join("tlsgate.yaml")), &overrides, &|_| None)
             .map_err(|e| e.to_string())?;
         let shutdown = CancellationToken::new();
-        let mut server = Server::bind(settings, shutdown.clone())
+        let server = Server::bind(settings, overrides, shutdown.clone())
             .await
             .map_err(|e| e.to_string())?;
-        server.reload_config_from(overrides);
         let main = server.main_addr().ok_or("no main address")?;
         let http = server.http_addr();
         let admin = server.admin_addr();

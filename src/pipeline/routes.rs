@@ -1,9 +1,11 @@
-//! The routing table: host (exact, `*.wildcard`, any) × path (exact or prefix, longest wins).
+//! The route table: host (exact, `*.wildcard`, any) × path (exact or prefix, longest wins),
+//! each route with its policy and its target.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use super::pool::Pool;
+use super::policy::Policy;
+use crate::metrics::RouteStats;
+use crate::proxy::pool::Pool;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum HostMatch {
@@ -14,6 +16,17 @@ pub enum HostMatch {
 }
 
 impl HostMatch {
+    /// From a configured host: `None` (any), `*.parent` or an exact name.
+    pub fn of(host: Option<&str>) -> Self {
+        match host {
+            None => HostMatch::Any,
+            Some(host) => match host.strip_prefix("*.") {
+                Some(parent) => HostMatch::Wildcard(parent.to_owned()),
+                None => HostMatch::Exact(host.to_owned()),
+            },
+        }
+    }
+
     fn matches(&self, host: &str) -> bool {
         match self {
             HostMatch::Any => true,
@@ -33,26 +46,18 @@ impl HostMatch {
     }
 }
 
-#[derive(Debug)]
-pub struct Route {
-    /// `host/path`, for logs.
-    pub name: String,
-    /// This route's request metrics (labelled with `name`).
-    pub stats: Arc<crate::metrics::RouteStats>,
+/// Which requests a route takes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Matcher {
     pub host: HostMatch,
     pub path: String,
+    /// The path exactly, rather than it and everything below it.
     pub exact: bool,
-    pub pool: Arc<Pool>,
-    pub allowed_origins: Vec<String>,
-    pub websocket_idle_timeout: Duration,
-    pub max_body_size: u64,
 }
 
-impl Route {
-    /// What identifies a route across reloads: its match and its upstream. WebSockets stay
-    /// open through a reload while this is unchanged.
-    pub fn key(&self) -> String {
-        format!("{} -> {}", self.name, self.pool.name)
+impl Matcher {
+    fn matches(&self, host: &str, path: &str) -> bool {
+        self.host.matches(host) && self.matches_path(path)
     }
 
     fn matches_path(&self, path: &str) -> bool {
@@ -66,6 +71,46 @@ impl Route {
     }
 }
 
+/// What answers a route's requests once policy allowed them.
+#[derive(Debug)]
+pub enum Target {
+    /// A pool of upstream servers (`proxy::forward`, `proxy::tunnel` for WebSockets).
+    Upstream(Arc<Pool>),
+    /// An answer tlsgate gives itself.
+    Builtin(Builtin),
+}
+
+/// The built-in endpoints of a gateway with no routes configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    /// `/health`: `200 {"status":"healthy"}`.
+    Health,
+    /// `/ws`: a WebSocket echo.
+    Echo,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    /// `host/path` (`builtin` for the built-in endpoints), for logs and metric labels.
+    pub name: Arc<str>,
+    /// This route's request metrics (labelled with `name`).
+    pub stats: Arc<RouteStats>,
+    pub matcher: Matcher,
+    pub policy: Policy,
+    pub target: Target,
+}
+
+impl Route {
+    /// What identifies a route across reloads: its match and its target. WebSockets stay
+    /// open through a reload while this is unchanged.
+    pub fn key(&self) -> String {
+        match &self.target {
+            Target::Upstream(pool) => format!("{} -> {}", self.name, pool.name),
+            Target::Builtin(builtin) => format!("{} -> {builtin:?}", self.name),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct RouteTable {
     /// Most specific first: host rank, exact paths, longer prefixes.
@@ -76,11 +121,12 @@ pub struct RouteTable {
 impl RouteTable {
     pub fn new(mut routes: Vec<Route>, default: Option<Route>) -> Self {
         routes.sort_by(|a, b| {
-            b.host
+            b.matcher
+                .host
                 .rank()
-                .cmp(&a.host.rank())
-                .then(b.exact.cmp(&a.exact))
-                .then(b.path.len().cmp(&a.path.len()))
+                .cmp(&a.matcher.host.rank())
+                .then(b.matcher.exact.cmp(&a.matcher.exact))
+                .then(b.matcher.path.len().cmp(&a.matcher.path.len()))
         });
         Self { routes, default }
     }
@@ -89,8 +135,13 @@ impl RouteTable {
     pub fn find(&self, host: &str, path: &str) -> Option<&Route> {
         self.routes
             .iter()
-            .find(|r| r.host.matches(host) && r.matches_path(path))
+            .find(|r| r.matcher.matches(host, path))
             .or(self.default.as_ref())
+    }
+
+    /// Every route, the default last.
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter().chain(self.default.iter())
     }
 }
 
@@ -98,21 +149,27 @@ impl RouteTable {
 mod tests {
     use super::*;
     use crate::config::proxy::url_upstream;
+    use std::time::Duration;
 
     fn route(host: HostMatch, path: &str, exact: bool, pool: &Arc<Pool>) -> Route {
+        let name = format!("{host:?}{path}");
         Route {
-            name: format!("{host:?}{path}"),
-            stats: Arc::new(crate::metrics::RouteStats::new(
+            stats: Arc::new(RouteStats::new(
                 Arc::new(crate::metrics::Metrics::new()),
-                format!("{host:?}{path}"),
+                name.clone(),
             )),
-            host,
-            path: path.into(),
-            exact,
-            pool: pool.clone(),
-            allowed_origins: Vec::new(),
-            websocket_idle_timeout: Duration::from_secs(1),
-            max_body_size: 1,
+            name: name.into(),
+            matcher: Matcher {
+                host,
+                path: path.into(),
+                exact,
+            },
+            policy: Policy {
+                allowed_origins: Vec::new(),
+                websocket_idle_timeout: Duration::from_secs(1),
+                max_body_size: 1,
+            },
+            target: Target::Upstream(pool.clone()),
         }
     }
 
@@ -122,35 +179,25 @@ mod tests {
         let table = RouteTable::new(
             vec![
                 route(HostMatch::Any, "/", false, &pool),
+                route(HostMatch::of(Some("api.example.com")), "/ws", false, &pool),
+                route(HostMatch::of(Some("api.example.com")), "/api", false, &pool),
                 route(
-                    HostMatch::Exact("api.example.com".into()),
-                    "/ws",
-                    false,
-                    &pool,
-                ),
-                route(
-                    HostMatch::Exact("api.example.com".into()),
-                    "/api",
-                    false,
-                    &pool,
-                ),
-                route(
-                    HostMatch::Exact("api.example.com".into()),
+                    HostMatch::of(Some("api.example.com")),
                     "/api/v2",
                     false,
                     &pool,
                 ),
                 route(
-                    HostMatch::Exact("api.example.com".into()),
+                    HostMatch::of(Some("api.example.com")),
                     "/api/login",
                     true,
                     &pool,
                 ),
-                route(HostMatch::Wildcard("example.com".into()), "/", false, &pool),
+                route(HostMatch::of(Some("*.example.com")), "/", false, &pool),
             ],
             None,
         );
-        let name = |host: &str, path: &str| table.find(host, path).map(|r| r.name.clone());
+        let name = |host: &str, path: &str| table.find(host, path).map(|r| r.name.to_string());
         assert_eq!(
             name("api.example.com", "/ws"),
             Some("Exact(\"api.example.com\")/ws".into())

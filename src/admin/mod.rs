@@ -1,9 +1,7 @@
-//! The admin listener (default 127.0.0.1:9090): `/metrics`, `/health`, `/ready`,
+//! The admin listener's router (default 127.0.0.1:9090): `/metrics`, `/health`, `/ready`,
 //! `/certificates` and `POST /reload`.
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -11,15 +9,12 @@ use arc_swap::ArcSwap;
 use http::{header, HeaderValue, Method, StatusCode};
 use serde::Serialize;
 
-use super::Metrics;
 use crate::certs::inspect::format_time;
+use crate::control::ReloadHandle;
 use crate::http::error::HttpError;
 use crate::http::{full, Response};
+use crate::metrics::Metrics;
 use crate::tls::CertSummary;
-
-/// Asks the server to reload and waits for the outcome.
-pub type ReloadFn =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> + Send + Sync>;
 
 /// What the server currently serves, for `/certificates` and `/ready`.
 #[derive(Debug, Default)]
@@ -29,14 +24,13 @@ pub struct CertificateState {
     pub pending: Vec<Vec<String>>,
 }
 
-pub struct AdminContext {
+/// What the admin endpoints read and ask for.
+pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub certificates: Arc<ArcSwap<CertificateState>>,
     /// Set once every listener accepts connections.
     pub listening: Arc<AtomicBool>,
-    pub reload: ReloadFn,
-    /// The current proxy (it changes on reload), for upstream health at scrape time.
-    pub proxy: Arc<dyn Fn() -> Option<Arc<crate::proxy::Proxy>> + Send + Sync>,
+    pub reload: ReloadHandle,
 }
 
 #[derive(Serialize)]
@@ -67,30 +61,15 @@ fn json(status: StatusCode, value: &impl Serialize) -> Response {
     response
 }
 
+/// Answers one admin request.
 pub async fn handle<B>(
-    context: Arc<AdminContext>,
+    context: Arc<AdminState>,
     request: hyper::Request<B>,
 ) -> Result<Response, Infallible> {
     let path = request.uri().path();
     let method = request.method();
     let response = match (method, path) {
         (&Method::GET, "/metrics") => {
-            // Rebuilt on each scrape, so servers a reload removed disappear.
-            context.metrics.upstream_up.clear();
-            if let Some(proxy) = (context.proxy)() {
-                for pool in proxy.pools() {
-                    for server in &pool.servers {
-                        context
-                            .metrics
-                            .upstream_up
-                            .get_or_create(&super::ServerLabels {
-                                upstream: pool.name.clone(),
-                                server: server.url.to_string(),
-                            })
-                            .set(i64::from(server.available()));
-                    }
-                }
-            }
             let mut response = hyper::Response::new(full(context.metrics.encode()));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -141,14 +120,14 @@ pub async fn handle<B>(
                 &serde_json::json!({"certificates": served, "pending": state.pending}),
             )
         }
-        (&Method::POST, "/reload") => match (context.reload)().await {
+        (&Method::POST, "/reload") => match context.reload.reload().await {
             Ok(message) => json(
                 StatusCode::OK,
                 &serde_json::json!({"result": "success", "message": message}),
             ),
-            Err(message) => json(
+            Err(error) => json(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                &serde_json::json!({"result": "failure", "error": message}),
+                &serde_json::json!({"result": "failure", "error": error.to_string()}),
             ),
         },
         (_, "/reload") => HttpError::MethodNotAllowed.into_response(),

@@ -1,0 +1,62 @@
+//! The built-in endpoints of a gateway with no routes configured: `/health` and the `/ws`
+//! WebSocket echo (a stand-in until the hub exists).
+
+use std::time::Duration;
+
+use http::{header, HeaderValue, Method, Request, StatusCode};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::http::context::ConnectionSlot;
+use crate::http::error::HttpError;
+use crate::http::{full, websocket, Response};
+
+/// What the echo endpoint needs, built once per configuration.
+#[derive(Debug, Clone)]
+pub struct EchoContext {
+    pub shutdown: CancellationToken,
+    /// Upgraded connections run as tasks here, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+}
+
+/// `GET`/`HEAD /health`.
+pub fn health(method: &Method) -> Result<Response, HttpError> {
+    if method != Method::GET && method != Method::HEAD {
+        return Err(HttpError::MethodNotAllowed);
+    }
+    let mut response = hyper::Response::new(full(&b"{\"status\":\"healthy\"}"[..]));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// `/ws`: a WebSocket that sends back what it receives, closed after `idle` without traffic.
+pub fn echo<B: Send + 'static>(
+    context: &EchoContext,
+    mut request: Request<B>,
+    idle: Duration,
+) -> Result<Response, HttpError> {
+    let accept = websocket::check_upgrade(&request)?;
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let slot = request.extensions_mut().remove::<ConnectionSlot>();
+    let shutdown = context.shutdown.clone();
+    context.tasks.spawn(async move {
+        let _slot = slot;
+        match on_upgrade.await {
+            Ok(upgraded) => websocket::echo(upgraded, idle, shutdown).await,
+            Err(error) => tracing::debug!(%error, "WebSocket upgrade did not complete"),
+        }
+    });
+    let mut response = hyper::Response::new(full(Vec::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    Ok(response)
+}

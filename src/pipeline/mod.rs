@@ -1,0 +1,346 @@
+//! The request pipeline: every request on the main listener passes the same stages, in this
+//! order, over one [`RequestContext`]:
+//!
+//! 1. **checks**: requests no route may see ([`checks::sanity`]), then `421` for a host other
+//!    than the TLS connection's name ([`checks::misdirected`]);
+//! 2. **route**: host × path in the [`RouteTable`] (`404` when nothing matches);
+//! 3. **policy**: the route's [`Policy`] (Origin for WebSockets, body size), the same for plain
+//!    requests and upgrades, before any target is touched;
+//! 4. **target**: [`Target::Upstream`] (`proxy::forward`, or `proxy::tunnel` for a WebSocket)
+//!    or [`Target::Builtin`];
+//! 5. **response headers**: security headers on everything but a `101`;
+//! 6. **metrics and access log**.
+//!
+//! Every stage returns `Result<_, HttpError>`: an error at any stage becomes its response in
+//! one place, and still passes stages 5 and 6.
+
+pub mod builtin;
+pub mod checks;
+pub mod policy;
+pub mod routes;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use hyper::body::Incoming;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::proxy::RouteSettings;
+use crate::config::Settings;
+use crate::http::context::{ConnectionInfo, RequestContext, TrustedProxies, UpstreamServer};
+use crate::http::error::HttpError;
+use crate::http::headers::SecurityHeaders;
+use crate::http::{request_host, websocket, Response};
+use crate::metrics::{Metrics, RouteStats};
+use crate::proxy::{TunnelTerms, Upstreams};
+pub use policy::Policy;
+pub use routes::{Builtin, HostMatch, Matcher, Route, RouteTable, Target};
+
+/// Everything a configuration decides for the requests of new connections: built whole on
+/// start-up and on each reload, then swapped in.
+#[derive(Debug)]
+pub struct Pipeline {
+    /// Empty on a plain (TLS off) listener: HSTS is never sent over plain HTTP.
+    security_headers: SecurityHeaders,
+    routes: RouteTable,
+    /// The series of requests no route took: `none` with routes configured, `builtin`
+    /// without (the built-in endpoints' own label).
+    unmatched: Arc<RouteStats>,
+    trusted_proxies: TrustedProxies,
+    /// The pools behind `Target::Upstream` routes, when any are configured.
+    upstreams: Option<Arc<Upstreams>>,
+    metrics: Arc<Metrics>,
+    access_log: bool,
+    echo: builtin::EchoContext,
+    /// Per route key: cancelled when a reload removes the route, closing its WebSockets.
+    route_closers: HashMap<String, CancellationToken>,
+    /// How long after a reload removed their route WebSockets get, spread at random.
+    reload_grace: Duration,
+}
+
+impl Pipeline {
+    /// Builds routes, policies and targets from `settings`, and starts the upstream pools'
+    /// background checks. `previous` (on reload) hands over pools whose settings did not
+    /// change and the tokens of routes that stay, so their WebSockets stay open.
+    pub fn new(
+        settings: &Settings,
+        tls: bool,
+        shutdown: &CancellationToken,
+        tasks: &TaskTracker,
+        metrics: &Arc<Metrics>,
+        previous: Option<&Pipeline>,
+    ) -> Self {
+        let stats = |name: &str| Arc::new(RouteStats::new(metrics.clone(), name.to_owned()));
+        let limits = &settings.limits;
+        let policy_of = |route: Option<&RouteSettings>| Policy {
+            allowed_origins: route.map(|r| r.allowed_origins.clone()).unwrap_or_default(),
+            max_body_size: route
+                .and_then(|r| r.max_body_size)
+                .unwrap_or(limits.max_body_size),
+            websocket_idle_timeout: route
+                .and_then(|r| r.websocket_idle_timeout)
+                .unwrap_or(limits.websocket_idle_timeout),
+        };
+        let proxy = &settings.proxy;
+        let upstreams = proxy.is_enabled().then(|| {
+            Arc::new(Upstreams::start(
+                proxy,
+                previous.and_then(|p| p.upstreams.as_deref()),
+                shutdown,
+                tasks,
+            ))
+        });
+        let (routes, unmatched) = match &upstreams {
+            Some(upstreams) => {
+                let upstream_route = |route: &RouteSettings, name: String| {
+                    let pool = upstreams.pool(&route.upstream)?.clone();
+                    Some(Route {
+                        stats: stats(&name),
+                        name: name.into(),
+                        matcher: Matcher {
+                            host: HostMatch::of(route.host.as_deref()),
+                            path: route.path.clone(),
+                            exact: route.exact,
+                        },
+                        policy: policy_of(Some(route)),
+                        target: Target::Upstream(pool),
+                    })
+                };
+                let routes = proxy
+                    .routes
+                    .iter()
+                    .filter_map(|route| {
+                        let name =
+                            format!("{}{}", route.host.as_deref().unwrap_or("*"), route.path);
+                        upstream_route(route, name)
+                    })
+                    .collect();
+                let default = proxy.default_route.as_ref().and_then(|target| {
+                    let route = RouteSettings {
+                        host: None,
+                        path: "/".into(),
+                        exact: false,
+                        upstream: target.clone(),
+                        allowed_origins: Vec::new(),
+                        websocket_idle_timeout: None,
+                        max_body_size: None,
+                    };
+                    upstream_route(&route, "default".into())
+                });
+                (RouteTable::new(routes, default), stats("none"))
+            }
+            None => {
+                let builtin_stats = stats("builtin");
+                let builtin = |path: &str, target: Builtin| Route {
+                    name: "builtin".into(),
+                    stats: builtin_stats.clone(),
+                    matcher: Matcher {
+                        host: HostMatch::Any,
+                        path: path.into(),
+                        exact: true,
+                    },
+                    policy: policy_of(None),
+                    target: Target::Builtin(target),
+                };
+                let routes = vec![
+                    builtin("/health", Builtin::Health),
+                    builtin("/ws", Builtin::Echo),
+                ];
+                (RouteTable::new(routes, None), builtin_stats.clone())
+            }
+        };
+        let route_closers = routes
+            .iter()
+            .map(|route| {
+                let key = route.key();
+                let closer = previous
+                    .and_then(|p| p.route_closers.get(&key).cloned())
+                    .unwrap_or_default();
+                (key, closer)
+            })
+            .collect();
+        Self {
+            security_headers: if tls {
+                SecurityHeaders::new(&settings.headers)
+            } else {
+                SecurityHeaders::default()
+            },
+            routes,
+            unmatched,
+            trusted_proxies: TrustedProxies::new(proxy.trusted_proxies.clone()),
+            upstreams,
+            metrics: metrics.clone(),
+            access_log: settings.access_log,
+            echo: builtin::EchoContext {
+                shutdown: shutdown.clone(),
+                tasks: tasks.clone(),
+            },
+            route_closers,
+            reload_grace: limits.reload_grace,
+        }
+    }
+
+    /// The upstream pools, for `upstream_server_up`.
+    pub fn upstreams(&self) -> Option<&Arc<Upstreams>> {
+        self.upstreams.as_ref()
+    }
+
+    /// Called when a reload replaced this pipeline with `next`: stops its pools' background
+    /// checks and, after `grace`, closes WebSockets on routes `next` no longer has.
+    pub fn retire(&self, next: &Pipeline, grace: Duration) {
+        if let Some(upstreams) = &self.upstreams {
+            upstreams.retire();
+        }
+        let removed: Vec<(String, CancellationToken)> = self
+            .route_closers
+            .iter()
+            .filter(|(key, _)| !next.route_closers.contains_key(*key))
+            .map(|(key, token)| (key.clone(), token.clone()))
+            .collect();
+        if removed.is_empty() {
+            return;
+        }
+        let shutdown = self.echo.shutdown.clone();
+        self.echo.tasks.spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(grace) => {}
+                () = shutdown.cancelled() => return,
+            }
+            for (route, token) in removed {
+                tracing::info!(%route, "route removed by reload: closing its WebSockets (1001)");
+                token.cancel();
+            }
+        });
+    }
+
+    /// Runs one request through every stage.
+    pub async fn handle(
+        self: Arc<Self>,
+        request: hyper::Request<Incoming>,
+    ) -> Result<Response, Infallible> {
+        let started = Instant::now();
+        let conn = request
+            .extensions()
+            .get::<ConnectionInfo>()
+            .cloned()
+            .unwrap_or_else(|| ConnectionInfo {
+                peer: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+                sni: None,
+                secure: false,
+                tls_version: None,
+            });
+        // The path without its query: queries often carry tokens, which never reach the logs.
+        let logged = self
+            .access_log
+            .then(|| (request.method().clone(), request.uri().path().to_owned()));
+        let host = request_host(&request);
+        let (client_ip, peer_trusted) = self
+            .trusted_proxies
+            .client_of(conn.peer.ip(), request.headers());
+        let mut ctx = RequestContext {
+            conn,
+            host: host.unwrap_or_default(),
+            client_ip,
+            peer_trusted,
+            route: Arc::from("none"),
+            body_limit: 0,
+            started,
+        };
+        let (stats, outcome) = self.stages(request, &mut ctx).await;
+        let mut response = outcome.unwrap_or_else(HttpError::into_response);
+        // Response headers.
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            self.security_headers.apply(response.headers_mut());
+        }
+        // Metrics and access log.
+        let stats = stats.unwrap_or(&self.unmatched);
+        let elapsed = started.elapsed();
+        let status = response.status().as_u16();
+        stats.record(status, elapsed.as_secs_f64());
+        if let Some((method, path)) = logged {
+            let upstream = response
+                .extensions()
+                .get::<UpstreamServer>()
+                .map(|u| &*u.0)
+                .unwrap_or("-");
+            let bytes = http_body::Body::size_hint(response.body()).exact();
+            tracing::info!(
+                target: "tlsgate::access",
+                client = %ctx.conn.peer.ip(),
+                tls = ctx.conn.tls_version.unwrap_or("-"),
+                %method,
+                %path,
+                status,
+                route = %stats.name,
+                upstream,
+                bytes = bytes.map(|b| b.to_string()).unwrap_or_else(|| "streamed".into()),
+                ms = elapsed.as_secs_f64() * 1000.0,
+                "request"
+            );
+        }
+        Ok(response)
+    }
+
+    /// Stages 1–4: checks, route, policy, target. Returns the route's series (when a route
+    /// was found) with the outcome.
+    async fn stages(
+        &self,
+        request: hyper::Request<Incoming>,
+        ctx: &mut RequestContext,
+    ) -> (Option<&Arc<RouteStats>>, Result<Response, HttpError>) {
+        let websocket = websocket::is_websocket(&request);
+        // 1. Checks.
+        let host = (!ctx.host.is_empty()).then_some(ctx.host.as_str());
+        if let Err(error) =
+            checks::sanity(&request, websocket).and_then(|()| checks::misdirected(host, &ctx.conn))
+        {
+            return (None, Err(error));
+        }
+        // 2. Route.
+        let Some(route) = self.routes.find(&ctx.host, request.uri().path()) else {
+            return (None, Err(HttpError::NotFound));
+        };
+        ctx.route = route.name.clone();
+        ctx.body_limit = route.policy.max_body_size;
+        // 3. Policy.
+        if let Err(error) = route
+            .policy
+            .evaluate(&request, websocket, &route.name, &self.metrics)
+        {
+            return (Some(&route.stats), Err(error));
+        }
+        // 4. Target.
+        let outcome = match &route.target {
+            Target::Upstream(_) if ctx.host.is_empty() => {
+                Err(HttpError::BadRequest("missing or invalid Host"))
+            }
+            Target::Upstream(pool) if websocket => {
+                let terms = TunnelTerms {
+                    idle: route.policy.websocket_idle_timeout,
+                    closer: self
+                        .route_closers
+                        .get(&route.key())
+                        .cloned()
+                        .unwrap_or_default(),
+                    grace: self.reload_grace,
+                    shutdown: self.echo.shutdown.clone(),
+                    tasks: self.echo.tasks.clone(),
+                    metrics: self.metrics.clone(),
+                };
+                // Boxed: the upgrade's state is several KiB, and every request's future would
+                // carry (and copy) that much room for it otherwise.
+                Box::pin(crate::proxy::tunnel(pool, request, ctx, &terms)).await
+            }
+            Target::Upstream(pool) => crate::proxy::forward(pool, request, ctx).await,
+            Target::Builtin(Builtin::Health) => builtin::health(request.method()),
+            Target::Builtin(Builtin::Echo) => {
+                builtin::echo(&self.echo, request, route.policy.websocket_idle_timeout)
+            }
+        };
+        (Some(&route.stats), outcome)
+    }
+}

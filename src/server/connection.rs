@@ -1,0 +1,324 @@
+//! Serving one accepted connection: the TLS accept step on the main listener, then HTTP/1.1
+//! or HTTP/2 under the connection limits (request-head deadline, idle timeout, graceful
+//! shutdown); the redirect listener and the admin listener serve plain HTTP the same way.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use crate::admin::AdminState;
+use crate::config::Limits;
+use crate::http::activity::{Activity, TrackedIo};
+use crate::http::context::{ConnectionInfo, ConnectionSlot};
+use crate::http::{redirect, Response};
+use crate::metrics::GaugeGuard;
+use crate::tls::HandshakeFailure;
+
+/// A plain connection's info (no TLS).
+fn plain(peer: SocketAddr) -> ConnectionInfo {
+    ConnectionInfo {
+        peer,
+        sni: None,
+        secure: false,
+        tls_version: None,
+    }
+}
+
+/// The main listener: TLS accept (when TLS is on), then the pipeline for every request.
+pub(super) async fn serve_main(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    permit: OwnedSemaphorePermit,
+) {
+    // The slot (connection limit and open-connections gauge) lives as long as the connection,
+    // including an upgraded WebSocket that outlives its HTTP exchange.
+    let open = GaugeGuard::new(shared.metrics.open_connections.clone());
+    let slot = ConnectionSlot(Arc::new((permit, open)));
+    // Limits are fixed per connection; routes and headers are read per request, so a reload
+    // reaches keep-alive and HTTP/2 connections too (a request in flight keeps its copy).
+    let runtime = shared.runtime.load_full();
+    let per_request = shared.clone();
+    // Boxed once here: hyper moves the request's future into its stream and task state, and
+    // moving a pointer is cheaper than moving the few KiB of the proxy's future each time.
+    let handler =
+        move |request| Box::pin(per_request.runtime.load().pipeline.clone().handle(request));
+    let Some(tls) = &shared.tls else {
+        serve_http(
+            stream,
+            &runtime.limits,
+            shutdown,
+            slot,
+            plain(peer),
+            Protocol::Detect,
+            handler,
+        )
+        .await;
+        return;
+    };
+    let started = std::time::Instant::now();
+    let accepted = match tls.accept(stream, runtime.limits.handshake_timeout).await {
+        Ok(accepted) => accepted,
+        Err(failure) => {
+            shared.metrics.handshake_failed(failure.reason());
+            match &failure {
+                HandshakeFailure::NoCertificate { name } => {
+                    tracing::warn!(%peer, ?name, "no certificate for this name yet (ACME order pending?); handshake refused")
+                }
+                failure => tracing::debug!(%peer, %failure, "TLS handshake failed"),
+            }
+            return;
+        }
+    };
+    shared.metrics.handshake_ok(
+        accepted.version,
+        accepted.cipher,
+        started.elapsed().as_secs_f64(),
+    );
+    let stream = accepted.stream;
+    // ALPN already chose the protocol, so hyper serves it directly (no sniffing wrapper):
+    // an upgraded WebSocket then hands the bare TLS stream to its tunnel.
+    let protocol = if stream.connection().alpn_protocol() == Some(b"h2") {
+        Protocol::Http2
+    } else {
+        Protocol::Http1
+    };
+    let info = ConnectionInfo {
+        peer,
+        sni: stream.server_name().map(Arc::from),
+        secure: true,
+        tls_version: Some(accepted.version).filter(|v| *v != "other"),
+    };
+    serve_http(
+        stream,
+        &runtime.limits,
+        shutdown,
+        slot,
+        info,
+        protocol,
+        handler,
+    )
+    .await;
+}
+
+/// The plain-HTTP listener: ACME HTTP-01 answers, else the redirect to HTTPS (or refusal).
+pub(super) async fn serve_redirect(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    permit: OwnedSemaphorePermit,
+) {
+    let runtime = shared.runtime.load_full();
+    let per_request = shared.clone();
+    serve_http(
+        stream,
+        &runtime.limits,
+        shutdown,
+        ConnectionSlot(Arc::new(permit)),
+        plain(peer),
+        Protocol::Detect,
+        move |request| {
+            let current = per_request.runtime.load();
+            let answer = per_request
+                .challenges
+                .as_ref()
+                .and_then(|store| store.http_response(&request));
+            let response: Response = answer.unwrap_or_else(|| {
+                redirect::respond(current.http_mode, &request, current.redirect_port)
+            });
+            std::future::ready(Ok::<_, std::convert::Infallible>(response))
+        },
+    )
+    .await;
+}
+
+/// The admin listener: the admin router for every request.
+pub(super) async fn serve_admin(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    admin: Arc<AdminState>,
+    shutdown: CancellationToken,
+    permit: OwnedSemaphorePermit,
+) {
+    let runtime = shared.runtime.load_full();
+    serve_http(
+        stream,
+        &runtime.limits,
+        shutdown,
+        ConnectionSlot(Arc::new(permit)),
+        plain(peer),
+        Protocol::Detect,
+        move |request| crate::admin::handle(admin.clone(), request),
+    )
+    .await;
+}
+
+/// How a connection's HTTP version is known.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Protocol {
+    /// TLS without ALPN `h2`.
+    Http1,
+    /// TLS with ALPN `h2`.
+    Http2,
+    /// Plain TCP: HTTP/1.1, or HTTP/2 with prior knowledge, told apart by the first bytes.
+    Detect,
+}
+
+/// Serves HTTP/1.1 and HTTP/2 on one connection with the configured limits:
+/// - a request head must arrive within `header_read_timeout` of its first byte (HTTP/1);
+/// - a connection with no request in flight and no bytes either way for `idle_timeout` is
+///   closed (GOAWAY for HTTP/2);
+/// - on shutdown, in-flight requests finish and the connection closes.
+///
+/// The connection's slot travels with each request, so an upgraded WebSocket keeps holding
+/// it after this function returns.
+pub(super) async fn serve_http<I, H, F>(
+    io: I,
+    limits: &Limits,
+    shutdown: CancellationToken,
+    slot: ConnectionSlot,
+    info: ConnectionInfo,
+    protocol: Protocol,
+    handler: H,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(hyper::Request<hyper::body::Incoming>) -> F + Send + Sync + 'static,
+    F: std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send + 'static,
+{
+    let activity = Activity::new();
+    let io = TokioIo::new(TrackedIo::new(io, activity.clone()));
+    let handler = Arc::new(handler);
+    let request_activity = activity.clone();
+    let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        let in_flight = request_activity.request();
+        request.extensions_mut().insert(slot.clone());
+        request.extensions_mut().insert(info.clone());
+        let response = handler(request);
+        async move {
+            let response = response.await;
+            drop(in_flight);
+            response
+        }
+    });
+    // HTTP/2 clients may exchange control frames while idle; the request-head deadline is
+    // for HTTP/1 (slowloris), where bytes with no request dispatched mean a head in progress.
+    let watch = ConnectionWatch {
+        activity,
+        limits,
+        head_deadline: protocol != Protocol::Http2,
+    };
+    // hyper's own header timer also runs while a keep-alive connection waits for its next
+    // request, which would cap `idle_timeout`; the watchdog measures both separately.
+    let max_header_list = u32::try_from(limits.max_header_size).unwrap_or(u32::MAX);
+    match protocol {
+        Protocol::Http1 => {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(None)
+                .max_buf_size(limits.max_header_size as usize);
+            let connection = builder.serve_connection(io, service).with_upgrades();
+            watch
+                .drive(connection, shutdown, |c| c.graceful_shutdown())
+                .await;
+        }
+        Protocol::Http2 => {
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                // RFC 8441: WebSocket over HTTP/2 (extended CONNECT).
+                .enable_connect_protocol()
+                .max_header_list_size(max_header_list);
+            let connection = builder.serve_connection(io, service);
+            watch
+                .drive(connection, shutdown, |c| c.graceful_shutdown())
+                .await;
+        }
+        Protocol::Detect => {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(None)
+                .max_buf_size(limits.max_header_size as usize);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .enable_connect_protocol()
+                .max_header_list_size(max_header_list);
+            let connection = builder.serve_connection_with_upgrades(io, service);
+            watch
+                .drive(connection, shutdown, |c| c.graceful_shutdown())
+                .await;
+        }
+    }
+}
+
+/// The limits a served connection is held to while hyper runs it.
+struct ConnectionWatch<'a> {
+    activity: Arc<Activity>,
+    limits: &'a Limits,
+    head_deadline: bool,
+}
+
+impl ConnectionWatch<'_> {
+    /// Runs `connection` to its end, asking it to finish (`graceful`) on shutdown or when
+    /// idle, and dropping it when a request head is too slow.
+    async fn drive<C, E>(
+        self,
+        connection: C,
+        shutdown: CancellationToken,
+        graceful: impl Fn(std::pin::Pin<&mut C>),
+    ) where
+        C: std::future::Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        let limits = self.limits;
+        tokio::pin!(connection);
+        let shortest = limits.idle_timeout.min(limits.header_read_timeout);
+        let check_every = (shortest / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        // The first check is one period in: an immediate tick would find nothing, and a timer
+        // due at once costs tokio a wake-up of its driver.
+        let mut ticker =
+            tokio::time::interval_at(tokio::time::Instant::now() + check_every, check_every);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, "connection ended with an error");
+                    }
+                    return;
+                }
+                () = shutdown.cancelled(), if !closing => {
+                    graceful(connection.as_mut());
+                    closing = true;
+                }
+                _ = ticker.tick() => {
+                    if self.head_deadline && self.activity.head_wait().is_some_and(|wait| wait >= limits.header_read_timeout) {
+                        // A slow or stalled request head: drop the connection outright, since a
+                        // graceful shutdown would wait for that very request.
+                        tracing::debug!("request head not received in time; closing");
+                        return;
+                    }
+                    if !closing && self.activity.idle_for().is_some_and(|idle| idle >= limits.idle_timeout) {
+                        graceful(connection.as_mut());
+                        closing = true;
+                    }
+                }
+            }
+        }
+    }
+}
