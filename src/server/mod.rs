@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::acme::challenges::{AlpnChallengeResolver, ACME_TLS_ALPN};
+use crate::acme::challenges::ACME_TLS_ALPN;
 use crate::acme::{AcmeManager, ChallengeStore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -157,19 +157,13 @@ impl Server {
             .then(|| Arc::new(ChallengeStore::shared(&settings.data_dir)));
         let tls = if settings.tls.enabled {
             let loaded = tls::load_certificates(&settings.tls, &settings.data_dir)?;
-            let resolver = Arc::new(SniResolver::new(loaded.table));
-            let sessions = SessionState::new()?;
-            let config = tls::build_server_config(&settings.tls, resolver.clone(), &sessions)?;
-            let acme_config = match &challenges {
-                Some(store) => {
-                    let mut acme =
-                        tls::build_server_config(&settings.tls, resolver.clone(), &sessions)?;
-                    acme.cert_resolver = Arc::new(AlpnChallengeResolver(store.clone()));
-                    acme.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
-                    Some(Arc::new(acme))
-                }
-                None => None,
-            };
+            // The same build `config check` runs.
+            let tls::TlsEdgeConfig {
+                resolver,
+                sessions,
+                config,
+                acme_config,
+            } = tls::TlsEdgeConfig::build(&settings.tls, loaded.table, challenges.as_ref())?;
             pending = loaded.pending.clone();
             for names in &loaded.pending {
                 warnings.push(format!(

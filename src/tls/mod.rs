@@ -3,11 +3,13 @@
 //! cache).
 
 mod certificates;
+mod edge;
 mod resolver;
 mod server_config;
 pub mod stream;
 
 pub use certificates::{load_certificates, CertSummary, LoadedCertificates};
+pub use edge::TlsEdgeConfig;
 pub use resolver::{CertTable, SniResolver};
 pub use server_config::{build_server_config, ServerConfigs, SessionState};
 
