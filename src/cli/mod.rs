@@ -9,7 +9,6 @@ mod check;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
@@ -247,35 +246,46 @@ fn config_check(args: CommonArgs) -> ExitCode {
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "no config file (defaults and environment)".into());
-    if settings.tls.enabled && !settings.tls.certificates.is_empty() {
-        match crate::tls::load_certificates(&settings.tls, &settings.data_dir)
-            .context("certificates")
-        {
-            Ok(loaded) => {
-                for summary in &loaded.summaries {
-                    eprintln!(
-                        "certificate {}: {} (expires {}){}",
-                        summary.cert_path.display(),
-                        if summary.names.is_empty() {
-                            "no DNS names".to_owned()
-                        } else {
-                            summary.names.join(", ")
-                        },
-                        crate::certs::inspect::format_time(summary.info.not_after),
-                        if summary.is_default { ", default" } else { "" }
-                    );
-                }
-                for warning in &loaded.warnings {
-                    eprintln!("warning: {warning}");
-                }
+    if settings.tls.enabled {
+        // Load the certificates and build the rustls configs as `serve` does, so whatever it
+        // would refuse at start-up is refused here with the same message. Except: the local
+        // CA is not created (config check writes nothing); an empty table stands in for it.
+        let table = if settings.tls.certificates.is_empty() {
+            eprintln!(
+                "certificates: none configured; `serve` uses the local development CA in {}",
+                settings.data_dir.display()
+            );
+            crate::tls::CertTable::default()
+        } else {
+            let loaded = match crate::tls::load_certificates(&settings.tls, &settings.data_dir) {
+                Ok(loaded) => loaded,
+                Err(error) => return fail(error),
+            };
+            for summary in &loaded.summaries {
+                eprintln!(
+                    "certificate {}: {} (expires {}){}",
+                    summary.cert_path.display(),
+                    if summary.names.is_empty() {
+                        "no DNS names".to_owned()
+                    } else {
+                        summary.names.join(", ")
+                    },
+                    crate::certs::inspect::format_time(summary.info.not_after),
+                    if summary.is_default { ", default" } else { "" }
+                );
             }
-            Err(error) => return fail(format!("{error:#}")),
+            for warning in &loaded.warnings {
+                eprintln!("warning: {warning}");
+            }
+            loaded.table
+        };
+        let challenges = settings
+            .acme
+            .is_some()
+            .then(|| std::sync::Arc::new(crate::acme::ChallengeStore::shared(&settings.data_dir)));
+        if let Err(error) = crate::tls::TlsEdge::build(&settings.tls, table, challenges.as_ref()) {
+            return fail(error);
         }
-    } else if settings.tls.enabled {
-        eprintln!(
-            "certificates: none configured; `serve` uses the local development CA in {}",
-            settings.data_dir.display()
-        );
     } else {
         eprintln!("warning: TLS is off: the main listener serves plain HTTP and WS");
     }

@@ -133,16 +133,16 @@ fn pair(
             key_file: PathBuf::from(key),
             origin,
         })),
-        (Some((_, origin)), None) => Err(ConfigError::invalid(
+        (Some((_, origin)), None) => Err(ConfigError::EnvCertificateIncomplete {
             origin,
-            cert_var,
-            format!("is set but {key_var} is not: set both, or neither"),
-        )),
-        (None, Some((_, origin))) => Err(ConfigError::invalid(
+            set: cert_var,
+            missing: key_var,
+        }),
+        (None, Some((_, origin))) => Err(ConfigError::EnvCertificateIncomplete {
             origin,
-            key_var,
-            format!("is set but {cert_var} is not: set both, or neither"),
-        )),
+            set: key_var,
+            missing: cert_var,
+        }),
         (None, None) => Ok(None),
     }
 }

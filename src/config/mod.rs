@@ -384,6 +384,112 @@ pub enum ConfigError {
         field: String,
         reason: String,
     },
+
+    // Rules that relate two or more fields or sections. Each has its own variant so callers
+    // and tests can tell them apart without reading the message (Sōzu's `HstsOnPlainHttp`).
+    // `origin` is what to change: the later or the more specific of the fields involved.
+    /// `http.listen` equals `listen` while both listeners run.
+    #[error("{origin}: http.listen: {addr} is also the main listener's address: give the plain-HTTP listener its own port, or set `http: off`")]
+    HttpListenIsMainListen { origin: Origin, addr: SocketAddr },
+    /// `challenge: http-01` with no plain-HTTP listener to answer on (`http: off`, or TLS off).
+    #[error("{origin}: acme.challenge: http-01 is answered on the plain-HTTP listener{}", http01_advice(*.tls_enabled))]
+    Http01WithoutHttpListener {
+        origin: Origin,
+        http_mode: HttpMode,
+        tls_enabled: bool,
+    },
+    /// A second certificate marked `default: true`.
+    #[error("{origin}: tls.certificates.default: only one certificate can be the default; {first} is already")]
+    TwoDefaultCertificates { origin: Origin, first: Origin },
+    /// `preload: true` with a `max_age` under a year.
+    #[error("{origin}: headers.hsts.preload: the HSTS preload list requires max_age of at least 365d and include_subdomains: true (max_age is {})", units::format_duration(*.max_age))]
+    HstsPreloadShortMaxAge { origin: Origin, max_age: Duration },
+    /// `preload: true` with `include_subdomains: false`.
+    #[error("{origin}: headers.hsts.preload: the HSTS preload list requires max_age of at least 365d and include_subdomains: true (include_subdomains is false)")]
+    HstsPreloadWithoutSubdomains { origin: Origin },
+    /// A certificate entry with `cert_file` and no `key_file`.
+    #[error("{origin}: tls.certificates.key_file: cert_file needs a key_file (or use pem_file for one file holding chain and key)")]
+    CertFileWithoutKeyFile { origin: Origin, cert_file: PathBuf },
+    /// A certificate entry with `key_file` and no `cert_file`.
+    #[error("{origin}: tls.certificates.cert_file: key_file needs a cert_file")]
+    KeyFileWithoutCertFile { origin: Origin, key_file: PathBuf },
+    /// A certificate entry with `pem_file` and also `cert_file` or `key_file`.
+    #[error("{origin}: tls.certificates.pem_file: pem_file holds both chain and key: do not also give cert_file or key_file")]
+    PemFileWithCertOrKeyFile { origin: Origin, pem_file: PathBuf },
+    /// A certificate entry with none of `cert_file`, `key_file`, `pem_file`, `acme`.
+    #[error("{origin}: tls.certificates: give cert_file and key_file, or pem_file")]
+    CertificateWithoutFiles { origin: Origin },
+    /// An `acme:` certificate entry that also names files or `names`.
+    #[error("{origin}: tls.certificates.acme: an ACME certificate names its domains under acme.names and has no cert_file, key_file, pem_file or names (found: {})", .found.join(", "))]
+    AcmeCertificateWithFiles {
+        origin: Origin,
+        found: Vec<&'static str>,
+    },
+    /// ACME certificates configured without an `acme:` section.
+    #[error("{origin}: tls.certificates.acme: ACME certificates need an `acme:` section (directory, email, agree_tos)")]
+    AcmeCertificateWithoutAcmeSection { origin: Origin },
+    /// `challenge: dns-01` without `dns_hook`.
+    #[error("{origin}: acme.dns_hook: dns-01 needs a dns_hook command (called with present|cleanup NAME VALUE)")]
+    Dns01WithoutHook { origin: Origin },
+    /// Two ACME certificates whose first names give the same `live/` folder.
+    #[error("{origin}: tls.certificates.acme.names: shares its folder live/{lineage}/ with the certificate at {first}: give each ACME certificate a different first name")]
+    AcmeFolderShared {
+        origin: Origin,
+        lineage: String,
+        first: Origin,
+    },
+    /// An IP address among an ACME certificate's names with `challenge: dns-01`.
+    #[error("{origin}: tls.certificates.acme.names: `{name}`: IP addresses cannot be validated with dns-01: use http-01 or tls-alpn-01")]
+    AcmeIpNameWithDns01 { origin: Origin, name: String },
+    /// A wildcard among an ACME certificate's names with a challenge other than dns-01.
+    #[error("{origin}: tls.certificates.acme.names: `{name}`: wildcard names can only be validated with `challenge: dns-01`")]
+    AcmeWildcardWithoutDns01 {
+        origin: Origin,
+        name: String,
+        challenge: AcmeChallenge,
+    },
+    /// One of `eab_kid` / `eab_hmac_key` without the other; `missing` is the absent one.
+    #[error(
+        "{origin}: acme.{missing}: external account binding needs both eab_kid and eab_hmac_key"
+    )]
+    EabIncomplete {
+        origin: Origin,
+        missing: &'static str,
+    },
+    /// A route's `upstream` (or `default_route`) that is neither a URL nor an `upstreams:` name.
+    #[error("{origin}: {field}: `{target}` is neither a URL nor a defined upstream (defined: {})", defined_list(.defined))]
+    UnknownUpstream {
+        origin: Origin,
+        field: &'static str,
+        target: String,
+        defined: Vec<String>,
+    },
+    /// An upstream whose every server is `backup: true`.
+    #[error("{origin}: upstreams.{upstream}.servers: every server is a backup: at least one must be primary")]
+    AllServersBackup { origin: Origin, upstream: String },
+    /// One variable of a certificate/key pair (`SSL_CERTFILE` + `SSL_KEYFILE`, …) without the other.
+    #[error("{origin}: {set}: is set but {missing} is not: set both, or neither")]
+    EnvCertificateIncomplete {
+        origin: Origin,
+        set: &'static str,
+        missing: &'static str,
+    },
+}
+
+fn http01_advice(tls_enabled: bool) -> &'static str {
+    if tls_enabled {
+        ": do not set `http: off` (or use tls-alpn-01 or dns-01)"
+    } else {
+        ", which runs only with TLS on: turn TLS on (or use dns-01)"
+    }
+}
+
+fn defined_list(defined: &[String]) -> String {
+    if defined.is_empty() {
+        "none".to_owned()
+    } else {
+        defined.join(", ")
+    }
 }
 
 impl ConfigError {

@@ -271,26 +271,19 @@ pub fn validate(mut input: ProxyInput<'_>) -> Result<ProxySettings, ConfigError>
     }
 
     let check_target =
-        |target: &str, origin: &Origin, field: &str| -> Result<String, ConfigError> {
+        |target: &str, origin: &Origin, field: &'static str| -> Result<String, ConfigError> {
             if target.contains("://") {
                 normalize_upstream_url(target)
                     .map_err(|reason| ConfigError::invalid(origin.clone(), field, reason))
             } else if upstreams.contains_key(target) {
                 Ok(target.to_owned())
             } else {
-                let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
-                Err(ConfigError::invalid(
-                    origin.clone(),
+                Err(ConfigError::UnknownUpstream {
+                    origin: origin.clone(),
                     field,
-                    format!(
-                        "`{target}` is neither a URL nor a defined upstream (defined: {})",
-                        if known.is_empty() {
-                            "none".to_owned()
-                        } else {
-                            known.join(", ")
-                        }
-                    ),
-                ))
+                    target: target.to_owned(),
+                    defined: upstreams.keys().cloned().collect(),
+                })
             }
         };
 
@@ -423,11 +416,10 @@ fn upstream_settings(
         });
     }
     if servers.iter().all(|s| s.backup) {
-        return Err(ConfigError::invalid(
+        return Err(ConfigError::AllServersBackup {
             origin,
-            field("servers"),
-            "every server is a backup: at least one must be primary",
-        ));
+            upstream: name.to_owned(),
+        });
     }
     let balance = match file.balance.as_ref().map(|b| b.value.as_str()) {
         None | Some("round_robin") => Balance::RoundRobin,

@@ -3,6 +3,21 @@ use std::path::Path;
 
 use super::*;
 
+fn refused(yaml: &str) -> ConfigError {
+    match load_with(yaml, &[]) {
+        Ok(settings) => panic!("accepted:\n{yaml}\n{settings:?}"),
+        Err(error) => error,
+    }
+}
+
+/// Where an origin in the test file points: its line.
+fn line(origin: &Origin) -> u64 {
+    match origin {
+        Origin::File { line, .. } => *line,
+        other => panic!("not in the file: {other}"),
+    }
+}
+
 fn load_with(yaml: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
     let env: HashMap<String, String> = env
         .iter()
@@ -119,35 +134,162 @@ fn certificate_paths_are_relative_to_the_config_file() {
 
 #[test]
 fn certificate_entry_needs_a_key() {
-    let error = load_with("tls:\n  certificates:\n    - cert_file: a.crt\n", &[])
-        .unwrap_err()
-        .to_string();
-    assert!(error.contains(":3:"), "{error}");
-    assert!(error.contains("needs a key_file"), "{error}");
+    let error = refused("tls:\n  certificates:\n    - cert_file: a.crt\n");
+    assert!(
+        matches!(&error, ConfigError::CertFileWithoutKeyFile { origin, cert_file }
+            if line(origin) == 3 && cert_file == Path::new("/etc/tlsgate/a.crt")),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().starts_with(
+            "/etc/tlsgate/tlsgate.yaml:3:7: tls.certificates.key_file: cert_file needs a key_file"
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn certificate_entry_needs_cert_and_key_or_pem_not_both() {
+    let base = "tls:\n  certificates:\n";
+    let error = refused(&format!("{base}    - key_file: a.key\n"));
+    assert!(
+        matches!(&error, ConfigError::KeyFileWithoutCertFile { origin, key_file }
+            if line(origin) == 3 && key_file == Path::new("/etc/tlsgate/a.key")),
+        "{error:?}"
+    );
+    let error = refused(&format!(
+        "{base}    - pem_file: a.pem\n      key_file: a.key\n"
+    ));
+    assert!(
+        matches!(&error, ConfigError::PemFileWithCertOrKeyFile { origin, pem_file }
+            if line(origin) == 3 && pem_file == Path::new("/etc/tlsgate/a.pem")),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains(": tls.certificates.pem_file: "),
+        "{error}"
+    );
+    let error = refused(&format!("{base}    - names: [a.example]\n"));
+    assert!(
+        matches!(&error, ConfigError::CertificateWithoutFiles { origin } if line(origin) == 3),
+        "{error:?}"
+    );
 }
 
 #[test]
 fn two_defaults_are_refused() {
     let yaml = "tls:\n  certificates:\n    - pem_file: a.pem\n      default: true\n    - pem_file: b.pem\n      default: true\n";
-    let error = load_with(yaml, &[]).unwrap_err().to_string();
-    assert!(error.contains(":5:"), "{error}");
+    let error = refused(yaml);
     assert!(
-        error.contains("only one certificate can be the default"),
-        "{error}"
+        matches!(&error, ConfigError::TwoDefaultCertificates { origin, first }
+            if line(origin) == 5 && line(first) == 3),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        "/etc/tlsgate/tlsgate.yaml:5:7: tls.certificates.default: only one certificate can be the default; /etc/tlsgate/tlsgate.yaml:3:7 is already"
     );
 }
 
 #[test]
 fn preload_requires_a_long_max_age() {
     let yaml = "headers:\n  hsts:\n    max_age: 1d\n    preload: true\n";
-    let error = load_with(yaml, &[]).unwrap_err().to_string();
-    assert!(error.contains("preload"), "{error}");
+    let error = refused(yaml);
+    assert!(
+        matches!(&error, ConfigError::HstsPreloadShortMaxAge { max_age, .. }
+            if *max_age == std::time::Duration::from_secs(86_400)),
+        "{error:?}"
+    );
+    let text = error.to_string();
+    assert!(
+        text.starts_with("/etc/tlsgate/tlsgate.yaml:")
+            && text.contains(
+                ": headers.hsts.preload: the HSTS preload list requires max_age of at least 365d"
+            )
+            && text.ends_with("(max_age is 1d)"),
+        "{text}"
+    );
     let yaml = "headers:\n  hsts:\n    preload: true\n";
     let settings = load_with(yaml, &[]).unwrap();
     assert_eq!(
         settings.headers.hsts.unwrap().header_value(),
         "max-age=31536000; includeSubDomains; preload"
     );
+}
+
+#[test]
+fn preload_requires_include_subdomains() {
+    let yaml = "headers:\n  hsts:\n    include_subdomains: false\n    preload: true\n";
+    let error = refused(yaml);
+    assert!(
+        matches!(&error, ConfigError::HstsPreloadWithoutSubdomains { .. }),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("(include_subdomains is false)"),
+        "{error}"
+    );
+}
+
+#[test]
+fn plain_http_listener_cannot_share_the_main_address() {
+    let error = refused("listen: 127.0.0.1:8443\nhttp:\n  listen: 127.0.0.1:8443\n");
+    assert!(
+        matches!(&error, ConfigError::HttpListenIsMainListen { addr, .. }
+            if addr.to_string() == "127.0.0.1:8443"),
+        "{error:?}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains(": http.listen: 127.0.0.1:8443 is also the main listener's address"),
+        "{error}"
+    );
+    // No clash without a plain-HTTP listener, or with port 0 (each gets its own port).
+    load_with(
+        "listen: 127.0.0.1:8443\nhttp:\n  mode: off\n  listen: 127.0.0.1:8443\n",
+        &[],
+    )
+    .unwrap();
+    load_with("listen: 127.0.0.1:0\nhttp:\n  listen: 127.0.0.1:0\n", &[]).unwrap();
+}
+
+#[test]
+fn http_01_needs_the_plain_http_listener() {
+    let error = refused("http: off\nacme:\n  agree_tos: true\n");
+    assert!(
+        matches!(&error, ConfigError::Http01WithoutHttpListener {
+            origin, http_mode: HttpMode::Off, tls_enabled: true
+        } if line(origin) == 1),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("do not set `http: off`"),
+        "{error}"
+    );
+    let error = refused("tls: off\nacme:\n  agree_tos: true\n");
+    assert!(
+        matches!(&error, ConfigError::Http01WithoutHttpListener { origin, tls_enabled: false, .. }
+            if line(origin) == 1),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("turn TLS on"), "{error}");
+    let error = load_with("acme:\n  agree_tos: true\n", &[("TLSGATE_HTTP", "off")]).unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            ConfigError::Http01WithoutHttpListener {
+                origin: Origin::Env("TLSGATE_HTTP"),
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    load_with(
+        "http: off\nacme:\n  agree_tos: true\n  challenge: tls-alpn-01\n",
+        &[],
+    )
+    .unwrap();
 }
 
 #[test]
@@ -167,10 +309,19 @@ fn seed_002_environment_family() {
             key_file: "/app/certs/server.key".into()
         }
     );
-    let error = load_with("", &[("SSL_CERTFILE", "/x.crt")])
-        .unwrap_err()
-        .to_string();
-    assert!(error.contains("SSL_KEYFILE is not"), "{error}");
+    let error = load_with("", &[("SSL_CERTFILE", "/x.crt")]).unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            ConfigError::EnvCertificateIncomplete {
+                origin: Origin::Env("SSL_CERTFILE"),
+                set: "SSL_CERTFILE",
+                missing: "SSL_KEYFILE",
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("SSL_KEYFILE is not"), "{error}");
 }
 
 #[test]
@@ -306,12 +457,17 @@ fn a_stray_lower_family_variable_does_not_block_a_complete_higher_one() {
         settings.tls.certificates[0].origin.to_string(),
         "environment variable TLSGATE_CERT_FILE"
     );
-    let error = load_with("", &[("SSL_ENABLED", "true"), ("SSL_KEY_FILE", "/k.key")])
-        .unwrap_err()
-        .to_string();
+    let error = load_with("", &[("SSL_ENABLED", "true"), ("SSL_KEY_FILE", "/k.key")]).unwrap_err();
     assert!(
-        error.contains("SSL_KEY_FILE") && error.contains("SSL_CERT_FILE is not"),
-        "{error}"
+        matches!(
+            &error,
+            ConfigError::EnvCertificateIncomplete {
+                set: "SSL_KEY_FILE",
+                missing: "SSL_CERT_FILE",
+                ..
+            }
+        ),
+        "{error:?}"
     );
 }
 
@@ -319,18 +475,29 @@ fn a_stray_lower_family_variable_does_not_block_a_complete_higher_one() {
 fn acme_certificates_need_distinct_folders_and_ip_names_no_dns_01() {
     let base = "acme:\n  agree_tos: true\n  challenge: dns-01\n  dns_hook: /bin/true\ntls:\n  certificates:\n";
     let yaml = format!("{base}    - acme:\n        names: [a.com, b.com]\n    - acme:\n        names: [a.com, c.com]\n");
-    let error = load_with(&yaml, &[]).unwrap_err().to_string();
-    assert!(error.contains("shares its folder live/a.com/"), "{error}");
+    let error = refused(&yaml);
+    assert!(
+        matches!(&error, ConfigError::AcmeFolderShared { origin, lineage, first }
+            if line(origin) == 9 && lineage == "a.com" && line(first) == 7),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("shares its folder live/a.com/"),
+        "{error}"
+    );
     let yaml = format!("{base}    - acme:\n        names: [192.0.2.1]\n");
-    let error = load_with(&yaml, &[]).unwrap_err().to_string();
-    assert!(error.contains("cannot be validated with dns-01"), "{error}");
-    let error = load_with(
-        "tls:\n  certificates:\n    - acme:\n        names: [a.com]\n",
-        &[],
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(error.contains("need an `acme:` section"), "{error}");
+    let error = refused(&yaml);
+    assert!(
+        matches!(&error, ConfigError::AcmeIpNameWithDns01 { origin, name }
+            if line(origin) == 7 && name == "192.0.2.1"),
+        "{error:?}"
+    );
+    let error = refused("tls:\n  certificates:\n    - acme:\n        names: [a.com]\n");
+    assert!(
+        matches!(&error, ConfigError::AcmeCertificateWithoutAcmeSection { origin }
+            if line(origin) == 3),
+        "{error:?}"
+    );
     let error = load_with("acme:\n  email: a@b.c\n", &[])
         .unwrap_err()
         .to_string();
@@ -361,6 +528,99 @@ fn workers_come_from_the_file_or_the_environment_and_are_bounded() {
         .to_string();
     assert!(
         error.contains("TLSGATE_WORKERS") && error.contains("`many`"),
+        "{error}"
+    );
+}
+
+#[test]
+fn acme_certificate_entries_have_no_files_and_wildcards_need_dns_01() {
+    let yaml = "tls:\n  certificates:\n    - acme:\n        names: [a.com]\n      pem_file: a.pem\n      names: [a.com]\n";
+    let error = refused(yaml);
+    assert!(
+        matches!(&error, ConfigError::AcmeCertificateWithFiles { origin, found }
+            if line(origin) == 3 && found == &["pem_file", "names"]),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().ends_with("(found: pem_file, names)"),
+        "{error}"
+    );
+    let yaml = "acme:\n  agree_tos: true\n  challenge: tls-alpn-01\ntls:\n  certificates:\n    - acme:\n        names: [a.com, '*.a.com']\n";
+    let error = refused(yaml);
+    assert!(
+        matches!(&error, ConfigError::AcmeWildcardWithoutDns01 {
+            origin, name, challenge: AcmeChallenge::TlsAlpn01
+        } if line(origin) == 6 && name == "*.a.com"),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn dns_01_needs_a_hook_and_eab_needs_both_halves() {
+    let error = refused("acme:\n  agree_tos: true\n  challenge: dns-01\n");
+    assert!(
+        matches!(&error, ConfigError::Dns01WithoutHook { .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains(": acme.dns_hook: "), "{error}");
+    let error = refused("acme:\n  agree_tos: true\n  eab_kid: kid\n");
+    assert!(
+        matches!(
+            &error,
+            ConfigError::EabIncomplete {
+                missing: "eab_hmac_key",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains(": acme.eab_hmac_key: "),
+        "{error}"
+    );
+    let error = refused("acme:\n  agree_tos: true\n  eab_hmac_key: secret\n");
+    assert!(
+        matches!(
+            &error,
+            ConfigError::EabIncomplete {
+                missing: "eab_kid",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn routes_name_defined_upstreams_and_an_upstream_has_a_primary_server() {
+    let yaml = "upstreams:\n  api:\n    servers: [http://10.0.0.1:8000]\nroutes:\n  - path: /x\n    upstream: apj\n";
+    let error = refused(yaml);
+    assert!(
+        matches!(&error, ConfigError::UnknownUpstream { origin, field: "routes.upstream", target, defined }
+            if line(origin) == 6 && target == "apj" && defined == &["api"]),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        "/etc/tlsgate/tlsgate.yaml:6:15: routes.upstream: `apj` is neither a URL nor a defined upstream (defined: api)"
+    );
+    let error = refused("default_route: nowhere\n");
+    assert!(
+        matches!(&error, ConfigError::UnknownUpstream { field: "default_route", defined, .. }
+            if defined.is_empty()),
+        "{error:?}"
+    );
+    assert!(error.to_string().ends_with("(defined: none)"), "{error}");
+    let yaml = "upstreams:\n  api:\n    servers:\n      - url: http://10.0.0.1:8000\n        backup: true\n";
+    let error = refused(yaml);
+    assert!(
+        matches!(&error, ConfigError::AllServersBackup { upstream, .. } if upstream == "api"),
+        "{error:?}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains(": upstreams.api.servers: every server is a backup"),
         "{error}"
     );
 }

@@ -138,11 +138,10 @@ pub fn validate(
     })?;
 
     if tls.enabled && http.mode != HttpMode::Off && http.listen == listen && listen.port() != 0 {
-        return Err(ConfigError::invalid(
-            http_at,
-            "http.listen",
-            format!("{} is also the main listener's address: give the plain-HTTP listener its own port, or set `http: off`", listen),
-        ));
+        return Err(ConfigError::HttpListenIsMainListen {
+            origin: http_at,
+            addr: listen,
+        });
     }
 
     let acme = acme_settings(&cx, raw.acme.take(), &tls)?;
@@ -183,11 +182,18 @@ pub fn validate(
         if acme.challenge == super::AcmeChallenge::Http01
             && (http.mode == HttpMode::Off || !tls.enabled)
         {
-            return Err(ConfigError::invalid(
-                http_at.clone(),
-                "acme.challenge",
-                "http-01 is answered on the plain-HTTP listener: do not set `http: off` (or use tls-alpn-01 or dns-01)",
-            ));
+            // Point at what to change: with TLS off there is no plain-HTTP listener whatever
+            // `http:` says. The environment overrides the file, so it is named first.
+            let (from_env, section) = if tls.enabled {
+                (env.http_mode.as_ref().map(|(_, at)| at), http_at)
+            } else {
+                (env.tls_enabled.as_ref().map(|(_, at)| at), tls_at)
+            };
+            return Err(ConfigError::Http01WithoutHttpListener {
+                origin: from_env.cloned().unwrap_or(section),
+                http_mode: http.mode,
+                tls_enabled: tls.enabled,
+            });
         }
     }
 
@@ -453,15 +459,11 @@ fn tls_settings(
             .collect::<Result<Vec<_>, _>>()?,
     };
     let defaults: Vec<_> = certificates.iter().filter(|c| c.default).collect();
-    if defaults.len() > 1 {
-        return Err(ConfigError::invalid(
-            defaults[1].origin.clone(),
-            "tls.certificates.default",
-            format!(
-                "only one certificate can be the default; {} is already",
-                defaults[0].origin
-            ),
-        ));
+    if let [first, second, ..] = defaults.as_slice() {
+        return Err(ConfigError::TwoDefaultCertificates {
+            origin: second.origin.clone(),
+            first: first.origin.clone(),
+        });
     }
 
     Ok(TlsSettings {
@@ -485,42 +487,34 @@ fn certificate_settings(
     if let Some(acme) = &file.acme {
         return acme_certificate(cx, origin, &file, acme, data_dir);
     }
-    let source =
-        match (&file.cert_file, &file.key_file, &file.pem_file) {
-            (Some(cert), Some(key), None) => CertSource::Files {
-                cert_file: cx.file_path(&cert.value),
-                key_file: cx.file_path(&key.value),
-            },
-            (None, None, Some(pem)) => CertSource::Combined {
-                pem_file: cx.file_path(&pem.value),
-            },
-            (Some(_), None, None) => return Err(ConfigError::invalid(
+    let source = match (&file.cert_file, &file.key_file, &file.pem_file) {
+        (Some(cert), Some(key), None) => CertSource::Files {
+            cert_file: cx.file_path(&cert.value),
+            key_file: cx.file_path(&key.value),
+        },
+        (None, None, Some(pem)) => CertSource::Combined {
+            pem_file: cx.file_path(&pem.value),
+        },
+        (Some(cert), None, None) => {
+            return Err(ConfigError::CertFileWithoutKeyFile {
                 origin,
-                "tls.certificates.key_file",
-                "cert_file needs a key_file (or use pem_file for one file holding chain and key)",
-            )),
-            (None, Some(_), None) => {
-                return Err(ConfigError::invalid(
-                    origin,
-                    "tls.certificates.cert_file",
-                    "key_file needs a cert_file",
-                ))
-            }
-            (None, None, None) => {
-                return Err(ConfigError::invalid(
-                    origin,
-                    "tls.certificates",
-                    "give cert_file and key_file, or pem_file",
-                ))
-            }
-            (_, _, Some(_)) => {
-                return Err(ConfigError::invalid(
-                    origin,
-                    "tls.certificates.pem_file",
-                    "pem_file holds both chain and key: do not also give cert_file or key_file",
-                ))
-            }
-        };
+                cert_file: cx.file_path(&cert.value),
+            })
+        }
+        (None, Some(key), None) => {
+            return Err(ConfigError::KeyFileWithoutCertFile {
+                origin,
+                key_file: cx.file_path(&key.value),
+            })
+        }
+        (None, None, None) => return Err(ConfigError::CertificateWithoutFiles { origin }),
+        (_, _, Some(pem)) => {
+            return Err(ConfigError::PemFileWithCertOrKeyFile {
+                origin,
+                pem_file: cx.file_path(&pem.value),
+            })
+        }
+    };
     let mut names = Vec::new();
     for name in file.names.unwrap_or_default() {
         let normalized = normalize_dns_name(&name.value).map_err(|error| {
@@ -612,12 +606,16 @@ fn header_settings(
                     include_subdomains: include_subdomains.unwrap_or(true),
                     preload: preload.unwrap_or(false),
                 };
-                if hsts.preload && (hsts.max_age < ONE_YEAR || !hsts.include_subdomains) {
-                    return Err(ConfigError::invalid(
-                        section.clone(),
-                        "headers.hsts.preload",
-                        "the HSTS preload list requires max_age of at least 365d and include_subdomains: true",
-                    ));
+                if hsts.preload && hsts.max_age < ONE_YEAR {
+                    return Err(ConfigError::HstsPreloadShortMaxAge {
+                        origin: section.clone(),
+                        max_age: hsts.max_age,
+                    });
+                }
+                if hsts.preload && !hsts.include_subdomains {
+                    return Err(ConfigError::HstsPreloadWithoutSubdomains {
+                        origin: section.clone(),
+                    });
                 }
                 Some(hsts)
             }
@@ -731,16 +729,17 @@ fn acme_certificate(
     acme: &super::file::AcmeCertificateFile,
     data_dir: &Path,
 ) -> Result<CertificateSettings, ConfigError> {
-    if file.cert_file.is_some()
-        || file.key_file.is_some()
-        || file.pem_file.is_some()
-        || file.names.is_some()
-    {
-        return Err(ConfigError::invalid(
-            origin,
-            "tls.certificates.acme",
-            "an ACME certificate names its domains under acme.names and has no cert_file, key_file, pem_file or names",
-        ));
+    let found: Vec<&'static str> = [
+        ("cert_file", file.cert_file.is_some()),
+        ("key_file", file.key_file.is_some()),
+        ("pem_file", file.pem_file.is_some()),
+        ("names", file.names.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(field, given)| given.then_some(field))
+    .collect();
+    if !found.is_empty() {
+        return Err(ConfigError::AcmeCertificateWithFiles { origin, found });
     }
     let mut names = Vec::new();
     for name in &acme.names {
@@ -793,11 +792,9 @@ fn acme_settings(
         .collect();
     let Some(raw) = raw else {
         if let Some(first) = acme_certs.first() {
-            return Err(ConfigError::invalid(
-                first.origin.clone(),
-                "tls.certificates.acme",
-                "ACME certificates need an `acme:` section (directory, email, agree_tos)",
-            ));
+            return Err(ConfigError::AcmeCertificateWithoutAcmeSection {
+                origin: first.origin.clone(),
+            });
         }
         return Ok(None);
     };
@@ -860,51 +857,52 @@ fn acme_settings(
     };
     let dns_hook = file.dns_hook.as_ref().map(|h| cx.file_path(&h.value));
     if challenge == super::AcmeChallenge::Dns01 && dns_hook.is_none() {
-        return Err(ConfigError::invalid(
-            origin,
-            "acme.dns_hook",
-            "dns-01 needs a dns_hook command (called with present|cleanup NAME VALUE)",
-        ));
+        return Err(ConfigError::Dns01WithoutHook { origin });
     }
     let mut lineages: Vec<(String, &Origin)> = Vec::new();
     for cert in &acme_certs {
         let lineage = super::acme_lineage(&cert.names);
         if let Some((_, first)) = lineages.iter().find(|(l, _)| *l == lineage) {
-            return Err(ConfigError::invalid(
-                cert.origin.clone(),
-                "tls.certificates.acme.names",
-                format!("shares its folder live/{lineage}/ with the certificate at {first}: give each ACME certificate a different first name"),
-            ));
+            return Err(ConfigError::AcmeFolderShared {
+                origin: cert.origin.clone(),
+                lineage,
+                first: (*first).clone(),
+            });
         }
         lineages.push((lineage, &cert.origin));
-        if challenge == super::AcmeChallenge::Dns01
-            && cert
+        if challenge == super::AcmeChallenge::Dns01 {
+            let ip = cert
                 .names
                 .iter()
-                .any(|n| n.parse::<std::net::IpAddr>().is_ok())
-        {
-            return Err(ConfigError::invalid(
-                cert.origin.clone(),
-                "tls.certificates.acme.names",
-                "IP addresses cannot be validated with dns-01: use http-01 or tls-alpn-01",
-            ));
-        }
-        if challenge != super::AcmeChallenge::Dns01
-            && cert.names.iter().any(|n| n.starts_with("*."))
-        {
-            return Err(ConfigError::invalid(
-                cert.origin.clone(),
-                "tls.certificates.acme.names",
-                "wildcard names can only be validated with `challenge: dns-01`",
-            ));
+                .find(|n| n.parse::<std::net::IpAddr>().is_ok());
+            if let Some(name) = ip {
+                return Err(ConfigError::AcmeIpNameWithDns01 {
+                    origin: cert.origin.clone(),
+                    name: name.clone(),
+                });
+            }
+        } else if let Some(name) = cert.names.iter().find(|n| n.starts_with("*.")) {
+            return Err(ConfigError::AcmeWildcardWithoutDns01 {
+                origin: cert.origin.clone(),
+                name: name.clone(),
+                challenge,
+            });
         }
     }
-    if file.eab_kid.is_some() != file.eab_hmac_key.is_some() {
-        return Err(ConfigError::invalid(
-            origin,
-            "acme.eab_kid",
-            "external account binding needs both eab_kid and eab_hmac_key",
-        ));
+    match (&file.eab_kid, &file.eab_hmac_key) {
+        (Some(_), None) => {
+            return Err(ConfigError::EabIncomplete {
+                origin,
+                missing: "eab_hmac_key",
+            })
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::EabIncomplete {
+                origin,
+                missing: "eab_kid",
+            })
+        }
+        _ => {}
     }
     let check_interval = file
         .check_interval

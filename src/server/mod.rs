@@ -29,7 +29,6 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::acme::challenges::{AlpnChallengeResolver, ACME_TLS_ALPN};
 use crate::acme::{AcmeManager, ChallengeStore};
 use crate::admin::{AdminState, CertificateState};
 use crate::certs::local_ca::LocalCertificate;
@@ -37,7 +36,7 @@ use crate::config::{HttpMode, Limits, Overrides, Settings};
 use crate::control::{ReloadHandle, ReloadRequest};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
-use crate::tls::{self, CertSummary, SessionState, SniResolver, TlsEdge, TlsError};
+use crate::tls::{self, CertSummary, TlsEdge, TlsError};
 use listener::{Listener, ListenerKind};
 use reload::{ListenerSet, Reloader, WatchedFolders};
 use services::Service;
@@ -150,19 +149,8 @@ impl Server {
             .then(|| Arc::new(ChallengeStore::shared(&settings.data_dir)));
         let tls = if settings.tls.enabled {
             let loaded = tls::load_certificates(&settings.tls, &settings.data_dir)?;
-            let resolver = Arc::new(SniResolver::new(loaded.table));
-            let sessions = SessionState::new()?;
-            let config = tls::build_server_config(&settings.tls, resolver.clone(), &sessions)?;
-            let acme_config = match &challenges {
-                Some(store) => {
-                    let mut acme =
-                        tls::build_server_config(&settings.tls, resolver.clone(), &sessions)?;
-                    acme.cert_resolver = Arc::new(AlpnChallengeResolver(store.clone()));
-                    acme.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
-                    Some(Arc::new(acme))
-                }
-                None => None,
-            };
+            // The same build `config check` runs.
+            let edge = TlsEdge::build(&settings.tls, loaded.table, challenges.as_ref())?;
             pending = loaded.pending.clone();
             for names in &loaded.pending {
                 warnings.push(format!(
@@ -177,12 +165,7 @@ impl Server {
                 audit::audit_local_issue(local);
             }
             audit::audit_loaded(&certificates);
-            Some(TlsEdge {
-                resolver,
-                configs: ArcSwap::from_pointee(tls::ServerConfigs::new(config)),
-                sessions,
-                acme_config,
-            })
+            Some(edge)
         } else {
             None
         };

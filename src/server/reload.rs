@@ -206,9 +206,9 @@ impl Reloader {
         let mut report = String::from("configuration reloaded");
         if let Some(tls) = &self.shared.tls {
             let loaded = tls::load_certificates(&new.tls, &new.data_dir)?;
-            let config = tls::build_server_config(&new.tls, tls.resolver.clone(), &tls.sessions)?;
+            let configs = tls.configs_for(&new.tls)?;
             // Validated; from here on nothing fails.
-            tls.configs.store(Arc::new(tls::ServerConfigs::new(config)));
+            tls.configs.store(Arc::new(configs));
             let count = put_in_service(tls, loaded, &self.metrics, &self.certificates);
             report = format!("configuration reloaded; {count} certificate(s) loaded");
         }

@@ -4,6 +4,7 @@
 
 pub mod accept;
 mod certificates;
+mod edge;
 mod resolver;
 mod server_config;
 pub mod stream;

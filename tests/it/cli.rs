@@ -675,6 +675,58 @@ fn certificate_not_covering_a_configured_name_and_malformed_files_are_refused() 
     );
 }
 
+/// `config check` builds the TLS edge through the same function as `serve`
+/// (`tls::TlsEdgeConfig::build`), so what stops `serve` stops it, in the same words. Validation
+/// leaves rustls nothing to refuse (`tls::edge`'s unit test builds every accepted setting), so
+/// the failure provoked is the certificate half of that build: a key that is not the
+/// certificate's.
+#[test]
+fn config_check_refuses_what_serve_refuses_when_building_tls_with_the_same_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = fixture_ca(dir.path());
+    fixture_cert(&ca, dir.path(), "a", &["a.test"], KeyAlgorithm::EcdsaP256);
+    fixture_cert(&ca, dir.path(), "b", &["b.test"], KeyAlgorithm::EcdsaP256);
+    std::fs::write(
+        dir.path().join("tlsgate.yaml"),
+        "tls:\n  certificates:\n    - cert_file: a.crt\n      key_file: b.key\n",
+    )
+    .unwrap();
+    let (code, stdout, check) =
+        run(tlsgate(dir.path()).args(["config", "check", "-c", "tlsgate.yaml"]));
+    assert_eq!(code, 2, "{check}");
+    assert!(
+        stdout.is_empty(),
+        "no effective config on failure: {stdout}"
+    );
+    let message = check
+        .lines()
+        .find_map(|line| line.strip_prefix("error: "))
+        .unwrap_or_else(|| panic!("no error line: {check}"));
+    assert!(
+        message.starts_with("certificate configured at ")
+            && message.contains("tlsgate.yaml:3:7")
+            && message.contains("b.key does not match the certificate in"),
+        "{message}"
+    );
+
+    let (code, _, serve) = run(tlsgate(dir.path()).args([
+        "serve",
+        "-c",
+        "tlsgate.yaml",
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]));
+    assert_eq!(code, 2, "{serve}");
+    assert!(
+        serve.contains(&format!("error: cannot start: {message}\n")),
+        "serve:\n{serve}\nconfig check:\n{check}"
+    );
+}
+
 #[test]
 fn readme_documents_every_variable_the_code_reads() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -1,0 +1,84 @@
+//! The main listener's rustls configs, built by one function for `serve` and `config check`,
+//! so a setting rustls refuses is reported the same way by both.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::{
+    build_server_config, CertTable, ServerConfigs, SessionState, SniResolver, TlsEdge, TlsError,
+};
+use crate::acme::challenges::{AlpnChallengeResolver, ACME_TLS_ALPN};
+use crate::acme::ChallengeStore;
+use crate::config::TlsSettings;
+
+impl TlsEdge {
+    /// The main listener's TLS side for `tls` and the certificates in `table` (from
+    /// [`super::load_certificates`]); `challenges`: the ACME challenge store, when ACME is on.
+    pub fn build(
+        tls: &TlsSettings,
+        table: CertTable,
+        challenges: Option<&Arc<ChallengeStore>>,
+    ) -> Result<Self, TlsError> {
+        let resolver = Arc::new(SniResolver::new(table));
+        let sessions = SessionState::new()?;
+        let config = build_server_config(tls, resolver.clone(), &sessions)?;
+        let acme_config = match challenges {
+            Some(store) => {
+                let mut acme = build_server_config(tls, resolver.clone(), &sessions)?;
+                acme.cert_resolver = Arc::new(AlpnChallengeResolver(store.clone()));
+                acme.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+                Some(Arc::new(acme))
+            }
+            None => None,
+        };
+        Ok(Self {
+            resolver,
+            configs: ArcSwap::from_pointee(ServerConfigs::new(config)),
+            sessions,
+            acme_config,
+        })
+    }
+
+    /// The configs for new settings (a reload), over this edge's resolver and session state,
+    /// so sessions resume across the swap. Nothing changes until the caller stores them.
+    pub fn configs_for(&self, tls: &TlsSettings) -> Result<ServerConfigs, TlsError> {
+        let config = build_server_config(tls, self.resolver.clone(), &self.sessions)?;
+        Ok(ServerConfigs::new(config))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{KxGroup, Tls12Suite, Tls13Suite, TlsVersion};
+
+    /// rustls refuses a config with no suite for the enabled versions, no groups, or a suite
+    /// no group can serve. Validation leaves none of these (lists are never empty, TLS 1.3 is
+    /// always on, every group is ECDHE), so even the narrowest lists build. If this fails, a
+    /// new option needs a validation rule rather than a start-up failure.
+    #[test]
+    fn every_setting_validation_accepts_builds() {
+        let base = crate::config::load_str("", None, &Default::default(), &|_| None)
+            .expect("defaults validate")
+            .tls;
+        let store = Arc::new(ChallengeStore::default());
+        for min_version in [TlsVersion::Tls12, TlsVersion::Tls13] {
+            for tls13 in Tls13Suite::ALL {
+                for tls12 in Tls12Suite::ALL {
+                    for group in KxGroup::ALL {
+                        let tls = TlsSettings {
+                            min_version,
+                            tls13_cipher_suites: vec![*tls13],
+                            tls12_cipher_suites: vec![*tls12],
+                            key_exchange_groups: vec![*group],
+                            ..base.clone()
+                        };
+                        let built = TlsEdge::build(&tls, CertTable::default(), Some(&store));
+                        assert!(built.is_ok(), "{tls:?}: {:?}", built.err());
+                    }
+                }
+            }
+        }
+    }
+}
