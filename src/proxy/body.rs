@@ -1,5 +1,5 @@
-//! Body wrappers for proxying: a response body that keeps its server's in-flight count until
-//! it is done, and a request body with a size limit and a stall timeout.
+//! Body types for proxying: the request body sent upstream, with a size limit and a stall
+//! timeout, and the stall timer the upstream client shares.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,46 +10,11 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 
-use super::pool::{BoxError, InFlight};
+use http_body_util::combinators::BoxBody;
 
-/// Holds an [`InFlight`] until the body ends or is dropped.
-pub struct Guarded<B> {
-    inner: B,
-    guard: Option<InFlight>,
-}
-
-impl<B> Guarded<B> {
-    pub fn new(inner: B, guard: InFlight) -> Self {
-        Self {
-            inner,
-            guard: Some(guard),
-        }
-    }
-}
-
-impl<B: Body + Unpin> Body for Guarded<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let result = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(result, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            self.guard = None;
-        }
-        result
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Request bodies sent upstream.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// Fires when nothing moved for a while: re-armed whenever the progress count changes.
 #[derive(Default)]

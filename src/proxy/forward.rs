@@ -3,41 +3,20 @@
 
 use std::sync::Arc;
 
-use http::{Method, Request, Version};
+use http::{Request, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use super::body::ProxyBody;
 use super::body::{BodyState, Bounded, ClientFault};
 use super::headers::{cookie_value, upstream_headers};
-use super::pool::{Pool, ProxyBody};
+use super::pool::Pool;
 use super::response::respond;
-use super::upstream::{self, ResponseBody, UpstreamError};
+use super::upstream::{self, is_idempotent, is_timeout, ResponseBody, UpstreamError};
 use crate::http::context::RequestContext;
 use crate::http::error::{error_chain, HttpError};
 use crate::http::Response;
-
-pub(super) fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
-
-/// Whether a failed exchange timed out (connecting, or waiting for the server to take the
-/// request): a `504` rather than a `502`.
-pub(super) fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
-        }
-        current = e.source();
-    }
-    false
-}
 
 /// Forwards `request` to a server of `pool` and returns its response (streamed). Requests
 /// that are safe to repeat and carry no body go to another server when one cannot be reached.

@@ -7,6 +7,7 @@ pub mod connect;
 pub mod forward;
 pub mod headers;
 pub mod health;
+pub mod idle;
 pub mod pool;
 pub mod response;
 pub mod tunnel;

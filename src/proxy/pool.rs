@@ -6,16 +6,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
+use super::body::ProxyBody;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::proxy::{Balance, UpstreamSettings};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// Request bodies sent upstream.
-pub type ProxyBody = BoxBody<Bytes, BoxError>;
 /// hyper's client, for h2c pools and health checks, over the one connector.
 pub type UpstreamClient = Client<super::connect::Connector, ProxyBody>;
 
@@ -37,7 +33,7 @@ pub struct Server {
     /// Set by active health checks; true until a check says otherwise.
     pub healthy: AtomicBool,
     /// Kept-alive HTTP/1.1 connections waiting for the next request.
-    pub idle: Arc<super::upstream::IdleConnections>,
+    pub idle: Arc<super::idle::IdleConnections>,
     fails: AtomicU32,
     fail_window_start: AtomicU64,
     down_until: AtomicU64,
@@ -131,7 +127,7 @@ impl Pool {
                 max_conns: s.max_conns,
                 in_flight: AtomicU32::new(0),
                 healthy: AtomicBool::new(true),
-                idle: Arc::new(super::upstream::IdleConnections::new(
+                idle: Arc::new(super::idle::IdleConnections::new(
                     settings.keepalive,
                     settings.keepalive_timeout,
                 )),

@@ -2,14 +2,17 @@
 //! WebSocket upgrade the backend refused: hop-by-hop headers and `Server` go, the sticky
 //! cookie is set, and the server's in-flight count is held until the body ends.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use http::header::{self, HeaderValue};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 
-use super::body::Guarded;
+use super::body::BoxError;
 use super::headers::remove_hop_by_hop;
-use super::pool::{BoxError, InFlight, Pool};
+use super::pool::{InFlight, Pool};
 use crate::config::proxy::Balance;
 use crate::http::context::UpstreamServer;
 use crate::http::Response;
@@ -56,4 +59,43 @@ where
         parts,
         Guarded::new(body, in_flight).map_err(Into::into).boxed(),
     )
+}
+
+/// Holds an [`InFlight`] until the body ends or is dropped.
+pub struct Guarded<B> {
+    inner: B,
+    guard: Option<InFlight>,
+}
+
+impl<B> Guarded<B> {
+    pub fn new(inner: B, guard: InFlight) -> Self {
+        Self {
+            inner,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl<B: Body + Unpin> Body for Guarded<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let result = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(result, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.guard = None;
+        }
+        result
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }

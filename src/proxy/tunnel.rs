@@ -20,8 +20,9 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::body::ProxyBody;
 use super::headers::{cookie_value, remove_hop_by_hop, upstream_headers};
-use super::pool::{InFlight, Pool, ProxyBody};
+use super::pool::{InFlight, Pool};
 use super::response::respond;
 use super::UPGRADE_TIMEOUT;
 use crate::http::activity::TlsConnectionIo;

@@ -6,9 +6,9 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -19,7 +19,8 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use super::body::StallTimer;
-use super::pool::{BoxError, ProxyBody};
+use super::body::{BoxError, ProxyBody};
+use super::idle::IdleConnections;
 
 /// The most a response head (status line and headers) may take; nginx's default is 4–8 KiB.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -83,124 +84,26 @@ impl UpstreamError {
     }
 }
 
-struct IdleConnection {
-    stream: TcpStream,
-    since: Instant,
+pub(super) fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
-impl IdleConnection {
-    /// Within its timeout and still open: fit to carry a request.
-    fn usable(&self, timeout: Duration) -> bool {
-        self.since.elapsed() < timeout && still_open(&self.stream)
-    }
-}
-
-/// One server's idle keep-alive connections, newest last. Taken newest first (as nginx and
-/// hyper do): busy connections stay warm and surplus ones age out. The lock is only ever
-/// `try_lock`ed, for one push or pop: contention means "none idle" or "not parked", never
-/// a wait on the request path.
-pub struct IdleConnections {
-    stack: Mutex<Vec<IdleConnection>>,
-    max_idle: usize,
-    timeout: Duration,
-}
-
-impl std::fmt::Debug for IdleConnections {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IdleConnections")
-            .field("idle", &self.len())
-            .finish()
-    }
-}
-
-impl IdleConnections {
-    /// Keeps up to `max_idle` connections (0: none), each for at most `timeout`.
-    pub fn new(max_idle: usize, timeout: Duration) -> Self {
-        Self {
-            stack: Mutex::new(Vec::new()),
-            max_idle,
-            timeout,
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.stack.lock().map_or(0, |stack| stack.len())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn pop(&self) -> Option<IdleConnection> {
-        self.stack.try_lock().ok()?.pop()
-    }
-
-    /// An idle connection still open and within its timeout, if any.
-    fn take(&self) -> Option<TcpStream> {
-        while let Some(idle) = self.pop() {
-            if idle.usable(self.timeout) {
-                return Some(idle.stream);
+/// Whether a failed exchange timed out (connecting, or waiting for the server to take the
+/// request): a `504` rather than a `502`.
+pub(super) fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
             }
         }
-        None
+        current = e.source();
     }
-
-    /// Parks a connection whose last response was read to its end; when the stack is full the
-    /// oldest gives way. Sockets are closed outside the lock.
-    fn put(&self, stream: TcpStream) {
-        if self.max_idle == 0 {
-            return;
-        }
-        let evicted = match self.stack.try_lock() {
-            Ok(mut stack) => {
-                let evicted = (stack.len() >= self.max_idle).then(|| stack.remove(0));
-                stack.push(IdleConnection {
-                    stream,
-                    since: Instant::now(),
-                });
-                evicted
-            }
-            Err(_) => None,
-        };
-        drop(evicted);
-    }
-
-    /// Closes connections past their timeout or closed by the server. They are checked
-    /// outside the lock; those parked meanwhile are newer and stay on top.
-    pub fn sweep(&self) {
-        let idle = match self.stack.lock() {
-            Ok(mut stack) => std::mem::take(&mut *stack),
-            Err(_) => return,
-        };
-        let kept: Vec<IdleConnection> = idle
-            .into_iter()
-            .filter(|idle| idle.usable(self.timeout))
-            .collect();
-        let surplus: Vec<IdleConnection> = match self.stack.lock() {
-            Ok(mut stack) => {
-                let newer = std::mem::replace(&mut *stack, kept);
-                stack.extend(newer);
-                let surplus = stack.len().saturating_sub(self.max_idle);
-                stack.drain(..surplus).collect()
-            }
-            Err(_) => Vec::new(),
-        };
-        drop(surplus); // closed outside the lock
-    }
-}
-
-/// Whether an idle connection has neither been closed nor sent anything unasked. Costs no
-/// system call unless the poller saw the socket become readable.
-fn still_open(stream: &TcpStream) -> bool {
-    let mut cx = Context::from_waker(Waker::noop());
-    match stream.poll_read_ready(&mut cx) {
-        Poll::Pending => true,
-        Poll::Ready(Err(_)) => false,
-        Poll::Ready(Ok(())) => {
-            let mut probe = [0u8; 1];
-            matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-        }
-    }
+    false
 }
 
 /// Where an exchange goes: the server's address and its idle connections.
@@ -417,8 +320,7 @@ pub async fn send(
     };
     let head = Bytes::from(encode_head(&request, framing, &target));
     let head_only = *request.method() == Method::HEAD;
-    let resendable =
-        framing == RequestFraming::Empty && super::forward::is_idempotent(request.method());
+    let resendable = framing == RequestFraming::Empty && is_idempotent(request.method());
     let mut upload = Upload::new(head.clone(), request.into_body(), framing);
     let mut reused = target.idle.take();
     loop {
@@ -1059,6 +961,7 @@ impl Body for ResponseBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
     use std::net::SocketAddr;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1692,7 +1595,7 @@ mod tests {
                 .contains("took none of the request for 300ms"),
             "{error}"
         );
-        assert!(super::super::forward::is_timeout(&error), "answered 504");
+        assert!(super::is_timeout(&error), "answered 504");
         assert!(started.elapsed() < Duration::from_secs(3));
         let response = send(
             target(&addr, &idle),
