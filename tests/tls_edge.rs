@@ -436,6 +436,78 @@ async fn alpn_h2_and_http11_both_served() {
     server.stop().await;
 }
 
+/// `curl -sI` over the given HTTP version, trusting the local CA; (exit code, output).
+async fn curl_head(server: &TestServer, version: &str, path: &str) -> (i32, String) {
+    let ca = server.data_dir.join("ca/root.crt");
+    let port = server.main.port();
+    let output = tokio::process::Command::new("curl")
+        .args(["-sSI", version, "--max-time", "5", "--cacert"])
+        .arg(&ca)
+        .arg("--resolve")
+        .arg(format!("localhost:{port}:127.0.0.1"))
+        .arg(format!("https://localhost:{port}{path}"))
+        .output()
+        .await
+        .expect("curl is installed (scripts/test.sh installs it)");
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    (output.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_over_http2_gets_the_get_headers_and_no_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start("", dir.path()).await.unwrap();
+    for version in ["--http2", "--http1.1"] {
+        let (code, out) = curl_head(&server, version, "/health").await;
+        assert_eq!(code, 0, "{version}: {out}");
+        assert!(out.starts_with("HTTP/"), "{version}: {out}");
+        assert!(
+            out.lines().next().unwrap().contains(" 200"),
+            "{version}: {out}"
+        );
+        assert!(
+            out.contains("content-type: application/json"),
+            "{version}: {out}"
+        );
+        // As GET's would be (RFC 9110 §9.3.2).
+        assert!(out.contains("content-length: 20"), "{version}: {out}");
+        let (code, out) = curl_head(&server, version, "/nope").await;
+        assert_eq!(code, 0, "{version}: {out}");
+        assert!(
+            out.lines().next().unwrap().contains(" 404"),
+            "{version}: {out}"
+        );
+        assert!(out.contains("content-type: text/plain"), "{version}: {out}");
+    }
+
+    // hyper's HTTP/2 client: the stream ends after the headers, not in a reset.
+    let ca = server.local_ca();
+    let h2 = client_config(std::slice::from_ref(&ca), rustls::ALL_VERSIONS, &[b"h2"]);
+    let stream = tls_connect(server.main, "localhost", h2).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for (path, status) in [("/health", 200), ("/nope", 404), ("/health", 200)] {
+        let head = http::Request::head(format!("https://localhost{path}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(head).await.unwrap();
+        assert_eq!(response.status(), status, "{path}");
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert!(body.is_empty(), "{path}: {body:?}");
+    }
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn security_headers_on_every_https_response_and_configurable() {
     let dir = tempfile::tempdir().unwrap();

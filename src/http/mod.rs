@@ -33,6 +33,28 @@ pub fn text_response(status: http::StatusCode, text: &str) -> Response {
     response
 }
 
+/// A response to `HEAD`: the headers GET would get, no body. hyper's HTTP/1 server drops a
+/// HEAD body itself, but its HTTP/2 server sends it as DATA, which clients take as a protocol
+/// error (RFC 9113 §8.1.1) and reset the stream over.
+pub fn without_body_for_head(response: Response) -> Response {
+    use http_body::Body as _;
+    if response.body().is_end_stream() {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let status = parts.status;
+    let has_length = !(status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED);
+    if let (true, Some(length)) = (has_length, body.size_hint().exact()) {
+        parts
+            .headers
+            .entry(http::header::CONTENT_LENGTH)
+            .or_insert_with(|| http::HeaderValue::from(length));
+    }
+    hyper::Response::from_parts(parts, full(Bytes::new()))
+}
+
 /// The host of a request's authority: `:authority` (HTTP/2, absolute-form URIs), else the
 /// `Host` header; lower case, without port, IPv6 in brackets. `None` if absent or malformed.
 pub fn authority_host<B>(request: &http::Request<B>) -> Option<String> {
