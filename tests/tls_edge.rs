@@ -185,6 +185,148 @@ async fn tls13_only_refuses_tls12_and_hybrid_pq_is_negotiated() {
     server.stop().await;
 }
 
+/// A ClientHello record for `localhost` offering ECDHE AES-GCM suites (and TLS_FALLBACK_SCSV,
+/// 0x5600, if `fallback`), with `versions` in supported_versions if any (and a TLS 1.3 suite
+/// if 1.3 is among them).
+fn client_hello(fallback: bool, versions: &[u16]) -> Vec<u8> {
+    fn vec16(body: &[u8]) -> Vec<u8> {
+        let mut out = (body.len() as u16).to_be_bytes().to_vec();
+        out.extend_from_slice(body);
+        out
+    }
+    fn extension(kind: u16, body: &[u8]) -> Vec<u8> {
+        let mut out = kind.to_be_bytes().to_vec();
+        out.extend(vec16(body));
+        out
+    }
+    let mut suites: Vec<u16> = vec![0xc02b, 0xc02f, 0xc02c, 0xc030];
+    if versions.contains(&0x0304) {
+        suites.insert(0, 0x1301); // TLS_AES_128_GCM_SHA256
+    }
+    if fallback {
+        suites.push(0x5600);
+    }
+    let suites: Vec<u8> = suites.iter().flat_map(|s| s.to_be_bytes()).collect();
+    let mut sni = vec![0u8];
+    sni.extend(vec16(b"localhost"));
+    let mut extensions = extension(0, &vec16(&sni));
+    extensions.extend(extension(10, &vec16(&[0x00, 0x1d, 0x00, 0x17]))); // x25519, P-256
+    extensions.extend(extension(11, &[1, 0])); // uncompressed points
+    extensions.extend(extension(13, &vec16(&[0x04, 0x03, 0x08, 0x04, 0x04, 0x01])));
+    extensions.extend(extension(23, &[])); // extended master secret
+    extensions.extend(extension(0xff01, &[0])); // renegotiation_info
+    if !versions.is_empty() {
+        let mut list = vec![(versions.len() * 2) as u8];
+        list.extend(versions.iter().flat_map(|v| v.to_be_bytes()));
+        extensions.extend(extension(43, &list));
+        // No shares: a TLS 1.3 server asks for one (HelloRetryRequest, a ServerHello too).
+        extensions.extend(extension(51, &vec16(&[])));
+    }
+    let mut hello = vec![0x03, 0x03];
+    hello.extend([7u8; 32]); // random
+    hello.push(0); // no session id
+    hello.extend(vec16(&suites));
+    hello.extend([1, 0]); // null compression
+    hello.extend(vec16(&extensions));
+    let mut handshake = vec![1u8];
+    handshake.extend(&(hello.len() as u32).to_be_bytes()[1..]);
+    handshake.extend(hello);
+    let mut record = vec![22u8, 0x03, 0x01];
+    record.extend(vec16(&handshake));
+    record
+}
+
+/// Sends `hello` and returns the first record's type and its first two bytes.
+async fn first_answer(server: &TestServer, hello: &[u8]) -> (u8, [u8; 2]) {
+    let mut tcp = tokio::net::TcpStream::connect(server.main).await.unwrap();
+    tcp.write_all(hello).await.unwrap();
+    let mut head = [0u8; 7];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut head))
+        .await
+        .expect("an answer within 5 s")
+        .expect("an answer of at least 7 bytes");
+    (head[0], [head[5], head[6]])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls12_fallback_hello_gets_inappropriate_fallback_and_sslscan_sees_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start("", dir.path()).await.unwrap();
+    // RFC 7507: the server speaks TLS 1.3, so a 1.2 hello with the SCSV is a downgrade.
+    // Alert record: type 21, level 2 (fatal), description 86 (inappropriate_fallback).
+    let alert = (21, [2, 86]);
+    assert_eq!(first_answer(&server, &client_hello(true, &[])).await, alert);
+    let listed = client_hello(true, &[0x0303]);
+    assert_eq!(first_answer(&server, &listed).await, alert);
+    // Without the SCSV, or offering TLS 1.3 too: a ServerHello (handshake record, type 2).
+    for hello in [
+        client_hello(false, &[]),
+        client_hello(true, &[0x0304, 0x0303]),
+    ] {
+        let (record, [kind, detail]) = first_answer(&server, &hello).await;
+        assert_eq!((record, kind), (22, 2), "{detail}");
+    }
+
+    let connect = server.main.to_string();
+    let (ok, out) = openssl_async(
+        [
+            "s_client",
+            "-connect",
+            &connect,
+            "-servername",
+            "localhost",
+            "-tls1_2",
+            "-fallback_scsv",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert!(!ok, "{out}");
+    // The server's alert, not OpenSSL's own downgrade check of the ServerHello random.
+    assert!(out.contains("alert inappropriate fallback"), "{out}");
+    assert!(out.contains("alert number 86"), "{out}");
+    // A real TLS 1.2 client without the SCSV still connects.
+    let ca = server.local_ca();
+    let tls12 = client_config(std::slice::from_ref(&ca), &[&rustls::version::TLS12], &[]);
+    assert!(tls_connect(server.main, "localhost", tls12).await.is_ok());
+
+    let output = tokio::process::Command::new("sslscan")
+        .args([
+            "--no-colour",
+            "--no-heartbleed",
+            "--no-renegotiation",
+            "--no-compression",
+            "--no-ciphersuites",
+            "--no-groups",
+            "--no-check-certificate",
+            "--sni-name=localhost",
+        ])
+        .arg(&connect)
+        .output()
+        .await
+        .expect("sslscan is installed by scripts/test.sh");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        report.contains("Server supports TLS Fallback SCSV"),
+        "{report}"
+    );
+
+    let admin = server.admin.unwrap();
+    let metrics = http_get(admin, "127.0.0.1", "/metrics").await.body;
+    let counted = metrics.lines().find(|l| {
+        l.starts_with("tlsgate_tls_handshake_failures_total")
+            && l.contains("reason=\"inappropriate_fallback\"")
+    });
+    // Two hand-built hellos, openssl, and sslscan's probe (at least one).
+    let count: f64 = counted
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0);
+    assert!(count >= 3.0, "{metrics}");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configured_tls13_suite_list_is_what_gets_negotiated() {
     let dir = tempfile::tempdir().unwrap();

@@ -363,6 +363,12 @@ pub fn failure_reason(error: &std::io::Error) -> &'static str {
         {
             "plain_http"
         }
+        None if error
+            .get_ref()
+            .is_some_and(|inner| inner.is::<crate::tls::stream::InappropriateFallback>()) =>
+        {
+            "inappropriate_fallback"
+        }
         None => match error.kind() {
             std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
                 "closed_by_client"

@@ -619,6 +619,13 @@ async fn serve_main(
             (Some(acme), true) => acme.clone(),
             _ => tls.config.load().for_suites(&hello.cipher_suites),
         };
+        if hello.is_inappropriate_fallback(&config) {
+            tls::stream::refuse_fallback(&mut stream, &hello).await;
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                tls::stream::InappropriateFallback,
+            ));
+        }
         TlsServerStream::accept(stream, received, config, hello.server_name).await
     };
     let started = std::time::Instant::now();
