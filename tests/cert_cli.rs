@@ -191,6 +191,13 @@ fn private_ca_chains_verify_in_openssl_with_correct_extensions() {
         ],
     );
     assert_eq!(code, 0, "{err}");
+    // The files served from hold the leaf only: never the CA, a trust anchor clients have.
+    for file in ["api.internal.crt", "api.internal.pem"] {
+        let certs = read_certs(&dir.path().join(file));
+        assert_eq!(certs.len(), 1, "{file}");
+        let info = tlsgate::certs::CertInfo::parse(&certs[0]).unwrap();
+        assert!(!info.is_ca && !info.self_issued, "{file}");
+    }
     let (_, text) = openssl(&[
         "x509",
         "-in",
@@ -536,7 +543,8 @@ async fn inspect_files_and_live_servers_and_chain_order() {
     assert!(theirs.contains(&ours), "{ours} vs {theirs}");
     assert_eq!(report["chain_in_order"], true);
 
-    // A live server: the chain it sends.
+    // A live server: the chain it sends. site.crt ends in the CA, a trust anchor, which the
+    // server leaves out: the leaf alone.
     let yaml = "tls:\n  certificates:\n    - cert_file: site.crt\n      key_file: site.key\n";
     let server = TestServer::start(yaml, dir.path()).await.unwrap();
     let url = format!("https://127.0.0.1:{}", server.main.port());
@@ -546,7 +554,7 @@ async fn inspect_files_and_live_servers_and_chain_order() {
         .unwrap();
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("site.test") && out.contains("Chain order: OK"),
+        out.contains("site.test") && out.contains("Certificate 1 of 1: leaf"),
         "{out}"
     );
     server.stop().await;

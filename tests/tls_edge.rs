@@ -88,6 +88,79 @@ async fn generated_certificates_pass_openssl_verify() {
     server.stop().await;
 }
 
+/// The certificates `openssl s_client -showcerts` receives from `addr` for `localhost`.
+async fn showcerts(addr: std::net::SocketAddr) -> (usize, String) {
+    let (_, out) = openssl_async(
+        [
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            "localhost",
+            "-showcerts",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    (out.matches("-----BEGIN CERTIFICATE-----").count(), out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trust_anchor_is_never_served_nor_written_into_fullchain() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start("", dir.path()).await.unwrap();
+    let (count, out) = showcerts(server.main).await;
+    assert_eq!(count, 1, "only the leaf: {out}");
+    assert!(out.contains(" 0 s:CN") && !out.contains(" 1 s:"), "{out}");
+    let live = server.data_dir.join("live/localhost");
+    assert_eq!(read_certs(&live.join("fullchain.pem")).len(), 1);
+    let chain = std::fs::read_to_string(live.join("chain.pem")).unwrap();
+    assert!(
+        !chain.contains("BEGIN CERTIFICATE"),
+        "no intermediates: {chain}"
+    );
+    server.stop().await;
+
+    // A data folder from an older version, whose fullchain.pem ends in the root: the leaf is
+    // kept (it is still good), and the root is not sent.
+    let root = std::fs::read_to_string(dir.path().join("data/ca/root.crt")).unwrap();
+    let leaf = std::fs::read_to_string(live.join("cert.pem")).unwrap();
+    std::fs::write(live.join("fullchain.pem"), format!("{leaf}{root}")).unwrap();
+    std::fs::write(live.join("chain.pem"), &root).unwrap();
+    let server = TestServer::start("", dir.path()).await.unwrap();
+    let (count, out) = showcerts(server.main).await;
+    assert_eq!(count, 1, "only the leaf: {out}");
+    let stream = tls_connect(
+        server.main,
+        "localhost",
+        default_client(&[server.local_ca()]),
+    )
+    .await
+    .unwrap();
+    let served = served_leaf(&stream);
+    let on_disk = tlsgate::certs::CertInfo::parse(&read_certs(&live.join("cert.pem"))[0]).unwrap();
+    assert_eq!(served.serial, on_disk.serial, "the leaf was not re-issued");
+    server.stop().await;
+
+    // A configured file of leaf + root (as the fixtures write them): the root is not sent.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = fixture_ca(dir.path());
+    fixture_cert(
+        &ca,
+        dir.path(),
+        "site",
+        &["localhost"],
+        KeyAlgorithm::EcdsaP256,
+    );
+    assert_eq!(read_certs(&dir.path().join("site.crt")).len(), 2);
+    let yaml = "tls:\n  certificates:\n    - cert_file: site.crt\n      key_file: site.key\n";
+    let server = TestServer::start(yaml, dir.path()).await.unwrap();
+    let (count, out) = showcerts(server.main).await;
+    assert_eq!(count, 1, "only the leaf: {out}");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_1_1_and_cbc_only_clients_are_refused_by_openssl() {
     let dir = tempfile::tempdir().unwrap();
