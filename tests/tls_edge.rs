@@ -765,6 +765,62 @@ async fn security_headers_on_every_https_response_and_configurable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn built_in_answers_carry_a_csp_that_allows_nothing() {
+    const CSP: &str = "default-src 'none'; frame-ancestors 'none'";
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start("", dir.path()).await.unwrap();
+    let ca = server.local_ca();
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let client = client_config(std::slice::from_ref(&ca), rustls::ALL_VERSIONS, &[alpn]);
+        for (path, status) in [("/health", 200), ("/nope", 404)] {
+            let response = https_get(server.main, "localhost", client.clone(), path).await;
+            assert_eq!(response.status, status, "{path}");
+            assert_eq!(response.headers["content-security-policy"], CSP, "{path}");
+        }
+    }
+    // 421: the Host is not the name the connection was opened for.
+    let stream = tls_connect(
+        server.main,
+        "localhost",
+        default_client(std::slice::from_ref(&ca)),
+    )
+    .await
+    .unwrap();
+    let response = request_on(stream, false, "127.0.0.1", "/health").await;
+    assert_eq!(response.status, 421);
+    assert_eq!(response.headers["content-security-policy"], CSP);
+    // The redirect's body, on the plain-HTTP listener.
+    let response = http_get(server.http.unwrap(), "localhost", "/x").await;
+    assert_eq!(response.status, 301);
+    assert_eq!(response.headers["content-security-policy"], CSP);
+    // The answer to plain HTTP sent to the TLS port.
+    let mut plain = tokio::net::TcpStream::connect(server.main).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(
+        answer.contains(&format!("content-security-policy: {CSP}\r\n")),
+        "{answer}"
+    );
+    // curl agrees, over HTTP/2.
+    let (code, out) = curl_head(&server, "--http2", "/health").await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("content-security-policy: {CSP}")),
+        "{out}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_listener_redirects_exactly_and_never_sends_hsts() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start("", dir.path()).await.unwrap();

@@ -22,15 +22,34 @@ pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
         .boxed()
 }
 
-/// A short plain-text response.
-pub fn text_response(status: http::StatusCode, text: &str) -> Response {
-    let mut response = hyper::Response::new(full(format!("{text}\n")));
+/// The Content-Security-Policy of tlsgate's own answers (health, errors, the redirect): they
+/// are not pages, so nothing may load in them or frame them. A configured policy replaces it
+/// (see `SecurityHeaders::apply`); proxied responses never get this one.
+pub const BUILTIN_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
+
+/// An answer tlsgate makes itself: every one is built here, so each carries [`BUILTIN_CSP`].
+pub fn builtin_response(
+    status: http::StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response {
+    let mut response = hyper::Response::new(full(body));
     *response.status_mut() = status;
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        http::HeaderValue::from_static(content_type),
+    );
+    headers.insert(
+        http::header::CONTENT_SECURITY_POLICY,
+        http::HeaderValue::from_static(BUILTIN_CSP),
     );
     response
+}
+
+/// A short plain-text response.
+pub fn text_response(status: http::StatusCode, text: &str) -> Response {
+    builtin_response(status, "text/plain; charset=utf-8", format!("{text}\n"))
 }
 
 /// A response to `HEAD`: the headers GET would get, no body. hyper's HTTP/1 server drops a

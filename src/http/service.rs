@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::error::HttpError;
-use super::{full, websocket, Response};
+use super::{builtin_response, full, websocket, Response};
 
 /// The connection's place under `max_connections`, attached to each request; whoever holds
 /// a clone keeps the place taken (an upgraded WebSocket outlives its HTTP connection).
@@ -56,10 +56,10 @@ fn health(method: &Method) -> Response {
     if method != Method::GET && method != Method::HEAD {
         return HttpError::MethodNotAllowed.into_response();
     }
-    let mut response = hyper::Response::new(full(&b"{\"status\":\"healthy\"}"[..]));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
+    let mut response = builtin_response(
+        StatusCode::OK,
+        "application/json",
+        &b"{\"status\":\"healthy\"}"[..],
     );
     response
         .headers_mut()

@@ -154,9 +154,11 @@ fn may_become_plain_http(received: &[u8]) -> bool {
 }
 
 /// The answer to a plain-HTTP request on the TLS port, as nginx (497) and Go servers give one,
-/// instead of a TLS alert the client's HTTP parser cannot read.
+/// instead of a TLS alert the client's HTTP parser cannot read. Its policy is
+/// `crate::http::BUILTIN_CSP`, written out (a unit test keeps the two equal).
 const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
 content-type: text/plain; charset=utf-8\r\n\
+content-security-policy: default-src 'none'; frame-ancestors 'none'\r\n\
 content-length: 80\r\n\
 connection: close\r\n\r\n\
 This port speaks HTTPS and was sent a plain HTTP request: use https:// instead.\n";
@@ -985,6 +987,8 @@ mod tests {
             head.contains(&format!("content-length: {}", body.len())),
             "{answer}"
         );
+        let csp = format!("content-security-policy: {}\r\n", crate::http::BUILTIN_CSP);
+        assert!(answer.contains(&csp), "{answer}");
         // A handshake record that is not a ClientHello (a ServerHello, type 2).
         assert!(matches!(
             client_hello_message(&[22, 3, 3, 0, 4, 2, 0, 0, 0]),
