@@ -438,10 +438,12 @@ pub fn store(
     chain_pem: &str,
     key_pem: &str,
 ) -> Result<LivePaths, AcmeError> {
-    let chain = crate::certs::pem::certificates_from_bytes(
-        chain_pem.as_bytes(),
-        Path::new("ACME response"),
-    )?;
+    // A CA may append its root (an alternate chain can); clients hold it already.
+    let chain =
+        crate::certs::inspect::without_trust_anchor(crate::certs::pem::certificates_from_bytes(
+            chain_pem.as_bytes(),
+            Path::new("ACME response"),
+        )?);
     let Some((leaf, rest)) = chain.split_first() else {
         return Err(AcmeError::Other(
             "the CA sent an empty certificate chain".into(),
@@ -465,6 +467,22 @@ pub fn store(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_root_the_ca_appends_is_not_stored() {
+        use crate::certs::generate::{CertificateAuthority, KeyAlgorithm, Usage};
+        let dir = tempfile::tempdir().unwrap();
+        let day = std::time::Duration::from_secs(86_400);
+        let ca = CertificateAuthority::new("root", day, KeyAlgorithm::EcdsaP256).unwrap();
+        let names = vec!["app.test".to_owned()];
+        let issued = ca
+            .issue(&names, day, KeyAlgorithm::EcdsaP256, Usage::Server)
+            .unwrap();
+        let sent = format!("{}{}", issued.cert_pem, ca.cert_pem);
+        let live = store(dir.path(), &names, &sent, &issued.key_pem).unwrap();
+        assert_eq!(read_certificates(&live.fullchain).unwrap(), [issued.der]);
+        assert_eq!(std::fs::read_to_string(&live.chain).unwrap(), "");
+    }
 
     #[test]
     fn alpn_names_for_ip_identifiers_are_reverse_dns() {

@@ -206,6 +206,27 @@ pub fn chain_in_order(chain: &[CertInfo]) -> bool {
         .all(|pair| pair[0].issuer == pair[1].subject)
 }
 
+/// Whether `der` is a self-signed certificate (issuer = subject, signed by its own key): a
+/// trust anchor. A self-issued certificate signed by another key (a root's key rollover) is
+/// not one.
+pub fn is_self_signed(der: &CertificateDer<'_>) -> bool {
+    X509Certificate::from_der(der).is_ok_and(|(_, cert)| {
+        cert.subject() == cert.issuer() && cert.verify_signature(None).is_ok()
+    })
+}
+
+/// `chain` without the self-signed certificates at its end. A client must already hold its
+/// trust anchor, so sending it only costs bytes (RFC 8446 §4.4.2, RFC 5246 §7.4.2). The first
+/// certificate always stays: a self-signed leaf is the whole chain.
+pub fn without_trust_anchor(
+    mut chain: Vec<CertificateDer<'static>>,
+) -> Vec<CertificateDer<'static>> {
+    while chain.len() > 1 && chain.last().is_some_and(is_self_signed) {
+        chain.pop();
+    }
+    chain
+}
+
 /// Now, in Unix seconds.
 pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
@@ -259,5 +280,46 @@ mod tests {
         assert!(!cert.covers("example.org"));
         assert!(cert.covers("127.0.0.1"));
         assert!(!cert.covers("::1"));
+    }
+
+    #[test]
+    fn only_a_self_signed_tail_is_dropped_from_a_chain() {
+        use crate::certs::generate::{self, CertificateAuthority, KeyAlgorithm, Usage};
+        let day = std::time::Duration::from_secs(86_400);
+        let names = vec!["app.test".to_owned()];
+        let ca = CertificateAuthority::new("root", day, KeyAlgorithm::EcdsaP256).unwrap();
+        let leaf = ca
+            .issue(&names, day, KeyAlgorithm::EcdsaP256, Usage::Server)
+            .unwrap()
+            .der;
+        let root = ca.cert_der.clone();
+        assert!(is_self_signed(&root) && !is_self_signed(&leaf));
+        let only_leaf = vec![leaf.clone()];
+        assert_eq!(
+            without_trust_anchor(vec![leaf.clone(), root.clone()]),
+            only_leaf
+        );
+        assert_eq!(without_trust_anchor(only_leaf.clone()), only_leaf);
+        // A self-signed leaf is the whole chain; it stays.
+        let alone = generate::self_signed(&names, day, KeyAlgorithm::EcdsaP256)
+            .unwrap()
+            .der;
+        assert!(is_self_signed(&alone));
+        assert_eq!(without_trust_anchor(vec![alone.clone()]), [alone]);
+        // Issuer = subject, but signed by the CA's key, not its own: not an anchor.
+        let named = vec!["root".to_owned()];
+        let self_issued = ca
+            .issue(&named, day, KeyAlgorithm::EcdsaP256, Usage::Server)
+            .unwrap()
+            .der;
+        let info = CertInfo::parse(&self_issued).unwrap();
+        assert!(
+            info.self_issued && !is_self_signed(&self_issued),
+            "{info:?}"
+        );
+        assert_eq!(
+            without_trust_anchor(vec![leaf.clone(), self_issued.clone()]).len(),
+            2
+        );
     }
 }

@@ -89,10 +89,11 @@ pub fn ensure(data_dir: &Path) -> Result<LocalCertificate, CertError> {
                 KeyAlgorithm::EcdsaP256,
                 Usage::Server,
             )?;
+            // No intermediates: the CA is the trust anchor, which is never sent.
             live.store(
                 data_dir,
                 &issued.cert_pem,
-                &ca.cert_pem,
+                "",
                 &issued.key_pem,
                 previous_serial.as_deref(),
             )?;

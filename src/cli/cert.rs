@@ -2,7 +2,6 @@
 //! work is in [`crate::certs`]; this file parses arguments and prints results.
 
 use std::io::{IsTerminal, Write};
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -14,7 +13,7 @@ use crate::certs::expiry::{self, Entry};
 use crate::certs::generate::{self, CertificateAuthority, IssuedCertificate, KeyAlgorithm, Usage};
 use crate::certs::inspect::{chain_in_order, format_time, unix_now};
 use crate::certs::pem::{encode_certificates, read_certificates, read_private_key};
-use crate::certs::store::{write_files, write_new, PRIVATE_DIR_MODE, PUBLIC_MODE, SECRET_MODE};
+use crate::certs::store::{ensure_private_dir, write_files, write_new, PUBLIC_MODE, SECRET_MODE};
 use crate::certs::trust::{self, SystemStore};
 use crate::certs::{bundle, remote, verify, CertInfo};
 use crate::config::{normalize_dns_name, validate_path_component};
@@ -60,7 +59,7 @@ pub enum CertCommand {
     Bundle(BundleArgs),
     /// Write a kubernetes.io/tls Secret manifest (as `kubectl create secret tls`).
     #[command(
-        after_help = "Example:\n  tlsgate cert k8s-secret api-tls-secret --cert fullchain.pem --key privkey.pem --namespace analytics --out - | kubectl apply -f -\n\nExit codes: 0 written, 2 bad input"
+        after_help = "Example:\n  tlsgate cert k8s-secret api-tls-secret --cert fullchain.pem --key privkey.pem --namespace analytics | kubectl apply -f -\n  tlsgate cert k8s-secret api-tls-secret --cert fullchain.pem --key privkey.pem --out secret.yaml\n\nExit codes: 0 written, 2 bad input"
     )]
     K8sSecret(K8sSecretArgs),
     /// Trust a CA (default: the local development CA) in the system store and browsers' NSS
@@ -99,7 +98,7 @@ pub struct KeyArg {
 
 #[derive(Debug, Args)]
 pub struct OutputArgs {
-    /// Folder to write into (must exist).
+    /// Folder to write into (created mode 0700, with parents, if missing).
     #[arg(long, default_value = ".", value_name = "DIR")]
     out: PathBuf,
     /// Replace existing files.
@@ -238,9 +237,10 @@ pub struct K8sSecretArgs {
     key: PathBuf,
     #[arg(long)]
     namespace: Option<String>,
-    /// File to write (0600), or `-` for standard output (e.g. to pipe into kubectl apply).
+    /// File to write (0600). Without it, or with `-`, the manifest goes to standard output
+    /// (e.g. to pipe into kubectl apply), as `kubectl create secret tls … -o yaml` prints it.
     #[arg(long)]
-    out: PathBuf,
+    out: Option<PathBuf>,
     #[arg(long)]
     force: bool,
 }
@@ -348,6 +348,13 @@ fn existing_dir(dir: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The `--out` folder, created with its parents (mode 0700: keys go there) if missing. An
+/// existing folder is left as it is.
+fn out_dir(dir: &Path) -> Result<(), Failure> {
+    ensure_private_dir(dir)?;
+    existing_dir(dir)
+}
+
 /// Writes several files as one unit (see [`write_files`]).
 fn write_all(files: &[(PathBuf, &str, u32)], force: bool) -> Result<(), Failure> {
     let files: Vec<(PathBuf, &[u8], u32)> = files
@@ -453,10 +460,10 @@ fn write_issued(
 fn self_signed(args: SelfSignedArgs) -> Outcome {
     let names = checked_names(&args.names)?;
     let lifetime = checked_days(args.days)?;
-    existing_dir(&args.output.out)?;
     let stem = file_stem(&names[0])?;
     let issued = generate::self_signed(&names, lifetime, args.key.algorithm)?;
     let info = CertInfo::parse(&issued.der)?;
+    out_dir(&args.output.out)?;
     let files = write_issued(
         issued_files(&args.output.out, &stem, &issued, ""),
         args.output.force,
@@ -483,13 +490,7 @@ fn ca_init(args: CaInitArgs) -> Outcome {
     if args.name.trim().is_empty() {
         return Err(Failure("--name must not be empty".into()));
     }
-    if !args.out.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(PRIVATE_DIR_MODE)
-            .create(&args.out)
-            .map_err(|e| Failure(format!("{}: {e}", args.out.display())))?;
-    }
+    out_dir(&args.out)?;
     let ca = CertificateAuthority::new_constrained(
         &args.name,
         lifetime,
@@ -549,7 +550,6 @@ fn ca_issue(args: CaIssueArgs) -> Outcome {
     // A client certificate names a user or service, still as a valid DNS-style SAN.
     let names = checked_names(&args.names)?;
     let lifetime = checked_days(args.days)?;
-    existing_dir(&args.output.out)?;
     let ca = load_ca_dir(&args.ca)?;
     let usage = if args.client {
         Usage::Client
@@ -559,6 +559,7 @@ fn ca_issue(args: CaIssueArgs) -> Outcome {
     let issued = ca.issue(&names, lifetime, args.key.algorithm, usage)?;
     let info = CertInfo::parse(&issued.der)?;
     let stem = file_stem(&names[0])?;
+    out_dir(&args.output.out)?;
     let files = write_issued(
         issued_files(&args.output.out, &stem, &issued, ""),
         args.output.force,
@@ -573,9 +574,9 @@ fn ca_issue(args: CaIssueArgs) -> Outcome {
 
 fn csr(args: CsrArgs) -> Outcome {
     let names = checked_names(&args.names)?;
-    existing_dir(&args.output.out)?;
     let stem = file_stem(&names[0])?;
     let (csr_pem, key_pem) = generate::csr(&names, args.key.algorithm)?;
+    out_dir(&args.output.out)?;
     let key_path = args.output.out.join(format!("{stem}.key"));
     let csr_path = args.output.out.join(format!("{stem}.csr"));
     write_all(
@@ -865,15 +866,16 @@ fn k8s_secret(args: K8sSecretArgs) -> Outcome {
     }
     let manifest =
         bundle::k8s_secret(&args.name, args.namespace.as_deref(), &args.cert, &args.key)?;
-    if args.out.as_os_str() == "-" {
-        print!("{manifest}");
-    } else {
-        write_new(&args.out, manifest.as_bytes(), SECRET_MODE, args.force)?;
-        eprintln!(
-            "Wrote {} (kubernetes.io/tls Secret `{}`; mode 0600)",
-            args.out.display(),
-            args.name
-        );
+    match args.out.filter(|out| out.as_os_str() != "-") {
+        None => print!("{manifest}"),
+        Some(out) => {
+            write_new(&out, manifest.as_bytes(), SECRET_MODE, args.force)?;
+            eprintln!(
+                "Wrote {} (kubernetes.io/tls Secret `{}`; mode 0600)",
+                out.display(),
+                args.name
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -24,15 +24,56 @@ pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
         .boxed()
 }
 
-/// A short plain-text response.
-pub fn text_response(status: http::StatusCode, text: &str) -> Response {
-    let mut response = hyper::Response::new(full(format!("{text}\n")));
+/// The Content-Security-Policy of tlsgate's own answers (health, errors, the redirect): they
+/// are not pages, so nothing may load in them or frame them. A configured policy replaces it
+/// (see `SecurityHeaders::apply`); proxied responses never get this one.
+pub const BUILTIN_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
+
+/// An answer tlsgate makes itself: every one is built here, so each carries [`BUILTIN_CSP`].
+pub fn builtin_response(
+    status: http::StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response {
+    let mut response = hyper::Response::new(full(body));
     *response.status_mut() = status;
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        http::HeaderValue::from_static(content_type),
+    );
+    headers.insert(
+        http::header::CONTENT_SECURITY_POLICY,
+        http::HeaderValue::from_static(BUILTIN_CSP),
     );
     response
+}
+
+/// A short plain-text response.
+pub fn text_response(status: http::StatusCode, text: &str) -> Response {
+    builtin_response(status, "text/plain; charset=utf-8", format!("{text}\n"))
+}
+
+/// A response to `HEAD`: the headers GET would get, no body. hyper's HTTP/1 server drops a
+/// HEAD body itself, but its HTTP/2 server sends it as DATA, which clients take as a protocol
+/// error (RFC 9113 §8.1.1) and reset the stream over.
+pub fn without_body_for_head(response: Response) -> Response {
+    use http_body::Body as _;
+    if response.body().is_end_stream() {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let status = parts.status;
+    let has_length = !(status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED);
+    if let (true, Some(length)) = (has_length, body.size_hint().exact()) {
+        parts
+            .headers
+            .entry(http::header::CONTENT_LENGTH)
+            .or_insert_with(|| http::HeaderValue::from(length));
+    }
+    hyper::Response::from_parts(parts, full(Bytes::new()))
 }
 
 /// The host of a request's authority: `:authority` (HTTP/2, absolute-form URIs), else the

@@ -9,7 +9,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::http::context::ConnectionSlot;
 use crate::http::error::HttpError;
-use crate::http::{full, websocket, Response};
+use crate::http::{builtin_response, full, websocket, Response};
 
 /// What the echo endpoint needs, built once per configuration.
 #[derive(Debug, Clone)]
@@ -24,10 +24,10 @@ pub fn health(method: &Method) -> Result<Response, HttpError> {
     if method != Method::GET && method != Method::HEAD {
         return Err(HttpError::MethodNotAllowed);
     }
-    let mut response = hyper::Response::new(full(&b"{\"status\":\"healthy\"}"[..]));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
+    let mut response = builtin_response(
+        StatusCode::OK,
+        "application/json",
+        &b"{\"status\":\"healthy\"}"[..],
     );
     response
         .headers_mut()

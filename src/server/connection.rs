@@ -205,11 +205,15 @@ pub(super) async fn serve_http<I, H, F>(
         let in_flight = request_activity.request();
         request.extensions_mut().insert(slot.clone());
         request.extensions_mut().insert(info.clone());
+        let head = request.method() == hyper::Method::HEAD;
         let response = handler(request);
         async move {
             let response = response.await;
             drop(in_flight);
-            response
+            match response {
+                Ok(response) if head => Ok(crate::http::without_body_for_head(response)),
+                other => other,
+            }
         }
     });
     // HTTP/2 clients may exchange control frames while idle; the request-head deadline is

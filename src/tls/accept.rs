@@ -32,6 +32,10 @@ pub enum HandshakeFailure {
     Timeout(Duration),
     #[error("plain HTTP request on the TLS port (answered with a 400)")]
     PlainHttp,
+    /// A client that fell back below the best version both sides speak, saying so with
+    /// `TLS_FALLBACK_SCSV` (RFC 7507): answered with the `inappropriate_fallback` alert.
+    #[error("downgraded ClientHello with TLS_FALLBACK_SCSV (refused: inappropriate_fallback)")]
+    InappropriateFallback,
     /// Only possible with no default certificate: e.g. ACME certificates still on order.
     #[error("no certificate for {}", name.as_deref().unwrap_or("clients without SNI"))]
     NoCertificate { name: Option<String> },
@@ -48,6 +52,7 @@ impl HandshakeFailure {
         match self {
             Self::Timeout(_) => "timeout",
             Self::PlainHttp => "plain_http",
+            Self::InappropriateFallback => "inappropriate_fallback",
             Self::NoCertificate { .. } => "no_certificate",
             Self::Tls(error) => match error {
                 Error::PeerIncompatible(PeerIncompatible::NoCipherSuitesInCommon) => {
@@ -157,6 +162,10 @@ impl TlsEdge {
             (Some(acme), true) => acme.clone(),
             _ => self.configs.load().for_suites(&hello.cipher_suites),
         };
+        if hello.is_inappropriate_fallback(&config) {
+            stream::refuse_fallback(&mut tcp, &hello).await;
+            return Err(HandshakeFailure::InappropriateFallback);
+        }
         let name = hello.server_name;
         let covered = wants_acme || self.resolver.covers(name.as_deref());
         TlsServerStream::accept(tcp, received, config, name.clone())
@@ -187,6 +196,10 @@ mod tests {
         assert!(matches!(wrapped, HandshakeFailure::Tls(_)));
         assert_eq!(wrapped.reason(), "no_shared_cipher");
         assert_eq!(HandshakeFailure::PlainHttp.reason(), "plain_http");
+        assert_eq!(
+            HandshakeFailure::InappropriateFallback.reason(),
+            "inappropriate_fallback"
+        );
         assert_eq!(
             HandshakeFailure::Timeout(Duration::from_secs(1)).reason(),
             "timeout"

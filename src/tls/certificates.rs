@@ -9,7 +9,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
 
 use super::{CertTable, TlsError};
-use crate::certs::inspect::{format_time, unix_now};
+use crate::certs::inspect::{format_time, unix_now, without_trust_anchor};
 use crate::certs::local_ca::{self, LocalCertificate};
 use crate::certs::pem::{read_certificates, read_private_key};
 use crate::certs::CertInfo;
@@ -152,7 +152,8 @@ fn load_one(
         origin: entry.origin.clone(),
         source,
     };
-    let chain = read_certificates(cert_path).map_err(wrap)?;
+    // Files written by older versions (and some operators' bundles) end in the root.
+    let chain = without_trust_anchor(read_certificates(cert_path).map_err(wrap)?);
     let key_der = read_private_key(key_path).map_err(wrap)?;
     let signing_key = provider
         .key_provider

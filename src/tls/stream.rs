@@ -53,6 +53,46 @@ pub struct ClientHelloSummary {
     pub server_name: Option<String>,
     pub alpn: Vec<Vec<u8>>,
     pub cipher_suites: Vec<rustls::CipherSuite>,
+    /// The highest version offered: supported_versions' highest if present (RFC 8446 §4.2.1
+    /// says to ignore legacy_version then), else legacy_version.
+    pub highest_version: u16,
+}
+
+/// TLS_FALLBACK_SCSV (RFC 7507): a client retrying with a lower version than it could speak.
+const TLS_FALLBACK_SCSV: u16 = 0x5600;
+const TLS13: u16 = 0x0304;
+
+impl ClientHelloSummary {
+    /// Whether this is a downgraded retry the server must refuse (RFC 7507 §3): the hello
+    /// carries TLS_FALLBACK_SCSV and offers less than the best `config` speaks. rustls leaves
+    /// this to the TLS 1.3 downgrade sentinel, which only clients that know 1.3 check.
+    pub fn is_inappropriate_fallback(&self, config: &ServerConfig) -> bool {
+        let scsv = self
+            .cipher_suites
+            .iter()
+            .any(|s| u16::from(*s) == TLS_FALLBACK_SCSV);
+        let server_highest = if config
+            .crypto_provider()
+            .cipher_suites
+            .iter()
+            .any(|s| s.version().version == rustls::ProtocolVersion::TLSv1_3)
+        {
+            TLS13
+        } else {
+            0x0303
+        };
+        scsv && self.highest_version < server_highest
+    }
+}
+
+/// Sends a fatal `inappropriate_fallback` alert (RFC 7507 §2, description 86) and closes,
+/// best effort. The record carries the client's version, as far as TLS 1.2, since no version
+/// was agreed.
+pub async fn refuse_fallback(tcp: &mut TcpStream, hello: &ClientHelloSummary) {
+    use tokio::io::AsyncWriteExt;
+    let [major, minor] = hello.highest_version.clamp(0x0301, 0x0303).to_be_bytes();
+    let _ = tcp.write_all(&[21, major, minor, 0, 2, 2, 86]).await;
+    let _ = tcp.shutdown().await;
 }
 
 /// Reads the first handshake message from `tcp` into `received` (every byte read stays there,
@@ -108,9 +148,11 @@ fn may_become_plain_http(received: &[u8]) -> bool {
 }
 
 /// The answer to a plain-HTTP request on the TLS port, as nginx (497) and Go servers give one,
-/// instead of a TLS alert the client's HTTP parser cannot read.
+/// instead of a TLS alert the client's HTTP parser cannot read. Its policy is
+/// `crate::http::BUILTIN_CSP`, written out (a unit test keeps the two equal).
 const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
 content-type: text/plain; charset=utf-8\r\n\
+content-security-policy: default-src 'none'; frame-ancestors 'none'\r\n\
 content-length: 80\r\n\
 connection: close\r\n\r\n\
 This port speaks HTTPS and was sent a plain HTTP request: use https:// instead.\n";
@@ -208,7 +250,8 @@ impl<'a> Reader<'a> {
 
 fn parse_client_hello(body: &[u8]) -> Option<ClientHelloSummary> {
     let mut hello = Reader(body);
-    hello.take(2 + 32)?; // legacy_version, random
+    let legacy_version = hello.take(2)?;
+    hello.take(32)?; // random
     hello.vec8()?; // legacy_session_id
     let suites = hello.vec16()?;
     hello.vec8()?; // legacy_compression_methods
@@ -217,6 +260,7 @@ fn parse_client_hello(body: &[u8]) -> Option<ClientHelloSummary> {
             .chunks_exact(2)
             .map(|s| rustls::CipherSuite::from(u16::from_be_bytes([s[0], s[1]])))
             .collect(),
+        highest_version: u16::from_be_bytes([legacy_version[0], legacy_version[1]]),
         ..ClientHelloSummary::default()
     };
     let Some(extensions) = hello.vec16() else {
@@ -245,6 +289,19 @@ fn parse_client_hello(body: &[u8]) -> Option<ClientHelloSummary> {
                 while !protocols.0.is_empty() {
                     summary.alpn.push(protocols.vec8()?.to_vec());
                 }
+            }
+            43 => {
+                // supported_versions; GREASE values (0x?A?A, RFC 8701) mean nothing.
+                let mut versions = Reader(data.vec8()?);
+                let mut highest = 0;
+                while !versions.0.is_empty() {
+                    let version = versions.take(2)?;
+                    let version = u16::from_be_bytes([version[0], version[1]]);
+                    if version & 0x0f0f != 0x0a0a {
+                        highest = highest.max(version);
+                    }
+                }
+                summary.highest_version = highest;
             }
             _ => {}
         }
@@ -864,6 +921,8 @@ mod tests {
         assert!(summary
             .cipher_suites
             .contains(&rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
+        // legacy_version says 1.2; supported_versions offers 1.3.
+        assert_eq!(summary.highest_version, 0x0304);
     }
 
     #[test]
@@ -922,6 +981,8 @@ mod tests {
             head.contains(&format!("content-length: {}", body.len())),
             "{answer}"
         );
+        let csp = format!("content-security-policy: {}\r\n", crate::http::BUILTIN_CSP);
+        assert!(answer.contains(&csp), "{answer}");
         // A handshake record that is not a ClientHello (a ServerHello, type 2).
         assert!(matches!(
             client_hello_message(&[22, 3, 3, 0, 4, 2, 0, 0, 0]),

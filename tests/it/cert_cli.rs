@@ -120,6 +120,54 @@ fn self_signed_every_key_type_parses_in_openssl() {
 }
 
 #[test]
+fn out_folders_that_do_not_exist_are_created_0700() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = cert(
+        dir.path(),
+        &["self-signed", "a.test", "--out", "new/nested/certs"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    for folder in ["new", "new/nested", "new/nested/certs"] {
+        assert_eq!(mode(&dir.path().join(folder)), 0o700, "{folder}");
+    }
+    assert_eq!(mode(&dir.path().join("new/nested/certs/a.test.key")), 0o600);
+    let (ok, text) = openssl(&[
+        "x509",
+        "-in",
+        &path_str(dir.path(), "new/nested/certs/a.test.crt"),
+        "-noout",
+        "-subject",
+    ]);
+    assert!(ok && text.contains("a.test"), "{text}");
+
+    // Every other subcommand whose --out names a folder does the same.
+    assert_eq!(cert(dir.path(), &["ca", "init", "--out", "pki/ca"]).0, 0);
+    for args in [
+        &[
+            "ca", "issue", "b.test", "--ca", "pki/ca", "--out", "issued/b",
+        ][..],
+        &["csr", "c.test", "--out", "requests/c"],
+    ] {
+        let (code, out, err) = cert(dir.path(), args);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        let folder = dir.path().join(args[args.len() - 1]);
+        assert_eq!(mode(&folder), 0o700, "{args:?}");
+        assert_eq!(mode(folder.parent().unwrap()), 0o700, "{args:?}");
+    }
+    assert!(dir.path().join("issued/b/b.test.crt").exists());
+    assert!(dir.path().join("requests/c/c.test.csr").exists());
+    // An existing folder is the operator's: its mode is left alone.
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(
+        cert(dir.path(), &["self-signed", "d.test", "--out", "shared"]).0,
+        0
+    );
+    assert_eq!(mode(&shared), 0o755);
+}
+
+#[test]
 fn bad_input_gets_one_clear_line_and_nothing_is_overwritten() {
     let dir = tempfile::tempdir().unwrap();
     let (code, _, err) = cert(dir.path(), &["self-signed", "bad name.test"]);
@@ -128,12 +176,15 @@ fn bad_input_gets_one_clear_line_and_nothing_is_overwritten() {
         err.trim(),
         "error: `bad name.test` is not a valid DNS name, wildcard or IP address"
     );
+    // A folder that cannot be made (a file is in the way) is one clear line too.
+    std::fs::write(dir.path().join("a-file"), "").unwrap();
     let (code, _, err) = cert(
         dir.path(),
-        &["self-signed", "a.test", "--out", "/nonexistent/dir"],
+        &["self-signed", "a.test", "--out", "a-file/dir"],
     );
     assert_eq!(code, 2);
-    assert_eq!(err.trim(), "error: /nonexistent/dir: no such folder");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: cannot write a-file/dir: "), "{err}");
     let (code, _, err) = cert(dir.path(), &["self-signed", "a.test", "--key", "dsa-1024"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("unknown key type `dsa-1024`"), "{err}");
@@ -191,6 +242,13 @@ fn private_ca_chains_verify_in_openssl_with_correct_extensions() {
         ],
     );
     assert_eq!(code, 0, "{err}");
+    // The files served from hold the leaf only: never the CA, a trust anchor clients have.
+    for file in ["api.internal.crt", "api.internal.pem"] {
+        let certs = read_certs(&dir.path().join(file));
+        assert_eq!(certs.len(), 1, "{file}");
+        let info = tlsgate::certs::CertInfo::parse(&certs[0]).unwrap();
+        assert!(!info.is_ca && !info.self_issued, "{file}");
+    }
     let (_, text) = openssl(&[
         "x509",
         "-in",
@@ -536,7 +594,8 @@ async fn inspect_files_and_live_servers_and_chain_order() {
     assert!(theirs.contains(&ours), "{ours} vs {theirs}");
     assert_eq!(report["chain_in_order"], true);
 
-    // A live server: the chain it sends.
+    // A live server: the chain it sends. site.crt ends in the CA, a trust anchor, which the
+    // server leaves out: the leaf alone.
     let yaml = "tls:\n  certificates:\n    - cert_file: site.crt\n      key_file: site.key\n";
     let server = TestServer::start(yaml, dir.path()).await.unwrap();
     let url = format!("https://127.0.0.1:{}", server.main.port());
@@ -546,7 +605,7 @@ async fn inspect_files_and_live_servers_and_chain_order() {
         .unwrap();
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("site.test") && out.contains("Chain order: OK"),
+        out.contains("site.test") && out.contains("Certificate 1 of 1: leaf"),
         "{out}"
     );
     server.stop().await;
@@ -887,6 +946,61 @@ fn bundle_and_k8s_secret() {
     );
     assert_eq!(code, 2);
     assert!(err.contains("not a valid Kubernetes name"), "{err}");
+}
+
+#[test]
+fn k8s_secret_without_out_prints_the_manifest_like_kubectl() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = fixture_ca(dir.path());
+    fixture_cert(
+        &ca,
+        dir.path(),
+        "site",
+        &["site.test"],
+        KeyAlgorithm::EcdsaP256,
+    );
+    let (code, manifest, err) = cert(
+        dir.path(),
+        &[
+            "k8s-secret",
+            "api-tls-secret",
+            "--cert",
+            "site.crt",
+            "--key",
+            "site.key",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(err, "", "nothing else on standard error");
+    // Nothing written next to it: standard output is the result.
+    let mut files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["ca.crt", "site.crt", "site.key", "site.pem"]);
+    let parsed: serde_json::Value =
+        serde_saphyr::from_str(&manifest).unwrap_or_else(|e| panic!("not YAML ({e}):\n{manifest}"));
+    assert_eq!(parsed["kind"], "Secret", "{manifest}");
+    assert_eq!(parsed["apiVersion"], "v1", "{manifest}");
+    assert_eq!(parsed["type"], "kubernetes.io/tls", "{manifest}");
+    assert_eq!(parsed["metadata"]["name"], "api-tls-secret", "{manifest}");
+    for (field, file) in [("tls.crt", "site.crt"), ("tls.key", "site.key")] {
+        let encoded = parsed["data"][field].as_str().unwrap_or_default();
+        std::fs::write(dir.path().join("b64"), encoded).unwrap();
+        let decoded = Command::new("openssl")
+            .args(["base64", "-d", "-A", "-in"])
+            .arg(dir.path().join("b64"))
+            .output()
+            .unwrap();
+        let original = std::fs::read_to_string(dir.path().join(file)).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&decoded.stdout).trim(),
+            original.trim(),
+            "{field}"
+        );
+    }
 }
 
 #[test]

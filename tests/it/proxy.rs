@@ -215,6 +215,57 @@ async fn errors_413_502_504_421() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_tlsgates_own_answers_get_its_content_security_policy() {
+    const CSP: &str = "default-src 'none'; frame-ancestors 'none'";
+    let backend = Upstream::start("b").await;
+    let dead = Upstream::start("dead").await;
+    dead.kill();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "routes:\n  - host: app.test\n    path: /dead\n    upstream: {1}\n  - host: app.test\n    path: /\n    upstream: {0}\n    max_body_size: 1KiB\n",
+        backend.url(),
+        dead.url()
+    );
+    let (server, ca) = start(dir.path(), &["app.test", "other.test"], &yaml).await;
+    // The backend's answer is the backend's: no policy added (none is configured).
+    let response = get(&server, &ca, "app.test", "/echo").await;
+    assert_eq!(response.status, 200);
+    assert!(
+        response.headers.get("content-security-policy").is_none(),
+        "{:?}",
+        response.headers
+    );
+    let big = http::Request::post("/echo")
+        .header("host", "app.test")
+        .body(body_of(vec![b'x'; 4096]))
+        .unwrap();
+    for (response, status) in [
+        (get(&server, &ca, "app.test", "/dead").await, 502),
+        (get(&server, &ca, "other.test", "/echo").await, 404),
+        (request(&server, &ca, "app.test", big).await, 413),
+    ] {
+        assert_eq!(response.status, status);
+        assert_eq!(response.headers["content-security-policy"], CSP, "{status}");
+    }
+    server.stop().await;
+
+    // A configured policy is the site's: proxied responses get it, as before.
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "headers:\n  content_security_policy: default-src 'self'\nroutes:\n  - path: /\n    upstream: {}\n",
+        backend.url()
+    );
+    let (server, ca) = start(dir.path(), &["app.test"], &yaml).await;
+    let response = get(&server, &ca, "app.test", "/echo").await;
+    assert_eq!(
+        response.headers["content-security-policy"],
+        "default-src 'self'"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_stream_both_ways_without_buffering() {
     let backend = Upstream::start("b").await;
     let dir = tempfile::tempdir().unwrap();

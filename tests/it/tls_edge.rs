@@ -88,6 +88,79 @@ async fn generated_certificates_pass_openssl_verify() {
     server.stop().await;
 }
 
+/// The certificates `openssl s_client -showcerts` receives from `addr` for `localhost`.
+async fn showcerts(addr: std::net::SocketAddr) -> (usize, String) {
+    let (_, out) = openssl_async(
+        [
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            "localhost",
+            "-showcerts",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    (out.matches("-----BEGIN CERTIFICATE-----").count(), out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trust_anchor_is_never_served_nor_written_into_fullchain() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start("", dir.path()).await.unwrap();
+    let (count, out) = showcerts(server.main).await;
+    assert_eq!(count, 1, "only the leaf: {out}");
+    assert!(out.contains(" 0 s:CN") && !out.contains(" 1 s:"), "{out}");
+    let live = server.data_dir.join("live/localhost");
+    assert_eq!(read_certs(&live.join("fullchain.pem")).len(), 1);
+    let chain = std::fs::read_to_string(live.join("chain.pem")).unwrap();
+    assert!(
+        !chain.contains("BEGIN CERTIFICATE"),
+        "no intermediates: {chain}"
+    );
+    server.stop().await;
+
+    // A data folder from an older version, whose fullchain.pem ends in the root: the leaf is
+    // kept (it is still good), and the root is not sent.
+    let root = std::fs::read_to_string(dir.path().join("data/ca/root.crt")).unwrap();
+    let leaf = std::fs::read_to_string(live.join("cert.pem")).unwrap();
+    std::fs::write(live.join("fullchain.pem"), format!("{leaf}{root}")).unwrap();
+    std::fs::write(live.join("chain.pem"), &root).unwrap();
+    let server = TestServer::start("", dir.path()).await.unwrap();
+    let (count, out) = showcerts(server.main).await;
+    assert_eq!(count, 1, "only the leaf: {out}");
+    let stream = tls_connect(
+        server.main,
+        "localhost",
+        default_client(&[server.local_ca()]),
+    )
+    .await
+    .unwrap();
+    let served = served_leaf(&stream);
+    let on_disk = tlsgate::certs::CertInfo::parse(&read_certs(&live.join("cert.pem"))[0]).unwrap();
+    assert_eq!(served.serial, on_disk.serial, "the leaf was not re-issued");
+    server.stop().await;
+
+    // A configured file of leaf + root (as the fixtures write them): the root is not sent.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = fixture_ca(dir.path());
+    fixture_cert(
+        &ca,
+        dir.path(),
+        "site",
+        &["localhost"],
+        KeyAlgorithm::EcdsaP256,
+    );
+    assert_eq!(read_certs(&dir.path().join("site.crt")).len(), 2);
+    let yaml = "tls:\n  certificates:\n    - cert_file: site.crt\n      key_file: site.key\n";
+    let server = TestServer::start(yaml, dir.path()).await.unwrap();
+    let (count, out) = showcerts(server.main).await;
+    assert_eq!(count, 1, "only the leaf: {out}");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_1_1_and_cbc_only_clients_are_refused_by_openssl() {
     let dir = tempfile::tempdir().unwrap();
@@ -182,6 +255,148 @@ async fn tls13_only_refuses_tls12_and_hybrid_pq_is_negotiated() {
         .negotiated_key_exchange_group()
         .map(|g| g.name());
     assert_eq!(group, Some(rustls::NamedGroup::X25519MLKEM768));
+    server.stop().await;
+}
+
+/// A ClientHello record for `localhost` offering ECDHE AES-GCM suites (and TLS_FALLBACK_SCSV,
+/// 0x5600, if `fallback`), with `versions` in supported_versions if any (and a TLS 1.3 suite
+/// if 1.3 is among them).
+fn client_hello(fallback: bool, versions: &[u16]) -> Vec<u8> {
+    fn vec16(body: &[u8]) -> Vec<u8> {
+        let mut out = (body.len() as u16).to_be_bytes().to_vec();
+        out.extend_from_slice(body);
+        out
+    }
+    fn extension(kind: u16, body: &[u8]) -> Vec<u8> {
+        let mut out = kind.to_be_bytes().to_vec();
+        out.extend(vec16(body));
+        out
+    }
+    let mut suites: Vec<u16> = vec![0xc02b, 0xc02f, 0xc02c, 0xc030];
+    if versions.contains(&0x0304) {
+        suites.insert(0, 0x1301); // TLS_AES_128_GCM_SHA256
+    }
+    if fallback {
+        suites.push(0x5600);
+    }
+    let suites: Vec<u8> = suites.iter().flat_map(|s| s.to_be_bytes()).collect();
+    let mut sni = vec![0u8];
+    sni.extend(vec16(b"localhost"));
+    let mut extensions = extension(0, &vec16(&sni));
+    extensions.extend(extension(10, &vec16(&[0x00, 0x1d, 0x00, 0x17]))); // x25519, P-256
+    extensions.extend(extension(11, &[1, 0])); // uncompressed points
+    extensions.extend(extension(13, &vec16(&[0x04, 0x03, 0x08, 0x04, 0x04, 0x01])));
+    extensions.extend(extension(23, &[])); // extended master secret
+    extensions.extend(extension(0xff01, &[0])); // renegotiation_info
+    if !versions.is_empty() {
+        let mut list = vec![(versions.len() * 2) as u8];
+        list.extend(versions.iter().flat_map(|v| v.to_be_bytes()));
+        extensions.extend(extension(43, &list));
+        // No shares: a TLS 1.3 server asks for one (HelloRetryRequest, a ServerHello too).
+        extensions.extend(extension(51, &vec16(&[])));
+    }
+    let mut hello = vec![0x03, 0x03];
+    hello.extend([7u8; 32]); // random
+    hello.push(0); // no session id
+    hello.extend(vec16(&suites));
+    hello.extend([1, 0]); // null compression
+    hello.extend(vec16(&extensions));
+    let mut handshake = vec![1u8];
+    handshake.extend(&(hello.len() as u32).to_be_bytes()[1..]);
+    handshake.extend(hello);
+    let mut record = vec![22u8, 0x03, 0x01];
+    record.extend(vec16(&handshake));
+    record
+}
+
+/// Sends `hello` and returns the first record's type and its first two bytes.
+async fn first_answer(server: &TestServer, hello: &[u8]) -> (u8, [u8; 2]) {
+    let mut tcp = tokio::net::TcpStream::connect(server.main).await.unwrap();
+    tcp.write_all(hello).await.unwrap();
+    let mut head = [0u8; 7];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut head))
+        .await
+        .expect("an answer within 5 s")
+        .expect("an answer of at least 7 bytes");
+    (head[0], [head[5], head[6]])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls12_fallback_hello_gets_inappropriate_fallback_and_sslscan_sees_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start("", dir.path()).await.unwrap();
+    // RFC 7507: the server speaks TLS 1.3, so a 1.2 hello with the SCSV is a downgrade.
+    // Alert record: type 21, level 2 (fatal), description 86 (inappropriate_fallback).
+    let alert = (21, [2, 86]);
+    assert_eq!(first_answer(&server, &client_hello(true, &[])).await, alert);
+    let listed = client_hello(true, &[0x0303]);
+    assert_eq!(first_answer(&server, &listed).await, alert);
+    // Without the SCSV, or offering TLS 1.3 too: a ServerHello (handshake record, type 2).
+    for hello in [
+        client_hello(false, &[]),
+        client_hello(true, &[0x0304, 0x0303]),
+    ] {
+        let (record, [kind, detail]) = first_answer(&server, &hello).await;
+        assert_eq!((record, kind), (22, 2), "{detail}");
+    }
+
+    let connect = server.main.to_string();
+    let (ok, out) = openssl_async(
+        [
+            "s_client",
+            "-connect",
+            &connect,
+            "-servername",
+            "localhost",
+            "-tls1_2",
+            "-fallback_scsv",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert!(!ok, "{out}");
+    // The server's alert, not OpenSSL's own downgrade check of the ServerHello random.
+    assert!(out.contains("alert inappropriate fallback"), "{out}");
+    assert!(out.contains("alert number 86"), "{out}");
+    // A real TLS 1.2 client without the SCSV still connects.
+    let ca = server.local_ca();
+    let tls12 = client_config(std::slice::from_ref(&ca), &[&rustls::version::TLS12], &[]);
+    assert!(tls_connect(server.main, "localhost", tls12).await.is_ok());
+
+    let output = tokio::process::Command::new("sslscan")
+        .args([
+            "--no-colour",
+            "--no-heartbleed",
+            "--no-renegotiation",
+            "--no-compression",
+            "--no-ciphersuites",
+            "--no-groups",
+            "--no-check-certificate",
+            "--sni-name=localhost",
+        ])
+        .arg(&connect)
+        .output()
+        .await
+        .expect("sslscan is installed by scripts/test.sh");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        report.contains("Server supports TLS Fallback SCSV"),
+        "{report}"
+    );
+
+    let admin = server.admin.unwrap();
+    let metrics = http_get(admin, "127.0.0.1", "/metrics").await.body;
+    let counted = metrics.lines().find(|l| {
+        l.starts_with("tlsgate_tls_handshake_failures_total")
+            && l.contains("reason=\"inappropriate_fallback\"")
+    });
+    // Two hand-built hellos, openssl, and sslscan's probe (at least one).
+    let count: f64 = counted
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0);
+    assert!(count >= 3.0, "{metrics}");
     server.stop().await;
 }
 
@@ -436,6 +651,78 @@ async fn alpn_h2_and_http11_both_served() {
     server.stop().await;
 }
 
+/// `curl -sI` over the given HTTP version, trusting the local CA; (exit code, output).
+async fn curl_head(server: &TestServer, version: &str, path: &str) -> (i32, String) {
+    let ca = server.data_dir.join("ca/root.crt");
+    let port = server.main.port();
+    let output = tokio::process::Command::new("curl")
+        .args(["-sSI", version, "--max-time", "5", "--cacert"])
+        .arg(&ca)
+        .arg("--resolve")
+        .arg(format!("localhost:{port}:127.0.0.1"))
+        .arg(format!("https://localhost:{port}{path}"))
+        .output()
+        .await
+        .expect("curl is installed (scripts/test.sh installs it)");
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    (output.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_over_http2_gets_the_get_headers_and_no_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start("", dir.path()).await.unwrap();
+    for version in ["--http2", "--http1.1"] {
+        let (code, out) = curl_head(&server, version, "/health").await;
+        assert_eq!(code, 0, "{version}: {out}");
+        assert!(out.starts_with("HTTP/"), "{version}: {out}");
+        assert!(
+            out.lines().next().unwrap().contains(" 200"),
+            "{version}: {out}"
+        );
+        assert!(
+            out.contains("content-type: application/json"),
+            "{version}: {out}"
+        );
+        // As GET's would be (RFC 9110 §9.3.2).
+        assert!(out.contains("content-length: 20"), "{version}: {out}");
+        let (code, out) = curl_head(&server, version, "/nope").await;
+        assert_eq!(code, 0, "{version}: {out}");
+        assert!(
+            out.lines().next().unwrap().contains(" 404"),
+            "{version}: {out}"
+        );
+        assert!(out.contains("content-type: text/plain"), "{version}: {out}");
+    }
+
+    // hyper's HTTP/2 client: the stream ends after the headers, not in a reset.
+    let ca = server.local_ca();
+    let h2 = client_config(std::slice::from_ref(&ca), rustls::ALL_VERSIONS, &[b"h2"]);
+    let stream = tls_connect(server.main, "localhost", h2).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for (path, status) in [("/health", 200), ("/nope", 404), ("/health", 200)] {
+        let head = http::Request::head(format!("https://localhost{path}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(head).await.unwrap();
+        assert_eq!(response.status(), status, "{path}");
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert!(body.is_empty(), "{path}: {body:?}");
+    }
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn security_headers_on_every_https_response_and_configurable() {
     let dir = tempfile::tempdir().unwrap();
@@ -474,6 +761,62 @@ async fn security_headers_on_every_https_response_and_configurable() {
     );
     assert!(response.headers.get("x-frame-options").is_none());
     assert_eq!(response.headers["permissions-policy"], "camera=()");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn built_in_answers_carry_a_csp_that_allows_nothing() {
+    const CSP: &str = "default-src 'none'; frame-ancestors 'none'";
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start("", dir.path()).await.unwrap();
+    let ca = server.local_ca();
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let client = client_config(std::slice::from_ref(&ca), rustls::ALL_VERSIONS, &[alpn]);
+        for (path, status) in [("/health", 200), ("/nope", 404)] {
+            let response = https_get(server.main, "localhost", client.clone(), path).await;
+            assert_eq!(response.status, status, "{path}");
+            assert_eq!(response.headers["content-security-policy"], CSP, "{path}");
+        }
+    }
+    // 421: the Host is not the name the connection was opened for.
+    let stream = tls_connect(
+        server.main,
+        "localhost",
+        default_client(std::slice::from_ref(&ca)),
+    )
+    .await
+    .unwrap();
+    let response = request_on(stream, false, "127.0.0.1", "/health").await;
+    assert_eq!(response.status, 421);
+    assert_eq!(response.headers["content-security-policy"], CSP);
+    // The redirect's body, on the plain-HTTP listener.
+    let response = http_get(server.http.unwrap(), "localhost", "/x").await;
+    assert_eq!(response.status, 301);
+    assert_eq!(response.headers["content-security-policy"], CSP);
+    // The answer to plain HTTP sent to the TLS port.
+    let mut plain = tokio::net::TcpStream::connect(server.main).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(
+        answer.contains(&format!("content-security-policy: {CSP}\r\n")),
+        "{answer}"
+    );
+    // curl agrees, over HTTP/2.
+    let (code, out) = curl_head(&server, "--http2", "/health").await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("content-security-policy: {CSP}")),
+        "{out}"
+    );
     server.stop().await;
 }
 
