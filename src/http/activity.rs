@@ -163,8 +163,3 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
-
-/// The IO of a TLS connection as hyper serves it. A WebSocket tunnel takes the bare TLS stream
-/// back out of hyper's upgrade by downcasting to this type, so it lives here, below both the
-/// server that makes it and the proxy that takes it apart.
-pub type TlsConnectionIo = hyper_util::rt::TokioIo<TrackedIo<crate::tls::stream::TlsServerStream>>;

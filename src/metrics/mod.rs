@@ -66,6 +66,8 @@ pub struct Metrics {
     registry: Registry,
     /// What `upstream_server_up` reports, read at scrape time.
     upstreams: Arc<UpstreamCollector>,
+    /// What `certificate_expiry_timestamp_seconds` reports, swapped whole on reload.
+    certificates: Arc<CertificateCollector>,
     pub handshakes: Family<HandshakeLabels, Counter>,
     pub handshake_failures: Family<ReasonLabels, Counter>,
     pub handshake_duration: Histogram,
@@ -74,7 +76,6 @@ pub struct Metrics {
     pub request_duration: Family<RouteLabels, Histogram>,
     pub open_websockets: Family<RouteLabels, Gauge>,
     pub websocket_upgrades: Family<UpgradeLabels, Counter>,
-    pub certificate_expiry: Family<CertificateLabels, Gauge>,
     pub acme_orders: Family<ResultLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
     pub last_reload: Gauge<f64, AtomicU64>,
@@ -103,14 +104,15 @@ impl Metrics {
             request_duration: Family::new_with_constructor(duration_histogram),
             open_websockets: Family::default(),
             websocket_upgrades: Family::default(),
-            certificate_expiry: Family::default(),
             acme_orders: Family::default(),
             reloads: Family::default(),
             last_reload: Gauge::default(),
             registry: Registry::default(),
             upstreams: Arc::new(UpstreamCollector::default()),
+            certificates: Arc::new(CertificateCollector::default()),
         };
         registry.register_collector(Box::new(metrics.upstreams.clone()));
+        registry.register_collector(Box::new(metrics.certificates.clone()));
         registry.register(
             "tls_handshakes",
             "Completed TLS handshakes by version and cipher suite",
@@ -150,11 +152,6 @@ impl Metrics {
             "websocket_upgrades",
             "WebSocket upgrades by route and result",
             metrics.websocket_upgrades.clone(),
-        );
-        registry.register(
-            "certificate_expiry_timestamp_seconds",
-            "When each served certificate expires (Unix time)",
-            metrics.certificate_expiry.clone(),
         );
         registry.register(
             "acme_orders",
@@ -233,8 +230,11 @@ impl Metrics {
             })
             .inc();
         if ok {
-            self.last_reload
-                .set(crate::certs::inspect::unix_now() as f64);
+            self.last_reload.set(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |since| since.as_secs_f64()),
+            );
         }
     }
 
@@ -244,22 +244,10 @@ impl Metrics {
         self.upstreams.source.store(Arc::new(source));
     }
 
-    /// Replaces the certificate expiry gauges with the certificates now served.
-    pub fn set_certificates(&self, certificates: &[crate::tls::CertSummary]) {
-        self.certificate_expiry.clear();
-        for summary in certificates {
-            let name = summary
-                .names
-                .first()
-                .cloned()
-                .unwrap_or_else(|| summary.cert_path.display().to_string());
-            self.certificate_expiry
-                .get_or_create(&CertificateLabels {
-                    certificate: name,
-                    serial: summary.info.serial.clone(),
-                })
-                .set(summary.info.not_after);
-        }
+    /// Makes `certificate_expiry_timestamp_seconds` report these certificates from the next
+    /// scrape on (the ones now served).
+    pub fn set_certificates(&self, certificates: Vec<CertificateExpiry>) {
+        self.certificates.served.store(Arc::new(certificates));
     }
 }
 
@@ -381,5 +369,93 @@ impl Collector for UpstreamCollector {
             family.metric_type(),
         )?;
         family.encode(metric)
+    }
+}
+
+/// One served certificate, as `certificate_expiry_timestamp_seconds` labels it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateExpiry {
+    /// Its first name (or its file, when it names nothing).
+    pub certificate: String,
+    pub serial: String,
+    /// Unix time.
+    pub not_after: i64,
+}
+
+/// `certificate_expiry_timestamp_seconds`, from the certificates served now: a reload swaps
+/// the list whole, so a scrape never sees it half replaced.
+#[derive(Debug, Default)]
+struct CertificateCollector {
+    served: ArcSwap<Vec<CertificateExpiry>>,
+}
+
+impl Collector for CertificateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let family = Family::<CertificateLabels, Gauge>::default();
+        for certificate in self.served.load().iter() {
+            family
+                .get_or_create(&CertificateLabels {
+                    certificate: certificate.certificate.clone(),
+                    serial: certificate.serial.clone(),
+                })
+                .set(certificate.not_after);
+        }
+        let metric = encoder.encode_descriptor(
+            "certificate_expiry_timestamp_seconds",
+            "When each served certificate expires (Unix time)",
+            None,
+            family.metric_type(),
+        )?;
+        family.encode(metric)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Servers(Vec<(&'static str, &'static str, bool)>);
+
+    impl UpstreamStates for Servers {
+        fn each_server(&self, report: &mut dyn FnMut(&str, &str, bool)) {
+            for (upstream, server, up) in &self.0 {
+                report(upstream, server, *up);
+            }
+        }
+    }
+
+    #[test]
+    fn collected_families_follow_what_is_served_now() {
+        let metrics = Metrics::new();
+        metrics.set_upstreams(Some(Arc::new(Servers(vec![
+            ("api", "http://10.0.0.1:80", true),
+            ("api", "http://10.0.0.2:80", false),
+        ]))));
+        metrics.set_certificates(vec![CertificateExpiry {
+            certificate: "example.com".into(),
+            serial: "0a".into(),
+            not_after: 1_900_000_000,
+        }]);
+        let text = metrics.encode();
+        assert!(text.contains(
+            r#"tlsgate_upstream_server_up{upstream="api",server="http://10.0.0.1:80"} 1"#
+        ));
+        assert!(text.contains(
+            r#"tlsgate_upstream_server_up{upstream="api",server="http://10.0.0.2:80"} 0"#
+        ));
+        assert!(text.contains(
+            r#"tlsgate_certificate_expiry_timestamp_seconds{certificate="example.com",serial="0a"} 1900000000"#
+        ));
+        // A reload's new set replaces the old whole: removed servers disappear.
+        metrics.set_upstreams(Some(Arc::new(Servers(vec![(
+            "web",
+            "http://10.0.0.3:80",
+            true,
+        )]))));
+        let text = metrics.encode();
+        assert!(!text.contains("10.0.0.1"), "{text}");
+        assert!(text.contains(r#"upstream="web""#));
+        metrics.set_upstreams(None);
+        assert!(!metrics.encode().contains("upstream=\""));
     }
 }

@@ -25,11 +25,11 @@ use super::headers::{cookie_value, remove_hop_by_hop, upstream_headers};
 use super::pool::{InFlight, Pool};
 use super::response::respond;
 use super::UPGRADE_TIMEOUT;
-use crate::http::activity::TlsConnectionIo;
 use crate::http::context::{ConnectionSlot, RequestContext};
 use crate::http::error::{error_chain, HttpError};
 use crate::http::{full, Response};
 use crate::metrics::{GaugeGuard, Metrics, RouteLabels, UpgradeLabels};
+use crate::tls::TlsConnectionIo;
 
 /// What a tunnel is held to and reports to, decided by the pipeline from the route.
 pub struct TunnelTerms {

@@ -184,7 +184,7 @@ impl Server {
             None => None,
         };
         let metrics = Arc::new(Metrics::new());
-        metrics.set_certificates(&certificates);
+        metrics.set_certificates(tls::expiry_metrics(&certificates));
         let (reload, reload_requests) = ReloadHandle::channel();
         let watching = WatchedFolders {
             files: CertificateFiles::of(&settings),

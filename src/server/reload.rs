@@ -319,7 +319,7 @@ pub(super) fn put_in_service(
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
-    metrics.set_certificates(&loaded.summaries);
+    metrics.set_certificates(tls::expiry_metrics(&loaded.summaries));
     audit::audit_replacements(&state.load().served, &loaded.summaries);
     let count = loaded.summaries.len();
     state.store(Arc::new(CertificateState {

@@ -107,6 +107,12 @@ impl HandshakeFailure {
     }
 }
 
+/// The IO of a TLS connection as hyper serves it. A WebSocket tunnel takes the bare TLS stream
+/// back out of hyper's upgrade by downcasting to this type, so it lives here, below both the
+/// server that makes it and the proxy that takes it apart.
+pub type TlsConnectionIo =
+    hyper_util::rt::TokioIo<crate::http::activity::TrackedIo<TlsServerStream>>;
+
 /// A completed handshake and what it negotiated.
 pub struct Accepted {
     pub stream: TlsServerStream,

@@ -9,7 +9,7 @@ mod resolver;
 mod server_config;
 pub mod stream;
 
-pub use accept::{Accepted, HandshakeFailure, TlsEdge};
+pub use accept::{Accepted, HandshakeFailure, TlsConnectionIo, TlsEdge};
 pub use certificates::{load_certificates, CertSummary, LoadedCertificates};
 pub use resolver::{CertTable, SniResolver};
 pub use server_config::{build_server_config, ServerConfigs, SessionState};
@@ -56,4 +56,20 @@ pub enum TlsError {
     },
     #[error("TLS configuration refused by rustls: {0}")]
     Rustls(#[from] rustls::Error),
+}
+
+/// The served certificates as `certificate_expiry_timestamp_seconds` reports them.
+pub fn expiry_metrics(summaries: &[CertSummary]) -> Vec<crate::metrics::CertificateExpiry> {
+    summaries
+        .iter()
+        .map(|summary| crate::metrics::CertificateExpiry {
+            certificate: summary
+                .names
+                .first()
+                .cloned()
+                .unwrap_or_else(|| summary.cert_path.display().to_string()),
+            serial: summary.info.serial.clone(),
+            not_after: summary.info.not_after,
+        })
+        .collect()
 }
