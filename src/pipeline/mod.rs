@@ -344,3 +344,54 @@ impl Pipeline {
         (Some(&route.stats), outcome)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(routes: &str) -> Settings {
+        let overrides = crate::config::Overrides {
+            data_dir: Some(std::env::temp_dir().join("tlsgate-pipeline-test")),
+            ..Default::default()
+        };
+        let yaml = format!(
+            "limits:\n  reload_grace: 10s\nupstreams:\n  app:\n    servers: [http://127.0.0.1:9]\nroutes:\n{routes}"
+        );
+        crate::config::load_str(&yaml, None, &overrides, &|_| None).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_closes_removed_routes_after_the_grace_and_keeps_the_others() {
+        let (shutdown, tasks) = (CancellationToken::new(), TaskTracker::new());
+        let metrics = Arc::new(Metrics::new());
+        let both = "  - path: /ws\n    upstream: app\n  - path: /chat\n    upstream: app\n";
+        let old = Pipeline::new(&settings(both), true, &shutdown, &tasks, &metrics, None);
+        let closer = |pipeline: &Pipeline, path: &str| {
+            let route = pipeline.routes.find("example.com", path).unwrap();
+            pipeline.route_closers[&route.key()].clone()
+        };
+        let (ws, chat) = (closer(&old, "/ws"), closer(&old, "/chat"));
+        let only_ws = "  - path: /ws\n    upstream: app\n";
+        let new = Pipeline::new(
+            &settings(only_ws),
+            true,
+            &shutdown,
+            &tasks,
+            &metrics,
+            Some(&old),
+        );
+        old.retire(&new, Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(9_900)).await;
+        assert!(!chat.is_cancelled(), "closed before the grace ran out");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            chat.is_cancelled(),
+            "the removed route's WebSockets are told to close"
+        );
+        assert!(!ws.is_cancelled() && !closer(&new, "/ws").is_cancelled());
+        // A kept route hands its very token over: its open tunnels answer to the new one.
+        ws.cancel();
+        assert!(closer(&new, "/ws").is_cancelled());
+        shutdown.cancel();
+    }
+}

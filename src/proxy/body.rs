@@ -154,3 +154,56 @@ where
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use http_body_util::{BodyExt, StreamBody};
+    use std::sync::Arc;
+
+    /// A client upload: `chunks`, then a pause for ever (a client that stopped sending).
+    fn upload(
+        chunks: &[&'static [u8]],
+    ) -> impl Body<Data = Bytes, Error = std::convert::Infallible> + Unpin {
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = chunks
+            .iter()
+            .map(|chunk| Ok(Frame::data(Bytes::from_static(chunk))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(frames).chain(futures_util::stream::pending()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_upload_is_cut_after_its_pause_limit_not_before() {
+        let state = Arc::new(BodyState::default());
+        let mut body = Bounded::new(
+            upload(&[b"abc", b"def"]),
+            1024,
+            Duration::from_secs(30),
+            state.clone(),
+        );
+        let started = tokio::time::Instant::now();
+        for _ in 0..2 {
+            let frame = body.frame().await.unwrap().unwrap();
+            assert!(frame.is_data());
+        }
+        let error = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        assert!(error.to_string().contains("Stalled"), "{error}");
+        assert_eq!(state.fault.get(), Some(&ClientFault::Stalled));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upload_over_the_limit_is_the_clients_fault() {
+        let state = Arc::new(BodyState::default());
+        let mut body = Bounded::new(
+            upload(&[b"0123456789", b"x"]),
+            10,
+            Duration::from_secs(30),
+            state.clone(),
+        );
+        assert!(body.frame().await.unwrap().is_ok());
+        assert!(body.frame().await.unwrap().is_err());
+        assert_eq!(state.fault.get(), Some(&ClientFault::TooLarge));
+    }
+}

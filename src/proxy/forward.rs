@@ -196,3 +196,44 @@ async fn exchange<T>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn pool(response_timeout: Duration) -> Pool {
+        let mut settings = crate::config::proxy::url_upstream("http://127.0.0.1:9");
+        settings.response_timeout = response_timeout;
+        Pool::new("p", &settings)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_response_timeout_starts_once_the_upload_is_handed_over() {
+        let pool = pool(Duration::from_secs(60));
+        let state = BodyState::default();
+        let started = tokio::time::Instant::now();
+        let upload_done = async {
+            // A slow upload: 5 minutes, far beyond the response timeout.
+            tokio::time::sleep(Duration::from_secs(300)).await;
+            state.finished.notify_one();
+        };
+        let waiting = exchange(&pool, std::future::pending::<()>(), &state, false);
+        let (outcome, ()) = tokio::join!(waiting, upload_done);
+        assert_eq!(outcome, Err(()));
+        assert_eq!(started.elapsed(), Duration::from_secs(360));
+        // No body: the timeout runs at once; an answer in time is taken.
+        let started = tokio::time::Instant::now();
+        let empty = BodyState::default();
+        assert_eq!(
+            exchange(&pool, std::future::pending::<()>(), &empty, true).await,
+            Err(())
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(60));
+        let answer = async {
+            tokio::time::sleep(Duration::from_secs(59)).await;
+            7
+        };
+        assert_eq!(exchange(&pool, answer, &empty, true).await, Ok(7));
+    }
+}

@@ -765,6 +765,62 @@ mod tests {
         }
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_tunnel_closes_after_its_timeout_and_traffic_postpones_it() {
+        let (mut client, client_side) = tokio::io::duplex(1024);
+        let (upstream, upstream_side) = tokio::io::duplex(1024);
+        let started = tokio::time::Instant::now();
+        let tunnel = tokio::spawn(splice(
+            client_side,
+            Bytes::new(),
+            upstream_side,
+            Bytes::new(),
+            Duration::from_secs(60),
+            tokio_util::sync::CancellationToken::new(),
+            Duration::ZERO,
+        ));
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        client.write_all(b"x").await.unwrap();
+        // Quiet since 40 s: the tunnel must outlive the first 60 s, and end at 100 s.
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        assert!(!tunnel.is_finished(), "closed before 60 s of silence");
+        let reason = tunnel.await.unwrap();
+        assert_eq!(reason, "idle timeout");
+        let closed_at = started.elapsed();
+        assert!(
+            closed_at >= Duration::from_secs(100) && closed_at < Duration::from_secs(102),
+            "{closed_at:?}"
+        );
+        drop(upstream);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_removed_route_closes_within_its_spread_and_not_before() {
+        let (_backend, tunnel_backend) = tokio::io::duplex(1024);
+        let (tunnel_client, mut client) = tokio::io::duplex(1024);
+        let close = tokio_util::sync::CancellationToken::new();
+        let started = tokio::time::Instant::now();
+        let tunnel = tokio::spawn(splice(
+            tunnel_client,
+            Bytes::new(),
+            tunnel_backend,
+            Bytes::new(),
+            Duration::from_secs(3600),
+            close.clone(),
+            Duration::from_secs(10),
+        ));
+        close.cancel();
+        assert_eq!(tunnel.await.unwrap(), "route removed");
+        assert!(
+            started.elapsed() <= Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        let mut received = Vec::new();
+        client.read_to_end(&mut received).await.unwrap();
+        assert_eq!(received, GOING_AWAY);
+    }
+
     #[tokio::test]
     async fn close_frame_waits_for_the_frame_in_flight() {
         let (mut backend, tunnel_backend) = tokio::io::duplex(64 * 1024);

@@ -334,20 +334,11 @@ mod tests {
     use super::*;
 
     fn settings(yaml: &str) -> Settings {
-        let dir = std::env::temp_dir();
         let overrides = Overrides {
-            data_dir: Some(dir.join("tlsgate-reload-plan")),
+            data_dir: Some(std::env::temp_dir().join("tlsgate-reload-plan")),
             ..Default::default()
         };
-        let path = dir.join(format!(
-            "tlsgate-reload-plan-{}-{}.yaml",
-            std::process::id(),
-            yaml.len()
-        ));
-        std::fs::write(&path, yaml).unwrap();
-        let settings = crate::config::load(Some(&path), &overrides, &|_| None).unwrap();
-        let _ = std::fs::remove_file(&path);
-        settings
+        crate::config::load_str(yaml, None, &overrides, &|_| None).unwrap()
     }
 
     fn running(old: &Settings) -> ListenerAddrs {
