@@ -230,7 +230,7 @@ async fn wait_for_signal(shutdown: CancellationToken, reload: crate::control::Re
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: finishing in-flight requests"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: finishing in-flight requests"); break; }
-            _ = hup.recv() => { tracing::info!("SIGHUP: re-reading certificates"); reload.trigger(); }
+            _ = hup.recv() => { tracing::info!("SIGHUP: reloading the configuration and certificates"); reload.trigger(); }
         }
     }
     shutdown.cancel();
