@@ -74,17 +74,6 @@ impl Pipeline {
         metrics: &Arc<Metrics>,
         previous: Option<&Pipeline>,
     ) -> Self {
-        let stats = |name: &str| Arc::new(RouteStats::new(metrics.clone(), name.to_owned()));
-        let limits = &settings.limits;
-        let policy_of = |route: Option<&RouteSettings>| Policy {
-            allowed_origins: route.map(|r| r.allowed_origins.clone()).unwrap_or_default(),
-            max_body_size: route
-                .and_then(|r| r.max_body_size)
-                .unwrap_or(limits.max_body_size),
-            websocket_idle_timeout: route
-                .and_then(|r| r.websocket_idle_timeout)
-                .unwrap_or(limits.websocket_idle_timeout),
-        };
         let proxy = &settings.proxy;
         let upstreams = proxy.is_enabled().then(|| {
             Arc::new(Upstreams::start(
@@ -94,65 +83,7 @@ impl Pipeline {
                 tasks,
             ))
         });
-        let (routes, unmatched) = match &upstreams {
-            Some(upstreams) => {
-                let upstream_route = |route: &RouteSettings, name: String| {
-                    let pool = upstreams.pool(&route.upstream)?.clone();
-                    Some(Route {
-                        stats: stats(&name),
-                        name: name.into(),
-                        matcher: Matcher {
-                            host: HostMatch::of(route.host.as_deref()),
-                            path: route.path.clone(),
-                            exact: route.exact,
-                        },
-                        policy: policy_of(Some(route)),
-                        target: Target::Upstream(pool),
-                    })
-                };
-                let routes = proxy
-                    .routes
-                    .iter()
-                    .filter_map(|route| {
-                        let name =
-                            format!("{}{}", route.host.as_deref().unwrap_or("*"), route.path);
-                        upstream_route(route, name)
-                    })
-                    .collect();
-                let default = proxy.default_route.as_ref().and_then(|target| {
-                    let route = RouteSettings {
-                        host: None,
-                        path: "/".into(),
-                        exact: false,
-                        upstream: target.clone(),
-                        allowed_origins: Vec::new(),
-                        websocket_idle_timeout: None,
-                        max_body_size: None,
-                    };
-                    upstream_route(&route, "default".into())
-                });
-                (RouteTable::new(routes, default), stats("none"))
-            }
-            None => {
-                let builtin_stats = stats("builtin");
-                let builtin = |path: &str, target: Builtin| Route {
-                    name: "builtin".into(),
-                    stats: builtin_stats.clone(),
-                    matcher: Matcher {
-                        host: HostMatch::Any,
-                        path: path.into(),
-                        exact: true,
-                    },
-                    policy: policy_of(None),
-                    target: Target::Builtin(target),
-                };
-                let routes = vec![
-                    builtin("/health", Builtin::Health),
-                    builtin("/ws", Builtin::Echo),
-                ];
-                (RouteTable::new(routes, None), builtin_stats.clone())
-            }
-        };
+        let (routes, unmatched) = route_table(settings, upstreams.as_deref(), metrics);
         let route_closers = routes
             .iter()
             .map(|route| {
@@ -180,7 +111,7 @@ impl Pipeline {
                 tasks: tasks.clone(),
             },
             route_closers,
-            reload_grace: limits.reload_grace,
+            reload_grace: settings.limits.reload_grace,
         }
     }
 
@@ -342,6 +273,85 @@ impl Pipeline {
             }
         };
         (Some(&route.stats), outcome)
+    }
+}
+
+/// The routes of `settings`, each with its policy and target, and the series for requests no
+/// route takes. With no proxy configured, the built-in endpoints are the routes.
+fn route_table(
+    settings: &Settings,
+    upstreams: Option<&Upstreams>,
+    metrics: &Arc<Metrics>,
+) -> (RouteTable, Arc<RouteStats>) {
+    let stats = |name: &str| Arc::new(RouteStats::new(metrics.clone(), name.to_owned()));
+    let limits = &settings.limits;
+    let policy_of = |route: Option<&RouteSettings>| Policy {
+        allowed_origins: route.map(|r| r.allowed_origins.clone()).unwrap_or_default(),
+        max_body_size: route
+            .and_then(|r| r.max_body_size)
+            .unwrap_or(limits.max_body_size),
+        websocket_idle_timeout: route
+            .and_then(|r| r.websocket_idle_timeout)
+            .unwrap_or(limits.websocket_idle_timeout),
+    };
+    let proxy = &settings.proxy;
+    match upstreams {
+        Some(upstreams) => {
+            let upstream_route = |route: &RouteSettings, name: String| {
+                let pool = upstreams.pool(&route.upstream)?.clone();
+                Some(Route {
+                    stats: stats(&name),
+                    name: name.into(),
+                    matcher: Matcher {
+                        host: HostMatch::of(route.host.as_deref()),
+                        path: route.path.clone(),
+                        exact: route.exact,
+                    },
+                    policy: policy_of(Some(route)),
+                    target: Target::Upstream(pool),
+                })
+            };
+            let routes = proxy
+                .routes
+                .iter()
+                .filter_map(|route| {
+                    let name = format!("{}{}", route.host.as_deref().unwrap_or("*"), route.path);
+                    upstream_route(route, name)
+                })
+                .collect();
+            let default = proxy.default_route.as_ref().and_then(|target| {
+                let route = RouteSettings {
+                    host: None,
+                    path: "/".into(),
+                    exact: false,
+                    upstream: target.clone(),
+                    allowed_origins: Vec::new(),
+                    websocket_idle_timeout: None,
+                    max_body_size: None,
+                };
+                upstream_route(&route, "default".into())
+            });
+            (RouteTable::new(routes, default), stats("none"))
+        }
+        None => {
+            let builtin_stats = stats("builtin");
+            let builtin = |path: &str, target: Builtin| Route {
+                name: "builtin".into(),
+                stats: builtin_stats.clone(),
+                matcher: Matcher {
+                    host: HostMatch::Any,
+                    path: path.into(),
+                    exact: true,
+                },
+                policy: policy_of(None),
+                target: Target::Builtin(target),
+            };
+            let routes = vec![
+                builtin("/health", Builtin::Health),
+                builtin("/ws", Builtin::Echo),
+            ];
+            (RouteTable::new(routes, None), builtin_stats.clone())
+        }
     }
 }
 

@@ -145,10 +145,41 @@ pub async fn tunnel(
         return Err(HttpError::BadGateway);
     }
 
-    // Every end-to-end header of the backend's 101 goes to the client (Sec-WebSocket-Protocol,
-    // -Extensions, cookies…); the upgrade itself is this hop's.
+    let reply = client_reply(&response, extended_connect);
+    let client_upgrade = hyper::upgrade::on(&mut request);
+    let upstream_upgrade = hyper::upgrade::on(response);
+    let route_name = ctx.route.to_string();
+    terms
+        .metrics
+        .websocket_upgrades
+        .get_or_create(&UpgradeLabels {
+            route: route_name.clone(),
+            result: "ok".into(),
+        })
+        .inc();
+    let tunnel = Tunnel {
+        _slot: request.extensions_mut().remove::<ConnectionSlot>(),
+        _in_flight: in_flight,
+        _open: None,
+        route_name,
+        idle: terms.idle,
+        closer: terms.closer.clone(),
+        grace: terms.grace,
+        shutdown: terms.shutdown.clone(),
+    };
+    let (metrics, tasks) = (terms.metrics.clone(), terms.tasks.clone());
+    terms
+        .tasks
+        .spawn(tunnel.start(client_upgrade, upstream_upgrade, metrics, tasks));
+    Ok(reply)
+}
+
+/// The client's answer to its opening request: every end-to-end header of the backend's
+/// `101` (Sec-WebSocket-Protocol, -Extensions, cookies…); the upgrade itself is this hop's
+/// (`200` for an HTTP/2 extended CONNECT).
+fn client_reply(upstream: &hyper::Response<Incoming>, extended_connect: bool) -> Response {
     let mut reply = hyper::Response::new(full(Vec::new()));
-    *reply.headers_mut() = response.headers().clone();
+    *reply.headers_mut() = upstream.headers().clone();
     remove_hop_by_hop(reply.headers_mut());
     reply.headers_mut().remove(header::SERVER);
     if extended_connect {
@@ -160,70 +191,7 @@ pub async fn tunnel(
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     }
-    let client_upgrade = hyper::upgrade::on(&mut request);
-    let upstream_upgrade = hyper::upgrade::on(response);
-    let slot = request.extensions_mut().remove::<ConnectionSlot>();
-    let route_name = ctx.route.to_string();
-    let route_label = RouteLabels {
-        route: route_name.clone(),
-    };
-    terms
-        .metrics
-        .websocket_upgrades
-        .get_or_create(&UpgradeLabels {
-            route: route_name.clone(),
-            result: "ok".into(),
-        })
-        .inc();
-    let metrics = terms.metrics.clone();
-    let tasks = terms.tasks.clone();
-    let tunnel = Tunnel {
-        _slot: slot,
-        _in_flight: in_flight,
-        _open: None,
-        route_name,
-        idle: terms.idle,
-        closer: terms.closer.clone(),
-        grace: terms.grace,
-        shutdown: terms.shutdown.clone(),
-    };
-    terms.tasks.spawn(async move {
-        let open = metrics.open_websockets.get_or_create_owned(&route_label);
-        let tunnel = Tunnel {
-            _open: Some(GaugeGuard::new(open)),
-            ..tunnel
-        };
-        let (client, upstream) = match tokio::join!(client_upgrade, upstream_upgrade) {
-            (Ok(client), Ok(upstream)) => (client, upstream),
-            (Err(error), _) | (_, Err(error)) => {
-                tracing::debug!(route = %tunnel.route_name, %error, "WebSocket upgrade did not complete");
-                return;
-            }
-        };
-        // The bare sockets, when hyper hands them back: an idle tunnel then holds no HTTP
-        // machinery, only the two streams. Each pairing runs as a task of its own, sized
-        // for just its own pair of stream types.
-        let upstream = match upstream.downcast::<TokioIo<tokio::net::TcpStream>>() {
-            Ok(parts) => Ends::Bare(parts.io.into_inner(), parts.read_buf),
-            Err(upstream) => Ends::Upgraded(TokioIo::new(upstream)),
-        };
-        // The TLS stream is boxed so that the tunnel's future, which moves it, stays small.
-        match (client.downcast::<TlsConnectionIo>(), upstream) {
-            (Ok(client), Ends::Bare(upstream, early)) => {
-                tasks.spawn(tunnel.run(Box::new(client.io.into_inner()), client.read_buf, upstream, early))
-            }
-            (Ok(client), Ends::Upgraded(upstream)) => {
-                tasks.spawn(tunnel.run(Box::new(client.io.into_inner()), client.read_buf, upstream, Bytes::new()))
-            }
-            (Err(client), Ends::Bare(upstream, early)) => {
-                tasks.spawn(tunnel.run(TokioIo::new(client), Bytes::new(), upstream, early))
-            }
-            (Err(client), Ends::Upgraded(upstream)) => {
-                tasks.spawn(tunnel.run(TokioIo::new(client), Bytes::new(), upstream, Bytes::new()))
-            }
-        };
-    });
-    Ok(reply)
+    reply
 }
 
 /// What an open tunnel holds besides its two streams: the connection slot, the upstream
@@ -240,6 +208,59 @@ struct Tunnel {
 }
 
 impl Tunnel {
+    /// Waits for both upgrades to complete, then splices the two connections in a task of
+    /// its own, counted in `open_websockets` while it lasts.
+    async fn start(
+        self,
+        client: hyper::upgrade::OnUpgrade,
+        upstream: hyper::upgrade::OnUpgrade,
+        metrics: Arc<Metrics>,
+        tasks: TaskTracker,
+    ) {
+        let open = metrics.open_websockets.get_or_create_owned(&RouteLabels {
+            route: self.route_name.clone(),
+        });
+        let tunnel = Tunnel {
+            _open: Some(GaugeGuard::new(open)),
+            ..self
+        };
+        let (client, upstream) = match tokio::join!(client, upstream) {
+            (Ok(client), Ok(upstream)) => (client, upstream),
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::debug!(route = %tunnel.route_name, %error, "WebSocket upgrade did not complete");
+                return;
+            }
+        };
+        // The bare sockets, when hyper hands them back: an idle tunnel then holds no HTTP
+        // machinery, only the two streams. Each pairing runs as a task of its own, sized
+        // for just its own pair of stream types.
+        let upstream = match upstream.downcast::<TokioIo<tokio::net::TcpStream>>() {
+            Ok(parts) => Ends::Bare(parts.io.into_inner(), parts.read_buf),
+            Err(upstream) => Ends::Upgraded(TokioIo::new(upstream)),
+        };
+        // The TLS stream is boxed so that the tunnel's future, which moves it, stays small.
+        match (client.downcast::<TlsConnectionIo>(), upstream) {
+            (Ok(client), Ends::Bare(upstream, early)) => tasks.spawn(tunnel.run(
+                Box::new(client.io.into_inner()),
+                client.read_buf,
+                upstream,
+                early,
+            )),
+            (Ok(client), Ends::Upgraded(upstream)) => tasks.spawn(tunnel.run(
+                Box::new(client.io.into_inner()),
+                client.read_buf,
+                upstream,
+                Bytes::new(),
+            )),
+            (Err(client), Ends::Bare(upstream, early)) => {
+                tasks.spawn(tunnel.run(TokioIo::new(client), Bytes::new(), upstream, early))
+            }
+            (Err(client), Ends::Upgraded(upstream)) => {
+                tasks.spawn(tunnel.run(TokioIo::new(client), Bytes::new(), upstream, Bytes::new()))
+            }
+        };
+    }
+
     async fn run<A, B>(self, client: A, client_early: Bytes, upstream: B, upstream_early: Bytes)
     where
         A: AsyncRead + AsyncWrite + Unpin,

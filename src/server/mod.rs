@@ -305,43 +305,35 @@ impl Server {
             metrics: metrics.clone(),
         });
         let connection_limit = Arc::new(Semaphore::new(settings.limits.max_connections));
-        let listener = |socket, kind| {
-            Listener::new(socket, kind, &shared, &connection_limit, &shutdown, &tasks)
-        };
-        let mut listeners = vec![listener(sockets.main, ListenerKind::Main)];
-        if let Some(http) = sockets.http {
-            listeners.push(listener(http, ListenerKind::Redirect));
-        }
         // The listeners run on bound sockets from here on: ready (setting this later raced
         // the admin listener, which could answer /ready 503 to a first probe).
-        let listening = Arc::new(AtomicBool::new(true));
-        let admin = sockets.admin.map(|socket| {
-            let state = Arc::new(AdminState {
+        let admin_state = sockets.admin.is_some().then(|| {
+            Arc::new(AdminState {
                 metrics: metrics.clone(),
                 certificates: certificates.clone(),
-                listening: listening.clone(),
+                listening: Arc::new(AtomicBool::new(true)),
                 reload: reload.clone(),
-            });
-            (socket, state)
+            })
         });
-        let admin_state = admin.as_ref().map(|(_, state)| state.clone());
-        if let Some((socket, state)) = admin {
-            listeners.push(listener(socket, ListenerKind::Admin(state)));
-        }
-        let mut set = ListenerSet {
-            main: listeners[0].running(settings.listen),
-            http: None,
-            admin: None,
+        let start = |socket, kind| {
+            Listener::new(socket, kind, &shared, &connection_limit, &shutdown, &tasks)
         };
-        for listener in &listeners[1..] {
-            match listener.kind {
-                ListenerKind::Redirect => set.http = Some(listener.running(settings.http.listen)),
-                ListenerKind::Admin(_) => set.admin = Some(listener.running(DEFAULT_ADMIN)),
-                ListenerKind::Main => {}
-            }
-        }
-        let accept_loops: Vec<_> = listeners
-            .into_iter()
+        let main = start(sockets.main, ListenerKind::Main);
+        let http = sockets
+            .http
+            .map(|socket| start(socket, ListenerKind::Redirect));
+        let admin = sockets
+            .admin
+            .zip(admin_state.clone())
+            .map(|(socket, state)| start(socket, ListenerKind::Admin(state)));
+        let running = ListenerSet {
+            main: main.running(settings.listen),
+            http: http.as_ref().map(|l| l.running(settings.http.listen)),
+            admin: admin.as_ref().map(|l| l.running(DEFAULT_ADMIN)),
+        };
+        let accept_loops: Vec<_> = std::iter::once(main)
+            .chain(http)
+            .chain(admin)
             .map(|listener| tokio::spawn(listener.run()))
             .collect();
 
@@ -355,7 +347,7 @@ impl Server {
             limit: connection_limit.clone(),
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
-            listeners: Mutex::new(set),
+            listeners: Mutex::new(running),
             watching: Mutex::new(watching),
             admin: admin_state,
             reload: reload.clone(),
@@ -393,20 +385,26 @@ impl Server {
         for accept in accept_loops {
             let _ = accept.await;
         }
-        tasks.close();
-        let open = tasks.len();
-        if open > 0 {
-            tracing::info!(open, timeout = ?settings.limits.shutdown_timeout, "shutting down: waiting for open connections");
-        }
-        if tokio::time::timeout(settings.limits.shutdown_timeout, tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                still_open = tasks.len(),
-                "shutdown timeout reached; closing remaining connections"
-            );
-        }
+        drain(tasks, settings.limits.shutdown_timeout).await;
+    }
+}
+
+/// Lets in-flight work finish, for up to `timeout`.
+async fn drain(tasks: TaskTracker, timeout: std::time::Duration) {
+    tasks.close();
+    let open = tasks.len();
+    if open > 0 {
+        tracing::info!(
+            open,
+            ?timeout,
+            "shutting down: waiting for open connections"
+        );
+    }
+    if tokio::time::timeout(timeout, tasks.wait()).await.is_err() {
+        tracing::warn!(
+            still_open = tasks.len(),
+            "shutdown timeout reached; closing remaining connections"
+        );
     }
 }
 
