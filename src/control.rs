@@ -15,17 +15,23 @@ pub enum ReloadError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind {
-        addr: SocketAddr,
-        what: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
     #[error("not applied: {} changed, which needs a restart (nothing else was changed either)", .0.join(", "))]
     NeedsRestart(Vec<&'static str>),
     #[error("the server is shutting down")]
     ShuttingDown,
+}
+
+/// A listening socket that could not be opened (at start-up or by a reload).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({what}): {source}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    /// Which listener: `HTTPS`, `plain HTTP`, `HTTP redirect`, `admin`.
+    pub what: &'static str,
+    #[source]
+    pub source: std::io::Error,
 }
 
 /// What a successful reload did, in one line for people.

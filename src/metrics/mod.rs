@@ -364,7 +364,7 @@ impl Collector for UpstreamCollector {
         }
         let metric = encoder.encode_descriptor(
             "upstream_server_up",
-            "Whether an upstream server is in rotation (1) or not (0)",
+            "Whether an upstream server is in rotation (1) or not (0).",
             None,
             family.metric_type(),
         )?;
@@ -402,7 +402,7 @@ impl Collector for CertificateCollector {
         }
         let metric = encoder.encode_descriptor(
             "certificate_expiry_timestamp_seconds",
-            "When each served certificate expires (Unix time)",
+            "When each served certificate expires (Unix time).",
             None,
             family.metric_type(),
         )?;

@@ -33,7 +33,7 @@ use crate::acme::{AcmeManager, ChallengeStore};
 use crate::admin::{AdminState, CertificateState};
 use crate::certs::local_ca::LocalCertificate;
 use crate::config::{HttpMode, Limits, Overrides, Settings};
-use crate::control::{ReloadHandle, ReloadRequest};
+use crate::control::{BindError, ReloadHandle, ReloadRequest};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::tls::{self, CertSummary, TlsEdge, TlsError};
@@ -50,13 +50,8 @@ const DEFAULT_ADMIN: SocketAddr =
 pub enum ServerError {
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind {
-        addr: SocketAddr,
-        what: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
 }
 
 /// What a configuration decides for new connections; a reload swaps it whole. Each connection
@@ -127,7 +122,7 @@ pub struct Server {
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, ServerError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| ServerError::Bind { addr, what, source })
+        .map_err(|source| ServerError::Bind(BindError { addr, what, source }))
 }
 
 impl Server {

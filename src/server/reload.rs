@@ -16,7 +16,7 @@ use super::watch::{watch_certificate_files, CertificateFiles};
 use super::{audit, Runtime, Shared};
 use crate::admin::{AdminState, CertificateState};
 use crate::config::{HttpMode, Overrides, Settings};
-use crate::control::{ReloadError, ReloadHandle, ReloadReport, ReloadRequest};
+use crate::control::{BindError, ReloadError, ReloadHandle, ReloadReport, ReloadRequest};
 use crate::metrics::Metrics;
 use crate::tls::{self, TlsEdge};
 
@@ -115,7 +115,7 @@ impl ReloadPlan {
 
 /// Binds `addr` without blocking the runtime (reloads run on it).
 fn bind_now(addr: SocketAddr, what: &'static str) -> Result<TcpListener, ReloadError> {
-    let bind_error = |source| ReloadError::Bind { addr, what, source };
+    let bind_error = |source| ReloadError::Bind(BindError { addr, what, source });
     let socket = std::net::TcpListener::bind(addr).map_err(bind_error)?;
     socket.set_nonblocking(true).map_err(bind_error)?;
     TcpListener::from_std(socket).map_err(bind_error)
