@@ -1490,3 +1490,43 @@ async fn a_client_under_nagles_algorithm_is_not_held_by_a_delayed_ack() {
     );
     server.stop().await;
 }
+
+/// The built-in endpoints pass the same pipeline as routes: the request checks refuse what no
+/// target may see, before `/health` or the echo is reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn built_in_endpoints_pass_the_request_checks_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start("", dir.path()).await.unwrap();
+    let client = default_client(&[server.local_ca()]);
+    let get = |path: &'static str| https_get(server.main, "localhost", client.clone(), path);
+    assert_eq!(get("/health").await.status, 200);
+    for path in ["/./health", "/x/../health", "/%2e%2e/health"] {
+        let response = get(path).await;
+        assert_eq!(response.status, 400, "{path}: {}", response.body);
+        assert!(
+            response.body.contains(". or .."),
+            "{path}: {}",
+            response.body
+        );
+    }
+    // A WebSocket opening without a key is refused as a bad handshake, not echoed.
+    let stream = tls_connect(server.main, "localhost", default_client_h1(&server))
+        .await
+        .unwrap();
+    let request = http::Request::get("/ws")
+        .header("host", "localhost")
+        .header("upgrade", "websocket")
+        .header("connection", "upgrade")
+        .header("sec-websocket-version", "13")
+        .body(body_of(""))
+        .unwrap();
+    let response = send_on(stream, request).await;
+    assert_eq!(response.status, 400, "{}", response.body);
+    server.stop().await;
+}
+
+fn default_client_h1(server: &TestServer) -> std::sync::Arc<rustls::ClientConfig> {
+    let mut config = (*default_client(&[server.local_ca()])).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    std::sync::Arc::new(config)
+}
