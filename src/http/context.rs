@@ -43,7 +43,8 @@ pub struct RequestContext {
     pub client_ip: IpAddr,
     /// Whether the peer is one of `proxy.trusted_proxies` (its forwarding headers are kept).
     pub peer_trusted: bool,
-    /// The matched route's name (`none` before routing, or when nothing matched).
+    /// The matched route's name (before routing, or when nothing matched: `none`, or
+    /// `builtin` when no routes are configured).
     pub route: Arc<str>,
     /// The most a request body may carry (the route's policy).
     pub body_limit: u64,

@@ -50,6 +50,8 @@ pub struct Pipeline {
     /// The series of requests no route took: `none` with routes configured, `builtin`
     /// without (the built-in endpoints' own label).
     unmatched: Arc<RouteStats>,
+    /// `unmatched`'s name, shared by every request's context until a route is found.
+    unmatched_name: Arc<str>,
     trusted_proxies: TrustedProxies,
     /// The pools behind `Target::Upstream` routes, when any are configured.
     upstreams: Option<Arc<Upstreams>>,
@@ -101,6 +103,7 @@ impl Pipeline {
                 SecurityHeaders::default()
             },
             routes,
+            unmatched_name: Arc::from(unmatched.name.as_str()),
             unmatched,
             trusted_proxies: TrustedProxies::new(proxy.trusted_proxies.clone()),
             upstreams,
@@ -177,7 +180,7 @@ impl Pipeline {
             host: host.unwrap_or_default(),
             client_ip,
             peer_trusted,
-            route: Arc::from("none"),
+            route: self.unmatched_name.clone(),
             body_limit: 0,
             started,
         };
