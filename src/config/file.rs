@@ -119,6 +119,7 @@ pub struct LimitsFile {
     pub header_read_timeout: Option<ConfigDuration>,
     pub max_header_size: Option<ConfigSize>,
     pub idle_timeout: Option<ConfigDuration>,
+    pub send_timeout: Option<ConfigDuration>,
     pub websocket_idle_timeout: Option<ConfigDuration>,
     pub max_connections: Option<usize>,
     pub workers: Option<usize>,

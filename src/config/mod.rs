@@ -302,6 +302,11 @@ pub struct Limits {
     /// A keep-alive connection with no request in flight is closed after this long.
     #[serde(serialize_with = "units::serialize_duration")]
     pub idle_timeout: Duration,
+    /// A client that takes no response bytes for this long is cut off (nginx's
+    /// `send_timeout`): the connection when its socket stays full, one HTTP/2 stream when
+    /// only that stream's flow-control window stays shut.
+    #[serde(serialize_with = "units::serialize_duration")]
+    pub send_timeout: Duration,
     /// An upgraded WebSocket with no traffic either way is closed after this long.
     #[serde(serialize_with = "units::serialize_duration")]
     pub websocket_idle_timeout: Duration,

@@ -710,6 +710,7 @@ fn limit_settings(
         header_read_timeout: positive(raw.header_read_timeout, 10, "limits.header_read_timeout")?,
         max_header_size,
         idle_timeout: positive(raw.idle_timeout, 60, "limits.idle_timeout")?,
+        send_timeout: positive(raw.send_timeout, 60, "limits.send_timeout")?,
         websocket_idle_timeout: positive(
             raw.websocket_idle_timeout,
             3600,

@@ -1,32 +1,57 @@
-//! Per-connection activity tracking for the idle timeout: an IO wrapper that records when
-//! bytes last moved, and a count of requests in flight.
+//! Per-connection liveness for the connection watchdog: requests in flight (idle counts from
+//! the last one's end), a request head on its way, writes the client's socket refuses, and
+//! response bodies whose data waits for an HTTP/2 client to open its window.
+//!
+//! Only requests make a connection busy: bytes alone do not, so HTTP/2 PINGs, SETTINGS and
+//! WINDOW_UPDATEs on a connection without streams never keep it open.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Milliseconds on the kernel's coarse monotonic clock. Every read and write of a client
-/// connection records the time; the coarse clock (a few ms of resolution, plenty for
-/// second-scale timeouts) reads a stored value instead of the time-stamp counter.
+/// Milliseconds on the kernel's coarse monotonic clock (a few ms of resolution, plenty for
+/// second-scale timeouts; it reads a stored value instead of the time-stamp counter).
 fn coarse_millis() -> u64 {
     let now = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
     (now.tv_sec as u64) * 1000 + (now.tv_nsec as u64) / 1_000_000
 }
 
-#[derive(Debug)]
+/// A response body whose data may wait for the client: the watchdog releases it (drops what
+/// it holds upstream) when it has waited longer than `limits.send_timeout`.
+pub trait ClientPaced: Send + Sync {
+    /// Since when its last frame waits for the client to take it, as
+    /// [`Activity::now_millis`] + 1; 0 while it is not waiting for the client.
+    fn waiting_since(&self) -> u64;
+    /// Drops the body's source; the stream then ends with an error (RST_STREAM).
+    fn release(&self);
+}
+
 pub struct Activity {
     /// `coarse_millis()` when the connection began.
     started_millis: u64,
+    /// When the last request ended (or the connection began): idle time counts from here.
     last_millis: AtomicU64,
     /// When the first byte arrived with no request in flight (millis + 1; 0 = none): a
     /// request head is on its way.
     head_started: AtomicU64,
+    /// When a write first found the client's socket full (millis + 1; 0 = writes flow).
+    write_blocked: AtomicU64,
     in_flight: AtomicUsize,
+    /// HTTP/2 response bodies that may wait on a stream's flow-control window.
+    paced: Mutex<Vec<Weak<dyn ClientPaced>>>,
+}
+
+impl std::fmt::Debug for Activity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Activity")
+            .field("in_flight", &self.in_flight.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Activity {
@@ -35,25 +60,47 @@ impl Activity {
             started_millis: coarse_millis(),
             last_millis: AtomicU64::new(0),
             head_started: AtomicU64::new(0),
+            write_blocked: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            paced: Mutex::new(Vec::new()),
         })
     }
 
-    fn now_millis(&self) -> u64 {
+    /// Milliseconds since the connection began.
+    pub fn now_millis(&self) -> u64 {
         coarse_millis().saturating_sub(self.started_millis)
     }
 
-    fn touch(&self) {
-        self.last_millis.store(self.now_millis(), Ordering::Relaxed);
+    fn since(&self, stamp: u64) -> Option<Duration> {
+        (stamp != 0).then(|| Duration::from_millis(self.now_millis().saturating_sub(stamp - 1)))
     }
 
-    fn touch_read(&self) {
-        let now = self.now_millis();
-        self.last_millis.store(now, Ordering::Relaxed);
-        if self.in_flight.load(Ordering::Acquire) == 0 {
+    fn bytes_read(&self) {
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && self.head_started.load(Ordering::Relaxed) == 0
+        {
+            let now = self.now_millis();
             let _ =
                 self.head_started
                     .compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+
+    fn write_refused(&self) {
+        if self.write_blocked.load(Ordering::Relaxed) == 0 {
+            let now = self.now_millis();
+            let _ = self.write_blocked.compare_exchange(
+                0,
+                now + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    fn write_taken(&self) {
+        if self.write_blocked.load(Ordering::Relaxed) != 0 {
+            self.write_blocked.store(0, Ordering::Release);
         }
     }
 
@@ -62,15 +109,10 @@ impl Activity {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
-        match self.head_started.load(Ordering::Acquire) {
-            0 => None,
-            started => Some(Duration::from_millis(
-                self.now_millis().saturating_sub(started - 1),
-            )),
-        }
+        self.since(self.head_started.load(Ordering::Acquire))
     }
 
-    /// How long since bytes last moved, when no request is in flight.
+    /// How long since the last request ended, when none is in flight.
     pub fn idle_for(&self) -> Option<Duration> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
@@ -81,25 +123,68 @@ impl Activity {
         ))
     }
 
+    /// How long the client's socket has refused every write.
+    pub fn write_blocked_for(&self) -> Option<Duration> {
+        self.since(self.write_blocked.load(Ordering::Acquire))
+    }
+
     /// Marks a request in flight until the guard drops.
     pub fn request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_started.store(0, Ordering::Release);
         InFlight(self.clone())
     }
+
+    /// Puts an HTTP/2 response body under the write deadline.
+    pub fn pace(&self, body: Weak<dyn ClientPaced>) {
+        if let Ok(mut paced) = self.paced.lock() {
+            paced.push(body);
+        }
+    }
+
+    /// Releases every paced body that has waited for the client for `limit` or longer, and
+    /// forgets the ended ones. Returns how many were released.
+    pub fn release_stuck(&self, limit: Duration) -> usize {
+        let Ok(mut paced) = self.paced.lock() else {
+            return 0;
+        };
+        let now = self.now_millis();
+        let limit = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+        let mut released = 0;
+        paced.retain(|body| {
+            let Some(body) = body.upgrade() else {
+                return false;
+            };
+            let since = body.waiting_since();
+            if since != 0 && now.saturating_sub(since - 1) >= limit {
+                body.release();
+                released += 1;
+                return false;
+            }
+            true
+        });
+        released
+    }
 }
 
+/// A request in flight on its connection; the connection is idle from the moment the last
+/// one drops. A proxied response body holds one until it ends, so a long download or a quiet
+/// event stream is not idle.
 pub struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.touch();
-        self.0.head_started.store(0, Ordering::Release);
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let activity = &self.0;
+        activity
+            .last_millis
+            .store(activity.now_millis(), Ordering::Relaxed);
+        activity.head_started.store(0, Ordering::Release);
+        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// Wraps a stream and touches [`Activity`] whenever bytes are read or written.
+/// Wraps a client stream: bytes read with no request in flight start a request head; a write
+/// the socket refuses starts the write deadline, and any write it takes ends it.
 pub struct TrackedIo<T> {
     inner: T,
     activity: Arc<Activity>,
@@ -108,6 +193,14 @@ pub struct TrackedIo<T> {
 impl<T> TrackedIo<T> {
     pub fn new(inner: T, activity: Arc<Activity>) -> Self {
         Self { inner, activity }
+    }
+
+    fn wrote(&self, result: &Poll<io::Result<usize>>) {
+        match result {
+            Poll::Ready(Ok(n)) if *n > 0 => self.activity.write_taken(),
+            Poll::Pending => self.activity.write_refused(),
+            _ => {}
+        }
     }
 }
 
@@ -120,7 +213,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() != before {
-            self.activity.touch_read();
+            self.activity.bytes_read();
         }
         result
     }
@@ -133,9 +226,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
+        self.wrote(&result);
         result
     }
 
@@ -145,9 +236,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
+        self.wrote(&result);
         result
     }
 
@@ -156,10 +245,82 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let result = Pin::new(&mut self.inner).poll_flush(cx);
+        if result.is_pending() {
+            self.activity.write_refused();
+        }
+        result
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    struct Paced {
+        since: AtomicU64,
+        released: AtomicBool,
+    }
+
+    impl ClientPaced for Paced {
+        fn waiting_since(&self) -> u64 {
+            self.since.load(Ordering::Relaxed)
+        }
+        fn release(&self) {
+            self.released.store(true, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn only_bodies_waiting_longer_than_the_limit_are_released_and_ended_ones_forgotten() {
+        // A connection 20 s old, so that a body can have waited 10 s.
+        let activity = Arc::new(Activity {
+            started_millis: coarse_millis().saturating_sub(20_000),
+            ..Arc::into_inner(Activity::new()).unwrap()
+        });
+        let now = activity.now_millis();
+        let body = |since: u64| {
+            Arc::new(Paced {
+                since: AtomicU64::new(since),
+                released: AtomicBool::new(false),
+            })
+        };
+        // Waiting for 10 s, waiting since now, not waiting, and one already dropped.
+        let stuck = body(now - 10_000 + 1);
+        let fresh = body(now + 1);
+        let flowing = body(0);
+        let ended = body(1);
+        for paced in [&stuck, &fresh, &flowing, &ended] {
+            let weak: Weak<dyn ClientPaced> = Arc::downgrade(paced) as Weak<dyn ClientPaced>;
+            activity.pace(weak);
+        }
+        drop(ended);
+        assert_eq!(activity.release_stuck(Duration::from_secs(5)), 1);
+        assert!(stuck.released.load(Ordering::Relaxed));
+        assert!(!fresh.released.load(Ordering::Relaxed));
+        assert!(!flowing.released.load(Ordering::Relaxed));
+        // The released and the dropped are forgotten; the other two stay watched.
+        assert_eq!(activity.paced.lock().map(|p| p.len()).unwrap_or(0), 2);
+    }
+
+    #[test]
+    fn idle_counts_from_the_end_of_the_last_request_not_from_bytes() {
+        let activity = Activity::new();
+        let request = activity.request();
+        assert_eq!(activity.idle_for(), None);
+        // Bytes read while a request is in flight are not a new head.
+        activity.bytes_read();
+        assert_eq!(activity.head_wait(), None);
+        drop(request);
+        assert!(activity
+            .idle_for()
+            .is_some_and(|idle| idle < Duration::from_secs(1)));
+        activity.bytes_read();
+        assert!(activity.head_wait().is_some());
     }
 }

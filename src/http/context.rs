@@ -11,6 +11,8 @@ use std::time::Instant;
 
 use ipnet::IpNet;
 
+use super::activity::Activity;
+
 /// The connection's place under `max_connections`, attached to each request; whoever holds
 /// a clone keeps the place taken (an upgraded WebSocket outlives its HTTP connection).
 #[derive(Clone)]
@@ -25,6 +27,9 @@ pub struct ConnectionInfo {
     pub secure: bool,
     /// `1.2` or `1.3` on TLS connections.
     pub tls_version: Option<&'static str>,
+    /// The connection's liveness, for response bodies and tunnels that keep it busy or wait
+    /// on its client (set by the server for every request).
+    pub activity: Option<Arc<Activity>>,
 }
 
 /// The upstream server that answered, for the access log (a response extension the proxy
@@ -48,6 +53,8 @@ pub struct RequestContext {
     pub route: Arc<str>,
     /// The most a request body may carry (the route's policy).
     pub body_limit: u64,
+    /// The request's HTTP version (an HTTP/2 response body is paced per stream).
+    pub version: http::Version,
     pub started: Instant,
 }
 

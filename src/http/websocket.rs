@@ -9,7 +9,8 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
@@ -86,18 +87,36 @@ pub fn check_upgrade<B>(request: &Request<B>) -> Result<HeaderValue, HttpError> 
         .map_err(|_| HttpError::BadRequest("malformed Sec-WebSocket-Key"))
 }
 
+/// The echo's buffers and limits. tungstenite's defaults (a 64 MiB message of 16 MiB frames,
+/// an unbounded write buffer) let four clients pin a few hundred MiB; an echo needs little.
+fn echo_limits() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(256 * 1024)
+        .max_message_size(Some(ECHO_MAX_MESSAGE))
+        .max_frame_size(Some(ECHO_MAX_MESSAGE))
+}
+
+/// The largest message the built-in echo takes; larger closes with 1009.
+pub const ECHO_MAX_MESSAGE: usize = 64 * 1024;
+
 /// Echoes text and binary messages until the client closes, the connection is idle for
 /// `idle_timeout`, or the server shuts down (close code 1001).
 pub async fn echo(upgraded: Upgraded, idle_timeout: Duration, shutdown: CancellationToken) {
     let mut socket =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(echo_limits()))
+            .await;
     let reason = loop {
         let next = tokio::select! {
             next = tokio::time::timeout(idle_timeout, socket.next()) => next,
-            () = shutdown.cancelled() => break Some("server shutting down"),
+            () = shutdown.cancelled() => break Some((CloseCode::Away, "server shutting down")),
         };
         let message = match next {
-            Err(_) => break Some("idle timeout"),
+            Err(_) => break Some((CloseCode::Away, "idle timeout")),
+            Ok(Some(Err(WsError::Capacity(_)))) => {
+                break Some((CloseCode::Size, "message over 64 KiB"))
+            }
             Ok(None) | Ok(Some(Err(_))) => break None,
             Ok(Some(Ok(message))) => message,
         };
@@ -111,9 +130,9 @@ pub async fn echo(upgraded: Upgraded, idle_timeout: Duration, shutdown: Cancella
             break None;
         }
     };
-    if let Some(reason) = reason {
+    if let Some((code, reason)) = reason {
         let frame = CloseFrame {
-            code: CloseCode::Away,
+            code,
             reason: reason.into(),
         };
         let _ = socket.close(Some(frame)).await;

@@ -145,6 +145,7 @@ mod tests {
             sni: Some("a.test".into()),
             secure: true,
             tls_version: Some("1.3"),
+            activity: None,
         };
         assert!(misdirected(Some("a.test"), &conn).is_ok());
         assert!(matches!(

@@ -166,6 +166,7 @@ impl Pipeline {
                 sni: None,
                 secure: false,
                 tls_version: None,
+                activity: None,
             });
         // The path without its query: queries often carry tokens, which never reach the logs.
         let logged = self
@@ -182,6 +183,7 @@ impl Pipeline {
             peer_trusted,
             route: self.unmatched_name.clone(),
             body_limit: 0,
+            version: request.version(),
             started,
         };
         let (stats, outcome) = self.stages(request, &mut ctx).await;

@@ -126,7 +126,7 @@ pub async fn forward(
                     response,
                     in_flight,
                     sticky.as_deref(),
-                    ctx.conn.secure,
+                    ctx,
                 ));
             }
             Ok(Err(error)) => {

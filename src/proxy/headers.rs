@@ -224,12 +224,14 @@ mod tests {
                 sni: None,
                 secure: true,
                 tls_version: Some("1.3"),
+                activity: None,
             },
             host: "example.com".into(),
             client_ip: client.parse().unwrap(),
             peer_trusted: trusted,
             route: "test".into(),
             body_limit: 0,
+            version: http::Version::HTTP_11,
             started: std::time::Instant::now(),
         }
     }

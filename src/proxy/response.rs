@@ -1,9 +1,11 @@
 //! Shaping an upstream's response for the client, the same for proxied requests and for a
 //! WebSocket upgrade the backend refused: hop-by-hop headers and `Server` go, the sticky
-//! cookie is set, and the server's in-flight count is held until the body ends.
+//! cookie is set, and the server's in-flight count is held until the body ends; an HTTP/2
+//! body is released when its client keeps the stream's window shut for `send_timeout`.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use http::header::{self, HeaderValue};
@@ -14,7 +16,8 @@ use super::body::BoxError;
 use super::headers::remove_hop_by_hop;
 use super::pool::{InFlight, Pool};
 use crate::config::proxy::Balance;
-use crate::http::context::UpstreamServer;
+use crate::http::activity::{Activity, ClientPaced, InFlight as Busy};
+use crate::http::context::{RequestContext, UpstreamServer};
 use crate::http::Response;
 
 pub fn respond<B>(
@@ -23,12 +26,13 @@ pub fn respond<B>(
     response: hyper::Response<B>,
     in_flight: InFlight,
     sticky: Option<&str>,
-    secure: bool,
+    ctx: &RequestContext,
 ) -> Response
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + Sync + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
+    let secure = ctx.conn.secure;
     let (mut parts, body) = response.into_parts();
     parts
         .extensions
@@ -55,47 +59,158 @@ where
             }
         }
     }
-    hyper::Response::from_parts(
-        parts,
-        Guarded::new(body, in_flight).map_err(Into::into).boxed(),
-    )
+    hyper::Response::from_parts(parts, Guarded::new(body, in_flight, ctx).boxed())
 }
 
-/// Holds an [`InFlight`] until the body ends or is dropped.
+/// The error a released body ends with: its client took nothing for `limits.send_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("the client took no response bytes for send_timeout")]
+pub struct ClientTooSlow;
+
+/// What a proxied body holds until it ends: the upstream body, the pool's in-flight count
+/// and the client connection's (a streaming response keeps its connection busy).
+struct Held<B> {
+    body: B,
+    _pool: InFlight,
+    _busy: Option<Busy>,
+}
+
+/// Holds an upstream body, and with it the in-flight counts, until it ends or is dropped. On
+/// HTTP/2 it sits where the connection's watchdog can release it: a stream whose window the
+/// client keeps shut must not hold an upstream connection for ever.
 pub struct Guarded<B> {
-    inner: B,
-    guard: Option<InFlight>,
+    source: Source<B>,
 }
 
-impl<B> Guarded<B> {
-    pub fn new(inner: B, guard: InFlight) -> Self {
-        Self {
-            inner,
-            guard: Some(guard),
-        }
+enum Source<B> {
+    Owned(Option<Held<B>>),
+    Paced(Arc<PacedBody<B>>),
+}
+
+struct PacedBody<B> {
+    held: Mutex<Option<Held<B>>>,
+    /// As [`ClientPaced::waiting_since`]: set when a frame is handed to hyper, cleared when
+    /// hyper asks for the next (the client took the last one).
+    waiting_since: AtomicU64,
+    activity: Arc<Activity>,
+}
+
+impl<B: Send> ClientPaced for PacedBody<B> {
+    fn waiting_since(&self) -> u64 {
+        self.waiting_since.load(Ordering::Relaxed)
+    }
+
+    fn release(&self) {
+        let held = self.held.lock().map(|mut held| held.take());
+        drop(held);
     }
 }
 
-impl<B: Body + Unpin> Body for Guarded<B> {
+fn poll_held<B>(
+    slot: &mut Option<Held<B>>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<B::Data>, BoxError>>>
+where
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let Some(held) = slot.as_mut() else {
+        return Poll::Ready(Some(Err(Box::new(ClientTooSlow))));
+    };
+    let result = Pin::new(&mut held.body).poll_frame(cx);
+    match result {
+        Poll::Ready(None) => {
+            *slot = None;
+            Poll::Ready(None)
+        }
+        Poll::Ready(Some(Err(error))) => {
+            *slot = None;
+            Poll::Ready(Some(Err(error.into())))
+        }
+        Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+impl<B> Guarded<B>
+where
+    B: Send + 'static,
+{
+    pub fn new(body: B, pool: InFlight, ctx: &RequestContext) -> Self {
+        let activity = ctx.conn.activity.as_ref();
+        let held = Held {
+            body,
+            _pool: pool,
+            _busy: activity.map(Activity::request),
+        };
+        let source = match activity {
+            Some(activity) if ctx.version == http::Version::HTTP_2 => {
+                let paced = Arc::new(PacedBody {
+                    held: Mutex::new(Some(held)),
+                    // Until hyper first asks for data, the stream may be waiting for window.
+                    waiting_since: AtomicU64::new(activity.now_millis() + 1),
+                    activity: activity.clone(),
+                });
+                let weak = Arc::downgrade(&paced);
+                activity.pace(weak);
+                Source::Paced(paced)
+            }
+            _ => Source::Owned(Some(held)),
+        };
+        Self { source }
+    }
+}
+
+impl<B> Body for Guarded<B>
+where
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = B::Data;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let result = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(result, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            self.guard = None;
+        match &mut self.source {
+            Source::Owned(slot) => poll_held(slot, cx),
+            Source::Paced(paced) => {
+                paced.waiting_since.store(0, Ordering::Relaxed);
+                let Ok(mut slot) = paced.held.lock() else {
+                    return Poll::Ready(Some(Err(Box::new(ClientTooSlow))));
+                };
+                let result = poll_held(&mut slot, cx);
+                if matches!(result, Poll::Ready(Some(Ok(_)))) {
+                    let now = paced.activity.now_millis();
+                    paced.waiting_since.store(now + 1, Ordering::Relaxed);
+                }
+                result
+            }
         }
-        result
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.source {
+            Source::Owned(slot) => slot.as_ref().is_none_or(|held| held.body.is_end_stream()),
+            Source::Paced(paced) => paced
+                .held
+                .lock()
+                .map(|slot| slot.as_ref().is_none_or(|held| held.body.is_end_stream()))
+                .unwrap_or(true),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.source {
+            Source::Owned(Some(held)) => held.body.size_hint(),
+            Source::Paced(paced) => paced
+                .held
+                .lock()
+                .ok()
+                .and_then(|slot| slot.as_ref().map(|held| held.body.size_hint()))
+                .unwrap_or_default(),
+            Source::Owned(None) => SizeHint::with_exact(0),
+        }
     }
 }

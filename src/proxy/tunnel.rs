@@ -131,7 +131,7 @@ pub async fn tunnel(
             response,
             in_flight,
             sticky.as_deref(),
-            ctx.conn.secure,
+            ctx,
         ));
     }
     let expected_accept = derive_accept_key(key.as_bytes());
@@ -160,6 +160,12 @@ pub async fn tunnel(
     let tunnel = Tunnel {
         _slot: request.extensions_mut().remove::<ConnectionSlot>(),
         _in_flight: in_flight,
+        _busy: ctx
+            .conn
+            .activity
+            .as_ref()
+            .filter(|_| ctx.version == Version::HTTP_2)
+            .map(crate::http::activity::Activity::request),
         _open: None,
         route_name,
         idle: terms.idle,
@@ -199,6 +205,8 @@ fn client_reply(upstream: &hyper::Response<Incoming>, extended_connect: bool) ->
 struct Tunnel {
     _slot: Option<ConnectionSlot>,
     _in_flight: InFlight,
+    /// An HTTP/2 tunnel is a stream of its client connection, which is busy while it lasts.
+    _busy: Option<crate::http::activity::InFlight>,
     _open: Option<GaugeGuard>,
     route_name: String,
     idle: Duration,

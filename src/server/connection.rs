@@ -30,6 +30,7 @@ fn plain(peer: SocketAddr) -> ConnectionInfo {
         sni: None,
         secure: false,
         tls_version: None,
+        activity: None,
     }
 }
 
@@ -98,6 +99,7 @@ pub(super) async fn serve_main(
         sni: stream.server_name().map(Arc::from),
         secure: true,
         tls_version: Some(accepted.version).filter(|v| *v != "other"),
+        activity: None,
     };
     serve_http(
         stream,
@@ -178,9 +180,12 @@ pub(super) enum Protocol {
 
 /// Serves HTTP/1.1 and HTTP/2 on one connection with the configured limits:
 /// - a request head must arrive within `header_read_timeout` of its first byte (HTTP/1);
-/// - a connection with no request in flight and no bytes either way for `idle_timeout` is
-///   closed (GOAWAY for HTTP/2);
-/// - on shutdown, in-flight requests finish and the connection closes.
+/// - a connection with no request in flight for `idle_timeout` is closed (GOAWAY for
+///   HTTP/2); bytes alone (HTTP/2 PINGs) do not make it busy;
+/// - a client that takes no bytes for `send_timeout` is cut off: the whole connection when its
+///   socket stays full, one HTTP/2 stream when only that stream's window stays shut;
+/// - on shutdown, in-flight requests finish and the connection closes; a graceful close that
+///   does not finish in time is cut short.
 ///
 /// The connection's slot travels with each request, so an upgraded WebSocket keeps holding
 /// it after this function returns.
@@ -189,7 +194,7 @@ pub(super) async fn serve_http<I, H, F>(
     limits: &Limits,
     shutdown: CancellationToken,
     slot: ConnectionSlot,
-    info: ConnectionInfo,
+    mut info: ConnectionInfo,
     protocol: Protocol,
     handler: H,
 ) where
@@ -198,6 +203,7 @@ pub(super) async fn serve_http<I, H, F>(
     F: std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send + 'static,
 {
     let activity = Activity::new();
+    info.activity = Some(activity.clone());
     let io = TokioIo::new(TrackedIo::new(io, activity.clone()));
     let handler = Arc::new(handler);
     let request_activity = activity.clone();
@@ -279,7 +285,8 @@ struct ConnectionWatch<'a> {
 
 impl ConnectionWatch<'_> {
     /// Runs `connection` to its end, asking it to finish (`graceful`) on shutdown or when
-    /// idle, and dropping it when a request head is too slow.
+    /// idle, and dropping it when a request head is too slow, when the client takes no
+    /// bytes for `send_timeout`, or when a graceful close does not finish in time.
     async fn drive<C, E>(
         self,
         connection: C,
@@ -291,13 +298,17 @@ impl ConnectionWatch<'_> {
     {
         let limits = self.limits;
         tokio::pin!(connection);
-        let shortest = limits.idle_timeout.min(limits.header_read_timeout);
+        let shortest = limits
+            .idle_timeout
+            .min(limits.header_read_timeout)
+            .min(limits.send_timeout);
         let check_every = (shortest / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
         // The first check is one period in: an immediate tick would find nothing, and a timer
         // due at once costs tokio a wake-up of its driver.
         let mut ticker =
             tokio::time::interval_at(tokio::time::Instant::now() + check_every, check_every);
-        let mut closing = false;
+        // Set once a graceful close is asked for: the moment it is given up on.
+        let mut close_by: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 result = connection.as_mut() => {
@@ -306,23 +317,52 @@ impl ConnectionWatch<'_> {
                     }
                     return;
                 }
-                () = shutdown.cancelled(), if !closing => {
+                () = shutdown.cancelled(), if close_by.is_none() => {
                     graceful(connection.as_mut());
-                    closing = true;
+                    close_by = Some(tokio::time::Instant::now() + limits.shutdown_timeout);
                 }
                 _ = ticker.tick() => {
-                    if self.head_deadline && self.activity.head_wait().is_some_and(|wait| wait >= limits.header_read_timeout) {
-                        // A slow or stalled request head: drop the connection outright, since a
-                        // graceful shutdown would wait for that very request.
-                        tracing::debug!("request head not received in time; closing");
+                    if let Some(reason) = self.cut_off() {
+                        // A graceful shutdown would wait for the very request or write that
+                        // is stuck: the connection is dropped outright.
+                        tracing::debug!(reason, "closing the connection");
                         return;
                     }
-                    if !closing && self.activity.idle_for().is_some_and(|idle| idle >= limits.idle_timeout) {
+                    let released = self.activity.release_stuck(limits.send_timeout);
+                    if released > 0 {
+                        tracing::debug!(released, "HTTP/2 streams whose window stayed shut for send_timeout were reset");
+                    }
+                    if close_by.is_none() && self.activity.idle_for().is_some_and(|idle| idle >= limits.idle_timeout) {
                         graceful(connection.as_mut());
-                        closing = true;
+                        close_by = Some(tokio::time::Instant::now() + limits.send_timeout);
+                    }
+                    if close_by.is_some_and(|deadline| tokio::time::Instant::now() >= deadline) {
+                        tracing::debug!("graceful close did not finish in time; closing");
+                        return;
                     }
                 }
             }
         }
+    }
+
+    /// Why the connection must be dropped now, if it must.
+    fn cut_off(&self) -> Option<&'static str> {
+        let limits = self.limits;
+        if self.head_deadline
+            && self
+                .activity
+                .head_wait()
+                .is_some_and(|wait| wait >= limits.header_read_timeout)
+        {
+            return Some("request head not received within header_read_timeout");
+        }
+        if self
+            .activity
+            .write_blocked_for()
+            .is_some_and(|blocked| blocked >= limits.send_timeout)
+        {
+            return Some("the client took no bytes for send_timeout");
+        }
+        None
     }
 }

@@ -5,6 +5,7 @@
 mod common;
 
 mod acme;
+mod adversarial;
 mod cert_cli;
 mod check;
 mod check_grades;

@@ -1,0 +1,347 @@
+//! Hostile clients and hostile backends against a real server over real sockets: each test
+//! mounts one attack and asserts that what it tries to hold is let go within the configured
+//! limit, and that a normal client is still served.
+
+use crate::common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::CertificateDer;
+use tlsgate::certs::KeyAlgorithm;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
+
+/// A raw HTTP/1.1 backend that counts the large responses it is writing, records what it
+/// receives, and
+/// misbehaves on request:
+/// - `/big?bytes=N`: N bytes of body with Content-Length, written 64 KiB at a time;
+/// - `/late-bytes`: a 2-byte body, then 50 ms later bytes nobody asked for (also after a
+///   HEAD answer, whose body must not exist);
+/// - anything else: `ok <path>`.
+struct RawBackend {
+    addr: std::net::SocketAddr,
+    /// `/big` responses being written (each holds one of the proxy's upstream connections).
+    big: Arc<AtomicUsize>,
+    /// Every byte the proxy sent, in order.
+    #[allow(dead_code)]
+    received: Arc<Mutex<Vec<u8>>>,
+}
+
+/// Counts one `/big` response while it lasts, however it ends.
+struct Writing(Arc<AtomicUsize>);
+
+impl Writing {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl RawBackend {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let big = Arc::new(AtomicUsize::new(0));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (count, log) = (big.clone(), received.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (count, log) = (count.clone(), log.clone());
+                tokio::spawn(async move {
+                    let _ = serve_raw(tcp, count, log).await;
+                });
+            }
+        });
+        Self {
+            addr,
+            big,
+            received,
+        }
+    }
+
+    /// Large responses still being written.
+    fn open(&self) -> usize {
+        self.big.load(Ordering::SeqCst)
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+async fn serve_raw(
+    mut tcp: TcpStream,
+    big: Arc<AtomicUsize>,
+    log: Arc<Mutex<Vec<u8>>>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    loop {
+        let end = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tcp.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            log.lock().await.extend_from_slice(&chunk[..n]);
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end);
+        let mut words = head.split_whitespace();
+        let method = words.next().unwrap_or_default().to_owned();
+        let target = words.next().unwrap_or_default().to_owned();
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        match path {
+            "/big" => {
+                let _writing = Writing::new(&big);
+                let bytes: usize = query
+                    .strip_prefix("bytes=")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(1 << 20);
+                tcp.write_all(
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {bytes}\r\n\r\n").as_bytes(),
+                )
+                .await?;
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut left = bytes;
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    tcp.write_all(&chunk[..n]).await?;
+                    left -= n;
+                }
+            }
+            "/late-bytes" => {
+                let body: &[u8] = if method == "HEAD" { b"" } else { b"ok" };
+                tcp.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+                    .await?;
+                tcp.write_all(body).await?;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                tcp.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL")
+                    .await?;
+            }
+            other => {
+                let body = format!("ok {other}");
+                tcp.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                )
+                .await?;
+            }
+        }
+    }
+}
+
+/// A server proxying every path to `backend`, with `limits` added to its config.
+async fn proxy_to(
+    dir: &std::path::Path,
+    backend: &str,
+    extra: &str,
+) -> (TestServer, CertificateDer<'static>) {
+    let ca = fixture_ca(dir);
+    fixture_cert(&ca, dir, "site", &["localhost"], KeyAlgorithm::EcdsaP256);
+    let config = format!(
+        "tls:\n  certificates:\n    - pem_file: site.pem\nupstreams:\n  app:\n    servers: [{backend}]\nroutes:\n  - path: /\n    upstream: app\n{extra}"
+    );
+    (TestServer::start(&config, dir).await.unwrap(), ca.cert_der)
+}
+
+/// Polls `condition` until it holds or `limit` passes; returns the time it took.
+async fn within(limit: Duration, mut condition: impl FnMut() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if condition() {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    condition().then(|| started.elapsed())
+}
+
+/// A normal client is served quickly while the attack goes on.
+async fn normal_client_is_served(server: &TestServer, ca: &CertificateDer<'static>) {
+    let started = Instant::now();
+    let client = default_client(std::slice::from_ref(ca));
+    let response = tokio::time::timeout(
+        Duration::from_secs(5),
+        https_get(server.main, "localhost", client, "/hello"),
+    )
+    .await
+    .expect("a normal client is answered within 5 s during the attack");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, "ok /hello");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_kept_at_a_zero_window_release_their_backend_connections() {
+    let backend = RawBackend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, ca) = proxy_to(
+        dir.path(),
+        &backend.url(),
+        "limits:\n  send_timeout: 2s\n  idle_timeout: 3s\n",
+    )
+    .await;
+    // The attacker: SETTINGS_INITIAL_WINDOW_SIZE = 0, then 40 streams on large responses,
+    // whose bodies it never lets in.
+    let config = client_config(std::slice::from_ref(&ca), rustls::ALL_VERSIONS, &[b"h2"]);
+    let tls = tls_connect(server.main, "localhost", config).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    let attacker = tokio::spawn(connection);
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        let mut sender = sender.clone();
+        let request = http::Request::get("https://localhost/big?bytes=4194304")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        held.push(tokio::spawn(
+            async move { sender.send_request(request).await },
+        ));
+    }
+    let mut responses = Vec::new();
+    for response in held {
+        let response = response.await.unwrap().expect("response head");
+        assert_eq!(response.status(), 200);
+        responses.push(response);
+    }
+    assert!(
+        within(Duration::from_secs(2), || backend.open() >= 40)
+            .await
+            .is_some(),
+        "the attack holds 40 backend connections at first ({})",
+        backend.open()
+    );
+    normal_client_is_served(&server, &ca).await;
+    // send_timeout (2 s) after the heads, the streams are reset and their upstreams let go.
+    let released = within(Duration::from_secs(6), || backend.open() == 0).await;
+    assert!(
+        released.is_some(),
+        "backend connections still held: {}",
+        backend.open()
+    );
+    // With no stream left busy, the idle connection is closed too (GOAWAY, then the
+    // bounded close).
+    let closed = tokio::time::timeout(Duration::from_secs(12), attacker).await;
+    assert!(
+        closed.is_ok(),
+        "the attacker's connection is closed once idle"
+    );
+    drop(responses);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_a_large_response_are_cut_off_after_send_timeout() {
+    let backend = RawBackend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, ca) = proxy_to(dir.path(), &backend.url(), "limits:\n  send_timeout: 2s\n").await;
+    // Ten HTTP/1.1 clients that ask for 64 MiB each and never read a byte.
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        let mut tls = tls_connect(
+            server.main,
+            "localhost",
+            default_client(std::slice::from_ref(&ca)),
+        )
+        .await
+        .unwrap();
+        tls.write_all(b"GET /big?bytes=67108864 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        clients.push(tls);
+    }
+    assert!(
+        within(Duration::from_secs(3), || backend.open() >= 10)
+            .await
+            .is_some(),
+        "each client holds a backend connection at first ({})",
+        backend.open()
+    );
+    normal_client_is_served(&server, &ca).await;
+    let released = within(Duration::from_secs(8), || backend.open() == 0).await;
+    assert!(
+        released.is_some(),
+        "backend connections still held by clients that never read: {}",
+        backend.open()
+    );
+    // The clients were cut off: reading now ends (after what the kernel had buffered).
+    let mut first = clients.remove(0);
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut sink = vec![0u8; 1 << 20];
+        loop {
+            match first.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the client's connection was closed");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_pings_do_not_keep_an_idle_connection_open() {
+    let backend = RawBackend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, ca) = proxy_to(dir.path(), &backend.url(), "limits:\n  idle_timeout: 2s\n").await;
+    let config = client_config(std::slice::from_ref(&ca), rustls::ALL_VERSIONS, &[b"h2"]);
+    let tls = tls_connect(server.main, "localhost", config).await.unwrap();
+    // A PING every 300 ms, with no stream open.
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_millis(300))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+        .handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get("https://localhost/one")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(
+        response.into_body().collect().await.unwrap().to_bytes(),
+        "ok /one"
+    );
+    let started = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(8), connection).await;
+    assert!(
+        closed.is_ok(),
+        "a connection sending only PINGs is closed as idle"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "not before idle_timeout: {:?}",
+        started.elapsed()
+    );
+    server.stop().await;
+}
