@@ -18,13 +18,97 @@ pub fn sanity<B>(request: &Request<B>, websocket: bool) -> Result<(), HttpError>
     if request.headers().get_all(header::HOST).iter().count() > 1 {
         return Err(HttpError::BadRequest("more than one Host header"));
     }
-    if has_dot_segments(request.uri().path()) {
-        return Err(HttpError::BadRequest("path with . or .. segments"));
-    }
     if websocket {
         websocket::check_opening(request)?;
     }
     Ok(())
+}
+
+/// The path routes match and the upstream receives, when it differs from the request's:
+/// percent-encoded unreserved characters decoded (RFC 3986 §6.2.2.2, so `/%77s` is `/ws`),
+/// other encodings' hex in upper case, and runs of `/` merged (as nginx's `merge_slashes`).
+/// Refused with `400`, since backends read them differently: `.`/`..` segments (plain or
+/// encoded), an encoded `/` or `\`, a raw `\`, an encoded control character or NUL, and a
+/// `%` not followed by two hex digits.
+pub fn normalized_path(path: &str) -> Result<Option<String>, HttpError> {
+    let bytes = path.as_bytes();
+    let plain = !bytes
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'%' || b == b'\\' || (b == b'/' && bytes.get(i + 1) == Some(&b'/')));
+    if plain {
+        // The common case: nothing to rewrite, checked without allocating.
+        return if has_dot_segments(path) {
+            Err(HttpError::BadRequest("path with . or .. segments"))
+        } else {
+            Ok(None)
+        };
+    }
+    let mut out = String::with_capacity(path.len());
+    let mut rest = bytes;
+    while let Some((&byte, tail)) = rest.split_first() {
+        rest = tail;
+        match byte {
+            b'%' => {
+                let value = match tail {
+                    [high, low, ..] => hex(*high).zip(hex(*low)).map(|(h, l)| h << 4 | l),
+                    _ => None,
+                }
+                .ok_or(HttpError::BadRequest(
+                    "malformed percent-encoding in the path",
+                ))?;
+                rest = &tail[2..];
+                match value {
+                    b'/' | b'\\' => return Err(HttpError::BadRequest("encoded slash in the path")),
+                    0..=0x1f | 0x7f => {
+                        return Err(HttpError::BadRequest(
+                            "encoded control character in the path",
+                        ))
+                    }
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                        out.push(char::from(value))
+                    }
+                    _ => {
+                        out.push('%');
+                        out.push(char::from(HEX_UPPER[usize::from(value >> 4)]));
+                        out.push(char::from(HEX_UPPER[usize::from(value & 0xf)]));
+                    }
+                }
+            }
+            b'\\' => return Err(HttpError::BadRequest("backslash in the path")),
+            b'/' if out.ends_with('/') => {}
+            // The URI parser let only ASCII through.
+            other => out.push(char::from(other)),
+        }
+    }
+    if has_dot_segments(&out) {
+        return Err(HttpError::BadRequest("path with . or .. segments"));
+    }
+    Ok((out != path).then_some(out))
+}
+
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+fn hex(digit: u8) -> Option<u8> {
+    match digit {
+        b'0'..=b'9' => Some(digit - b'0'),
+        b'a'..=b'f' => Some(digit - b'a' + 10),
+        b'A'..=b'F' => Some(digit - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// The path with each segment's `;parameters` removed, for matching only: Java servlet
+/// containers read `/ws;x` as `/ws`, so a route (and its policy) must see it so too.
+pub fn without_parameters(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains(';') {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let segments: Vec<&str> = path
+        .split('/')
+        .map(|segment| segment.split_once(';').map_or(segment, |(name, _)| name))
+        .collect();
+    std::borrow::Cow::Owned(segments.join("/"))
 }
 
 /// `421` when a request's host is not the name its TLS connection was opened for
@@ -89,6 +173,55 @@ mod tests {
         ] {
             assert!(!has_dot_segments(fine), "{fine}");
         }
+    }
+
+    #[test]
+    fn paths_are_normalised_as_a_lenient_backend_reads_them_or_refused() {
+        for (raw, normal) in [
+            ("/%77s", "/ws"),
+            ("/%61pi/x", "/api/x"),
+            ("//ws", "/ws"),
+            ("/a///b//", "/a/b/"),
+            ("/%7Euser/%2d", "/~user/-"),
+            ("/caf%c3%a9", "/caf%C3%A9"),
+            ("/a%20b", "/a%20b"),
+        ] {
+            let got = normalized_path(raw).unwrap_or_else(|e| panic!("{raw}: {e:?}"));
+            assert_eq!(got.as_deref().unwrap_or(raw), normal, "{raw}");
+        }
+        for plain in ["/", "/ws", "/api/v2/x", "/a.b/c", "/a%20b", "*"] {
+            assert_eq!(normalized_path(plain).unwrap(), None, "{plain}");
+        }
+        for bad in [
+            "/ws%2F",
+            "/ws%2f",
+            "/x/..%2fws",
+            "/x/%2e%2e/ws",
+            "/x/../ws",
+            "/%2e%2E/ws",
+            "/a%5Cb",
+            "/a\\b",
+            "/a%00b",
+            "/a%0ab",
+            "/a%7f",
+            "/a%",
+            "/a%4",
+            "/a%zz",
+            "/x/%2e",
+            "//..//ws",
+        ] {
+            assert!(
+                matches!(normalized_path(bad), Err(HttpError::BadRequest(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn route_matching_ignores_segment_parameters() {
+        assert_eq!(without_parameters("/ws;x"), "/ws");
+        assert_eq!(without_parameters("/a;b=c/d;e"), "/a/d");
+        assert_eq!(without_parameters("/plain"), "/plain");
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! order, over one [`RequestContext`]:
 //!
 //! 1. **checks**: requests no route may see ([`checks::sanity`]), then `421` for a host other
-//!    than the TLS connection's name ([`checks::misdirected`]);
-//! 2. **route**: host × path in the [`RouteTable`] (`404` when nothing matches);
+//!    than the TLS connection's name ([`checks::misdirected`]), then the path normalised or
+//!    refused ([`checks::normalized_path`]): routes and upstreams see the same path;
+//! 2. **route**: host × path in the [`RouteTable`], `;parameters` ignored (`404` when nothing
+//!    matches);
 //! 3. **policy**: the route's [`Policy`] (Origin for WebSockets, body size), the same for plain
 //!    requests and upgrades, before any target is touched;
 //! 4. **target**: [`Target::Upstream`] (`proxy::forward`, or `proxy::tunnel` for a WebSocket)
@@ -225,7 +227,7 @@ impl Pipeline {
     /// was found) with the outcome.
     async fn stages(
         &self,
-        request: hyper::Request<Incoming>,
+        mut request: hyper::Request<Incoming>,
         ctx: &mut RequestContext,
     ) -> (Option<&Arc<RouteStats>>, Result<Response, HttpError>) {
         let websocket = websocket::is_websocket(&request);
@@ -236,8 +238,17 @@ impl Pipeline {
         {
             return (None, Err(error));
         }
+        match checks::normalized_path(request.uri().path()) {
+            Ok(None) => {}
+            Ok(Some(path)) => match with_path(request.uri(), &path) {
+                Some(uri) => *request.uri_mut() = uri,
+                None => return (None, Err(HttpError::BadRequest("malformed path"))),
+            },
+            Err(error) => return (None, Err(error)),
+        }
         // 2. Route.
-        let Some(route) = self.routes.find(&ctx.host, request.uri().path()) else {
+        let matched = checks::without_parameters(request.uri().path());
+        let Some(route) = self.routes.find(&ctx.host, &matched) else {
             return (None, Err(HttpError::NotFound));
         };
         ctx.route = route.name.clone();
@@ -279,6 +290,18 @@ impl Pipeline {
         };
         (Some(&route.stats), outcome)
     }
+}
+
+/// `uri` with its path replaced by `path` (the query kept).
+fn with_path(uri: &http::Uri, path: &str) -> Option<http::Uri> {
+    let path_and_query = match uri.query() {
+        Some(query) => http::uri::PathAndQuery::try_from(format!("{path}?{query}")),
+        None => http::uri::PathAndQuery::try_from(path),
+    }
+    .ok()?;
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query);
+    http::Uri::from_parts(parts).ok()
 }
 
 /// The routes of `settings`, each with its policy and target, and the series for requests no

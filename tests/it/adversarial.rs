@@ -30,7 +30,6 @@ struct RawBackend {
     /// `/big` responses being written (each holds one of the proxy's upstream connections).
     big: Arc<AtomicUsize>,
     /// Every byte the proxy sent, in order.
-    #[allow(dead_code)]
     received: Arc<Mutex<Vec<u8>>>,
 }
 
@@ -342,6 +341,142 @@ async fn http2_pings_do_not_keep_an_idle_connection_open() {
         started.elapsed() >= Duration::from_millis(1500),
         "not before idle_timeout: {:?}",
         started.elapsed()
+    );
+    server.stop().await;
+}
+
+/// One raw HTTP/1.1 request over TLS; returns the status and the body (up to 64 KiB).
+async fn raw_exchange(
+    server: &TestServer,
+    ca: &CertificateDer<'static>,
+    request: &str,
+) -> (u16, String) {
+    let mut tls = tls_connect(
+        server.main,
+        "localhost",
+        default_client(std::slice::from_ref(ca)),
+    )
+    .await
+    .unwrap();
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match tls.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    received.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&received);
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let length = head.lines().find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        });
+                        if length.is_some_and(|length| body.len() >= length) {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&received).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encoded_doubled_and_parameterised_paths_cannot_cross_a_route_or_skip_its_policy() {
+    let app = RawBackend::start().await;
+    let api = RawBackend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = fixture_ca(dir.path());
+    fixture_cert(
+        &ca,
+        dir.path(),
+        "site",
+        &["localhost"],
+        KeyAlgorithm::EcdsaP256,
+    );
+    let config = format!(
+        "tls:\n  certificates:\n    - pem_file: site.pem\nupstreams:\n  app:\n    servers: [{}]\n  api:\n    servers: [{}]\nroutes:\n  - path: /ws\n    upstream: app\n    allowed_origins: [https://localhost]\n  - path: /api\n    upstream: api\n    max_body_size: 10\n  - path: /\n    upstream: app\n",
+        app.url(),
+        api.url()
+    );
+    let server = TestServer::start(&config, dir.path()).await.unwrap();
+    let ca = ca.cert_der;
+    // Every spelling of /api reaches the api pool, which sees the one normal path.
+    for (path, seen) in [
+        ("/api/x", "/api/x"),
+        ("/%61pi/x", "/api/x"),
+        ("/%61%70%69/x", "/api/x"),
+        ("//api//x", "/api/x"),
+        ("/api;v=1/x", "/api;v=1/x"),
+    ] {
+        let (status, body) = raw_exchange(
+            &server,
+            &ca,
+            &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, &*format!("ok {seen}")),
+            "{path}"
+        );
+        // And the api route's policy holds for it: a body over 10 bytes is refused.
+        let (status, _) = raw_exchange(
+            &server,
+            &ca,
+            &format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 11\r\nConnection: close\r\n\r\nhello world"),
+        )
+        .await;
+        assert_eq!(status, 413, "{path}: the api route's body limit applies");
+    }
+    // A WebSocket opening to any spelling of /ws with a foreign Origin meets /ws's policy.
+    let upgrade = |path: &str, origin: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: {origin}\r\n\r\n")
+    };
+    for path in ["/ws", "/%77s", "/%77%73", "//ws", "/ws;x", "///ws/"] {
+        let (status, _) = raw_exchange(&server, &ca, &upgrade(path, "https://evil.example")).await;
+        assert_eq!(status, 403, "{path} with a foreign Origin");
+    }
+    // Ambiguous spellings are refused before any route.
+    for path in [
+        "/ws%2F",
+        "/ws%2f",
+        "/x/..%2fws",
+        "/x/%2e%2e/ws",
+        "/w%5Cs",
+        "/ws%00",
+        "/ws%zz",
+    ] {
+        let (status, _) = raw_exchange(&server, &ca, &upgrade(path, "https://evil.example")).await;
+        assert_eq!(status, 400, "{path}");
+        let (status, _) = raw_exchange(
+            &server,
+            &ca,
+            &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(status, 400, "{path}");
+    }
+    // No upgrade ever reached the backend.
+    let seen = String::from_utf8_lossy(&app.received.lock().await).into_owned();
+    assert!(
+        !seen.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{seen}"
     );
     server.stop().await;
 }
