@@ -1,10 +1,12 @@
 //! Idle keep-alive connections to one upstream server, waiting for the next request.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use rustix::net::RecvFlags;
 use tokio::net::TcpStream;
 
 struct IdleConnection {
@@ -12,11 +14,44 @@ struct IdleConnection {
     since: Instant,
 }
 
+/// How long a connection is watched after a response that cannot carry a body (HEAD, 204,
+/// 304) before it may carry another request: a sloppy server's stray body then closes it
+/// instead of becoming the next client's response.
+pub const SETTLE: Duration = Duration::from_millis(100);
+
 impl IdleConnection {
     /// Within its timeout and still open: fit to carry a request.
-    fn usable(&self, timeout: Duration) -> bool {
-        self.since.elapsed() < timeout && still_open(&self.stream)
+    fn usable(&self, timeout: Duration) -> Result<(), Unfit> {
+        if self.since.elapsed() >= timeout {
+            return Err(Unfit::Expired);
+        }
+        probe(&self.stream)
     }
+
+    /// As [`Self::usable`], asking the kernel rather than the poller's last word (which may
+    /// lag behind bytes that just arrived).
+    fn quiet(&self, timeout: Duration) -> Result<(), Unfit> {
+        self.usable(timeout)?;
+        let mut byte = [0u8; 1];
+        match rustix::net::recv(
+            &self.stream,
+            &mut byte,
+            RecvFlags::PEEK | RecvFlags::DONTWAIT,
+        ) {
+            Err(rustix::io::Errno::AGAIN) => Ok(()),
+            Ok((n, _)) if n > 0 => Err(Unfit::Unsolicited),
+            _ => Err(Unfit::Closed),
+        }
+    }
+}
+
+/// Why a parked connection cannot be used.
+#[derive(Debug, PartialEq, Eq)]
+enum Unfit {
+    Expired,
+    Closed,
+    /// The server wrote while nothing was asked of it.
+    Unsolicited,
 }
 
 /// One server's idle keep-alive connections, newest last. Taken newest first (as nginx and
@@ -25,6 +60,10 @@ impl IdleConnection {
 /// a wait on the request path.
 pub struct IdleConnections {
     stack: Mutex<Vec<IdleConnection>>,
+    /// Connections watched for [`SETTLE`] before they join the stack.
+    settling: Mutex<Vec<IdleConnection>>,
+    /// Set once the server sent bytes unasked: its connections are then never reused.
+    sloppy: AtomicBool,
     max_idle: usize,
     timeout: Duration,
 }
@@ -42,13 +81,17 @@ impl IdleConnections {
     pub fn new(max_idle: usize, timeout: Duration) -> Self {
         Self {
             stack: Mutex::new(Vec::new()),
+            settling: Mutex::new(Vec::new()),
+            sloppy: AtomicBool::new(false),
             max_idle,
             timeout,
         }
     }
 
+    /// Connections kept, settling ones included.
     pub fn len(&self) -> usize {
         self.stack.lock().map_or(0, |stack| stack.len())
+            + self.settling.lock().map_or(0, |settling| settling.len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -61,20 +104,90 @@ impl IdleConnections {
 
     /// An idle connection still open and within its timeout, if any.
     pub(super) fn take(&self) -> Option<TcpStream> {
+        if let Some(settled) = self.take_settled() {
+            return Some(settled);
+        }
         while let Some(idle) = self.pop() {
-            if idle.usable(self.timeout) {
-                return Some(idle.stream);
+            match idle.usable(self.timeout) {
+                Ok(()) => return Some(idle.stream),
+                Err(Unfit::Unsolicited) => self.caught_sloppy(),
+                Err(_) => {}
             }
         }
         None
     }
 
+    /// A settling connection whose watch is over and that stayed quiet; those that spoke
+    /// or closed meanwhile are dropped (costs one `try_lock` when none settles).
+    fn take_settled(&self) -> Option<TcpStream> {
+        let mut settling = self.settling.try_lock().ok()?;
+        if settling.is_empty() {
+            return None;
+        }
+        let mut sloppy = false;
+        let mut chosen = None;
+        let mut index = 0;
+        while index < settling.len() {
+            if settling[index].since.elapsed() < SETTLE {
+                index += 1;
+                continue;
+            }
+            let idle = settling.swap_remove(index);
+            match idle.quiet(self.timeout) {
+                Ok(()) if chosen.is_none() => chosen = Some(idle.stream),
+                Ok(()) => self.put_now(idle.stream),
+                Err(unfit) => sloppy |= unfit == Unfit::Unsolicited,
+            }
+        }
+        drop(settling);
+        if sloppy {
+            self.caught_sloppy();
+            return None;
+        }
+        chosen
+    }
+
+    pub(super) fn caught_sloppy(&self) {
+        if !self.sloppy.swap(true, Ordering::Relaxed) {
+            tracing::warn!("an upstream server sent bytes nobody asked for (a body on a HEAD answer, or more than its Content-Length); its connections are no longer reused");
+        }
+    }
+
+    /// Whether the server was caught sending bytes unasked.
+    pub(super) fn is_sloppy(&self) -> bool {
+        self.sloppy.load(Ordering::Relaxed)
+    }
+
+    /// Parks a connection after a response no body may follow: it may carry another request
+    /// once [`SETTLE`] has passed quietly.
+    pub(super) fn put_settling(&self, stream: TcpStream) {
+        if self.max_idle == 0 || self.is_sloppy() {
+            return;
+        }
+        let evicted = match self.settling.try_lock() {
+            Ok(mut settling) => {
+                let evicted = (settling.len() >= self.max_idle).then(|| settling.remove(0));
+                settling.push(IdleConnection {
+                    stream,
+                    since: Instant::now(),
+                });
+                evicted
+            }
+            Err(_) => None,
+        };
+        drop(evicted);
+    }
+
     /// Parks a connection whose last response was read to its end; when the stack is full the
     /// oldest gives way. Sockets are closed outside the lock.
     pub(super) fn put(&self, stream: TcpStream) {
-        if self.max_idle == 0 {
+        if self.max_idle == 0 || self.is_sloppy() {
             return;
         }
+        self.put_now(stream);
+    }
+
+    fn put_now(&self, stream: TcpStream) {
         let evicted = match self.stack.try_lock() {
             Ok(mut stack) => {
                 let evicted = (stack.len() >= self.max_idle).then(|| stack.remove(0));
@@ -96,10 +209,43 @@ impl IdleConnections {
             Ok(mut stack) => std::mem::take(&mut *stack),
             Err(_) => return,
         };
-        let kept: Vec<IdleConnection> = idle
-            .into_iter()
-            .filter(|idle| idle.usable(self.timeout))
-            .collect();
+        let mut sloppy = false;
+        let mut fit = |idle: &IdleConnection| match idle.usable(self.timeout) {
+            Ok(()) => true,
+            Err(unfit) => {
+                sloppy |= unfit == Unfit::Unsolicited;
+                false
+            }
+        };
+        let mut kept: Vec<IdleConnection> = idle.into_iter().filter(&mut fit).collect();
+        // Settled connections that stayed quiet join the stack; the others are dropped.
+        let settled = match self.settling.lock() {
+            Ok(mut settling) => {
+                let (settled, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut *settling)
+                    .into_iter()
+                    .partition(|idle| idle.since.elapsed() >= SETTLE);
+                *settling = waiting;
+                settled
+            }
+            Err(_) => Vec::new(),
+        };
+        kept.extend(
+            settled
+                .into_iter()
+                .filter(|idle| match idle.quiet(self.timeout) {
+                    Ok(()) => true,
+                    Err(unfit) => {
+                        sloppy |= unfit == Unfit::Unsolicited;
+                        false
+                    }
+                }),
+        );
+        if self.is_sloppy() {
+            kept.clear();
+        }
+        if sloppy {
+            self.caught_sloppy();
+        }
         let surplus: Vec<IdleConnection> = match self.stack.lock() {
             Ok(mut stack) => {
                 let newer = std::mem::replace(&mut *stack, kept);
@@ -115,14 +261,18 @@ impl IdleConnections {
 
 /// Whether an idle connection has neither been closed nor sent anything unasked. Costs no
 /// system call unless the poller saw the socket become readable.
-fn still_open(stream: &TcpStream) -> bool {
+fn probe(stream: &TcpStream) -> Result<(), Unfit> {
     let mut cx = Context::from_waker(Waker::noop());
     match stream.poll_read_ready(&mut cx) {
-        Poll::Pending => true,
-        Poll::Ready(Err(_)) => false,
+        Poll::Pending => Ok(()),
+        Poll::Ready(Err(_)) => Err(Unfit::Closed),
         Poll::Ready(Ok(())) => {
             let mut probe = [0u8; 1];
-            matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            match stream.try_read(&mut probe) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+                Ok(n) if n > 0 => Err(Unfit::Unsolicited),
+                _ => Err(Unfit::Closed),
+            }
         }
     }
 }

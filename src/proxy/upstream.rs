@@ -574,6 +574,9 @@ impl ResponseHead {
         upload: Option<Upload>,
         target: &Target<'_>,
     ) -> hyper::Response<UpstreamBody> {
+        // No body may follow, by method or status: a sloppy server's stray body would be
+        // read as the next response, so the connection settles before reuse.
+        let settle = head_only || self.framing == ResponseFraming::Done;
         let framing = if head_only {
             ResponseFraming::Done
         } else {
@@ -585,6 +588,7 @@ impl ResponseHead {
             framing,
             // A failed upload (`None`) leaves the connection unusable.
             reusable: upload.is_some() && !self.close && framing != ResponseFraming::UntilClose,
+            settle,
             // Boxed: only requests with a body still going need the room.
             upload: upload.filter(|upload| !upload.done()).map(Box::new),
             idle: target.idle.clone(),
@@ -616,6 +620,8 @@ pub struct UpstreamBody {
     buf: BytesMut,
     framing: ResponseFraming,
     reusable: bool,
+    /// The connection is watched for [`super::idle::SETTLE`] before reuse.
+    settle: bool,
     /// The rest of a request body still on its way.
     upload: Option<Box<Upload>>,
     idle: Arc<IdleConnections>,
@@ -655,8 +661,15 @@ impl UpstreamBody {
     fn release(&mut self) {
         self.framing = ResponseFraming::Done;
         if let Some(stream) = self.stream.take() {
-            if self.reusable && self.buf.is_empty() && self.upload.is_none() {
-                self.idle.put(stream);
+            if !self.buf.is_empty() {
+                // Bytes past the body's end: never reused, and the server is suspect.
+                self.idle.caught_sloppy();
+            } else if self.reusable && self.upload.is_none() {
+                if self.settle {
+                    self.idle.put_settling(stream);
+                } else {
+                    self.idle.put(stream);
+                }
             }
         }
         self.upload = None;
@@ -1138,12 +1151,16 @@ mod tests {
                 _ => assert_eq!((status, body.len()), (StatusCode::NO_CONTENT, 0)),
             }
         }
+        // After a 204 (and a HEAD answer) the connection is watched before it is reused.
+        assert_eq!(idle.len(), 1);
+        tokio::time::sleep(super::super::idle::SETTLE).await;
         let (status, _, body) = get(&addr, &idle, Method::HEAD, "/head").await.unwrap();
         assert_eq!(
             (status, body.unwrap().len()),
             (StatusCode::OK, 0),
             "HEAD has no body"
         );
+        tokio::time::sleep(super::super::idle::SETTLE).await;
         assert_eq!(
             get(&addr, &idle, Method::GET, "/length")
                 .await
@@ -1380,6 +1397,8 @@ mod tests {
             1,
             "a HEAD answer without length is complete at once"
         );
+        // Reused once its watch is over.
+        tokio::time::sleep(super::super::idle::SETTLE).await;
         let error = get(&addr, &idle, Method::GET, "/gzip-chunked")
             .await
             .unwrap_err();
