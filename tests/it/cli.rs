@@ -1054,3 +1054,80 @@ fn json_logs_carry_access_and_audit_lines() {
         .unwrap_or_else(|| panic!("no issuance audit line: {stderr}"));
     assert_eq!(issued["fields"]["serial"], info.serial.as_str(), "{issued}");
 }
+
+/// Runs to completion or panics after `limit` (the child is killed first).
+fn run_within(command: &mut Command, limit: Duration) -> (i32, String, String) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let started = std::time::Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("output");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn config_check_of_dev_zero_fails_fast_naming_the_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) = run_within(
+        tlsgate(dir.path()).args(["config", "check", "-c", "/dev/zero"]),
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "error: config file /dev/zero is larger than 4 MiB: not a configuration file (is it the right path?)"
+    );
+    assert!(stdout.is_empty(), "{stdout}");
+}
+
+#[test]
+fn yaml_mistakes_are_told_in_the_file_s_terms() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("dup.yaml"),
+        "data_dir: data\nlisten: 127.0.0.1:0\nadmin: off\ntls: on\naccess_log: true\nhttp: on\nlisten: 127.0.0.1:1\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = run(tlsgate(dir.path()).args(["config", "check", "-c", "dup.yaml"]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "error: dup.yaml:7:1: duplicate key `listen`: a key may appear only once in a mapping\n"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("DuplicateKeyPolicy"), "{stderr}");
+
+    let mut bomb = format!(
+        "trusted_proxies: &a [{}]\nupstreams:\n",
+        vec!["10.0.0.1"; 1000].join(",")
+    );
+    for i in 0..300 {
+        bomb.push_str(&format!("  u{i}:\n    servers: *a\n"));
+    }
+    std::fs::write(dir.path().join("bomb.yaml"), bomb).unwrap();
+    let (code, _, stderr) = run_within(
+        tlsgate(dir.path()).args(["config", "check", "-c", "bomb.yaml"]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(": the YAML has too many nodes (over 250,000), e.g. an alias bomb"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("budget breached"), "{stderr}");
+}
