@@ -1131,3 +1131,45 @@ fn yaml_mistakes_are_told_in_the_file_s_terms() {
     );
     assert!(!stderr.contains("budget breached"), "{stderr}");
 }
+
+#[test]
+fn certificate_files_are_read_up_to_a_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("zero.yaml"),
+        "tls:\n  certificates:\n    - cert_file: /dev/zero\n      key_file: /dev/zero\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = run_within(
+        tlsgate(dir.path()).args(["config", "check", "-c", "zero.yaml"]),
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(
+            "zero.yaml:3:7: /dev/zero is larger than 1 MiB: not a certificate or key file"
+        ),
+        "{stderr}"
+    );
+
+    let ca = fixture_ca(dir.path());
+    fixture_cert(
+        &ca,
+        dir.path(),
+        "site",
+        &["a.test"],
+        KeyAlgorithm::EcdsaP256,
+    );
+    // A real chain followed by 1 MiB of comment lines: over the cap, whatever it holds.
+    let mut big = std::fs::read_to_string(dir.path().join("site.crt")).unwrap();
+    big.push_str(&"# padding padding padding padding padding padding padding\n".repeat(20_000));
+    std::fs::write(dir.path().join("big.crt"), big).unwrap();
+    std::fs::write(
+        dir.path().join("big.yaml"),
+        "tls:\n  certificates:\n    - cert_file: big.crt\n      key_file: site.key\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = run(tlsgate(dir.path()).args(["config", "check", "-c", "big.yaml"]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("big.crt is larger than 1 MiB"), "{stderr}");
+}
