@@ -33,6 +33,14 @@ pub enum TlsError {
         cert: PathBuf,
         key: PathBuf,
     },
+    /// The key could not be checked against the certificate because rustls cannot read the
+    /// certificate itself (a true mismatch is [`TlsError::KeyMismatch`]).
+    #[error("certificate configured at {origin}: {cert}: {reason}")]
+    UnreadableLeaf {
+        origin: Origin,
+        cert: PathBuf,
+        reason: String,
+    },
     #[error("certificate configured at {origin}: the private key in {key} is not usable: {reason} (supported: RSA 2048-4096, ECDSA P-256/P-384, Ed25519)")]
     UnsupportedKey {
         origin: Origin,
