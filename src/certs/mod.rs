@@ -40,6 +40,8 @@ pub enum CertError {
     EncryptedKey { path: PathBuf },
     #[error("{path} is larger than {} MiB: not a certificate or key file (is it the right path?)", .limit >> 20)]
     TooLarge { path: PathBuf, limit: u64 },
+    #[error("{path} is writable by others (mode {mode:04o}): anyone on this machine could replace the keys kept there; run: chmod 700 {path}")]
+    WritableByOthers { path: PathBuf, mode: u32 },
     #[error("{path}: malformed: {reason}")]
     Malformed { path: PathBuf, reason: String },
     #[error("{path} already exists (use --force to replace it)")]

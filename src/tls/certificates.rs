@@ -50,6 +50,20 @@ pub struct LoadedCertificates {
     pub pending: Vec<Vec<String>>,
 }
 
+/// The data folder's mode, when keys live in it (the local CA, ACME certificates and
+/// accounts): refused when others may write to it, a warning when the group may.
+pub fn check_data_dir(tls: &TlsSettings, data_dir: &Path) -> Result<Option<String>, TlsError> {
+    let keys_inside = tls.certificates.is_empty()
+        || tls
+            .certificates
+            .iter()
+            .any(|entry| matches!(entry.source, CertSource::Acme { .. }));
+    if !keys_inside {
+        return Ok(None);
+    }
+    crate::certs::store::check_key_folder(data_dir).map_err(|source| TlsError::DataDir { source })
+}
+
 /// Loads every configured certificate; with none configured, makes sure the local CA and its
 /// `localhost` certificate exist in `data_dir` and loads that.
 pub fn load_certificates(
@@ -57,6 +71,7 @@ pub fn load_certificates(
     data_dir: &Path,
 ) -> Result<LoadedCertificates, TlsError> {
     let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let data_dir_warning = check_data_dir(tls, data_dir)?;
     let mut local = None;
     let entries: Vec<CertificateSettings> = if tls.certificates.is_empty() {
         let made = local_ca::ensure(data_dir).map_err(|source| TlsError::LocalCa {
@@ -114,7 +129,7 @@ pub fn load_certificates(
 
     let mut table = CertTable::default();
     let mut summaries = Vec::new();
-    let mut warnings = Vec::new();
+    let mut warnings: Vec<String> = data_dir_warning.into_iter().collect();
     let now = unix_now();
     for (index, (entry, key, info, names)) in loaded.into_iter().enumerate() {
         warnings.extend(expiry_warning(entry.source.cert_path(), &info, now));

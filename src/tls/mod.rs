@@ -10,7 +10,7 @@ mod server_config;
 pub mod stream;
 
 pub use accept::{Accepted, HandshakeFailure, TlsConnectionIo, TlsEdge};
-pub use certificates::{load_certificates, CertSummary, LoadedCertificates};
+pub use certificates::{check_data_dir, load_certificates, CertSummary, LoadedCertificates};
 pub use resolver::{CertTable, SniResolver};
 pub use server_config::{build_server_config, ServerConfigs, SessionState};
 
@@ -55,6 +55,11 @@ pub enum TlsError {
         cert: PathBuf,
         name: String,
         sans: String,
+    },
+    #[error("data folder: {source}")]
+    DataDir {
+        #[source]
+        source: CertError,
     },
     #[error("local development CA in {data_dir}: {source}")]
     LocalCa {

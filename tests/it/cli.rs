@@ -1173,3 +1173,74 @@ fn certificate_files_are_read_up_to_a_cap() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("big.crt is larger than 1 MiB"), "{stderr}");
 }
+
+#[test]
+fn a_data_folder_others_may_write_is_refused_and_a_group_writable_one_warned() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("tlsgate-data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let expected = format!(
+        "data folder: {} is writable by others (mode 0777): anyone on this machine could replace the keys kept there; run: chmod 700 {}",
+        data.display(),
+        data.display()
+    );
+    let (code, _, stderr) = run(tlsgate(dir.path()).args(["config", "check"]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains(&expected), "{stderr}");
+    let (code, stdout, stderr) = run(tlsgate(dir.path()).args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(stdout.is_empty(), "nothing served: {stdout}");
+    assert!(!data.join("ca").exists(), "no key written there");
+
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o770)).unwrap();
+    let (code, _, stderr) = run(tlsgate(dir.path()).args(["config", "check"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "warning: data folder {} is writable by its group (mode 0770): members could replace the keys kept there; run: chmod 700 {}",
+            data.display(),
+            data.display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn pid_file_is_0600_whatever_the_umask() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new("sh");
+    command
+        .current_dir(dir.path())
+        .args(["-c", "umask 000 && exec \"$0\" \"$@\"", BIN]);
+    let running = Running::start(&mut command, &[]);
+    let data = dir.path().join("tlsgate-data");
+    let pid_file = data.join("tlsgate.pid");
+    // Written just after the banner.
+    for _ in 0..100 {
+        if pid_file.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Read before stopping, asserted after: a panic here would leave the server running.
+    let mode = std::fs::metadata(&pid_file)
+        .ok()
+        .map(|m| m.permissions().mode() & 0o7777);
+    let pid = std::fs::read_to_string(&pid_file).unwrap_or_default();
+    let (code, _) = running.stop();
+    assert_eq!(code, 0);
+    assert_eq!(mode, Some(0o600), "pid file mode {mode:?}");
+    assert!(pid.trim().parse::<u32>().is_ok(), "{pid}");
+    assert!(!pid_file.exists(), "removed on exit");
+}
+
