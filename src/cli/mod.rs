@@ -254,6 +254,9 @@ fn config_check(args: CommonArgs) -> ExitCode {
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "no config file (defaults and environment)".into());
+    for warning in settings.warnings() {
+        eprintln!("warning: {warning}");
+    }
     if settings.tls.enabled {
         // Load the certificates and build the rustls configs as `serve` does, so whatever it
         // would refuse at start-up is refused here with the same message. Except: the local

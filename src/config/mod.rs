@@ -62,6 +62,21 @@ pub struct Settings {
     pub access_log: bool,
 }
 
+impl Settings {
+    /// Settings that are valid but risky, for `serve` and `config check` to print alike.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(admin) = self.admin.filter(|addr| !addr.ip().is_loopback()) {
+            // Not refused: containers bind 0.0.0.0 for a scraper in the next container. But
+            // the endpoints have no authentication, so say what that exposes.
+            warnings.push(format!(
+                "admin listener on {admin} is not loopback: its endpoints have no authentication, so anyone who can reach it can read /metrics and /certificates and POST /reload; keep it on 127.0.0.1 (the default) or firewall the port"
+            ));
+        }
+        warnings
+    }
+}
+
 fn serialize_admin<S: Serializer>(admin: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeMap;
     match admin {

@@ -690,3 +690,17 @@ fn endless_special_file_fails_fast() {
     assert!(matches!(error, ConfigError::TooLarge { .. }), "{error:?}");
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
+
+#[test]
+fn an_admin_listener_off_loopback_is_warned_about() {
+    assert!(load_with("", &[]).unwrap().warnings().is_empty());
+    assert!(load_with("admin:\n  listen: '[::1]:9090'\n", &[])
+        .unwrap()
+        .warnings()
+        .is_empty());
+    let settings = load_with("admin:\n  listen: 0.0.0.0:9090\n", &[]).unwrap();
+    assert_eq!(
+        settings.warnings(),
+        ["admin listener on 0.0.0.0:9090 is not loopback: its endpoints have no authentication, so anyone who can reach it can read /metrics and /certificates and POST /reload; keep it on 127.0.0.1 (the default) or firewall the port"]
+    );
+}

@@ -1244,3 +1244,17 @@ fn pid_file_is_0600_whatever_the_umask() {
     assert!(!pid_file.exists(), "removed on exit");
 }
 
+#[test]
+fn an_admin_listener_off_loopback_is_warned_about() {
+    // `config check` only: it binds nothing, and tests never listen on 0.0.0.0. `serve`
+    // prints the same `Settings::warnings` at start.
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = run(tlsgate(dir.path())
+        .env("TLSGATE_ADMIN_LISTEN", "0.0.0.0:9090")
+        .args(["config", "check"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("warning: admin listener on 0.0.0.0:9090 is not loopback: its endpoints have no authentication"),
+        "{stderr}"
+    );
+}
