@@ -58,7 +58,7 @@ fn malformed(path: &Path, error: pem::Error, bytes: &[u8]) -> CertError {
 fn line_number(bytes: &[u8], matches: impl Fn(&[u8]) -> bool) -> Option<usize> {
     bytes
         .split(|b| *b == b'\n')
-        .position(|line| matches(line))
+        .position(matches)
         .map(|index| index + 1)
 }
 
