@@ -61,11 +61,80 @@ fn json(status: StatusCode, value: &impl Serialize) -> Response {
     response
 }
 
+/// Why an admin request is refused before it reaches an endpoint.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AdminRefusal {
+    /// DNS rebinding: a page on `attacker.example` whose name now resolves to this machine
+    /// reaches the listener with its own name in `Host`. A browser sends an IP literal or
+    /// `localhost` only when the page really came from that address.
+    #[error("the admin listener answers only a Host that is an IP address or localhost, not `{0}` (DNS-rebinding protection): use http://127.0.0.1:PORT/ or the listener's IP")]
+    ForeignHost(String),
+    /// Cross-site request forgery: a "simple" POST from another site's page needs no CORS
+    /// preflight, so its `Origin` is the only sign of where it came from.
+    #[error("cross-site request refused: Origin `{origin}` is not this admin listener's (http://{host})")]
+    ForeignOrigin { origin: String, host: String },
+}
+
+/// The Host a request names: HTTP/2's `:authority`, else the `Host` header.
+fn request_host<B>(request: &hyper::Request<B>) -> Option<String> {
+    if let Some(authority) = request.uri().authority() {
+        return Some(authority.as_str().to_owned());
+    }
+    request
+        .headers()
+        .get(header::HOST)
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+}
+
+/// `host[:port]` without the port, IPv6 brackets removed.
+fn host_name(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match authority.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => authority,
+    }
+}
+
+fn is_local_or_ip(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    name.parse::<std::net::IpAddr>().is_ok() || name == "localhost" || name.ends_with(".localhost")
+}
+
+/// The checks every admin request passes first. A request with no Host at all is let through:
+/// browsers always send one, and HTTP/1.0 health checkers (HAProxy's `httpchk`) may not.
+pub fn check_request<B>(request: &hyper::Request<B>) -> Result<(), AdminRefusal> {
+    let host = request_host(request);
+    if let Some(host) = &host {
+        if !is_local_or_ip(host_name(host)) {
+            return Err(AdminRefusal::ForeignHost(host.clone()));
+        }
+    }
+    let safe = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    if let (false, Some(origin)) = (safe, request.headers().get(header::ORIGIN)) {
+        let origin = String::from_utf8_lossy(origin.as_bytes()).into_owned();
+        let host = host.unwrap_or_default();
+        // The admin's own pages are served over plain HTTP from the Host the request names.
+        if !origin.eq_ignore_ascii_case(&format!("http://{host}")) {
+            return Err(AdminRefusal::ForeignOrigin { origin, host });
+        }
+    }
+    Ok(())
+}
+
 /// Answers one admin request.
 pub async fn handle<B>(
     context: Arc<AdminState>,
     request: hyper::Request<B>,
 ) -> Result<Response, Infallible> {
+    if let Err(refusal) = check_request(&request) {
+        tracing::warn!(%refusal, "admin request refused");
+        return Ok(HttpError::Forbidden(refusal.to_string()).into_response());
+    }
     let path = request.uri().path();
     let method = request.method();
     let response = match (method, path) {
@@ -134,4 +203,88 @@ pub async fn handle<B>(
         _ => HttpError::NotFound.into_response(),
     };
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: Method, host: Option<&str>, origin: Option<&str>) -> hyper::Request<()> {
+        let mut builder = hyper::Request::builder().method(method).uri("/reload");
+        if let Some(host) = host {
+            builder = builder.header(header::HOST, host);
+        }
+        if let Some(origin) = origin {
+            builder = builder.header(header::ORIGIN, origin);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn hosts_that_are_ip_addresses_or_localhost_pass() {
+        for host in [
+            "127.0.0.1:9090",
+            "127.0.0.1",
+            "[::1]:9090",
+            "[::1]",
+            "localhost:9090",
+            "LOCALHOST",
+            "localhost.",
+            "app.localhost:9090",
+            "10.1.2.3:9090",
+            "0.0.0.0:9090",
+        ] {
+            assert_eq!(
+                check_request(&request(Method::GET, Some(host), None)),
+                Ok(()),
+                "{host}"
+            );
+        }
+        assert_eq!(check_request(&request(Method::GET, None, None)), Ok(()));
+    }
+
+    #[test]
+    fn other_names_are_refused_as_dns_rebinding() {
+        for host in [
+            "attacker.example:9090",
+            "attacker.example",
+            "localhost.attacker.example",
+            "127.0.0.1.nip.io:9090",
+        ] {
+            assert_eq!(
+                check_request(&request(Method::GET, Some(host), None)),
+                Err(AdminRefusal::ForeignHost(host.into())),
+                "{host}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_post_from_another_origin_is_refused() {
+        let host = Some("127.0.0.1:9090");
+        for origin in ["https://attacker.example", "null", "http://127.0.0.1:8080"] {
+            assert_eq!(
+                check_request(&request(Method::POST, host, Some(origin))),
+                Err(AdminRefusal::ForeignOrigin {
+                    origin: origin.into(),
+                    host: "127.0.0.1:9090".into()
+                }),
+                "{origin}"
+            );
+        }
+        // Its own origin, no Origin (curl, `tlsgate reload`), and reads from anywhere pass.
+        assert_eq!(
+            check_request(&request(Method::POST, host, Some("http://127.0.0.1:9090"))),
+            Ok(())
+        );
+        assert_eq!(check_request(&request(Method::POST, host, None)), Ok(()));
+        assert_eq!(
+            check_request(&request(
+                Method::GET,
+                host,
+                Some("https://attacker.example")
+            )),
+            Ok(())
+        );
+    }
 }

@@ -113,12 +113,7 @@ pub fn ensure(data_dir: &Path) -> Result<LocalCertificate, CertError> {
 }
 
 fn load_ca(cert: &Path, key: &Path) -> Result<CertificateAuthority, CertError> {
-    let read = |path: &Path| {
-        std::fs::read_to_string(path).map_err(|source| CertError::Read {
-            path: path.to_path_buf(),
-            source,
-        })
-    };
+    let read = super::pem::read_capped_text;
     let ca = CertificateAuthority::from_pem(&read(cert)?, &read(key)?).map_err(|error| {
         CertError::Malformed {
             path: cert.to_path_buf(),

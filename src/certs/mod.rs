@@ -38,6 +38,10 @@ pub enum CertError {
     NoKey { path: PathBuf },
     #[error("{path}: the private key is encrypted; tlsgate needs an unencrypted key file readable only by its user (mode 0600)")]
     EncryptedKey { path: PathBuf },
+    #[error("{path} is larger than {} MiB: not a certificate or key file (is it the right path?)", .limit >> 20)]
+    TooLarge { path: PathBuf, limit: u64 },
+    #[error("{path} is writable by others (mode {mode:04o}): anyone on this machine could replace the keys kept there; run: chmod 700 {path}")]
+    WritableByOthers { path: PathBuf, mode: u32 },
     #[error("{path}: malformed: {reason}")]
     Malformed { path: PathBuf, reason: String },
     #[error("{path} already exists (use --force to replace it)")]

@@ -8,17 +8,94 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::CertError;
 
-fn read(path: &Path) -> Result<Vec<u8>, CertError> {
-    std::fs::read(path).map_err(|source| CertError::Read {
+/// The largest certificate, key or CA bundle file read. A long chain is tens of KiB and the
+/// system's whole root store about 200 KiB; the cap keeps a wrong path (`/dev/zero`, a log
+/// file) from being read whole into memory.
+pub const MAX_PEM_BYTES: u64 = 1 << 20;
+
+/// Reads a PEM/DER file, at most [`MAX_PEM_BYTES`] (one byte more tells an oversized file, so
+/// endless special files fail as soon as the cap is reached).
+pub fn read_capped(path: &Path) -> Result<Vec<u8>, CertError> {
+    use std::io::Read;
+    let read_error = |source| CertError::Read {
         path: path.to_path_buf(),
         source,
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_PEM_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_PEM_BYTES {
+        return Err(CertError::TooLarge {
+            path: path.to_path_buf(),
+            limit: MAX_PEM_BYTES,
+        });
+    }
+    Ok(bytes)
+}
+
+/// As [`read_capped`], as text (CA files parsed by rcgen).
+pub fn read_capped_text(path: &Path) -> Result<String, CertError> {
+    String::from_utf8(read_capped(path)?).map_err(|_| CertError::Malformed {
+        path: path.to_path_buf(),
+        reason: "not PEM text (not UTF-8)".into(),
     })
 }
 
-fn malformed(path: &Path, error: pem::Error) -> CertError {
+fn read(path: &Path) -> Result<Vec<u8>, CertError> {
+    read_capped(path)
+}
+
+fn malformed(path: &Path, error: pem::Error, bytes: &[u8]) -> CertError {
     CertError::Malformed {
         path: path.to_path_buf(),
-        reason: error.to_string(),
+        reason: describe_pem_error(&error, bytes),
+    }
+}
+
+/// The 1-based number of the first line `matches` accepts.
+fn line_number(bytes: &[u8], matches: impl Fn(&[u8]) -> bool) -> Option<usize> {
+    bytes
+        .split(|b| *b == b'\n')
+        .position(matches)
+        .map(|index| index + 1)
+}
+
+/// A PEM parse error in the file's terms (the parser's own text shows labels and lines as
+/// byte arrays).
+fn describe_pem_error(error: &pem::Error, bytes: &[u8]) -> String {
+    match error {
+        pem::Error::MissingSectionEnd { end_marker } => {
+            let label = String::from_utf8_lossy(end_marker);
+            // The parser starts a block at every BEGIN line, so the block left open at the
+            // end of the file is the last one.
+            let begin = bytes
+                .split(|b| *b == b'\n')
+                .enumerate()
+                .filter(|(_, line)| line.starts_with(b"-----BEGIN "))
+                .last()
+                .map(|(index, _)| format!(" (line {})", index + 1))
+                .unwrap_or_default();
+            format!("PEM block 'BEGIN {label}'{begin} has no END line (expected `-----END {label}-----`; is the file cut short?)")
+        }
+        pem::Error::IllegalSectionStart { line } => {
+            let at = line_number(bytes, |l| {
+                l == line.as_slice() || l == line.trim_ascii_end()
+            })
+            .map(|n| format!("line {n}: "))
+            .unwrap_or_default();
+            format!(
+                "{at}`{}` is not a PEM header (expected `-----BEGIN LABEL-----`)",
+                String::from_utf8_lossy(line).trim_end()
+            )
+        }
+        pem::Error::Base64Decode(_) => {
+            "a PEM block's contents are not valid base64 (a line changed or cut?)".into()
+        }
+        pem::Error::SectionTooLarge => "a PEM block is too large".into(),
+        pem::Error::NoItemsFound => "no PEM block of the expected kind".into(),
+        other => other.to_string(),
     }
 }
 
@@ -44,7 +121,7 @@ pub fn certificates_from_bytes(
     }
     let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| malformed(path, error))?;
+        .map_err(|error| malformed(path, error, bytes))?;
     if certs.is_empty() {
         return Err(CertError::NoCertificate {
             path: path.to_path_buf(),
@@ -88,7 +165,7 @@ pub fn private_key_from_bytes(
         Err(pem::Error::NoItemsFound) => Err(CertError::NoKey {
             path: path.to_path_buf(),
         }),
-        Err(error) => Err(malformed(path, error)),
+        Err(error) => Err(malformed(path, error, bytes)),
     }
 }
 
@@ -172,5 +249,66 @@ mod tests {
         assert!(error.contains("no certificate found"), "{error}");
         let error = read_private_key(&empty).unwrap_err().to_string();
         assert!(error.contains("no private key found"), "{error}");
+    }
+
+    #[test]
+    fn unterminated_block_is_named_with_its_line() {
+        let text = "# my chain\n-----BEGIN CERTIFICATE-----\nMIIB\n";
+        let error = certificates_from_bytes(text.as_bytes(), Path::new("site.pem")).unwrap_err();
+        let CertError::Malformed { reason, .. } = &error else {
+            panic!("{error:?}");
+        };
+        assert_eq!(
+            reason,
+            "PEM block 'BEGIN CERTIFICATE' (line 2) has no END line (expected `-----END CERTIFICATE-----`; is the file cut short?)"
+        );
+        assert_eq!(error.to_string(), format!("site.pem: malformed: {reason}"));
+        let key = "-----BEGIN PRIVATE KEY-----\nMIIB\n";
+        let error = private_key_from_bytes(key.as_bytes(), Path::new("site.key")).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("PEM block 'BEGIN PRIVATE KEY' (line 1) has no END line"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn bad_header_and_bad_base64_are_said_plainly() {
+        let text = "\n-----BEGIN CERTIFICATE----\nMIIB\n-----END CERTIFICATE-----\n";
+        let error = certificates_from_bytes(text.as_bytes(), Path::new("a.pem")).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "a.pem: malformed: line 2: `-----BEGIN CERTIFICATE----` is not a PEM header (expected `-----BEGIN LABEL-----`)"
+        );
+        let text = "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n";
+        let error = certificates_from_bytes(text.as_bytes(), Path::new("a.pem")).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "a.pem: malformed: a PEM block's contents are not valid base64 (a line changed or cut?)"
+        );
+    }
+
+    #[test]
+    fn oversized_and_endless_files_are_refused_at_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.pem");
+        std::fs::write(&big, vec![b'A'; MAX_PEM_BYTES as usize + 1]).unwrap();
+        let error = read_certificates(&big).unwrap_err();
+        assert!(
+            matches!(&error, CertError::TooLarge { path, limit } if *path == big && *limit == MAX_PEM_BYTES),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("larger than 1 MiB"), "{error}");
+        assert!(matches!(
+            read_private_key(&big),
+            Err(CertError::TooLarge { .. })
+        ));
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            read_certificates(Path::new("/dev/zero")),
+            Err(CertError::TooLarge { .. })
+        ));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 }

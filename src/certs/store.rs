@@ -37,6 +37,31 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), CertError> {
     Ok(())
 }
 
+/// Whether a folder that holds keys is safe to use. Its own mode matters, not only its
+/// subfolders': whoever may write to it can rename `ca/` or `live/NAME/` away and put their
+/// own keys in their place, whatever those folders' modes. Writable by others is refused
+/// (OpenSSH's StrictModes refuses the same); writable by the group is a warning, since a
+/// shared deploy group may be deliberate. A missing folder is fine: tlsgate creates it 0700.
+pub fn check_key_folder(dir: &Path) -> Result<Option<String>, CertError> {
+    let Ok(metadata) = fs::metadata(dir) else {
+        return Ok(None);
+    };
+    let mode = metadata.permissions().mode() & 0o7777;
+    if mode & 0o002 != 0 {
+        return Err(CertError::WritableByOthers {
+            path: dir.to_path_buf(),
+            mode,
+        });
+    }
+    Ok((mode & 0o020 != 0).then(|| {
+        format!(
+            "data folder {} is writable by its group (mode {mode:04o}): members could replace the keys kept there; run: chmod 700 {}",
+            dir.display(),
+            dir.display()
+        )
+    }))
+}
+
 /// Makes sure a folder tlsgate owns (`ca/`, `live/NAME/`) is 0700, creating it if needed.
 pub fn tighten_dir(dir: &Path) -> Result<(), CertError> {
     ensure_private_dir(dir)?;
@@ -260,6 +285,43 @@ mod tests {
         assert_eq!(fs::read(&key).unwrap(), b"replaced");
         let leftovers: Vec<_> = fs::read_dir(&private).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary files left behind");
+    }
+
+    #[test]
+    fn a_key_folder_others_may_write_is_refused_and_a_group_writable_one_warned() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        assert!(
+            check_key_folder(&data).unwrap().is_none(),
+            "missing: made 0700"
+        );
+        fs::create_dir(&data).unwrap();
+        for mode in [0o700, 0o750, 0o755] {
+            fs::set_permissions(&data, fs::Permissions::from_mode(mode)).unwrap();
+            assert!(check_key_folder(&data).unwrap().is_none(), "{mode:o}");
+        }
+        fs::set_permissions(&data, fs::Permissions::from_mode(0o770)).unwrap();
+        let warning = check_key_folder(&data).unwrap().unwrap();
+        assert_eq!(
+            warning,
+            format!(
+                "data folder {} is writable by its group (mode 0770): members could replace the keys kept there; run: chmod 700 {}",
+                data.display(),
+                data.display()
+            )
+        );
+        for mode in [0o777, 0o1777, 0o702] {
+            fs::set_permissions(&data, fs::Permissions::from_mode(mode)).unwrap();
+            let error = check_key_folder(&data).unwrap_err();
+            assert!(
+                matches!(&error, CertError::WritableByOthers { path, mode: m } if *path == data && *m == mode),
+                "{error:?}"
+            );
+        }
+        assert!(check_key_folder(&data)
+            .unwrap_err()
+            .to_string()
+            .ends_with(&format!("(mode 0702): anyone on this machine could replace the keys kept there; run: chmod 700 {}", data.display())));
     }
 
     #[test]

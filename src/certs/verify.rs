@@ -154,9 +154,15 @@ pub fn verify(
         let detail = match provider.key_provider.load_private_key(key) {
             Err(error) => Err(format!("the key is not usable: {error}")),
             Ok(signing_key) => {
-                match rustls::sign::CertifiedKey::new(chain.to_vec(), signing_key).keys_match() {
+                match key_matches(&rustls::sign::CertifiedKey::new(
+                    chain.to_vec(),
+                    signing_key,
+                )) {
                     Ok(()) => Ok("the key matches the certificate".to_owned()),
-                    Err(_) => Err("the key does NOT match the certificate".to_owned()),
+                    Err(KeyCheckError::Mismatch) => {
+                        Err("the key does NOT match the certificate".to_owned())
+                    }
+                    Err(error) => Err(error.to_string()),
                 }
             }
         };
@@ -167,4 +173,41 @@ pub fn verify(
         });
     }
     checks
+}
+
+/// The largest certificate rustls (webpki) parses: DER lengths of at most two bytes.
+pub const MAX_DER_CERTIFICATE: usize = 0xffff;
+
+/// Why a key is not confirmed as the certificate's.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyCheckError {
+    #[error("the key does not match the certificate")]
+    Mismatch,
+    /// The check parses the leaf first; its failure says nothing about the key.
+    #[error("{reason}")]
+    UnreadableLeaf { reason: String },
+}
+
+/// rustls's key check, with a leaf it cannot read told apart from a key that is not the
+/// leaf's. A key whose public half rustls cannot compute passes (rustls checks it when
+/// signing).
+pub fn key_matches(certified: &rustls::sign::CertifiedKey) -> Result<(), KeyCheckError> {
+    match certified.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(()),
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            Err(KeyCheckError::Mismatch)
+        }
+        Err(error) => {
+            let len = certified.cert.first().map_or(0, |leaf| leaf.len());
+            Err(KeyCheckError::UnreadableLeaf {
+                reason: if len > MAX_DER_CERTIFICATE {
+                    format!(
+                        "the leaf certificate is {len} bytes; rustls reads certificates of at most {MAX_DER_CERTIFICATE} bytes (64 KiB), so it can neither check the key nor be served (make the certificate smaller: fewer names or extensions)"
+                    )
+                } else {
+                    format!("rustls cannot read the leaf certificate to check its key: {error}")
+                },
+            })
+        }
+    }
 }

@@ -533,7 +533,7 @@ fn load_ca_dir(dir: &Path) -> Result<CertificateAuthority, Failure> {
         let (cert, key) = (dir.join(cert), dir.join(key));
         if cert.exists() && key.exists() {
             let read = |p: &Path| {
-                std::fs::read_to_string(p).map_err(|e| Failure(format!("{}: {e}", p.display())))
+                crate::certs::pem::read_capped_text(p).map_err(|e| Failure(e.to_string()))
             };
             return CertificateAuthority::from_pem(&read(&cert)?, &read(&key)?)
                 .map_err(|e| Failure(format!("{}: {e}", dir.display())));

@@ -200,8 +200,16 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
         print!("{}", banner::render(&server));
         let pid_file = server.settings().data_dir.join(PID_FILE);
-        let wrote_pid = std::fs::create_dir_all(&server.settings().data_dir)
-            .and_then(|()| std::fs::write(&pid_file, format!("{}\n", std::process::id())))
+        // 0600 whatever the umask (only this user's `tlsgate acme` reads it), and written
+        // as a new file renamed into place, so a planted symlink is replaced, not followed.
+        let wrote_pid = crate::certs::store::ensure_private_dir(&server.settings().data_dir)
+            .and_then(|()| {
+                crate::certs::store::write_atomic(
+                    &pid_file,
+                    format!("{}\n", std::process::id()).as_bytes(),
+                    crate::certs::store::SECRET_MODE,
+                )
+            })
             .is_ok();
         tokio::spawn(wait_for_signal(shutdown, server.reload_handle()));
         server.run().await;
@@ -246,11 +254,19 @@ fn config_check(args: CommonArgs) -> ExitCode {
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "no config file (defaults and environment)".into());
+    for warning in settings.warnings() {
+        eprintln!("warning: {warning}");
+    }
     if settings.tls.enabled {
         // Load the certificates and build the rustls configs as `serve` does, so whatever it
         // would refuse at start-up is refused here with the same message. Except: the local
         // CA is not created (config check writes nothing); an empty table stands in for it.
         let table = if settings.tls.certificates.is_empty() {
+            // `load_certificates` checks this below; the local CA's folder is checked here.
+            match crate::tls::check_data_dir(&settings.tls, &settings.data_dir) {
+                Ok(warning) => warning.iter().for_each(|w| eprintln!("warning: {w}")),
+                Err(error) => return fail(error),
+            }
             eprintln!(
                 "certificates: none configured; `serve` uses the local development CA in {}",
                 settings.data_dir.display()

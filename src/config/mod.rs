@@ -62,6 +62,21 @@ pub struct Settings {
     pub access_log: bool,
 }
 
+impl Settings {
+    /// Settings that are valid but risky, for `serve` and `config check` to print alike.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(admin) = self.admin.filter(|addr| !addr.ip().is_loopback()) {
+            // Not refused: containers bind 0.0.0.0 for a scraper in the next container. But
+            // the endpoints have no authentication, so say what that exposes.
+            warnings.push(format!(
+                "admin listener on {admin} is not loopback: its endpoints have no authentication, so anyone who can reach it can read /metrics and /certificates and POST /reload; keep it on 127.0.0.1 (the default) or firewall the port"
+            ));
+        }
+        warnings
+    }
+}
+
 fn serialize_admin<S: Serializer>(admin: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeMap;
     match admin {
@@ -374,6 +389,11 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// A file over [`MAX_CONFIG_BYTES`] (or an endless one such as `/dev/zero`).
+    #[error("config file {path} is larger than {} MiB: not a configuration file (is it the right path?)", MAX_CONFIG_BYTES >> 20)]
+    TooLarge { path: PathBuf },
+    #[error("config file {path} is not UTF-8 text")]
+    NotText { path: PathBuf },
     /// YAML that does not fit the schema: unknown key, wrong type, bad value.
     #[error("{path}:{line}:{column}: {message}")]
     Syntax {
@@ -537,16 +557,37 @@ pub fn load(
     env: EnvLookup<'_>,
 ) -> Result<Settings, ConfigError> {
     let (file, text) = match path {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            (Some(path), text)
-        }
+        Some(path) => (Some(path), read_config_file(path)?),
         None => (None, String::new()),
     };
     load_str(&text, file, overrides, env)
+}
+
+/// The largest configuration file read. Real ones are a few KiB; the cap keeps a wrong path
+/// (`/dev/zero`, a log file, a disk image) from being read whole into memory.
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
+/// Reads at most [`MAX_CONFIG_BYTES`] (one byte more tells an oversized file): special files
+/// that never end fail as soon as the cap is reached, and pipes (`-c <(...)`) still work.
+fn read_config_file(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let read_error = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigError::TooLarge {
+            path: path.to_path_buf(),
+        });
+    }
+    String::from_utf8(bytes).map_err(|_| ConfigError::NotText {
+        path: path.to_path_buf(),
+    })
 }
 
 /// As [`load`], from text already read. `path` names the text in messages and anchors
@@ -573,12 +614,64 @@ fn parse_file(text: &str, path: Option<&Path>) -> Result<file::FileConfig, Confi
             .map(|l| (l.line(), l.column()))
             .unwrap_or((0, 0));
         ConfigError::Syntax {
-            message: describe_syntax_error(&error.to_string(), &shown),
+            message: describe_syntax_error(&error.render_with_formatter(&PlainMessages), &shown),
             path: shown,
             line,
             column,
         }
     })
+}
+
+/// serde-saphyr's messages, except those written for the programmer calling it (its option
+/// names, Rust `Debug` output): those are said in terms of the file.
+struct PlainMessages;
+
+impl serde_saphyr::MessageFormatter for PlainMessages {
+    fn format_message<'a>(&self, error: &'a serde_saphyr::Error) -> std::borrow::Cow<'a, str> {
+        use serde_saphyr::Error;
+        match error {
+            Error::DuplicateMappingKey { key: Some(key), .. } => {
+                format!("duplicate key `{key}`: a key may appear only once in a mapping").into()
+            }
+            Error::DuplicateMappingKey { key: None, .. } => {
+                "duplicate key: a key may appear only once in a mapping".into()
+            }
+            Error::Budget { breach, .. } => budget_message(breach).into(),
+            other => serde_saphyr::DefaultMessageFormatter.format_message(other),
+        }
+    }
+}
+
+/// What a parser budget breach means for a configuration file.
+fn budget_message(breach: &serde_saphyr::budget::BudgetBreach) -> String {
+    use serde_saphyr::budget::BudgetBreach;
+    let limits = serde_saphyr::Budget::default();
+    let count = |n: usize| {
+        // 250000 → "250,000": the limit as people read it.
+        let digits = n.to_string();
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    };
+    match breach {
+        BudgetBreach::Nodes { .. } => format!(
+            "the YAML has too many nodes (over {}), e.g. an alias bomb: a configuration file needs far fewer",
+            count(limits.max_nodes)
+        ),
+        BudgetBreach::Aliases { .. } | BudgetBreach::AliasAnchorRatio { .. } => {
+            "the YAML uses too many aliases (`*name`), e.g. an alias bomb".into()
+        }
+        BudgetBreach::Depth { .. } => format!(
+            "the YAML is nested too deeply (over {} levels)",
+            count(limits.max_depth)
+        ),
+        _ => "the YAML is too large or too complex for a configuration file (a parser limit was reached)".into(),
+    }
 }
 
 /// Turns serde-saphyr's report into ours: drop its own position prefix (we print

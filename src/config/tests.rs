@@ -624,3 +624,83 @@ fn routes_name_defined_upstreams_and_an_upstream_has_a_primary_server() {
         "{error}"
     );
 }
+
+#[test]
+fn duplicate_key_is_named_without_parser_option_names() {
+    let error = refused("data_dir: /tmp/a\nlisten: 127.0.0.1:1\nlisten: 127.0.0.1:2\n");
+    let ConfigError::Syntax { line, message, .. } = &error else {
+        panic!("not a syntax error: {error:?}");
+    };
+    assert_eq!(*line, 3);
+    let first = message.lines().next().unwrap_or_default();
+    assert_eq!(
+        first,
+        "duplicate key `listen`: a key may appear only once in a mapping"
+    );
+    assert!(!message.contains("DuplicateKeyPolicy"), "{message}");
+}
+
+#[test]
+fn alias_bomb_is_described_without_rust_debug_output() {
+    // 300 upstreams each expanding the same 1000-entry list: 300,000 nodes from 2 KiB.
+    let mut yaml = format!(
+        "trusted_proxies: &a [{}]\nupstreams:\n",
+        vec!["10.0.0.1"; 1000].join(",")
+    );
+    for i in 0..300 {
+        yaml.push_str(&format!("  u{i}:\n    servers: *a\n"));
+    }
+    let error = refused(&yaml);
+    let ConfigError::Syntax { message, .. } = &error else {
+        panic!("not a syntax error: {error:?}");
+    };
+    let first = message.lines().next().unwrap_or_default();
+    assert_eq!(
+        first,
+        "the YAML has too many nodes (over 250,000), e.g. an alias bomb: a configuration file needs far fewer"
+    );
+    assert!(!message.contains("Nodes {"), "{message}");
+}
+
+#[test]
+fn oversized_config_file_is_refused_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.yaml");
+    let line = "# padding padding padding padding padding padding padding padding\n";
+    let text = line.repeat((MAX_CONFIG_BYTES as usize) / line.len() + 1);
+    std::fs::write(&path, text).unwrap();
+    let error = load(Some(&path), &Overrides::default(), &|_| None).unwrap_err();
+    assert!(
+        matches!(&error, ConfigError::TooLarge { path: p } if *p == path),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("larger than 4 MiB"), "{error}");
+    // Exactly at the cap is still read.
+    std::fs::write(&path, "#".repeat(MAX_CONFIG_BYTES as usize)).unwrap();
+    assert!(load(Some(&path), &Overrides::default(), &|_| None).is_ok());
+}
+
+#[test]
+fn endless_special_file_fails_fast() {
+    let started = std::time::Instant::now();
+    let error = load(Some(Path::new("/dev/zero")), &Overrides::default(), &|_| {
+        None
+    })
+    .unwrap_err();
+    assert!(matches!(error, ConfigError::TooLarge { .. }), "{error:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[test]
+fn an_admin_listener_off_loopback_is_warned_about() {
+    assert!(load_with("", &[]).unwrap().warnings().is_empty());
+    assert!(load_with("admin:\n  listen: '[::1]:9090'\n", &[])
+        .unwrap()
+        .warnings()
+        .is_empty());
+    let settings = load_with("admin:\n  listen: 0.0.0.0:9090\n", &[]).unwrap();
+    assert_eq!(
+        settings.warnings(),
+        ["admin listener on 0.0.0.0:9090 is not loopback: its endpoints have no authentication, so anyone who can reach it can read /metrics and /certificates and POST /reload; keep it on 127.0.0.1 (the default) or firewall the port"]
+    );
+}

@@ -42,6 +42,9 @@ pub enum HttpError {
     MisdirectedRequest,
     #[error("origin not allowed")]
     OriginNotAllowed,
+    /// Refused for a reason the body states (the admin listener's Host and Origin checks).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     #[error("no upstream server available")]
     NoUpstream,
     #[error("bad gateway")]
@@ -65,7 +68,7 @@ impl HttpError {
             HttpError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             HttpError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             HttpError::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
-            HttpError::OriginNotAllowed => StatusCode::FORBIDDEN,
+            HttpError::OriginNotAllowed | HttpError::Forbidden(_) => StatusCode::FORBIDDEN,
             HttpError::NoUpstream => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::BadGateway => StatusCode::BAD_GATEWAY,
             HttpError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,

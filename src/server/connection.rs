@@ -157,7 +157,7 @@ pub(super) async fn serve_admin(
     let runtime = shared.runtime.load_full();
     serve_http(
         stream,
-        &runtime.limits,
+        &runtime.admin_limits,
         shutdown,
         ConnectionSlot(Arc::new(permit)),
         plain(peer),

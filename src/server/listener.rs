@@ -27,8 +27,9 @@ pub(super) enum ListenerKind {
 }
 
 /// The admin listener's own budget: monitoring keeps working when the data plane is at its
-/// connection limit.
-const ADMIN_CONNECTIONS: usize = 64;
+/// connection limit. Its connections get short timeouts (`server::admin_limits`), so idle
+/// sockets cannot hold the budget for long.
+pub(super) const ADMIN_CONNECTIONS: usize = 64;
 
 pub(super) struct Listener {
     pub listener: TcpListener,

@@ -58,6 +58,8 @@ pub enum ServerError {
 /// keeps the limits it started with and reads the pipeline per request.
 struct Runtime {
     limits: Limits,
+    /// The admin listener's: [`admin_limits`].
+    admin_limits: Limits,
     pipeline: Arc<Pipeline>,
     http_mode: HttpMode,
     redirect_port: u16,
@@ -75,12 +77,27 @@ impl Runtime {
     ) -> Self {
         Self {
             limits: settings.limits.clone(),
+            admin_limits: admin_limits(&settings.limits),
             pipeline: Arc::new(Pipeline::new(
                 settings, tls, shutdown, tasks, metrics, previous,
             )),
             http_mode: settings.http.mode,
             redirect_port: settings.http.redirect_port.unwrap_or(main_port),
         }
+    }
+}
+
+/// Longest an admin connection may idle or take over a request head. Its budget is a fixed
+/// [`listener::ADMIN_CONNECTIONS`], so the main listener's minute-long idle timeout let that
+/// many idle local sockets lock monitoring out; a scrape needs well under a second.
+const ADMIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The main limits with the admin listener's shorter timeouts.
+fn admin_limits(limits: &Limits) -> Limits {
+    Limits {
+        header_read_timeout: limits.header_read_timeout.min(ADMIN_TIMEOUT),
+        idle_timeout: limits.idle_timeout.min(ADMIN_TIMEOUT),
+        ..limits.clone()
     }
 }
 
@@ -137,6 +154,7 @@ impl Server {
         let mut certificates = Vec::new();
         let mut warnings: Vec<String> = raise_fd_limit(settings.limits.max_connections)
             .into_iter()
+            .chain(settings.warnings())
             .collect();
         let mut local = None;
         let mut pending = Vec::new();

@@ -10,7 +10,7 @@ mod server_config;
 pub mod stream;
 
 pub use accept::{Accepted, HandshakeFailure, TlsConnectionIo, TlsEdge};
-pub use certificates::{load_certificates, CertSummary, LoadedCertificates};
+pub use certificates::{check_data_dir, load_certificates, CertSummary, LoadedCertificates};
 pub use resolver::{CertTable, SniResolver};
 pub use server_config::{build_server_config, ServerConfigs, SessionState};
 
@@ -33,6 +33,14 @@ pub enum TlsError {
         cert: PathBuf,
         key: PathBuf,
     },
+    /// The key could not be checked against the certificate because rustls cannot read the
+    /// certificate itself (a true mismatch is [`TlsError::KeyMismatch`]).
+    #[error("certificate configured at {origin}: {cert}: {reason}")]
+    UnreadableLeaf {
+        origin: Origin,
+        cert: PathBuf,
+        reason: String,
+    },
     #[error("certificate configured at {origin}: the private key in {key} is not usable: {reason} (supported: RSA 2048-4096, ECDSA P-256/P-384, Ed25519)")]
     UnsupportedKey {
         origin: Origin,
@@ -47,6 +55,11 @@ pub enum TlsError {
         cert: PathBuf,
         name: String,
         sans: String,
+    },
+    #[error("data folder: {source}")]
+    DataDir {
+        #[source]
+        source: CertError,
     },
     #[error("local development CA in {data_dir}: {source}")]
     LocalCa {

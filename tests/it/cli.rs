@@ -1054,3 +1054,207 @@ fn json_logs_carry_access_and_audit_lines() {
         .unwrap_or_else(|| panic!("no issuance audit line: {stderr}"));
     assert_eq!(issued["fields"]["serial"], info.serial.as_str(), "{issued}");
 }
+
+/// Runs to completion or panics after `limit` (the child is killed first).
+fn run_within(command: &mut Command, limit: Duration) -> (i32, String, String) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let started = std::time::Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("output");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn config_check_of_dev_zero_fails_fast_naming_the_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) = run_within(
+        tlsgate(dir.path()).args(["config", "check", "-c", "/dev/zero"]),
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "error: config file /dev/zero is larger than 4 MiB: not a configuration file (is it the right path?)"
+    );
+    assert!(stdout.is_empty(), "{stdout}");
+}
+
+#[test]
+fn yaml_mistakes_are_told_in_the_file_s_terms() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("dup.yaml"),
+        "data_dir: data\nlisten: 127.0.0.1:0\nadmin: off\ntls: on\naccess_log: true\nhttp: on\nlisten: 127.0.0.1:1\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = run(tlsgate(dir.path()).args(["config", "check", "-c", "dup.yaml"]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "error: dup.yaml:7:1: duplicate key `listen`: a key may appear only once in a mapping\n"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("DuplicateKeyPolicy"), "{stderr}");
+
+    let mut bomb = format!(
+        "trusted_proxies: &a [{}]\nupstreams:\n",
+        vec!["10.0.0.1"; 1000].join(",")
+    );
+    for i in 0..300 {
+        bomb.push_str(&format!("  u{i}:\n    servers: *a\n"));
+    }
+    std::fs::write(dir.path().join("bomb.yaml"), bomb).unwrap();
+    let (code, _, stderr) = run_within(
+        tlsgate(dir.path()).args(["config", "check", "-c", "bomb.yaml"]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(": the YAML has too many nodes (over 250,000), e.g. an alias bomb"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("budget breached"), "{stderr}");
+}
+
+#[test]
+fn certificate_files_are_read_up_to_a_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("zero.yaml"),
+        "tls:\n  certificates:\n    - cert_file: /dev/zero\n      key_file: /dev/zero\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = run_within(
+        tlsgate(dir.path()).args(["config", "check", "-c", "zero.yaml"]),
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(
+            "zero.yaml:3:7: /dev/zero is larger than 1 MiB: not a certificate or key file"
+        ),
+        "{stderr}"
+    );
+
+    let ca = fixture_ca(dir.path());
+    fixture_cert(
+        &ca,
+        dir.path(),
+        "site",
+        &["a.test"],
+        KeyAlgorithm::EcdsaP256,
+    );
+    // A real chain followed by 1 MiB of comment lines: over the cap, whatever it holds.
+    let mut big = std::fs::read_to_string(dir.path().join("site.crt")).unwrap();
+    big.push_str(&"# padding padding padding padding padding padding padding\n".repeat(20_000));
+    std::fs::write(dir.path().join("big.crt"), big).unwrap();
+    std::fs::write(
+        dir.path().join("big.yaml"),
+        "tls:\n  certificates:\n    - cert_file: big.crt\n      key_file: site.key\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = run(tlsgate(dir.path()).args(["config", "check", "-c", "big.yaml"]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("big.crt is larger than 1 MiB"), "{stderr}");
+}
+
+#[test]
+fn a_data_folder_others_may_write_is_refused_and_a_group_writable_one_warned() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("tlsgate-data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let expected = format!(
+        "data folder: {} is writable by others (mode 0777): anyone on this machine could replace the keys kept there; run: chmod 700 {}",
+        data.display(),
+        data.display()
+    );
+    let (code, _, stderr) = run(tlsgate(dir.path()).args(["config", "check"]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains(&expected), "{stderr}");
+    let (code, stdout, stderr) = run(tlsgate(dir.path()).args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(stdout.is_empty(), "nothing served: {stdout}");
+    assert!(!data.join("ca").exists(), "no key written there");
+
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o770)).unwrap();
+    let (code, _, stderr) = run(tlsgate(dir.path()).args(["config", "check"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "warning: data folder {} is writable by its group (mode 0770): members could replace the keys kept there; run: chmod 700 {}",
+            data.display(),
+            data.display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn pid_file_is_0600_whatever_the_umask() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new("sh");
+    command
+        .current_dir(dir.path())
+        .args(["-c", "umask 000 && exec \"$0\" \"$@\"", BIN]);
+    let running = Running::start(&mut command, &[]);
+    let data = dir.path().join("tlsgate-data");
+    let pid_file = data.join("tlsgate.pid");
+    // Written just after the banner.
+    for _ in 0..100 {
+        if pid_file.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Read before stopping, asserted after: a panic here would leave the server running.
+    let mode = std::fs::metadata(&pid_file)
+        .ok()
+        .map(|m| m.permissions().mode() & 0o7777);
+    let pid = std::fs::read_to_string(&pid_file).unwrap_or_default();
+    let (code, _) = running.stop();
+    assert_eq!(code, 0);
+    assert_eq!(mode, Some(0o600), "pid file mode {mode:?}");
+    assert!(pid.trim().parse::<u32>().is_ok(), "{pid}");
+    assert!(!pid_file.exists(), "removed on exit");
+}
+
+#[test]
+fn an_admin_listener_off_loopback_is_warned_about() {
+    // `config check` only: it binds nothing, and tests never listen on 0.0.0.0. `serve`
+    // prints the same `Settings::warnings` at start.
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = run(tlsgate(dir.path())
+        .env("TLSGATE_ADMIN_LISTEN", "0.0.0.0:9090")
+        .args(["config", "check"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("warning: admin listener on 0.0.0.0:9090 is not loopback: its endpoints have no authentication"),
+        "{stderr}"
+    );
+}

@@ -430,3 +430,118 @@ async fn the_watcher_reloads_for_certificate_files_not_for_their_neighbours() {
     assert!(reloads(&m) >= 1.0, "{m}");
     server.stop().await;
 }
+
+/// One request written by hand (any Host, any headers); the status, or `None` when the
+/// connection closes without an answer.
+async fn admin_raw(addr: std::net::SocketAddr, head: &str) -> Option<(u16, String)> {
+    use tokio::io::AsyncReadExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream.write_all(head.as_bytes()).await.ok()?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_refuses_rebinding_hosts_and_cross_site_posts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start("", dir.path()).await.unwrap();
+    let admin = server.admin.unwrap();
+
+    // DNS rebinding: the attacker's name, resolved to 127.0.0.1, in Host.
+    let (status, body) = admin_raw(
+        admin,
+        "GET /certificates HTTP/1.1\r\nHost: rebind.attacker.example:9090\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(status, 403);
+    assert_eq!(
+        body,
+        "forbidden: the admin listener answers only a Host that is an IP address or localhost, not `rebind.attacker.example:9090` (DNS-rebinding protection): use http://127.0.0.1:PORT/ or the listener's IP\n"
+    );
+    for host in ["127.0.0.1", "localhost:9090", "[::1]"] {
+        let (status, _) = admin_raw(
+            admin,
+            &format!("GET /certificates HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+        .await
+        .expect("an answer");
+        assert_eq!(status, 200, "{host}");
+    }
+
+    // A "simple" cross-site POST (no preflight): refused before the reload runs.
+    let (status, body) = admin_raw(
+        admin,
+        &format!("POST /reload HTTP/1.1\r\nHost: {admin}\r\nOrigin: https://attacker.example\r\nContent-Type: text/plain\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(status, 403);
+    assert_eq!(
+        body,
+        format!("forbidden: cross-site request refused: Origin `https://attacker.example` is not this admin listener's (http://{admin})\n")
+    );
+    let reloads = |metrics: &str| {
+        ["success", "failure"].map(|result| {
+            sample(
+                metrics,
+                "tlsgate_config_reloads_total",
+                &[&format!("result=\"{result}\"")],
+            )
+        })
+    };
+    let metrics = admin_get(&server, "/metrics").await.body;
+    assert_eq!(reloads(&metrics), [Some(0.0); 2], "no reload ran");
+    // Same origin, and no Origin at all (curl, `tlsgate reload`), still reload.
+    let (status, _) = admin_raw(
+        admin,
+        &format!("POST /reload HTTP/1.1\r\nHost: {admin}\r\nOrigin: http://{admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(status, 200);
+    assert_eq!(server.post_reload().await.status, 200);
+    let metrics = admin_get(&server, "/metrics").await.body;
+    assert_eq!(reloads(&metrics), [Some(2.0), Some(0.0)]);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_do_not_lock_monitoring_out_for_long() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start("", dir.path()).await.unwrap();
+    let admin = server.admin.unwrap();
+    let ready = "GET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    assert_eq!(admin_raw(admin, ready).await.map(|(s, _)| s), Some(200));
+
+    // 70 local sockets that connect and say nothing: the admin budget (64) is taken.
+    let mut idle = Vec::new();
+    for _ in 0..70 {
+        idle.push(tokio::net::TcpStream::connect(admin).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(admin_raw(admin, ready).await, None, "over budget: closed");
+
+    // The admin listener's idle timeout (5 s, not the main listener's 60 s) frees it.
+    let started = std::time::Instant::now();
+    let mut answered = None;
+    while started.elapsed() < Duration::from_secs(12) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Some((status, _)) = admin_raw(admin, ready).await {
+            answered = Some((status, started.elapsed()));
+            break;
+        }
+    }
+    let (status, after) = answered.expect("the admin listener answers again within 12 s");
+    assert_eq!(status, 200);
+    assert!(after >= Duration::from_secs(3), "{after:?}");
+    drop(idle);
+    server.stop().await;
+}
