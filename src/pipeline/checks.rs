@@ -18,6 +18,19 @@ pub fn sanity<B>(request: &Request<B>, websocket: bool) -> Result<(), HttpError>
     if request.headers().get_all(header::HOST).iter().count() > 1 {
         return Err(HttpError::BadRequest("more than one Host header"));
     }
+    // hyper decodes the chunked framing; any other coding (`gzip, chunked`) would be lost
+    // when the body is framed again upstream, so it is refused, as nginx does.
+    let other_coding = request
+        .headers()
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .any(|coding| !coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+    if other_coding {
+        return Err(HttpError::NotImplemented(
+            "a transfer coding other than chunked",
+        ));
+    }
     if websocket {
         websocket::check_opening(request)?;
     }
@@ -215,6 +228,29 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn transfer_codings_other_than_chunked_are_not_implemented() {
+        let with = |te: &str| {
+            Request::builder()
+                .method(Method::POST)
+                .uri("/")
+                .header("transfer-encoding", te)
+                .body(())
+                .unwrap()
+        };
+        for refused in ["gzip, chunked", "deflate,chunked", "identity"] {
+            assert!(
+                matches!(
+                    sanity(&with(refused), false),
+                    Err(HttpError::NotImplemented(_))
+                ),
+                "{refused}"
+            );
+        }
+        assert!(sanity(&with("chunked"), false).is_ok());
+        assert!(sanity(&with("Chunked"), false).is_ok());
     }
 
     #[test]

@@ -25,7 +25,23 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Removes hop-by-hop headers, including those the `Connection` header names.
+/// End-to-end headers that `Connection` may not nominate for removal (RFC 9110 §7.6.1 lets a
+/// sender name any field; a client naming these would strip the Host the backend routes by,
+/// its own credentials, or the forwarding headers tlsgate guarantees).
+const NEVER_HOP_BY_HOP: [HeaderName; 9] = [
+    header::HOST,
+    header::AUTHORIZATION,
+    header::COOKIE,
+    header::CONTENT_LENGTH,
+    header::CONTENT_TYPE,
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    X_REAL_IP,
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header names (except the
+/// [`NEVER_HOP_BY_HOP`] ones).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
@@ -34,6 +50,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .filter(|name| !NEVER_HOP_BY_HOP.contains(name))
             .collect();
         for name in named {
             headers.remove(name);
@@ -199,6 +216,43 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn connection_cannot_nominate_host_credentials_or_forwarding_headers() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            (
+                "connection",
+                "host, authorization, cookie, x-forwarded-for, x-real-ip, x-debug",
+            ),
+            ("host", "app.example.com"),
+            ("authorization", "Bearer t"),
+            ("cookie", "a=b"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-real-ip", "10.0.0.1"),
+            ("x-debug", "1"),
+        ] {
+            headers.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        remove_hop_by_hop(&mut headers);
+        for kept in [
+            "host",
+            "authorization",
+            "cookie",
+            "x-forwarded-for",
+            "x-real-ip",
+        ] {
+            assert!(headers.contains_key(kept), "{kept} kept");
+        }
+        assert!(
+            !headers.contains_key("x-debug"),
+            "a custom header may be nominated"
+        );
+        assert!(!headers.contains_key("connection"));
     }
 
     #[test]

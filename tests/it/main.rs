@@ -6,6 +6,7 @@ mod common;
 
 mod acme;
 mod adversarial;
+mod adversarial_faults;
 mod cert_cli;
 mod check;
 mod check_grades;
