@@ -102,11 +102,26 @@ fn is_local_or_ip(name: &str) -> bool {
     name.parse::<std::net::IpAddr>().is_ok() || name == "localhost" || name.ends_with(".localhost")
 }
 
+fn is_mapped_loopback(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        std::net::IpAddr::V4(_) => false,
+    }
+}
+
 /// The checks every admin request passes first. A request with no Host at all is let through:
 /// browsers always send one, and HTTP/1.0 health checkers (HAProxy's `httpchk`) may not.
+///
+/// The Host check is for requests from this machine, which is where a rebound name in a local
+/// browser comes from; a scraper elsewhere (the admin listening off loopback, as in a
+/// container) may use the name it knows the listener by.
 pub fn check_request<B>(request: &hyper::Request<B>) -> Result<(), AdminRefusal> {
     let host = request_host(request);
-    if let Some(host) = &host {
+    let from_this_machine = request
+        .extensions()
+        .get::<crate::http::context::ConnectionInfo>()
+        .is_none_or(|conn| conn.peer.ip().is_loopback() || is_mapped_loopback(conn.peer.ip()));
+    if let (true, Some(host)) = (from_this_machine, &host) {
         if !is_local_or_ip(host_name(host)) {
             return Err(AdminRefusal::ForeignHost(host.clone()));
         }
@@ -255,6 +270,31 @@ mod tests {
                 check_request(&request(Method::GET, Some(host), None)),
                 Err(AdminRefusal::ForeignHost(host.into())),
                 "{host}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_scraper_on_another_machine_may_use_the_listeners_name() {
+        let from = |peer: &str| {
+            let mut request = request(Method::GET, Some("tlsgate:9090"), None);
+            request
+                .extensions_mut()
+                .insert(crate::http::context::ConnectionInfo {
+                    peer: peer.parse().unwrap(),
+                    sni: None,
+                    secure: false,
+                    tls_version: None,
+                    activity: None,
+                });
+            check_request(&request)
+        };
+        assert_eq!(from("172.17.0.5:41000"), Ok(()));
+        for local in ["127.0.0.1:41000", "[::1]:41000", "[::ffff:127.0.0.1]:41000"] {
+            assert_eq!(
+                from(local),
+                Err(AdminRefusal::ForeignHost("tlsgate:9090".into())),
+                "{local}"
             );
         }
     }

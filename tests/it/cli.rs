@@ -16,7 +16,7 @@ use tlsgate::certs::KeyAlgorithm;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tlsgate");
 
-fn tlsgate(dir: &Path) -> Command {
+pub(crate) fn tlsgate(dir: &Path) -> Command {
     let mut command = Command::new(BIN);
     command.current_dir(dir);
     for (key, _) in std::env::vars() {
@@ -37,17 +37,26 @@ fn run(command: &mut Command) -> (i32, String, String) {
     )
 }
 
-struct Running {
-    child: Child,
-    banner: String,
-    main: SocketAddr,
-    http: Option<SocketAddr>,
+pub(crate) struct Running {
+    pub(crate) child: Child,
+    pub(crate) banner: String,
+    pub(crate) main: SocketAddr,
+    pub(crate) http: Option<SocketAddr>,
     stderr: mpsc::Receiver<String>,
+}
+
+/// A test that panics still stops its server: an orphan would hold ports (and, once, the
+/// build lock) for ever.
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Running {
     /// Starts `serve` on ephemeral ports and waits for the banner.
-    fn start(command: &mut Command, extra: &[&str]) -> Running {
+    pub(crate) fn start(command: &mut Command, extra: &[&str]) -> Running {
         let mut child = command
             .args([
                 "serve",
@@ -112,7 +121,7 @@ impl Running {
     }
 
     /// SIGTERM, then the exit code and everything written to stderr.
-    fn stop(mut self) -> (i32, String) {
+    pub(crate) fn stop(mut self) -> (i32, String) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();

@@ -7,6 +7,7 @@ mod common;
 mod acme;
 mod adversarial;
 mod adversarial_faults;
+mod adversarial_process;
 mod cert_cli;
 mod check;
 mod check_grades;
