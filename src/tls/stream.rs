@@ -194,6 +194,9 @@ struct HelloReader {
     at: usize,
     /// The fragments of the whole records so far, joined.
     handshake: Vec<u8>,
+    /// How many bytes must have arrived before the next step can go on (the end of the next
+    /// record header, or of the record it announced): shorter input is not looked at again.
+    needed: usize,
     /// A verdict already given stands, whatever comes after.
     not_a_hello: bool,
     /// Bytes walked so far: the work done, which a test holds to linear.
@@ -204,10 +207,13 @@ impl HelloReader {
     /// Takes `bytes`, everything received so far (the bytes of an earlier call and more), and
     /// returns the first handshake message's body once it is whole.
     fn advance(&mut self, bytes: &[u8]) -> HelloProgress {
+        if self.not_a_hello {
+            return HelloProgress::NotAHello;
+        }
+        if bytes.len() < self.needed {
+            return HelloProgress::Incomplete;
+        }
         while let Some(header) = bytes.get(self.at..self.at + 5) {
-            if self.not_a_hello {
-                break;
-            }
             self.examined += 5;
             if header[0] != 22 {
                 self.not_a_hello = true;
@@ -215,7 +221,7 @@ impl HelloReader {
             }
             let length = usize::from(u16::from_be_bytes([header[3], header[4]]));
             let Some(fragment) = bytes.get(self.at + 5..self.at + 5 + length) else {
-                // The record's end is not here yet; its header is read again next time.
+                self.needed = self.at + 5 + length;
                 return HelloProgress::Incomplete;
             };
             self.examined += length;
@@ -238,10 +244,10 @@ impl HelloReader {
             }
         }
         if self.not_a_hello {
-            HelloProgress::NotAHello
-        } else {
-            HelloProgress::Incomplete
+            return HelloProgress::NotAHello;
         }
+        self.needed = self.at + 5;
+        HelloProgress::Incomplete
     }
 }
 
@@ -312,12 +318,15 @@ fn parse_client_hello(body: &[u8]) -> Option<ClientHelloSummary> {
                 let mut names = Reader(data.vec16()?);
                 while !names.0.is_empty() {
                     let name_type = names.u8()?;
-                    let name = names.vec16()?;
-                    if name_type == 0 {
-                        summary.server_name = std::str::from_utf8(name)
-                            .ok()
-                            .map(|n| n.trim_end_matches('.').to_ascii_lowercase());
+                    if name_type != 0 {
+                        // Another type's encoding is unknown, so the list cannot be read on;
+                        // rustls stops there too, and the two must agree on the name.
+                        break;
                     }
+                    let name = names.vec16()?;
+                    summary.server_name = std::str::from_utf8(name)
+                        .ok()
+                        .map(|n| n.trim_end_matches('.').to_ascii_lowercase());
                 }
             }
             16 => {
@@ -373,6 +382,9 @@ struct Session {
     /// TLS bytes the socket has not taken yet (from `outgoing_sent` on).
     outgoing: Vec<u8>,
     outgoing_sent: usize,
+    /// rustls failed: it is not called again (its deframer's offsets may point past any
+    /// buffer we still hold), and every later call gives this error.
+    failed: Option<rustls::Error>,
 }
 
 /// Where rustls stopped.
@@ -418,6 +430,22 @@ impl Session {
     fn process(
         &mut self,
         incoming: &mut [u8],
+        reader: Option<&mut ReadBuf<'_>>,
+        write: Write<'_>,
+    ) -> Result<Processed, rustls::Error> {
+        if let Some(error) = &self.failed {
+            return Err(error.clone());
+        }
+        let processed = self.process_records(incoming, reader, write);
+        if let Err(error) = &processed {
+            self.failed = Some(error.clone());
+        }
+        processed
+    }
+
+    fn process_records(
+        &mut self,
+        incoming: &mut [u8],
         mut reader: Option<&mut ReadBuf<'_>>,
         mut write: Write<'_>,
     ) -> Result<Processed, rustls::Error> {
@@ -430,15 +458,28 @@ impl Session {
             let state = match state {
                 Ok(state) => state,
                 Err(error) => {
-                    self.queue_alert();
+                    self.queue_alert(&mut incoming[consumed + discard..]);
                     return Err(error);
                 }
             };
             let step = match state {
                 ConnectionState::ReadTraffic(mut traffic) => {
+                    let mut failure = None;
                     while let Some(record) = traffic.next_record() {
-                        let record = record?;
-                        deliver(record.payload, reader.as_deref_mut(), &mut self.plaintext);
+                        match record {
+                            Ok(record) => {
+                                deliver(record.payload, reader.as_deref_mut(), &mut self.plaintext)
+                            }
+                            Err(error) => {
+                                failure = Some(error);
+                                break;
+                            }
+                        }
+                    }
+                    if let Some(error) = failure {
+                        // A record that does not decrypt: the peer gets rustls' alert.
+                        self.queue_alert(&mut incoming[consumed + discard..]);
+                        return Err(error);
                     }
                     None
                 }
@@ -508,18 +549,16 @@ impl Session {
     }
 
     /// After an error rustls queues an alert for the peer; it comes out as TLS data to encode.
-    fn queue_alert(&mut self) {
-        for _ in 0..4 {
-            let status = self.connection.process_tls_records(&mut []);
-            match status.state {
-                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                    if encode_into(&mut self.outgoing, |space| encode.encode(space)).is_err() {
-                        return;
-                    }
-                }
-                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
-                _ => return,
-            }
+    /// One call only: rustls hands out queued data before it reads input, but a second call
+    /// would read the failed input again (sending a second fatal alert, a debug assertion in
+    /// rustls), and with a buffer other than `rest` (the input it has not discarded) its
+    /// handshake deframer's offsets point out of bounds. Both were found by
+    /// `fuzz_records_mutated_are_refused_or_intact`.
+    fn queue_alert(&mut self, rest: &mut [u8]) {
+        let status = self.connection.process_tls_records(rest);
+        if let Ok(ConnectionState::EncodeTlsData(mut encode)) = status.state {
+            // Best effort: the connection ends with the error either way.
+            let _ = encode_into(&mut self.outgoing, |space| encode.encode(space));
         }
     }
 
@@ -618,6 +657,7 @@ impl TlsServerStream {
                 plaintext_taken: 0,
                 outgoing: Vec::new(),
                 outgoing_sent: 0,
+                failed: None,
             },
             partial: received,
             read_closed: false,
@@ -926,6 +966,10 @@ impl AsyncWrite for TlsServerStream {
         Pin::new(&mut this.tcp).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+#[path = "stream_fuzz.rs"]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {
