@@ -519,3 +519,101 @@ proptest! {
         }
     }
 }
+
+/// The real `TlsServerStream` on a loopback socket, a rustls client on the other end whose
+/// flight number `flight` is mutated. The client gives up on a silent server after a moment
+/// and closes its side, so every run ends: the server must then finish too, with an error or
+/// with a prefix of what the client sent.
+fn over_tcp(message: &[u8], flight: usize, mutations: &[fuzzing::Mutation]) -> io::Result<Vec<u8>> {
+    use std::io::Write as _;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let server = async {
+            let (tcp, _) = listener.accept().await?;
+            let mut stream =
+                TlsServerStream::accept(tcp, Vec::new(), pki().server.clone(), None).await?;
+            let mut got = Vec::new();
+            match stream.read_to_end(&mut got).await {
+                Ok(_) => Ok(got),
+                // What came before a failure is what counts.
+                Err(_) if !got.is_empty() => Ok(got),
+                Err(error) => Err(error),
+            }
+        };
+        let client = async {
+            let mut tcp = TcpStream::connect(addr).await?;
+            let name = rustls::pki_types::ServerName::try_from("fuzz.test").expect("a name");
+            let mut conn =
+                rustls::ClientConnection::new(pki().client.clone(), name).expect("a client");
+            let mut flights = 0;
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                if !conn.is_handshaking() && flights < 100 {
+                    conn.writer().write_all(message)?;
+                    conn.send_close_notify();
+                    flights = 100;
+                }
+                let mut out = Vec::new();
+                while conn.wants_write() {
+                    conn.write_tls(&mut out)?;
+                }
+                if !out.is_empty() {
+                    if flights == flight {
+                        out = fuzzing::apply(out, mutations);
+                    }
+                    flights += 1;
+                    tcp.write_all(&out).await?;
+                }
+                if flights > 100 {
+                    break;
+                }
+                let read =
+                    tokio::time::timeout(Duration::from_millis(50), tcp.read(&mut buf)).await;
+                let Ok(Ok(n @ 1..)) = read else { break };
+                if conn.read_tls(&mut &buf[..n]).is_err() || conn.process_new_packets().is_err() {
+                    break;
+                }
+            }
+            tcp.shutdown().await
+        };
+        let (served, _) = tokio::time::timeout(Duration::from_secs(20), async {
+            tokio::join!(server, client)
+        })
+        .await
+        .map_err(|_| io::Error::other("the server did not finish after the client closed"))?;
+        served
+    })
+}
+
+proptest! {
+    #![proptest_config(fuzzing::config(300))]
+
+    /// Through a real socket: the handshake and a message, one client flight mutated.
+    #[test]
+    fn fuzz_stream_over_tcp_errors_or_delivers_intact(
+        message in prop::collection::vec(any::<u8>(), 1..3000),
+        flight in 0usize..3,
+        mutations in fuzzing::mutations(),
+    ) {
+        match over_tcp(&message, flight, &mutations) {
+            Ok(got) => prop_assert!(message.starts_with(&got), "altered plaintext"),
+            Err(error) => prop_assert!(
+                !error.to_string().contains("did not finish"),
+                "{error}"
+            ),
+        }
+    }
+}
+
+#[test]
+fn fuzz_stream_over_tcp_untouched_delivers_the_message() {
+    let message = b"GET / HTTP/1.1\r\nhost: fuzz.test\r\n\r\n".repeat(100);
+    let got = over_tcp(&message, usize::MAX, &[]).expect("a clean run");
+    assert_eq!(got, message);
+}
