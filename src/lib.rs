@@ -10,6 +10,8 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod control;
+#[cfg(test)]
+mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;

@@ -99,6 +99,13 @@ fn describe_pem_error(error: &pem::Error, bytes: &[u8]) -> String {
     }
 }
 
+/// Whether a file is DER rather than PEM: a DER structure starts with a SEQUENCE tag (0x30),
+/// which is also the character `0`, so text that starts with it (a comment, a serial) is PEM
+/// when it holds a PEM block.
+fn is_der(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&0x30) && !bytes.windows(11).any(|w| w == b"-----BEGIN ")
+}
+
 /// All certificates in a file, in file order (leaf first for a server chain). A file holding
 /// one DER certificate is accepted too.
 pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
@@ -110,7 +117,7 @@ pub fn certificates_from_bytes(
     bytes: &[u8],
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, CertError> {
-    if bytes.first() == Some(&0x30) {
+    if is_der(bytes) {
         return match x509_parser::parse_x509_certificate(bytes) {
             Ok(_) => Ok(vec![CertificateDer::from(bytes.to_vec())]),
             Err(error) => Err(CertError::Malformed {
@@ -148,7 +155,7 @@ pub fn private_key_from_bytes(
     bytes: &[u8],
     path: &Path,
 ) -> Result<PrivateKeyDer<'static>, CertError> {
-    if bytes.first() == Some(&0x30) {
+    if is_der(bytes) {
         return PrivateKeyDer::try_from(bytes.to_vec()).map_err(|reason| CertError::Malformed {
             path: path.to_path_buf(),
             reason: reason.to_string(),
@@ -215,6 +222,10 @@ fn base64_encode(bytes: &[u8]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+#[path = "pem_fuzz.rs"]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {

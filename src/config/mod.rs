@@ -733,4 +733,6 @@ pub fn to_yaml(settings: &Settings) -> String {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;

@@ -662,6 +662,10 @@ impl FrameBoundary {
 }
 
 #[cfg(test)]
+#[path = "tunnel_fuzz.rs"]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;

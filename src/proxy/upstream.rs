@@ -777,6 +777,11 @@ impl UpstreamBody {
                     }
                     return Ok(None);
                 };
+                // Every line counts, not only a partial one: else an endless section of
+                // short lines would pass.
+                if seen + end + 2 > MAX_TRAILER_BYTES {
+                    return Err(BodyError::Chunk("trailer section too large"));
+                }
                 // Trailer fields are read past, not forwarded (as nginx does).
                 self.buf.advance(end + 2);
                 if end == 0 {
@@ -970,6 +975,10 @@ impl Body for ResponseBody {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "upstream_fuzz.rs"]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {
