@@ -38,6 +38,7 @@ fn decoder(buf: &[u8]) -> UpstreamBody {
         buf: BytesMut::from(buf),
         framing: ResponseFraming::Chunked(ChunkState::Size),
         reusable: false,
+        settle: false,
         upload: None,
         idle: Arc::new(IdleConnections::new(0, Duration::from_secs(1))),
         read_timeout: Duration::from_secs(1),
