@@ -356,7 +356,7 @@ async fn exchange_head(
     buf: &mut BytesMut,
     send_timeout: Duration,
 ) -> Result<(ResponseHead, bool), UpstreamError> {
-    let mut received = false;
+    let mut progress = HeadProgress::default();
     let mut write_failure: Option<UpstreamError> = None;
     let mut stall = StallTimer::default();
     std::future::poll_fn(|cx| {
@@ -369,13 +369,13 @@ async fn exchange_head(
                 Poll::Ready(Ok(())) | Poll::Pending => {}
             }
         }
-        match poll_read_head(cx, stream, buf, &mut received) {
+        match poll_read_head(cx, stream, buf, &mut progress) {
             Poll::Ready(Ok(head)) => Poll::Ready(Ok((head, write_failure.is_some()))),
             Poll::Ready(Err(read_failure)) => {
                 Poll::Ready(Err(match (write_failure.take(), read_failure) {
                     (_, error @ UpstreamError::Protocol(_)) => error,
                     // Part of an answer came: whatever failed, the server may have acted.
-                    (_, UpstreamError::Receive(_)) if received => {
+                    (_, UpstreamError::Receive(_)) if progress.received => {
                         UpstreamError::Protocol("the connection failed inside the response head")
                     }
                     (Some(write), _) => write,
@@ -395,29 +395,64 @@ async fn exchange_head(
     .await
 }
 
+/// Where reading a response head stands between reads.
+#[derive(Default)]
+struct HeadProgress {
+    /// Some bytes of an answer came.
+    received: bool,
+    /// `buf` up to here holds no head end: a head trickled in byte by byte is searched once,
+    /// not parsed again from its start on every read.
+    scanned: usize,
+    /// Interim (1xx) heads so far.
+    interim: usize,
+}
+
+/// The most interim (100 Continue, 103 Early Hints) heads one response may bring.
+const MAX_INTERIM_HEADS: usize = 16;
+
+/// Whether `buf` may hold a complete head: an empty line (`\n\n` or `\n\r\n`) ends
+/// somewhere after `from`.
+fn head_end_after(buf: &[u8], from: usize) -> bool {
+    let start = from.saturating_sub(2);
+    buf.get(start..).is_some_and(|tail| {
+        tail.windows(2).enumerate().any(|(i, pair)| {
+            pair[0] == b'\n'
+                && (pair[1] == b'\n' || (pair[1] == b'\r' && tail.get(i + 2) == Some(&b'\n')))
+        })
+    })
+}
+
 /// Reads until a final (non-1xx) response head is complete; what follows stays in `buf`.
 fn poll_read_head(
     cx: &mut Context<'_>,
     stream: &mut TcpStream,
     buf: &mut BytesMut,
-    received: &mut bool,
+    progress: &mut HeadProgress,
 ) -> Poll<Result<ResponseHead, UpstreamError>> {
     loop {
-        if !buf.is_empty() {
+        if !buf.is_empty() && head_end_after(buf, progress.scanned) {
             if let Some(head) = parse_head(buf)? {
+                progress.scanned = 0;
                 if head.status.is_informational() {
                     if head.status == StatusCode::SWITCHING_PROTOCOLS {
                         return Poll::Ready(Err(UpstreamError::Protocol(
                             "101 to a request without upgrade",
                         )));
                     }
+                    progress.interim += 1;
+                    if progress.interim > MAX_INTERIM_HEADS {
+                        return Poll::Ready(Err(UpstreamError::Protocol(
+                            "more than 16 interim (1xx) responses",
+                        )));
+                    }
                     continue; // 100 Continue, 103 Early Hints: the final answer follows
                 }
                 return Poll::Ready(Ok(head));
             }
-            if buf.len() >= MAX_HEAD_BYTES {
-                return Poll::Ready(Err(UpstreamError::Protocol("response head over 64 KiB")));
-            }
+        }
+        progress.scanned = buf.len();
+        if buf.len() >= MAX_HEAD_BYTES {
+            return Poll::Ready(Err(UpstreamError::Protocol("response head over 64 KiB")));
         }
         buf.reserve(READ_CHUNK);
         let read = ready!(tokio_util::io::poll_read_buf(
@@ -427,13 +462,13 @@ fn poll_read_head(
         ))
         .map_err(UpstreamError::Receive)?;
         if read == 0 {
-            return Poll::Ready(Err(if *received {
+            return Poll::Ready(Err(if progress.received {
                 UpstreamError::Protocol("the connection closed inside the response head")
             } else {
                 UpstreamError::ClosedEarly
             }));
         }
-        *received = true;
+        progress.received = true;
     }
 }
 
@@ -1139,6 +1174,19 @@ mod tests {
             _ => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
         };
         (text.to_vec(), After::KeepOpen)
+    }
+
+    #[test]
+    fn a_head_end_is_found_across_reads_and_only_then_parsed() {
+        let head = b"HTTP/1.1 200 OK\r\nA: b\r\n\r\n";
+        assert!(head_end_after(head, 0));
+        assert!(head_end_after(b"HTTP/1.1 200 OK\n\n", 0));
+        // The end straddles what was scanned before and what just came.
+        for cut in 0..head.len() {
+            assert!(head_end_after(head, cut), "scanned up to {cut}");
+        }
+        assert!(!head_end_after(b"HTTP/1.1 200 OK\r\nA: b\r\n", 0));
+        assert!(!head_end_after(b"HTTP/1.1 200 OK\r\n\r", 0));
     }
 
     #[tokio::test]
