@@ -604,3 +604,37 @@ async fn a_surplus_after_content_length_poisons_at_most_the_first_request_then_t
     normal_client_is_served(&server, &ca).await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_builtin_echo_closes_an_oversized_message_with_1009() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start("", dir.path()).await.unwrap();
+    // A message within the limit comes back.
+    let (mut ws, status) = server.wss_connect("/ws").await;
+    assert_eq!(status, 101);
+    let fits = "x".repeat(60 * 1024);
+    ws.send(Message::text(fits.clone())).await.unwrap();
+    let echoed = ws.next().await.unwrap().unwrap();
+    assert_eq!(echoed.into_text().unwrap().as_str(), fits);
+    // One of 1 MiB is refused with 1009 (the frame header already says it is too large).
+    let (mut ws, _) = server.wss_connect("/ws").await;
+    let big = vec![b'y'; 1 << 20];
+    let _ = ws.send(Message::binary(big)).await;
+    let close = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("the echo answers an oversized message");
+    let frame = close.expect("a close frame");
+    assert_eq!(frame.code, CloseCode::Size);
+    server.stop().await;
+}
