@@ -192,6 +192,10 @@ async fn normal_client_is_served(server: &TestServer, ca: &CertificateDer<'stati
         "{:?}",
         started.elapsed()
     );
+    eprintln!(
+        "figure: a normal client served in {:?} during the attack",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,7 +221,7 @@ async fn http2_streams_kept_at_a_zero_window_release_their_backend_connections()
     let mut held = Vec::new();
     for _ in 0..40 {
         let mut sender = sender.clone();
-        let request = http::Request::get("https://localhost/big?bytes=4194304")
+        let request = http::Request::get("https://localhost/big?bytes=67108864")
             .body(Empty::<Bytes>::new())
             .unwrap();
         held.push(tokio::spawn(
@@ -245,6 +249,7 @@ async fn http2_streams_kept_at_a_zero_window_release_their_backend_connections()
         "backend connections still held: {}",
         backend.open()
     );
+    eprintln!("figure: 40 zero-window streams' upstreams released {released:?} after the heads (send_timeout 2 s)");
     // With no stream left busy, the idle connection is closed too (GOAWAY, then the
     // bounded close).
     let closed = tokio::time::timeout(Duration::from_secs(12), attacker).await;
@@ -290,6 +295,7 @@ async fn clients_that_never_read_a_large_response_are_cut_off_after_send_timeout
         "backend connections still held by clients that never read: {}",
         backend.open()
     );
+    eprintln!("figure: 10 non-reading clients' upstreams released {released:?} after the normal client (send_timeout 2 s)");
     // The clients were cut off: reading now ends (after what the kernel had buffered).
     let mut first = clients.remove(0);
     let drained = tokio::time::timeout(Duration::from_secs(10), async {
@@ -336,6 +342,10 @@ async fn http2_pings_do_not_keep_an_idle_connection_open() {
     assert!(
         closed.is_ok(),
         "a connection sending only PINGs is closed as idle"
+    );
+    eprintln!(
+        "figure: a PING-only connection closed {:?} after its last request (idle_timeout 2 s)",
+        started.elapsed()
     );
     assert!(
         started.elapsed() >= Duration::from_millis(1500),
