@@ -6,6 +6,8 @@ mod common;
 
 mod acme;
 mod adversarial;
+mod adversarial_h2;
+mod adversarial_smuggling;
 mod cert_cli;
 mod check;
 mod check_grades;

@@ -362,3 +362,4 @@ pub fn free_port() -> u16 {
 }
 
 pub mod pebble;
+pub mod hostile;
