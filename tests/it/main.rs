@@ -6,6 +6,7 @@ mod common;
 
 mod acme;
 mod adversarial;
+mod adversarial_backends;
 mod adversarial_h2;
 mod adversarial_smuggling;
 mod cert_cli;
