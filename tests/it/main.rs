@@ -8,6 +8,7 @@ mod acme;
 mod adversarial;
 mod adversarial_backends;
 mod adversarial_h2;
+mod adversarial_slow;
 mod adversarial_smuggling;
 mod cert_cli;
 mod check;
