@@ -163,7 +163,10 @@ async fn a_backend_reset_mid_body_truncates_that_response_only() {
         .await
         .expect("the client is not left hanging");
     let took = started.elapsed();
-    eprintln!("reset mid-body: {status}, {:?} after {took:?}", body.as_ref().map(|b| b.len()));
+    eprintln!(
+        "reset mid-body: {status}, {:?} after {took:?}",
+        body.as_ref().map(|b| b.len())
+    );
     assert_eq!(status, 200);
     match body {
         Err(_) => {}
@@ -210,9 +213,17 @@ async fn garbage_a_dribbled_head_and_silence_from_a_backend_are_502_and_504_in_t
         unreachable!()
     };
     assert_eq!(garbage.1, 502, "garbage");
-    assert!(garbage.3 < Duration::from_secs(2), "garbage took {:?}", garbage.3);
+    assert!(
+        garbage.3 < Duration::from_secs(2),
+        "garbage took {:?}",
+        garbage.3
+    );
     // The head's deadline is response_timeout (2 s), however the bytes trickle in.
-    assert!(matches!(dribble.1, 502 | 504), "dribbled head: {}", dribble.1);
+    assert!(
+        matches!(dribble.1, 502 | 504),
+        "dribbled head: {}",
+        dribble.1
+    );
     assert!(
         (Duration::from_millis(1800)..Duration::from_secs(4)).contains(&dribble.3),
         "dribbled head cut after {:?}",
@@ -238,9 +249,10 @@ async fn a_100_mib_response_header_is_cut_at_the_head_limit_with_bounded_memory(
     let (_backend, written, _dir, server, ca) = hostile_site("max_fails: 0\n").await;
     let rss_before = rss_kib();
     let started = Instant::now();
-    let (status, _) = tokio::time::timeout(Duration::from_secs(10), get(&server, &ca, "/huge-header"))
-        .await
-        .expect("answered");
+    let (status, _) =
+        tokio::time::timeout(Duration::from_secs(10), get(&server, &ca, "/huge-header"))
+            .await
+            .expect("answered");
     let took = started.elapsed();
     // The backend's writes end once the proxy has stopped reading and closed.
     let mut last = usize::MAX;
@@ -260,7 +272,10 @@ async fn a_100_mib_response_header_is_cut_at_the_head_limit_with_bounded_memory(
     assert_eq!(status, 502);
     assert!(took < Duration::from_secs(3), "{took:?}");
     // 64 KiB read, plus what the kernel's socket buffers held.
-    assert!(taken < 16 << 20, "the proxy took {taken} bytes of the header");
+    assert!(
+        taken < 16 << 20,
+        "the proxy took {taken} bytes of the header"
+    );
     assert!(grown < 48 * 1024, "RSS grew by {grown} KiB");
     normal_client_is_served(&server, &ca).await;
     server.stop().await;

@@ -121,7 +121,10 @@ impl RawH2 {
         // The server's SETTINGS come first; acknowledge them.
         let (kind, flags, _, _) = read_frame(&mut read_half).await.expect("server SETTINGS");
         assert_eq!((kind, flags & ACK), (SETTINGS, 0));
-        write.write_all(&frame(SETTINGS, ACK, 0, &[])).await.unwrap();
+        write
+            .write_all(&frame(SETTINGS, ACK, 0, &[]))
+            .await
+            .unwrap();
         let seen = Arc::new(Mutex::new(Seen::default()));
         let mut unread = None;
         let mut reader = None;
@@ -196,7 +199,14 @@ async fn read_frame<R: AsyncReadExt + Unpin>(read: &mut R) -> Option<(u8, u8, u3
     Some((head[3], head[4], stream, payload))
 }
 
-async fn h2_site(extra: &str) -> (Backend, tempfile::TempDir, TestServer, CertificateDer<'static>) {
+async fn h2_site(
+    extra: &str,
+) -> (
+    Backend,
+    tempfile::TempDir,
+    TestServer,
+    CertificateDer<'static>,
+) {
     let backend = Backend::recording().await;
     let dir = tempfile::tempdir().unwrap();
     let (server, ca) = proxy_to(dir.path(), &backend.url(), extra).await;
@@ -235,9 +245,15 @@ async fn http2_rapid_reset_is_ended_with_goaway_and_spares_the_backend() {
         .filter(|r| r.path == "/rapid")
         .count();
     eprintln!("rapid reset: {streams} streams sent, ended after {ended:?}, {reached} reached the backend; {seen}");
-    assert!(ended.is_some(), "the connection outlived {streams} resets: {seen}");
+    assert!(
+        ended.is_some(),
+        "the connection outlived {streams} resets: {seen}"
+    );
     assert!(streams < 10_000, "all 10,000 resets were taken: {seen}");
-    assert!(reached < 1_000, "{reached} reset requests reached the backend");
+    assert!(
+        reached < 1_000,
+        "{reached} reset requests reached the backend"
+    );
     let latency = normal_client_is_served(&server, &ca).await;
     let back = connections_back_to(&server, baseline, Duration::from_secs(5)).await;
     eprintln!("normal client {latency:?}; connections back to baseline: {back:?}");
@@ -269,7 +285,10 @@ async fn http2_continuation_floods_are_cut_within_the_header_list_limit() {
         let one = frame(CONTINUATION, 0, 1, &payload);
         let mut sent = 0usize;
         while sent < 100_000 && !attacker.ended() {
-            let batch: Vec<u8> = std::iter::repeat_n(one.as_slice(), 50).flatten().copied().collect();
+            let batch: Vec<u8> = std::iter::repeat_n(one.as_slice(), 50)
+                .flatten()
+                .copied()
+                .collect();
             if !attacker.send(&batch, Duration::from_secs(2)).await {
                 break;
             }
@@ -278,7 +297,10 @@ async fn http2_continuation_floods_are_cut_within_the_header_list_limit() {
         let ended = attacker.wait_end(Duration::from_secs(5)).await;
         let seen = format!("{:?}", attacker.seen.lock().unwrap());
         eprintln!("CONTINUATION flood ({name}): ended after {sent} frames, {ended:?}; {seen}");
-        assert!(ended.is_some(), "{name}: still open after {sent} CONTINUATION frames");
+        assert!(
+            ended.is_some(),
+            "{name}: still open after {sent} CONTINUATION frames"
+        );
         assert!(sent < 100_000, "{name}: {sent} CONTINUATION frames taken");
     }
     assert!(
@@ -286,7 +308,11 @@ async fn http2_continuation_floods_are_cut_within_the_header_list_limit() {
         "an unfinished header block reached the backend"
     );
     normal_client_is_served(&server, &ca).await;
-    assert!(connections_back_to(&server, baseline, Duration::from_secs(5)).await.is_ok());
+    assert!(
+        connections_back_to(&server, baseline, Duration::from_secs(5))
+            .await
+            .is_ok()
+    );
     server.stop().await;
 }
 
@@ -348,7 +374,10 @@ async fn http2_settings_and_ping_floods_are_closed_as_idle_or_for_not_reading() 
         ("PING", frame(PING, 0, 0, &[7; 8])),
     ] {
         let mut attacker = RawH2::connect(&server, &ca, true).await;
-        let batch: Vec<u8> = std::iter::repeat_n(one.as_slice(), 200).flatten().copied().collect();
+        let batch: Vec<u8> = std::iter::repeat_n(one.as_slice(), 200)
+            .flatten()
+            .copied()
+            .collect();
         let mut sent = 0usize;
         let mut served = None;
         while !attacker.ended() && attacker.started.elapsed() < Duration::from_secs(10) {
@@ -365,11 +394,18 @@ async fn http2_settings_and_ping_floods_are_closed_as_idle_or_for_not_reading() 
         let seen = format!("{:?}", attacker.seen.lock().unwrap());
         eprintln!("{name} flood (reading): {sent} frames, ended at {ended:?}, normal client {served:?}; {seen}");
         let ended = ended.expect("the flooding connection is ended");
-        assert!(ended < Duration::from_secs(6), "{name}: ended only after {ended:?}");
+        assert!(
+            ended < Duration::from_secs(6),
+            "{name}: ended only after {ended:?}"
+        );
     }
     // A PING flood that never reads the PING ACKs: the server's writes back up, and
     // send_timeout cuts it.
-    assert!(connections_back_to(&server, baseline, Duration::from_secs(5)).await.is_ok());
+    assert!(
+        connections_back_to(&server, baseline, Duration::from_secs(5))
+            .await
+            .is_ok()
+    );
     let mut attacker = RawH2::connect(&server, &ca, false).await;
     let batch: Vec<u8> = std::iter::repeat_n(frame(PING, 0, 0, &[9; 8]), 1000)
         .flatten()
@@ -390,10 +426,17 @@ async fn http2_settings_and_ping_floods_are_closed_as_idle_or_for_not_reading() 
         "PING flood (not reading): {sent} PINGs before the stall at {:?}, connection closed {cut:?} later",
         stalled - attacker.started
     );
-    assert!(cut.is_ok(), "the non-reading PING flooder still holds its connection: {cut:?}");
+    assert!(
+        cut.is_ok(),
+        "the non-reading PING flooder still holds its connection: {cut:?}"
+    );
     drop(attacker);
     normal_client_is_served(&server, &ca).await;
-    assert!(connections_back_to(&server, baseline, Duration::from_secs(5)).await.is_ok());
+    assert!(
+        connections_back_to(&server, baseline, Duration::from_secs(5))
+            .await
+            .is_ok()
+    );
     server.stop().await;
 }
 
@@ -405,12 +448,21 @@ async fn streams_over_the_advertised_200_are_refused() {
     // 300 requests whose bodies never end: each holds its stream open.
     let mut batch = Vec::new();
     for stream in 0..300u32 {
-        batch.extend(frame(HEADERS, END_HEADERS, stream * 2 + 1, &request_block("/held")));
+        batch.extend(frame(
+            HEADERS,
+            END_HEADERS,
+            stream * 2 + 1,
+            &request_block("/held"),
+        ));
     }
     assert!(attacker.send(&batch, Duration::from_secs(5)).await);
     let refused = within(Duration::from_secs(5), || {
         let seen = attacker.seen.lock().unwrap();
-        seen.resets.iter().filter(|(_, code)| *code == REFUSED_STREAM).count() >= 100
+        seen.resets
+            .iter()
+            .filter(|(_, code)| *code == REFUSED_STREAM)
+            .count()
+            >= 100
     })
     .await;
     // Each admitted stream holds a backend connection (its upload never ends).
@@ -418,12 +470,75 @@ async fn streams_over_the_advertised_200_are_refused() {
     let seen = format!("{:?}", attacker.seen.lock().unwrap().resets.len());
     let reached = backend.accepted();
     eprintln!("300 streams: refused after {refused:?}, {reached} reached the backend (held after {held:?}); resets {seen}");
-    assert!(refused.is_some(), "streams over 200 were not refused: {seen}");
+    assert!(
+        refused.is_some(),
+        "streams over 200 were not refused: {seen}"
+    );
     assert!(reached <= 200, "{reached} streams reached the backend");
     normal_client_is_served(&server, &ca).await;
     // The held streams end with their connection.
     drop(attacker);
     let back = connections_back_to(&server, baseline, Duration::from_secs(5)).await;
     assert!(back.is_ok(), "{back:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rapid_reset_paced_at_half_a_millisecond_is_ended_too() {
+    paced_rapid_reset(Duration::from_micros(500)).await;
+}
+
+/// Reported, not fixed here (the serving code in `src/server/connection.rs` is another
+/// engineer's change in flight): a client that waits 5 ms between each HEADERS and its
+/// RST_STREAM has every stream dispatched before it is reset, so h2's pending-accept reset
+/// limit never counts it, and nothing else caps resets per connection. Measured: 3,000
+/// streams taken, 825 requests reached the backend, no GOAWAY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "defect reported on issue 22: no per-connection cap on client-reset streams once dispatched (src/server/connection.rs)"]
+async fn a_rapid_reset_paced_at_5_ms_is_ended_too() {
+    paced_rapid_reset(Duration::from_millis(5)).await;
+}
+
+/// HEADERS, `pause`, RST_STREAM, up to 3,000 times: the stream may be accepted (its request
+/// started) before it is reset, which h2's pending-accept count does not see.
+async fn paced_rapid_reset(pause: Duration) {
+    let (backend, _dir, server, ca) = h2_site("").await;
+    let mut attacker = RawH2::connect(&server, &ca, true).await;
+    let mut streams = 0u32;
+    while streams < 3000 && !attacker.ended() {
+        let id = streams * 2 + 1;
+        let headers = frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            id,
+            &request_block("/paced"),
+        );
+        if !attacker.send(&headers, Duration::from_secs(2)).await {
+            break;
+        }
+        tokio::time::sleep(pause).await;
+        let reset = frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes());
+        if !attacker.send(&reset, Duration::from_secs(2)).await {
+            break;
+        }
+        streams += 1;
+    }
+    let ended = attacker.wait_end(Duration::from_secs(3)).await;
+    let seen = format!("{:?}", attacker.seen.lock().unwrap());
+    let reached = backend
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/paced")
+        .count();
+    eprintln!("rapid reset paced at {pause:?}: {streams} streams, ended at {ended:?}, {reached} reached the backend; {seen}");
+    assert!(
+        ended.is_some() && streams < 3000,
+        "{streams} paced resets taken: {seen}"
+    );
+    assert!(
+        reached < 100,
+        "{reached} reset requests reached the backend"
+    );
+    normal_client_is_served(&server, &ca).await;
     server.stop().await;
 }

@@ -20,7 +20,9 @@ use tokio::sync::{Barrier, Semaphore};
 /// Open file descriptors of this process (every test in the binary shares it: a report, not
 /// an assertion).
 fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,7 +94,10 @@ async fn a_thousand_slowloris_connections_are_each_cut_at_header_read_timeout() 
     );
     assert_eq!(uncut, 0, "slowloris connections not cut within 15 s");
     assert_eq!(cuts.len(), CLIENTS, "some clients never connected");
-    assert!(open >= CLIENTS as f64, "only {open} connections were open at once");
+    assert!(
+        open >= CLIENTS as f64,
+        "only {open} connections were open at once"
+    );
     assert!(
         cuts[0] >= Duration::from_millis(1900),
         "cut before header_read_timeout: {:?}",
@@ -124,9 +129,11 @@ async fn stalled_uploads_get_408_at_the_upstream_send_timeout() {
             let mut tls = tls_connect(main, "localhost", default_client(&[ca]))
                 .await
                 .unwrap();
-            tls.write_all(b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n")
-                .await
-                .unwrap();
+            tls.write_all(
+                b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n",
+            )
+            .await
+            .unwrap();
             tls.write_all(&[b'u'; 100]).await.unwrap();
             let stalled = Instant::now();
             let mut received = Vec::new();
@@ -188,9 +195,13 @@ async fn a_connection_flood_waits_at_max_connections_while_the_admin_stays_reach
     let mut flood = Vec::new();
     for _ in 0..LIMIT {
         flood.push(
-            tls_connect(server.main, "localhost", default_client(std::slice::from_ref(&ca)))
-                .await
-                .unwrap(),
+            tls_connect(
+                server.main,
+                "localhost",
+                default_client(std::slice::from_ref(&ca)),
+            )
+            .await
+            .unwrap(),
         );
     }
     // One more: its TCP connect lands in the backlog, its handshake waits for a slot.
@@ -203,7 +214,10 @@ async fn a_connection_flood_waits_at_max_connections_while_the_admin_stays_reach
         })
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(!waiting.is_finished(), "a client over max_connections was served at once");
+    assert!(
+        !waiting.is_finished(),
+        "a client over max_connections was served at once"
+    );
     let started = Instant::now();
     let open = open_connections(&server).await;
     let admin_latency = started.elapsed();
@@ -268,9 +282,10 @@ async fn oversized_and_malformed_websocket_frames_end_the_tunnel_not_the_server(
             while let Ok((tcp, _)) = listener.accept().await {
                 let (endings, sessions) = (endings.clone(), sessions.clone());
                 tokio::spawn(async move {
-                    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-                        .max_frame_size(Some(64 << 10))
-                        .max_message_size(Some(64 << 10));
+                    let config =
+                        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                            .max_frame_size(Some(64 << 10))
+                            .max_message_size(Some(64 << 10));
                     let Ok(mut ws) =
                         tokio_tungstenite::accept_async_with_config(tcp, Some(config)).await
                     else {
@@ -313,12 +328,19 @@ async fn oversized_and_malformed_websocket_frames_end_the_tunnel_not_the_server(
         }),
         ("a 200 KiB frame", client_frame(0x82, &big, true)),
         ("a reserved opcode", client_frame(0x83, b"hello", true)),
-        ("an unmasked client frame", client_frame(0x81, b"hello", false)),
+        (
+            "an unmasked client frame",
+            client_frame(0x81, b"hello", false),
+        ),
     ];
     for (name, bytes) in cases {
-        let mut tls = tls_connect(server.main, "localhost", default_client(std::slice::from_ref(&ca)))
-            .await
-            .unwrap();
+        let mut tls = tls_connect(
+            server.main,
+            "localhost",
+            default_client(std::slice::from_ref(&ca)),
+        )
+        .await
+        .unwrap();
         tls.write_all(b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
             .await
             .unwrap();
@@ -329,9 +351,15 @@ async fn oversized_and_malformed_websocket_frames_end_the_tunnel_not_the_server(
             assert!(n > 0, "{name}: closed before the 101");
             head.extend_from_slice(&chunk[..n]);
         }
-        assert!(head.starts_with(b"HTTP/1.1 101"), "{name}: {}", String::from_utf8_lossy(&head));
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{name}: {}",
+            String::from_utf8_lossy(&head)
+        );
         // The tunnel works: a small frame comes back.
-        tls.write_all(&client_frame(0x81, b"ping", true)).await.unwrap();
+        tls.write_all(&client_frame(0x81, b"ping", true))
+            .await
+            .unwrap();
         let mut echo = [0u8; 6];
         tls.read_exact(&mut echo).await.unwrap();
         assert_eq!(&echo, b"\x81\x04ping", "{name}");
@@ -347,9 +375,15 @@ async fn oversized_and_malformed_websocket_frames_end_the_tunnel_not_the_server(
         })
         .await;
         eprintln!("{name}: tunnel ended after {:?}", started.elapsed());
-        assert!(ended.is_ok(), "{name}: the tunnel outlived the bad frame by 5 s");
+        assert!(
+            ended.is_ok(),
+            "{name}: the tunnel outlived the bad frame by 5 s"
+        );
     }
-    let _ = within(Duration::from_secs(2), || endings.lock().unwrap().len() == 4).await;
+    let _ = within(Duration::from_secs(2), || {
+        endings.lock().unwrap().len() == 4
+    })
+    .await;
     let endings = endings.lock().unwrap().clone();
     eprintln!("backend sessions ended: {endings:?}");
     assert_eq!(sessions.load(Ordering::SeqCst), 4);

@@ -135,15 +135,16 @@ async fn ambiguous_framing_is_refused_and_nothing_ambiguous_reaches_the_backend(
     let dir = tempfile::tempdir().unwrap();
     let (server, ca) = proxy_to(dir.path(), &backend.url(), "").await;
     let started = Instant::now();
-    let outcomes = futures_util::future::join_all(cases().into_iter().map(|(name, request, expect)| {
-        let (server, ca) = (&server, &ca);
-        async move {
-            let (status, text, closed) =
-                raw_exchange(server, ca, request.as_bytes(), Duration::from_millis(1500)).await;
-            (name, expect, status, text, closed)
-        }
-    }))
-    .await;
+    let outcomes =
+        futures_util::future::join_all(cases().into_iter().map(|(name, request, expect)| {
+            let (server, ca) = (&server, &ca);
+            async move {
+                let (status, text, closed) =
+                    raw_exchange(server, ca, request.as_bytes(), Duration::from_millis(1500)).await;
+                (name, expect, status, text, closed)
+            }
+        }))
+        .await;
     let mut failures = Vec::new();
     for (name, expect, status, text, closed) in &outcomes {
         let responses = text.matches("HTTP/1.1 ").count();
@@ -157,14 +158,19 @@ async fn ambiguous_framing_is_refused_and_nothing_ambiguous_reaches_the_backend(
         };
         eprintln!("{name}: {status} closed={closed} responses={responses}");
         if !fine {
-            failures.push(format!("{name} ({expect:?}): status {status}, closed {closed}: {text:?}"));
+            failures.push(format!(
+                "{name} ({expect:?}): status {status}, closed {closed}: {text:?}"
+            ));
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
     // What the backend got: the normalised cases only, each framed one way, none hidden.
     let requests = backend.requests();
     for request in &requests {
-        assert_ne!(request.path, "/smuggled", "a smuggled request reached the backend: {request:?}");
+        assert_ne!(
+            request.path, "/smuggled",
+            "a smuggled request reached the backend: {request:?}"
+        );
         let te = request.header("transfer-encoding");
         let cl = request.header("content-length");
         assert!(
@@ -176,16 +182,26 @@ async fn ambiguous_framing_is_refused_and_nothing_ambiguous_reaches_the_backend(
         assert!(cl.len() <= 1, "{}", request.head);
         assert!(!request.head.contains("evil.example"), "{}", request.head);
         assert!(
-            !request.head.replace("\r\n", "").contains(['\n', '\r', '\0']),
+            !request
+                .head
+                .replace("\r\n", "")
+                .contains(['\n', '\r', '\0']),
             "bare line ends or NUL passed on: {:?}",
             request.head
         );
         // A body the proxy could not read (the chunk-size overflow) is cut short, never
         // completed with bytes of its own.
         assert!(request.complete || request.body.is_empty(), "{request:?}");
-        assert!(!request.head.contains("X-Nul") && !request.head.contains("X-Cr"), "{}", request.head);
+        assert!(
+            !request.head.contains("X-Nul") && !request.head.contains("X-Cr"),
+            "{}",
+            request.head
+        );
     }
-    let served = outcomes.iter().filter(|(_, _, status, _, _)| *status == 200).count();
+    let served = outcomes
+        .iter()
+        .filter(|(_, _, status, _, _)| *status == 200)
+        .count();
     let complete = requests.iter().filter(|r| r.complete).count();
     assert_eq!(complete, served, "{requests:#?}");
     eprintln!(
@@ -212,7 +228,10 @@ async fn a_body_that_looks_like_a_request_stays_a_body_on_a_reused_backend_conne
     let (status, text, _) =
         raw_exchange(&server, &ca, request.as_bytes(), Duration::from_secs(3)).await;
     assert_eq!(status, 200, "{text}");
-    assert!(text.contains("ok /first") && text.contains("ok /second"), "{text}");
+    assert!(
+        text.contains("ok /first") && text.contains("ok /second"),
+        "{text}"
+    );
     assert!(!text.contains("ok /smuggled"), "{text}");
     let requests = backend.requests();
     let paths: Vec<_> = requests.iter().map(|r| r.path.as_str()).collect();

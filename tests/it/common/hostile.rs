@@ -91,8 +91,7 @@ impl Backend {
                     let mut tcp = tcp;
                     let mut buf = Vec::new();
                     loop {
-                        let Ok(Some(request)) = read_request(&mut tcp, &mut buf, &raw).await
-                        else {
+                        let Ok(Some(request)) = read_request(&mut tcp, &mut buf, &raw).await else {
                             return;
                         };
                         log.lock().unwrap().push(request.clone());
@@ -323,7 +322,10 @@ pub async fn normal_client_within(
     assert_eq!(response.status, 200, "{}", response.body);
     assert_eq!(response.body, "ok /hello");
     let took = started.elapsed();
-    assert!(took < limit, "a normal client took {took:?} (limit {limit:?})");
+    assert!(
+        took < limit,
+        "a normal client took {took:?} (limit {limit:?})"
+    );
     took
 }
 

@@ -361,5 +361,5 @@ pub fn free_port() -> u16 {
     }
 }
 
-pub mod pebble;
 pub mod hostile;
+pub mod pebble;
