@@ -6,8 +6,12 @@ mod common;
 
 mod acme;
 mod adversarial;
+mod adversarial_backends;
 mod adversarial_faults;
+mod adversarial_h2;
 mod adversarial_process;
+mod adversarial_slow;
+mod adversarial_smuggling;
 mod cert_cli;
 mod check;
 mod check_grades;

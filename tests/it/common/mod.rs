@@ -361,4 +361,5 @@ pub fn free_port() -> u16 {
     }
 }
 
+pub mod hostile;
 pub mod pebble;
