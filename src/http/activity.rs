@@ -42,6 +42,12 @@ pub struct Activity {
     /// When a write first found the client's socket full (millis + 1; 0 = writes flow).
     write_blocked: AtomicU64,
     in_flight: AtomicUsize,
+    /// Requests answered, and requests the client gave up on before their answer (an
+    /// HTTP/2 RST_STREAM after the request was dispatched).
+    answered: AtomicUsize,
+    abandoned: AtomicUsize,
+    /// Wakes the watchdog the moment [`Activity::resets_too_many`] holds.
+    pub reset_flood: tokio::sync::Notify,
     /// HTTP/2 response bodies that may wait on a stream's flow-control window.
     paced: Mutex<Vec<Weak<dyn ClientPaced>>>,
 }
@@ -62,6 +68,9 @@ impl Activity {
             head_started: AtomicU64::new(0),
             write_blocked: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            answered: AtomicUsize::new(0),
+            abandoned: AtomicUsize::new(0),
+            reset_flood: tokio::sync::Notify::new(),
             paced: Mutex::new(Vec::new()),
         })
     }
@@ -135,9 +144,32 @@ impl Activity {
         InFlight(self.clone())
     }
 
+    /// Counts a dispatched request as abandoned unless [`Answering::answered`] is called.
+    pub fn answering(self: &Arc<Self>) -> Answering {
+        Answering {
+            activity: self.clone(),
+            answered: false,
+        }
+    }
+
+    /// Whether the client has given up on most of its requests, and on many: the mark of
+    /// HTTP/2 rapid reset paced so its streams are dispatched before their reset (h2's own cap
+    /// counts only streams reset before they are accepted). A browser that cancels now and
+    /// then never comes near it.
+    pub fn resets_too_many(&self) -> bool {
+        let abandoned = self.abandoned.load(Ordering::Relaxed);
+        abandoned > MAX_ABANDONED && abandoned > self.answered.load(Ordering::Relaxed)
+    }
+
     /// Puts an HTTP/2 response body under the write deadline.
     pub fn pace(&self, body: Weak<dyn ClientPaced>) {
         if let Ok(mut paced) = self.paced.lock() {
+            // Ended bodies are forgotten as new ones come, not only at the watchdog's tick:
+            // a busy connection would otherwise keep thousands of them allocated (a `Weak`
+            // holds its allocation) between two ticks.
+            if paced.len() >= PRUNE_AT && paced.len().is_power_of_two() {
+                paced.retain(|body| body.strong_count() > 0);
+            }
             paced.push(body);
         }
     }
@@ -164,6 +196,36 @@ impl Activity {
             true
         });
         released
+    }
+}
+
+/// Paced bodies a connection keeps before ended ones are pruned on the way in.
+const PRUNE_AT: usize = 16;
+
+/// Requests a connection's client may abandon before [`Activity::resets_too_many`] counts.
+pub const MAX_ABANDONED: usize = 100;
+
+/// A dispatched request, counted as abandoned if it is dropped before it is answered.
+pub struct Answering {
+    activity: Arc<Activity>,
+    answered: bool,
+}
+
+impl Answering {
+    pub fn answered(mut self) {
+        self.answered = true;
+        self.activity.answered.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.activity.abandoned.fetch_add(1, Ordering::Relaxed);
+            if self.activity.resets_too_many() {
+                self.activity.reset_flood.notify_one();
+            }
+        }
     }
 }
 
@@ -306,6 +368,28 @@ mod tests {
         assert!(!flowing.released.load(Ordering::Relaxed));
         // The released and the dropped are forgotten; the other two stay watched.
         assert_eq!(activity.paced.lock().map(|p| p.len()).unwrap_or(0), 2);
+    }
+
+    #[test]
+    fn a_client_that_abandons_most_of_many_requests_is_told_apart_from_one_that_cancels_some() {
+        let activity = Activity::new();
+        for _ in 0..1000 {
+            activity.answering().answered();
+        }
+        for _ in 0..150 {
+            drop(activity.answering());
+        }
+        assert!(
+            !activity.resets_too_many(),
+            "150 cancels among 1,000 answers"
+        );
+        let attacker = Activity::new();
+        for _ in 0..MAX_ABANDONED {
+            drop(attacker.answering());
+        }
+        assert!(!attacker.resets_too_many(), "up to the cap");
+        drop(attacker.answering());
+        assert!(attacker.resets_too_many());
     }
 
     #[test]

@@ -20,16 +20,23 @@ pub fn sanity<B>(request: &Request<B>, websocket: bool) -> Result<(), HttpError>
     }
     // hyper decodes the chunked framing; any other coding (`gzip, chunked`) would be lost
     // when the body is framed again upstream, so it is refused, as nginx does.
-    let other_coding = request
+    let mut chunked = 0;
+    for coding in request
         .headers()
         .get_all(header::TRANSFER_ENCODING)
         .iter()
         .flat_map(|value| value.as_bytes().split(|&b| b == b','))
-        .any(|coding| !coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-    if other_coding {
-        return Err(HttpError::NotImplemented(
-            "a transfer coding other than chunked",
-        ));
+    {
+        if !coding.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            return Err(HttpError::NotImplemented(
+                "a transfer coding other than chunked",
+            ));
+        }
+        chunked += 1;
+    }
+    // RFC 9112 §6.1: chunked is applied once; twice is a framing two parsers may read apart.
+    if chunked > 1 {
+        return Err(HttpError::BadRequest("chunked transfer coding given twice"));
     }
     if websocket {
         websocket::check_opening(request)?;
@@ -249,6 +256,10 @@ mod tests {
                 "{refused}"
             );
         }
+        assert!(matches!(
+            sanity(&with("chunked, chunked"), false),
+            Err(HttpError::BadRequest(_))
+        ));
         assert!(sanity(&with("chunked"), false).is_ok());
         assert!(sanity(&with("Chunked"), false).is_ok());
     }

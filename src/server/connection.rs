@@ -209,12 +209,14 @@ pub(super) async fn serve_http<I, H, F>(
     let request_activity = activity.clone();
     let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
         let in_flight = request_activity.request();
+        let answering = request_activity.answering();
         request.extensions_mut().insert(slot.clone());
         request.extensions_mut().insert(info.clone());
         let head = request.method() == hyper::Method::HEAD;
         let response = handler(request);
         async move {
             let response = response.await;
+            answering.answered();
             drop(in_flight);
             match response {
                 Ok(response) if head => Ok(crate::http::without_body_for_head(response)),
@@ -320,6 +322,10 @@ impl ConnectionWatch<'_> {
                 () = shutdown.cancelled(), if close_by.is_none() => {
                     graceful(connection.as_mut());
                     close_by = Some(tokio::time::Instant::now() + limits.shutdown_timeout);
+                }
+                () = self.activity.reset_flood.notified() => {
+                    tracing::debug!("the client reset most of over 100 requests it sent (HTTP/2 rapid reset); closing the connection");
+                    return;
                 }
                 _ = ticker.tick() => {
                     if let Some(reason) = self.cut_off() {
