@@ -7,7 +7,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -46,6 +46,9 @@ pub struct Activity {
     /// HTTP/2 RST_STREAM after the request was dispatched).
     answered: AtomicUsize,
     abandoned: AtomicUsize,
+    /// Set once a response switched protocols: the stream then carries WebSocket frames, no
+    /// request lines.
+    upgraded: AtomicBool,
     /// Wakes the watchdog the moment [`Activity::resets_too_many`] holds.
     pub reset_flood: tokio::sync::Notify,
     /// HTTP/2 response bodies that may wait on a stream's flow-control window.
@@ -70,6 +73,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             answered: AtomicUsize::new(0),
             abandoned: AtomicUsize::new(0),
+            upgraded: AtomicBool::new(false),
             reset_flood: tokio::sync::Notify::new(),
             paced: Mutex::new(Vec::new()),
         })
@@ -144,6 +148,11 @@ impl Activity {
         InFlight(self.clone())
     }
 
+    /// The connection now carries another protocol (a `101` went out).
+    pub fn switched_protocols(&self) {
+        self.upgraded.store(true, Ordering::Release);
+    }
+
     /// Counts a dispatched request as abandoned unless [`Answering::answered`] is called.
     pub fn answering(self: &Arc<Self>) -> Answering {
         Answering {
@@ -212,7 +221,11 @@ pub struct Answering {
 }
 
 impl Answering {
-    pub fn answered(mut self) {
+    /// The request was answered; `switched` when the answer was a `101`.
+    pub fn answered(mut self, switched: bool) {
+        if switched {
+            self.activity.switched_protocols();
+        }
         self.answered = true;
         self.activity.answered.fetch_add(1, Ordering::Relaxed);
     }
@@ -246,15 +259,81 @@ impl Drop for InFlight {
 }
 
 /// Wraps a client stream: bytes read with no request in flight start a request head; a write
-/// the socket refuses starts the write deadline, and any write it takes ends it.
+/// the socket refuses starts the write deadline, and any write it takes ends it. On HTTP/1 it
+/// also answers a request line longer than the head limit with `414` itself: hyper would count
+/// it against the whole head and answer `431`, which names the wrong part.
 pub struct TrackedIo<T> {
     inner: T,
     activity: Arc<Activity>,
+    line: RequestLine,
 }
+
+/// Where the current request head's first line stands (HTTP/1 only).
+enum RequestLine {
+    /// Not watched: HTTP/2, or HTTP/1 once the connection's protocol says otherwise.
+    Off,
+    /// `seen` bytes of the line so far without its end; `limit` is where it is refused.
+    Counting { seen: usize, limit: usize },
+    /// The line ended; the rest of the head is hyper's to limit.
+    Done { limit: usize },
+    /// Too long: the `414` is being written (`written` bytes so far), then the read ends.
+    Refusing { written: usize },
+    /// The `414` is out and the write side shut: what the client still sends is read and
+    /// dropped (up to [`DRAIN_LIMIT`]) so that closing does not reset the connection under
+    /// the answer, as nginx's lingering close.
+    Draining { dropped: usize },
+}
+
+/// The most a refused client's remaining bytes are read before the connection closes.
+const DRAIN_LIMIT: usize = 1 << 20;
+
+/// The answer to a request line over the head limit (as [`super::builtin_response`] would
+/// make it, written by hand because hyper never sees this request).
+const URI_TOO_LONG: &[u8] = b"HTTP/1.1 414 URI Too Long\r\ncontent-type: text/plain\r\ncontent-security-policy: default-src 'none'; frame-ancestors 'none'\r\ncontent-length: 30\r\nconnection: close\r\n\r\nthe request line is too long\r\n";
 
 impl<T> TrackedIo<T> {
     pub fn new(inner: T, activity: Arc<Activity>) -> Self {
-        Self { inner, activity }
+        Self {
+            inner,
+            activity,
+            line: RequestLine::Off,
+        }
+    }
+
+    /// Watches HTTP/1 request lines: one of `limit` bytes or more gets `414`.
+    pub fn with_request_line_limit(mut self, limit: usize) -> Self {
+        self.line = RequestLine::Done { limit };
+        self
+    }
+
+    /// Follows the request line through freshly read `bytes`; true when it is too long.
+    fn line_too_long(&mut self, bytes: &[u8], head_begins: bool) -> bool {
+        if let RequestLine::Done { limit } = self.line {
+            if head_begins {
+                // HTTP/2 with prior knowledge is no request line.
+                if bytes.starts_with(b"PRI * HTTP/2.0") {
+                    self.line = RequestLine::Off;
+                    return false;
+                }
+                self.line = RequestLine::Counting { seen: 0, limit };
+            }
+        }
+        if let RequestLine::Counting { seen, limit } = self.line {
+            match bytes.iter().position(|&b| b == b'\n') {
+                Some(end) if seen + end < limit => self.line = RequestLine::Done { limit },
+                None if seen + bytes.len() < limit => {
+                    self.line = RequestLine::Counting {
+                        seen: seen + bytes.len(),
+                        limit,
+                    }
+                }
+                _ => {
+                    self.line = RequestLine::Refusing { written: 0 };
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     fn wrote(&self, result: &Poll<io::Result<usize>>) {
@@ -266,18 +345,76 @@ impl<T> TrackedIo<T> {
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TrackedIo<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        match self.line {
+            RequestLine::Refusing { written } => return self.poll_refuse(cx, written),
+            RequestLine::Draining { dropped } => return self.poll_drain(cx, dropped),
+            _ => {}
+        }
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() != before {
+            let activity = &self.activity;
+            let head_begins = activity.in_flight.load(Ordering::Acquire) == 0
+                && activity.head_started.load(Ordering::Relaxed) == 0;
+            let watching = !matches!(self.line, RequestLine::Off)
+                && !activity.upgraded.load(Ordering::Acquire);
+            let counting = head_begins || matches!(self.line, RequestLine::Counting { .. });
+            if watching && counting && self.line_too_long(&buf.filled()[before..], head_begins) {
+                // hyper never sees this request: its bytes are taken back.
+                buf.set_filled(before);
+                return self.poll_refuse(cx, 0);
+            }
             self.activity.bytes_read();
         }
         result
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> TrackedIo<T> {
+    /// Writes the `414` and shuts the write side; then drains, and reports the end of the
+    /// stream, so hyper closes the connection.
+    fn poll_refuse(&mut self, cx: &mut Context<'_>, mut written: usize) -> Poll<io::Result<()>> {
+        while written < URI_TOO_LONG.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &URI_TOO_LONG[written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(n)) => {
+                    written += n;
+                    self.line = RequestLine::Refusing { written };
+                }
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if Pin::new(&mut self.inner).poll_shutdown(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.line = RequestLine::Draining { dropped: 0 };
+        self.poll_drain(cx, 0)
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> TrackedIo<T> {
+    /// Reads and drops what a refused client still sends, then reports the end of the stream.
+    fn poll_drain(&mut self, cx: &mut Context<'_>, mut dropped: usize) -> Poll<io::Result<()>> {
+        let mut scratch = [0u8; 4096];
+        while dropped < DRAIN_LIMIT {
+            let mut sink = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut sink) {
+                Poll::Ready(Ok(())) if !sink.filled().is_empty() => {
+                    dropped += sink.filled().len();
+                    self.line = RequestLine::Draining { dropped };
+                }
+                Poll::Ready(_) => break,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -374,7 +511,7 @@ mod tests {
     fn a_client_that_abandons_most_of_many_requests_is_told_apart_from_one_that_cancels_some() {
         let activity = Activity::new();
         for _ in 0..1000 {
-            activity.answering().answered();
+            activity.answering().answered(false);
         }
         for _ in 0..150 {
             drop(activity.answering());

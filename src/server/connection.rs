@@ -204,7 +204,12 @@ pub(super) async fn serve_http<I, H, F>(
 {
     let activity = Activity::new();
     info.activity = Some(activity.clone());
-    let io = TokioIo::new(TrackedIo::new(io, activity.clone()));
+    let tracked = TrackedIo::new(io, activity.clone());
+    let io = TokioIo::new(if protocol == Protocol::Http2 {
+        tracked
+    } else {
+        tracked.with_request_line_limit(limits.max_header_size as usize)
+    });
     let handler = Arc::new(handler);
     let request_activity = activity.clone();
     let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
@@ -216,7 +221,10 @@ pub(super) async fn serve_http<I, H, F>(
         let response = handler(request);
         async move {
             let response = response.await;
-            answering.answered();
+            answering.answered(matches!(
+                &response,
+                Ok(r) if r.status() == hyper::StatusCode::SWITCHING_PROTOCOLS
+            ));
             drop(in_flight);
             match response {
                 Ok(response) if head => Ok(crate::http::without_body_for_head(response)),

@@ -648,3 +648,71 @@ async fn the_builtin_echo_closes_an_oversized_message_with_1009() {
     assert_eq!(frame.code, CloseCode::Size);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_line_over_the_head_limit_gets_414_and_long_headers_431() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start("", dir.path()).await.unwrap();
+    let ca = server.local_ca();
+    for length in [20_000, 70_000, 300_000] {
+        let request = format!(
+            "GET /{} HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            "a".repeat(length)
+        );
+        let (status, body) = raw_exchange(&server, &ca, &request).await;
+        assert_eq!(status, 414, "a {length}-byte request line: {body}");
+    }
+    // Under the limit the line passes; headers over it are hyper's 431.
+    let (status, _) = raw_exchange(
+        &server,
+        &ca,
+        &format!(
+            "GET /{} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+            "a".repeat(8_000)
+        ),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = raw_exchange(
+        &server,
+        &ca,
+        &format!(
+            "GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
+            "b".repeat(20_000)
+        ),
+    )
+    .await;
+    assert_eq!(status, 431);
+    // On a kept-alive connection the second request's line is watched as the first was.
+    let mut senders = connected_clients(&server, &ca, 1).await;
+    let (status, _) = send(&mut senders[0], http::Method::GET, "/health").await;
+    assert_eq!(status, 200);
+    let long = format!("/{}", "c".repeat(20_000));
+    let request = http::Request::get(long.as_str())
+        .header("host", "localhost")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = senders[0].send_request(request).await.unwrap();
+    assert_eq!(response.status(), 414);
+    // HTTP/2 has no request line: a long path is the header list's business.
+    let client = client_config(std::slice::from_ref(&ca), rustls::ALL_VERSIONS, &[b"h2"]);
+    let response = https_get(
+        server.main,
+        "localhost",
+        client,
+        &format!("/{}", "d".repeat(8_000)),
+    )
+    .await;
+    assert_eq!(
+        (response.status, response.version),
+        (http::StatusCode::NOT_FOUND, http::Version::HTTP_2)
+    );
+    normal_client_is_served_zero_config(&server).await;
+    server.stop().await;
+}
+
+async fn normal_client_is_served_zero_config(server: &TestServer) {
+    let client = default_client(&[server.local_ca()]);
+    let response = https_get(server.main, "localhost", client, "/health").await;
+    assert_eq!(response.status, 200);
+}
