@@ -102,13 +102,6 @@ fn is_local_or_ip(name: &str) -> bool {
     name.parse::<std::net::IpAddr>().is_ok() || name == "localhost" || name.ends_with(".localhost")
 }
 
-fn is_mapped_loopback(ip: std::net::IpAddr) -> bool {
-    match ip {
-        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
-        std::net::IpAddr::V4(_) => false,
-    }
-}
-
 /// The checks every admin request passes first. A request with no Host at all is let through:
 /// browsers always send one, and HTTP/1.0 health checkers (HAProxy's `httpchk`) may not.
 ///
@@ -120,7 +113,7 @@ pub fn check_request<B>(request: &hyper::Request<B>) -> Result<(), AdminRefusal>
     let from_this_machine = request
         .extensions()
         .get::<crate::http::context::ConnectionInfo>()
-        .is_none_or(|conn| conn.peer.ip().is_loopback() || is_mapped_loopback(conn.peer.ip()));
+        .is_none_or(|conn| conn.peer.ip().to_canonical().is_loopback());
     if let (true, Some(host)) = (from_this_machine, &host) {
         if !is_local_or_ip(host_name(host)) {
             return Err(AdminRefusal::ForeignHost(host.clone()));

@@ -88,27 +88,26 @@ impl Activity {
         (stamp != 0).then(|| Duration::from_millis(self.now_millis().saturating_sub(stamp - 1)))
     }
 
-    fn bytes_read(&self) {
-        if self.in_flight.load(Ordering::Acquire) == 0
-            && self.head_started.load(Ordering::Relaxed) == 0
-        {
-            let now = self.now_millis();
-            let _ =
-                self.head_started
-                    .compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Relaxed);
-        }
+    /// Stores the time in `stamp` (millis + 1) unless it holds one; true when it did.
+    fn stamp_once(&self, stamp: &AtomicU64) -> bool {
+        stamp.load(Ordering::Relaxed) == 0
+            && stamp
+                .compare_exchange(
+                    0,
+                    self.now_millis() + 1,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    /// Bytes came in; true when they begin a request head (none was in flight or on its way).
+    fn bytes_read(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0 && self.stamp_once(&self.head_started)
     }
 
     fn write_refused(&self) {
-        if self.write_blocked.load(Ordering::Relaxed) == 0 {
-            let now = self.now_millis();
-            let _ = self.write_blocked.compare_exchange(
-                0,
-                now + 1,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            );
-        }
+        self.stamp_once(&self.write_blocked);
     }
 
     fn write_taken(&self) {
@@ -308,6 +307,9 @@ impl<T> TrackedIo<T> {
 
     /// Follows the request line through freshly read `bytes`; true when it is too long.
     fn line_too_long(&mut self, bytes: &[u8], head_begins: bool) -> bool {
+        if matches!(self.line, RequestLine::Off) || self.activity.upgraded.load(Ordering::Acquire) {
+            return false;
+        }
         if let RequestLine::Done { limit } = self.line {
             if head_begins {
                 // HTTP/2 with prior knowledge is no request line.
@@ -359,18 +361,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TrackedIo<T> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() != before {
-            let activity = &self.activity;
-            let head_begins = activity.in_flight.load(Ordering::Acquire) == 0
-                && activity.head_started.load(Ordering::Relaxed) == 0;
-            let watching = !matches!(self.line, RequestLine::Off)
-                && !activity.upgraded.load(Ordering::Acquire);
-            let counting = head_begins || matches!(self.line, RequestLine::Counting { .. });
-            if watching && counting && self.line_too_long(&buf.filled()[before..], head_begins) {
+            let head_begins = self.activity.bytes_read();
+            if self.line_too_long(&buf.filled()[before..], head_begins) {
                 // hyper never sees this request: its bytes are taken back.
                 buf.set_filled(before);
                 return self.poll_refuse(cx, 0);
             }
-            self.activity.bytes_read();
         }
         result
     }

@@ -135,7 +135,7 @@ impl IdleConnections {
             let idle = settling.swap_remove(index);
             match idle.quiet(self.timeout) {
                 Ok(()) if chosen.is_none() => chosen = Some(idle.stream),
-                Ok(()) => self.put_now(idle.stream),
+                Ok(()) => self.park(&self.stack, idle.stream),
                 Err(unfit) => sloppy |= unfit == Unfit::Unsolicited,
             }
         }
@@ -164,34 +164,24 @@ impl IdleConnections {
         if self.max_idle == 0 || self.is_sloppy() {
             return;
         }
-        let evicted = match self.settling.try_lock() {
-            Ok(mut settling) => {
-                let evicted = (settling.len() >= self.max_idle).then(|| settling.remove(0));
-                settling.push(IdleConnection {
-                    stream,
-                    since: Instant::now(),
-                });
-                evicted
-            }
-            Err(_) => None,
-        };
-        drop(evicted);
+        self.park(&self.settling, stream);
     }
 
-    /// Parks a connection whose last response was read to its end; when the stack is full the
-    /// oldest gives way. Sockets are closed outside the lock.
+    /// Parks a connection whose last response was read to its end.
     pub(super) fn put(&self, stream: TcpStream) {
         if self.max_idle == 0 || self.is_sloppy() {
             return;
         }
-        self.put_now(stream);
+        self.park(&self.stack, stream);
     }
 
-    fn put_now(&self, stream: TcpStream) {
-        let evicted = match self.stack.try_lock() {
-            Ok(mut stack) => {
-                let evicted = (stack.len() >= self.max_idle).then(|| stack.remove(0));
-                stack.push(IdleConnection {
+    /// Pushes onto `list`; when it is full the oldest gives way. Sockets are closed outside
+    /// the lock.
+    fn park(&self, list: &Mutex<Vec<IdleConnection>>, stream: TcpStream) {
+        let evicted = match list.try_lock() {
+            Ok(mut list) => {
+                let evicted = (list.len() >= self.max_idle).then(|| list.remove(0));
+                list.push(IdleConnection {
                     stream,
                     since: Instant::now(),
                 });
@@ -209,15 +199,16 @@ impl IdleConnections {
             Ok(mut stack) => std::mem::take(&mut *stack),
             Err(_) => return,
         };
+        // Whether a connection stays; one that spoke unasked marks the server.
         let mut sloppy = false;
-        let mut fit = |idle: &IdleConnection| match idle.usable(self.timeout) {
-            Ok(()) => true,
-            Err(unfit) => {
-                sloppy |= unfit == Unfit::Unsolicited;
-                false
-            }
+        let mut keep = |fit: Result<(), Unfit>| {
+            sloppy |= fit == Err(Unfit::Unsolicited);
+            fit.is_ok()
         };
-        let mut kept: Vec<IdleConnection> = idle.into_iter().filter(&mut fit).collect();
+        let mut kept: Vec<IdleConnection> = idle
+            .into_iter()
+            .filter(|idle| keep(idle.usable(self.timeout)))
+            .collect();
         // Settled connections that stayed quiet join the stack; the others are dropped.
         let settled = match self.settling.lock() {
             Ok(mut settling) => {
@@ -232,19 +223,13 @@ impl IdleConnections {
         kept.extend(
             settled
                 .into_iter()
-                .filter(|idle| match idle.quiet(self.timeout) {
-                    Ok(()) => true,
-                    Err(unfit) => {
-                        sloppy |= unfit == Unfit::Unsolicited;
-                        false
-                    }
-                }),
+                .filter(|idle| keep(idle.quiet(self.timeout))),
         );
-        if self.is_sloppy() {
-            kept.clear();
-        }
         if sloppy {
             self.caught_sloppy();
+        }
+        if self.is_sloppy() {
+            kept.clear();
         }
         let surplus: Vec<IdleConnection> = match self.stack.lock() {
             Ok(mut stack) => {

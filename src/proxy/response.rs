@@ -191,26 +191,23 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.source {
-            Source::Owned(slot) => slot.as_ref().is_none_or(|held| held.body.is_end_stream()),
-            Source::Paced(paced) => paced
-                .held
-                .lock()
-                .map(|slot| slot.as_ref().is_none_or(|held| held.body.is_end_stream()))
-                .unwrap_or(true),
-        }
+        self.peek(|held| held.is_none_or(|held| held.body.is_end_stream()))
     }
 
     fn size_hint(&self) -> SizeHint {
+        self.peek(|held| held.map_or(SizeHint::with_exact(0), |held| held.body.size_hint()))
+    }
+}
+
+impl<B> Guarded<B> {
+    /// Reads what the body still holds (`None` once it ended or the watchdog released it).
+    fn peek<R>(&self, read: impl FnOnce(Option<&Held<B>>) -> R) -> R {
         match &self.source {
-            Source::Owned(Some(held)) => held.body.size_hint(),
-            Source::Paced(paced) => paced
-                .held
-                .lock()
-                .ok()
-                .and_then(|slot| slot.as_ref().map(|held| held.body.size_hint()))
-                .unwrap_or_default(),
-            Source::Owned(None) => SizeHint::with_exact(0),
+            Source::Owned(slot) => read(slot.as_ref()),
+            Source::Paced(paced) => match paced.held.lock() {
+                Ok(slot) => read(slot.as_ref()),
+                Err(_) => read(None),
+            },
         }
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::hostile::{self, normal_client_is_served, proxy_to, within};
 use common::*;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -147,55 +148,6 @@ async fn serve_raw(
             }
         }
     }
-}
-
-/// A server proxying every path to `backend`, with `limits` added to its config.
-async fn proxy_to(
-    dir: &std::path::Path,
-    backend: &str,
-    extra: &str,
-) -> (TestServer, CertificateDer<'static>) {
-    let ca = fixture_ca(dir);
-    fixture_cert(&ca, dir, "site", &["localhost"], KeyAlgorithm::EcdsaP256);
-    let config = format!(
-        "tls:\n  certificates:\n    - pem_file: site.pem\nupstreams:\n  app:\n    servers: [{backend}]\nroutes:\n  - path: /\n    upstream: app\n{extra}"
-    );
-    (TestServer::start(&config, dir).await.unwrap(), ca.cert_der)
-}
-
-/// Polls `condition` until it holds or `limit` passes; returns the time it took.
-async fn within(limit: Duration, mut condition: impl FnMut() -> bool) -> Option<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if condition() {
-            return Some(started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    condition().then(|| started.elapsed())
-}
-
-/// A normal client is served quickly while the attack goes on.
-async fn normal_client_is_served(server: &TestServer, ca: &CertificateDer<'static>) {
-    let started = Instant::now();
-    let client = default_client(std::slice::from_ref(ca));
-    let response = tokio::time::timeout(
-        Duration::from_secs(5),
-        https_get(server.main, "localhost", client, "/hello"),
-    )
-    .await
-    .expect("a normal client is answered within 5 s during the attack");
-    assert_eq!(response.status, 200);
-    assert_eq!(response.body, "ok /hello");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
-    eprintln!(
-        "figure: a normal client served in {:?} during the attack",
-        started.elapsed()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,55 +307,16 @@ async fn http2_pings_do_not_keep_an_idle_connection_open() {
     server.stop().await;
 }
 
-/// One raw HTTP/1.1 request over TLS; returns the status and the body (up to 64 KiB).
+/// One raw HTTP/1.1 request over TLS; returns the status and the body.
 async fn raw_exchange(
     server: &TestServer,
     ca: &CertificateDer<'static>,
     request: &str,
 ) -> (u16, String) {
-    let mut tls = tls_connect(
-        server.main,
-        "localhost",
-        default_client(std::slice::from_ref(ca)),
-    )
-    .await
-    .unwrap();
-    tls.write_all(request.as_bytes()).await.unwrap();
-    let mut received = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(3), async {
-        let mut chunk = [0u8; 16 * 1024];
-        loop {
-            match tls.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    received.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&received);
-                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                        let length = head.lines().find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                        });
-                        if length.is_some_and(|length| body.len() >= length) {
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-    })
-    .await;
-    let text = String::from_utf8_lossy(&received).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    let (status, text, _) =
+        hostile::raw_exchange(server, ca, request.as_bytes(), Duration::from_secs(3)).await;
+    let body = text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned());
+    (status, body.unwrap_or_default())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -151,29 +151,33 @@ async fn a_full_disk_during_a_certificate_write_keeps_the_previous_set_serving_a
     assert_eq!(cert_key, key);
 }
 
+/// `tlsgate serve` with no config on ephemeral loopback ports, its data in `data`.
+fn zero_config_serve(data: &Path, stderr: Stdio) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_tlsgate"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--admin-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn sigkill_while_the_zero_config_certificates_are_written_never_leaves_a_mismatched_set() {
-    let binary = env!("CARGO_BIN_EXE_tlsgate");
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     // Killed at a spread of moments while it creates the CA and the localhost certificate;
     // each time, whatever is on disk is either absent or a whole, matching set.
     for delay_ms in [0u64, 2, 5, 10, 15, 20, 30, 40, 60, 80, 120, 160] {
         let _ = std::fs::remove_dir_all(&data);
-        let mut child = Command::new(binary)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-            ])
-            .args(["--admin-listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = zero_config_serve(&data, Stdio::null());
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
@@ -192,20 +196,7 @@ fn sigkill_while_the_zero_config_certificates_are_written_never_leaves_a_mismatc
             assert_eq!(cert_key, key, "after {delay_ms} ms: a mismatched CA");
         }
         // The next start, on what the killed one left, comes up and serves.
-        let mut next = Command::new(binary)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-            ])
-            .args(["--admin-listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut next = zero_config_serve(&data, Stdio::piped());
         let up = (0..100).any(|_| {
             std::thread::sleep(Duration::from_millis(50));
             LivePaths::new(&data, "localhost")
