@@ -5,6 +5,7 @@
 //! Only requests make a connection busy: bytes alone do not, so HTTP/2 PINGs, SETTINGS and
 //! WINDOW_UPDATEs on a connection without streams never keep it open.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -49,6 +50,9 @@ pub struct Activity {
     /// Set once a response switched protocols: the stream then carries WebSocket frames, no
     /// request lines.
     upgraded: AtomicBool,
+    /// Set once a refused request's answer is out and the connection only drains what the
+    /// client still sends: nothing is left to finish, so a shutdown closes it at once.
+    lingering: AtomicBool,
     /// Wakes the watchdog the moment [`Activity::resets_too_many`] holds.
     pub reset_flood: tokio::sync::Notify,
     /// HTTP/2 response bodies that may wait on a stream's flow-control window.
@@ -74,6 +78,7 @@ impl Activity {
             answered: AtomicUsize::new(0),
             abandoned: AtomicUsize::new(0),
             upgraded: AtomicBool::new(false),
+            lingering: AtomicBool::new(false),
             reset_flood: tokio::sync::Notify::new(),
             paced: Mutex::new(Vec::new()),
         })
@@ -145,6 +150,11 @@ impl Activity {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_started.store(0, Ordering::Release);
         InFlight(self.clone())
+    }
+
+    /// Whether the connection only drains a refused client's bytes before it closes.
+    pub fn lingering(&self) -> bool {
+        self.lingering.load(Ordering::Acquire)
     }
 
     /// The connection now carries another protocol (a `101` went out).
@@ -278,13 +288,24 @@ enum RequestLine {
     /// Too long: the `414` is being written (`written` bytes so far), then the read ends.
     Refusing { written: usize },
     /// The `414` is out and the write side shut: what the client still sends is read and
-    /// dropped (up to [`DRAIN_LIMIT`]) so that closing does not reset the connection under
-    /// the answer, as nginx's lingering close.
-    Draining { dropped: usize },
+    /// dropped (up to [`DRAIN_LIMIT`], for at most [`LINGER`]) so that closing does not reset
+    /// the connection under the answer, as nginx's lingering close.
+    Draining {
+        dropped: usize,
+        until: Pin<Box<tokio::time::Sleep>>,
+    },
+    /// Drained: the stream reports its end without being read again (a TLS stream that
+    /// failed on the client's bytes must not be fed more).
+    Drained,
 }
 
 /// The most a refused client's remaining bytes are read before the connection closes.
 const DRAIN_LIMIT: usize = 1 << 20;
+
+/// How long a refused client's remaining bytes are waited for: the rest of a head it was
+/// sending arrives within milliseconds, and a client that keeps the connection open after
+/// the answer must not hold it (nginx's `lingering_timeout` is 5 s).
+const LINGER: Duration = Duration::from_secs(2);
 
 /// The answer to a request line over the head limit (as [`super::builtin_response`] would
 /// make it, written by hand because hyper never sees this request).
@@ -355,7 +376,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TrackedIo<T> {
     ) -> Poll<io::Result<()>> {
         match self.line {
             RequestLine::Refusing { written } => return self.poll_refuse(cx, written),
-            RequestLine::Draining { dropped } => return self.poll_drain(cx, dropped),
+            RequestLine::Draining { .. } => return self.poll_drain(cx),
+            RequestLine::Drained => return Poll::Ready(Ok(())),
             _ => {}
         }
         let before = buf.filled().len();
@@ -390,26 +412,35 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TrackedIo<T> {
         if Pin::new(&mut self.inner).poll_shutdown(cx).is_pending() {
             return Poll::Pending;
         }
-        self.line = RequestLine::Draining { dropped: 0 };
-        self.poll_drain(cx, 0)
+        self.line = RequestLine::Draining {
+            dropped: 0,
+            until: Box::pin(tokio::time::sleep(LINGER)),
+        };
+        self.activity.lingering.store(true, Ordering::Release);
+        self.poll_drain(cx)
     }
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> TrackedIo<T> {
-    /// Reads and drops what a refused client still sends, then reports the end of the stream.
-    fn poll_drain(&mut self, cx: &mut Context<'_>, mut dropped: usize) -> Poll<io::Result<()>> {
+    /// Reads and drops what a refused client still sends, then reports the end of the stream:
+    /// at its end, after [`DRAIN_LIMIT`] bytes, or after [`LINGER`].
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let RequestLine::Draining { dropped, until } = &mut self.line else {
+            return Poll::Ready(Ok(()));
+        };
         let mut scratch = [0u8; 4096];
-        while dropped < DRAIN_LIMIT {
+        while *dropped < DRAIN_LIMIT {
             let mut sink = ReadBuf::new(&mut scratch);
             match Pin::new(&mut self.inner).poll_read(cx, &mut sink) {
                 Poll::Ready(Ok(())) if !sink.filled().is_empty() => {
-                    dropped += sink.filled().len();
-                    self.line = RequestLine::Draining { dropped };
+                    *dropped += sink.filled().len();
                 }
                 Poll::Ready(_) => break,
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending if until.as_mut().poll(cx).is_pending() => return Poll::Pending,
+                Poll::Pending => break,
             }
         }
+        self.line = RequestLine::Drained;
         Poll::Ready(Ok(()))
     }
 }

@@ -328,6 +328,10 @@ impl ConnectionWatch<'_> {
                     return;
                 }
                 () = shutdown.cancelled(), if close_by.is_none() => {
+                    if self.activity.lingering() {
+                        // Only a refused client's leftovers are being drained: nothing to finish.
+                        return;
+                    }
                     graceful(connection.as_mut());
                     close_by = Some(tokio::time::Instant::now() + limits.shutdown_timeout);
                 }

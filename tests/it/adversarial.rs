@@ -629,3 +629,67 @@ async fn normal_client_is_served_zero_config(server: &TestServer) {
     let response = https_get(server.main, "localhost", client, "/health").await;
     assert_eq!(response.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_client_that_keeps_its_connection_neither_holds_it_nor_the_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start("", dir.path()).await.unwrap();
+    let ca = server.local_ca();
+    let long_line = format!(
+        "GET /{} HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let refused = |ca: CertificateDer<'static>| {
+        let line = long_line.clone();
+        let addr = server.main;
+        async move {
+            let mut tls = tls_connect(addr, "localhost", default_client(&[ca]))
+                .await
+                .unwrap();
+            tls.write_all(line.as_bytes()).await.unwrap();
+            let mut answer = vec![0u8; 4096];
+            let n = tls.read(&mut answer).await.unwrap();
+            assert!(
+                answer[..n].starts_with(b"HTTP/1.1 414 "),
+                "{}",
+                String::from_utf8_lossy(&answer[..n])
+            );
+            tls
+        }
+    };
+    // The client neither reads nor closes. The server's write side was shut at once
+    // (close_notify and FIN); what the client still sends is drained, not reset, until the
+    // linger ends, and then the socket is closed: a write gets a reset.
+    let mut staying = refused(ca.clone()).await;
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        writes_without_reset(&mut staying).await,
+        "reset while lingering"
+    );
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(started.elapsed())).await;
+    assert!(
+        !writes_without_reset(&mut staying).await,
+        "still drained after 3 s"
+    );
+    // One still lingering does not hold a shutdown for its linger.
+    let _lingering = refused(ca).await;
+    let started = Instant::now();
+    server.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "stop took {:?}",
+        started.elapsed()
+    );
+}
+
+/// Whether three small writes 100 ms apart all go through (a closed peer resets the second).
+async fn writes_without_reset(tls: &mut tokio_rustls::client::TlsStream<TcpStream>) -> bool {
+    for _ in 0..3 {
+        if tls.write_all(&[b'x'; 512]).await.is_err() || tls.flush().await.is_err() {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    true
+}
