@@ -15,6 +15,7 @@ mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;
+pub mod policy;
 pub mod proxy;
 pub mod server;
 pub mod tls;

@@ -39,7 +39,7 @@ use crate::http::headers::SecurityHeaders;
 use crate::http::{request_host, websocket, Response};
 use crate::metrics::{Metrics, RouteStats};
 use crate::proxy::{TunnelTerms, Upstreams};
-pub use policy::Policy;
+pub use policy::{Policy, Verdict};
 pub use routes::{Builtin, HostMatch, Matcher, Route, RouteTable, Target};
 
 /// Everything a configuration decides for the requests of new connections: built whole on
@@ -188,14 +188,17 @@ impl Pipeline {
             version: request.version(),
             started,
         };
-        let (stats, outcome) = self.stages(request, &mut ctx).await;
+        let (route, outcome) = self.stages(request, &mut ctx).await;
         let mut response = outcome.unwrap_or_else(HttpError::into_response);
         // Response headers.
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             self.security_headers.apply(response.headers_mut());
         }
+        if let Some(route) = route {
+            route.policy.on_response(&mut response, &ctx);
+        }
         // Metrics and access log.
-        let stats = stats.unwrap_or(&self.unmatched);
+        let stats = route.map_or(&self.unmatched, |route| &route.stats);
         let elapsed = started.elapsed();
         let status = response.status().as_u16();
         stats.record(status, elapsed.as_secs_f64());
@@ -223,13 +226,13 @@ impl Pipeline {
         Ok(response)
     }
 
-    /// Stages 1–4: checks, route, policy, target. Returns the route's series (when a route
-    /// was found) with the outcome.
+    /// Stages 1–4: checks, route, policy, target. Returns the route (when one was found) with
+    /// the outcome.
     async fn stages(
         &self,
         mut request: hyper::Request<Incoming>,
         ctx: &mut RequestContext,
-    ) -> (Option<&Arc<RouteStats>>, Result<Response, HttpError>) {
+    ) -> (Option<&Route>, Result<Response, HttpError>) {
         let websocket = websocket::is_websocket(&request);
         // 1. Checks.
         let host = (!ctx.host.is_empty()).then_some(ctx.host.as_str());
@@ -254,11 +257,14 @@ impl Pipeline {
         ctx.route = route.name.clone();
         ctx.body_limit = route.policy.max_body_size;
         // 3. Policy.
-        if let Err(error) = route
+        match route
             .policy
-            .evaluate(&request, websocket, &route.name, &self.metrics)
+            .evaluate(&mut request, ctx, websocket, &self.metrics)
+            .await
         {
-            return (Some(&route.stats), Err(error));
+            Ok(Verdict::Pass) => {}
+            Ok(Verdict::Answer(response)) => return (Some(route), Ok(response)),
+            Err(error) => return (Some(route), Err(error)),
         }
         // 4. Target.
         let outcome = match &route.target {
@@ -288,7 +294,7 @@ impl Pipeline {
                 builtin::echo(&self.echo, request, route.policy.websocket_idle_timeout)
             }
         };
-        (Some(&route.stats), outcome)
+        (Some(route), outcome)
     }
 }
 

@@ -1,13 +1,29 @@
 //! A route's policy, evaluated in the pipeline's policy stage for plain requests and WebSocket
 //! upgrades alike, before the target is touched: a target never re-decides policy.
+//!
+//! The decisions themselves (tokens, limits, bans, CORS, IP lists) are `crate::policy`'s;
+//! this stage runs them in order over the request and its context, and may answer at the edge
+//! ([`Verdict::Answer`]) or refuse ([`HttpError`]).
 
 use std::time::Duration;
 
 use http::header;
 use http_body::Body;
 
+use crate::http::context::RequestContext;
 use crate::http::error::HttpError;
+use crate::http::Response;
 use crate::metrics::{Metrics, UpgradeLabels};
+
+/// What the policy stage decided for a request it did not refuse.
+#[derive(Debug)]
+pub enum Verdict {
+    /// On to the route's target.
+    Pass,
+    /// Answered here, no target contacted (a CORS preflight, a WebSocket accepted only to be
+    /// closed with its reason).
+    Answer(Response),
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
@@ -21,14 +37,16 @@ pub struct Policy {
 
 impl Policy {
     /// Whether `request` may reach the route's target. `websocket` says it is an opening
-    /// request; refusals of those are counted per route.
-    pub fn evaluate<B: Body>(
+    /// request; refusals of those are counted per route. Stages may rewrite the request's
+    /// headers (identity headers for the upstream) and record what they learnt in `ctx`.
+    pub async fn evaluate<B: Body>(
         &self,
-        request: &http::Request<B>,
+        request: &mut http::Request<B>,
+        ctx: &mut RequestContext,
         websocket: bool,
-        route: &str,
         metrics: &Metrics,
-    ) -> Result<(), HttpError> {
+    ) -> Result<Verdict, HttpError> {
+        let route = &*ctx.route;
         if websocket && !self.origin_allowed(request) {
             tracing::info!(%route, origin = ?request.headers().get(header::ORIGIN), "WebSocket origin refused");
             metrics
@@ -49,8 +67,12 @@ impl Policy {
         {
             return Err(HttpError::PayloadTooLarge);
         }
-        Ok(())
+        Ok(Verdict::Pass)
     }
+
+    /// The policy's part of the response (headers such as CORS'), in the response-headers
+    /// stage; `ctx` is the request's.
+    pub fn on_response(&self, _response: &mut Response, _ctx: &RequestContext) {}
 
     fn origin_allowed<B>(&self, request: &http::Request<B>) -> bool {
         if self.allowed_origins.is_empty() {
@@ -92,35 +114,76 @@ mod tests {
             .unwrap()
     }
 
-    #[test]
-    fn origins_are_checked_for_websockets_and_counted() {
+    fn context() -> RequestContext {
+        RequestContext {
+            conn: crate::http::context::ConnectionInfo {
+                peer: std::net::SocketAddr::from(([192, 0, 2, 1], 40000)),
+                sni: None,
+                secure: true,
+                tls_version: Some("1.3"),
+                activity: None,
+            },
+            host: "app.example.com".into(),
+            client_ip: std::net::IpAddr::from([192, 0, 2, 1]),
+            peer_trusted: false,
+            route: "r".into(),
+            body_limit: 10,
+            version: http::Version::HTTP_11,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// `policy` evaluated over `request` as a WebSocket opening or not.
+    async fn evaluate(
+        policy: &Policy,
+        mut request: http::Request<http_body_util::Full<bytes::Bytes>>,
+        websocket: bool,
+        metrics: &Metrics,
+    ) -> Result<Verdict, HttpError> {
+        policy
+            .evaluate(&mut request, &mut context(), websocket, metrics)
+            .await
+    }
+
+    #[tokio::test]
+    async fn origins_are_checked_for_websockets_and_counted() {
         let metrics = Metrics::new();
         let policy = policy();
-        assert!(policy
-            .evaluate(
-                &request(Some("https://APP.example.com/"), ""),
+        assert!(matches!(
+            evaluate(
+                &policy,
+                request(Some("https://APP.example.com/"), ""),
                 true,
-                "r",
                 &metrics
             )
-            .is_ok());
+            .await,
+            Ok(Verdict::Pass)
+        ));
         assert!(matches!(
-            policy.evaluate(&request(Some("https://evil.test"), ""), true, "r", &metrics),
+            evaluate(
+                &policy,
+                request(Some("https://evil.test"), ""),
+                true,
+                &metrics
+            )
+            .await,
             Err(HttpError::OriginNotAllowed)
         ));
         assert!(matches!(
-            policy.evaluate(&request(None, ""), true, "r", &metrics),
+            evaluate(&policy, request(None, ""), true, &metrics).await,
             Err(HttpError::OriginNotAllowed)
         ));
         assert!(
-            policy
-                .evaluate(
-                    &request(Some("https://evil.test"), ""),
+            matches!(
+                evaluate(
+                    &policy,
+                    request(Some("https://evil.test"), ""),
                     false,
-                    "r",
                     &metrics
                 )
-                .is_ok(),
+                .await,
+                Ok(Verdict::Pass)
+            ),
             "a plain request is not a WebSocket: no Origin rule"
         );
         assert!(metrics.encode().contains(
@@ -128,15 +191,16 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn a_declared_body_over_the_limit_is_refused() {
+    #[tokio::test]
+    async fn a_declared_body_over_the_limit_is_refused() {
         let metrics = Metrics::new();
         assert!(matches!(
-            policy().evaluate(&request(None, "12345678901"), false, "r", &metrics),
+            evaluate(&policy(), request(None, "12345678901"), false, &metrics).await,
             Err(HttpError::PayloadTooLarge)
         ));
-        assert!(policy()
-            .evaluate(&request(None, "1234567890"), false, "r", &metrics)
-            .is_ok());
+        assert!(matches!(
+            evaluate(&policy(), request(None, "1234567890"), false, &metrics).await,
+            Ok(Verdict::Pass)
+        ));
     }
 }
