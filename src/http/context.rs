@@ -56,6 +56,9 @@ pub struct RequestContext {
     /// The request's HTTP version (an HTTP/2 response body is paced per stream).
     pub version: http::Version,
     pub started: Instant,
+    /// The verified token's claims, once the policy stage's authentication passed (later
+    /// stages, such as rate-limit zones keyed by a claim, read them).
+    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
 }
 
 /// The configured trusted proxies (`proxy.trusted_proxies`).

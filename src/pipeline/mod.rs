@@ -187,6 +187,7 @@ impl Pipeline {
             body_limit: 0,
             version: request.version(),
             started,
+            claims: None,
         };
         let (route, outcome) = self.stages(request, &mut ctx).await;
         let mut response = outcome.unwrap_or_else(HttpError::into_response);

@@ -130,6 +130,7 @@ mod tests {
             body_limit: 10,
             version: http::Version::HTTP_11,
             started: std::time::Instant::now(),
+            claims: None,
         }
     }
 

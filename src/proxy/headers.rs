@@ -287,6 +287,7 @@ mod tests {
             body_limit: 0,
             version: http::Version::HTTP_11,
             started: std::time::Instant::now(),
+            claims: None,
         }
     }
 
