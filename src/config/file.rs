@@ -24,6 +24,8 @@ pub struct FileConfig {
     pub routes: Option<Vec<Spanned<super::proxy::RouteFile>>>,
     pub default_route: Option<Spanned<String>>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
+    pub jwt: Option<BTreeMap<String, Spanned<super::jwt::JwtFile>>>,
+    pub forward_auth: Option<BTreeMap<String, Spanned<super::jwt::ForwardAuthFile>>>,
     pub acme: Option<Spanned<AcmeFile>>,
     /// One log line per request (target `tlsgate::access`); on by default.
     pub access_log: Option<bool>,

@@ -7,6 +7,7 @@
 
 pub(crate) mod env;
 mod file;
+pub mod jwt;
 mod names;
 pub mod proxy;
 mod suites;
@@ -53,6 +54,9 @@ pub struct Settings {
     pub limits: Limits,
     #[serde(flatten)]
     pub proxy: proxy::ProxySettings,
+    /// `jwt:` verifiers and `forward_auth:` services, named by routes' `auth:`.
+    #[serde(flatten)]
+    pub auth: jwt::AuthSettings,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acme: Option<AcmeSettings>,
     /// The admin listener (`/metrics`, `/health`, `/ready`, `/certificates`, `POST /reload`);
@@ -73,6 +77,7 @@ impl Settings {
                 "admin listener on {admin} is not loopback: its endpoints have no authentication, so anyone who can reach it can read /metrics and /certificates and POST /reload; keep it on 127.0.0.1 (the default) or firewall the port"
             ));
         }
+        warnings.extend(self.auth.unused(&self.proxy.routes));
         warnings
     }
 }

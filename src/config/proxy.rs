@@ -74,6 +74,8 @@ pub struct RouteFile {
     pub allowed_origins: Option<Vec<String>>,
     pub websocket_idle_timeout: Option<ConfigDuration>,
     pub max_body_size: Option<ConfigSize>,
+    pub auth: Option<Spanned<super::jwt::AuthFile>>,
+    pub forward_auth: Option<Spanned<String>>,
 }
 
 // ---------- settings ----------
@@ -173,6 +175,10 @@ pub struct RouteSettings {
         serialize_with = "serialize_opt_size"
     )]
     pub max_body_size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<super::jwt::RouteAuthSettings>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward_auth: Option<super::jwt::NamedRef>,
 }
 
 fn serialize_nets<S: Serializer>(nets: &[ipnet::IpNet], s: S) -> Result<S::Ok, S::Error> {
@@ -308,6 +314,7 @@ pub fn validate(mut input: ProxyInput<'_>) -> Result<ProxySettings, ConfigError>
             Some(path) => path.value.clone(),
             None => "/".to_owned(),
         };
+        let auth = super::jwt::route_auth(file.auth, &path, input.origin)?;
         let upstream = check_target(
             &file.upstream.value,
             &at(&input, &file.upstream),
@@ -341,6 +348,11 @@ pub fn validate(mut input: ProxyInput<'_>) -> Result<ProxySettings, ConfigError>
                 None => None,
             },
             max_body_size: file.max_body_size.map(|s| s.0),
+            auth,
+            forward_auth: file.forward_auth.as_ref().map(|name| super::jwt::NamedRef {
+                name: name.value.clone(),
+                origin: Some(at(&input, name)),
+            }),
         });
     }
 

@@ -136,6 +136,15 @@ pub fn validate(
         trusted_proxies: raw.trusted_proxies.take(),
         origin: &file_origin,
     })?;
+    let auth = super::jwt::validate(
+        super::jwt::AuthInput {
+            jwt: raw.jwt.take(),
+            forward_auth: raw.forward_auth.take(),
+            config: path,
+            origin: &file_origin,
+        },
+        &proxy.routes,
+    )?;
 
     if tls.enabled && http.mode != HttpMode::Off && http.listen == listen && listen.port() != 0 {
         return Err(ConfigError::HttpListenIsMainListen {
@@ -206,6 +215,7 @@ pub fn validate(
         headers,
         limits,
         proxy,
+        auth,
         acme,
         admin,
         access_log: raw.access_log.unwrap_or(true),

@@ -363,6 +363,8 @@ fn route_table(
                     allowed_origins: Vec::new(),
                     websocket_idle_timeout: None,
                     max_body_size: None,
+                    auth: None,
+                    forward_auth: None,
                 };
                 upstream_route(&route, "default".into())
             });
