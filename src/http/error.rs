@@ -53,6 +53,12 @@ pub enum HttpError {
     GatewayTimeout,
     #[error("request timeout")]
     RequestTimeout,
+    /// No valid token: `401` with this `WWW-Authenticate` challenge (RFC 6750).
+    #[error("authentication required")]
+    Unauthorized(String),
+    /// A valid token lacking a required claim: `403` with this challenge.
+    #[error("forbidden: the token lacks a required claim")]
+    InsufficientClaims(String),
 }
 
 impl HttpError {
@@ -73,6 +79,8 @@ impl HttpError {
             HttpError::BadGateway => StatusCode::BAD_GATEWAY,
             HttpError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             HttpError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            HttpError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            HttpError::InsufficientClaims(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -102,6 +110,15 @@ impl HttpError {
                     http::HeaderValue::from_static("GET, HEAD"),
                 );
             }
+            HttpError::Unauthorized(challenge) | HttpError::InsufficientClaims(challenge) => {
+                if let Ok(value) = http::HeaderValue::from_str(&challenge) {
+                    headers.insert(http::header::WWW_AUTHENTICATE, value);
+                }
+                headers.insert(
+                    http::header::CACHE_CONTROL,
+                    http::HeaderValue::from_static("no-store"),
+                );
+            }
             _ => {}
         }
         response
@@ -124,6 +141,13 @@ mod tests {
         assert_eq!(HttpError::GatewayTimeout.status(), 504);
         let response = HttpError::TlsRequired.into_response();
         assert_eq!(response.status(), 403);
+        let response = HttpError::Unauthorized("Bearer realm=\"r\"".into()).into_response();
+        assert_eq!(response.status(), 401);
+        assert_eq!(response.headers()["www-authenticate"], "Bearer realm=\"r\"");
+        assert_eq!(
+            HttpError::InsufficientClaims(String::new()).status(),
+            403
+        );
         let response = HttpError::UnsupportedWebSocketVersion.into_response();
         assert_eq!(response.headers()["sec-websocket-version"], "13");
     }

@@ -139,6 +139,32 @@ pub async fn echo(upgraded: Upgraded, idle_timeout: Duration, shutdown: Cancella
     }
 }
 
+/// Completes an accepted WebSocket by closing it at once with `code` and `reason` (a refusal
+/// a browser can read: it cannot read the status of a failed upgrade), then waits briefly for
+/// the client's close.
+pub async fn close_at_once(
+    upgraded: Upgraded,
+    code: u16,
+    reason: &'static str,
+    shutdown: CancellationToken,
+) {
+    let mut socket =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(echo_limits()))
+            .await;
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    };
+    if socket.close(Some(frame)).await.is_err() {
+        return;
+    }
+    let drain = async { while let Some(Ok(_)) = socket.next().await {} };
+    tokio::select! {
+        _ = tokio::time::timeout(Duration::from_secs(5), drain) => {}
+        () = shutdown.cancelled() => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

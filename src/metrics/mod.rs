@@ -76,6 +76,9 @@ pub struct Metrics {
     pub request_duration: Family<RouteLabels, Histogram>,
     pub open_websockets: Family<RouteLabels, Gauge>,
     pub websocket_upgrades: Family<UpgradeLabels, Counter>,
+    /// Authentication (JWT, forward auth) by route and result: ok, missing, invalid,
+    /// expired, forbidden, denied, error.
+    pub auth_results: Family<UpgradeLabels, Counter>,
     pub acme_orders: Family<ResultLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
     pub last_reload: Gauge<f64, AtomicU64>,
@@ -104,6 +107,7 @@ impl Metrics {
             request_duration: Family::new_with_constructor(duration_histogram),
             open_websockets: Family::default(),
             websocket_upgrades: Family::default(),
+            auth_results: Family::default(),
             acme_orders: Family::default(),
             reloads: Family::default(),
             last_reload: Gauge::default(),
@@ -152,6 +156,11 @@ impl Metrics {
             "websocket_upgrades",
             "WebSocket upgrades by route and result",
             metrics.websocket_upgrades.clone(),
+        );
+        registry.register(
+            "auth_results",
+            "Authentication results (JWT, forward auth) by route and result",
+            metrics.auth_results.clone(),
         );
         registry.register(
             "acme_orders",

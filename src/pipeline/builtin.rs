@@ -60,3 +60,46 @@ pub fn echo<B: Send + 'static>(
     headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     Ok(response)
 }
+
+/// Accepts a WebSocket opening (an HTTP/1.1 upgrade or an HTTP/2 extended CONNECT) only to
+/// close it at once with `code` and `reason`; no target is contacted. `bearer` selects the
+/// `bearer` subprotocol the client offered (a browser fails an answer that selects none).
+pub fn close_websocket<B>(
+    context: &EchoContext,
+    request: &mut Request<B>,
+    code: u16,
+    reason: &'static str,
+    bearer: bool,
+) -> Result<Response, HttpError> {
+    let accept = if request.method() == Method::CONNECT {
+        websocket::check_opening(request)?;
+        None
+    } else {
+        Some(websocket::check_upgrade(request)?)
+    };
+    let on_upgrade = hyper::upgrade::on(&mut *request);
+    let slot = request.extensions_mut().remove::<ConnectionSlot>();
+    let shutdown = context.shutdown.clone();
+    context.tasks.spawn(async move {
+        let _slot = slot;
+        match on_upgrade.await {
+            Ok(upgraded) => websocket::close_at_once(upgraded, code, reason, shutdown).await,
+            Err(error) => tracing::debug!(%error, "WebSocket upgrade did not complete"),
+        }
+    });
+    let mut response = hyper::Response::new(full(Vec::new()));
+    // An extended CONNECT is accepted with a 200.
+    if let Some(accept) = accept {
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if bearer {
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("bearer"));
+    }
+    Ok(response)
+}

@@ -64,6 +64,50 @@ pub struct Pipeline {
     route_closers: HashMap<String, CancellationToken>,
     /// How long after a reload removed their route WebSockets get, spread at random.
     reload_grace: Duration,
+    /// The `jwt:` verifiers and `forward_auth:` services (kept across reloads when unchanged:
+    /// fetched keys and cached verdicts with them).
+    auth: AuthServices,
+}
+
+/// The named verifiers and forward-auth services of one configuration.
+#[derive(Debug, Default)]
+struct AuthServices {
+    verifiers: crate::policy::jwt::Verifiers,
+    forward_auth: std::collections::BTreeMap<String, Arc<crate::policy::forward_auth::ForwardAuth>>,
+}
+
+impl AuthServices {
+    fn start(
+        settings: &Settings,
+        previous: Option<&AuthServices>,
+        shutdown: &CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Self {
+        let forward_auth = settings
+            .auth
+            .forward_auth
+            .iter()
+            .map(|(name, service)| {
+                let kept = previous
+                    .and_then(|p| p.forward_auth.get(name))
+                    .filter(|old| old.settings == *service)
+                    .cloned();
+                let service = kept.unwrap_or_else(|| {
+                    Arc::new(crate::policy::forward_auth::ForwardAuth::new(name, service))
+                });
+                (name.clone(), service)
+            })
+            .collect();
+        Self {
+            verifiers: crate::policy::jwt::Verifiers::start(
+                &settings.auth.jwt,
+                previous.map(|p| &p.verifiers),
+                shutdown,
+                tasks,
+            ),
+            forward_auth,
+        }
+    }
 }
 
 impl Pipeline {
@@ -87,7 +131,13 @@ impl Pipeline {
                 tasks,
             ))
         });
-        let (routes, unmatched) = route_table(settings, upstreams.as_deref(), metrics);
+        let auth = AuthServices::start(settings, previous.map(|p| &p.auth), shutdown, tasks);
+        let echo = builtin::EchoContext {
+            shutdown: shutdown.clone(),
+            tasks: tasks.clone(),
+        };
+        let (routes, unmatched) =
+            route_table(settings, upstreams.as_deref(), metrics, &auth, &echo);
         let route_closers = routes
             .iter()
             .map(|route| {
@@ -111,12 +161,10 @@ impl Pipeline {
             upstreams,
             metrics: metrics.clone(),
             access_log: settings.access_log,
-            echo: builtin::EchoContext {
-                shutdown: shutdown.clone(),
-                tasks: tasks.clone(),
-            },
+            echo,
             route_closers,
             reload_grace: settings.limits.reload_grace,
+            auth,
         }
     }
 
@@ -131,6 +179,7 @@ impl Pipeline {
         if let Some(upstreams) = &self.upstreams {
             upstreams.retire();
         }
+        self.auth.verifiers.retire(&next.auth.verifiers);
         let removed: Vec<(String, CancellationToken)> = self
             .route_closers
             .iter()
@@ -311,12 +360,45 @@ fn with_path(uri: &http::Uri, path: &str) -> Option<http::Uri> {
     http::Uri::from_parts(parts).ok()
 }
 
+/// A route's `auth:` and `forward_auth:` with the verifier and service they name.
+fn authentication(
+    route: &RouteSettings,
+    auth: &AuthServices,
+    echo: &builtin::EchoContext,
+) -> Option<Arc<policy::Authentication>> {
+    let jwt = route.auth.as_ref().and_then(|settings| {
+        let verifier = auth.verifiers.get(settings.jwt.as_deref()?)?.clone();
+        Some(crate::policy::jwt::RouteAuth {
+            settings: settings.clone(),
+            verifier,
+        })
+    });
+    let forward_auth = route
+        .forward_auth
+        .as_ref()
+        .and_then(|named| auth.forward_auth.get(&named.name).cloned());
+    if jwt.is_none() && forward_auth.is_none() {
+        return None;
+    }
+    Some(Arc::new(policy::Authentication {
+        jwt,
+        forward_auth,
+        template: route
+            .path
+            .contains('{')
+            .then(|| (route.path.clone(), route.exact)),
+        upgrades: echo.clone(),
+    }))
+}
+
 /// The routes of `settings`, each with its policy and target, and the series for requests no
 /// route takes. With no proxy configured, the built-in endpoints are the routes.
 fn route_table(
     settings: &Settings,
     upstreams: Option<&Upstreams>,
     metrics: &Arc<Metrics>,
+    auth: &AuthServices,
+    echo: &builtin::EchoContext,
 ) -> (RouteTable, Arc<RouteStats>) {
     let stats = |name: &str| Arc::new(RouteStats::new(metrics.clone(), name.to_owned()));
     let limits = &settings.limits;
@@ -328,6 +410,7 @@ fn route_table(
         websocket_idle_timeout: route
             .and_then(|r| r.websocket_idle_timeout)
             .unwrap_or(limits.websocket_idle_timeout),
+        auth: route.and_then(|r| authentication(r, auth, echo)),
     };
     let proxy = &settings.proxy;
     match upstreams {

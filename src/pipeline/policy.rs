@@ -5,15 +5,20 @@
 //! this stage runs them in order over the request and its context, and may answer at the edge
 //! ([`Verdict::Answer`]) or refuse ([`HttpError`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header;
 use http_body::Body;
 
+use super::builtin::EchoContext;
+use crate::config::jwt::WebsocketAuthFailure;
 use crate::http::context::RequestContext;
 use crate::http::error::HttpError;
 use crate::http::Response;
 use crate::metrics::{Metrics, UpgradeLabels};
+use crate::policy::forward_auth::{Asked, Decision, ForwardAuth};
+use crate::policy::jwt::{self, RouteAuth};
 
 /// What the policy stage decided for a request it did not refuse.
 #[derive(Debug)]
@@ -33,6 +38,137 @@ pub struct Policy {
     pub max_body_size: u64,
     /// How long a WebSocket may stay quiet both ways before it is closed.
     pub websocket_idle_timeout: Duration,
+    /// The route's `auth:` (JWT) and `forward_auth:`.
+    pub auth: Option<Arc<Authentication>>,
+}
+
+/// A route's authentication: its JWT rules and its forward-auth service.
+#[derive(Debug)]
+pub struct Authentication {
+    pub jwt: Option<RouteAuth>,
+    pub forward_auth: Option<Arc<ForwardAuth>>,
+    /// The route's path when it is a template (`/ws/tenant/{id}`), and whether it is exact:
+    /// the claim rules read its parameters.
+    pub template: Option<(String, bool)>,
+    /// Where a WebSocket accepted only to be closed (`websocket_auth_failure: close`) runs.
+    pub upgrades: EchoContext,
+}
+
+impl PartialEq for Authentication {
+    fn eq(&self, other: &Self) -> bool {
+        self.jwt == other.jwt
+            && self.forward_auth == other.forward_auth
+            && self.template == other.template
+    }
+}
+
+impl Authentication {
+    fn count(&self, metrics: &Metrics, route: &str, result: &str) {
+        metrics
+            .auth_results
+            .get_or_create(&UpgradeLabels {
+                route: route.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Step 5: the token, verified, its claims in `ctx.claims`; `Some` answers the request.
+    async fn jwt<B>(
+        &self,
+        request: &mut http::Request<B>,
+        ctx: &mut RequestContext,
+        websocket: bool,
+        metrics: &Metrics,
+    ) -> Result<Option<Verdict>, HttpError> {
+        let Some(auth) = &self.jwt else {
+            return Ok(None);
+        };
+        let parameters = match &self.template {
+            Some((template, exact)) => {
+                let path = super::checks::without_parameters(request.uri().path()).into_owned();
+                jwt::match_template(template, &path, *exact).unwrap_or_default()
+            }
+            None => Vec::new(),
+        };
+        let bearer = websocket && jwt::offered_bearer(request.headers());
+        let mut uri = request.uri().clone();
+        let outcome = auth
+            .authenticate(request.headers_mut(), &mut uri, &parameters)
+            .await;
+        *request.uri_mut() = uri;
+        let route = &*ctx.route;
+        let failure = match outcome {
+            Ok(claims) => {
+                self.count(metrics, route, "ok");
+                ctx.claims = Some(claims);
+                return Ok(None);
+            }
+            Err(failure) => failure,
+        };
+        self.count(metrics, route, failure.result());
+        // Never the token: only why it was refused.
+        tracing::info!(%route, client = %ctx.client_ip, result = failure.result(), reason = ?failure, "authentication refused");
+        let settings = &auth.settings;
+        if websocket && settings.websocket_auth_failure == WebsocketAuthFailure::Close {
+            let (code, reason) = failure.close();
+            let answer =
+                super::builtin::close_websocket(&self.upgrades, request, code, reason, bearer)?;
+            return Ok(Some(Verdict::Answer(answer)));
+        }
+        let challenge = failure.challenge(&settings.realm);
+        Err(match failure {
+            jwt::AuthFailure::Forbidden(_) => HttpError::InsufficientClaims(challenge),
+            _ => HttpError::Unauthorized(challenge),
+        })
+    }
+
+    /// Step 6: the forward-auth service's verdict; `Some` answers the request.
+    async fn forward_auth<B>(
+        &self,
+        request: &mut http::Request<B>,
+        ctx: &RequestContext,
+        metrics: &Metrics,
+    ) -> Result<Option<Verdict>, HttpError> {
+        let Some(service) = &self.forward_auth else {
+            return Ok(None);
+        };
+        // Only the service sets these.
+        for name in service.answer_headers() {
+            request.headers_mut().remove(name.as_str());
+        }
+        let asked = Asked {
+            method: request.method(),
+            uri: request.uri(),
+            host: &ctx.host,
+            secure: ctx.conn.secure,
+            client_ip: ctx.client_ip,
+            headers: request.headers(),
+        };
+        let route = &*ctx.route;
+        match service.check(&asked).await {
+            Ok(Decision::Pass(headers)) => {
+                self.count(metrics, route, "ok");
+                for (name, value) in headers {
+                    request.headers_mut().append(name, value);
+                }
+                Ok(None)
+            }
+            Ok(Decision::Deny(answer)) => {
+                self.count(metrics, route, "denied");
+                tracing::info!(%route, client = %ctx.client_ip, status = answer.status().as_u16(), service = %service.name, "forward auth refused");
+                Ok(Some(Verdict::Answer(answer.map(crate::http::full))))
+            }
+            Err(error) => {
+                self.count(metrics, route, "error");
+                tracing::warn!(%route, service = %service.name, %error, "forward auth failed: request refused");
+                Err(match error {
+                    crate::policy::client::FetchError::Timeout(_) => HttpError::GatewayTimeout,
+                    crate::policy::client::FetchError::Failed(_) => HttpError::BadGateway,
+                })
+            }
+        }
+    }
 }
 
 impl Policy {
@@ -57,6 +193,18 @@ impl Policy {
                 })
                 .inc();
             return Err(HttpError::OriginNotAllowed);
+        }
+        // (5) JWT.
+        if let Some(auth) = &self.auth {
+            if let Some(verdict) = auth.jwt(request, ctx, websocket, metrics).await? {
+                return Ok(verdict);
+            }
+        }
+        // (6) forward_auth.
+        if let Some(auth) = &self.auth {
+            if let Some(verdict) = auth.forward_auth(request, ctx, metrics).await? {
+                return Ok(verdict);
+            }
         }
         // A declared length is refused at once; a streamed body is counted as it goes.
         if request
@@ -96,6 +244,7 @@ mod tests {
             allowed_origins: vec!["https://app.example.com".into()],
             max_body_size: 10,
             websocket_idle_timeout: Duration::from_secs(60),
+            auth: None,
         }
     }
 

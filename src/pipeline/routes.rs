@@ -61,6 +61,10 @@ impl Matcher {
     }
 
     fn matches_path(&self, path: &str) -> bool {
+        // A template (`/ws/tenant/{id}`): `{name}` takes one whole segment.
+        if self.path.contains('{') {
+            return crate::policy::jwt::match_template(&self.path, path, self.exact).is_some();
+        }
         if self.exact {
             return path == self.path;
         }
@@ -168,6 +172,7 @@ mod tests {
                 allowed_origins: Vec::new(),
                 websocket_idle_timeout: Duration::from_secs(1),
                 max_body_size: 1,
+                auth: None,
             },
             target: Target::Upstream(pool.clone()),
         }

@@ -5,3 +5,4 @@
 
 pub mod client;
 pub mod jwt;
+pub mod forward_auth;
