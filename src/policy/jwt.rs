@@ -197,7 +197,7 @@ struct Jwks {
     url: String,
     issuer: Option<String>,
     keys: ArcSwap<KeySet>,
-    /// Held during a fetch (one at a time); the time of the last attempt.
+    /// Held during a fetch (one at a time); when an unknown key id last caused one.
     attempt: tokio::sync::Mutex<Option<Instant>>,
     client: HttpClient,
 }
@@ -243,9 +243,10 @@ impl Jwks {
                 () = tokio::time::sleep(wait) => {}
                 () = stop.cancelled() => return,
             }
+            // Under the lock (one fetch at a time), but not counted against the refetches
+            // for unknown key ids: a rotation right after a scheduled fetch is still seen.
             let result = {
-                let mut attempt = self.attempt.lock().await;
-                *attempt = Some(Instant::now());
+                let _one_at_a_time = self.attempt.lock().await;
                 self.fetch().await
             };
             wait = match result {
