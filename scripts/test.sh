@@ -31,6 +31,14 @@ if ! python3 -c "import websockets" >/dev/null 2>&1; then
     || sudo apt-get install -y -qq python3-websockets
 fi
 
+# The JWT tests mint their tokens with PyJWT (an independent implementation).
+if ! python3 -c "import jwt, cryptography" >/dev/null 2>&1; then
+  echo "installing: python pyjwt cryptography"
+  python3 -m pip install --quiet pyjwt cryptography \
+    || { [ "$(id -u)" -eq 0 ] && apt-get install -y -qq python3-jwt python3-cryptography; } \
+    || sudo apt-get install -y -qq python3-jwt python3-cryptography
+fi
+
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked

@@ -142,7 +142,9 @@ pub enum JwtKey {
         #[serde(skip)]
         key: PublicKey,
     },
-    Jwks { url: String },
+    Jwks {
+        url: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -200,11 +202,20 @@ pub enum WebsocketAuthFailure {
 
 /// A claim rule: the claim equals the value, or (an array claim) contains it. A value
 /// `{name}` stands for the route's path parameter `name`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ClaimValue {
     Literal(serde_json::Value),
-    PathParameter(#[serde(skip)] String, String),
+    /// The parameter's name.
+    PathParameter(String),
+}
+
+impl Serialize for ClaimValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ClaimValue::Literal(value) => value.serialize(s),
+            ClaimValue::PathParameter(name) => s.serialize_str(&format!("{{{name}}}")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -260,7 +271,9 @@ impl AuthSettings {
                 .iter()
                 .any(|r| r.forward_auth.as_ref().map(|f| &f.name) == Some(name))
             {
-                warnings.push(format!("forward_auth service `{name}` is not used by any route"));
+                warnings.push(format!(
+                    "forward_auth service `{name}` is not used by any route"
+                ));
             }
         }
         warnings
@@ -289,7 +302,8 @@ const MAX_KEY_FILE: u64 = 64 * 1024;
 
 fn read_key_file(path: &Path) -> Result<Vec<u8>, String> {
     use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut bytes = Vec::new();
     file.take(MAX_KEY_FILE + 1)
         .read_to_end(&mut bytes)
@@ -345,7 +359,8 @@ pub fn parse_public_key_pem(pem: &[u8]) -> Result<PublicKey, String> {
         .find("-----END PUBLIC KEY-----")
         .ok_or_else(|| "the PUBLIC KEY block has no END line".to_owned())?;
     let body: String = rest[..end].split_whitespace().collect();
-    let der = base64_decode(&body).ok_or_else(|| "the PUBLIC KEY block is not base64".to_owned())?;
+    let der =
+        base64_decode(&body).ok_or_else(|| "the PUBLIC KEY block is not base64".to_owned())?;
     parse_spki(&der)
 }
 
@@ -380,9 +395,7 @@ pub fn parse_spki(der: &[u8]) -> Result<PublicKey, String> {
 
 /// A URL a verifier or an auth service is fetched from: `http://` or `https://`, with a host.
 fn check_url(text: &str) -> Result<String, String> {
-    let uri: http::Uri = text
-        .parse()
-        .map_err(|_| format!("`{text}` is not a URL"))?;
+    let uri: http::Uri = text.parse().map_err(|_| format!("`{text}` is not a URL"))?;
     if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
         return Err(format!("`{text}` needs http:// or https:// and a host"));
     }
@@ -593,11 +606,7 @@ fn verifier(
     };
     let leeway = file.leeway.map_or(Duration::from_secs(60), |d| d.0);
     if leeway > Duration::from_secs(3600) {
-        return Err(ConfigError::invalid(
-            origin,
-            field("leeway"),
-            "at most 1h",
-        ));
+        return Err(ConfigError::invalid(origin, field("leeway"), "at most 1h"));
     }
     let jwks_ttl = file.jwks_ttl.map_or(Duration::from_secs(300), |d| d.0);
     if jwks_ttl < Duration::from_secs(1) {
@@ -754,7 +763,10 @@ pub fn route_auth(
         .map_err(|e| ConfigError::invalid(origin.clone(), "routes.path", e))?;
     let mut claims = BTreeMap::new();
     for (claim, value) in file.claims.unwrap_or_default() {
-        let rule = match value.as_str().and_then(|s| s.strip_prefix('{')?.strip_suffix('}')) {
+        let rule = match value
+            .as_str()
+            .and_then(|s| s.strip_prefix('{')?.strip_suffix('}'))
+        {
             Some(name) => {
                 if !parameters.iter().any(|p| p == name) {
                     return Err(ConfigError::invalid(
@@ -763,7 +775,7 @@ pub fn route_auth(
                         format!("`{{{name}}}` is not a parameter of the route's path `{path}`"),
                     ));
                 }
-                ClaimValue::PathParameter(name.to_owned(), format!("{{{name}}}"))
+                ClaimValue::PathParameter(name.to_owned())
             }
             None if value.is_object() || value.is_null() => {
                 return Err(ConfigError::invalid(
@@ -784,12 +796,19 @@ pub fn route_auth(
                 ConfigError::invalid(
                     at(origin_of, &header),
                     format!("routes.auth.pass_claims.{claim}"),
-                    format!("`{}` is not a header a claim may be passed in", header.value),
+                    format!(
+                        "`{}` is not a header a claim may be passed in",
+                        header.value
+                    ),
                 )
             })?;
         pass_claims.insert(claim, name);
     }
-    let websocket_auth_failure = match file.websocket_auth_failure.as_ref().map(|s| s.value.as_str()) {
+    let websocket_auth_failure = match file
+        .websocket_auth_failure
+        .as_ref()
+        .map(|s| s.value.as_str())
+    {
         None | Some("status") => WebsocketAuthFailure::Status,
         Some("close") => WebsocketAuthFailure::Close,
         Some(other) => {
@@ -850,6 +869,128 @@ fn is_hop_or_framing(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn load(dir: &Path, yaml: &str) -> Result<super::super::Settings, ConfigError> {
+        let path = dir.join("tlsgate.yaml");
+        super::super::load_str(
+            &format!("upstreams:\n  app:\n    servers: [http://127.0.0.1:9]\n{yaml}"),
+            Some(&path),
+            &super::super::Overrides::default(),
+            &|_| None,
+        )
+    }
+
+    fn refused(dir: &Path, yaml: &str) -> String {
+        load(dir, yaml).map(|_| ()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn verifiers_are_checked_where_they_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("s"), "secret\n").unwrap();
+        let error = refused(
+            d,
+            "jwt:\n  a:\n    algorithms: [none]\n    secret_file: s\n",
+        );
+        assert!(
+            error.contains("tlsgate.yaml:6") && error.contains("never accepted"),
+            "{error}"
+        );
+        let error = refused(d, "jwt:\n  a:\n    secret_file: s\n");
+        assert!(error.contains("list the accepted algorithms"), "{error}");
+        let error = refused(
+            d,
+            "jwt:\n  a:\n    algorithms: [RS256]\n    secret_file: s\n",
+        );
+        assert!(error.contains("only HS256"), "{error}");
+        let error = refused(
+            d,
+            "jwt:\n  a:\n    algorithms: [HS256]\n    secret_file: s\n    jwks_url: http://x/\n",
+        );
+        assert!(error.contains("exactly one key"), "{error}");
+        let error = refused(
+            d,
+            "jwt:\n  a:\n    algorithms: [HS256]\n    secret_file: missing\n",
+        );
+        assert!(error.contains("cannot read"), "{error}");
+        let error = refused(
+            d,
+            "jwt:\n  a:\n    algorithms: [HS256]\n    jwks_url: ftp://x/\n",
+        );
+        assert!(error.contains("http://"), "{error}");
+        let error = refused(
+            d,
+            "routes:\n  - path: /api\n    upstream: app\n    auth: {jwt: nope}\n",
+        );
+        assert!(
+            error.contains("tlsgate.yaml:7") && error.contains("no verifier `nope`"),
+            "{error}"
+        );
+        let error = refused(
+            d,
+            "routes:\n  - path: /api\n    upstream: app\n    forward_auth: nope\n",
+        );
+        assert!(
+            error.contains("tlsgate.yaml:7") && error.contains("no service `nope`"),
+            "{error}"
+        );
+        let error = refused(
+            d,
+            "jwt:\n  a:\n    algorithms: [HS256]\n    secret_file: s\nroutes:\n  - path: /t/{id}\n    upstream: app\n    auth: {jwt: a, claims: {tenants: '{tenant}'}}\n",
+        );
+        assert!(error.contains("not a parameter"), "{error}");
+        let error = refused(
+            d,
+            "jwt:\n  a:\n    algorithms: [HS256]\n    secret_file: s\nroutes:\n  - path: /t\n    upstream: app\n    auth: {jwt: a, sources: [body]}\n",
+        );
+        assert!(error.contains("not a source"), "{error}");
+    }
+
+    #[test]
+    fn a_public_key_fixes_its_algorithms_and_secrets_are_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("s"), "top-secret-value\n").unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        std::fs::write(d.join("ec.pub"), key.public_key_pem()).unwrap();
+        let error = refused(
+            d,
+            "jwt:\n  a:\n    algorithms: [HS256]\n    public_key_file: ec.pub\n",
+        );
+        assert!(error.contains("algorithm-confusion"), "{error}");
+        let error = refused(
+            d,
+            "jwt:\n  a:\n    algorithms: [RS256]\n    public_key_file: ec.pub\n",
+        );
+        assert!(error.contains("EcP256"), "{error}");
+        let settings = load(
+            d,
+            "jwt:\n  ec:\n    algorithms: [ES256]\n    public_key_file: ec.pub\n  hs:\n    algorithms: [HS256]\n    secret_file: s\nroutes:\n  - path: /t/{id}\n    upstream: app\n    auth: {jwt: hs, claims: {tenants: '{id}', role: admin}, pass_claims: {sub: X-Auth-Sub}}\n",
+        )
+        .unwrap();
+        let JwtKey::Secret { bytes, .. } = &settings.auth.jwt["hs"].key else {
+            panic!("not a secret");
+        };
+        assert_eq!(
+            bytes, b"top-secret-value",
+            "the file's newline is not the secret's"
+        );
+        let printed = serde_json::to_string(&settings).unwrap();
+        assert!(!printed.contains("top-secret-value"), "{printed}");
+        assert!(
+            printed.contains(r#""claims":{"role":"admin","tenants":"{id}"}"#),
+            "{printed}"
+        );
+        assert!(
+            printed.contains(r#""pass_claims":{"sub":"x-auth-sub"}"#),
+            "{printed}"
+        );
+        assert_eq!(
+            settings.warnings(),
+            vec!["jwt verifier `ec` is not used by any route".to_owned()]
+        );
+    }
 
     #[test]
     fn base64_both_alphabets() {

@@ -144,10 +144,7 @@ mod tests {
         let response = HttpError::Unauthorized("Bearer realm=\"r\"".into()).into_response();
         assert_eq!(response.status(), 401);
         assert_eq!(response.headers()["www-authenticate"], "Bearer realm=\"r\"");
-        assert_eq!(
-            HttpError::InsufficientClaims(String::new()).status(),
-            403
-        );
+        assert_eq!(HttpError::InsufficientClaims(String::new()).status(), 403);
         let response = HttpError::UnsupportedWebSocketVersion.into_response();
         assert_eq!(response.headers()["sec-websocket-version"], "13");
     }

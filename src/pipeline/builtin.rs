@@ -97,9 +97,10 @@ pub fn close_websocket<B>(
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
     if bearer {
-        response
-            .headers_mut()
-            .insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("bearer"));
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("bearer"),
+        );
     }
     Ok(response)
 }

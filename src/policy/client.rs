@@ -26,7 +26,10 @@ pub enum FetchError {
 pub fn build() -> HttpClient {
     static ROOTS: OnceLock<rustls::RootCertStore> = OnceLock::new();
     let roots = ROOTS
-        .get_or_init(|| crate::certs::verify::load_roots(None).unwrap_or_else(|_| rustls::RootCertStore::empty()))
+        .get_or_init(|| {
+            crate::certs::verify::load_roots(None)
+                .unwrap_or_else(|_| rustls::RootCertStore::empty())
+        })
         .clone();
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut http = HttpConnector::new();

@@ -139,7 +139,10 @@ impl ForwardAuth {
             .to_owned();
         let request = request
             .header("x-forwarded-method", asked.method.as_str())
-            .header("x-forwarded-proto", if asked.secure { "https" } else { "http" })
+            .header(
+                "x-forwarded-proto",
+                if asked.secure { "https" } else { "http" },
+            )
             .header("x-forwarded-host", asked.host)
             .header("x-forwarded-uri", uri)
             .header("x-forwarded-for", asked.client_ip.to_string())

@@ -122,7 +122,10 @@ enum VerifyKey {
     /// PKCS#1 `RSAPublicKey` DER (from a PEM file).
     RsaDer(Vec<u8>),
     /// Modulus and exponent (from a JWK).
-    RsaParts { n: Vec<u8>, e: Vec<u8> },
+    RsaParts {
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
     /// An uncompressed point (`04 || x || y`) on P-256 or P-384.
     Ec(KeyKind, Vec<u8>),
     Ed25519(Vec<u8>),
@@ -165,11 +168,9 @@ impl VerifyKey {
                     .verify(message, sig)
                     .is_ok()
             }
-            VerifyKey::Ed25519(raw) => {
-                signature::UnparsedPublicKey::new(&signature::ED25519, raw)
-                    .verify(message, sig)
-                    .is_ok()
-            }
+            VerifyKey::Ed25519(raw) => signature::UnparsedPublicKey::new(&signature::ED25519, raw)
+                .verify(message, sig)
+                .is_ok(),
         }
     }
 }
@@ -230,8 +231,14 @@ impl Jwks {
         }
         *attempt = Some(Instant::now());
         match self.fetch().await {
-            Ok(count) => tracing::info!(verifier = name, keys = count, "JWKS fetched (unknown key id)"),
-            Err(error) => tracing::warn!(verifier = name, url = %self.url, %error, "JWKS fetch failed"),
+            Ok(count) => tracing::info!(
+                verifier = name,
+                keys = count,
+                "JWKS fetched (unknown key id)"
+            ),
+            Err(error) => {
+                tracing::warn!(verifier = name, url = %self.url, %error, "JWKS fetch failed")
+            }
         }
     }
 
@@ -282,7 +289,11 @@ fn parse_jwks(body: &[u8]) -> Result<Vec<Jwk>, String> {
         .ok_or("no `keys` array")?;
     let mut out = Vec::new();
     for key in keys.iter().filter_map(Value::as_object) {
-        if key.get("use").and_then(Value::as_str).is_some_and(|u| u != "sig") {
+        if key
+            .get("use")
+            .and_then(Value::as_str)
+            .is_some_and(|u| u != "sig")
+        {
             continue;
         }
         let kid = key.get("kid").and_then(Value::as_str).map(str::to_owned);
@@ -315,9 +326,9 @@ fn parse_jwks(body: &[u8]) -> Result<Vec<Jwk>, String> {
                     _ => None,
                 }
             }
-            Some("OKP") if crv == Some("Ed25519") => {
-                b64_field(key, "x").filter(|x| x.len() == 32).map(VerifyKey::Ed25519)
-            }
+            Some("OKP") if crv == Some("Ed25519") => b64_field(key, "x")
+                .filter(|x| x.len() == 32)
+                .map(VerifyKey::Ed25519),
             _ => None,
         };
         if let Some(key) = parsed {
@@ -374,11 +385,10 @@ impl Verifier {
                     attempt: tokio::sync::Mutex::new(None),
                     client: client::build(),
                 });
-                tasks.spawn(jwks.clone().refresh(
-                    name.to_owned(),
-                    settings.jwks_ttl,
-                    stop.clone(),
-                ));
+                tasks.spawn(
+                    jwks.clone()
+                        .refresh(name.to_owned(), settings.jwks_ttl, stop.clone()),
+                );
                 Keys::Jwks(jwks)
             }
         };
@@ -452,7 +462,11 @@ impl Verifier {
                 };
                 let try_keys = |set: &KeySet| -> Option<bool> {
                     let candidates: Vec<&Jwk> = match kid {
-                        Some(kid) => set.keys.get(&(issuer.clone(), Some(kid.to_owned())))?.iter().collect(),
+                        Some(kid) => set
+                            .keys
+                            .get(&(issuer.clone(), Some(kid.to_owned())))?
+                            .iter()
+                            .collect(),
                         None => set
                             .keys
                             .iter()
@@ -468,7 +482,11 @@ impl Verifier {
                     if usable.is_empty() {
                         return None;
                     }
-                    Some(usable.iter().any(|k| k.key.verify(algorithm, message, &signature)))
+                    Some(
+                        usable
+                            .iter()
+                            .any(|k| k.key.verify(algorithm, message, &signature)),
+                    )
                 };
                 let set = jwks.keys.load_full();
                 match try_keys(&set) {
@@ -628,7 +646,8 @@ impl RouteAuth {
         for (claim, rule) in &self.settings.claims {
             let wanted = match rule {
                 ClaimValue::Literal(value) => value.clone(),
-                ClaimValue::PathParameter(name, _) => match parameters.iter().find(|(n, _)| n == name) {
+                ClaimValue::PathParameter(name) => match parameters.iter().find(|(n, _)| n == name)
+                {
                     Some((_, value)) => Value::String(value.clone()),
                     None => return Err(AuthFailure::Forbidden(claim.clone())),
                 },
@@ -657,18 +676,21 @@ impl RouteAuth {
     }
 
     fn find(&self, headers: &HeaderMap, uri: &Uri) -> Option<(Found, String)> {
-        self.settings.sources.iter().find_map(|source| match source {
-            TokenSource::Header => bearer(headers).map(|t| (Found::Header, t)),
-            TokenSource::Cookie(name) => {
-                cookie(headers, name).map(|t| (Found::Cookie(name.clone()), t))
-            }
-            TokenSource::Query(name) => {
-                query_param(uri, name).map(|t| (Found::Query(name.clone()), t))
-            }
-            TokenSource::WebsocketProtocol => {
-                protocol_token(headers).map(|t| (Found::WebsocketProtocol, t))
-            }
-        })
+        self.settings
+            .sources
+            .iter()
+            .find_map(|source| match source {
+                TokenSource::Header => bearer(headers).map(|t| (Found::Header, t)),
+                TokenSource::Cookie(name) => {
+                    cookie(headers, name).map(|t| (Found::Cookie(name.clone()), t))
+                }
+                TokenSource::Query(name) => {
+                    query_param(uri, name).map(|t| (Found::Query(name.clone()), t))
+                }
+                TokenSource::WebsocketProtocol => {
+                    protocol_token(headers).map(|t| (Found::WebsocketProtocol, t))
+                }
+            })
     }
 }
 
@@ -739,7 +761,9 @@ fn percent_decode(text: &str) -> String {
 /// after it, the token (`new WebSocket(url, ["bearer", token])`).
 fn protocol_token(headers: &HeaderMap) -> Option<String> {
     let offered = protocols(headers);
-    let at = offered.iter().position(|p| p.eq_ignore_ascii_case("bearer"))?;
+    let at = offered
+        .iter()
+        .position(|p| p.eq_ignore_ascii_case("bearer"))?;
     offered.get(at + 1).filter(|t| !t.is_empty()).cloned()
 }
 
@@ -775,7 +799,7 @@ fn strip(headers: &mut HeaderMap, uri: &mut Uri, found: &Found) {
                 .flat_map(|v| v.split(';'))
                 .map(str::trim)
                 .filter(|pair| !pair.is_empty())
-                .filter(|pair| pair.split_once('=').map_or(true, |(n, _)| n != name))
+                .filter(|pair| pair.split_once('=').is_none_or(|(n, _)| n != name))
                 .map(str::to_owned)
                 .collect();
             headers.remove(header::COOKIE);
@@ -792,7 +816,9 @@ fn strip(headers: &mut HeaderMap, uri: &mut Uri, found: &Found) {
         }
         Found::WebsocketProtocol => {
             let offered = protocols(headers);
-            let at = offered.iter().position(|p| p.eq_ignore_ascii_case("bearer"));
+            let at = offered
+                .iter()
+                .position(|p| p.eq_ignore_ascii_case("bearer"));
             let kept: Vec<&str> = offered
                 .iter()
                 .enumerate()
@@ -877,7 +903,10 @@ mod tests {
 
     fn hs256(secret: &[u8], header: &str, claims: &str) -> String {
         let signing = format!("{}.{}", b64(header.as_bytes()), b64(claims.as_bytes()));
-        let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret), signing.as_bytes());
+        let tag = hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA256, secret),
+            signing.as_bytes(),
+        );
         format!("{signing}.{}", b64(tag.as_ref()))
     }
 
@@ -889,7 +918,12 @@ mod tests {
                 bytes: b"secret".to_vec(),
             },
         );
-        Verifier::start("t", &settings, &CancellationToken::new(), &TaskTracker::new())
+        Verifier::start(
+            "t",
+            &settings,
+            &CancellationToken::new(),
+            &TaskTracker::new(),
+        )
     }
 
     fn at(secs: u64) -> SystemTime {
@@ -907,26 +941,73 @@ mod tests {
             r#"{"sub":"u1","exp":2000,"nbf":1000,"iss":"https://issuer.test","aud":["x","api"]}"#,
         );
         assert_eq!(v.verify_at(&good, at(1500)).await.unwrap()["sub"], "u1");
-        assert_eq!(v.verify_at(&good, at(2059)).await.map(drop), Ok(()), "leeway");
-        assert_eq!(v.verify_at(&good, at(2061)).await.map(drop), Err(TokenError::Expired));
-        assert_eq!(v.verify_at(&good, at(900)).await.map(drop), Err(TokenError::NotYetValid));
-        let wrong_key = hs256(b"other", HEADER, r#"{"exp":2000,"iss":"https://issuer.test","aud":"api"}"#);
-        assert_eq!(v.verify_at(&wrong_key, at(1500)).await.map(drop), Err(TokenError::Signature));
-        let no_exp = hs256(b"secret", HEADER, r#"{"iss":"https://issuer.test","aud":"api"}"#);
-        assert_eq!(v.verify_at(&no_exp, at(1500)).await.map(drop), Err(TokenError::MissingExpiry));
-        let wrong_iss = hs256(b"secret", HEADER, r#"{"exp":2000,"iss":"https://evil.test","aud":"api"}"#);
-        assert_eq!(v.verify_at(&wrong_iss, at(1500)).await.map(drop), Err(TokenError::Issuer));
-        let wrong_aud = hs256(b"secret", HEADER, r#"{"exp":2000,"iss":"https://issuer.test","aud":"web"}"#);
-        assert_eq!(v.verify_at(&wrong_aud, at(1500)).await.map(drop), Err(TokenError::Audience));
+        assert_eq!(
+            v.verify_at(&good, at(2059)).await.map(drop),
+            Ok(()),
+            "leeway"
+        );
+        assert_eq!(
+            v.verify_at(&good, at(2061)).await.map(drop),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            v.verify_at(&good, at(900)).await.map(drop),
+            Err(TokenError::NotYetValid)
+        );
+        let wrong_key = hs256(
+            b"other",
+            HEADER,
+            r#"{"exp":2000,"iss":"https://issuer.test","aud":"api"}"#,
+        );
+        assert_eq!(
+            v.verify_at(&wrong_key, at(1500)).await.map(drop),
+            Err(TokenError::Signature)
+        );
+        let no_exp = hs256(
+            b"secret",
+            HEADER,
+            r#"{"iss":"https://issuer.test","aud":"api"}"#,
+        );
+        assert_eq!(
+            v.verify_at(&no_exp, at(1500)).await.map(drop),
+            Err(TokenError::MissingExpiry)
+        );
+        let wrong_iss = hs256(
+            b"secret",
+            HEADER,
+            r#"{"exp":2000,"iss":"https://evil.test","aud":"api"}"#,
+        );
+        assert_eq!(
+            v.verify_at(&wrong_iss, at(1500)).await.map(drop),
+            Err(TokenError::Issuer)
+        );
+        let wrong_aud = hs256(
+            b"secret",
+            HEADER,
+            r#"{"exp":2000,"iss":"https://issuer.test","aud":"web"}"#,
+        );
+        assert_eq!(
+            v.verify_at(&wrong_aud, at(1500)).await.map(drop),
+            Err(TokenError::Audience)
+        );
         let none = format!(
             "{}.{}.",
             b64(br#"{"alg":"none"}"#),
             b64(br#"{"exp":2000,"iss":"https://issuer.test","aud":"api"}"#)
         );
-        assert_eq!(v.verify_at(&none, at(1500)).await.map(drop), Err(TokenError::Algorithm));
+        assert_eq!(
+            v.verify_at(&none, at(1500)).await.map(drop),
+            Err(TokenError::Algorithm)
+        );
         let hs512 = hs256(b"secret", r#"{"alg":"HS512"}"#, r#"{"exp":2000}"#);
-        assert_eq!(v.verify_at(&hs512, at(1500)).await.map(drop), Err(TokenError::Algorithm));
-        assert_eq!(v.verify_at("a.b", at(1500)).await.map(drop), Err(TokenError::Malformed));
+        assert_eq!(
+            v.verify_at(&hs512, at(1500)).await.map(drop),
+            Err(TokenError::Algorithm)
+        );
+        assert_eq!(
+            v.verify_at("a.b", at(1500)).await.map(drop),
+            Err(TokenError::Malformed)
+        );
     }
 
     #[test]
@@ -946,12 +1027,18 @@ mod tests {
     #[test]
     fn sources_and_stripping() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::COOKIE, HeaderValue::from_static("a=1; jwt=TOK; b=2"));
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; jwt=TOK; b=2"),
+        );
         headers.insert(
             header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static("chat, bearer, PTOK"),
         );
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer HTOK"));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer HTOK"),
+        );
         let mut uri: Uri = "/ws?x=1&token=Q%2ETOK&y=2".parse().unwrap();
         assert_eq!(bearer(&headers).as_deref(), Some("HTOK"));
         assert_eq!(cookie(&headers, "jwt").as_deref(), Some("TOK"));

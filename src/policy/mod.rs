@@ -4,5 +4,5 @@
 //! nothing here knows routes or targets (`pipeline::policy` composes them per route).
 
 pub mod client;
-pub mod jwt;
 pub mod forward_auth;
+pub mod jwt;

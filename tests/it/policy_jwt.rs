@@ -89,7 +89,13 @@ fn claims(extra: serde_json::Value) -> String {
 fn sign(dir: &Path, alg: &str, key: &str, claims: &str, headers: &str) -> String {
     python(
         dir,
-        &["sign", alg, dir.join(key).to_str().unwrap(), claims, headers],
+        &[
+            "sign",
+            alg,
+            dir.join(key).to_str().unwrap(),
+            claims,
+            headers,
+        ],
     )
 }
 
@@ -117,11 +123,7 @@ const RSA: &[&str] = &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"];
 const P256: &[&str] = &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
 const ED25519: &[&str] = &["-algorithm", "ED25519"];
 
-async fn get(
-    addr: SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> SimpleResponse {
+async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> SimpleResponse {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut request = http::Request::get(path).header("host", "app.test");
     for (name, value) in headers {
@@ -152,7 +154,11 @@ const VERIFIER_TAIL: &str = "    issuer: https://issuer.test\n    audience: api\
 async fn pyjwt_tokens_verify_with_openssl_keys_and_every_bad_token_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(d.join("hs.secret"), "a-long-shared-secret-for-hs256-tests\n").unwrap();
+    std::fs::write(
+        d.join("hs.secret"),
+        "a-long-shared-secret-for-hs256-tests\n",
+    )
+    .unwrap();
     openssl_key(d, "rsa", RSA);
     openssl_key(d, "ec", P256);
     openssl_key(d, "ed", ED25519);
@@ -184,7 +190,10 @@ async fn pyjwt_tokens_verify_with_openssl_keys_and_every_bad_token_is_refused() 
         let response = get(
             addr,
             path,
-            &[("authorization", &bearer(&token)), ("x-auth-sub", "mallory")],
+            &[
+                ("authorization", &bearer(&token)),
+                ("x-auth-sub", "mallory"),
+            ],
         )
         .await;
         assert_eq!(response.status, 200, "{alg}: {}", response.body);
@@ -197,33 +206,68 @@ async fn pyjwt_tokens_verify_with_openssl_keys_and_every_bad_token_is_refused() 
     // No token: 401 with the RFC 6750 challenge, and the forged header never passes.
     let response = get(addr, "/hs", &[("x-auth-sub", "mallory")]).await;
     assert_eq!(response.status, 401);
-    assert_eq!(response.headers["www-authenticate"], "Bearer realm=\"tlsgate\"");
+    assert_eq!(
+        response.headers["www-authenticate"],
+        "Bearer realm=\"tlsgate\""
+    );
     let refused = |token: String, path: &'static str, why: &'static str| async move {
         let response = get(addr, path, &[("authorization", &bearer(&token))]).await;
         assert_eq!(response.status, 401, "{why}: {}", response.body);
-        let challenge = response.headers["www-authenticate"].to_str().unwrap().to_owned();
-        assert!(challenge.contains("error=\"invalid_token\""), "{why}: {challenge}");
+        let challenge = response.headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            challenge.contains("error=\"invalid_token\""),
+            "{why}: {challenge}"
+        );
         challenge
     };
     let hs = |extra| sign(d, "HS256", "hs.secret", &claims(extra), "{}");
-    let challenge = refused(hs(serde_json::json!({"exp": now() - 3600})), "/hs", "expired").await;
+    let challenge = refused(
+        hs(serde_json::json!({"exp": now() - 3600})),
+        "/hs",
+        "expired",
+    )
+    .await;
     assert!(challenge.contains("expired"), "{challenge}");
     // Within the default 60 s leeway it still passes.
     let response = get(
         addr,
         "/hs",
-        &[("authorization", &bearer(&hs(serde_json::json!({"exp": now() - 20}))))],
+        &[(
+            "authorization",
+            &bearer(&hs(serde_json::json!({"exp": now() - 20}))),
+        )],
     )
     .await;
-    assert_eq!(response.status, 200, "expired 20 s ago is within the leeway");
-    refused(hs(serde_json::json!({"nbf": now() + 3600})), "/hs", "not yet valid").await;
+    assert_eq!(
+        response.status, 200,
+        "expired 20 s ago is within the leeway"
+    );
+    refused(
+        hs(serde_json::json!({"nbf": now() + 3600})),
+        "/hs",
+        "not yet valid",
+    )
+    .await;
     refused(hs(serde_json::json!({"aud": "other"})), "/hs", "audience").await;
-    refused(hs(serde_json::json!({"iss": "https://evil.test"})), "/hs", "issuer").await;
+    refused(
+        hs(serde_json::json!({"iss": "https://evil.test"})),
+        "/hs",
+        "issuer",
+    )
+    .await;
     refused(hs(serde_json::json!({"exp": null})), "/hs", "no exp").await;
     refused(python(d, &["none", &good]), "/hs", "alg none").await;
     let confused = python(d, &["confuse", d.join("rsa.pub").to_str().unwrap(), &good]);
     refused(confused, "/rs", "HS256 keyed with the RSA public key").await;
-    refused(sign(d, "RS256", "rsa.key", &good, "{}"), "/es", "another verifier's key").await;
+    refused(
+        sign(d, "RS256", "rsa.key", &good, "{}"),
+        "/es",
+        "another verifier's key",
+    )
+    .await;
     let mut tampered = sign(d, "HS256", "hs.secret", &good, "{}");
     tampered.pop();
     tampered.push('A');
@@ -280,13 +324,25 @@ async fn tokens_from_cookie_query_and_subprotocol_are_stripped_and_never_logged(
     let response = get(server.main, &query, &[]).await;
     assert_eq!(response.status, 200, "{}", response.body);
     let json: serde_json::Value = serde_json::from_str(&response.body).unwrap();
-    assert_eq!(json["path"], "/api/x?a=1&b=2", "the token is stripped from the query");
-    assert_eq!(upstream_header(&response, "x-auth-tenants").as_deref(), Some("acme,globex"));
+    assert_eq!(
+        json["path"], "/api/x?a=1&b=2",
+        "the token is stripped from the query"
+    );
+    assert_eq!(
+        upstream_header(&response, "x-auth-tenants").as_deref(),
+        Some("acme,globex")
+    );
     let cookie = format!("theme=dark; session={token}");
     let response = get(server.main, "/api/y", &[("cookie", &cookie)]).await;
     assert_eq!(response.status, 200);
-    assert_eq!(upstream_header(&response, "cookie").as_deref(), Some("theme=dark"));
-    assert_eq!(upstream_header(&response, "x-auth-sub").as_deref(), Some("alice"));
+    assert_eq!(
+        upstream_header(&response, "cookie").as_deref(),
+        Some("theme=dark")
+    );
+    assert_eq!(
+        upstream_header(&response, "x-auth-sub").as_deref(),
+        Some("alice")
+    );
     let response = get(server.main, "/api/z", &[("authorization", &bearer(&token))]).await;
     assert_eq!(response.status, 200);
     assert_eq!(upstream_header(&response, "authorization"), None);
@@ -302,7 +358,11 @@ async fn tokens_from_cookie_query_and_subprotocol_are_stripped_and_never_logged(
     assert!(
         !log.contains(signature),
         "the token is in the log:\n{}",
-        log.lines().filter(|l| l.contains(signature)).take(5).collect::<Vec<_>>().join("\n")
+        log.lines()
+            .filter(|l| l.contains(signature))
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 
@@ -319,7 +379,9 @@ async fn ws(
     tokio_tungstenite::tungstenite::Error,
 > {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut request = format!("ws://app.test{path}").into_client_request().unwrap();
+    let mut request = format!("ws://app.test{path}")
+        .into_client_request()
+        .unwrap();
     if let Some(protocols) = protocols {
         request
             .headers_mut()
@@ -365,23 +427,42 @@ async fn websockets_close_with_4001_and_4003_and_tenants_come_from_the_path() {
     assert_eq!(response.status(), 101);
     assert_eq!(closed_with(socket).await, (4001, "Missing token".into()));
     // close(4003, "Invalid token").
-    let (socket, _) = ws(addr, "/ws/tenant/acme?token=garbage", None).await.unwrap();
+    let (socket, _) = ws(addr, "/ws/tenant/acme?token=garbage", None)
+        .await
+        .unwrap();
     assert_eq!(closed_with(socket).await, (4003, "Invalid token".into()));
-    let expired = sign(d, "HS256", "hs.secret", &claims(serde_json::json!({"tenants": ["acme"], "exp": now() - 3600})), "{}");
-    let (socket, _) = ws(addr, &format!("/ws/tenant/acme?token={expired}"), None).await.unwrap();
+    let expired = sign(
+        d,
+        "HS256",
+        "hs.secret",
+        &claims(serde_json::json!({"tenants": ["acme"], "exp": now() - 3600})),
+        "{}",
+    );
+    let (socket, _) = ws(addr, &format!("/ws/tenant/acme?token={expired}"), None)
+        .await
+        .unwrap();
     assert_eq!(closed_with(socket).await.0, 4003);
     // Another tenant than the token's: forbidden.
-    let (socket, _) = ws(addr, &format!("/ws/tenant/globex?token={token}"), None).await.unwrap();
+    let (socket, _) = ws(addr, &format!("/ws/tenant/globex?token={token}"), None)
+        .await
+        .unwrap();
     assert_eq!(closed_with(socket).await, (4003, "Forbidden".into()));
     // The browser's subprotocol trick: refused, and the answer selects `bearer` only.
-    let (socket, response) = ws(addr, "/ws/tenant/acme", Some("bearer, not-a-token")).await.unwrap();
+    let (socket, response) = ws(addr, "/ws/tenant/acme", Some("bearer, not-a-token"))
+        .await
+        .unwrap();
     assert_eq!(response.headers()["sec-websocket-protocol"], "bearer");
     assert_eq!(closed_with(socket).await.0, 4003);
     // The tenant's own token reaches the backend's echo.
-    let (mut socket, response) = ws(addr, &format!("/ws/tenant/acme?token={token}"), None).await.unwrap();
+    let (mut socket, response) = ws(addr, &format!("/ws/tenant/acme?token={token}"), None)
+        .await
+        .unwrap();
     assert_eq!(response.status(), 101);
     socket.send(Message::text("hello")).await.unwrap();
-    assert_eq!(socket.next().await.unwrap().unwrap(), Message::text("hello"));
+    assert_eq!(
+        socket.next().await.unwrap().unwrap(),
+        Message::text("hello")
+    );
     socket.close(None).await.unwrap();
     // Status mode: the upgrade gets a 401.
     match ws(addr, "/ws/status", None).await {
@@ -390,7 +471,9 @@ async fn websockets_close_with_4001_and_4003_and_tenants_come_from_the_path() {
         }
         other => panic!("expected a 401, got {other:?}"),
     }
-    let (mut socket, _) = ws(addr, &format!("/ws/status?token={token}"), None).await.unwrap();
+    let (mut socket, _) = ws(addr, &format!("/ws/status?token={token}"), None)
+        .await
+        .unwrap();
     socket.send(Message::text("hi")).await.unwrap();
     assert_eq!(socket.next().await.unwrap().unwrap(), Message::text("hi"));
     server.stop().await;
@@ -417,13 +500,17 @@ impl JwksServer {
         server.set(keys);
         tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
                 let (document, fetches) = (document.clone(), fetches.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |_req| {
                         fetches.fetch_add(1, Ordering::SeqCst);
                         let body = document.lock().unwrap().clone();
-                        async move { Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(body)))) }
+                        async move {
+                            Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(body))))
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tcp), service)
@@ -450,7 +537,12 @@ async fn jwks_rotation_fetches_a_new_kid_once_and_keys_stay_with_their_issuer() 
     for name in ["a1", "a2", "b1"] {
         openssl_key(d, name, RSA);
     }
-    let jwk = |name: &str, kid: &str| python(d, &["jwk", d.join(format!("{name}.pub")).to_str().unwrap(), kid]);
+    let jwk = |name: &str, kid: &str| {
+        python(
+            d,
+            &["jwk", d.join(format!("{name}.pub")).to_str().unwrap(), kid],
+        )
+    };
     let jwks_a = JwksServer::start(&[jwk("a1", "k1")]).await;
     let jwks_b = JwksServer::start(&[jwk("b1", "k1")]).await;
     let backend = Upstream::start("app").await;
@@ -465,30 +557,54 @@ async fn jwks_rotation_fetches_a_new_kid_once_and_keys_stay_with_their_issuer() 
     let addr = server.main;
     let token = |key: &str, kid: &str, iss: &str| {
         let claims = serde_json::json!({"sub": "s", "iss": iss, "exp": now() + 600}).to_string();
-        sign(d, "RS256", &format!("{key}.key"), &claims, &format!("{{\"kid\": \"{kid}\"}}"))
+        sign(
+            d,
+            "RS256",
+            &format!("{key}.key"),
+            &claims,
+            &format!("{{\"kid\": \"{kid}\"}}"),
+        )
     };
     let status = |token: String, path: &'static str| async move {
-        get(addr, path, &[("authorization", &bearer(&token))]).await.status.as_u16()
+        get(addr, path, &[("authorization", &bearer(&token))])
+            .await
+            .status
+            .as_u16()
     };
     assert_eq!(status(token("a1", "k1", "https://a.test"), "/a").await, 200);
     assert_eq!(status(token("b1", "k1", "https://b.test"), "/b").await, 200);
     // Same kid, other issuer's key: never crosses over.
     assert_eq!(status(token("b1", "k1", "https://b.test"), "/a").await, 401);
     assert_eq!(status(token("a1", "k1", "https://a.test"), "/b").await, 401);
-    assert_eq!(status(token("b1", "k1", "https://a.test"), "/a").await, 401, "B's key claiming issuer A");
+    assert_eq!(
+        status(token("b1", "k1", "https://a.test"), "/a").await,
+        401,
+        "B's key claiming issuer A"
+    );
     // Rotation: a new kid is fetched once, then served from the cache.
     let before = jwks_a.fetches.load(Ordering::SeqCst);
     jwks_a.set(&[jwk("a1", "k1"), jwk("a2", "k2")]);
     assert_eq!(status(token("a2", "k2", "https://a.test"), "/a").await, 200);
     assert_eq!(status(token("a2", "k2", "https://a.test"), "/a").await, 200);
-    assert_eq!(jwks_a.fetches.load(Ordering::SeqCst), before + 1, "one fetch for the new kid");
+    assert_eq!(
+        jwks_a.fetches.load(Ordering::SeqCst),
+        before + 1,
+        "one fetch for the new kid"
+    );
     // Unknown kids right after: no more fetches (at most one per 10 s).
     for _ in 0..3 {
         assert_eq!(status(token("a2", "k9", "https://a.test"), "/a").await, 401);
     }
-    assert_eq!(jwks_a.fetches.load(Ordering::SeqCst), before + 1, "refetch is rate limited");
+    assert_eq!(
+        jwks_a.fetches.load(Ordering::SeqCst),
+        before + 1,
+        "refetch is rate limited"
+    );
     // A JWKS that cannot be fetched: refused, the gateway keeps serving.
-    assert_eq!(status(token("a1", "k1", "https://a.test"), "/down").await, 401);
+    assert_eq!(
+        status(token("a1", "k1", "https://a.test"), "/down").await,
+        401
+    );
     assert_eq!(status(token("a1", "k1", "https://a.test"), "/a").await, 200);
     server.stop().await;
 }
@@ -502,32 +618,45 @@ async fn auth_service() -> (SocketAddr, Arc<AtomicUsize>) {
     let counter = hits.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
             let hits = counter.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    hits.fetch_add(1, Ordering::SeqCst);
-                    async move {
-                        let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-                        if header("x-forwarded-uri").contains("slow") {
-                            tokio::time::sleep(Duration::from_secs(3)).await;
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        hits.fetch_add(1, Ordering::SeqCst);
+                        async move {
+                            let header = |n: &str| {
+                                req.headers()
+                                    .get(n)
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("")
+                                    .to_owned()
+                            };
+                            if header("x-forwarded-uri").contains("slow") {
+                                tokio::time::sleep(Duration::from_secs(3)).await;
+                            }
+                            let ok = header("authorization") == "Bearer good"
+                                && header("x-forwarded-method") == "GET"
+                                && header("x-forwarded-host") == "app.test"
+                                && header("x-forwarded-uri").starts_with("/fa");
+                            let response = if ok {
+                                hyper::Response::builder()
+                                    .header("x-user", "alice")
+                                    .body(Full::new(Bytes::new()))
+                                    .unwrap()
+                            } else {
+                                hyper::Response::builder()
+                                    .status(401)
+                                    .header("www-authenticate", "Basic realm=\"auth\"")
+                                    .body(Full::new(Bytes::from_static(b"nope")))
+                                    .unwrap()
+                            };
+                            Ok::<_, Infallible>(response)
                         }
-                        let ok = header("authorization") == "Bearer good"
-                            && header("x-forwarded-method") == "GET"
-                            && header("x-forwarded-host") == "app.test"
-                            && header("x-forwarded-uri").starts_with("/fa");
-                        let response = if ok {
-                            hyper::Response::builder().header("x-user", "alice").body(Full::new(Bytes::new())).unwrap()
-                        } else {
-                            hyper::Response::builder()
-                                .status(401)
-                                .header("www-authenticate", "Basic realm=\"auth\"")
-                                .body(Full::new(Bytes::from_static(b"nope")))
-                                .unwrap()
-                        };
-                        Ok::<_, Infallible>(response)
-                    }
-                });
+                    },
+                );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tcp), service)
                     .await;
@@ -553,7 +682,10 @@ async fn forward_auth_passes_denies_times_out_and_caches() {
     let good = [("authorization", "Bearer good"), ("x-user", "mallory")];
     let response = get(addr, "/fa/x", &good).await;
     assert_eq!(response.status, 200, "{}", response.body);
-    assert_eq!(upstream_header(&response, "x-user").as_deref(), Some("alice"));
+    assert_eq!(
+        upstream_header(&response, "x-user").as_deref(),
+        Some("alice")
+    );
     assert_eq!(hits.load(Ordering::SeqCst), 1);
     // Cached for this credential and request.
     let response = get(addr, "/fa/x", &good).await;
@@ -571,6 +703,9 @@ async fn forward_auth_passes_denies_times_out_and_caches() {
     let response = get(addr, "/gone", &good).await;
     assert_eq!(response.status, 502);
     let text = metrics(&server).await;
-    assert!(text.contains("tlsgate_auth_results_total{route=\"*/fa\",result=\"denied\"} 1"), "{text}");
+    assert!(
+        text.contains("tlsgate_auth_results_total{route=\"*/fa\",result=\"denied\"} 1"),
+        "{text}"
+    );
     server.stop().await;
 }
