@@ -59,6 +59,9 @@ pub struct RequestContext {
     /// The verified token's claims, once the policy stage's authentication passed (later
     /// stages, such as rate-limit zones keyed by a claim, read them).
     pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+    /// The WebSocket subprotocol the edge answers with when the upstream selects none: the
+    /// `bearer` a browser offered with its token (a browser fails an answer selecting none).
+    pub websocket_protocol: Option<&'static str>,
 }
 
 /// The configured trusted proxies (`proxy.trusted_proxies`).

@@ -237,6 +237,7 @@ impl Pipeline {
             version: request.version(),
             started,
             claims: None,
+            websocket_protocol: None,
         };
         let (route, outcome) = self.stages(request, &mut ctx).await;
         let mut response = outcome.unwrap_or_else(HttpError::into_response);

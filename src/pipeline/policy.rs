@@ -102,6 +102,9 @@ impl Authentication {
             Ok(claims) => {
                 self.count(metrics, route, "ok");
                 ctx.claims = Some(claims);
+                if bearer {
+                    ctx.websocket_protocol = Some("bearer");
+                }
                 return Ok(None);
             }
             Err(failure) => failure,
@@ -220,7 +223,21 @@ impl Policy {
 
     /// The policy's part of the response (headers such as CORS'), in the response-headers
     /// stage; `ctx` is the request's.
-    pub fn on_response(&self, _response: &mut Response, _ctx: &RequestContext) {}
+    pub fn on_response(&self, response: &mut Response, ctx: &RequestContext) {
+        // An accepted WebSocket (101, or 200 to an extended CONNECT) whose upstream selected
+        // no subprotocol: select the `bearer` the browser offered its token with.
+        if let Some(protocol) = ctx.websocket_protocol {
+            let accepted = response.status() == http::StatusCode::SWITCHING_PROTOCOLS
+                || response.status() == http::StatusCode::OK;
+            let headers = response.headers_mut();
+            if accepted && !headers.contains_key(header::SEC_WEBSOCKET_PROTOCOL) {
+                headers.insert(
+                    header::SEC_WEBSOCKET_PROTOCOL,
+                    http::HeaderValue::from_static(protocol),
+                );
+            }
+        }
+    }
 
     fn origin_allowed<B>(&self, request: &http::Request<B>) -> bool {
         if self.allowed_origins.is_empty() {
@@ -280,6 +297,7 @@ mod tests {
             version: http::Version::HTTP_11,
             started: std::time::Instant::now(),
             claims: None,
+            websocket_protocol: None,
         }
     }
 

@@ -56,6 +56,16 @@ pub struct Matcher {
 }
 
 impl Matcher {
+    /// For ordering: of two prefixes that both match a path, the one with more segments is
+    /// the longer.
+    fn segments(&self) -> usize {
+        self.path.split('/').count()
+    }
+
+    fn is_template(&self) -> bool {
+        self.path.contains('{')
+    }
+
     fn matches(&self, host: &str, path: &str) -> bool {
         self.host.matches(host) && self.matches_path(path)
     }
@@ -117,7 +127,8 @@ impl Route {
 
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    /// Most specific first: host rank, exact paths, longer prefixes.
+    /// Most specific first: host rank, exact paths, more segments, a literal segment before a
+    /// `{parameter}`, longer paths.
     routes: Vec<Route>,
     default: Option<Route>,
 }
@@ -130,6 +141,8 @@ impl RouteTable {
                 .rank()
                 .cmp(&a.matcher.host.rank())
                 .then(b.matcher.exact.cmp(&a.matcher.exact))
+                .then(b.matcher.segments().cmp(&a.matcher.segments()))
+                .then(a.matcher.is_template().cmp(&b.matcher.is_template()))
                 .then(b.matcher.path.len().cmp(&a.matcher.path.len()))
         });
         Self { routes, default }
@@ -230,5 +243,26 @@ mod tests {
         );
         assert_eq!(name("a.b.example.com", "/x"), Some("Any/".into()));
         assert_eq!(name("other.test", "/"), Some("Any/".into()));
+    }
+
+    #[test]
+    fn templates_take_one_segment_and_literals_win_over_them() {
+        let pool = Arc::new(Pool::new("p", &url_upstream("http://127.0.0.1:1")));
+        let table = RouteTable::new(
+            vec![
+                route(HostMatch::Any, "/ws/tenant/{id}", false, &pool),
+                route(HostMatch::Any, "/ws/tenant/x", false, &pool),
+                route(HostMatch::Any, "/ws", false, &pool),
+                route(HostMatch::Any, "/t/{a}/{b}", true, &pool),
+            ],
+            None,
+        );
+        let name = |path: &str| table.find("h", path).map(|r| r.name.to_string());
+        assert_eq!(name("/ws/tenant/acme"), Some("Any/ws/tenant/{id}".into()));
+        assert_eq!(name("/ws/tenant/acme/feed"), Some("Any/ws/tenant/{id}".into()));
+        assert_eq!(name("/ws/tenant/x"), Some("Any/ws/tenant/x".into()));
+        assert_eq!(name("/ws/tenant/"), Some("Any/ws".into()), "a parameter is never empty");
+        assert_eq!(name("/t/1/2"), Some("Any/t/{a}/{b}".into()));
+        assert_eq!(name("/t/1/2/3"), None);
     }
 }

@@ -1010,6 +1010,31 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_reload_keeps_unchanged_verifiers_and_stops_the_others() {
+        let (shutdown, tasks) = (CancellationToken::new(), TaskTracker::new());
+        let jwks = |url: &str| {
+            let mut s = settings(&[JwtAlgorithm::RS256], JwtKey::Jwks { url: url.into() });
+            s.jwks_ttl = Duration::from_secs(3600);
+            s
+        };
+        let mut first = BTreeMap::new();
+        first.insert("a".to_owned(), jwks("http://127.0.0.1:9/a"));
+        first.insert("b".to_owned(), jwks("http://127.0.0.1:9/b"));
+        let old = Verifiers::start(&first, None, &shutdown, &tasks);
+        let mut second = first.clone();
+        second.insert("b".to_owned(), jwks("http://127.0.0.1:9/b2"));
+        let new = Verifiers::start(&second, Some(&old), &shutdown, &tasks);
+        old.retire(&new);
+        assert!(Arc::ptr_eq(old.get("a").unwrap(), new.get("a").unwrap()), "kept with its keys");
+        assert!(!new.get("a").unwrap().stop.is_cancelled());
+        assert!(old.get("b").unwrap().stop.is_cancelled(), "the replaced one stops refreshing");
+        assert!(!new.get("b").unwrap().stop.is_cancelled());
+        shutdown.cancel();
+        tasks.close();
+        tasks.wait().await;
+    }
+
     #[test]
     fn templates_match_whole_segments() {
         let params = |t, p, e| match_template(t, p, e);

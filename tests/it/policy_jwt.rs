@@ -464,6 +464,13 @@ async fn websockets_close_with_4001_and_4003_and_tenants_come_from_the_path() {
         Message::text("hello")
     );
     socket.close(None).await.unwrap();
+    // The subprotocol trick passing: the backend selects none, the edge answers `bearer`.
+    let offer = format!("bearer, {token}");
+    let (mut socket, response) = ws(addr, "/ws/tenant/acme", Some(&offer)).await.unwrap();
+    assert_eq!(response.headers()["sec-websocket-protocol"], "bearer");
+    socket.send(Message::text("sub")).await.unwrap();
+    assert_eq!(socket.next().await.unwrap().unwrap(), Message::text("sub"));
+    socket.close(None).await.unwrap();
     // Status mode: the upgrade gets a 401.
     match ws(addr, "/ws/status", None).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
