@@ -314,9 +314,8 @@ pub fn validate(mut input: ProxyInput<'_>) -> Result<ProxySettings, ConfigError>
             Some(path) => path.value.clone(),
             None => "/".to_owned(),
         };
-        super::jwt::path_parameters(&path).map_err(|e| {
-            ConfigError::invalid(origin.clone(), "routes.path", e)
-        })?;
+        super::jwt::path_parameters(&path)
+            .map_err(|e| ConfigError::invalid(origin.clone(), "routes.path", e))?;
         let auth = super::jwt::route_auth(file.auth, &path, input.origin)?;
         let upstream = check_target(
             &file.upstream.value,

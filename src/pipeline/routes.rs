@@ -259,9 +259,16 @@ mod tests {
         );
         let name = |path: &str| table.find("h", path).map(|r| r.name.to_string());
         assert_eq!(name("/ws/tenant/acme"), Some("Any/ws/tenant/{id}".into()));
-        assert_eq!(name("/ws/tenant/acme/feed"), Some("Any/ws/tenant/{id}".into()));
+        assert_eq!(
+            name("/ws/tenant/acme/feed"),
+            Some("Any/ws/tenant/{id}".into())
+        );
         assert_eq!(name("/ws/tenant/x"), Some("Any/ws/tenant/x".into()));
-        assert_eq!(name("/ws/tenant/"), Some("Any/ws".into()), "a parameter is never empty");
+        assert_eq!(
+            name("/ws/tenant/"),
+            Some("Any/ws".into()),
+            "a parameter is never empty"
+        );
         assert_eq!(name("/t/1/2"), Some("Any/t/{a}/{b}".into()));
         assert_eq!(name("/t/1/2/3"), None);
     }

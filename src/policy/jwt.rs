@@ -346,7 +346,8 @@ fn parse_jwks(body: &[u8]) -> Result<Vec<Jwk>, String> {
 
 #[derive(Debug)]
 enum Keys {
-    Secret(Vec<u8>),
+    /// The secret keyed once per configured HMAC algorithm.
+    Secret(Vec<(JwtAlgorithm, hmac::Key)>),
     Static(VerifyKey),
     Jwks(Arc<Jwks>),
 }
@@ -371,7 +372,21 @@ impl Verifier {
     ) -> Arc<Self> {
         let stop = shutdown.child_token();
         let keys = match &settings.key {
-            JwtKey::Secret { bytes, .. } => Keys::Secret(bytes.clone()),
+            JwtKey::Secret { bytes, .. } => Keys::Secret(
+                settings
+                    .algorithms
+                    .iter()
+                    .filter_map(|a| {
+                        let digest = match a {
+                            JwtAlgorithm::HS256 => hmac::HMAC_SHA256,
+                            JwtAlgorithm::HS384 => hmac::HMAC_SHA384,
+                            JwtAlgorithm::HS512 => hmac::HMAC_SHA512,
+                            _ => return None,
+                        };
+                        Some((*a, hmac::Key::new(digest, bytes)))
+                    })
+                    .collect(),
+            ),
             JwtKey::PublicKey { key, .. } => Keys::Static(match key.kind {
                 KeyKind::Rsa => VerifyKey::RsaDer(key.bits.clone()),
                 KeyKind::Ed25519 => VerifyKey::Ed25519(key.bits.clone()),
@@ -436,15 +451,10 @@ impl Verifier {
         }
         let message = &token.as_bytes()[..head.len() + 1 + body.len()];
         let verified = match &self.keys {
-            Keys::Secret(secret) => {
-                let digest = match algorithm {
-                    JwtAlgorithm::HS256 => hmac::HMAC_SHA256,
-                    JwtAlgorithm::HS384 => hmac::HMAC_SHA384,
-                    JwtAlgorithm::HS512 => hmac::HMAC_SHA512,
-                    _ => return Err(TokenError::Algorithm),
-                };
-                hmac::verify(&hmac::Key::new(digest, secret), message, &signature).is_ok()
-            }
+            Keys::Secret(keys) => match keys.iter().find(|(a, _)| *a == algorithm) {
+                Some((_, key)) => hmac::verify(key, message, &signature).is_ok(),
+                None => return Err(TokenError::Algorithm),
+            },
             Keys::Static(key) => key.verify(algorithm, message, &signature),
             Keys::Jwks(jwks) => {
                 let kid = header.get("kid").and_then(Value::as_str);
@@ -1026,9 +1036,15 @@ mod tests {
         second.insert("b".to_owned(), jwks("http://127.0.0.1:9/b2"));
         let new = Verifiers::start(&second, Some(&old), &shutdown, &tasks);
         old.retire(&new);
-        assert!(Arc::ptr_eq(old.get("a").unwrap(), new.get("a").unwrap()), "kept with its keys");
+        assert!(
+            Arc::ptr_eq(old.get("a").unwrap(), new.get("a").unwrap()),
+            "kept with its keys"
+        );
         assert!(!new.get("a").unwrap().stop.is_cancelled());
-        assert!(old.get("b").unwrap().stop.is_cancelled(), "the replaced one stops refreshing");
+        assert!(
+            old.get("b").unwrap().stop.is_cancelled(),
+            "the replaced one stops refreshing"
+        );
         assert!(!new.get("b").unwrap().stop.is_cancelled());
         shutdown.cancel();
         tasks.close();
