@@ -716,3 +716,123 @@ async fn forward_auth_passes_denies_times_out_and_caches() {
     );
     server.stop().await;
 }
+
+/// What Python's `websockets` client (a second, independent client) sees on `url`: the close
+/// code and reason, or `open` and the echo of a message.
+async fn python_ws(url: &str, subprotocols: &[&str]) -> String {
+    let script = r#"
+import asyncio, sys, json, websockets
+async def main(url, protocols):
+    try:
+        async with websockets.connect(url, subprotocols=protocols or None, open_timeout=5) as ws:
+            await ws.send("ping-from-python")
+            print("open", await asyncio.wait_for(ws.recv(), 5), ws.subprotocol)
+    except websockets.ConnectionClosed as closed:
+        print("closed", closed.rcvd.code, closed.rcvd.reason)
+asyncio.run(main(sys.argv[1], json.loads(sys.argv[2])))
+"#;
+    let out = tokio::process::Command::new("python3")
+        .args([
+            "-c",
+            script,
+            url,
+            &serde_json::to_string(subprotocols).unwrap(),
+        ])
+        .output()
+        .await
+        .expect("python3 with websockets (scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_mode_over_http2_extended_connect_and_for_a_python_client() {
+    use tlsgate::certs::KeyAlgorithm;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("hs.secret"), "h2-shared-secret").unwrap();
+    let backend = Upstream::start("ws").await;
+    let ca = fixture_ca(d);
+    fixture_cert(&ca, d, "site", &["app.test"], KeyAlgorithm::EcdsaP256);
+    let route = "    auth:\n      jwt: hs\n      sources: [query, websocket_protocol]\n      websocket_auth_failure: close\n";
+    let verifier = format!(
+        "jwt:\n  hs:\n    algorithms: [HS256]\n    secret_file: hs.secret\n{VERIFIER_TAIL}"
+    );
+    let yaml = format!(
+        "tls:\n  certificates:\n    - pem_file: site.pem\n{verifier}routes:\n  - path: /ws\n    upstream: {}\n{route}",
+        backend.url()
+    );
+    let server = TestServer::start(&yaml, d).await.unwrap();
+    let config = client_config(
+        std::slice::from_ref(&ca.cert_der),
+        rustls::ALL_VERSIONS,
+        &[b"h2"],
+    );
+    let stream = tls_connect(server.main, "app.test", config).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, TestBody>(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut request = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri("https://app.test/ws")
+        .header("sec-websocket-version", "13")
+        .body(body_of(""))
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200, "accepted, to be closed");
+    let upgraded = hyper::upgrade::on(response).await.unwrap();
+    let mut socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    match tokio::time::timeout(Duration::from_secs(5), socket.next())
+        .await
+        .unwrap()
+    {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(u16::from(frame.code), 4001);
+            assert_eq!(frame.reason.as_str(), "Missing token");
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    server.stop().await;
+
+    // The same route on plain ws:// for Python's client.
+    let plain = format!(
+        "tls: off\n{verifier}routes:\n  - path: /ws\n    upstream: {}\n{route}",
+        backend.url()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hs.secret"), "h2-shared-secret").unwrap();
+    let server = TestServer::start(&plain, dir.path()).await.unwrap();
+    let base = format!("ws://{}/ws", server.main);
+    assert_eq!(python_ws(&base, &[]).await, "closed 4001 Missing token");
+    assert_eq!(
+        python_ws(&format!("{base}?token=x.y.z"), &[]).await,
+        "closed 4003 Invalid token"
+    );
+    let token = sign(
+        d,
+        "HS256",
+        "hs.secret",
+        &claims(serde_json::json!({})),
+        "{}",
+    );
+    assert_eq!(
+        python_ws(&base, &["bearer", &token]).await,
+        "open ping-from-python bearer",
+        "the browser convention, and only `bearer` selected"
+    );
+    server.stop().await;
+}
