@@ -289,6 +289,16 @@ defaults
   http-reuse always
 frontend edge
   bind 127.0.0.1:{PORTS['haproxy']} ssl crt {self.combined} alpn h2,http/1.1
+  acl jwt_route path_beg /jwt
+  http-request set-var(txn.bearer) http_auth_bearer if jwt_route
+  http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('$.alg') if jwt_route
+  http-request deny deny_status 401 if jwt_route !{{ var(txn.alg) -m str HS256 }}
+  http-request deny deny_status 401 if jwt_route !{{ var(txn.bearer),jwt_verify(txn.alg,"{JWT_SECRET}") -m int 1 }}
+  http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('$.exp','int') if jwt_route
+  http-request set-var(txn.now) date() if jwt_route
+  http-request deny deny_status 401 if jwt_route {{ var(txn.exp),sub(txn.now) -m int lt 0 }}
+  http-request del-header X-Auth-Sub if jwt_route
+  http-request set-header X-Auth-Sub %[var(txn.bearer),jwt_payload_query('$.sub')] if jwt_route
   use_backend ws if {{ path_beg /ws }}
   default_backend app
 backend app
@@ -389,9 +399,16 @@ tls:
 limits:
   workers: 1
   max_connections: 20000
+jwt:
+  bench:
+    algorithms: [HS256]
+    secret_file: {self.write("jwt.secret", JWT_SECRET)}
 routes:
   - path: /ws
     upstream: http://127.0.0.1:{BACKEND_WS}
+  - path: /jwt
+    upstream: http://127.0.0.1:{BACKEND_HTTP}
+    auth: {{jwt: bench, pass_claims: {{sub: X-Auth-Sub}}}}
   - path: /
     upstream: http://127.0.0.1:{BACKEND_HTTP}
 """
@@ -416,8 +433,12 @@ routes:
         user_before, system_before = cpu_split(pid)
         started = time.monotonic()
         extra = {}
-        if kind in ("h1", "h1_tcp"):
-            out = self.load(["wrk", "-t1", "-c64", f"-d{seconds}s", "--latency", url], seconds + 30)
+        if kind in ("h1", "h1_tcp", "h1_jwt"):
+            command = ["wrk", "-t1", "-c64", f"-d{seconds}s", "--latency", url]
+            if kind == "h1_jwt":
+                token = hs256_token(JWT_SECRET, {"sub": "bench", "exp": int(time.time()) + 86400})
+                command = command[:-1] + ["-H", f"Authorization: Bearer {token}", url + "jwt/x"]
+            out = self.load(command, seconds + 30)
             ops = int(re.search(r"(\d+) requests in", out).group(1))
             errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
             extra["p99_ms"] = parse_wrk_latency(out, "99%")
@@ -553,7 +574,22 @@ MEASUREMENTS = [
     ("handshake_pq", "same, client offers X25519MLKEM768 first (who takes it: handshake details)"),
     ("handshake_verify_every", "same as full handshake, client verifies every connection (client-bound)"),
     ("ws", "wss:// 64-byte echo message (64 conn)"),
+    ("h1_jwt", "HTTP/1.1 request with an HS256 JWT checked, sub passed upstream (wrk; HAProxy's jwt_verify)"),
 ]
+# Only these have a JWT check of their own (nginx's is in the commercial version, Caddy's and
+# Traefik's are plugins or forward auth).
+JWT_PROXIES = {"haproxy", "tlsgate"}
+JWT_SECRET = "tlsgate-bench-hs256-secret-0123456789"
+
+
+def hs256_token(secret, claims):
+    """A JWT signed here with the standard library, so the benchmark needs no JWT package."""
+    import base64, hashlib, hmac
+    b64 = lambda data: base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    signing = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." + b64(json.dumps(claims).encode())
+    return signing + "." + b64(hmac.new(secret.encode(), signing.encode(), hashlib.sha256).digest())
+
+
 # What the relay is measured on: the two rows whose targets sit near the kernel's share.
 RELAY_MEASUREMENTS = [
     ("h1", "HTTP/1.1 keep-alive request, TLS 1.3 relay (wrk, 64 conn)"),
@@ -589,12 +625,14 @@ def report(args, results, memory, ceilings, proxies, started, errors):
     header = "| measurement | " + " | ".join(proxies) + " |"
     lines += [header, "|" + "---|" * (len(proxies) + 1)]
     for kind, label in MEASUREMENTS:
-        nginx = [r["cpu_us"] for r in results.get(("nginx", kind), [])]
+        # nginx has no JWT check: that row's ratio is to HAProxy's.
+        base = "haproxy" if kind == "h1_jwt" else "nginx"
+        nginx = [r["cpu_us"] for r in results.get((base, kind), [])]
         row = [label]
         for proxy in proxies:
             values = [r["cpu_us"] for r in results.get((proxy, kind), [])]
             cell = median_range(values)
-            if nginx and values and proxy != "nginx":
+            if nginx and values and proxy != base:
                 cell += f" **{statistics.median(values) / statistics.median(nginx):.2f}×**"
             row.append(cell)
         lines.append("| " + " | ".join(row) + " |")
@@ -744,7 +782,7 @@ def main():
                 wait_port(port, relay, "relay")
         for round_number in range(args.rounds):
             for kind in [k for k, _ in MEASUREMENTS] + (["h1_tcp"] if with_relay else []):
-                targets = [p for p in proxies if kind != "h1_tcp"]
+                targets = [p for p in proxies if kind != "h1_tcp" and (kind != "h1_jwt" or p in JWT_PROXIES)]
                 if with_relay and kind in dict(RELAY_MEASUREMENTS):
                     targets.append("relay")
                 # Rotate the order so no proxy always runs first (caches, CPU frequency).
@@ -781,7 +819,7 @@ def main():
     print(text)
     log(f"written: {path}")
     shutil.rmtree(work, ignore_errors=True)
-    expected = [(p, k) for p in proxies for k, _ in MEASUREMENTS]
+    expected = [(p, k) for p in proxies for k, _ in MEASUREMENTS if k != "h1_jwt" or p in JWT_PROXIES]
     expected += [("relay", k) for k, _ in RELAY_MEASUREMENTS] if with_relay else []
     missing = [f"{p}/{k}" for p, k in expected if (p, k) not in results]
     if missing:
