@@ -339,8 +339,9 @@ pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
             bits &= (1 << count) - 1;
         }
     }
-    // A lone 6-bit group cannot end a valid encoding.
-    (count < 6).then_some(out)
+    // A lone 6-bit group cannot end a valid encoding, and the bits past the last byte must be
+    // zero (RFC 4648 §3.5): one value has one encoding, so a token cannot be varied unsigned.
+    (count < 6 && bits == 0).then_some(out)
 }
 
 /// A `PUBLIC KEY` PEM (SPKI) → its kind and key bits.
@@ -999,6 +1000,10 @@ mod tests {
         assert_eq!(base64_decode("-_8").unwrap(), [0xfb, 0xff]);
         assert!(base64_decode("a").is_none());
         assert!(base64_decode("a b").is_none());
+        assert!(
+            base64_decode("aGVsbG9=").is_none(),
+            "non-zero bits past the end"
+        );
     }
 
     #[test]
