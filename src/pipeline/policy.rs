@@ -110,6 +110,15 @@ impl Authentication {
             Err(failure) => failure,
         };
         self.count(metrics, route, failure.result());
+        if websocket {
+            metrics
+                .websocket_upgrades
+                .get_or_create(&UpgradeLabels {
+                    route: route.to_owned(),
+                    result: "unauthorized".into(),
+                })
+                .inc();
+        }
         // Never the token: only why it was refused.
         tracing::info!(%route, client = %ctx.client_ip, result = failure.result(), reason = ?failure, "authentication refused");
         let settings = &auth.settings;

@@ -484,6 +484,13 @@ async fn websockets_close_with_4001_and_4003_and_tenants_come_from_the_path() {
         }
         other => panic!("expected a 401, got {other:?}"),
     }
+    let text = metrics(&server).await;
+    assert!(
+        text.contains(
+            r#"tlsgate_websocket_upgrades_total{route="*/ws/tenant/{id}",result="unauthorized"} 5"#
+        ),
+        "{text}"
+    );
     let (mut socket, _) = ws(addr, &format!("/ws/status?token={token}"), None)
         .await
         .unwrap();
@@ -840,5 +847,61 @@ async fn close_mode_over_http2_extended_connect_and_for_a_python_client() {
         "open ping-from-python bearer",
         "the browser convention, and only `bearer` selected"
     );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_fetched_keys_of_an_unchanged_verifier() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    openssl_key(d, "a1", RSA);
+    let jwk = python(d, &["jwk", d.join("a1.pub").to_str().unwrap(), "k1"]);
+    let jwks = JwksServer::start(std::slice::from_ref(&jwk)).await;
+    let backend = Upstream::start("app").await;
+    let verifier = format!(
+        "tls: off\njwt:\n  a:\n    algorithms: [RS256]\n    jwks_url: {}\n    issuer: https://a.test\n",
+        jwks.url()
+    );
+    let routes = |extra: &str| {
+        format!(
+            "routes:\n  - path: /a\n    upstream: {}\n    auth: {{jwt: a}}\n{extra}",
+            backend.url()
+        )
+    };
+    let server = TestServer::start(&format!("{verifier}{}", routes("")), d)
+        .await
+        .unwrap();
+    let claims = serde_json::json!({"iss": "https://a.test", "exp": now() + 600}).to_string();
+    let token = sign(d, "RS256", "a1.key", &claims, r#"{"kid": "k1"}"#);
+    let status = || async {
+        get(server.main, "/a", &[("authorization", &bearer(&token))])
+            .await
+            .status
+            .as_u16()
+    };
+    assert_eq!(status().await, 200);
+    // The identity provider goes away; a reload that leaves the verifier alone keeps its keys.
+    jwks.set(&[]);
+    *jwks.document.lock().unwrap() = "not json".into();
+    let more = format!("  - path: /other\n    upstream: {}\n", backend.url());
+    std::fs::write(
+        d.join("tlsgate.yaml"),
+        format!("{verifier}{}", routes(&more)),
+    )
+    .unwrap();
+    assert_eq!(server.post_reload().await.status, 200);
+    assert_eq!(
+        status().await,
+        200,
+        "the verifier and its keys survived the reload"
+    );
+    // A changed verifier starts afresh, and without its provider refuses.
+    let changed = verifier.replace(
+        "issuer: https://a.test",
+        "issuer: https://a.test\n    leeway: 30s",
+    );
+    std::fs::write(d.join("tlsgate.yaml"), format!("{changed}{}", routes(""))).unwrap();
+    assert_eq!(server.post_reload().await.status, 200);
+    assert_eq!(status().await, 401);
     server.stop().await;
 }
