@@ -73,7 +73,7 @@ impl Matcher {
     fn matches_path(&self, path: &str) -> bool {
         // A template (`/ws/tenant/{id}`): `{name}` takes one whole segment.
         if self.path.contains('{') {
-            return crate::policy::jwt::match_template(&self.path, path, self.exact).is_some();
+            return crate::policy::jwt::template_matches(&self.path, path, self.exact);
         }
         if self.exact {
             return path == self.path;

@@ -862,26 +862,40 @@ fn without_query_param(uri: &Uri, name: &str) -> Option<Uri> {
 /// Whether `path` matches a route template (`/ws/tenant/{id}`: `{name}` takes one whole
 /// segment), the whole path when `exact`, else its leading segments; with the parameters.
 pub fn match_template(template: &str, path: &str, exact: bool) -> Option<Vec<(String, String)>> {
+    let mut parameters = Vec::new();
+    walk_template(template, path, exact, |name, value| {
+        parameters.push((name.to_owned(), percent_decode(value)));
+    })
+    .then_some(parameters)
+}
+
+/// As [`match_template`] without collecting the parameters (the route table's test, on every
+/// request: no allocation).
+pub fn template_matches(template: &str, path: &str, exact: bool) -> bool {
+    walk_template(template, path, exact, |_, _| {})
+}
+
+fn walk_template(
+    template: &str,
+    path: &str,
+    exact: bool,
+    mut parameter: impl FnMut(&str, &str),
+) -> bool {
     let mut want = template.split('/');
     let mut have = path.split('/');
-    let mut parameters = Vec::new();
     loop {
         match (want.next(), have.next()) {
-            (None, None) => return Some(parameters),
-            (None, Some(rest)) => {
-                // A prefix template covers what is below it (a trailing `/` leaves one empty).
-                return (!exact || rest.is_empty() && have.next().is_none()).then_some(parameters);
-            }
-            (Some(""), None) if !exact => return Some(parameters),
-            (Some(_), None) => return None,
+            (None, None) => return true,
+            // A prefix template covers what is below it (a trailing `/` leaves one empty).
+            (None, Some(rest)) => return !exact || rest.is_empty() && have.next().is_none(),
+            (Some(""), None) if !exact => return true,
+            (Some(_), None) => return false,
             (Some(segment), Some(actual)) => {
                 match segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                    Some(name) if !actual.is_empty() => {
-                        parameters.push((name.to_owned(), percent_decode(actual)));
-                    }
-                    Some(_) => return None,
+                    Some(name) if !actual.is_empty() => parameter(name, actual),
+                    Some(_) => return false,
                     None if segment == actual => {}
-                    None => return None,
+                    None => return false,
                 }
             }
         }
