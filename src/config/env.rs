@@ -27,6 +27,8 @@ pub struct EnvOverlay {
     pub upstream: Option<(String, Origin)>,
     pub admin_listen: Option<(String, Origin)>,
     pub workers: Option<(String, Origin)>,
+    /// The variables `jwt:` verifiers name in `secret_env`, as read (a secret: never printed).
+    pub jwt_secrets: super::jwt::Secrets,
 }
 
 /// Every variable read here (the README documents each).

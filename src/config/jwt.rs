@@ -413,7 +413,34 @@ pub struct AuthInput<'a> {
     pub jwt: Option<BTreeMap<String, Spanned<JwtFile>>>,
     pub forward_auth: Option<BTreeMap<String, Spanned<ForwardAuthFile>>>,
     pub config: Option<&'a Path>,
+    /// The `secret_env` variables, read through the configuration's environment lookup.
+    pub secrets: &'a Secrets,
     pub origin: OriginOf<'a>,
+}
+
+/// Secrets read from the environment, by variable; `Debug` shows the names only.
+#[derive(Default)]
+pub struct Secrets(BTreeMap<String, String>);
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+/// The values of the variables the verifiers name in `secret_env`.
+pub fn secret_variables(
+    verifiers: &Option<BTreeMap<String, Spanned<JwtFile>>>,
+    env: super::EnvLookup<'_>,
+) -> Secrets {
+    Secrets(
+        verifiers
+            .iter()
+            .flatten()
+            .filter_map(|(_, file)| file.value.secret_env.as_ref())
+            .filter_map(|name| Some((name.value.clone(), env(&name.value)?)))
+            .collect(),
+    )
 }
 
 /// The named verifiers and auth services, and each route's references checked against them:
@@ -525,9 +552,12 @@ fn verifier(
     let hmac = algorithms.iter().any(|a| a.is_hmac());
     let public = algorithms.iter().any(|a| !a.is_hmac());
     let key = if let Some(var) = &file.secret_env {
-        let bytes = std::env::var(&var.value)
-            .ok()
+        let bytes = input
+            .secrets
+            .0
+            .get(&var.value)
             .filter(|v| !v.is_empty())
+            .cloned()
             .ok_or_else(|| {
                 ConfigError::invalid(
                     at(input.origin, var),
@@ -877,7 +907,7 @@ mod tests {
             &format!("upstreams:\n  app:\n    servers: [http://127.0.0.1:9]\n{yaml}"),
             Some(&path),
             &super::super::Overrides::default(),
-            &|_| None,
+            &|name| (name == "JWT_SECRET").then(|| "from-the-environment".to_owned()),
         )
     }
 
@@ -897,6 +927,19 @@ mod tests {
         assert!(
             error.contains("tlsgate.yaml:6") && error.contains("never accepted"),
             "{error}"
+        );
+        let error = refused(
+            d,
+            "jwt:\n  a:\n    algorithms: [HS256]\n    secret_env: NOT_SET\n",
+        );
+        assert!(error.contains("`NOT_SET` is not set"), "{error}");
+        let settings = load(
+            d,
+            "jwt:\n  a:\n    algorithms: [HS256]\n    secret_env: JWT_SECRET\n",
+        )
+        .unwrap();
+        assert!(
+            matches!(&settings.auth.jwt["a"].key, JwtKey::Secret { bytes, .. } if bytes == b"from-the-environment")
         );
         let error = refused(d, "jwt:\n  a:\n    secret_file: s\n");
         assert!(error.contains("list the accepted algorithms"), "{error}");

@@ -604,7 +604,8 @@ pub fn load_str(
     env: EnvLookup<'_>,
 ) -> Result<Settings, ConfigError> {
     let mut raw = parse_file(text, path)?;
-    let env_overlay = env::read_overlay(env)?;
+    let mut env_overlay = env::read_overlay(env)?;
+    env_overlay.jwt_secrets = jwt::secret_variables(&raw.jwt, env);
     validate::validate(&mut raw, path, &env_overlay, overrides)
 }
 

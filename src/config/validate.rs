@@ -141,6 +141,7 @@ pub fn validate(
             jwt: raw.jwt.take(),
             forward_auth: raw.forward_auth.take(),
             config: path,
+            secrets: &env.jwt_secrets,
             origin: &file_origin,
         },
         &proxy.routes,
