@@ -1126,3 +1126,7 @@ mod tests {
         assert!(parse_jwks(b"[]").is_err());
     }
 }
+
+#[cfg(test)]
+#[path = "jwt_fuzz.rs"]
+mod fuzz;
