@@ -611,7 +611,8 @@ fn verifier(
             .map_err(|e| ConfigError::invalid(at(input.origin, url), field("jwks_url"), e))?;
         JwtKey::Jwks { url }
     } else {
-        unreachable!("exactly one key source was checked above")
+        // Not reached: exactly one source was checked above.
+        return Err(ConfigError::invalid(origin, name_field(name), "no key"));
     };
     match &key {
         JwtKey::Secret { .. } if public => {
