@@ -367,17 +367,29 @@ fn authentication(
     auth: &AuthServices,
     echo: &builtin::EchoContext,
 ) -> Option<Arc<policy::Authentication>> {
-    let jwt = route.auth.as_ref().and_then(|settings| {
-        let verifier = auth.verifiers.get(settings.jwt.as_deref()?)?.clone();
-        Some(crate::policy::jwt::RouteAuth {
+    // Validation refuses a route naming a missing verifier or service; should one be missing
+    // anyway, the route refuses everything rather than pass unauthenticated.
+    let jwt = route.auth.as_ref().map(|settings| {
+        let name = settings.jwt.as_deref().unwrap_or_default();
+        crate::policy::jwt::RouteAuth {
             settings: settings.clone(),
-            verifier,
-        })
+            verifier: auth
+                .verifiers
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| crate::policy::jwt::Verifier::refusing(name)),
+        }
     });
-    let forward_auth = route
-        .forward_auth
-        .as_ref()
-        .and_then(|named| auth.forward_auth.get(&named.name).cloned());
+    let forward_auth = route.forward_auth.as_ref().map(|named| {
+        auth.forward_auth
+            .get(&named.name)
+            .cloned()
+            .unwrap_or_else(|| {
+                Arc::new(crate::policy::forward_auth::ForwardAuth::unreachable(
+                    &named.name,
+                ))
+            })
+    });
     if jwt.is_none() && forward_auth.is_none() {
         return None;
     }

@@ -71,6 +71,21 @@ impl ForwardAuth {
         }
     }
 
+    /// A service no request passes (a refused connection: `502`), for a route whose service
+    /// is missing.
+    pub fn unreachable(name: &str) -> Self {
+        Self::new(
+            name,
+            &ForwardAuthSettings {
+                url: "http://127.0.0.1:0/".into(),
+                timeout: std::time::Duration::from_secs(1),
+                request_headers: Vec::new(),
+                response_headers: Vec::new(),
+                cache: std::time::Duration::ZERO,
+            },
+        )
+    }
+
     /// Inbound copies of the headers the service may set: removed before asking.
     pub fn answer_headers(&self) -> &[String] {
         &self.settings.response_headers

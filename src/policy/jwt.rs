@@ -415,6 +415,27 @@ impl Verifier {
         })
     }
 
+    /// A verifier that accepts no token (no algorithm), for a route whose verifier is missing.
+    pub fn refusing(name: &str) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.to_owned(),
+            settings: JwtSettings {
+                algorithms: Vec::new(),
+                key: JwtKey::Secret {
+                    from: "none".into(),
+                    bytes: Vec::new(),
+                },
+                issuer: None,
+                audience: Vec::new(),
+                leeway: Duration::ZERO,
+                require_exp: true,
+                jwks_ttl: Duration::from_secs(300),
+            },
+            keys: Keys::Secret(Vec::new()),
+            stop: CancellationToken::new(),
+        })
+    }
+
     /// Stops background work (a reload dropped this verifier).
     pub fn retire(&self) {
         self.stop.cancel();
@@ -1031,6 +1052,16 @@ mod tests {
         assert_eq!(
             v.verify_at("a.b", at(1500)).await.map(drop),
             Err(TokenError::Malformed)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_verifier_refuses_every_token() {
+        let good = hs256(b"secret", HEADER, r#"{"exp":2000}"#);
+        let refusing = Verifier::refusing("gone");
+        assert_eq!(
+            refusing.verify_at(&good, at(1500)).await.map(drop),
+            Err(TokenError::Algorithm)
         );
     }
 
