@@ -24,6 +24,8 @@ pub struct FileConfig {
     pub routes: Option<Vec<Spanned<super::proxy::RouteFile>>>,
     pub default_route: Option<Spanned<String>>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
+    /// Named CORS policies, referred to by routes' `cors: NAME`.
+    pub cors: Option<BTreeMap<String, Spanned<super::cors::CorsFile>>>,
     pub acme: Option<Spanned<AcmeFile>>,
     /// One log line per request (target `tlsgate::access`); on by default.
     pub access_log: Option<bool>,

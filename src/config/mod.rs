@@ -5,6 +5,7 @@
 //! and command-line overrides → `validate` → `Settings` (every default filled in, nothing left
 //! for the request path to decide).
 
+pub mod cors;
 pub(crate) mod env;
 mod file;
 mod names;
@@ -12,6 +13,7 @@ pub mod proxy;
 mod suites;
 pub mod units;
 mod validate;
+pub mod websocket;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -53,6 +55,9 @@ pub struct Settings {
     pub limits: Limits,
     #[serde(flatten)]
     pub proxy: proxy::ProxySettings,
+    /// Named CORS policies (routes refer to them by name).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub cors: BTreeMap<String, cors::CorsSettings>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acme: Option<AcmeSettings>,
     /// The admin listener (`/metrics`, `/health`, `/ready`, `/certificates`, `POST /reload`);
@@ -73,6 +78,7 @@ impl Settings {
                 "admin listener on {admin} is not loopback: its endpoints have no authentication, so anyone who can reach it can read /metrics and /certificates and POST /reload; keep it on 127.0.0.1 (the default) or firewall the port"
             ));
         }
+        warnings.extend(cors::unused(&self.cors, &self.proxy));
         warnings
     }
 }

@@ -74,6 +74,10 @@ pub struct RouteFile {
     pub allowed_origins: Option<Vec<String>>,
     pub websocket_idle_timeout: Option<ConfigDuration>,
     pub max_body_size: Option<ConfigSize>,
+    /// A named CORS policy or one in place (resolved in `cors.rs`).
+    pub cors: Option<Spanned<super::cors::CorsRouteFile>>,
+    /// Message limits inside proxied WebSockets (resolved in `websocket.rs`).
+    pub websocket: Option<Spanned<super::websocket::WebSocketFile>>,
 }
 
 // ---------- settings ----------
@@ -173,6 +177,10 @@ pub struct RouteSettings {
         serialize_with = "serialize_opt_size"
     )]
     pub max_body_size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cors: Option<super::cors::RouteCors>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<super::websocket::MessageLimits>,
 }
 
 fn serialize_nets<S: Serializer>(nets: &[ipnet::IpNet], s: S) -> Result<S::Ok, S::Error> {
@@ -236,7 +244,7 @@ fn positive(
     Ok(duration)
 }
 
-fn valid_name(name: &str) -> bool {
+pub(super) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
@@ -341,6 +349,8 @@ pub fn validate(mut input: ProxyInput<'_>) -> Result<ProxySettings, ConfigError>
                 None => None,
             },
             max_body_size: file.max_body_size.map(|s| s.0),
+            cors: None,
+            websocket: None,
         });
     }
 

@@ -59,6 +59,9 @@ pub struct RequestContext {
     /// The verified token's claims, once the policy stage's authentication passed (later
     /// stages, such as rate-limit zones keyed by a claim, read them).
     pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+    /// The request's `Origin` on a route with a CORS policy, noted by the policy stage for
+    /// the response's CORS headers (refusals included, so a page can read their status).
+    pub cors_origin: Option<http::HeaderValue>,
 }
 
 /// The configured trusted proxies (`proxy.trusted_proxies`).

@@ -46,6 +46,12 @@ pub struct UpgradeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteReasonLabels {
+    pub route: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServerLabels {
     pub upstream: String,
     pub server: String,
@@ -76,6 +82,10 @@ pub struct Metrics {
     pub request_duration: Family<RouteLabels, Histogram>,
     pub open_websockets: Family<RouteLabels, Gauge>,
     pub websocket_upgrades: Family<UpgradeLabels, Counter>,
+    /// Proxied WebSockets closed for a message limit (`message_too_big`, `message_rate`).
+    pub websocket_limit_closes: Family<RouteReasonLabels, Counter>,
+    /// CORS preflights answered at the edge: `ok`, or refused for `origin`, `method`, `header`.
+    pub cors_preflights: Family<UpgradeLabels, Counter>,
     pub acme_orders: Family<ResultLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
     pub last_reload: Gauge<f64, AtomicU64>,
@@ -104,6 +114,8 @@ impl Metrics {
             request_duration: Family::new_with_constructor(duration_histogram),
             open_websockets: Family::default(),
             websocket_upgrades: Family::default(),
+            websocket_limit_closes: Family::default(),
+            cors_preflights: Family::default(),
             acme_orders: Family::default(),
             reloads: Family::default(),
             last_reload: Gauge::default(),
@@ -152,6 +164,16 @@ impl Metrics {
             "websocket_upgrades",
             "WebSocket upgrades by route and result",
             metrics.websocket_upgrades.clone(),
+        );
+        registry.register(
+            "websocket_limit_closes",
+            "Proxied WebSockets closed for a message limit, by route and reason",
+            metrics.websocket_limit_closes.clone(),
+        );
+        registry.register(
+            "cors_preflights",
+            "CORS preflights answered at the edge, by route and result",
+            metrics.cors_preflights.clone(),
         );
         registry.register(
             "acme_orders",

@@ -188,6 +188,7 @@ impl Pipeline {
             version: request.version(),
             started,
             claims: None,
+            cors_origin: None,
         };
         let (route, outcome) = self.stages(request, &mut ctx).await;
         let mut response = outcome.unwrap_or_else(HttpError::into_response);
@@ -281,6 +282,7 @@ impl Pipeline {
                         .cloned()
                         .unwrap_or_default(),
                     grace: self.reload_grace,
+                    messages: route.policy.websocket_messages,
                     shutdown: self.echo.shutdown.clone(),
                     tasks: self.echo.tasks.clone(),
                     metrics: self.metrics.clone(),
@@ -328,6 +330,10 @@ fn route_table(
         websocket_idle_timeout: route
             .and_then(|r| r.websocket_idle_timeout)
             .unwrap_or(limits.websocket_idle_timeout),
+        cors: route
+            .and_then(|r| r.cors.as_ref())
+            .map(|c| Arc::new(crate::policy::cors::Cors::new(&c.policy))),
+        websocket_messages: route.and_then(|r| r.websocket),
     };
     let proxy = &settings.proxy;
     match upstreams {
@@ -363,6 +369,8 @@ fn route_table(
                     allowed_origins: Vec::new(),
                     websocket_idle_timeout: None,
                     max_body_size: None,
+                    cors: None,
+                    websocket: None,
                 };
                 upstream_route(&route, "default".into())
             });

@@ -168,6 +168,8 @@ mod tests {
                 allowed_origins: Vec::new(),
                 websocket_idle_timeout: Duration::from_secs(1),
                 max_body_size: 1,
+                cors: None,
+                websocket_messages: None,
             },
             target: Target::Upstream(pool.clone()),
         }

@@ -288,6 +288,7 @@ mod tests {
             version: http::Version::HTTP_11,
             started: std::time::Instant::now(),
             claims: None,
+            cors_origin: None,
         }
     }
 

@@ -15,20 +15,22 @@ use http::{Method, Request, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::body::ProxyBody;
+use super::gate::{Gate, Refusal};
 use super::headers::{cookie_value, remove_hop_by_hop, upstream_headers};
 use super::pool::{InFlight, Pool};
 use super::response::respond;
 use super::UPGRADE_TIMEOUT;
+use crate::config::websocket::MessageLimits;
 use crate::http::context::{ConnectionSlot, RequestContext};
 use crate::http::error::{error_chain, HttpError};
 use crate::http::{full, Response};
-use crate::metrics::{GaugeGuard, Metrics, RouteLabels, UpgradeLabels};
+use crate::metrics::{GaugeGuard, Metrics, RouteLabels, RouteReasonLabels, UpgradeLabels};
 use crate::tls::TlsConnectionIo;
 
 /// What a tunnel is held to and reports to, decided by the pipeline from the route.
@@ -39,6 +41,8 @@ pub struct TunnelTerms {
     pub closer: CancellationToken,
     /// How long after `closer` fires, at random, the close frame goes out.
     pub grace: Duration,
+    /// The route's limits on the client's messages (none: bytes pass unexamined).
+    pub messages: Option<MessageLimits>,
     pub shutdown: CancellationToken,
     /// Open tunnels run here, so shutdown waits for them.
     pub tasks: TaskTracker,
@@ -171,7 +175,9 @@ pub async fn tunnel(
         idle: terms.idle,
         closer: terms.closer.clone(),
         grace: terms.grace,
+        messages: terms.messages,
         shutdown: terms.shutdown.clone(),
+        metrics: terms.metrics.clone(),
     };
     let (metrics, tasks) = (terms.metrics.clone(), terms.tasks.clone());
     terms
@@ -212,7 +218,9 @@ struct Tunnel {
     idle: Duration,
     closer: CancellationToken,
     grace: Duration,
+    messages: Option<MessageLimits>,
     shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 impl Tunnel {
@@ -282,11 +290,25 @@ impl Tunnel {
             self.idle,
             self.closer.clone(),
             self.grace,
+            self.messages.as_ref(),
         );
         let reason = tokio::select! {
             reason = tunnel => reason,
             () = self.shutdown.cancelled() => "server shutting down",
         };
+        if let Some(refusal) = [Refusal::TooBig, Refusal::TooFast]
+            .into_iter()
+            .find(|r| r.reason() == reason)
+        {
+            tracing::info!(route = %self.route_name, reason, "WebSocket closed for a message limit");
+            self.metrics
+                .websocket_limit_closes
+                .get_or_create(&RouteReasonLabels {
+                    route: self.route_name.clone(),
+                    reason: refusal.label().into(),
+                })
+                .inc();
+        }
         tracing::debug!(route = %self.route_name, reason, "WebSocket tunnel closed");
     }
 }
@@ -332,13 +354,21 @@ async fn send_upgrade(
 /// close frame before the connection is simply dropped.
 const CLOSE_FRAME_DEADLINE: Duration = Duration::from_secs(5);
 
+/// After closing a client for a message limit, how long its input is still read (and
+/// dropped) waiting for its close frame: closing a socket with unread input resets it, and
+/// the reset can destroy our close frame before the client reads it.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
 /// Copies bytes both ways until both sides finish, or nothing moves either way for `idle`.
 /// `a_early` and `b_early` are bytes each side already sent (read past its handshake); they
 /// go first. The directions advance independently, so a peer that stops reading stalls only
 /// its own direction, and the idle watchdog still fires. When `close` fires (a reload removed
 /// the route), the client gets a WebSocket close frame with code 1001 after a random part of
 /// `spread`, so clients do not all reconnect at once; the frame goes in between the backend's
-/// frames, never inside one.
+/// frames, never inside one. With `limits`, the client's frames pass a [`Gate`]: a message
+/// over them is not passed on, and both sides get a close frame (1009 too big, 1008 too
+/// fast) in between frames.
+#[allow(clippy::too_many_arguments)]
 pub async fn splice<A, B>(
     mut a: A,
     a_early: Bytes,
@@ -347,6 +377,7 @@ pub async fn splice<A, B>(
     idle: Duration,
     close: tokio_util::sync::CancellationToken,
     spread: Duration,
+    limits: Option<&MessageLimits>,
 ) -> &'static str
 where
     A: AsyncRead + AsyncWrite + Unpin,
@@ -355,7 +386,17 @@ where
     let started = tokio::time::Instant::now();
     let last = AtomicU64::new(0);
     let touch = || last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-    let mut to_b = Direction::new(&a_early);
+    let mut gate = limits.map(Gate::new);
+    let mut to_b = match &mut gate {
+        // The client's first frames may have come with its handshake.
+        Some(gate) => {
+            let mut held = Vec::new();
+            let kept = gate.admit(&a_early, &mut held);
+            held.extend_from_slice(&a_early[..kept]);
+            Direction::new(&held)
+        }
+        None => Direction::new(&a_early),
+    };
     let mut to_a = Direction::new(&b_early);
     let mut frames = FrameBoundary::default();
     frames.consume(&b_early, false);
@@ -366,12 +407,27 @@ where
             tokio::time::sleep(spread_delay(spread)).await;
         };
         let both = std::future::poll_fn(|cx| {
-            let upstream = to_b.poll_until_done(cx, &mut a, &mut b, &touch, pass_all);
-            let downstream = to_a.poll_until_done(cx, &mut b, &mut a, &touch, |bytes: &[u8]| {
-                frames.consume(bytes, false)
-            });
+            let upstream = match &mut gate {
+                None => to_b.poll_until_done(cx, &mut a, &mut b, &touch, pass_all),
+                Some(gate) => {
+                    if let Some(refusal) = gate.refused {
+                        return Poll::Ready(Some(refusal));
+                    }
+                    let upstream = to_b.poll_until_done(cx, &mut a, &mut b, &touch, |bytes, held| {
+                        gate.admit(bytes, held)
+                    });
+                    if let Some(refusal) = gate.refused {
+                        return Poll::Ready(Some(refusal));
+                    }
+                    upstream
+                }
+            };
+            let downstream =
+                to_a.poll_until_done(cx, &mut b, &mut a, &touch, |bytes: &[u8], _: &mut _| {
+                    frames.consume(bytes, false)
+                });
             if upstream.is_ready() && downstream.is_ready() {
-                Poll::Ready(())
+                Poll::Ready(None)
             } else {
                 Poll::Pending
             }
@@ -388,18 +444,25 @@ where
             }
         };
         tokio::select! {
-            () = both => "closed",
+            refused = both => match refused {
+                None => "closed",
+                Some(refusal) => refusal.reason(),
+            },
             () = watchdog => "idle timeout",
             () = removed => "route removed",
         }
     };
-    if outcome == "route removed" {
+    let refusal = gate.as_ref().and_then(|g| g.refused);
+    if outcome == "route removed" || refusal.is_some() {
+        let client_frame = refusal.map_or_else(|| GOING_AWAY.to_vec(), |r| r.close_frame(false));
         let finish = async {
             // Mid-frame: copy up to the end of that frame, and not a byte further.
             while !to_a.done && !frames.at_boundary() {
-                let step = to_a
-                    .relay
-                    .relay(&mut b, &mut a, |bytes: &[u8]| frames.consume(bytes, true));
+                let step =
+                    to_a.relay
+                        .relay(&mut b, &mut a, |bytes: &[u8], _: &mut _| {
+                            frames.consume(bytes, true)
+                        });
                 if !matches!(step.await, Ok(1..)) {
                     return;
                 }
@@ -407,11 +470,32 @@ where
             if to_a.done || to_a.relay.finish(&mut a).await.is_err() {
                 return;
             }
-            let _ = a.write_all(&GOING_AWAY).await;
+            let _ = a.write_all(&client_frame).await;
             let _ = a.shutdown().await;
         };
         let _ = tokio::time::timeout(CLOSE_FRAME_DEADLINE, finish).await;
-        let _ = tokio::time::timeout(CLOSE_FRAME_DEADLINE, b.shutdown()).await;
+        let backend = async {
+            // The backend's stream stopped in front of the refused frame: a boundary.
+            if let Some(refusal) = refusal {
+                if !to_b.done && to_b.relay.finish(&mut b).await.is_ok() {
+                    let _ = b.write_all(&refusal.close_frame(true)).await;
+                }
+            }
+            let _ = b.shutdown().await;
+        };
+        let _ = tokio::time::timeout(CLOSE_FRAME_DEADLINE, backend).await;
+        if let Some(gate) = gate.as_mut().filter(|g| g.refused.is_some() && !to_b.ended) {
+            let linger = async {
+                let mut buffer = vec![0u8; 4096];
+                while !gate.client_closed {
+                    match a.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(read) => gate.drain(&buffer[..read]),
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(CLOSE_LINGER, linger).await;
+        }
     }
     outcome
 }
@@ -445,7 +529,7 @@ impl Direction {
         from: &mut R,
         to: &mut W,
         touch: &dyn Fn(),
-        mut keep: impl FnMut(&[u8]) -> usize,
+        mut keep: impl FnMut(&[u8], &mut Vec<u8>) -> usize,
     ) -> Poll<()>
     where
         R: AsyncRead + Unpin,
@@ -509,7 +593,7 @@ impl Relay {
         &mut self,
         from: &mut R,
         to: &mut W,
-        mut keep: impl FnMut(&[u8]) -> usize,
+        mut keep: impl FnMut(&[u8], &mut Vec<u8>) -> usize,
     ) -> std::io::Result<usize>
     where
         R: AsyncRead + Unpin,
@@ -523,7 +607,7 @@ impl Relay {
         cx: &mut Context<'_>,
         from: &mut R,
         to: &mut W,
-        keep: &mut impl FnMut(&[u8]) -> usize,
+        keep: &mut impl FnMut(&[u8], &mut Vec<u8>) -> usize,
     ) -> Poll<std::io::Result<usize>>
     where
         R: AsyncRead + Unpin,
@@ -559,7 +643,24 @@ impl Relay {
             if read == 0 {
                 return Poll::Ready(Ok(0));
             }
-            let kept = keep(&scratch[..read]).min(read);
+            let kept = keep(&scratch[..read], &mut self.unwritten).min(read);
+            // Bytes a gate held back from earlier reads (a split frame header) go first.
+            while !self.unwritten.is_empty() {
+                match Pin::new(&mut *to).poll_write(cx, &self.unwritten) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                    }
+                    Poll::Ready(Ok(written)) => {
+                        self.unwritten.drain(..written);
+                    }
+                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                    Poll::Pending => {
+                        self.unwritten.extend_from_slice(&scratch[..kept]);
+                        self.unflushed = true;
+                        return Poll::Ready(Ok(read));
+                    }
+                }
+            }
             let mut at = 0;
             while at < kept {
                 match Pin::new(&mut *to).poll_write(cx, &scratch[at..kept]) {
@@ -587,7 +688,7 @@ impl Relay {
     }
 }
 
-fn pass_all(bytes: &[u8]) -> usize {
+fn pass_all(bytes: &[u8], _: &mut Vec<u8>) -> usize {
     bytes.len()
 }
 
@@ -668,7 +769,7 @@ mod fuzz;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
+
 
     #[tokio::test]
     async fn a_slow_destination_gets_every_byte_and_an_idle_relay_holds_no_buffer() {
@@ -715,6 +816,7 @@ mod tests {
             Duration::from_secs(10),
             tokio_util::sync::CancellationToken::new(),
             Duration::ZERO,
+            None,
         ));
         // Sizes around both buffer sizes, with distinct bytes so reordering would show.
         let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -811,6 +913,7 @@ mod tests {
             Duration::from_secs(60),
             tokio_util::sync::CancellationToken::new(),
             Duration::ZERO,
+            None,
         ));
         tokio::time::sleep(Duration::from_secs(40)).await;
         client.write_all(b"x").await.unwrap();
@@ -841,6 +944,7 @@ mod tests {
             Duration::from_secs(3600),
             close.clone(),
             Duration::from_secs(10),
+            None,
         ));
         close.cancel();
         assert_eq!(tunnel.await.unwrap(), "route removed");
@@ -867,6 +971,7 @@ mod tests {
             Duration::from_secs(30),
             close.clone(),
             Duration::ZERO,
+            None,
         ));
         let big = frame(1000);
         // Half a frame, then the route goes away, then the rest and a frame that must not pass.
