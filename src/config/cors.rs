@@ -370,6 +370,80 @@ pub fn unused(named: &BTreeMap<String, CorsSettings>, proxy: &ProxySettings) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{load_str, to_yaml, Overrides, Settings};
+
+    fn load(yaml: &str) -> Result<Settings, ConfigError> {
+        let yaml = format!("upstreams:\n  app:\n    servers: [http://127.0.0.1:9]\n{yaml}");
+        load_str(
+            &yaml,
+            Some(std::path::Path::new("/etc/tlsgate/tlsgate.yaml")),
+            &Overrides::default(),
+            &|_| None,
+        )
+    }
+
+    fn refused(yaml: &str) -> String {
+        match load(yaml) {
+            Ok(_) => panic!("accepted:\n{yaml}"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn named_and_in_place_policies_resolve_print_back_and_unused_ones_warn() {
+        let yaml = "cors:\n  api:\n    allowed_origins: [https://app.example.com, \"https://*.example.com\"]\n    allow_credentials: true\n    exposed_headers: [X-Request-Id]\n    max_age: 10m\n  spare:\n    allowed_origins: [\"*\"]\nroutes:\n  - path: /api\n    upstream: app\n    cors: api\n  - path: /public\n    upstream: app\n    cors:\n      allowed_origins: [\"*\"]\n      allowed_methods: [get, post]\n      allowed_headers: [Content-Type]\n";
+        let settings = load(yaml).unwrap();
+        let api = settings.proxy.routes[0].cors.as_ref().unwrap();
+        assert_eq!(api.name.as_deref(), Some("api"));
+        assert_eq!(
+            api.policy.allowed_origins,
+            ["https://app.example.com", "https://*.example.com"]
+        );
+        assert!(api.policy.allow_credentials);
+        assert_eq!(api.policy.exposed_headers, ["x-request-id"]);
+        assert_eq!(api.policy.max_age, Duration::from_secs(600));
+        // django-cors-headers' defaults.
+        assert_eq!(api.policy.allowed_methods, DEFAULT_METHODS);
+        assert_eq!(api.policy.allowed_headers, DEFAULT_HEADERS);
+        let public = settings.proxy.routes[1].cors.as_ref().unwrap();
+        assert_eq!(public.name, None);
+        assert_eq!(public.policy.allowed_methods, ["GET", "POST"]);
+        assert_eq!(public.policy.allowed_headers, ["content-type"]);
+        assert_eq!(
+            settings.warnings(),
+            ["cors policy `spare` is not used by any route"]
+        );
+        // `config check` prints the effective policy, and it reads back the same.
+        let printed = to_yaml(&settings);
+        assert!(printed.contains("cors: api"), "{printed}");
+        assert!(printed.contains("max_age: 10m"), "{printed}");
+        let again = load_str(&printed, None, &Overrides::default(), &|_| None).unwrap();
+        assert_eq!(to_yaml(&again), printed);
+    }
+
+    #[test]
+    fn credentials_with_any_origin_missing_names_and_bad_entries_are_errors_with_their_line() {
+        let error = refused("routes:\n  - path: /\n    upstream: app\n    cors:\n      allow_credentials: true\n      allowed_origins:\n        - https://app.example.com\n        - \"*\"\n");
+        assert!(
+            error.starts_with("/etc/tlsgate/tlsgate.yaml:11:") && error.contains("allow_credentials"),
+            "{error}"
+        );
+        let error = refused("routes:\n  - path: /\n    upstream: app\n    cors: api\n");
+        assert!(
+            error.starts_with("/etc/tlsgate/tlsgate.yaml:7:") && error.contains("`api` is not a CORS policy"),
+            "{error}"
+        );
+        let error = refused("cors:\n  api:\n    allowed_origins: [https://a.example.com]\nroutes:\n  - path: /\n    upstream: app\n    cors: apj\n");
+        assert!(error.contains("(defined: api)"), "{error}");
+        let error = refused("cors:\n  api:\n    allowed_origins: [\"https://*.com\"]\n");
+        assert!(error.starts_with("/etc/tlsgate/tlsgate.yaml:6:"), "{error}");
+        let error = refused("cors:\n  api:\n    allowed_origins: [https://a.example.com]\n    allowed_headers: [\"*\"]\n");
+        assert!(error.contains("allowed_headers"), "{error}");
+        let error = refused("cors:\n  api:\n    allow_credentials: true\n");
+        assert!(error.contains("allowed_origins"), "{error}");
+        let error = refused("cors:\n  api:\n    allowed_origins: [https://a.example.com]\n    alowed_methods: [GET]\n");
+        assert!(error.contains("alowed_methods"), "{error}");
+    }
 
     #[test]
     fn origins_are_normalised_as_browsers_send_them() {

@@ -100,3 +100,36 @@ pub fn resolve(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{load_str, to_yaml, Overrides, Settings};
+
+    fn load(routes: &str) -> Result<Settings, crate::config::ConfigError> {
+        let yaml = format!("upstreams:\n  app:\n    servers: [http://127.0.0.1:9]\nroutes:\n  - path: /ws\n    upstream: app\n{routes}");
+        load_str(&yaml, None, &Overrides::default(), &|_| None)
+    }
+
+    #[test]
+    fn limits_default_the_burst_to_the_rate_print_back_and_refuse_nonsense() {
+        let settings =
+            load("    websocket: {max_message_size: 1MiB, messages_per_second: 50}\n").unwrap();
+        let limits = settings.proxy.routes[0].websocket.unwrap();
+        assert_eq!(limits.max_message_size, Some(1 << 20));
+        assert_eq!(limits.burst, Some(50));
+        let printed = to_yaml(&settings);
+        assert!(printed.contains("max_message_size: 1MiB"), "{printed}");
+        let again = load_str(&printed, None, &Overrides::default(), &|_| None).unwrap();
+        assert_eq!(to_yaml(&again), printed);
+        for bad in [
+            "    websocket: {burst: 5}\n",
+            "    websocket: {messages_per_second: 0}\n",
+            "    websocket: {max_message_size: 0}\n",
+            "    websocket: {messages_per_second: 5, burst: 0}\n",
+            "    websocket: {max_size: 5}\n",
+        ] {
+            let error = load(bad).unwrap_err().to_string();
+            assert!(error.contains(":7:"), "{bad}: {error}");
+        }
+    }
+}
