@@ -139,6 +139,10 @@ pub struct Gate {
     /// The theoretical arrival time of the next message.
     tat: u64,
     rated: bool,
+    /// Stop in front of a close frame (the backend's answer to ours: not passed on).
+    stop_at_close: bool,
+    /// Stopped: nothing more goes on.
+    pub stopped: bool,
     pub refused: Option<Refusal>,
     /// After a refusal: the client's own close frame was seen (it answered ours).
     pub client_closed: bool,
@@ -159,15 +163,36 @@ impl Gate {
             tolerance: interval.saturating_mul(burst - 1),
             tat: 0,
             rated: limits.messages_per_second.is_some(),
+            stop_at_close: false,
+            stopped: false,
             refused: None,
             client_closed: false,
         }
     }
 
+    /// A gate with no limits that stops in front of the first close frame: the backend's
+    /// side while it answers our close, so its own close frame does not reach the client.
+    pub fn until_close() -> Self {
+        Gate {
+            stop_at_close: true,
+            ..Gate::new(&MessageLimits {
+                max_message_size: None,
+                messages_per_second: None,
+                burst: None,
+            })
+        }
+    }
+
+    /// Whether everything passed on so far ends on a frame boundary (a header held back
+    /// was not passed on).
+    pub fn at_boundary(&self) -> bool {
+        self.walker.remaining == 0
+    }
+
     /// Sees `bytes` the client sent; returns how many of them go on to the backend. Bytes
     /// held back earlier that go on now are put in `before`, to be written first.
     pub fn admit(&mut self, bytes: &[u8], before: &mut Vec<u8>) -> usize {
-        if self.refused.is_some() {
+        if self.stopped {
             self.drain(bytes);
             return 0;
         }
@@ -177,7 +202,8 @@ impl Gate {
         while let Some(head) = self.walker.next_head(bytes, &mut at) {
             let start = (at + held).saturating_sub(head.header_len);
             if let Err(refusal) = self.check(&head) {
-                self.refused = Some(refusal);
+                self.stopped = true;
+                self.refused = refusal;
                 self.drain(&bytes[at..]);
                 return start;
             }
@@ -190,7 +216,11 @@ impl Gate {
         (bytes.len() + held).saturating_sub(self.walker.header_read)
     }
 
-    fn check(&mut self, head: &Head) -> Result<(), Refusal> {
+    /// `Err(None)`: a close frame to stop at.
+    fn check(&mut self, head: &Head) -> Result<(), Option<Refusal>> {
+        if head.opcode == 8 && self.stop_at_close {
+            return Err(None);
+        }
         if head.opcode >= 8 {
             return Ok(()); // control frames: at most 125 bytes, not messages
         }
@@ -199,13 +229,13 @@ impl Gate {
         }
         self.message = self.message.saturating_add(head.len);
         if self.message > self.max_message_size {
-            return Err(Refusal::TooBig);
+            return Err(Some(Refusal::TooBig));
         }
         if self.rated && head.opcode != 0 {
             let now = self.epoch.elapsed().as_nanos() as u64;
             let tat = self.tat.max(now);
             if tat - now > self.tolerance {
-                return Err(Refusal::TooFast);
+                return Err(Some(Refusal::TooFast));
             }
             self.tat = tat + self.interval;
         }
@@ -330,6 +360,25 @@ mod tests {
         assert!(!gate.client_closed);
         assert_eq!(gate.admit(&stream[50..], &mut Vec::new()), 0);
         assert!(gate.client_closed);
+    }
+
+    #[test]
+    fn until_close_passes_everything_before_the_close_frame() {
+        let stream = [frame(1, true, 300), frame(9, true, 2), frame(8, true, 2), frame(1, true, 1)]
+            .concat();
+        let cut = stream.len() - frame(8, true, 2).len() - frame(1, true, 1).len();
+        for chunk in [1, 2, 3, 9, stream.len()] {
+            let mut gate = Gate::until_close();
+            let mut passed = Vec::new();
+            for piece in stream.chunks(chunk) {
+                let mut before = Vec::new();
+                let kept = gate.admit(piece, &mut before);
+                passed.extend_from_slice(&before);
+                passed.extend_from_slice(&piece[..kept]);
+            }
+            assert!(gate.stopped && gate.refused.is_none() && gate.at_boundary());
+            assert_eq!(passed, stream[..cut], "chunk {chunk}");
+        }
     }
 
     #[test]

@@ -453,51 +453,114 @@ where
         }
     };
     let refusal = gate.as_ref().and_then(|g| g.refused);
-    if outcome == "route removed" || refusal.is_some() {
-        let client_frame = refusal.map_or_else(|| GOING_AWAY.to_vec(), |r| r.close_frame(false));
+    if let (Some(refusal), Some(gate)) = (refusal, gate.as_mut()) {
+        close_for_limit(refusal, gate, &mut a, &mut b, &mut to_a, &mut to_b, &mut frames).await;
+    } else if outcome == "route removed" {
         let finish = async {
-            // Mid-frame: copy up to the end of that frame, and not a byte further.
-            while !to_a.done && !frames.at_boundary() {
-                let step =
-                    to_a.relay
-                        .relay(&mut b, &mut a, |bytes: &[u8], _: &mut _| {
-                            frames.consume(bytes, true)
-                        });
-                if !matches!(step.await, Ok(1..)) {
-                    return;
-                }
+            if !finish_frame(&mut to_a, &mut frames, &mut b, &mut a).await {
+                return;
             }
             if to_a.done || to_a.relay.finish(&mut a).await.is_err() {
                 return;
             }
-            let _ = a.write_all(&client_frame).await;
+            let _ = a.write_all(&GOING_AWAY).await;
             let _ = a.shutdown().await;
         };
         let _ = tokio::time::timeout(CLOSE_FRAME_DEADLINE, finish).await;
-        let backend = async {
-            // The backend's stream stopped in front of the refused frame: a boundary.
-            if let Some(refusal) = refusal {
-                if !to_b.done && to_b.relay.finish(&mut b).await.is_ok() {
-                    let _ = b.write_all(&refusal.close_frame(true)).await;
-                }
-            }
-            let _ = b.shutdown().await;
-        };
-        let _ = tokio::time::timeout(CLOSE_FRAME_DEADLINE, backend).await;
-        if let Some(gate) = gate.as_mut().filter(|g| g.refused.is_some() && !to_b.ended) {
-            let linger = async {
-                let mut buffer = vec![0u8; 4096];
-                while !gate.client_closed {
-                    match a.read(&mut buffer).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(read) => gate.drain(&buffer[..read]),
-                    }
-                }
-            };
-            let _ = tokio::time::timeout(CLOSE_LINGER, linger).await;
-        }
+        let _ = tokio::time::timeout(CLOSE_FRAME_DEADLINE, b.shutdown()).await;
     }
     outcome
+}
+
+/// Copies `to_a`'s frame in flight (if any) to its end, and not a byte further; false when
+/// its source ended or failed first.
+async fn finish_frame<A, B>(
+    to_a: &mut Direction,
+    frames: &mut FrameBoundary,
+    b: &mut B,
+    a: &mut A,
+) -> bool
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    while !to_a.done && !frames.at_boundary() {
+        let step = to_a.relay.relay(b, a, |bytes: &[u8], _: &mut _| {
+            frames.consume(bytes, true)
+        });
+        if !matches!(step.await, Ok(1..)) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Ends a tunnel whose client broke a message limit, politely both ways: the backend gets
+/// what passed and a close frame with the refusal's code, and its answers keep flowing to
+/// the client until its own close frame (which is not passed on); then the client gets the
+/// close frame, and its input is read until it answers, so the close is not lost to a reset.
+async fn close_for_limit<A, B>(
+    refusal: Refusal,
+    gate: &mut Gate,
+    a: &mut A,
+    b: &mut B,
+    to_a: &mut Direction,
+    to_b: &mut Direction,
+    frames: &mut FrameBoundary,
+) where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let backend_close = async {
+        // The client's stream stopped in front of the refused frame: a boundary.
+        if !to_b.done && to_b.relay.finish(b).await.is_ok() {
+            let _ = b.write_all(&refusal.close_frame(true)).await;
+            let _ = b.flush().await;
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_FRAME_DEADLINE, backend_close).await;
+    let mut watch = Gate::until_close();
+    let answers = async {
+        if !finish_frame(to_a, frames, b, a).await {
+            return;
+        }
+        while !to_a.done && !watch.stopped {
+            let step = to_a
+                .relay
+                .relay(b, a, |bytes: &[u8], held: &mut Vec<u8>| {
+                    watch.admit(bytes, held)
+                });
+            if !matches!(step.await, Ok(1..)) {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_LINGER, answers).await;
+    let client_close = async {
+        // Only between frames: a close frame inside one would garble it.
+        if !to_a.done
+            && frames.at_boundary()
+            && watch.at_boundary()
+            && to_a.relay.finish(a).await.is_ok()
+        {
+            let _ = a.write_all(&refusal.close_frame(false)).await;
+        }
+        let _ = a.shutdown().await;
+    };
+    let _ = tokio::time::timeout(CLOSE_FRAME_DEADLINE, client_close).await;
+    let _ = tokio::time::timeout(CLOSE_FRAME_DEADLINE, b.shutdown()).await;
+    if !to_b.ended {
+        let linger = async {
+            let mut buffer = vec![0u8; 4096];
+            while !gate.client_closed {
+                match a.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(read) => gate.drain(&buffer[..read]),
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_LINGER, linger).await;
+    }
 }
 
 /// One direction of a tunnel: relays until its source ends, then shuts its destination's
