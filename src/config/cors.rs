@@ -160,7 +160,7 @@ pub fn resolve(
                 }
             },
             CorsRouteFile::Policy(policy) => RouteCors {
-                    name: None,
+                name: None,
                 policy: Arc::new(settings_of(policy, here, "routes.cors", &at)?),
             },
         });
@@ -232,7 +232,10 @@ fn settings_of(
                     return Err(ConfigError::invalid(
                         item_at(method),
                         format!("{field}.allowed_methods"),
-                        format!("`{}` is not an HTTP method (list them; `*` is not accepted)", method.value),
+                        format!(
+                            "`{}` is not an HTTP method (list them; `*` is not accepted)",
+                            method.value
+                        ),
                     ));
                 }
                 if !allowed_methods.contains(&upper) {
@@ -425,12 +428,14 @@ mod tests {
     fn credentials_with_any_origin_missing_names_and_bad_entries_are_errors_with_their_line() {
         let error = refused("routes:\n  - path: /\n    upstream: app\n    cors:\n      allow_credentials: true\n      allowed_origins:\n        - https://app.example.com\n        - \"*\"\n");
         assert!(
-            error.starts_with("/etc/tlsgate/tlsgate.yaml:11:") && error.contains("allow_credentials"),
+            error.starts_with("/etc/tlsgate/tlsgate.yaml:11:")
+                && error.contains("allow_credentials"),
             "{error}"
         );
         let error = refused("routes:\n  - path: /\n    upstream: app\n    cors: api\n");
         assert!(
-            error.starts_with("/etc/tlsgate/tlsgate.yaml:7:") && error.contains("`api` is not a CORS policy"),
+            error.starts_with("/etc/tlsgate/tlsgate.yaml:7:")
+                && error.contains("`api` is not a CORS policy"),
             "{error}"
         );
         let error = refused("cors:\n  api:\n    allowed_origins: [https://a.example.com]\nroutes:\n  - path: /\n    upstream: app\n    cors: apj\n");
@@ -457,7 +462,11 @@ mod tests {
             ("https://*.Example.com:8443", "https://*.example.com:8443"),
             ("*", "*"),
         ] {
-            assert_eq!(normalize_origin(written).as_deref(), Ok(normalized), "{written}");
+            assert_eq!(
+                normalize_origin(written).as_deref(),
+                Ok(normalized),
+                "{written}"
+            );
         }
         for bad in [
             "null",

@@ -130,9 +130,18 @@ pub fn validate(
         },
     };
     // Taken out before the routes are validated, resolved against the routes after.
-    let route_cors: Vec<_> = raw.routes.iter_mut().flatten().map(|r| r.value.cors.take()).collect();
-    let route_websocket: Vec<_> =
-        raw.routes.iter_mut().flatten().map(|r| r.value.websocket.take()).collect();
+    let route_cors: Vec<_> = raw
+        .routes
+        .iter_mut()
+        .flatten()
+        .map(|r| r.value.cors.take())
+        .collect();
+    let route_websocket: Vec<_> = raw
+        .routes
+        .iter_mut()
+        .flatten()
+        .map(|r| r.value.websocket.take())
+        .collect();
     let mut proxy = super::proxy::validate(super::proxy::ProxyInput {
         upstreams: raw.upstreams.take(),
         routes: raw.routes.take(),

@@ -92,7 +92,9 @@ pub fn resolve(
         let limits = MessageLimits {
             max_message_size: file.max_message_size.map(|s| s.0),
             messages_per_second: file.messages_per_second,
-            burst: file.messages_per_second.map(|rate| file.burst.unwrap_or(rate)),
+            burst: file
+                .messages_per_second
+                .map(|rate| file.burst.unwrap_or(rate)),
         };
         if limits.max_message_size.is_some() || limits.messages_per_second.is_some() {
             route.websocket = Some(limits);

@@ -11,9 +11,9 @@ use std::time::Duration;
 use http::header;
 use http_body::Body;
 
+use crate::config::websocket::MessageLimits;
 use crate::http::context::RequestContext;
 use crate::http::error::HttpError;
-use crate::config::websocket::MessageLimits;
 use crate::http::Response;
 use crate::metrics::{Metrics, UpgradeLabels};
 use crate::policy::cors::{self, Cors};

@@ -186,11 +186,7 @@ impl Cors {
             .and_then(|m| m.to_str().ok())
             .map(str::trim)
             .ok_or(Refusal::Method)?;
-        let Some(configured) = self
-            .methods
-            .iter()
-            .find(|m| m.eq_ignore_ascii_case(method))
-        else {
+        let Some(configured) = self.methods.iter().find(|m| m.eq_ignore_ascii_case(method)) else {
             return Err(Refusal::Method);
         };
         let mut requested = Vec::new();
@@ -328,7 +324,11 @@ mod tests {
 
     fn cors() -> Cors {
         Cors::new(&settings(
-            &["https://app.example.com", "https://*.example.com", "http://localhost:3000"],
+            &[
+                "https://app.example.com",
+                "https://*.example.com",
+                "http://localhost:3000",
+            ],
             true,
         ))
     }
@@ -391,9 +391,15 @@ mod tests {
                 ("access-control-request-private-network", "true"),
             ]))
             .unwrap();
-        assert_eq!(answer["access-control-allow-origin"], "https://a.example.com");
+        assert_eq!(
+            answer["access-control-allow-origin"],
+            "https://a.example.com"
+        );
         assert_eq!(answer["access-control-allow-methods"], "GET, POST, PATCH");
-        assert_eq!(answer["access-control-allow-headers"], "content-type, x-custom");
+        assert_eq!(
+            answer["access-control-allow-headers"],
+            "content-type, x-custom"
+        );
         assert_eq!(answer["access-control-max-age"], "600");
         assert_eq!(answer["access-control-allow-credentials"], "true");
         assert_eq!(answer["access-control-allow-private-network"], "true");
@@ -408,7 +414,10 @@ mod tests {
                 ("access-control-request-method", "patch"),
             ]))
             .unwrap();
-        assert_eq!(lower["access-control-allow-methods"], "GET, POST, PATCH, patch");
+        assert_eq!(
+            lower["access-control-allow-methods"],
+            "GET, POST, PATCH, patch"
+        );
         assert!(!lower.contains_key("access-control-allow-headers"));
     }
 
@@ -429,7 +438,10 @@ mod tests {
             ask("https://example.com.evil.test", "GET", ""),
             Some(Refusal::Origin)
         );
-        assert_eq!(ask("https://app.example.com", "DELETE", ""), Some(Refusal::Method));
+        assert_eq!(
+            ask("https://app.example.com", "DELETE", ""),
+            Some(Refusal::Method)
+        );
         assert_eq!(
             ask("https://app.example.com", "GET", "content-type, x-other"),
             Some(Refusal::Header)
@@ -447,7 +459,10 @@ mod tests {
         ]);
         let origin = HeaderValue::from_static("https://app.example.com");
         cors.on_response(Some(&origin), &mut response);
-        assert_eq!(response["access-control-allow-origin"], "https://app.example.com");
+        assert_eq!(
+            response["access-control-allow-origin"],
+            "https://app.example.com"
+        );
         assert_eq!(response["access-control-allow-credentials"], "true");
         assert_eq!(response["access-control-expose-headers"], "x-request-id");
         assert!(!response.contains_key("access-control-allow-methods"));

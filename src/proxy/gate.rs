@@ -306,7 +306,11 @@ mod tests {
         ]
         .concat();
         for chunk in [1, 2, 3, 5, 13, 14, 100, 4096, stream.len()] {
-            assert_eq!(pass(SIZE, &stream, chunk), (stream.clone(), None), "chunk {chunk}");
+            assert_eq!(
+                pass(SIZE, &stream, chunk),
+                (stream.clone(), None),
+                "chunk {chunk}"
+            );
         }
     }
 
@@ -337,7 +341,10 @@ mod tests {
         let mut gate = Gate::new(&limits);
         let message = frame(1, true, 4);
         let send = |gate: &mut Gate| gate.admit(&message, &mut Vec::new()) == message.len();
-        assert!(send(&mut gate) && send(&mut gate) && send(&mut gate), "the burst");
+        assert!(
+            send(&mut gate) && send(&mut gate) && send(&mut gate),
+            "the burst"
+        );
         // Pings and continuation frames are not messages.
         assert_eq!(gate.admit(&frame(9, true, 1), &mut Vec::new()), 7);
         assert!(!send(&mut gate), "a fourth at once");
@@ -364,8 +371,13 @@ mod tests {
 
     #[test]
     fn until_close_passes_everything_before_the_close_frame() {
-        let stream = [frame(1, true, 300), frame(9, true, 2), frame(8, true, 2), frame(1, true, 1)]
-            .concat();
+        let stream = [
+            frame(1, true, 300),
+            frame(9, true, 2),
+            frame(8, true, 2),
+            frame(1, true, 1),
+        ]
+        .concat();
         let cut = stream.len() - frame(8, true, 2).len() - frame(1, true, 1).len();
         for chunk in [1, 2, 3, 9, stream.len()] {
             let mut gate = Gate::until_close();

@@ -413,9 +413,10 @@ where
                     if let Some(refusal) = gate.refused {
                         return Poll::Ready(Some(refusal));
                     }
-                    let upstream = to_b.poll_until_done(cx, &mut a, &mut b, &touch, |bytes, held| {
-                        gate.admit(bytes, held)
-                    });
+                    let upstream =
+                        to_b.poll_until_done(cx, &mut a, &mut b, &touch, |bytes, held| {
+                            gate.admit(bytes, held)
+                        });
                     if let Some(refusal) = gate.refused {
                         return Poll::Ready(Some(refusal));
                     }
@@ -454,7 +455,16 @@ where
     };
     let refusal = gate.as_ref().and_then(|g| g.refused);
     if let (Some(refusal), Some(gate)) = (refusal, gate.as_mut()) {
-        close_for_limit(refusal, gate, &mut a, &mut b, &mut to_a, &mut to_b, &mut frames).await;
+        close_for_limit(
+            refusal,
+            gate,
+            &mut a,
+            &mut b,
+            &mut to_a,
+            &mut to_b,
+            &mut frames,
+        )
+        .await;
     } else if outcome == "route removed" {
         let finish = async {
             if !finish_frame(&mut to_a, &mut frames, &mut b, &mut a).await {
@@ -485,9 +495,9 @@ where
     B: AsyncRead + AsyncWrite + Unpin,
 {
     while !to_a.done && !frames.at_boundary() {
-        let step = to_a.relay.relay(b, a, |bytes: &[u8], _: &mut _| {
-            frames.consume(bytes, true)
-        });
+        let step = to_a
+            .relay
+            .relay(b, a, |bytes: &[u8], _: &mut _| frames.consume(bytes, true));
         if !matches!(step.await, Ok(1..)) {
             return false;
         }
@@ -525,11 +535,9 @@ async fn close_for_limit<A, B>(
             return;
         }
         while !to_a.done && !watch.stopped {
-            let step = to_a
-                .relay
-                .relay(b, a, |bytes: &[u8], held: &mut Vec<u8>| {
-                    watch.admit(bytes, held)
-                });
+            let step = to_a.relay.relay(b, a, |bytes: &[u8], held: &mut Vec<u8>| {
+                watch.admit(bytes, held)
+            });
             if !matches!(step.await, Ok(1..)) {
                 return;
             }
@@ -832,7 +840,6 @@ mod fuzz;
 #[cfg(test)]
 mod tests {
     use super::*;
-
 
     #[tokio::test]
     async fn a_slow_destination_gets_every_byte_and_an_idle_relay_holds_no_buffer() {

@@ -142,20 +142,38 @@ async fn preflights_are_answered_at_the_edge_and_responses_carry_the_edges_cors_
     let dir = dir.path();
 
     // Allowed: 204 at the edge, the asked headers named, credentials, max age, Vary.
-    let seen = curl(dir, port, "OPTIONS", &preflight(APP, "PUT", "content-type,X-Custom")).await;
+    let seen = curl(
+        dir,
+        port,
+        "OPTIONS",
+        &preflight(APP, "PUT", "content-type,X-Custom"),
+    )
+    .await;
     assert_eq!(seen.status, 204);
     assert_eq!(seen.one("access-control-allow-origin"), APP);
     assert_eq!(seen.one("access-control-allow-methods"), "GET, POST, PUT");
-    assert_eq!(seen.one("access-control-allow-headers"), "content-type, x-custom");
+    assert_eq!(
+        seen.one("access-control-allow-headers"),
+        "content-type, x-custom"
+    );
     assert_eq!(seen.one("access-control-allow-credentials"), "true");
     assert_eq!(seen.one("access-control-max-age"), "600");
     assert_eq!(
         seen.one("vary"),
         "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
     );
-    let sub = curl(dir, port, "OPTIONS", &preflight("https://a.b.example.com", "GET", "")).await;
+    let sub = curl(
+        dir,
+        port,
+        "OPTIONS",
+        &preflight("https://a.b.example.com", "GET", ""),
+    )
+    .await;
     assert_eq!(sub.status, 204);
-    assert_eq!(sub.one("access-control-allow-origin"), "https://a.b.example.com");
+    assert_eq!(
+        sub.one("access-control-allow-origin"),
+        "https://a.b.example.com"
+    );
 
     // Refused: another origin (the suffix trick too), another method, another header.
     for (origin, method, headers) in [
@@ -207,19 +225,33 @@ async fn preflights_are_answered_at_the_edge_and_responses_carry_the_edges_cors_
     let seen = curl(dir, port, "OPTIONS", &[("Origin", APP)]).await;
     assert_eq!(seen.status, 200);
     assert_eq!(seen.one("access-control-allow-origin"), APP);
-    let methods: Vec<String> = backend.requests().iter().map(|r| r.method.clone()).collect();
+    let methods: Vec<String> = backend
+        .requests()
+        .iter()
+        .map(|r| r.method.clone())
+        .collect();
     assert_eq!(methods, ["GET", "POST", "POST", "OPTIONS"]);
     // An edge refusal carries CORS headers too, so the page can read its status.
-    let seen = curl_with(dir, port, "POST", &[("Origin", APP)], &["--http1.1", "--data", "0123456789abcdefg"]).await;
+    let seen = curl_with(
+        dir,
+        port,
+        "POST",
+        &[("Origin", APP)],
+        &["--http1.1", "--data", "0123456789abcdefg"],
+    )
+    .await;
     assert_eq!(seen.status, 413);
     assert_eq!(seen.one("access-control-allow-origin"), APP);
     assert_eq!(seen.one("vary"), "Origin");
     let metrics = metrics_text(&server).await;
     assert!(
         metrics.contains(r#"tlsgate_cors_preflights_total{route="*/api",result="ok"} 2"#)
-            && metrics.contains(r#"tlsgate_cors_preflights_total{route="*/api",result="origin"} 4"#)
-            && metrics.contains(r#"tlsgate_cors_preflights_total{route="*/api",result="method"} 1"#)
-            && metrics.contains(r#"tlsgate_cors_preflights_total{route="*/api",result="header"} 1"#),
+            && metrics
+                .contains(r#"tlsgate_cors_preflights_total{route="*/api",result="origin"} 4"#)
+            && metrics
+                .contains(r#"tlsgate_cors_preflights_total{route="*/api",result="method"} 1"#)
+            && metrics
+                .contains(r#"tlsgate_cors_preflights_total{route="*/api",result="header"} 1"#),
         "{metrics}"
     );
     server.stop().await;
@@ -242,7 +274,9 @@ async fn wss_from(
     )
     .await
     .unwrap();
-    let mut request = format!("wss://localhost{path}").into_client_request().unwrap();
+    let mut request = format!("wss://localhost{path}")
+        .into_client_request()
+        .unwrap();
     if let Some(origin) = origin {
         request
             .headers_mut()
@@ -277,12 +311,16 @@ async fn a_websocket_on_a_cors_route_without_allowed_origins_is_held_to_the_cors
         }
     }
     // A route's own `allowed_origins` decides for its WebSockets.
-    assert!(wss_from(&server, &ca, "/ws-own", Some("https://other.test"))
-        .await
-        .is_ok());
-    assert!(wss_from(&server, &ca, "/ws-own", Some("https://app.example.com"))
-        .await
-        .is_err());
+    assert!(
+        wss_from(&server, &ca, "/ws-own", Some("https://other.test"))
+            .await
+            .is_ok()
+    );
+    assert!(
+        wss_from(&server, &ca, "/ws-own", Some("https://app.example.com"))
+            .await
+            .is_err()
+    );
     server.stop().await;
 }
 
@@ -309,7 +347,10 @@ async fn python_backend(log: &std::path::Path) -> (tokio::process::Child, u16) {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(Instant::now() < deadline, "the Python backend did not start");
+        assert!(
+            Instant::now() < deadline,
+            "the Python backend did not start"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     (child, port)
@@ -356,7 +397,9 @@ async fn websocket_messages_over_the_size_or_rate_close_with_1009_or_1008_and_ne
 
     // Size: a message at the limit passes, one byte more never reaches the backend.
     let mut ws = wss_from(&server, &ca, "/size", None).await.unwrap();
-    ws.send(Message::binary(vec![7u8; 64 * 1024])).await.unwrap();
+    ws.send(Message::binary(vec![7u8; 64 * 1024]))
+        .await
+        .unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap().len(), 64 * 1024);
     ws.send(Message::binary(vec![7u8; 64 * 1024 + 1]))
         .await
