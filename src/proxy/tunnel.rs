@@ -840,6 +840,7 @@ mod fuzz;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     #[tokio::test]
     async fn a_slow_destination_gets_every_byte_and_an_idle_relay_holds_no_buffer() {
@@ -1026,6 +1027,74 @@ mod tests {
         let mut received = Vec::new();
         client.read_to_end(&mut received).await.unwrap();
         assert_eq!(received, GOING_AWAY);
+    }
+
+    #[tokio::test]
+    async fn an_oversize_message_closes_both_sides_with_1009_and_never_reaches_the_backend() {
+        // The client's first frames came with its handshake: they pass the gate too.
+        let masked = |payload_len: usize| {
+            let mut frame = frame(payload_len);
+            frame[1] |= 0x80;
+            let at = if payload_len > 125 { 4 } else { 2 };
+            frame.splice(at..at, [0u8; 4]);
+            frame
+        };
+        let (ok, big) = (masked(100), masked(300));
+        let (mut backend, tunnel_backend) = tokio::io::duplex(64 * 1024);
+        let (tunnel_client, mut client) = tokio::io::duplex(64 * 1024);
+        let limits = MessageLimits {
+            max_message_size: Some(200),
+            messages_per_second: None,
+            burst: None,
+        };
+        let early = Bytes::from([ok.clone(), big[..5].to_vec()].concat());
+        let splice = tokio::spawn(async move {
+            splice(
+                tunnel_client,
+                early,
+                tunnel_backend,
+                Bytes::new(),
+                Duration::from_secs(30),
+                tokio_util::sync::CancellationToken::new(),
+                Duration::ZERO,
+                Some(&limits),
+            )
+            .await
+        });
+        client.write_all(&big[5..]).await.unwrap();
+        // The backend answers one message, then our close with its own.
+        let mut received = vec![0u8; ok.len()];
+        backend.read_exact(&mut received).await.unwrap();
+        assert_eq!(received, ok, "the message under the limit passes");
+        let mut close = [0u8; 6 + 17];
+        backend.read_exact(&mut close).await.unwrap();
+        assert_eq!(&close[..2], &[0x88, 0x80 | 17], "a masked close frame");
+        let unmasked: Vec<u8> = close[6..]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ close[2 + i % 4])
+            .collect();
+        assert_eq!(&unmasked[..2], &1009u16.to_be_bytes());
+        let answer = frame(10);
+        backend.write_all(&answer).await.unwrap();
+        backend.write_all(&[0x88, 0x02, 0x03, 0xF1]).await.unwrap();
+        let mut rest = Vec::new();
+        backend.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "nothing of the big message: {rest:?}");
+        // The client gets the backend's answer, then the close (not the backend's).
+        let mut got = vec![0u8; answer.len() + 19];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..answer.len()], &answer[..]);
+        assert_eq!(
+            &got[answer.len()..answer.len() + 4],
+            &[0x88, 17, 0x03, 0xF1]
+        );
+        client.write_all(&[0x88, 0x80, 0, 0, 0, 0]).await.unwrap();
+        let reason = tokio::time::timeout(Duration::from_secs(5), splice)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(reason, "message too big");
     }
 
     #[tokio::test]
