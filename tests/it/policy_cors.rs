@@ -505,3 +505,123 @@ async fn websocket_messages_over_the_size_or_rate_close_with_1009_or_1008_and_ne
     let _ = python.kill().await;
     server.stop().await;
 }
+
+/// The page Chromium loads from `https://page.test:PORT/`: three cross-origin `fetch()`es
+/// with credentials, each reported as `allowed:STATUS:X-Request-Id` or `blocked`.
+fn page(port: u16) -> String {
+    format!(
+        r#"<!doctype html><html><body><pre id="out">pending</pre><script>
+async function probe(name, url, init) {{
+  try {{
+    const r = await fetch(url, init);
+    await r.text();
+    return name + '=allowed:' + r.status + ':' + r.headers.get('x-request-id');
+  }} catch (e) {{
+    return name + '=blocked';
+  }}
+}}
+(async () => {{
+  const api = 'https://api.test:{port}';
+  const results = [];
+  results.push(await probe('put', api + '/api/items', {{method: 'PUT', credentials: 'include',
+    headers: {{'X-Custom': '1', 'Content-Type': 'application/json'}}, body: '{{}}'}}));
+  results.push(await probe('header', api + '/api/items', {{method: 'PUT', credentials: 'include',
+    headers: {{'X-Other': '1'}}}}));
+  results.push(await probe('origin', api + '/closed/items', {{credentials: 'include'}}));
+  document.getElementById('out').textContent = results.join(' ');
+}})();
+</script></body></html>"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headless_chromium_reads_what_the_policy_allows_and_is_blocked_otherwise() {
+    let chromium = std::process::Command::new("chromium")
+        .arg("--version")
+        .output();
+    assert!(
+        chromium.is_ok_and(|o| o.status.success()),
+        "chromium is needed (scripts/test.sh installs it)"
+    );
+    let port = free_port();
+    let html = page(port);
+    let backend = Backend::start(move |request: Recorded, mut tcp: TcpStream| {
+        let html = html.clone();
+        Box::pin(async move {
+            let (kind, body) = if request.path.starts_with("/page") {
+                ("text/html", html)
+            } else {
+                ("text/plain", format!("{} {}", request.method, request.path))
+            };
+            tcp.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nX-Request-Id: 7\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .await?;
+            Ok(Some(tcp))
+        })
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = fixture_ca(dir.path());
+    fixture_cert(
+        &ca,
+        dir.path(),
+        "site",
+        &["page.test", "api.test"],
+        tlsgate::certs::KeyAlgorithm::EcdsaP256,
+    );
+    let config = format!(
+        "tls:\n  certificates:\n    - pem_file: site.pem\nupstreams:\n  app:\n    servers: [{}]\ncors:\n  api:\n    allowed_origins: [\"https://page.test:{port}\"]\n    allowed_methods: [GET, PUT]\n    allowed_headers: [content-type, x-custom]\n    exposed_headers: [x-request-id]\n    allow_credentials: true\n  elsewhere:\n    allowed_origins: [https://elsewhere.test]\n    allow_credentials: true\nroutes:\n  - host: page.test\n    path: /page\n    upstream: app\n  - host: api.test\n    path: /api\n    upstream: app\n    cors: api\n  - host: api.test\n    path: /closed\n    upstream: app\n    cors: elsewhere\n",
+        backend.url()
+    );
+    let server = TestServer::start_at(&config, dir.path(), port, 0)
+        .await
+        .unwrap();
+    let profile = dir.path().join("chromium-profile");
+    let output = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--ignore-certificate-errors",
+                &format!("--user-data-dir={}", profile.display()),
+                "--host-resolver-rules=MAP page.test 127.0.0.1, MAP api.test 127.0.0.1",
+                "--virtual-time-budget=15000",
+                "--dump-dom",
+                &format!("https://page.test:{port}/page"),
+            ])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("chromium finishes within 90 s")
+    .unwrap();
+    let dom = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        dom.contains("put=allowed:200:7")
+            && dom.contains("header=blocked")
+            && dom.contains("origin=blocked"),
+        "{dom}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // What reached the backend: the page, the allowed PUT (after a preflight answered at the
+    // edge) and the simple GET the browser then refused to show; never a preflight.
+    let seen: Vec<String> = backend
+        .requests()
+        .iter()
+        .filter(|r| !r.path.starts_with("/favicon"))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(
+        seen,
+        ["GET /page", "PUT /api/items", "GET /closed/items"],
+        "{dom}"
+    );
+    server.stop().await;
+}
