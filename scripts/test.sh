@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh machine: installs the system tools the tests use as independent
 # oracles (openssl, curl, certutil from libnss3-tools for `cert trust`, Python's websockets for
-# permessage-deflate, Pebble as a real ACME CA, nginx and sslscan for `tlsgate check`, Chromium for CORS), then
-# formatting, lints and the whole test suite.
+# permessage-deflate, Pebble as a real ACME CA, nginx and sslscan for `tlsgate check`, headless
+# Chromium for CORS), then formatting, lints and the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
