@@ -368,6 +368,7 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// frames, never inside one. With `limits`, the client's frames pass a [`Gate`]: a message
 /// over them is not passed on, and both sides get a close frame (1009 too big, 1008 too
 /// fast) in between frames.
+// Both ends, their early bytes and the terms: one argument each keeps the tests direct.
 #[allow(clippy::too_many_arguments)]
 pub async fn splice<A, B>(
     mut a: A,
