@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh machine: installs the system tools the tests use as independent
 # oracles (openssl, curl, certutil from libnss3-tools for `cert trust`, Python's websockets for
-# permessage-deflate, Pebble as a real ACME CA, nginx and sslscan for `tlsgate check`), then
-# formatting, lints and the whole test suite.
+# permessage-deflate, Pebble as a real ACME CA, nginx and sslscan for `tlsgate check`, headless
+# Chromium for CORS), then formatting, lints and the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +15,8 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 # `tlsgate check` is graded against real nginx configs and cross-checked with sslscan.
 command -v nginx >/dev/null 2>&1 || missing+=(nginx)
 command -v sslscan >/dev/null 2>&1 || missing+=(sslscan)
+# CORS is checked against a real browser: headless Chromium runs the page's fetch() calls.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"

@@ -26,6 +26,8 @@ pub struct FileConfig {
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
     pub jwt: Option<BTreeMap<String, Spanned<super::jwt::JwtFile>>>,
     pub forward_auth: Option<BTreeMap<String, Spanned<super::jwt::ForwardAuthFile>>>,
+    /// Named CORS policies, referred to by routes' `cors: NAME`.
+    pub cors: Option<BTreeMap<String, Spanned<super::cors::CorsFile>>>,
     pub acme: Option<Spanned<AcmeFile>>,
     /// One log line per request (target `tlsgate::access`); on by default.
     pub access_log: Option<bool>,

@@ -19,12 +19,21 @@ upstreams:
         weight: 2
       - url: http://127.0.0.1:8001
         backup: true
+cors:
+  app:
+    allowed_origins: [https://app.example.com, \"https://*.example.com\"]
+    allow_credentials: true
+    max_age: 10m
 routes:
   - path: /api
     upstream: api
+    cors: app
   - host: ws.example.com
     path: /ws
     upstream: http://127.0.0.1:9000
+    cors:
+      allowed_origins: [\"*\"]
+    websocket: {max_message_size: 1MiB, messages_per_second: 50, burst: 100}
 default_route: api
 ";
 

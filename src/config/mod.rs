@@ -5,6 +5,7 @@
 //! and command-line overrides → `validate` → `Settings` (every default filled in, nothing left
 //! for the request path to decide).
 
+pub mod cors;
 pub(crate) mod env;
 mod file;
 pub mod jwt;
@@ -13,6 +14,7 @@ pub mod proxy;
 mod suites;
 pub mod units;
 mod validate;
+pub mod websocket;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -57,6 +59,9 @@ pub struct Settings {
     /// `jwt:` verifiers and `forward_auth:` services, named by routes' `auth:`.
     #[serde(flatten)]
     pub auth: jwt::AuthSettings,
+    /// Named CORS policies (routes refer to them by name).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub cors: BTreeMap<String, cors::CorsSettings>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acme: Option<AcmeSettings>,
     /// The admin listener (`/metrics`, `/health`, `/ready`, `/certificates`, `POST /reload`);
@@ -78,6 +83,7 @@ impl Settings {
             ));
         }
         warnings.extend(self.auth.unused(&self.proxy.routes));
+        warnings.extend(cors::unused(&self.cors, &self.proxy));
         warnings
     }
 }

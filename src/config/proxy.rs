@@ -76,6 +76,10 @@ pub struct RouteFile {
     pub max_body_size: Option<ConfigSize>,
     pub auth: Option<Spanned<super::jwt::AuthFile>>,
     pub forward_auth: Option<Spanned<String>>,
+    /// A named CORS policy or one in place (resolved in `cors.rs`).
+    pub cors: Option<Spanned<super::cors::CorsRouteFile>>,
+    /// Message limits inside proxied WebSockets (resolved in `websocket.rs`).
+    pub websocket: Option<Spanned<super::websocket::WebSocketFile>>,
 }
 
 // ---------- settings ----------
@@ -179,6 +183,9 @@ pub struct RouteSettings {
     pub auth: Option<super::jwt::RouteAuthSettings>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub forward_auth: Option<super::jwt::NamedRef>,
+    pub cors: Option<super::cors::RouteCors>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<super::websocket::MessageLimits>,
 }
 
 fn serialize_nets<S: Serializer>(nets: &[ipnet::IpNet], s: S) -> Result<S::Ok, S::Error> {
@@ -242,7 +249,7 @@ fn positive(
     Ok(duration)
 }
 
-fn valid_name(name: &str) -> bool {
+pub(super) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
@@ -355,6 +362,8 @@ pub fn validate(mut input: ProxyInput<'_>) -> Result<ProxySettings, ConfigError>
                 name: name.value.clone(),
                 origin: Some(at(&input, name)),
             }),
+            cors: None,
+            websocket: None,
         });
     }
 

@@ -129,7 +129,20 @@ pub fn validate(
             column,
         },
     };
-    let proxy = super::proxy::validate(super::proxy::ProxyInput {
+    // Taken out before the routes are validated, resolved against the routes after.
+    let route_cors: Vec<_> = raw
+        .routes
+        .iter_mut()
+        .flatten()
+        .map(|r| r.value.cors.take())
+        .collect();
+    let route_websocket: Vec<_> = raw
+        .routes
+        .iter_mut()
+        .flatten()
+        .map(|r| r.value.websocket.take())
+        .collect();
+    let mut proxy = super::proxy::validate(super::proxy::ProxyInput {
         upstreams: raw.upstreams.take(),
         routes: raw.routes.take(),
         default_route,
@@ -146,6 +159,8 @@ pub fn validate(
         },
         &proxy.routes,
     )?;
+    let cors = super::cors::resolve(raw.cors.take(), route_cors, &mut proxy, &file_origin)?;
+    super::websocket::resolve(route_websocket, &mut proxy, &file_origin)?;
 
     if tls.enabled && http.mode != HttpMode::Off && http.listen == listen && listen.port() != 0 {
         return Err(ConfigError::HttpListenIsMainListen {
@@ -217,6 +232,7 @@ pub fn validate(
         limits,
         proxy,
         auth,
+        cors,
         acme,
         admin,
         access_log: raw.access_log.unwrap_or(true),

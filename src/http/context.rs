@@ -62,6 +62,9 @@ pub struct RequestContext {
     /// The WebSocket subprotocol the edge answers with when the upstream selects none: the
     /// `bearer` a browser offered with its token (a browser fails an answer selecting none).
     pub websocket_protocol: Option<&'static str>,
+    /// The request's `Origin` on a route with a CORS policy, noted by the policy stage for
+    /// the response's CORS headers (refusals included, so a page can read their status).
+    pub cors_origin: Option<http::HeaderValue>,
 }
 
 /// The configured trusted proxies (`proxy.trusted_proxies`).

@@ -42,6 +42,10 @@ pub enum HttpError {
     MisdirectedRequest,
     #[error("origin not allowed")]
     OriginNotAllowed,
+    /// A CORS preflight this route's policy does not allow (origin, method or header); the
+    /// browser then refuses the request it was asking about.
+    #[error("CORS preflight refused: {0} not allowed")]
+    CorsPreflightRefused(&'static str),
     /// Refused for a reason the body states (the admin listener's Host and Origin checks).
     #[error("forbidden: {0}")]
     Forbidden(String),
@@ -74,7 +78,9 @@ impl HttpError {
             HttpError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             HttpError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             HttpError::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
-            HttpError::OriginNotAllowed | HttpError::Forbidden(_) => StatusCode::FORBIDDEN,
+            HttpError::OriginNotAllowed
+            | HttpError::CorsPreflightRefused(_)
+            | HttpError::Forbidden(_) => StatusCode::FORBIDDEN,
             HttpError::NoUpstream => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::BadGateway => StatusCode::BAD_GATEWAY,
             HttpError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -136,6 +142,7 @@ mod tests {
         assert_eq!(HttpError::UpgradeRequired.status(), 426);
         assert_eq!(HttpError::PayloadTooLarge.status(), 413);
         assert_eq!(HttpError::MisdirectedRequest.status(), 421);
+        assert_eq!(HttpError::CorsPreflightRefused("origin").status(), 403);
         assert_eq!(HttpError::BadGateway.status(), 502);
         assert_eq!(HttpError::NoUpstream.status(), 503);
         assert_eq!(HttpError::GatewayTimeout.status(), 504);

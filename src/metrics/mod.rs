@@ -46,6 +46,12 @@ pub struct UpgradeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteReasonLabels {
+    pub route: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServerLabels {
     pub upstream: String,
     pub server: String,
@@ -79,6 +85,10 @@ pub struct Metrics {
     /// Authentication (JWT, forward auth) by route and result: ok, missing, invalid,
     /// expired, forbidden, denied, error.
     pub auth_results: Family<UpgradeLabels, Counter>,
+    /// Proxied WebSockets closed for a message limit (`message_too_big`, `message_rate`).
+    pub websocket_limit_closes: Family<RouteReasonLabels, Counter>,
+    /// CORS preflights answered at the edge: `ok`, or refused for `origin`, `method`, `header`.
+    pub cors_preflights: Family<UpgradeLabels, Counter>,
     pub acme_orders: Family<ResultLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
     pub last_reload: Gauge<f64, AtomicU64>,
@@ -108,6 +118,8 @@ impl Metrics {
             open_websockets: Family::default(),
             websocket_upgrades: Family::default(),
             auth_results: Family::default(),
+            websocket_limit_closes: Family::default(),
+            cors_preflights: Family::default(),
             acme_orders: Family::default(),
             reloads: Family::default(),
             last_reload: Gauge::default(),
@@ -161,6 +173,16 @@ impl Metrics {
             "auth_results",
             "Authentication results (JWT, forward auth) by route and result",
             metrics.auth_results.clone(),
+        );
+        registry.register(
+            "websocket_limit_closes",
+            "Proxied WebSockets closed for a message limit, by route and reason",
+            metrics.websocket_limit_closes.clone(),
+        );
+        registry.register(
+            "cors_preflights",
+            "CORS preflights answered at the edge, by route and result",
+            metrics.cors_preflights.clone(),
         );
         registry.register(
             "acme_orders",

@@ -238,6 +238,7 @@ impl Pipeline {
             started,
             claims: None,
             websocket_protocol: None,
+            cors_origin: None,
         };
         let (route, outcome) = self.stages(request, &mut ctx).await;
         let mut response = outcome.unwrap_or_else(HttpError::into_response);
@@ -331,6 +332,7 @@ impl Pipeline {
                         .cloned()
                         .unwrap_or_default(),
                     grace: self.reload_grace,
+                    messages: route.policy.websocket_messages,
                     shutdown: self.echo.shutdown.clone(),
                     tasks: self.echo.tasks.clone(),
                     metrics: self.metrics.clone(),
@@ -424,6 +426,10 @@ fn route_table(
             .and_then(|r| r.websocket_idle_timeout)
             .unwrap_or(limits.websocket_idle_timeout),
         auth: route.and_then(|r| authentication(r, auth, echo)),
+        cors: route
+            .and_then(|r| r.cors.as_ref())
+            .map(|c| Arc::new(crate::policy::cors::Cors::new(&c.policy))),
+        websocket_messages: route.and_then(|r| r.websocket),
     };
     let proxy = &settings.proxy;
     match upstreams {
@@ -461,6 +467,8 @@ fn route_table(
                     max_body_size: None,
                     auth: None,
                     forward_auth: None,
+                    cors: None,
+                    websocket: None,
                 };
                 upstream_route(&route, "default".into())
             });

@@ -13,10 +13,12 @@ use http_body::Body;
 
 use super::builtin::EchoContext;
 use crate::config::jwt::WebsocketAuthFailure;
+use crate::config::websocket::MessageLimits;
 use crate::http::context::RequestContext;
 use crate::http::error::HttpError;
 use crate::http::Response;
 use crate::metrics::{Metrics, UpgradeLabels};
+use crate::policy::cors::{self, Cors};
 use crate::policy::forward_auth::{Asked, Decision, ForwardAuth};
 use crate::policy::jwt::{self, RouteAuth};
 
@@ -40,6 +42,10 @@ pub struct Policy {
     pub websocket_idle_timeout: Duration,
     /// The route's `auth:` (JWT) and `forward_auth:`.
     pub auth: Option<Arc<Authentication>>,
+    /// The route's CORS policy: preflights answered here, CORS headers on every response.
+    pub cors: Option<Arc<Cors>>,
+    /// Limits on a proxied WebSocket's client messages, enforced by the tunnel.
+    pub websocket_messages: Option<MessageLimits>,
 }
 
 /// A route's authentication: its JWT rules and its forward-auth service.
@@ -183,6 +189,10 @@ impl Authentication {
     }
 }
 
+/// Marks a preflight answered by the policy stage: its CORS headers are complete.
+#[derive(Debug, Clone, Copy)]
+struct PreflightAnswer;
+
 impl Policy {
     /// Whether `request` may reach the route's target. `websocket` says it is an opening
     /// request; refusals of those are counted per route. Stages may rewrite the request's
@@ -195,6 +205,16 @@ impl Policy {
         metrics: &Metrics,
     ) -> Result<Verdict, HttpError> {
         let route = &*ctx.route;
+        if let Some(cors) = &self.cors {
+            // Noted before any step may refuse: refusals carry CORS headers too, so a page
+            // can read their status (a 429 or 401 rather than an opaque network error).
+            ctx.cors_origin = request.headers().get(header::ORIGIN).cloned();
+            // (3) CORS preflight answered at the edge.
+            if cors::is_preflight(request.method(), request.headers()) {
+                return self.preflight(cors, request.headers(), route, metrics);
+            }
+        }
+        // (8) WebSocket Origin.
         if websocket && !self.origin_allowed(request) {
             tracing::info!(%route, origin = ?request.headers().get(header::ORIGIN), "WebSocket origin refused");
             metrics
@@ -246,16 +266,60 @@ impl Policy {
                 );
             }
         }
+        if let Some(cors) = &self.cors {
+            if response.status() != http::StatusCode::SWITCHING_PROTOCOLS
+                && response.extensions().get::<PreflightAnswer>().is_none()
+            {
+                cors.on_response(ctx.cors_origin.as_ref(), response.headers_mut());
+            }
+        }
     }
 
-    fn origin_allowed<B>(&self, request: &http::Request<B>) -> bool {
-        if self.allowed_origins.is_empty() {
-            return true;
+    /// A preflight's answer: `204` with the CORS headers, or `403` (never the backend's).
+    fn preflight(
+        &self,
+        cors: &Cors,
+        headers: &http::HeaderMap,
+        route: &str,
+        metrics: &Metrics,
+    ) -> Result<Verdict, HttpError> {
+        let outcome = cors.preflight(headers);
+        metrics
+            .cors_preflights
+            .get_or_create(&UpgradeLabels {
+                route: route.to_owned(),
+                result: outcome.as_ref().map_or_else(|r| r.label(), |_| "ok").into(),
+            })
+            .inc();
+        match outcome {
+            Ok(cors_headers) => {
+                let mut response = hyper::Response::new(crate::http::full(Vec::new()));
+                *response.status_mut() = http::StatusCode::NO_CONTENT;
+                *response.headers_mut() = cors_headers;
+                response.extensions_mut().insert(PreflightAnswer);
+                Ok(Verdict::Answer(response))
+            }
+            Err(refusal) => {
+                tracing::debug!(%route, reason = refusal.label(), "CORS preflight refused");
+                Err(HttpError::CorsPreflightRefused(refusal.label()))
+            }
         }
-        request
+    }
+
+    /// The WebSocket Origin check: the route's `allowed_origins`, or, when it has none, its
+    /// CORS policy's origins (so a CORS route never accepts WebSockets from everywhere).
+    fn origin_allowed<B>(&self, request: &http::Request<B>) -> bool {
+        let origin = request
             .headers()
             .get(header::ORIGIN)
-            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.to_str().ok());
+        if self.allowed_origins.is_empty() {
+            return match &self.cors {
+                None => true,
+                Some(cors) => origin.is_some_and(|o| cors.origin_allowed(o)),
+            };
+        }
+        origin
             .map(|origin| origin.trim_end_matches('/').to_ascii_lowercase())
             .is_some_and(|origin| self.allowed_origins.contains(&origin))
     }
@@ -271,6 +335,8 @@ mod tests {
             max_body_size: 10,
             websocket_idle_timeout: Duration::from_secs(60),
             auth: None,
+            cors: None,
+            websocket_messages: None,
         }
     }
 
@@ -307,6 +373,7 @@ mod tests {
             started: std::time::Instant::now(),
             claims: None,
             websocket_protocol: None,
+            cors_origin: None,
         }
     }
 

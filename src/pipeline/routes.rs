@@ -186,6 +186,8 @@ mod tests {
                 websocket_idle_timeout: Duration::from_secs(1),
                 max_body_size: 1,
                 auth: None,
+                cors: None,
+                websocket_messages: None,
             },
             target: Target::Upstream(pool.clone()),
         }

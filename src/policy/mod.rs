@@ -4,5 +4,6 @@
 //! nothing here knows routes or targets (`pipeline::policy` composes them per route).
 
 pub mod client;
+pub mod cors;
 pub mod forward_auth;
 pub mod jwt;

@@ -289,6 +289,7 @@ mod tests {
             started: std::time::Instant::now(),
             claims: None,
             websocket_protocol: None,
+            cors_origin: None,
         }
     }
 

@@ -5,6 +5,7 @@
 pub mod body;
 pub mod connect;
 pub mod forward;
+mod gate;
 pub mod headers;
 pub mod health;
 pub mod idle;

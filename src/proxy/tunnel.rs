@@ -15,20 +15,22 @@ use http::{Method, Request, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::body::ProxyBody;
+use super::gate::{Gate, Refusal};
 use super::headers::{cookie_value, remove_hop_by_hop, upstream_headers};
 use super::pool::{InFlight, Pool};
 use super::response::respond;
 use super::UPGRADE_TIMEOUT;
+use crate::config::websocket::MessageLimits;
 use crate::http::context::{ConnectionSlot, RequestContext};
 use crate::http::error::{error_chain, HttpError};
 use crate::http::{full, Response};
-use crate::metrics::{GaugeGuard, Metrics, RouteLabels, UpgradeLabels};
+use crate::metrics::{GaugeGuard, Metrics, RouteLabels, RouteReasonLabels, UpgradeLabels};
 use crate::tls::TlsConnectionIo;
 
 /// What a tunnel is held to and reports to, decided by the pipeline from the route.
@@ -39,6 +41,8 @@ pub struct TunnelTerms {
     pub closer: CancellationToken,
     /// How long after `closer` fires, at random, the close frame goes out.
     pub grace: Duration,
+    /// The route's limits on the client's messages (none: bytes pass unexamined).
+    pub messages: Option<MessageLimits>,
     pub shutdown: CancellationToken,
     /// Open tunnels run here, so shutdown waits for them.
     pub tasks: TaskTracker,
@@ -171,7 +175,9 @@ pub async fn tunnel(
         idle: terms.idle,
         closer: terms.closer.clone(),
         grace: terms.grace,
+        messages: terms.messages,
         shutdown: terms.shutdown.clone(),
+        metrics: terms.metrics.clone(),
     };
     let (metrics, tasks) = (terms.metrics.clone(), terms.tasks.clone());
     terms
@@ -212,7 +218,9 @@ struct Tunnel {
     idle: Duration,
     closer: CancellationToken,
     grace: Duration,
+    messages: Option<MessageLimits>,
     shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 impl Tunnel {
@@ -282,11 +290,25 @@ impl Tunnel {
             self.idle,
             self.closer.clone(),
             self.grace,
+            self.messages.as_ref(),
         );
         let reason = tokio::select! {
             reason = tunnel => reason,
             () = self.shutdown.cancelled() => "server shutting down",
         };
+        if let Some(refusal) = [Refusal::TooBig, Refusal::TooFast]
+            .into_iter()
+            .find(|r| r.reason() == reason)
+        {
+            tracing::info!(route = %self.route_name, reason, "WebSocket closed for a message limit");
+            self.metrics
+                .websocket_limit_closes
+                .get_or_create(&RouteReasonLabels {
+                    route: self.route_name.clone(),
+                    reason: refusal.label().into(),
+                })
+                .inc();
+        }
         tracing::debug!(route = %self.route_name, reason, "WebSocket tunnel closed");
     }
 }
@@ -332,13 +354,22 @@ async fn send_upgrade(
 /// close frame before the connection is simply dropped.
 const CLOSE_FRAME_DEADLINE: Duration = Duration::from_secs(5);
 
+/// After closing a client for a message limit, how long its input is still read (and
+/// dropped) waiting for its close frame: closing a socket with unread input resets it, and
+/// the reset can destroy our close frame before the client reads it.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
 /// Copies bytes both ways until both sides finish, or nothing moves either way for `idle`.
 /// `a_early` and `b_early` are bytes each side already sent (read past its handshake); they
 /// go first. The directions advance independently, so a peer that stops reading stalls only
 /// its own direction, and the idle watchdog still fires. When `close` fires (a reload removed
 /// the route), the client gets a WebSocket close frame with code 1001 after a random part of
 /// `spread`, so clients do not all reconnect at once; the frame goes in between the backend's
-/// frames, never inside one.
+/// frames, never inside one. With `limits`, the client's frames pass a [`Gate`]: a message
+/// over them is not passed on, and both sides get a close frame (1009 too big, 1008 too
+/// fast) in between frames.
+// Both ends, their early bytes and the terms: one argument each keeps the tests direct.
+#[allow(clippy::too_many_arguments)]
 pub async fn splice<A, B>(
     mut a: A,
     a_early: Bytes,
@@ -347,6 +378,7 @@ pub async fn splice<A, B>(
     idle: Duration,
     close: tokio_util::sync::CancellationToken,
     spread: Duration,
+    limits: Option<&MessageLimits>,
 ) -> &'static str
 where
     A: AsyncRead + AsyncWrite + Unpin,
@@ -355,7 +387,17 @@ where
     let started = tokio::time::Instant::now();
     let last = AtomicU64::new(0);
     let touch = || last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-    let mut to_b = Direction::new(&a_early);
+    let mut gate = limits.map(Gate::new);
+    let mut to_b = match &mut gate {
+        // The client's first frames may have come with its handshake.
+        Some(gate) => {
+            let mut held = Vec::new();
+            let kept = gate.admit(&a_early, &mut held);
+            held.extend_from_slice(&a_early[..kept]);
+            Direction::new(&held)
+        }
+        None => Direction::new(&a_early),
+    };
     let mut to_a = Direction::new(&b_early);
     let mut frames = FrameBoundary::default();
     frames.consume(&b_early, false);
@@ -366,12 +408,28 @@ where
             tokio::time::sleep(spread_delay(spread)).await;
         };
         let both = std::future::poll_fn(|cx| {
-            let upstream = to_b.poll_until_done(cx, &mut a, &mut b, &touch, pass_all);
-            let downstream = to_a.poll_until_done(cx, &mut b, &mut a, &touch, |bytes: &[u8]| {
-                frames.consume(bytes, false)
-            });
+            let upstream = match &mut gate {
+                None => to_b.poll_until_done(cx, &mut a, &mut b, &touch, pass_all),
+                Some(gate) => {
+                    if let Some(refusal) = gate.refused {
+                        return Poll::Ready(Some(refusal));
+                    }
+                    let upstream =
+                        to_b.poll_until_done(cx, &mut a, &mut b, &touch, |bytes, held| {
+                            gate.admit(bytes, held)
+                        });
+                    if let Some(refusal) = gate.refused {
+                        return Poll::Ready(Some(refusal));
+                    }
+                    upstream
+                }
+            };
+            let downstream =
+                to_a.poll_until_done(cx, &mut b, &mut a, &touch, |bytes: &[u8], _: &mut _| {
+                    frames.consume(bytes, false)
+                });
             if upstream.is_ready() && downstream.is_ready() {
-                Poll::Ready(())
+                Poll::Ready(None)
             } else {
                 Poll::Pending
             }
@@ -388,21 +446,30 @@ where
             }
         };
         tokio::select! {
-            () = both => "closed",
+            refused = both => match refused {
+                None => "closed",
+                Some(refusal) => refusal.reason(),
+            },
             () = watchdog => "idle timeout",
             () = removed => "route removed",
         }
     };
-    if outcome == "route removed" {
+    let refusal = gate.as_ref().and_then(|g| g.refused);
+    if let (Some(refusal), Some(gate)) = (refusal, gate.as_mut()) {
+        close_for_limit(
+            refusal,
+            gate,
+            &mut a,
+            &mut b,
+            &mut to_a,
+            &mut to_b,
+            &mut frames,
+        )
+        .await;
+    } else if outcome == "route removed" {
         let finish = async {
-            // Mid-frame: copy up to the end of that frame, and not a byte further.
-            while !to_a.done && !frames.at_boundary() {
-                let step = to_a
-                    .relay
-                    .relay(&mut b, &mut a, |bytes: &[u8]| frames.consume(bytes, true));
-                if !matches!(step.await, Ok(1..)) {
-                    return;
-                }
+            if !finish_frame(&mut to_a, &mut frames, &mut b, &mut a).await {
+                return;
             }
             if to_a.done || to_a.relay.finish(&mut a).await.is_err() {
                 return;
@@ -414,6 +481,95 @@ where
         let _ = tokio::time::timeout(CLOSE_FRAME_DEADLINE, b.shutdown()).await;
     }
     outcome
+}
+
+/// Copies `to_a`'s frame in flight (if any) to its end, and not a byte further; false when
+/// its source ended or failed first.
+async fn finish_frame<A, B>(
+    to_a: &mut Direction,
+    frames: &mut FrameBoundary,
+    b: &mut B,
+    a: &mut A,
+) -> bool
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    while !to_a.done && !frames.at_boundary() {
+        let step = to_a
+            .relay
+            .relay(b, a, |bytes: &[u8], _: &mut _| frames.consume(bytes, true));
+        if !matches!(step.await, Ok(1..)) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Ends a tunnel whose client broke a message limit, politely both ways: the backend gets
+/// what passed and a close frame with the refusal's code, and its answers keep flowing to
+/// the client until its own close frame (which is not passed on); then the client gets the
+/// close frame, and its input is read until it answers, so the close is not lost to a reset.
+async fn close_for_limit<A, B>(
+    refusal: Refusal,
+    gate: &mut Gate,
+    a: &mut A,
+    b: &mut B,
+    to_a: &mut Direction,
+    to_b: &mut Direction,
+    frames: &mut FrameBoundary,
+) where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let backend_close = async {
+        // The client's stream stopped in front of the refused frame: a boundary.
+        if !to_b.done && to_b.relay.finish(b).await.is_ok() {
+            let _ = b.write_all(&refusal.close_frame(true)).await;
+            let _ = b.flush().await;
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_FRAME_DEADLINE, backend_close).await;
+    let mut watch = Gate::until_close();
+    let answers = async {
+        if !finish_frame(to_a, frames, b, a).await {
+            return;
+        }
+        while !to_a.done && !watch.stopped {
+            let step = to_a.relay.relay(b, a, |bytes: &[u8], held: &mut Vec<u8>| {
+                watch.admit(bytes, held)
+            });
+            if !matches!(step.await, Ok(1..)) {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_LINGER, answers).await;
+    let client_close = async {
+        // Only between frames: a close frame inside one would garble it.
+        if !to_a.done
+            && frames.at_boundary()
+            && watch.at_boundary()
+            && to_a.relay.finish(a).await.is_ok()
+        {
+            let _ = a.write_all(&refusal.close_frame(false)).await;
+        }
+        let _ = a.shutdown().await;
+    };
+    let _ = tokio::time::timeout(CLOSE_FRAME_DEADLINE, client_close).await;
+    let _ = tokio::time::timeout(CLOSE_FRAME_DEADLINE, b.shutdown()).await;
+    if !to_b.ended {
+        let linger = async {
+            let mut buffer = vec![0u8; 4096];
+            while !gate.client_closed {
+                match a.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(read) => gate.drain(&buffer[..read]),
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_LINGER, linger).await;
+    }
 }
 
 /// One direction of a tunnel: relays until its source ends, then shuts its destination's
@@ -445,7 +601,7 @@ impl Direction {
         from: &mut R,
         to: &mut W,
         touch: &dyn Fn(),
-        mut keep: impl FnMut(&[u8]) -> usize,
+        mut keep: impl FnMut(&[u8], &mut Vec<u8>) -> usize,
     ) -> Poll<()>
     where
         R: AsyncRead + Unpin,
@@ -509,7 +665,7 @@ impl Relay {
         &mut self,
         from: &mut R,
         to: &mut W,
-        mut keep: impl FnMut(&[u8]) -> usize,
+        mut keep: impl FnMut(&[u8], &mut Vec<u8>) -> usize,
     ) -> std::io::Result<usize>
     where
         R: AsyncRead + Unpin,
@@ -523,7 +679,7 @@ impl Relay {
         cx: &mut Context<'_>,
         from: &mut R,
         to: &mut W,
-        keep: &mut impl FnMut(&[u8]) -> usize,
+        keep: &mut impl FnMut(&[u8], &mut Vec<u8>) -> usize,
     ) -> Poll<std::io::Result<usize>>
     where
         R: AsyncRead + Unpin,
@@ -559,7 +715,24 @@ impl Relay {
             if read == 0 {
                 return Poll::Ready(Ok(0));
             }
-            let kept = keep(&scratch[..read]).min(read);
+            let kept = keep(&scratch[..read], &mut self.unwritten).min(read);
+            // Bytes a gate held back from earlier reads (a split frame header) go first.
+            while !self.unwritten.is_empty() {
+                match Pin::new(&mut *to).poll_write(cx, &self.unwritten) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                    }
+                    Poll::Ready(Ok(written)) => {
+                        self.unwritten.drain(..written);
+                    }
+                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                    Poll::Pending => {
+                        self.unwritten.extend_from_slice(&scratch[..kept]);
+                        self.unflushed = true;
+                        return Poll::Ready(Ok(read));
+                    }
+                }
+            }
             let mut at = 0;
             while at < kept {
                 match Pin::new(&mut *to).poll_write(cx, &scratch[at..kept]) {
@@ -587,7 +760,7 @@ impl Relay {
     }
 }
 
-fn pass_all(bytes: &[u8]) -> usize {
+fn pass_all(bytes: &[u8], _: &mut Vec<u8>) -> usize {
     bytes.len()
 }
 
@@ -715,6 +888,7 @@ mod tests {
             Duration::from_secs(10),
             tokio_util::sync::CancellationToken::new(),
             Duration::ZERO,
+            None,
         ));
         // Sizes around both buffer sizes, with distinct bytes so reordering would show.
         let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -811,6 +985,7 @@ mod tests {
             Duration::from_secs(60),
             tokio_util::sync::CancellationToken::new(),
             Duration::ZERO,
+            None,
         ));
         tokio::time::sleep(Duration::from_secs(40)).await;
         client.write_all(b"x").await.unwrap();
@@ -841,6 +1016,7 @@ mod tests {
             Duration::from_secs(3600),
             close.clone(),
             Duration::from_secs(10),
+            None,
         ));
         close.cancel();
         assert_eq!(tunnel.await.unwrap(), "route removed");
@@ -852,6 +1028,74 @@ mod tests {
         let mut received = Vec::new();
         client.read_to_end(&mut received).await.unwrap();
         assert_eq!(received, GOING_AWAY);
+    }
+
+    #[tokio::test]
+    async fn an_oversize_message_closes_both_sides_with_1009_and_never_reaches_the_backend() {
+        // The client's first frames came with its handshake: they pass the gate too.
+        let masked = |payload_len: usize| {
+            let mut frame = frame(payload_len);
+            frame[1] |= 0x80;
+            let at = if payload_len > 125 { 4 } else { 2 };
+            frame.splice(at..at, [0u8; 4]);
+            frame
+        };
+        let (ok, big) = (masked(100), masked(300));
+        let (mut backend, tunnel_backend) = tokio::io::duplex(64 * 1024);
+        let (tunnel_client, mut client) = tokio::io::duplex(64 * 1024);
+        let limits = MessageLimits {
+            max_message_size: Some(200),
+            messages_per_second: None,
+            burst: None,
+        };
+        let early = Bytes::from([ok.clone(), big[..5].to_vec()].concat());
+        let splice = tokio::spawn(async move {
+            splice(
+                tunnel_client,
+                early,
+                tunnel_backend,
+                Bytes::new(),
+                Duration::from_secs(30),
+                tokio_util::sync::CancellationToken::new(),
+                Duration::ZERO,
+                Some(&limits),
+            )
+            .await
+        });
+        client.write_all(&big[5..]).await.unwrap();
+        // The backend answers one message, then our close with its own.
+        let mut received = vec![0u8; ok.len()];
+        backend.read_exact(&mut received).await.unwrap();
+        assert_eq!(received, ok, "the message under the limit passes");
+        let mut close = [0u8; 6 + 17];
+        backend.read_exact(&mut close).await.unwrap();
+        assert_eq!(&close[..2], &[0x88, 0x80 | 17], "a masked close frame");
+        let unmasked: Vec<u8> = close[6..]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ close[2 + i % 4])
+            .collect();
+        assert_eq!(&unmasked[..2], &1009u16.to_be_bytes());
+        let answer = frame(10);
+        backend.write_all(&answer).await.unwrap();
+        backend.write_all(&[0x88, 0x02, 0x03, 0xF1]).await.unwrap();
+        let mut rest = Vec::new();
+        backend.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "nothing of the big message: {rest:?}");
+        // The client gets the backend's answer, then the close (not the backend's).
+        let mut got = vec![0u8; answer.len() + 19];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..answer.len()], &answer[..]);
+        assert_eq!(
+            &got[answer.len()..answer.len() + 4],
+            &[0x88, 17, 0x03, 0xF1]
+        );
+        client.write_all(&[0x88, 0x80, 0, 0, 0, 0]).await.unwrap();
+        let reason = tokio::time::timeout(Duration::from_secs(5), splice)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(reason, "message too big");
     }
 
     #[tokio::test]
@@ -867,6 +1111,7 @@ mod tests {
             Duration::from_secs(30),
             close.clone(),
             Duration::ZERO,
+            None,
         ));
         let big = frame(1000);
         // Half a frame, then the route goes away, then the rest and a frame that must not pass.

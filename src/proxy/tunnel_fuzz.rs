@@ -140,12 +140,62 @@ proptest! {
         let mut everything = FrameBoundary::default();
         for piece in split(&stream, &cuts) {
             prop_assert_eq!(everything.consume(&piece, false), piece.len());
-            prop_assert_eq!(pass_all(&piece), piece.len());
+            prop_assert_eq!(pass_all(&piece, &mut Vec::new()), piece.len());
         }
         let ours = walk(&split(&stream, &cuts));
         let theirs = oracle_ends(&stream);
         prop_assert_eq!(&ours[..theirs.len().min(ours.len())], &theirs[..]);
+        // The message gate on the same bytes: never panics, passes a prefix.
+        let (passed, _) = gate_pass(300, &split(&stream, &cuts));
+        prop_assert_eq!(&passed[..], &stream[..passed.len()]);
     }
+
+    /// The message-size gate over real frames in any chunks passes exactly the frames in
+    /// front of the first one that takes a message over the limit (a new data frame starts a
+    /// message, a continuation adds to it, control frames do not count).
+    #[test]
+    fn fuzz_gate_cuts_in_front_of_the_first_frame_over_the_limit(
+        specs in prop::collection::vec(frame_spec(), 1..12),
+        limit in 0u64..4000,
+        cuts in cuts(),
+    ) {
+        let (stream, ends) = encode(&specs);
+        let mut message = 0u64;
+        let mut cut = None;
+        for (i, (opcode, len, _, _)) in specs.iter().enumerate() {
+            if *opcode >= 8 {
+                continue;
+            }
+            if *opcode != 0 {
+                message = 0;
+            }
+            message += *len as u64;
+            if message > limit {
+                cut = Some(if i == 0 { 0 } else { ends[i - 1] });
+                break;
+            }
+        }
+        let (passed, refused) = gate_pass(limit, &split(&stream, &cuts));
+        prop_assert_eq!(refused, cut.map(|_| Refusal::TooBig));
+        prop_assert_eq!(&passed[..], &stream[..cut.unwrap_or(stream.len())]);
+    }
+}
+
+/// What a gate holding messages to `limit` bytes passes of `pieces`, and its refusal.
+fn gate_pass(limit: u64, pieces: &[Vec<u8>]) -> (Vec<u8>, Option<Refusal>) {
+    let mut gate = Gate::new(&crate::config::websocket::MessageLimits {
+        max_message_size: Some(limit),
+        messages_per_second: None,
+        burst: None,
+    });
+    let mut passed = Vec::new();
+    for piece in pieces {
+        let mut held = Vec::new();
+        let kept = gate.admit(piece, &mut held);
+        passed.extend_from_slice(&held);
+        passed.extend_from_slice(&piece[..kept]);
+    }
+    (passed, gate.refused)
 }
 
 /// Bytes from `pieces`, relayed through `Relay::relay` with `pass_all` into a pipe of
