@@ -7,6 +7,7 @@
 
 pub(crate) mod env;
 mod file;
+pub mod limits;
 mod names;
 pub mod proxy;
 mod suites;
@@ -60,6 +61,8 @@ pub struct Settings {
     #[serde(serialize_with = "serialize_admin")]
     pub admin: Option<SocketAddr>,
     pub access_log: bool,
+    #[serde(flatten)]
+    pub edge_limits: limits::EdgeLimitSettings,
 }
 
 impl Settings {
@@ -73,6 +76,7 @@ impl Settings {
                 "admin listener on {admin} is not loopback: its endpoints have no authentication, so anyone who can reach it can read /metrics and /certificates and POST /reload; keep it on 127.0.0.1 (the default) or firewall the port"
             ));
         }
+        warnings.extend(self.edge_limits.warnings(&self.proxy.routes));
         warnings
     }
 }
@@ -338,6 +342,7 @@ pub struct Limits {
     /// at random.
     #[serde(serialize_with = "units::serialize_duration")]
     pub reload_grace: Duration,
+    pub per_ip: limits::PerIpSettings,
 }
 
 fn serialize_header<S: Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {

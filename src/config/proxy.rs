@@ -74,6 +74,9 @@ pub struct RouteFile {
     pub allowed_origins: Option<Vec<String>>,
     pub websocket_idle_timeout: Option<ConfigDuration>,
     pub max_body_size: Option<ConfigSize>,
+    pub rate_limit: Option<Vec<Spanned<String>>>,
+    pub allow: Option<Vec<Spanned<String>>>,
+    pub deny: Option<Vec<Spanned<String>>>,
 }
 
 // ---------- settings ----------
@@ -173,6 +176,8 @@ pub struct RouteSettings {
         serialize_with = "serialize_opt_size"
     )]
     pub max_body_size: Option<u64>,
+    #[serde(flatten)]
+    pub limits: super::limits::RouteLimits,
 }
 
 fn serialize_nets<S: Serializer>(nets: &[ipnet::IpNet], s: S) -> Result<S::Ok, S::Error> {
@@ -341,6 +346,12 @@ pub fn validate(mut input: ProxyInput<'_>) -> Result<ProxySettings, ConfigError>
                 None => None,
             },
             max_body_size: file.max_body_size.map(|s| s.0),
+            limits: super::limits::route_limits(
+                file.rate_limit,
+                file.allow,
+                file.deny,
+                input.origin,
+            )?,
         });
     }
 

@@ -53,6 +53,16 @@ pub enum HttpError {
     GatewayTimeout,
     #[error("request timeout")]
     RequestTimeout,
+    /// Over a rate-limit zone's burst or a per-IP cap: the zone's status (`429`, or nginx's
+    /// `503`) with `Retry-After` (seconds until a slot frees).
+    #[error("too many requests")]
+    RateLimited { status: u16, retry_after: u64 },
+    /// The client address is banned (`bans:`).
+    #[error("forbidden: address banned")]
+    Banned,
+    /// The route's `allow`/`deny` lists refuse the client address.
+    #[error("forbidden: address not allowed")]
+    AddressNotAllowed,
 }
 
 impl HttpError {
@@ -73,6 +83,10 @@ impl HttpError {
             HttpError::BadGateway => StatusCode::BAD_GATEWAY,
             HttpError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             HttpError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            HttpError::RateLimited { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::TOO_MANY_REQUESTS)
+            }
+            HttpError::Banned | HttpError::AddressNotAllowed => StatusCode::FORBIDDEN,
         }
     }
 
@@ -102,6 +116,12 @@ impl HttpError {
                     http::HeaderValue::from_static("GET, HEAD"),
                 );
             }
+            HttpError::RateLimited { retry_after, .. } => {
+                headers.insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from(retry_after),
+                );
+            }
             _ => {}
         }
         response
@@ -126,5 +146,18 @@ mod tests {
         assert_eq!(response.status(), 403);
         let response = HttpError::UnsupportedWebSocketVersion.into_response();
         assert_eq!(response.headers()["sec-websocket-version"], "13");
+        let limited = HttpError::RateLimited {
+            status: 429,
+            retry_after: 12,
+        };
+        assert_eq!(limited.status(), 429);
+        assert_eq!(limited.into_response().headers()["retry-after"], "12");
+        let nginx_like = HttpError::RateLimited {
+            status: 503,
+            retry_after: 1,
+        };
+        assert_eq!(nginx_like.status(), 503);
+        assert_eq!(HttpError::Banned.status(), 403);
+        assert_eq!(HttpError::AddressNotAllowed.status(), 403);
     }
 }

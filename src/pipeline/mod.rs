@@ -38,6 +38,7 @@ use crate::http::error::HttpError;
 use crate::http::headers::SecurityHeaders;
 use crate::http::{request_host, websocket, Response};
 use crate::metrics::{Metrics, RouteStats};
+use crate::policy::limits::{Limits, RouteLimiter};
 use crate::proxy::{TunnelTerms, Upstreams};
 pub use policy::{Policy, Verdict};
 pub use routes::{Builtin, HostMatch, Matcher, Route, RouteTable, Target};
@@ -64,6 +65,8 @@ pub struct Pipeline {
     route_closers: HashMap<String, CancellationToken>,
     /// How long after a reload removed their route WebSockets get, spread at random.
     reload_grace: Duration,
+    /// Rate-limit zones, per-IP caps, bans, listener lists (handed over by reloads).
+    limits: Arc<Limits>,
 }
 
 impl Pipeline {
@@ -87,7 +90,8 @@ impl Pipeline {
                 tasks,
             ))
         });
-        let (routes, unmatched) = route_table(settings, upstreams.as_deref(), metrics);
+        let limits = Arc::new(Limits::new(settings, metrics, previous.map(|p| &*p.limits)));
+        let (routes, unmatched) = route_table(settings, upstreams.as_deref(), metrics, &limits);
         let route_closers = routes
             .iter()
             .map(|route| {
@@ -117,7 +121,14 @@ impl Pipeline {
             },
             route_closers,
             reload_grace: settings.limits.reload_grace,
+            limits,
         }
+    }
+
+    /// The limits state: accept-time admission (per-IP caps, bans, listener lists) and the
+    /// ban table the admin listener lists.
+    pub fn limits(&self) -> &Arc<Limits> {
+        &self.limits
     }
 
     /// The upstream pools, for `upstream_server_up`.
@@ -317,9 +328,10 @@ fn route_table(
     settings: &Settings,
     upstreams: Option<&Upstreams>,
     metrics: &Arc<Metrics>,
+    limits: &Arc<Limits>,
 ) -> (RouteTable, Arc<RouteStats>) {
     let stats = |name: &str| Arc::new(RouteStats::new(metrics.clone(), name.to_owned()));
-    let limits = &settings.limits;
+    let (limits, edge) = (&settings.limits, limits);
     let policy_of = |route: Option<&RouteSettings>| Policy {
         allowed_origins: route.map(|r| r.allowed_origins.clone()).unwrap_or_default(),
         max_body_size: route
@@ -328,6 +340,7 @@ fn route_table(
         websocket_idle_timeout: route
             .and_then(|r| r.websocket_idle_timeout)
             .unwrap_or(limits.websocket_idle_timeout),
+        limits: route.map_or_else(|| RouteLimiter::none(edge), |r| edge.route(&r.limits)),
     };
     let proxy = &settings.proxy;
     match upstreams {
@@ -363,6 +376,7 @@ fn route_table(
                     allowed_origins: Vec::new(),
                     websocket_idle_timeout: None,
                     max_body_size: None,
+                    limits: Default::default(),
                 };
                 upstream_route(&route, "default".into())
             });

@@ -5,15 +5,18 @@
 //! this stage runs them in order over the request and its context, and may answer at the edge
 //! ([`Verdict::Answer`]) or refuse ([`HttpError`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header;
 use http_body::Body;
 
+use crate::http::context::ConnectionSlot;
 use crate::http::context::RequestContext;
 use crate::http::error::HttpError;
 use crate::http::Response;
 use crate::metrics::{Metrics, UpgradeLabels};
+use crate::policy::limits::{RouteLimiter, Stage};
 
 /// What the policy stage decided for a request it did not refuse.
 #[derive(Debug)]
@@ -33,6 +36,8 @@ pub struct Policy {
     pub max_body_size: u64,
     /// How long a WebSocket may stay quiet both ways before it is closed.
     pub websocket_idle_timeout: Duration,
+    /// IP lists, bans, rate-limit zones and per-IP WebSocket caps.
+    pub limits: RouteLimiter,
 }
 
 impl Policy {
@@ -46,6 +51,25 @@ impl Policy {
         websocket: bool,
         metrics: &Metrics,
     ) -> Result<Verdict, HttpError> {
+        // (1) IP allow/deny lists and bans.
+        self.limits.screen(ctx)?;
+        // (2) Rate-limit zones keyed by ip/header/route, and the per-IP WebSocket caps.
+        self.limits
+            .limit(request.headers(), ctx, Stage::Early)
+            .await?;
+        if websocket {
+            let place = self.limits.upgrade(ctx)?;
+            // The WebSocket's place rides with the connection slot the tunnel keeps for the
+            // WebSocket's life; a refused upgrade drops it with the request.
+            let slot = request.extensions_mut().remove::<ConnectionSlot>();
+            request
+                .extensions_mut()
+                .insert(ConnectionSlot(Arc::new((slot, place))));
+        }
+        // (7) Rate-limit zones keyed by a JWT claim.
+        self.limits
+            .limit(request.headers(), ctx, Stage::Claims)
+            .await?;
         let route = &*ctx.route;
         if websocket && !self.origin_allowed(request) {
             tracing::info!(%route, origin = ?request.headers().get(header::ORIGIN), "WebSocket origin refused");
@@ -72,7 +96,10 @@ impl Policy {
 
     /// The policy's part of the response (headers such as CORS'), in the response-headers
     /// stage; `ctx` is the request's.
-    pub fn on_response(&self, _response: &mut Response, _ctx: &RequestContext) {}
+    pub fn on_response(&self, response: &mut Response, ctx: &RequestContext) {
+        // 401/403 answers count towards a ban.
+        self.limits.on_response(response.status(), ctx);
+    }
 
     fn origin_allowed<B>(&self, request: &http::Request<B>) -> bool {
         if self.allowed_origins.is_empty() {
@@ -96,6 +123,7 @@ mod tests {
             allowed_origins: vec!["https://app.example.com".into()],
             max_body_size: 10,
             websocket_idle_timeout: Duration::from_secs(60),
+            limits: RouteLimiter::unlimited(),
         }
     }
 
