@@ -622,6 +622,89 @@ mod tests {
         assert!(parse_rate("1.5r/s").is_err());
     }
 
+    fn load(yaml: &str) -> Result<crate::config::Settings, ConfigError> {
+        let overrides = crate::config::Overrides {
+            data_dir: Some(std::env::temp_dir().join("tlsgate-limits-config-test")),
+            ..Default::default()
+        };
+        let yaml = format!("upstreams:\n  app:\n    servers: [http://127.0.0.1:9]\n{yaml}");
+        crate::config::load_str(
+            &yaml,
+            Some(std::path::Path::new("t.yaml")),
+            &overrides,
+            &|_| None,
+        )
+    }
+
+    #[test]
+    fn a_route_naming_a_missing_zone_is_an_error_with_its_line_and_an_unused_zone_a_warning() {
+        let error = load("rate_limits:\n  login: {rate: 5r/m}\nroutes:\n  - path: /\n    upstream: app\n    rate_limit: [login, api]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("t.yaml:9:"), "{error}");
+        assert!(
+            error.contains("`api` is not a zone in rate_limits (defined: login)"),
+            "{error}"
+        );
+        let settings = load("rate_limits:\n  login: {rate: 5r/m}\n  spare: {rate: 1r/s}\nroutes:\n  - path: /\n    upstream: app\n    rate_limit: [login]\n").unwrap();
+        let warnings = settings.warnings();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("rate_limits.spare: no route uses")),
+            "{warnings:?}"
+        );
+        assert!(!warnings.iter().any(|w| w.contains("rate_limits.login")));
+        let zone = &settings.edge_limits.rate_limits["login"];
+        assert_eq!(
+            (zone.burst, zone.status, zone.key.clone()),
+            (0, 429, ZoneKey::Ip)
+        );
+    }
+
+    #[test]
+    fn conflicting_or_malformed_values_are_refused() {
+        for (yaml, expected) in [
+            (
+                "rate_limits:\n  z: {rate: 1r/s, nodelay: true, delay: 2}\n",
+                "not both",
+            ),
+            ("rate_limits:\n  z: {rate: 1r/h}\n", "not a rate"),
+            (
+                "rate_limits:\n  z: {rate: 1r/s, status: 200}\n",
+                "between 400 and 599",
+            ),
+            (
+                "rate_limits:\n  z: {rate: 1r/s, key: cookie}\n",
+                "not a key",
+            ),
+            (
+                "rate_limits:\n  z: {rate: 1r/s, ipv6_prefix: 0}\n",
+                "between 1 and 128",
+            ),
+            ("bans: {count: [everything]}\n", "not counted"),
+            (
+                "listener_access: {deny: [10.0.0.0/33]}\n",
+                "not an IP address or CIDR",
+            ),
+            (
+                "routes:\n  - {path: /, upstream: app, allow: [nowhere]}\n",
+                "not an IP address or CIDR",
+            ),
+            ("limits:\n  per_ip: {connection: 10}\n", "unknown field"),
+        ] {
+            let error = load(yaml).unwrap_err().to_string();
+            assert!(error.contains(expected), "{yaml}: {error}");
+        }
+        let settings = load("bans: {}\nlimits:\n  per_ip: {connections: 10}\n").unwrap();
+        let bans = settings.edge_limits.bans.unwrap();
+        assert_eq!(
+            (bans.after, bans.within.as_secs(), bans.ban_time.as_secs()),
+            (10, 600, 7200)
+        );
+        assert_eq!(settings.limits.per_ip.connections, 10);
+    }
+
     #[test]
     fn keys_as_written() {
         assert_eq!(parse_key("ip"), Ok(ZoneKey::Ip));

@@ -407,6 +407,137 @@ mod tests {
         assert_eq!(IpKey::of(mapped, 64).to_string(), "192.0.2.1");
     }
 
+    fn context(ip: &str, claims: Option<serde_json::Value>) -> RequestContext {
+        RequestContext {
+            conn: crate::http::context::ConnectionInfo {
+                peer: std::net::SocketAddr::new(ip.parse().unwrap(), 40000),
+                sni: None,
+                secure: true,
+                tls_version: Some("1.3"),
+                activity: None,
+            },
+            host: "app.example.com".into(),
+            client_ip: ip.parse().unwrap(),
+            peer_trusted: false,
+            route: "r".into(),
+            body_limit: 10,
+            version: http::Version::HTTP_11,
+            started: std::time::Instant::now(),
+            claims: claims.and_then(|c| c.as_object().cloned()).map(Arc::new),
+        }
+    }
+
+    fn limits(yaml: &str) -> Arc<Limits> {
+        let overrides = crate::config::Overrides {
+            data_dir: Some(std::env::temp_dir().join("tlsgate-limits-test")),
+            ..Default::default()
+        };
+        let settings = crate::config::load_str(yaml, None, &overrides, &|_| None).unwrap();
+        Arc::new(Limits::new(&settings, &Arc::new(Metrics::new()), None))
+    }
+
+    #[tokio::test]
+    async fn claim_zones_key_by_the_claim_and_without_a_token_by_address() {
+        let shared = limits("rate_limits:\n  user: {rate: 1r/m, key: 'claim:sub'}\n");
+        let limiter = shared.route(&RouteLimits {
+            rate_limit: vec!["user".into()],
+            ..RouteLimits::default()
+        });
+        let headers = http::HeaderMap::new();
+        let alice = context("192.0.2.1", Some(serde_json::json!({"sub": "alice"})));
+        let alice_elsewhere = context("192.0.2.99", Some(serde_json::json!({"sub": "alice"})));
+        let bob = context("192.0.2.1", Some(serde_json::json!({"sub": "bob"})));
+        // Claim zones run at step 7 only.
+        assert!(limiter.limit(&headers, &alice, Stage::Early).await.is_ok());
+        assert!(limiter.limit(&headers, &alice, Stage::Early).await.is_ok());
+        assert!(limiter.limit(&headers, &alice, Stage::Claims).await.is_ok());
+        assert!(matches!(
+            limiter
+                .limit(&headers, &alice_elsewhere, Stage::Claims)
+                .await,
+            // 1r/m is nginx's 16 milli-requests a second: a slot every 62.5 s.
+            Err(HttpError::RateLimited {
+                status: 429,
+                retry_after: 63
+            })
+        ));
+        assert!(limiter.limit(&headers, &bob, Stage::Claims).await.is_ok());
+        let anonymous = context("192.0.2.1", None);
+        assert!(limiter
+            .limit(&headers, &anonymous, Stage::Claims)
+            .await
+            .is_ok());
+        assert!(limiter
+            .limit(&headers, &anonymous, Stage::Claims)
+            .await
+            .is_err());
+        assert!(limiter
+            .limit(&headers, &context("192.0.2.2", None), Stage::Claims)
+            .await
+            .is_ok());
+    }
+
+    #[tokio::test]
+    async fn header_zones_skip_requests_without_the_header() {
+        let shared = limits("rate_limits:\n  keyed: {rate: 1r/m, key: 'header:X-Api-Key'}\n");
+        let limiter = shared.route(&RouteLimits {
+            rate_limit: vec!["keyed".into()],
+            ..RouteLimits::default()
+        });
+        let ctx = context("192.0.2.1", None);
+        let none = http::HeaderMap::new();
+        let mut keyed = http::HeaderMap::new();
+        keyed.insert("x-api-key", http::HeaderValue::from_static("k1"));
+        for _ in 0..3 {
+            assert!(limiter.limit(&none, &ctx, Stage::Early).await.is_ok());
+        }
+        assert!(limiter.limit(&keyed, &ctx, Stage::Early).await.is_ok());
+        assert!(limiter.limit(&keyed, &ctx, Stage::Early).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn auth_failures_ban_and_a_ban_is_a_403_at_step_one_and_a_refusal_at_accept() {
+        let shared = limits("bans: {after: 3, count: [auth]}\n");
+        let limiter = RouteLimiter::none(&shared);
+        let ctx = context("2001:db8::1", None);
+        let neighbour = context("2001:db8::2", None);
+        assert!(limiter.screen(&ctx).is_ok());
+        limiter.on_response(http::StatusCode::OK, &ctx);
+        limiter.on_response(http::StatusCode::UNAUTHORIZED, &ctx);
+        limiter.on_response(http::StatusCode::FORBIDDEN, &neighbour);
+        assert!(limiter.screen(&ctx).is_ok());
+        limiter.on_response(http::StatusCode::UNAUTHORIZED, &ctx);
+        assert!(
+            matches!(limiter.screen(&neighbour), Err(HttpError::Banned)),
+            "same /64"
+        );
+        assert_eq!(
+            shared.admit(ctx.client_ip, true).unwrap_err(),
+            Refusal::Banned
+        );
+        assert!(shared.admit("2001:db9::1".parse().unwrap(), true).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delayed_requests_wait_on_a_timer_and_dry_runs_never_do() {
+        let shared = limits(
+            "rate_limits:\n  slow: {rate: 1r/s, burst: 2}\n  watch: {rate: 1r/s, dry_run: true}\n",
+        );
+        let limiter = shared.route(&RouteLimits {
+            rate_limit: vec!["slow".into(), "watch".into()],
+            ..RouteLimits::default()
+        });
+        let (headers, ctx) = (http::HeaderMap::new(), context("192.0.2.1", None));
+        let started = tokio::time::Instant::now();
+        assert!(limiter.limit(&headers, &ctx, Stage::Early).await.is_ok());
+        assert!(started.elapsed() < Duration::from_millis(10));
+        assert!(limiter.limit(&headers, &ctx, Stage::Early).await.is_ok());
+        assert!(
+            started.elapsed() >= Duration::from_millis(1000),
+            "held ~1 s"
+        );
+    }
+
     #[test]
     fn deny_wins_over_allow() {
         let lists = IpLists {
