@@ -339,44 +339,46 @@ pub enum Decision {
 /// Decides over `zones`, each with its key (`None`: the request is not counted by that zone,
 /// as nginx does with an empty key).
 pub fn decide(zones: &[(&Zone, Option<BucketKey>)], now: u64) -> Decision {
-    let counted: Vec<(usize, &Zone, &BucketKey)> = zones
-        .iter()
-        .enumerate()
-        .filter_map(|(i, (zone, key))| key.as_ref().map(|key| (i, *zone, key)))
-        .collect();
-    if let [(i, zone, key)] = counted.as_slice() {
+    let counted = || {
+        zones
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (zone, key))| key.as_ref().map(|key| (i, *zone, key)))
+    };
+    let mut first = counted();
+    if let (Some((i, zone, key)), None) = (first.next(), first.next()) {
         return match zone.check(key, now, true) {
             Check::Pass { excess } => {
                 let delay_ms = zone.delay_ms(excess);
                 Decision::Pass {
                     delay_ms,
-                    delayed: u64::from(delay_ms > 0) << (*i as u32 % 64),
+                    delayed: u64::from(delay_ms > 0) << (i as u32 % 64),
                 }
             }
             Check::Reject { retry_after_ms } => Decision::Reject {
-                zone: *i,
+                zone: i,
                 retry_after_ms,
             },
         };
     }
     // First every zone is asked, then (all passed) every zone records: a refusal by one
     // leaves the others untouched, as nginx's `ngx_http_limit_req_handler` does.
-    for (i, zone, key) in &counted {
+    for (i, zone, key) in counted() {
         if let Check::Reject { retry_after_ms } = zone.check(key, now, false) {
             return Decision::Reject {
-                zone: *i,
+                zone: i,
                 retry_after_ms,
             };
         }
     }
     let (mut delay_ms, mut delayed) = (0, 0);
-    for (i, zone, key) in &counted {
+    for (i, zone, key) in counted() {
         // Another request may have slipped in between the passes; it is recorded anyway,
         // like nginx's `ngx_http_limit_req_account`, which no longer checks the burst.
         if let Check::Pass { excess } = zone.check(key, now, true) {
             let own = zone.delay_ms(excess);
             if own > 0 {
-                delayed |= 1 << (*i as u32 % 64);
+                delayed |= 1 << (i as u32 % 64);
             }
             delay_ms = delay_ms.max(own);
         }
@@ -539,28 +541,5 @@ mod tests {
         assert_eq!(lru.get(&key(1)).map(|b| b.excess), Some(1));
         assert_eq!(lru.get(&key(3)).map(|b| b.excess), Some(3));
         assert_eq!(lru.len(), 3);
-    }
-
-    /// The limiter's cost per request, printed with `--nocapture`: the bound is 1 µs.
-    #[test]
-    fn micro_benchmark_stays_under_a_microsecond_per_request() {
-        let mut wide = settings("1000000r/s", 1000, true, None);
-        wide.max_keys = 100_000;
-        let zone = Zone::new("bench", &wide, None);
-        let keys: Vec<BucketKey> = (0..50_000u32)
-            .map(|n| BucketKey::Ip(IpKey::of(std::net::IpAddr::from(n.to_be_bytes()), 64)))
-            .collect();
-        let rounds = 400_000;
-        let started = Instant::now();
-        for i in 0..rounds {
-            let key = &keys[i % keys.len()];
-            let now = zone.now_ms();
-            std::hint::black_box(decide(&[(&zone, Some(key.clone()))], now));
-        }
-        let per_request = started.elapsed().as_nanos() as f64 / rounds as f64;
-        println!("rate-limit zone: {per_request:.0} ns per request over 50000 keys");
-        // Unoptimised test builds on a loaded machine are several times slower than release;
-        // the bound is checked with room for that.
-        assert!(per_request < 5_000.0, "{per_request} ns per request");
     }
 }
