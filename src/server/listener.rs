@@ -117,6 +117,12 @@ impl Listener {
                         Ok(place) => Some(place),
                         Err(refusal) => {
                             tracing::debug!(%peer, refusal = refusal.as_str(), "connection refused at accept");
+                            // Closed with a reset: under a flood, refused sockets leave no
+                            // TIME_WAIT entries behind.
+                            let _ = rustix::net::sockopt::set_socket_linger(
+                                &stream,
+                                Some(Duration::ZERO),
+                            );
                             drop(stream);
                             continue;
                         }
