@@ -549,3 +549,80 @@ async fn concurrent_websockets_per_address_are_capped_at_the_upgrade() {
     assert!(series(&text, "tlsgate_per_ip_refusals_total{kind=\"websockets\"}") >= 1);
     server.stop().await;
 }
+
+/// A backend that answers every request `401` (a login service refusing a password).
+async fn refusing_backend() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_request| async {
+                    let mut response = http::Response::new(http_body_util::Full::new(
+                        Bytes::from_static(b"wrong password"),
+                    ));
+                    *response.status_mut() = http::StatusCode::UNAUTHORIZED;
+                    Ok::<_, std::convert::Infallible>(response)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// fail2ban's `nginx-http-auth` jail, built in: a route's `401` answers count towards a ban.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_auth_failures_ban_the_address() {
+    let backend = refusing_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "bans: {{after: 3, within: 600s, ban_time: 7200s, count: [auth]}}\n\
+         routes:\n  - {{path: /, upstream: '{backend}'}}\n"
+    );
+    let (server, ca) = start(dir.path(), &yaml).await;
+    let mut sender = tls_sender(&server, &ca).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(get_on(&mut sender, "/login").await.0, 401);
+    }
+    assert_eq!(get_on(&mut sender, "/login").await.0, 403, "banned");
+    assert!(tls_sender(&server, &ca).await.is_err(), "closed at accept");
+    let body = admin_request(&server, http::Method::GET, "/bans")
+        .await
+        .body;
+    assert!(body.contains("\"reason\": \"auth\""), "{body}");
+    let text = metrics(&server).await;
+    assert_eq!(
+        series(&text, "tlsgate_bans_total{reason=\"auth\"}"),
+        1,
+        "{text}"
+    );
+    server.stop().await;
+}
+
+/// New TLS handshakes per minute per address: the fourth of `handshakes_per_minute: 3` is
+/// closed at accept, and an upgrade over `upgrades_per_minute` gets `429`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_per_minute_are_capped_at_accept() {
+    let backend = Upstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "limits:\n  per_ip: {{handshakes_per_minute: 3}}\ndefault_route: {}\n",
+        backend.url()
+    );
+    let (server, ca) = start(dir.path(), &yaml).await;
+    for _ in 0..3 {
+        let mut sender = tls_sender(&server, &ca).await.unwrap();
+        assert_eq!(get_on(&mut sender, "/echo").await.0, 200);
+    }
+    assert!(tls_sender(&server, &ca).await.is_err());
+    let text = metrics(&server).await;
+    assert_eq!(
+        series(&text, "tlsgate_per_ip_refusals_total{kind=\"handshakes\"}"),
+        1,
+        "{text}"
+    );
+    server.stop().await;
+}
