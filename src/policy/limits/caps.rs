@@ -183,6 +183,11 @@ impl PerIp {
             .ok_or(Cap::Connections)
     }
 
+    /// A connection counted but never refused (from a trusted proxy).
+    pub fn track(&self, ip: std::net::IpAddr) -> Option<CountGuard> {
+        self.connections.acquire(self.key(ip), 0)
+    }
+
     /// A WebSocket upgrade from `ip`; the guard is held for the WebSocket's life. On refusal,
     /// the seconds until a per-minute slot frees (1 for the concurrency cap).
     pub fn upgrade(&self, ip: std::net::IpAddr) -> Result<CountGuard, (Cap, u64)> {

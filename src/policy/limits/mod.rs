@@ -20,7 +20,7 @@ use ipnet::IpNet;
 
 use crate::config::limits::{BanReason, IpLists, RouteLimits, ZoneKey};
 use crate::config::Settings;
-use crate::http::context::RequestContext;
+use crate::http::context::{RequestContext, TrustedProxies};
 use crate::http::error::HttpError;
 use crate::metrics::{KindLabels, Metrics};
 use bans::BanTable;
@@ -115,6 +115,8 @@ pub struct Limits {
     per_ip: PerIp,
     bans: Arc<BanTable>,
     listener: IpLists,
+    /// Never capped at accept nor banned: a load balancer in front carries many clients.
+    trusted: TrustedProxies,
     metrics: Arc<Metrics>,
 }
 
@@ -142,7 +144,16 @@ impl Limits {
             per_ip: PerIp::new(&settings.limits.per_ip, previous.map(|p| &p.per_ip)),
             bans,
             listener: edge.listener_access.clone(),
+            trusted: TrustedProxies::new(settings.proxy.trusted_proxies.clone()),
             metrics: metrics.clone(),
+        }
+    }
+
+    /// A strike towards a ban, except for a trusted proxy (its clients' requests arrive with
+    /// its address when they carry no `X-Forwarded-For`).
+    fn strike(&self, ip: IpAddr, reason: BanReason) {
+        if !self.trusted.contains(ip) {
+            self.bans.strike(ip, reason);
         }
     }
 
@@ -168,13 +179,19 @@ impl Limits {
     pub fn admit(&self, peer: IpAddr, handshake: bool) -> Result<CountGuard, Refusal> {
         let refusal = if !allowed(&self.listener, peer) {
             Refusal::Denied
+        } else if self.trusted.contains(peer) {
+            // Per-IP caps and bans are for the clients behind it (checked per request).
+            if let Some(place) = self.per_ip.track(peer) {
+                return Ok(place);
+            }
+            Refusal::Cap(Cap::Connections)
         } else if self.bans.banned(peer) {
             Refusal::Banned
         } else {
             match self.per_ip.connect(peer, handshake) {
                 Ok(guard) => return Ok(guard),
                 Err(cap) => {
-                    self.bans.strike(peer, BanReason::RateLimit);
+                    self.strike(peer, BanReason::RateLimit);
                     Refusal::Cap(cap)
                 }
             }
@@ -243,6 +260,7 @@ impl RouteLimiter {
             per_ip: PerIp::new(&Default::default(), None),
             bans: Arc::new(BanTable::new(&metrics)),
             listener: IpLists::default(),
+            trusted: TrustedProxies::default(),
             metrics,
         });
         Self::none(&shared)
@@ -334,7 +352,7 @@ impl RouteLimiter {
                 let zone = enforced[zone].0;
                 zone.count(Outcome::Rejected);
                 tracing::debug!(zone = %zone.name, client = %ctx.client_ip, "rate limit: request refused");
-                self.shared.bans.strike(ctx.client_ip, BanReason::RateLimit);
+                self.shared.strike(ctx.client_ip, BanReason::RateLimit);
                 Err(HttpError::RateLimited {
                     status: zone.settings.status,
                     retry_after: retry_after_ms.div_ceil(1000).max(1),
@@ -351,7 +369,7 @@ impl RouteLimiter {
             .upgrade(ctx.client_ip)
             .map_err(|(cap, retry_after)| {
                 self.shared.refused(cap.as_str());
-                self.shared.bans.strike(ctx.client_ip, BanReason::RateLimit);
+                self.shared.strike(ctx.client_ip, BanReason::RateLimit);
                 HttpError::RateLimited {
                     status: 429,
                     retry_after,
@@ -366,7 +384,7 @@ impl RouteLimiter {
             && allowed(&self.access, ctx.client_ip)
             && !self.shared.bans.banned(ctx.client_ip)
         {
-            self.shared.bans.strike(ctx.client_ip, BanReason::Auth);
+            self.shared.strike(ctx.client_ip, BanReason::Auth);
         }
     }
 }
@@ -518,6 +536,25 @@ mod tests {
         assert!(shared.admit("2001:db9::1".parse().unwrap(), true).is_ok());
     }
 
+    #[test]
+    fn a_trusted_proxy_is_never_capped_at_accept_nor_banned() {
+        let shared = limits(
+            "trusted_proxies: [10.0.0.1/32]\nlimits:\n  per_ip: {connections: 1}\nbans: {after: 1}\n",
+        );
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let held: Vec<_> = (0..5).map(|_| shared.admit(proxy, true).unwrap()).collect();
+        assert_eq!(held.len(), 5);
+        shared.strike(proxy, BanReason::RateLimit);
+        assert!(!shared.bans.banned(proxy));
+        let client: IpAddr = "192.0.2.1".parse().unwrap();
+        let _one = shared.admit(client, true).unwrap();
+        assert_eq!(
+            shared.admit(client, true).unwrap_err(),
+            Refusal::Cap(Cap::Connections)
+        );
+        assert!(shared.bans.banned(client), "after: 1");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn delayed_requests_wait_on_a_timer_and_dry_runs_never_do() {
         let shared = limits(
@@ -536,6 +573,21 @@ mod tests {
             started.elapsed() >= Duration::from_millis(1000),
             "held ~1 s"
         );
+        // The dry-run zone would have refused the second request: counted, not enforced.
+        let text = shared.metrics.encode();
+        for (zone, result, count) in [
+            ("slow", "passed", 1),
+            ("slow", "delayed", 1),
+            ("watch", "passed", 1),
+            ("watch", "dry_run", 1),
+        ] {
+            assert!(
+                text.contains(&format!(
+                    "tlsgate_rate_limit_requests_total{{zone=\"{zone}\",result=\"{result}\"}} {count}"
+                )),
+                "{zone} {result}: {text}"
+            );
+        }
     }
 
     /// The limiter's cost per request through the whole step (key, zone, counters), printed
