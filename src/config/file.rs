@@ -33,6 +33,9 @@ pub struct FileConfig {
     pub access_log: Option<bool>,
     /// `admin: off`, or `admin: {listen: ADDR}`.
     pub admin: Option<Spanned<Switch<AdminFile>>>,
+    pub rate_limits: Option<BTreeMap<String, Spanned<super::limits::ZoneFile>>>,
+    pub bans: Option<Spanned<super::limits::BansFile>>,
+    pub listener_access: Option<Spanned<super::limits::AccessFile>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -130,6 +133,7 @@ pub struct LimitsFile {
     pub shutdown_timeout: Option<ConfigDuration>,
     pub max_body_size: Option<ConfigSize>,
     pub reload_grace: Option<ConfigDuration>,
+    pub per_ip: Option<Spanned<super::limits::PerIpFile>>,
 }
 
 /// A section that may be a mapping, or a shorthand word or boolean: `tls: off`,

@@ -9,6 +9,7 @@ pub mod cors;
 pub(crate) mod env;
 mod file;
 pub mod jwt;
+pub mod limits;
 mod names;
 pub mod proxy;
 mod suites;
@@ -69,6 +70,8 @@ pub struct Settings {
     #[serde(serialize_with = "serialize_admin")]
     pub admin: Option<SocketAddr>,
     pub access_log: bool,
+    #[serde(flatten)]
+    pub edge_limits: limits::EdgeLimitSettings,
 }
 
 impl Settings {
@@ -84,6 +87,7 @@ impl Settings {
         }
         warnings.extend(self.auth.unused(&self.proxy.routes));
         warnings.extend(cors::unused(&self.cors, &self.proxy));
+        warnings.extend(self.edge_limits.warnings(&self.proxy.routes));
         warnings
     }
 }
@@ -349,6 +353,7 @@ pub struct Limits {
     /// at random.
     #[serde(serialize_with = "units::serialize_duration")]
     pub reload_grace: Duration,
+    pub per_ip: limits::PerIpSettings,
 }
 
 fn serialize_header<S: Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {

@@ -80,6 +80,9 @@ pub struct RouteFile {
     pub cors: Option<Spanned<super::cors::CorsRouteFile>>,
     /// Message limits inside proxied WebSockets (resolved in `websocket.rs`).
     pub websocket: Option<Spanned<super::websocket::WebSocketFile>>,
+    pub rate_limit: Option<Vec<Spanned<String>>>,
+    pub allow: Option<Vec<Spanned<String>>>,
+    pub deny: Option<Vec<Spanned<String>>>,
 }
 
 // ---------- settings ----------
@@ -186,6 +189,8 @@ pub struct RouteSettings {
     pub cors: Option<super::cors::RouteCors>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub websocket: Option<super::websocket::MessageLimits>,
+    #[serde(flatten)]
+    pub limits: super::limits::RouteLimits,
 }
 
 fn serialize_nets<S: Serializer>(nets: &[ipnet::IpNet], s: S) -> Result<S::Ok, S::Error> {
@@ -364,6 +369,12 @@ pub fn validate(mut input: ProxyInput<'_>) -> Result<ProxySettings, ConfigError>
             }),
             cors: None,
             websocket: None,
+            limits: super::limits::route_limits(
+                file.rate_limit,
+                file.allow,
+                file.deny,
+                input.origin,
+            )?,
         });
     }
 

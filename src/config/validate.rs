@@ -93,7 +93,8 @@ pub fn validate(
     let tls = tls_settings(&cx, &tls_at, tls, env, &data_dir)?;
     let (headers_at, headers) = split(&cx, raw.headers.take());
     let headers = header_settings(&headers_at, headers)?;
-    let (limits_at, limits) = split(&cx, raw.limits.take());
+    let (limits_at, mut limits) = split(&cx, raw.limits.take());
+    let per_ip = limits.as_mut().and_then(|l| l.per_ip.take());
     let mut limits = limit_settings(&limits_at, limits)?;
     if let Some((value, origin)) = &env.workers {
         limits.workers = value
@@ -161,6 +162,16 @@ pub fn validate(
     )?;
     let cors = super::cors::resolve(raw.cors.take(), route_cors, &mut proxy, &file_origin)?;
     super::websocket::resolve(route_websocket, &mut proxy, &file_origin)?;
+
+    let (edge_limits, per_ip) = super::limits::validate(super::limits::LimitsInput {
+        rate_limits: raw.rate_limits.take(),
+        bans: raw.bans.take(),
+        listener_access: raw.listener_access.take(),
+        per_ip,
+        routes: &proxy.routes,
+        origin: &file_origin,
+    })?;
+    limits.per_ip = per_ip;
 
     if tls.enabled && http.mode != HttpMode::Off && http.listen == listen && listen.port() != 0 {
         return Err(ConfigError::HttpListenIsMainListen {
@@ -236,6 +247,7 @@ pub fn validate(
         acme,
         admin,
         access_log: raw.access_log.unwrap_or(true),
+        edge_limits,
     })
 }
 
@@ -747,6 +759,7 @@ fn limit_settings(
         shutdown_timeout: positive(raw.shutdown_timeout, 30, "limits.shutdown_timeout")?,
         max_body_size: raw.max_body_size.map(|s| s.0).unwrap_or(10 * 1024 * 1024),
         reload_grace: positive(raw.reload_grace, 10, "limits.reload_grace")?,
+        per_ip: Default::default(),
     })
 }
 

@@ -63,6 +63,16 @@ pub enum HttpError {
     /// A valid token lacking a required claim: `403` with this challenge.
     #[error("forbidden: the token lacks a required claim")]
     InsufficientClaims(String),
+    /// Over a rate-limit zone's burst or a per-IP cap: the zone's status (`429`, or nginx's
+    /// `503`) with `Retry-After` (seconds until a slot frees).
+    #[error("too many requests")]
+    RateLimited { status: u16, retry_after: u64 },
+    /// The client address is banned (`bans:`).
+    #[error("forbidden: address banned")]
+    Banned,
+    /// The route's `allow`/`deny` lists refuse the client address.
+    #[error("forbidden: address not allowed")]
+    AddressNotAllowed,
 }
 
 impl HttpError {
@@ -87,6 +97,10 @@ impl HttpError {
             HttpError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             HttpError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             HttpError::InsufficientClaims(_) => StatusCode::FORBIDDEN,
+            HttpError::RateLimited { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::TOO_MANY_REQUESTS)
+            }
+            HttpError::Banned | HttpError::AddressNotAllowed => StatusCode::FORBIDDEN,
         }
     }
 
@@ -125,6 +139,12 @@ impl HttpError {
                     http::HeaderValue::from_static("no-store"),
                 );
             }
+            HttpError::RateLimited { retry_after, .. } => {
+                headers.insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from(retry_after),
+                );
+            }
             _ => {}
         }
         response
@@ -154,5 +174,18 @@ mod tests {
         assert_eq!(HttpError::InsufficientClaims(String::new()).status(), 403);
         let response = HttpError::UnsupportedWebSocketVersion.into_response();
         assert_eq!(response.headers()["sec-websocket-version"], "13");
+        let limited = HttpError::RateLimited {
+            status: 429,
+            retry_after: 12,
+        };
+        assert_eq!(limited.status(), 429);
+        assert_eq!(limited.into_response().headers()["retry-after"], "12");
+        let nginx_like = HttpError::RateLimited {
+            status: 503,
+            retry_after: 1,
+        };
+        assert_eq!(nginx_like.status(), 503);
+        assert_eq!(HttpError::Banned.status(), 403);
+        assert_eq!(HttpError::AddressNotAllowed.status(), 403);
     }
 }

@@ -64,6 +64,17 @@ pub struct CertificateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ZoneLabels {
+    pub zone: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: String,
 }
@@ -92,6 +103,12 @@ pub struct Metrics {
     pub acme_orders: Family<ResultLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
     pub last_reload: Gauge<f64, AtomicU64>,
+    /// Rate-limit zone outcomes: passed, delayed, rejected, dry_run.
+    pub rate_limits: Family<ZoneLabels, Counter>,
+    /// Per-IP cap and listener-list refusals by kind (never by address).
+    pub per_ip_refusals: Family<KindLabels, Counter>,
+    pub bans: Family<ReasonLabels, Counter>,
+    pub banned_ips: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -123,6 +140,10 @@ impl Metrics {
             acme_orders: Family::default(),
             reloads: Family::default(),
             last_reload: Gauge::default(),
+            rate_limits: Family::default(),
+            per_ip_refusals: Family::default(),
+            bans: Family::default(),
+            banned_ips: Gauge::default(),
             registry: Registry::default(),
             upstreams: Arc::new(UpstreamCollector::default()),
             certificates: Arc::new(CertificateCollector::default()),
@@ -198,6 +219,26 @@ impl Metrics {
             "config_last_reload_success_timestamp_seconds",
             "When the last reload succeeded (Unix time)",
             metrics.last_reload.clone(),
+        );
+        registry.register(
+            "rate_limit_requests",
+            "Requests seen by each rate-limit zone, by result (passed, delayed, rejected, dry_run)",
+            metrics.rate_limits.clone(),
+        );
+        registry.register(
+            "per_ip_refusals",
+            "Connections and upgrades refused by a per-IP cap, a listener list or a ban, by kind",
+            metrics.per_ip_refusals.clone(),
+        );
+        registry.register(
+            "bans",
+            "Addresses (prefixes) banned, by reason",
+            metrics.bans.clone(),
+        );
+        registry.register(
+            "banned_ips",
+            "Addresses (prefixes) banned now",
+            metrics.banned_ips.clone(),
         );
         // Results with a fixed set of values start at zero, so alert expressions such as
         // `increase(...{result="failure"}[…])` see a series before the first event.

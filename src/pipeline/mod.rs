@@ -38,6 +38,7 @@ use crate::http::error::HttpError;
 use crate::http::headers::SecurityHeaders;
 use crate::http::{request_host, websocket, Response};
 use crate::metrics::{Metrics, RouteStats};
+use crate::policy::limits::{Limits, RouteLimiter};
 use crate::proxy::{TunnelTerms, Upstreams};
 pub use policy::{Policy, Verdict};
 pub use routes::{Builtin, HostMatch, Matcher, Route, RouteTable, Target};
@@ -67,6 +68,8 @@ pub struct Pipeline {
     /// The `jwt:` verifiers and `forward_auth:` services (kept across reloads when unchanged:
     /// fetched keys and cached verdicts with them).
     auth: AuthServices,
+    /// Rate-limit zones, per-IP caps, bans, listener lists (handed over by reloads).
+    limits: Arc<Limits>,
 }
 
 /// The named verifiers and forward-auth services of one configuration.
@@ -131,13 +134,20 @@ impl Pipeline {
                 tasks,
             ))
         });
+        let limits = Arc::new(Limits::new(settings, metrics, previous.map(|p| &*p.limits)));
         let auth = AuthServices::start(settings, previous.map(|p| &p.auth), shutdown, tasks);
         let echo = builtin::EchoContext {
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
         };
-        let (routes, unmatched) =
-            route_table(settings, upstreams.as_deref(), metrics, &auth, &echo);
+        let (routes, unmatched) = route_table(
+            settings,
+            upstreams.as_deref(),
+            metrics,
+            &auth,
+            &echo,
+            &limits,
+        );
         let route_closers = routes
             .iter()
             .map(|route| {
@@ -165,7 +175,14 @@ impl Pipeline {
             route_closers,
             reload_grace: settings.limits.reload_grace,
             auth,
+            limits,
         }
+    }
+
+    /// The limits state: accept-time admission (per-IP caps, bans, listener lists) and the
+    /// ban table the admin listener lists.
+    pub fn limits(&self) -> &Arc<Limits> {
+        &self.limits
     }
 
     /// The upstream pools, for `upstream_server_up`.
@@ -414,9 +431,10 @@ fn route_table(
     metrics: &Arc<Metrics>,
     auth: &AuthServices,
     echo: &builtin::EchoContext,
+    limits: &Arc<Limits>,
 ) -> (RouteTable, Arc<RouteStats>) {
     let stats = |name: &str| Arc::new(RouteStats::new(metrics.clone(), name.to_owned()));
-    let limits = &settings.limits;
+    let (limits, edge) = (&settings.limits, limits);
     let policy_of = |route: Option<&RouteSettings>| Policy {
         allowed_origins: route.map(|r| r.allowed_origins.clone()).unwrap_or_default(),
         max_body_size: route
@@ -430,6 +448,7 @@ fn route_table(
             .and_then(|r| r.cors.as_ref())
             .map(|c| Arc::new(crate::policy::cors::Cors::new(&c.policy))),
         websocket_messages: route.and_then(|r| r.websocket),
+        limits: route.map_or_else(|| RouteLimiter::none(edge), |r| edge.route(&r.limits)),
     };
     let proxy = &settings.proxy;
     match upstreams {
@@ -469,6 +488,7 @@ fn route_table(
                     forward_auth: None,
                     cors: None,
                     websocket: None,
+                    limits: Default::default(),
                 };
                 upstream_route(&route, "default".into())
             });

@@ -14,6 +14,7 @@ use http_body::Body;
 use super::builtin::EchoContext;
 use crate::config::jwt::WebsocketAuthFailure;
 use crate::config::websocket::MessageLimits;
+use crate::http::context::ConnectionSlot;
 use crate::http::context::RequestContext;
 use crate::http::error::HttpError;
 use crate::http::Response;
@@ -21,6 +22,7 @@ use crate::metrics::{Metrics, UpgradeLabels};
 use crate::policy::cors::{self, Cors};
 use crate::policy::forward_auth::{Asked, Decision, ForwardAuth};
 use crate::policy::jwt::{self, RouteAuth};
+use crate::policy::limits::{RouteLimiter, Stage};
 
 /// What the policy stage decided for a request it did not refuse.
 #[derive(Debug)]
@@ -46,6 +48,8 @@ pub struct Policy {
     pub cors: Option<Arc<Cors>>,
     /// Limits on a proxied WebSocket's client messages, enforced by the tunnel.
     pub websocket_messages: Option<MessageLimits>,
+    /// IP lists, bans, rate-limit zones and per-IP WebSocket caps.
+    pub limits: RouteLimiter,
 }
 
 /// A route's authentication: its JWT rules and its forward-auth service.
@@ -204,17 +208,32 @@ impl Policy {
         websocket: bool,
         metrics: &Metrics,
     ) -> Result<Verdict, HttpError> {
+        // (1) IP allow/deny lists and bans.
+        self.limits.screen(ctx)?;
+        // (2) Rate-limit zones keyed by ip/header/route, and the per-IP WebSocket caps.
+        self.limits
+            .limit(request.headers(), ctx, Stage::Early)
+            .await?;
+        if websocket {
+            let place = self.limits.upgrade(ctx)?;
+            // The WebSocket's place rides with the connection slot the tunnel keeps for the
+            // WebSocket's life; a refused upgrade drops it with the request.
+            let slot = request.extensions_mut().remove::<ConnectionSlot>();
+            request
+                .extensions_mut()
+                .insert(ConnectionSlot(Arc::new((slot, place))));
+        }
         let route = &*ctx.route;
         if let Some(cors) = &self.cors {
             // Noted before any step may refuse: refusals carry CORS headers too, so a page
             // can read their status (a 429 or 401 rather than an opaque network error).
             ctx.cors_origin = request.headers().get(header::ORIGIN).cloned();
-            // (3) CORS preflight answered at the edge.
+            // (3) CORS preflight answered at the edge (a preflight carries no credentials).
             if cors::is_preflight(request.method(), request.headers()) {
                 return self.preflight(cors, request.headers(), route, metrics);
             }
         }
-        // (8) WebSocket Origin.
+        // (4) WebSocket Origin: cheap, and a cross-site page learns nothing of the auth below.
         if websocket && !self.origin_allowed(request) {
             tracing::info!(%route, origin = ?request.headers().get(header::ORIGIN), "WebSocket origin refused");
             metrics
@@ -226,18 +245,24 @@ impl Policy {
                 .inc();
             return Err(HttpError::OriginNotAllowed);
         }
-        // (5) JWT.
+        // (5) Client certificate: added with mTLS.
+        // (6) JWT.
         if let Some(auth) = &self.auth {
             if let Some(verdict) = auth.jwt(request, ctx, websocket, metrics).await? {
                 return Ok(verdict);
             }
         }
-        // (6) forward_auth.
+        // (7) forward_auth.
         if let Some(auth) = &self.auth {
             if let Some(verdict) = auth.forward_auth(request, ctx, metrics).await? {
                 return Ok(verdict);
             }
         }
+        // (8) Rate-limit zones keyed by a JWT claim (by IP when there are no claims).
+        self.limits
+            .limit(request.headers(), ctx, Stage::Claims)
+            .await?;
+        // (9) Body size.
         // A declared length is refused at once; a streamed body is counted as it goes.
         if request
             .body()
@@ -253,6 +278,8 @@ impl Policy {
     /// The policy's part of the response (headers such as CORS'), in the response-headers
     /// stage; `ctx` is the request's.
     pub fn on_response(&self, response: &mut Response, ctx: &RequestContext) {
+        // 401/403 answers count towards a ban.
+        self.limits.on_response(response.status(), ctx);
         // An accepted WebSocket (101, or 200 to an extended CONNECT) whose upstream selected
         // no subprotocol: select the `bearer` the browser offered its token with.
         if let Some(protocol) = ctx.websocket_protocol {
@@ -337,6 +364,7 @@ mod tests {
             auth: None,
             cors: None,
             websocket_messages: None,
+            limits: RouteLimiter::unlimited(),
         }
     }
 

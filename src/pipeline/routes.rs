@@ -188,6 +188,7 @@ mod tests {
                 auth: None,
                 cors: None,
                 websocket_messages: None,
+                limits: crate::policy::limits::RouteLimiter::unlimited(),
             },
             target: Target::Upstream(pool.clone()),
         }

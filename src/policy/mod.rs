@@ -7,3 +7,4 @@ pub mod client;
 pub mod cors;
 pub mod forward_auth;
 pub mod jwt;
+pub mod limits;

@@ -23,6 +23,13 @@ use crate::http::{redirect, Response};
 use crate::metrics::GaugeGuard;
 use crate::tls::HandshakeFailure;
 
+/// A connection's places: under `limits.max_connections`, and under its address's
+/// `limits.per_ip.connections`.
+pub(super) type Admitted = (
+    OwnedSemaphorePermit,
+    Option<crate::policy::limits::caps::CountGuard>,
+);
+
 /// A plain connection's info (no TLS).
 fn plain(peer: SocketAddr) -> ConnectionInfo {
     ConnectionInfo {
@@ -40,7 +47,7 @@ pub(super) async fn serve_main(
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
-    permit: OwnedSemaphorePermit,
+    permit: Admitted,
 ) {
     // The slot (connection limit and open-connections gauge) lives as long as the connection,
     // including an upgraded WebSocket that outlives its HTTP exchange.
@@ -119,7 +126,7 @@ pub(super) async fn serve_redirect(
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
-    permit: OwnedSemaphorePermit,
+    permit: Admitted,
 ) {
     let runtime = shared.runtime.load_full();
     let per_request = shared.clone();

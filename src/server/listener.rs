@@ -100,6 +100,35 @@ impl Listener {
                     continue;
                 }
             };
+            // Listener lists, bans and per-IP caps: a refused client is closed before any
+            // TLS or HTTP work (nginx's `limit_conn`, fail2ban's firewall rule).
+            let place = match &self.kind {
+                ListenerKind::Admin(_) => None,
+                kind => {
+                    let handshake = matches!(kind, ListenerKind::Main) && self.shared.tls.is_some();
+                    match self
+                        .shared
+                        .runtime
+                        .load()
+                        .pipeline
+                        .limits()
+                        .admit(peer.ip(), handshake)
+                    {
+                        Ok(place) => Some(place),
+                        Err(refusal) => {
+                            tracing::debug!(%peer, refusal = refusal.as_str(), "connection refused at accept");
+                            // Closed with a reset: under a flood, refused sockets leave no
+                            // TIME_WAIT entries behind.
+                            let _ = rustix::net::sockopt::set_socket_linger(
+                                &stream,
+                                Some(Duration::ZERO),
+                            );
+                            drop(stream);
+                            continue;
+                        }
+                    }
+                }
+            };
             let permit = match &self.kind {
                 // Over its budget, an admin connection is closed at once.
                 ListenerKind::Admin(_) => match self.limit.clone().try_acquire_owned() {
@@ -121,10 +150,18 @@ impl Listener {
             let shutdown = self.shutdown.clone();
             match &self.kind {
                 ListenerKind::Main => self.tasks.spawn(connection::serve_main(
-                    stream, peer, shared, shutdown, permit,
+                    stream,
+                    peer,
+                    shared,
+                    shutdown,
+                    (permit, place),
                 )),
                 ListenerKind::Redirect => self.tasks.spawn(connection::serve_redirect(
-                    stream, peer, shared, shutdown, permit,
+                    stream,
+                    peer,
+                    shared,
+                    shutdown,
+                    (permit, place),
                 )),
                 ListenerKind::Admin(admin) => self.tasks.spawn(connection::serve_admin(
                     stream,

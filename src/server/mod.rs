@@ -326,6 +326,8 @@ impl Server {
                 certificates: certificates.clone(),
                 listening: Arc::new(AtomicBool::new(true)),
                 reload: reload.clone(),
+                // One table for the process's life: reloads hand it over.
+                bans: shared.runtime.load().pipeline.limits().bans().clone(),
             })
         });
         let start = |socket, kind| {

@@ -19,6 +19,7 @@ mod cli;
 mod metrics;
 mod policy_cors;
 mod policy_jwt;
+mod policy_limits;
 mod proxy;
 mod reload;
 mod tls_edge;
