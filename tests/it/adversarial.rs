@@ -437,6 +437,8 @@ async fn send(sender: &mut Sender, method: http::Method, path: &str) -> (u16, By
         .header("host", "localhost")
         .body(Empty::<Bytes>::new())
         .unwrap();
+    // A kept-alive connection takes the next request only once its last one has ended.
+    sender.ready().await.unwrap();
     let response = sender.send_request(request).await.unwrap();
     let status = response.status().as_u16();
     (
@@ -605,6 +607,7 @@ async fn a_request_line_over_the_head_limit_gets_414_and_long_headers_431() {
         .header("host", "localhost")
         .body(Empty::<Bytes>::new())
         .unwrap();
+    senders[0].ready().await.unwrap();
     let response = senders[0].send_request(request).await.unwrap();
     assert_eq!(response.status(), 414);
     // HTTP/2 has no request line: a long path is the header list's business.
