@@ -58,11 +58,13 @@ impl Policy {
         metrics: &Metrics,
     ) -> Result<Verdict, HttpError> {
         let route = &*ctx.route;
-        if let Some(cors) = &self.cors {
-            // Noted before any step may refuse: refusals carry CORS headers too, so a page
-            // can read their status (a 429 or 401 rather than an opaque network error).
+        // CORS's Origin, noted before any step may refuse: refusals carry CORS headers too,
+        // so a page can read their status (a 429 or 401 rather than an opaque network error).
+        if self.cors.is_some() {
             ctx.cors_origin = request.headers().get(header::ORIGIN).cloned();
-            // (3) CORS preflight answered at the edge.
+        }
+        // (3) CORS preflight answered at the edge.
+        if let Some(cors) = &self.cors {
             if cors::is_preflight(request.method(), request.headers()) {
                 return self.preflight(cors, request.headers(), route, metrics);
             }
@@ -79,7 +81,8 @@ impl Policy {
                 .inc();
             return Err(HttpError::OriginNotAllowed);
         }
-        // A declared length is refused at once; a streamed body is counted as it goes.
+        // (9) Body size: a declared length is refused at once; a streamed body is counted as
+        // it goes.
         if request
             .body()
             .size_hint()
