@@ -208,6 +208,11 @@ impl Policy {
         websocket: bool,
         metrics: &Metrics,
     ) -> Result<Verdict, HttpError> {
+        // CORS's Origin, noted before any step may refuse: refusals carry CORS headers too,
+        // so a page can read their status (a 429 or 401 rather than an opaque network error).
+        if self.cors.is_some() {
+            ctx.cors_origin = request.headers().get(header::ORIGIN).cloned();
+        }
         // (1) IP allow/deny lists and bans.
         self.limits.screen(ctx)?;
         // (2) Rate-limit zones keyed by ip/header/route, and the per-IP WebSocket caps.
@@ -224,11 +229,8 @@ impl Policy {
                 .insert(ConnectionSlot(Arc::new((slot, place))));
         }
         let route = &*ctx.route;
+        // (3) CORS preflight answered at the edge (a preflight carries no credentials).
         if let Some(cors) = &self.cors {
-            // Noted before any step may refuse: refusals carry CORS headers too, so a page
-            // can read their status (a 429 or 401 rather than an opaque network error).
-            ctx.cors_origin = request.headers().get(header::ORIGIN).cloned();
-            // (3) CORS preflight answered at the edge (a preflight carries no credentials).
             if cors::is_preflight(request.method(), request.headers()) {
                 return self.preflight(cors, request.headers(), route, metrics);
             }
@@ -262,8 +264,8 @@ impl Policy {
         self.limits
             .limit(request.headers(), ctx, Stage::Claims)
             .await?;
-        // (9) Body size.
-        // A declared length is refused at once; a streamed body is counted as it goes.
+        // (9) Body size: a declared length is refused at once; a streamed body is counted as
+        // it goes.
         if request
             .body()
             .size_hint()
@@ -460,6 +462,105 @@ mod tests {
         );
         assert!(metrics.encode().contains(
             r#"tlsgate_websocket_upgrades_total{route="r",result="forbidden_origin"} 2"#
+        ));
+    }
+
+    fn cors_policy(allowed_origins: Vec<String>) -> Policy {
+        let settings = crate::config::cors::CorsSettings {
+            allowed_origins: vec!["https://*.example.com".into()],
+            allowed_methods: vec!["GET".into(), "PUT".into()],
+            allowed_headers: vec!["content-type".into()],
+            exposed_headers: Vec::new(),
+            allow_credentials: true,
+            max_age: Duration::from_secs(60),
+            allow_private_network: false,
+        };
+        Policy {
+            allowed_origins,
+            cors: Some(Arc::new(Cors::new(&settings))),
+            ..policy()
+        }
+    }
+
+    #[tokio::test]
+    async fn preflights_are_answered_here_and_the_answer_keeps_its_headers() {
+        let metrics = Metrics::new();
+        let policy = cors_policy(Vec::new());
+        let preflight = |origin: &str, method: &str| {
+            http::Request::options("/api")
+                .header(header::ORIGIN, origin)
+                .header(header::ACCESS_CONTROL_REQUEST_METHOD, method)
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap()
+        };
+        let mut ctx = context();
+        let mut request = preflight("https://app.example.com", "PUT");
+        let Ok(Verdict::Answer(mut answer)) = policy
+            .evaluate(&mut request, &mut ctx, false, &metrics)
+            .await
+        else {
+            panic!("not answered at the edge");
+        };
+        assert_eq!(answer.status(), 204);
+        policy.on_response(&mut answer, &ctx);
+        assert_eq!(answer.headers()["access-control-allow-methods"], "GET, PUT");
+        assert_eq!(answer.headers().get_all(header::VARY).iter().count(), 1);
+        assert!(matches!(
+            evaluate(
+                &policy,
+                preflight("https://evil.test", "PUT"),
+                false,
+                &metrics
+            )
+            .await,
+            Err(HttpError::CorsPreflightRefused("origin"))
+        ));
+        assert!(matches!(
+            evaluate(
+                &policy,
+                preflight("https://app.example.com", "DELETE"),
+                false,
+                &metrics
+            )
+            .await,
+            Err(HttpError::CorsPreflightRefused("method"))
+        ));
+        assert!(metrics
+            .encode()
+            .contains(r#"tlsgate_cors_preflights_total{route="r",result="ok"} 1"#));
+    }
+
+    #[tokio::test]
+    async fn a_cors_route_without_allowed_origins_holds_websockets_to_its_cors_origins() {
+        let metrics = Metrics::new();
+        let policy = cors_policy(Vec::new());
+        assert!(matches!(
+            evaluate(
+                &policy,
+                request(Some("https://a.example.com"), ""),
+                true,
+                &metrics
+            )
+            .await,
+            Ok(Verdict::Pass)
+        ));
+        for origin in [Some("https://evil.test"), None] {
+            assert!(matches!(
+                evaluate(&policy, request(origin, ""), true, &metrics).await,
+                Err(HttpError::OriginNotAllowed)
+            ));
+        }
+        // Its own allowed_origins decide when set.
+        let own = cors_policy(vec!["https://other.test".into()]);
+        assert!(matches!(
+            evaluate(
+                &own,
+                request(Some("https://a.example.com"), ""),
+                true,
+                &metrics
+            )
+            .await,
+            Err(HttpError::OriginNotAllowed)
         ));
     }
 

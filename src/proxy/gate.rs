@@ -34,6 +34,13 @@ impl Refusal {
         }
     }
 
+    /// The refusal a tunnel ended with, from `splice`'s outcome.
+    pub fn ended(outcome: &str) -> Option<Refusal> {
+        [Refusal::TooBig, Refusal::TooFast]
+            .into_iter()
+            .find(|r| r.reason() == outcome)
+    }
+
     /// The metric label.
     pub fn label(self) -> &'static str {
         match self {

@@ -296,10 +296,7 @@ impl Tunnel {
             reason = tunnel => reason,
             () = self.shutdown.cancelled() => "server shutting down",
         };
-        if let Some(refusal) = [Refusal::TooBig, Refusal::TooFast]
-            .into_iter()
-            .find(|r| r.reason() == reason)
-        {
+        if let Some(refusal) = Refusal::ended(reason) {
             tracing::info!(route = %self.route_name, reason, "WebSocket closed for a message limit");
             self.metrics
                 .websocket_limit_closes

@@ -625,3 +625,92 @@ async fn headless_chromium_reads_what_the_policy_allows_and_is_blocked_otherwise
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headless_chromium_sees_close_code_1009_for_an_oversize_websocket_message() {
+    let port = free_port();
+    let ws_backend = common::upstream::Upstream::start("ws").await;
+    let html = format!(
+        r#"<!doctype html><html><body><pre id="out">pending</pre><script>
+let echoes = 0;
+const ws = new WebSocket('wss://page.test:{port}/ws');
+ws.onopen = () => ws.send('x'.repeat(1000));
+ws.onmessage = (m) => {{ echoes += 1; ws.send('y'.repeat(5000)); }};
+ws.onclose = (e) => {{
+  document.getElementById('out').textContent = 'closed:' + e.code + ':' + e.reason + ':' + echoes;
+}};
+</script><img src="/page/slow"></body></html>"#
+    );
+    // The page's load event (when Chromium dumps the DOM) waits for the slow image, which
+    // gives the WebSocket its real time to open, echo and be closed.
+    let page = Backend::start(move |request: Recorded, mut tcp: TcpStream| {
+        let html = html.clone();
+        Box::pin(async move {
+            let html = if request.path == "/page/slow" {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                String::new()
+            } else {
+                html
+            };
+            tcp.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{html}",
+                    html.len()
+                )
+                .as_bytes(),
+            )
+            .await?;
+            Ok(Some(tcp))
+        })
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = fixture_ca(dir.path());
+    fixture_cert(
+        &ca,
+        dir.path(),
+        "site",
+        &["page.test"],
+        tlsgate::certs::KeyAlgorithm::EcdsaP256,
+    );
+    let config = format!(
+        "tls:\n  certificates:\n    - pem_file: site.pem\nroutes:\n  - path: /page\n    upstream: {}\n  - path: /ws\n    upstream: {}\n    websocket: {{max_message_size: 4KiB}}\n",
+        page.url(),
+        ws_backend.url()
+    );
+    let server = TestServer::start_at(&config, dir.path(), port, 0)
+        .await
+        .unwrap();
+    let profile = dir.path().join("chromium-profile");
+    let output = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--ignore-certificate-errors",
+                &format!("--user-data-dir={}", profile.display()),
+                "--host-resolver-rules=MAP page.test 127.0.0.1",
+                "--virtual-time-budget=1000",
+                "--dump-dom",
+                &format!("https://page.test:{port}/page"),
+            ])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("chromium finishes within 90 s")
+    .unwrap();
+    let dom = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        dom.contains("closed:1009:message too big:1"),
+        "{dom}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+            .lines()
+            .filter(|l| !l.contains("dbus"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    server.stop().await;
+}
