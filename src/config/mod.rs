@@ -6,6 +6,7 @@
 //! for the request path to decide).
 
 pub(crate) mod env;
+pub mod client_auth;
 mod file;
 mod names;
 pub mod proxy;
@@ -65,7 +66,7 @@ pub struct Settings {
 impl Settings {
     /// Settings that are valid but risky, for `serve` and `config check` to print alike.
     pub fn warnings(&self) -> Vec<String> {
-        let mut warnings = Vec::new();
+        let mut warnings = client_auth::warnings(self);
         if let Some(admin) = self.admin.filter(|addr| !addr.ip().is_loopback()) {
             // Not refused: containers bind 0.0.0.0 for a scraper in the next container. But
             // the endpoints have no authentication, so say what that exposes.
@@ -167,6 +168,7 @@ pub struct TlsSettings {
     pub session_tickets: bool,
     /// Empty means: use the local development CA and its `localhost` certificate.
     pub certificates: Vec<CertificateSettings>,
+    pub client_auth: client_auth::ClientAuthSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -196,6 +198,8 @@ pub struct CertificateSettings {
     /// Names this certificate serves; empty means every DNS name in its SANs.
     pub names: Vec<String>,
     pub default: bool,
+    /// Client certificates for this entry's names, instead of the listener's.
+    pub client_auth: Option<client_auth::ClientAuthSettings>,
     /// Where this entry was configured, for error messages.
     pub origin: Origin,
 }
@@ -211,6 +215,8 @@ impl Serialize for CertificateSettings {
             #[serde(skip_serializing_if = "Option::is_none")]
             names: Option<&'a Vec<String>>,
             default: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            client_auth: Option<&'a client_auth::ClientAuthSettings>,
         }
         let names = match &self.source {
             CertSource::Acme { .. } => None,
@@ -221,6 +227,7 @@ impl Serialize for CertificateSettings {
             source: &self.source,
             names,
             default: self.default,
+            client_auth: self.client_auth.as_ref(),
         }
         .serialize(serializer)
     }

@@ -74,6 +74,9 @@ pub struct RouteFile {
     pub allowed_origins: Option<Vec<String>>,
     pub websocket_idle_timeout: Option<ConfigDuration>,
     pub max_body_size: Option<ConfigSize>,
+    pub require_client_cert: Option<bool>,
+    pub client_cert: Option<Spanned<super::client_auth::ClientCertRuleFile>>,
+    pub pass_client_cert: Option<Spanned<String>>,
 }
 
 // ---------- settings ----------
@@ -173,6 +176,8 @@ pub struct RouteSettings {
         serialize_with = "serialize_opt_size"
     )]
     pub max_body_size: Option<u64>,
+    #[serde(skip_serializing_if = "super::client_auth::RouteClientCert::is_default")]
+    pub client_cert: super::client_auth::RouteClientCert,
 }
 
 fn serialize_nets<S: Serializer>(nets: &[ipnet::IpNet], s: S) -> Result<S::Ok, S::Error> {
@@ -341,6 +346,12 @@ pub fn validate(mut input: ProxyInput<'_>) -> Result<ProxySettings, ConfigError>
                 None => None,
             },
             max_body_size: file.max_body_size.map(|s| s.0),
+            client_cert: super::client_auth::route_client_cert(
+                file.require_client_cert,
+                file.client_cert,
+                file.pass_client_cert,
+                input.origin,
+            )?,
         });
     }
 

@@ -70,6 +70,9 @@ pub struct Metrics {
     certificates: Arc<CertificateCollector>,
     pub handshakes: Family<HandshakeLabels, Counter>,
     pub handshake_failures: Family<ReasonLabels, Counter>,
+    /// Refused client certificates (mTLS) by reason: no_certificate, unknown_ca, expired,
+    /// revoked, bad_signature, other.
+    pub client_cert_failures: Family<ReasonLabels, Counter>,
     pub handshake_duration: Histogram,
     pub open_connections: Gauge,
     pub requests: Family<RequestLabels, Counter>,
@@ -98,6 +101,7 @@ impl Metrics {
         let metrics = Self {
             handshakes: Family::default(),
             handshake_failures: Family::default(),
+            client_cert_failures: Family::default(),
             handshake_duration: duration_histogram(),
             open_connections: Gauge::default(),
             requests: Family::default(),
@@ -122,6 +126,11 @@ impl Metrics {
             "tls_handshake_failures",
             "Failed TLS handshakes by reason",
             metrics.handshake_failures.clone(),
+        );
+        registry.register(
+            "tls_client_cert_failures",
+            "Client certificates (mTLS) refused in the handshake, by reason",
+            metrics.client_cert_failures.clone(),
         );
         registry.register(
             "tls_handshake_duration_seconds",
@@ -202,6 +211,14 @@ impl Metrics {
 
     pub fn handshake_failed(&self, reason: &'static str) {
         self.handshake_failures
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    pub fn client_cert_failed(&self, reason: &'static str) {
+        self.client_cert_failures
             .get_or_create(&ReasonLabels {
                 reason: reason.into(),
             })

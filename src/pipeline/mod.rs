@@ -169,6 +169,7 @@ impl Pipeline {
                 secure: false,
                 tls_version: None,
                 activity: None,
+                client_cert: None,
             });
         // The path without its query: queries often carry tokens, which never reach the logs.
         let logged = self
@@ -328,6 +329,7 @@ fn route_table(
         websocket_idle_timeout: route
             .and_then(|r| r.websocket_idle_timeout)
             .unwrap_or(limits.websocket_idle_timeout),
+        client_cert: route.map(|r| r.client_cert.clone()).unwrap_or_default(),
     };
     let proxy = &settings.proxy;
     match upstreams {
@@ -363,6 +365,7 @@ fn route_table(
                     allowed_origins: Vec::new(),
                     websocket_idle_timeout: None,
                     max_body_size: None,
+                    client_cert: Default::default(),
                 };
                 upstream_route(&route, "default".into())
             });

@@ -10,7 +10,9 @@ use std::time::Duration;
 use http::header;
 use http_body::Body;
 
+use crate::config::client_auth::RouteClientCert;
 use crate::http::context::RequestContext;
+use crate::policy::client_cert;
 use crate::http::error::HttpError;
 use crate::http::Response;
 use crate::metrics::{Metrics, UpgradeLabels};
@@ -33,6 +35,8 @@ pub struct Policy {
     pub max_body_size: u64,
     /// How long a WebSocket may stay quiet both ways before it is closed.
     pub websocket_idle_timeout: Duration,
+    /// Client-certificate requirement, subject/SAN rules, and whether the PEM is passed on.
+    pub client_cert: RouteClientCert,
 }
 
 impl Policy {
@@ -47,6 +51,25 @@ impl Policy {
         metrics: &Metrics,
     ) -> Result<Verdict, HttpError> {
         let route = &*ctx.route;
+        // (4) Client certificate: requirement and rules; identity headers (inbound copies
+        // removed on every route, mTLS or not).
+        let identity = ctx.conn.client_cert.as_deref();
+        match client_cert::check(&self.client_cert, identity) {
+            Ok(()) => {}
+            Err(client_cert::Refusal::Missing) => {
+                tracing::info!(%route, "no client certificate: refused");
+                return Err(HttpError::ClientCertRequired);
+            }
+            Err(client_cert::Refusal::NotAllowed) => {
+                tracing::info!(%route, subject = identity.map(|i| i.subject.as_str()), "client certificate not allowed on this route");
+                return Err(HttpError::ClientCertNotAllowed);
+            }
+        }
+        client_cert::set_identity_headers(
+            request.headers_mut(),
+            identity,
+            self.client_cert.pass_pem,
+        );
         if websocket && !self.origin_allowed(request) {
             tracing::info!(%route, origin = ?request.headers().get(header::ORIGIN), "WebSocket origin refused");
             metrics
@@ -96,6 +119,7 @@ mod tests {
             allowed_origins: vec!["https://app.example.com".into()],
             max_body_size: 10,
             websocket_idle_timeout: Duration::from_secs(60),
+            client_cert: RouteClientCert::default(),
         }
     }
 
@@ -122,6 +146,7 @@ mod tests {
                 secure: true,
                 tls_version: Some("1.3"),
                 activity: None,
+                client_cert: None,
             },
             host: "app.example.com".into(),
             client_ip: std::net::IpAddr::from([192, 0, 2, 1]),

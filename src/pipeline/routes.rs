@@ -168,6 +168,7 @@ mod tests {
                 allowed_origins: Vec::new(),
                 websocket_idle_timeout: Duration::from_secs(1),
                 max_body_size: 1,
+                client_cert: Default::default(),
             },
             target: Target::Upstream(pool.clone()),
         }

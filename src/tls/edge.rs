@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use super::client_auth::{self, CrlNumbers};
 use super::{
     build_server_config, CertTable, ServerConfigs, SessionState, SniResolver, TlsEdge, TlsError,
 };
@@ -22,10 +23,11 @@ impl TlsEdge {
     ) -> Result<Self, TlsError> {
         let resolver = Arc::new(SniResolver::new(table));
         let sessions = SessionState::new()?;
-        let config = build_server_config(tls, resolver.clone(), &sessions)?;
+        let configs = build_configs(tls, &resolver, &sessions, &CrlNumbers::default())?;
         let acme_config = match challenges {
             Some(store) => {
-                let mut acme = build_server_config(tls, resolver.clone(), &sessions)?;
+                // A TLS-ALPN-01 validator has no client certificate.
+                let mut acme = build_server_config(tls, resolver.clone(), &sessions, None)?;
                 acme.cert_resolver = Arc::new(AlpnChallengeResolver(store.clone()));
                 acme.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
                 Some(Arc::new(acme))
@@ -34,7 +36,7 @@ impl TlsEdge {
         };
         Ok(Self {
             resolver,
-            configs: ArcSwap::from_pointee(ServerConfigs::new(config)),
+            configs: ArcSwap::from_pointee(configs),
             sessions,
             acme_config,
         })
@@ -42,10 +44,33 @@ impl TlsEdge {
 
     /// The configs for new settings (a reload), over this edge's resolver and session state,
     /// so sessions resume across the swap. Nothing changes until the caller stores them.
+    /// CA and CRL files are read again; a CRL whose number is below the one in force is refused.
     pub fn configs_for(&self, tls: &TlsSettings) -> Result<ServerConfigs, TlsError> {
-        let config = build_server_config(tls, self.resolver.clone(), &self.sessions)?;
-        Ok(ServerConfigs::new(config))
+        let floor = self.configs.load().crl_numbers.clone();
+        build_configs(tls, &self.resolver, &self.sessions, &floor)
     }
+}
+
+/// The listener's config and one per certificate entry with its own `client_auth`.
+fn build_configs(
+    tls: &TlsSettings,
+    resolver: &Arc<SniResolver>,
+    sessions: &SessionState,
+    floor: &CrlNumbers,
+) -> Result<ServerConfigs, TlsError> {
+    let mut loaded = CrlNumbers::default();
+    let verifier = client_auth::verifier(&tls.client_auth, floor, &mut loaded)?;
+    let config = build_server_config(tls, resolver.clone(), sessions, verifier)?;
+    let mut configs = ServerConfigs::new(config);
+    for entry in &tls.certificates {
+        if let Some(auth) = &entry.client_auth {
+            let verifier = client_auth::verifier(auth, floor, &mut loaded)?;
+            let config = build_server_config(tls, resolver.clone(), sessions, verifier)?;
+            configs.insert_named(&entry.names, config);
+        }
+    }
+    configs.crl_numbers = loaded;
+    Ok(configs)
 }
 
 #[cfg(test)]
