@@ -134,23 +134,46 @@ impl Serialize for SanRule {
 }
 
 /// What a route asks of the client certificate.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RouteClientCert {
     /// `403` without a verified client certificate (implied by `subjects`/`sans`).
     pub require: bool,
     /// Allowed subjects, in the RFC 4514 form `X-Client-Cert-Subject` carries.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub subjects: Vec<String>,
     /// Allowed SANs; a certificate passes when its subject or one of its SANs is listed.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sans: Vec<SanRule>,
     /// `pass_client_cert: pem`: the URL-encoded PEM in `X-Client-Cert` too.
     pub pass_pem: bool,
 }
 
-impl RouteClientCert {
-    pub fn is_default(&self) -> bool {
-        self == &Self::default()
+/// Printed as the route keys it was written with (flattened into the route), so `config
+/// check`'s output reads back.
+impl Serialize for RouteClientCert {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        #[derive(Serialize)]
+        struct Rules<'a> {
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            subjects: &'a Vec<String>,
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            sans: &'a Vec<SanRule>,
+        }
+        let mut map = s.serialize_map(None)?;
+        let rules = !self.subjects.is_empty() || !self.sans.is_empty();
+        if self.require && !rules {
+            map.serialize_entry("require_client_cert", &true)?;
+        }
+        if rules {
+            let rules = Rules {
+                subjects: &self.subjects,
+                sans: &self.sans,
+            };
+            map.serialize_entry("client_cert", &rules)?;
+        }
+        if self.pass_pem {
+            map.serialize_entry("pass_client_cert", "pem")?;
+        }
+        map.end()
     }
 }
 

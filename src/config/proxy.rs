@@ -176,7 +176,7 @@ pub struct RouteSettings {
         serialize_with = "serialize_opt_size"
     )]
     pub max_body_size: Option<u64>,
-    #[serde(skip_serializing_if = "super::client_auth::RouteClientCert::is_default")]
+    #[serde(flatten)]
     pub client_cert: super::client_auth::RouteClientCert,
 }
 

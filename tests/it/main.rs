@@ -17,6 +17,7 @@ mod check;
 mod check_grades;
 mod cli;
 mod metrics;
+mod policy_mtls;
 mod proxy;
 mod reload;
 mod tls_edge;
