@@ -318,6 +318,82 @@ pub fn warnings(settings: &Settings) -> Vec<String> {
 mod tests {
     use super::*;
 
+    fn load(yaml: &str) -> Result<Settings, ConfigError> {
+        super::super::load_str(
+            yaml,
+            Some(std::path::Path::new("/etc/tlsgate/tlsgate.yaml")),
+            &Default::default(),
+            &|_| None,
+        )
+    }
+
+    fn refused(yaml: &str) -> String {
+        match load(yaml) {
+            Ok(_) => panic!("accepted:\n{yaml}"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn listener_and_per_name_settings() {
+        let settings = load(
+            "tls:\n  client_auth: {mode: optional, ca_files: [ca.crt], crl_files: [/crl/a.crl]}\n  certificates:\n    - pem_file: s.pem\n      names: [secure.test]\n      client_auth: {ca_files: [other.crt]}\n",
+        )
+        .unwrap();
+        let auth = &settings.tls.client_auth;
+        assert_eq!(auth.mode, ClientAuthMode::Optional);
+        assert_eq!(auth.ca_files, vec![PathBuf::from("/etc/tlsgate/ca.crt")]);
+        assert_eq!(auth.crl_files, vec![PathBuf::from("/crl/a.crl")]);
+        let named = settings.tls.certificates[0].client_auth.as_ref().unwrap();
+        assert_eq!(named.mode, ClientAuthMode::Required, "a mapping means required");
+        assert!(!load("").unwrap().tls.client_auth.is_on(), "off by default");
+        let printed = super::super::to_yaml(&settings);
+        assert!(printed.contains("mode: optional"), "{printed}");
+    }
+
+    #[test]
+    fn mistakes_are_refused_with_their_line() {
+        let error = refused("tls:\n  client_auth: {mode: sometimes, ca_files: [ca.crt]}\n");
+        assert!(error.contains("tlsgate.yaml:2") && error.contains("sometimes"), "{error}");
+        let error = refused("tls:\n  client_auth: {mode: required}\n");
+        assert!(error.contains("tlsgate.yaml:2") && error.contains("ca_files"), "{error}");
+        let error = refused("tls:\n  client_auth: {mode: required, ca_file: [x]}\n");
+        assert!(error.contains("ca_file"), "{error}");
+        let error = refused(
+            "tls:\n  certificates:\n    - pem_file: s.pem\n      client_auth: {ca_files: [a.crt]}\n",
+        );
+        assert!(error.contains("names"), "{error}");
+        let route = |extra: &str| {
+            format!("routes:\n  - path: /\n    upstream: http://127.0.0.1:1\n    {extra}\n")
+        };
+        let error = refused(&route("client_cert: {sans: ['dns:a.*.test']}"));
+        assert!(error.contains("tlsgate.yaml:4") && error.contains("wildcard"), "{error}");
+        let error = refused(&route("client_cert: {}"));
+        assert!(error.contains("neither"), "{error}");
+        let error = refused(&route("pass_client_cert: der"));
+        assert!(error.contains("pem"), "{error}");
+    }
+
+    #[test]
+    fn a_route_needing_a_certificate_nobody_asks_for_is_a_warning() {
+        let yaml = "routes:\n  - path: /\n    upstream: http://127.0.0.1:1\n    require_client_cert: true\n";
+        let settings = load(yaml).unwrap();
+        assert!(settings.proxy.routes[0].client_cert.require);
+        assert!(
+            settings.warnings().iter().any(|w| w.contains("requires a client certificate")),
+            "{:?}",
+            settings.warnings()
+        );
+        let asked = format!("tls:\n  client_auth: {{mode: optional, ca_files: [ca.crt]}}\n{yaml}");
+        assert!(load(&asked).unwrap().warnings().is_empty());
+        // The effective config reads back.
+        let rules = "routes:\n  - path: /\n    upstream: http://127.0.0.1:1\n    client_cert: {subjects: ['CN=a,O=b'], sans: ['*.svc.test']}\n    pass_client_cert: pem\n";
+        let first = load(rules).unwrap();
+        let printed = super::super::to_yaml(&first);
+        let again = load(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+        assert_eq!(again.proxy.routes, first.proxy.routes);
+    }
+
     #[test]
     fn san_patterns() {
         assert_eq!(

@@ -64,6 +64,8 @@ pub struct Pipeline {
     route_closers: HashMap<String, CancellationToken>,
     /// How long after a reload removed their route WebSockets get, spread at random.
     reload_grace: Duration,
+    /// Hosts with their own client auth, refused over connections without SNI.
+    client_auth_names: crate::policy::client_cert::ClientAuthNames,
 }
 
 impl Pipeline {
@@ -117,6 +119,7 @@ impl Pipeline {
             },
             route_closers,
             reload_grace: settings.limits.reload_grace,
+            client_auth_names: crate::policy::client_cert::ClientAuthNames::of(&settings.tls),
         }
     }
 
@@ -238,8 +241,9 @@ impl Pipeline {
         let websocket = websocket::is_websocket(&request);
         // 1. Checks.
         let host = (!ctx.host.is_empty()).then_some(ctx.host.as_str());
-        if let Err(error) =
-            checks::sanity(&request, websocket).and_then(|()| checks::misdirected(host, &ctx.conn))
+        if let Err(error) = checks::sanity(&request, websocket)
+            .and_then(|()| checks::misdirected(host, &ctx.conn))
+            .and_then(|()| self.client_auth_names.check(host, ctx.conn.sni.as_deref()))
         {
             return (None, Err(error));
         }

@@ -6,6 +6,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::client_auth::{RouteClientCert, SanRule};
 use crate::http::context::ClientCertIdentity;
+use crate::http::error::HttpError;
 
 pub const SUBJECT: HeaderName = HeaderName::from_static("x-client-cert-subject");
 pub const SAN: HeaderName = HeaderName::from_static("x-client-cert-san");
@@ -16,6 +17,50 @@ pub const PEM: HeaderName = HeaderName::from_static("x-client-cert");
 /// Every header this module sets; inbound copies are removed on every route, since a client
 /// could otherwise claim any identity to an upstream that trusts them.
 pub const HEADERS: [HeaderName; 5] = [SUBJECT, SAN, FINGERPRINT, SERIAL, PEM];
+
+/// The server names whose certificate entry has its own `client_auth`. A client that sent
+/// no SNI got the listener's client auth, so it may not ask for one of these hosts (the
+/// `421` rule covers a client that named another host in its SNI).
+#[derive(Debug, Clone, Default)]
+pub struct ClientAuthNames {
+    exact: std::collections::HashSet<String>,
+    /// Wildcards, by their parent domain.
+    wildcard: std::collections::HashSet<String>,
+}
+
+impl ClientAuthNames {
+    pub fn of(tls: &crate::config::TlsSettings) -> Self {
+        let mut names = Self::default();
+        if !tls.enabled {
+            return names;
+        }
+        for entry in tls.certificates.iter().filter(|c| c.client_auth.is_some()) {
+            for name in &entry.names {
+                match name.strip_prefix("*.") {
+                    Some(parent) => names.wildcard.insert(parent.to_owned()),
+                    None => names.exact.insert(name.clone()),
+                };
+            }
+        }
+        names
+    }
+
+    /// `421` for a request to one of these hosts over a connection without SNI.
+    pub fn check(&self, host: Option<&str>, sni: Option<&str>) -> Result<(), HttpError> {
+        let (Some(host), None) = (host, sni) else {
+            return Ok(());
+        };
+        let scoped = self.exact.contains(host)
+            || host
+                .split_once('.')
+                .is_some_and(|(_, parent)| self.wildcard.contains(parent));
+        if scoped {
+            Err(HttpError::MisdirectedRequest)
+        } else {
+            Ok(())
+        }
+    }
+}
 
 /// Why a route refused the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +188,24 @@ mod tests {
             sans: sans.to_vec(),
             pass_pem: false,
         }
+    }
+
+    #[test]
+    fn hosts_with_their_own_client_auth_need_the_sni() {
+        let tls = crate::config::load_str(
+            "tls:\n  certificates:\n    - pem_file: a.pem\n      names: [secure.test, '*.mtls.test']\n      client_auth: {ca_files: [ca.crt]}\n    - pem_file: b.pem\n      names: [open.test]\n",
+            None,
+            &Default::default(),
+            &|_| None,
+        )
+        .unwrap()
+        .tls;
+        let names = ClientAuthNames::of(&tls);
+        assert!(names.check(Some("secure.test"), None).is_err());
+        assert!(names.check(Some("x.mtls.test"), None).is_err());
+        assert!(names.check(Some("secure.test"), Some("secure.test")).is_ok());
+        assert!(names.check(Some("open.test"), None).is_ok());
+        assert!(names.check(None, None).is_ok());
     }
 
     #[test]

@@ -518,5 +518,46 @@ async fn a_certificate_entry_asks_for_client_certificates_for_its_names_only() {
     )
     .await;
     assert_eq!(misdirected.status, 421, "{}", misdirected.body);
+    // Nor can a client that sends no SNI (it got the listener's config, without client auth).
+    let (_, text) = no_sni_request(&server, &d.join("ca.crt"), "secure.test").await;
+    assert!(text.contains("HTTP/1.1 421"), "{text}");
+    let (_, text) = no_sni_request(&server, &d.join("ca.crt"), "app.test").await;
+    assert!(text.contains("HTTP/1.1 200"), "{text}");
     server.stop().await;
+}
+
+/// One request for `host` over a TLS connection without SNI (`openssl s_client -noservername`).
+async fn no_sni_request(server: &TestServer, ca: &Path, host: &str) -> (bool, String) {
+    let args: Vec<String> = [
+        "s_client",
+        "-connect",
+        &server.main.to_string(),
+        "-noservername",
+        "-CAfile",
+        &ca.display().to_string(),
+        "-ign_eof",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let request = format!("GET /echo HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = Command::new("openssl")
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("openssl");
+        let mut stdin = child.stdin.take().unwrap();
+        let _ = stdin.write_all(request.as_bytes());
+        drop(stdin);
+        let output = child.wait_with_output().expect("openssl output");
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stderr));
+        (output.status.success(), text)
+    })
+    .await
+    .unwrap()
 }
