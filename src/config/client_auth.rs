@@ -345,7 +345,11 @@ mod tests {
         assert_eq!(auth.ca_files, vec![PathBuf::from("/etc/tlsgate/ca.crt")]);
         assert_eq!(auth.crl_files, vec![PathBuf::from("/crl/a.crl")]);
         let named = settings.tls.certificates[0].client_auth.as_ref().unwrap();
-        assert_eq!(named.mode, ClientAuthMode::Required, "a mapping means required");
+        assert_eq!(
+            named.mode,
+            ClientAuthMode::Required,
+            "a mapping means required"
+        );
         assert!(!load("").unwrap().tls.client_auth.is_on(), "off by default");
         let printed = super::super::to_yaml(&settings);
         assert!(printed.contains("mode: optional"), "{printed}");
@@ -354,9 +358,15 @@ mod tests {
     #[test]
     fn mistakes_are_refused_with_their_line() {
         let error = refused("tls:\n  client_auth: {mode: sometimes, ca_files: [ca.crt]}\n");
-        assert!(error.contains("tlsgate.yaml:2") && error.contains("sometimes"), "{error}");
+        assert!(
+            error.contains("tlsgate.yaml:2") && error.contains("sometimes"),
+            "{error}"
+        );
         let error = refused("tls:\n  client_auth: {mode: required}\n");
-        assert!(error.contains("tlsgate.yaml:2") && error.contains("ca_files"), "{error}");
+        assert!(
+            error.contains("tlsgate.yaml:2") && error.contains("ca_files"),
+            "{error}"
+        );
         let error = refused("tls:\n  client_auth: {mode: required, ca_file: [x]}\n");
         assert!(error.contains("ca_file"), "{error}");
         let error = refused(
@@ -367,7 +377,10 @@ mod tests {
             format!("routes:\n  - path: /\n    upstream: http://127.0.0.1:1\n    {extra}\n")
         };
         let error = refused(&route("client_cert: {sans: ['dns:a.*.test']}"));
-        assert!(error.contains("tlsgate.yaml:4") && error.contains("wildcard"), "{error}");
+        assert!(
+            error.contains("tlsgate.yaml:4") && error.contains("wildcard"),
+            "{error}"
+        );
         let error = refused(&route("client_cert: {}"));
         assert!(error.contains("neither"), "{error}");
         let error = refused(&route("pass_client_cert: der"));
@@ -380,7 +393,10 @@ mod tests {
         let settings = load(yaml).unwrap();
         assert!(settings.proxy.routes[0].client_cert.require);
         assert!(
-            settings.warnings().iter().any(|w| w.contains("requires a client certificate")),
+            settings
+                .warnings()
+                .iter()
+                .any(|w| w.contains("requires a client certificate")),
             "{:?}",
             settings.warnings()
         );
@@ -415,6 +431,9 @@ mod tests {
         assert!(SanRule::parse("dns:*.*.example.com").is_err());
         assert!(SanRule::parse("dns:a.*.com").is_err());
         assert!(SanRule::parse("ip:nope").is_err());
-        assert_eq!(SanRule::parse("alice").unwrap(), SanRule::Any("alice".into()));
+        assert_eq!(
+            SanRule::parse("alice").unwrap(),
+            SanRule::Any("alice".into())
+        );
     }
 }

@@ -5,8 +5,8 @@
 //! and command-line overrides → `validate` → `Settings` (every default filled in, nothing left
 //! for the request path to decide).
 
-pub(crate) mod env;
 pub mod client_auth;
+pub(crate) mod env;
 mod file;
 mod names;
 pub mod proxy;

@@ -34,7 +34,9 @@ impl Context<'_> {
     }
 
     fn origin_at(&self, line: u64, column: u64) -> Origin {
-        let path = self.path.map_or_else(|| PathBuf::from("<config>"), Path::to_path_buf);
+        let path = self
+            .path
+            .map_or_else(|| PathBuf::from("<config>"), Path::to_path_buf);
         Origin::File { path, line, column }
     }
 

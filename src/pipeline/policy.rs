@@ -12,10 +12,10 @@ use http_body::Body;
 
 use crate::config::client_auth::RouteClientCert;
 use crate::http::context::RequestContext;
-use crate::policy::client_cert;
 use crate::http::error::HttpError;
 use crate::http::Response;
 use crate::metrics::{Metrics, UpgradeLabels};
+use crate::policy::client_cert;
 
 /// What the policy stage decided for a request it did not refuse.
 #[derive(Debug)]

@@ -174,7 +174,10 @@ mod tests {
     fn identity() -> ClientCertIdentity {
         ClientCertIdentity {
             subject: "CN=alice,O=Example".into(),
-            sans: vec!["DNS:alice.svc.example.com".into(), "email:alice@example.com".into()],
+            sans: vec![
+                "DNS:alice.svc.example.com".into(),
+                "email:alice@example.com".into(),
+            ],
             fingerprint: "ab".repeat(32),
             serial: "1f".into(),
             pem: "-----BEGIN CERTIFICATE-----\nAB+/=\n-----END CERTIFICATE-----\n".into(),
@@ -203,7 +206,9 @@ mod tests {
         let names = ClientAuthNames::of(&tls);
         assert!(names.check(Some("secure.test"), None).is_err());
         assert!(names.check(Some("x.mtls.test"), None).is_err());
-        assert!(names.check(Some("secure.test"), Some("secure.test")).is_ok());
+        assert!(names
+            .check(Some("secure.test"), Some("secure.test"))
+            .is_ok());
         assert!(names.check(Some("open.test"), None).is_ok());
         assert!(names.check(None, None).is_ok());
     }
@@ -214,7 +219,10 @@ mod tests {
         assert_eq!(check(&RouteClientCert::default(), None), Ok(()));
         assert_eq!(check(&rule(&[], &[]), None), Err(Refusal::Missing));
         assert_eq!(check(&rule(&[], &[]), Some(&id)), Ok(()));
-        assert_eq!(check(&rule(&["CN=alice,O=Example"], &[]), Some(&id)), Ok(()));
+        assert_eq!(
+            check(&rule(&["CN=alice,O=Example"], &[]), Some(&id)),
+            Ok(())
+        );
         assert_eq!(
             check(&rule(&["CN=bob,O=Example"], &[]), Some(&id)),
             Err(Refusal::NotAllowed)

@@ -31,7 +31,13 @@ impl CertificateFiles {
         // Client-certificate CAs and CRLs reload the same way (a new CRL is put in force
         // without dropping connections).
         let client_auth = std::iter::once(&settings.tls.client_auth)
-            .chain(settings.tls.certificates.iter().flat_map(|c| &c.client_auth))
+            .chain(
+                settings
+                    .tls
+                    .certificates
+                    .iter()
+                    .flat_map(|c| &c.client_auth),
+            )
             .flat_map(|auth| auth.files())
             .map(std::path::PathBuf::as_path);
         let paths = paths.chain(client_auth);

@@ -114,9 +114,7 @@ fn check_crl(
         .iter()
         .filter_map(|der| parse_x509_certificate(der).ok().map(|(_, c)| c))
         .find(|ca| ca.subject().as_raw() == issuer.as_raw())
-        .ok_or_else(|| {
-            format!("the CRL's issuer `{issuer}` is none of the configured ca_files")
-        })?;
+        .ok_or_else(|| format!("the CRL's issuer `{issuer}` is none of the configured ca_files"))?;
     crl.verify_signature(ca.public_key())
         .map_err(|e| format!("the CRL is not signed by its issuer `{issuer}`: {e}"))?;
     if crl.last_update() > now {
@@ -295,9 +293,10 @@ pub fn failure_reason(error: &rustls::Error) -> Option<&'static str> {
         rustls::Error::NoCertificatesPresented => Some("no_certificate"),
         rustls::Error::InvalidCertificate(cert) => Some(match cert {
             E::UnknownIssuer => "unknown_ca",
-            E::Expired | E::ExpiredContext { .. } | E::NotValidYet | E::NotValidYetContext { .. } => {
-                "expired"
-            }
+            E::Expired
+            | E::ExpiredContext { .. }
+            | E::NotValidYet
+            | E::NotValidYetContext { .. } => "expired",
             E::Revoked => "revoked",
             E::BadSignature => "bad_signature",
             _ => "other",

@@ -35,7 +35,10 @@ fn cert(dir: &Path, args: &[&str]) {
 fn pki(dir: &Path, names: &[&str]) -> CertificateAuthority {
     let ca = fixture_ca(dir);
     fixture_cert(&ca, dir, "site", names, KeyAlgorithm::EcdsaP256);
-    cert(dir, &["ca", "init", "--name", "Test clients", "--out", "clients"]);
+    cert(
+        dir,
+        &["ca", "init", "--name", "Test clients", "--out", "clients"],
+    );
     for name in ["alice", "bob"] {
         cert(
             dir,
@@ -82,9 +85,17 @@ async fn curl(
     ];
     if let Some(client) = client {
         args.push("--cert".into());
-        args.push(dir.join(format!("issued/{client}.crt")).display().to_string());
+        args.push(
+            dir.join(format!("issued/{client}.crt"))
+                .display()
+                .to_string(),
+        );
         args.push("--key".into());
-        args.push(dir.join(format!("issued/{client}.key")).display().to_string());
+        args.push(
+            dir.join(format!("issued/{client}.key"))
+                .display()
+                .to_string(),
+        );
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     args.push(format!("https://{host}:{port}{path}"));
@@ -131,9 +142,17 @@ async fn s_client(dir: &Path, server: &TestServer, client: Option<&str>) -> (boo
     .collect();
     if let Some(client) = client {
         args.push("-cert".into());
-        args.push(dir.join(format!("issued/{client}.crt")).display().to_string());
+        args.push(
+            dir.join(format!("issued/{client}.crt"))
+                .display()
+                .to_string(),
+        );
         args.push("-key".into());
-        args.push(dir.join(format!("issued/{client}.key")).display().to_string());
+        args.push(
+            dir.join(format!("issued/{client}.key"))
+                .display()
+                .to_string(),
+        );
     }
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
@@ -145,8 +164,8 @@ async fn s_client(dir: &Path, server: &TestServer, client: Option<&str>) -> (boo
             .spawn()
             .expect("openssl");
         let mut stdin = child.stdin.take().unwrap();
-        let _ = stdin
-            .write_all(b"GET /echo HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n");
+        let _ =
+            stdin.write_all(b"GET /echo HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n");
         drop(stdin);
         let output = child.wait_with_output().expect("openssl output");
         let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -211,7 +230,12 @@ async fn required_mode_refuses_clients_without_a_certificate() {
         "app.test",
         "/echo",
         Some("alice"),
-        &["-H", "X-Client-Cert-Subject: CN=admin", "-H", "X-Client-Cert: forged"],
+        &[
+            "-H",
+            "X-Client-Cert-Subject: CN=admin",
+            "-H",
+            "X-Client-Cert: forged",
+        ],
     )
     .await;
     assert_eq!(ok.status, 200, "{}", ok.stderr);
@@ -231,7 +255,10 @@ async fn required_mode_refuses_clients_without_a_certificate() {
         .to_ascii_lowercase();
     assert_eq!(headers["x-client-cert-fingerprint"], fingerprint.as_str());
     let (_, serial) = openssl(&["x509", "-in", &leaf, "-noout", "-serial"]);
-    let serial = serial.trim().trim_start_matches("serial=").to_ascii_lowercase();
+    let serial = serial
+        .trim()
+        .trim_start_matches("serial=")
+        .to_ascii_lowercase();
     assert_eq!(
         headers["x-client-cert-serial"],
         serial.trim_start_matches('0'),
@@ -246,18 +273,26 @@ async fn required_mode_refuses_clients_without_a_certificate() {
     cert(d, &["ca", "init", "--name", "Other", "--out", "other/ca"]);
     cert(
         d,
-        &["ca", "issue", "mallory", "--client", "--ca", "other/ca", "--out", "issued"],
+        &[
+            "ca", "issue", "mallory", "--client", "--ca", "other/ca", "--out", "issued",
+        ],
     );
     let stranger = curl(d, &server, "app.test", "/echo", Some("mallory"), &[]).await;
     assert_ne!(stranger.code, 0, "{}", stranger.stderr);
 
     let text = metrics(&server).await;
     assert!(
-        metric(&text, "tlsgate_tls_client_cert_failures_total{reason=\"no_certificate\"}") >= 2,
+        metric(
+            &text,
+            "tlsgate_tls_client_cert_failures_total{reason=\"no_certificate\"}"
+        ) >= 2,
         "{text}"
     );
     assert!(
-        metric(&text, "tlsgate_tls_client_cert_failures_total{reason=\"unknown_ca\"}") >= 1,
+        metric(
+            &text,
+            "tlsgate_tls_client_cert_failures_total{reason=\"unknown_ca\"}"
+        ) >= 1,
         "{text}"
     );
     server.stop().await;
@@ -283,39 +318,60 @@ async fn optional_mode_lets_clients_through_and_routes_decide() {
         "app.test",
         "/open",
         None,
-        &["-H", "X-Client-Cert-Subject: CN=bob", "-H", "X-Client-Cert-Fingerprint: ff"],
+        &[
+            "-H",
+            "X-Client-Cert-Subject: CN=bob",
+            "-H",
+            "X-Client-Cert-Fingerprint: ff",
+        ],
     )
     .await;
     assert_eq!(open.status, 200, "{}", open.stderr);
     let headers = seen(&open);
     assert!(headers.get("x-client-cert-subject").is_none(), "{headers}");
-    assert!(headers.get("x-client-cert-fingerprint").is_none(), "{headers}");
+    assert!(
+        headers.get("x-client-cert-fingerprint").is_none(),
+        "{headers}"
+    );
 
     let secure = curl(d, &server, "app.test", "/secure", None, &[]).await;
     assert_eq!(secure.status, 403, "{}", secure.body);
-    assert!(secure.body.contains("client certificate"), "{}", secure.body);
+    assert!(
+        secure.body.contains("client certificate"),
+        "{}",
+        secure.body
+    );
     let secure = curl(d, &server, "app.test", "/secure", Some("alice"), &[]).await;
     assert_eq!(secure.status, 200);
 
     // Subject rules.
     assert_eq!(
-        curl(d, &server, "app.test", "/bob-only", Some("alice"), &[]).await.status,
+        curl(d, &server, "app.test", "/bob-only", Some("alice"), &[])
+            .await
+            .status,
         403
     );
     assert_eq!(
-        curl(d, &server, "app.test", "/bob-only", Some("bob"), &[]).await.status,
+        curl(d, &server, "app.test", "/bob-only", Some("bob"), &[])
+            .await
+            .status,
         200
     );
 
     // SAN rules and the URL-encoded PEM.
     assert_eq!(
-        curl(d, &server, "app.test", "/pem", Some("bob"), &[]).await.status,
+        curl(d, &server, "app.test", "/pem", Some("bob"), &[])
+            .await
+            .status,
         403
     );
     let pem = curl(d, &server, "app.test", "/pem", Some("alice"), &[]).await;
     assert_eq!(pem.status, 200);
     let encoded = seen(&pem)["x-client-cert"].as_str().unwrap().to_owned();
-    assert!(encoded.starts_with("-----BEGIN%20CERTIFICATE-----%0A"), "{encoded}");
+    assert!(
+        encoded.starts_with("-----BEGIN%20CERTIFICATE-----%0A"),
+        "{encoded}"
+    );
     let decoded = percent_decode(&encoded);
     let file = std::fs::read_to_string(d.join("issued/alice.crt")).unwrap();
     assert!(file.starts_with(&decoded), "{decoded}\n---\n{file}");
@@ -341,7 +397,10 @@ fn percent_decode(text: &str) -> String {
 /// A CRL from the CA in `ca_dir` (`ca.crt`, `ca.key`) numbered `number`, revoking the
 /// certificates in `revoked`, valid from `from` to `until` (relative to now).
 fn crl(ca_dir: &Path, number: u64, revoked: &[PathBuf], from: i64, until: i64) -> String {
-    use rcgen::{CertificateRevocationListParams, Issuer, KeyIdMethod, KeyPair, RevokedCertParams, SerialNumber};
+    use rcgen::{
+        CertificateRevocationListParams, Issuer, KeyIdMethod, KeyPair, RevokedCertParams,
+        SerialNumber,
+    };
     let key = KeyPair::from_pem(&std::fs::read_to_string(ca_dir.join("ca.key")).unwrap()).unwrap();
     let pem = std::fs::read_to_string(ca_dir.join("ca.crt")).unwrap();
     let issuer = Issuer::from_ca_cert_pem(&pem, key).unwrap();
@@ -349,7 +408,9 @@ fn crl(ca_dir: &Path, number: u64, revoked: &[PathBuf], from: i64, until: i64) -
     let revoked_certs = revoked
         .iter()
         .map(|path| {
-            let der = tlsgate::certs::pem::read_certificates(path).unwrap().remove(0);
+            let der = tlsgate::certs::pem::read_certificates(path)
+                .unwrap()
+                .remove(0);
             let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
             RevokedCertParams {
                 serial_number: SerialNumber::from_slice(parsed.raw_serial()),
@@ -394,7 +455,9 @@ async fn crls_revoke_reload_from_disk_and_never_roll_back() {
     );
     let server = TestServer::start(&yaml, d).await.unwrap();
     assert_eq!(
-        curl(d, &server, "app.test", "/echo", Some("alice"), &[]).await.status,
+        curl(d, &server, "app.test", "/echo", Some("alice"), &[])
+            .await
+            .status,
         200
     );
 
@@ -423,13 +486,18 @@ async fn crls_revoke_reload_from_disk_and_never_roll_back() {
     }
     assert!(refused, "alice is refused once CRL 3 is on disk");
     assert_eq!(
-        curl(d, &server, "app.test", "/echo", Some("bob"), &[]).await.status,
+        curl(d, &server, "app.test", "/echo", Some("bob"), &[])
+            .await
+            .status,
         200,
         "bob is not revoked"
     );
     let text = metrics(&server).await;
     assert!(
-        metric(&text, "tlsgate_tls_client_cert_failures_total{reason=\"revoked\"}") >= 1,
+        metric(
+            &text,
+            "tlsgate_tls_client_cert_failures_total{reason=\"revoked\"}"
+        ) >= 1,
         "{text}"
     );
 
@@ -449,7 +517,9 @@ async fn crls_revoke_reload_from_disk_and_never_roll_back() {
     let reload = server.post_reload().await;
     assert_eq!(reload.status, 200, "{}", reload.body);
     assert_eq!(
-        curl(d, &server, "app.test", "/echo", Some("alice"), &[]).await.status,
+        curl(d, &server, "app.test", "/echo", Some("alice"), &[])
+            .await
+            .status,
         200,
         "CRL 5 no longer lists alice"
     );
@@ -469,7 +539,10 @@ async fn bad_crls_stop_the_start_with_a_clear_error() {
     for (crl_text, expected) in [
         (crl(&d.join("clients"), 1, &[], -7200, -3600), "expired"),
         (crl(&d.join("clients"), 1, &[], 3600, 7200), "not valid yet"),
-        (crl(&d.join("other"), 1, &[], -60, 3600), "none of the configured ca_files"),
+        (
+            crl(&d.join("other"), 1, &[], -60, 3600),
+            "none of the configured ca_files",
+        ),
         ("not a crl".to_owned(), "not a CRL"),
     ] {
         std::fs::write(d.join("clients.crl"), crl_text).unwrap();
@@ -480,7 +553,10 @@ async fn bad_crls_stop_the_start_with_a_clear_error() {
             }
             Err(error) => error,
         };
-        assert!(error.contains(expected) && error.contains("clients.crl"), "{error}");
+        assert!(
+            error.contains(expected) && error.contains("clients.crl"),
+            "{error}"
+        );
     }
 }
 
@@ -489,7 +565,13 @@ async fn a_certificate_entry_asks_for_client_certificates_for_its_names_only() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let server_ca = pki(d, &["app.test"]);
-    fixture_cert(&server_ca, d, "secure", &["secure.test"], KeyAlgorithm::EcdsaP256);
+    fixture_cert(
+        &server_ca,
+        d,
+        "secure",
+        &["secure.test"],
+        KeyAlgorithm::EcdsaP256,
+    );
     let backend = Upstream::start("b").await;
     let yaml = format!(
         "tls:\n  certificates:\n    - pem_file: site.pem\n      default: true\n    - pem_file: secure.pem\n      names: [secure.test]\n      client_auth: {{mode: required, ca_files: [clients/ca.crt]}}\ndefault_route: {}\n",
@@ -497,7 +579,9 @@ async fn a_certificate_entry_asks_for_client_certificates_for_its_names_only() {
     );
     let server = TestServer::start(&yaml, d).await.unwrap();
     assert_eq!(
-        curl(d, &server, "app.test", "/echo", None, &[]).await.status,
+        curl(d, &server, "app.test", "/echo", None, &[])
+            .await
+            .status,
         200,
         "app.test asks for no certificate"
     );
