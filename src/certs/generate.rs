@@ -143,6 +143,12 @@ fn subject_alt_names(names: &[String]) -> Result<Vec<SanType>, CertError> {
         .iter()
         .map(|name| match name.parse::<std::net::IpAddr>() {
             Ok(ip) => Ok(SanType::IpAddress(ip)),
+            // Client certificates may name a person by email address (rfc822Name).
+            Err(_) if name.contains('@') => name
+                .clone()
+                .try_into()
+                .map(SanType::Rfc822Name)
+                .map_err(generation_error("subject alternative name")),
             Err(_) => name
                 .clone()
                 .try_into()

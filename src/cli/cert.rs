@@ -145,7 +145,8 @@ pub struct CaInitArgs {
 
 #[derive(Debug, Args)]
 pub struct CaIssueArgs {
-    /// DNS names, wildcards or IP addresses (for --client: any name, e.g. a user).
+    /// DNS names, wildcards or IP addresses (for --client: a user or service name, or an
+    /// email address such as alice@example.com).
     #[arg(required = true, value_name = "NAME")]
     names: Vec<String>,
     /// The CA's folder: ca.crt + ca.key (or root.crt + root.key, as in the data folder's ca/).
@@ -320,6 +321,28 @@ fn checked_names(names: &[String]) -> Result<Vec<String>, Failure> {
                     "`{name}` is not a valid DNS name, wildcard or IP address"
                 ))
             })
+        })
+        .collect()
+}
+
+/// As [`checked_names`], and email addresses (`alice@example.com`, an rfc822Name SAN).
+fn checked_client_names(names: &[String]) -> Result<Vec<String>, Failure> {
+    names
+        .iter()
+        .map(|name| match name.rsplit_once('@') {
+            Some((local, domain))
+                if !local.is_empty()
+                    && !local.contains(['@', ' ', '/'])
+                    && !local.chars().any(char::is_control) =>
+            {
+                normalize_dns_name(domain)
+                    .ok()
+                    .filter(|d| !d.starts_with("*.") && d.parse::<std::net::IpAddr>().is_err())
+                    .map(|domain| format!("{local}@{domain}"))
+                    .ok_or_else(|| Failure(format!("`{name}` is not a valid email address")))
+            }
+            Some(_) => Err(Failure(format!("`{name}` is not a valid email address"))),
+            None => checked_names(std::slice::from_ref(name)).map(|mut n| n.remove(0)),
         })
         .collect()
 }
@@ -547,8 +570,12 @@ fn load_ca_dir(dir: &Path) -> Result<CertificateAuthority, Failure> {
 }
 
 fn ca_issue(args: CaIssueArgs) -> Outcome {
-    // A client certificate names a user or service, still as a valid DNS-style SAN.
-    let names = checked_names(&args.names)?;
+    // A client certificate names a user or service: a DNS-style name, or an email address.
+    let names = if args.client {
+        checked_client_names(&args.names)?
+    } else {
+        checked_names(&args.names)?
+    };
     let lifetime = checked_days(args.days)?;
     let ca = load_ca_dir(&args.ca)?;
     let usage = if args.client {

@@ -306,7 +306,7 @@ async fn optional_mode_lets_clients_through_and_routes_decide() {
     let backend = Upstream::start("b").await;
     let url = backend.url();
     let routes = format!(
-        "routes:\n  - path: /open\n    upstream: {url}\n  - path: /secure\n    upstream: {url}\n    require_client_cert: true\n  - path: /bob-only\n    upstream: {url}\n    client_cert: {{subjects: [CN=bob]}}\n  - path: /pem\n    upstream: {url}\n    client_cert: {{sans: [alice, 'DNS:*.svc.test']}}\n    pass_client_cert: pem\n"
+        "routes:\n  - path: /open\n    upstream: {url}\n  - path: /secure\n    upstream: {url}\n    require_client_cert: true\n  - path: /bob-only\n    upstream: {url}\n    client_cert: {{subjects: [CN=bob]}}\n  - path: /pem\n    upstream: {url}\n    client_cert: {{sans: [alice, 'DNS:*.svc.test']}}\n    pass_client_cert: pem\n  - path: /carol\n    upstream: {url}\n    client_cert: {{sans: ['email:carol@example.com']}}\n"
     );
     let yaml = tls_yaml("{mode: optional, ca_files: [clients/ca.crt]}", &routes);
     let server = TestServer::start(&yaml, d).await.unwrap();
@@ -375,6 +375,40 @@ async fn optional_mode_lets_clients_through_and_routes_decide() {
     let decoded = percent_decode(&encoded);
     let file = std::fs::read_to_string(d.join("issued/alice.crt")).unwrap();
     assert!(file.starts_with(&decoded), "{decoded}\n---\n{file}");
+
+    // A client certificate naming a person by email address.
+    cert(
+        d,
+        &[
+            "ca",
+            "issue",
+            "carol@example.com",
+            "--client",
+            "--ca",
+            "clients",
+            "--out",
+            "issued",
+        ],
+    );
+    let carol = curl(
+        d,
+        &server,
+        "app.test",
+        "/carol",
+        Some("carol@example.com"),
+        &[],
+    )
+    .await;
+    assert_eq!(carol.status, 200, "{}", carol.body);
+    let headers = seen(&carol);
+    assert_eq!(headers["x-client-cert-san"], "email:carol@example.com");
+    assert_eq!(headers["x-client-cert-subject"], "CN=carol@example.com");
+    assert_eq!(
+        curl(d, &server, "app.test", "/carol", Some("alice"), &[])
+            .await
+            .status,
+        403
+    );
     server.stop().await;
 }
 
