@@ -71,7 +71,7 @@ pub struct Metrics {
     pub handshakes: Family<HandshakeLabels, Counter>,
     pub handshake_failures: Family<ReasonLabels, Counter>,
     /// Refused client certificates (mTLS) by reason: no_certificate, unknown_ca, expired,
-    /// revoked, bad_signature, other.
+    /// revoked, bad_signature, crl_expired, other.
     pub client_cert_failures: Family<ReasonLabels, Counter>,
     pub handshake_duration: Histogram,
     pub open_connections: Gauge,

@@ -117,7 +117,11 @@ fn check_crl(
         .ok_or_else(|| format!("the CRL's issuer `{issuer}` is none of the configured ca_files"))?;
     crl.verify_signature(ca.public_key())
         .map_err(|e| format!("the CRL is not signed by its issuer `{issuer}`: {e}"))?;
-    if crl.last_update() > now {
+    // A CA whose clock runs a little ahead must not have its fresh CRL refused (the watcher
+    // would not try the same file again).
+    let leeway = ::time::Duration::minutes(5);
+    let ahead = (now + leeway).unwrap_or(now);
+    if crl.last_update() > ahead {
         return Err(format!(
             "the CRL is not valid yet (thisUpdate {})",
             crl.last_update()
@@ -286,7 +290,8 @@ fn pem(der: &[u8]) -> String {
 }
 
 /// A client-certificate failure as a bounded label value
-/// (`tlsgate_tls_client_cert_failures_total{reason}`); none for other handshake failures.
+/// (`tlsgate_tls_client_cert_failures_total{reason}`: no_certificate, unknown_ca, expired,
+/// revoked, bad_signature, crl_expired, other); none for other handshake failures.
 pub fn failure_reason(error: &rustls::Error) -> Option<&'static str> {
     use rustls::CertificateError as E;
     match error {
@@ -299,6 +304,8 @@ pub fn failure_reason(error: &rustls::Error) -> Option<&'static str> {
             | E::NotValidYetContext { .. } => "expired",
             E::Revoked => "revoked",
             E::BadSignature => "bad_signature",
+            // Every client is refused until a fresh CRL is published: worth its own label.
+            E::ExpiredRevocationList | E::ExpiredRevocationListContext { .. } => "crl_expired",
             _ => "other",
         }),
         _ => None,
@@ -339,6 +346,7 @@ mod tests {
         assert_eq!(reason(E::Expired), Some("expired"));
         assert_eq!(reason(E::BadSignature), Some("bad_signature"));
         assert_eq!(reason(E::UnknownRevocationStatus), Some("other"));
+        assert_eq!(reason(E::ExpiredRevocationList), Some("crl_expired"));
         assert_eq!(
             failure_reason(&rustls::Error::NoCertificatesPresented),
             Some("no_certificate")

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tlsgate::certs::generate::{CertificateAuthority, KeyAlgorithm};
+use tlsgate::certs::generate::{CertificateAuthority, KeyAlgorithm, Usage};
 
 use crate::common::upstream::Upstream;
-use crate::common::{fixture_ca, fixture_cert, openssl, TestServer};
+use crate::common::{fixture_ca, fixture_cert, openssl, write_fixture, TestServer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tlsgate");
 
@@ -280,7 +280,34 @@ async fn required_mode_refuses_clients_without_a_certificate() {
     let stranger = curl(d, &server, "app.test", "/echo", Some("mallory"), &[]).await;
     assert_ne!(stranger.code, 0, "{}", stranger.stderr);
 
+    // An expired certificate from the right CA.
+    let clients = CertificateAuthority::from_pem(
+        &std::fs::read_to_string(d.join("clients/ca.crt")).unwrap(),
+        &std::fs::read_to_string(d.join("clients/ca.key")).unwrap(),
+    )
+    .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let old = clients
+        .issue_between(
+            &["old".into()],
+            now - time::Duration::days(30),
+            now - time::Duration::days(1),
+            KeyAlgorithm::EcdsaP256,
+            Usage::Client,
+        )
+        .unwrap();
+    write_fixture(&d.join("issued"), "old", &old, "");
+    let expired = curl(d, &server, "app.test", "/echo", Some("old"), &[]).await;
+    assert_ne!(expired.code, 0, "{}", expired.stderr);
+
     let text = metrics(&server).await;
+    assert!(
+        metric(
+            &text,
+            "tlsgate_tls_client_cert_failures_total{reason=\"expired\"}"
+        ) >= 1,
+        "{text}"
+    );
     assert!(
         metric(
             &text,
@@ -592,6 +619,13 @@ async fn bad_crls_stop_the_start_with_a_clear_error() {
             "{error}"
         );
     }
+    // A CA whose clock runs a minute ahead: its CRL is taken.
+    std::fs::write(
+        d.join("clients.crl"),
+        crl(&d.join("clients"), 1, &[], 60, 7200),
+    )
+    .unwrap();
+    TestServer::start(&yaml, d).await.unwrap().stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
