@@ -127,6 +127,16 @@ fn seen(curl: &Curl) -> serde_json::Value {
 
 /// `openssl s_client` sending one HTTP/1.1 request; returns (exit success, output).
 async fn s_client(dir: &Path, server: &TestServer, client: Option<&str>) -> (bool, String) {
+    s_client_with(dir, server, client, &[]).await
+}
+
+/// As [`s_client`], with more `openssl s_client` arguments.
+async fn s_client_with(
+    dir: &Path,
+    server: &TestServer,
+    client: Option<&str>,
+    extra: &[String],
+) -> (bool, String) {
     let mut args: Vec<String> = [
         "s_client",
         "-connect",
@@ -154,6 +164,7 @@ async fn s_client(dir: &Path, server: &TestServer, client: Option<&str>) -> (boo
                 .to_string(),
         );
     }
+    args.extend(extra.iter().cloned());
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
         let mut child = Command::new("openssl")
@@ -370,6 +381,16 @@ async fn optional_mode_lets_clients_through_and_routes_decide() {
     );
     let secure = curl(d, &server, "app.test", "/secure", Some("alice"), &[]).await;
     assert_eq!(secure.status, 200);
+    // Optional is not lax: a certificate from an unknown CA still fails the handshake.
+    cert(d, &["ca", "init", "--name", "Other", "--out", "other"]);
+    cert(
+        d,
+        &[
+            "ca", "issue", "mallory", "--client", "--ca", "other", "--out", "issued",
+        ],
+    );
+    let stranger = curl(d, &server, "app.test", "/open", Some("mallory"), &[]).await;
+    assert_ne!(stranger.code, 0, "{}", stranger.stderr);
 
     // Subject rules.
     assert_eq!(
@@ -522,6 +543,28 @@ async fn crls_revoke_reload_from_disk_and_never_roll_back() {
         200
     );
 
+    // A TLS session of alice's, to try resuming once she is revoked.
+    let session = d.join("alice.session").display().to_string();
+    let (_, text) = s_client_with(
+        d,
+        &server,
+        Some("alice"),
+        &["-sess_out".into(), session.clone()],
+    )
+    .await;
+    assert!(text.contains("HTTP/1.1 200"), "{text}");
+    let (_, text) = s_client_with(
+        d,
+        &server,
+        Some("alice"),
+        &["-sess_in".into(), session.clone()],
+    )
+    .await;
+    assert!(
+        text.contains("Reused,") && text.contains("HTTP/1.1 200"),
+        "the session resumes while alice is in good standing: {text}"
+    );
+
     // CRL 3 revokes alice (openssl agrees it does); the file watcher puts it in force.
     let revoking = crl(&clients, 3, std::slice::from_ref(&alice), -60, 86_400);
     std::fs::write(d.join("revoking.crl"), &revoking).unwrap();
@@ -552,6 +595,12 @@ async fn crls_revoke_reload_from_disk_and_never_roll_back() {
             .status,
         200,
         "bob is not revoked"
+    );
+    // Resuming the session from before the revocation does not skip the check.
+    let (_, text) = s_client_with(d, &server, Some("alice"), &["-sess_in".into(), session]).await;
+    assert!(
+        !text.contains("HTTP/1.1 200") && !text.contains("Reused,"),
+        "{text}"
     );
     let text = metrics(&server).await;
     assert!(
