@@ -565,6 +565,10 @@ async fn crls_revoke_reload_from_disk_and_never_roll_back() {
         "the session resumes while alice is in good standing: {text}"
     );
 
+    // A keep-alive connection of alice's, open across the reload below.
+    let mut kept = mtls_connection(d, &server, "alice").await;
+    assert_eq!(kept_get(&mut kept).await, 200);
+
     // CRL 3 revokes alice (openssl agrees it does); the file watcher puts it in force.
     let revoking = crl(&clients, 3, std::slice::from_ref(&alice), -60, 86_400);
     std::fs::write(d.join("revoking.crl"), &revoking).unwrap();
@@ -596,6 +600,9 @@ async fn crls_revoke_reload_from_disk_and_never_roll_back() {
         200,
         "bob is not revoked"
     );
+    // The reload dropped no connection: alice's open one was verified when it was made (as
+    // in nginx, revocation applies to new handshakes).
+    assert_eq!(kept_get(&mut kept).await, 200);
     // Resuming the session from before the revocation does not skip the check.
     let (_, text) = s_client_with(d, &server, Some("alice"), &["-sess_in".into(), session]).await;
     assert!(
@@ -761,4 +768,54 @@ async fn no_sni_request(server: &TestServer, ca: &Path, host: &str) -> (bool, St
     })
     .await
     .unwrap()
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>;
+
+/// An HTTP/1.1 keep-alive connection to app.test with `issued/CLIENT`'s certificate (rustls).
+async fn mtls_connection(dir: &Path, server: &TestServer, client: &str) -> Sender {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(dir.join(format!("issued/{client}.crt")))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join(format!("issued/{client}.key"))).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(crate::common::read_certs(&dir.join("ca.crt")).remove(0))
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .unwrap();
+    let stream = crate::common::tls_connect(server.main, "app.test", std::sync::Arc::new(config))
+        .await
+        .unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// `GET /echo` on a kept connection; its status.
+async fn kept_get(sender: &mut Sender) -> u16 {
+    let request = http::Request::get("/echo")
+        .header("host", "app.test")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    // Read to the end, so the connection is ready for the next request.
+    http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap();
+    status
 }
