@@ -169,11 +169,6 @@ impl ServerConfigs {
         }
     }
 
-    /// The config for a handshake starting with `hello`.
-    pub fn for_suites(&self, client_suites: &[rustls::CipherSuite]) -> Arc<ServerConfig> {
-        self.for_hello(None, client_suites)
-    }
-
     /// The config for a ClientHello naming `server_name` (lower case) and offering
     /// `client_suites`.
     pub fn for_hello(
