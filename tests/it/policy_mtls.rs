@@ -819,3 +819,51 @@ async fn kept_get(sender: &mut Sender) -> u16 {
         .unwrap();
     status
 }
+
+/// CRLs from OpenSSL's own CA tool (`openssl ca -revoke`, `-gencrl`), in PEM and DER.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssl_made_crls_revoke_in_pem_and_der() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pki(d, &["app.test"]);
+    let backend = Upstream::start("b").await;
+    std::fs::create_dir_all(d.join("oca")).unwrap();
+    std::fs::write(d.join("oca/index.txt"), "").unwrap();
+    std::fs::write(d.join("oca/crlnumber"), "1000\n").unwrap();
+    let cnf = format!(
+        "[ca]\ndefault_ca = c\n[c]\ndatabase = {0}/oca/index.txt\ncrlnumber = {0}/oca/crlnumber\ncertificate = {0}/clients/ca.crt\nprivate_key = {0}/clients/ca.key\ndefault_md = sha256\ndefault_crl_days = 1\n",
+        d.display()
+    );
+    std::fs::write(d.join("oca/ca.cnf"), cnf).unwrap();
+    let config = d.join("oca/ca.cnf").display().to_string();
+    let alice = d.join("issued/alice.crt").display().to_string();
+    let pem = d.join("crl.pem").display().to_string();
+    let der = d.join("crl.der").display().to_string();
+    let (ok, out) = openssl(&["ca", "-config", &config, "-revoke", &alice]);
+    assert!(ok, "{out}");
+    let (ok, out) = openssl(&["ca", "-config", &config, "-gencrl", "-out", &pem]);
+    assert!(ok, "{out}");
+    let (ok, out) = openssl(&["crl", "-in", &pem, "-outform", "DER", "-out", &der]);
+    assert!(ok, "{out}");
+    for file in ["crl.pem", "crl.der"] {
+        let yaml = tls_yaml(
+            &format!("{{mode: required, ca_files: [clients/ca.crt], crl_files: [{file}]}}"),
+            &format!("default_route: {}\n", backend.url()),
+        );
+        let server = TestServer::start(&yaml, d).await.unwrap();
+        let refused = curl(d, &server, "app.test", "/echo", Some("alice"), &[]).await;
+        assert_ne!(refused.code, 0, "{file}: alice is revoked");
+        let bob = curl(d, &server, "app.test", "/echo", Some("bob"), &[]).await;
+        assert_eq!(bob.status, 200, "{file}: {}", bob.stderr);
+        let text = metrics(&server).await;
+        assert_eq!(
+            metric(
+                &text,
+                "tlsgate_tls_client_cert_failures_total{reason=\"revoked\"}"
+            ),
+            1,
+            "{text}"
+        );
+        server.stop().await;
+    }
+}
