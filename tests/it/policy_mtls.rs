@@ -867,3 +867,113 @@ async fn openssl_made_crls_revoke_in_pem_and_der() {
         server.stop().await;
     }
 }
+
+/// `tlsgate cert ca crl` revokes and publishes; a running tlsgate takes each new CRL from disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cert_ca_crl_revokes_and_a_running_server_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pki(d, &["app.test"]);
+    let backend = Upstream::start("b").await;
+    cert(
+        d,
+        &[
+            "ca",
+            "crl",
+            "--ca",
+            "clients",
+            "--revoke",
+            "issued/alice.crt",
+        ],
+    );
+    let verify = |who: &str| {
+        openssl(&[
+            "verify",
+            "-crl_check",
+            "-CRLfile",
+            &d.join("clients/crl.pem").display().to_string(),
+            "-CAfile",
+            &d.join("clients/ca.crt").display().to_string(),
+            &d.join(format!("issued/{who}.crt")).display().to_string(),
+        ])
+    };
+    let (ok, out) = verify("alice");
+    assert!(!ok && out.contains("certificate revoked"), "{out}");
+    let (ok, out) = verify("bob");
+    assert!(ok, "{out}");
+    let (_, text) = openssl(&[
+        "crl",
+        "-in",
+        &d.join("clients/crl.pem").display().to_string(),
+        "-noout",
+        "-crlnumber",
+    ]);
+    assert!(
+        text.contains("crlNumber=0x01") || text.contains("crlNumber=01"),
+        "{text}"
+    );
+
+    let yaml = tls_yaml(
+        "{mode: required, ca_files: [clients/ca.crt], crl_files: [clients/crl.pem]}",
+        &format!("default_route: {}\n", backend.url()),
+    );
+    let server = TestServer::start(&yaml, d).await.unwrap();
+    assert_ne!(
+        curl(d, &server, "app.test", "/echo", Some("alice"), &[])
+            .await
+            .code,
+        0
+    );
+    assert_eq!(
+        curl(d, &server, "app.test", "/echo", Some("bob"), &[])
+            .await
+            .status,
+        200
+    );
+
+    // Revoking bob publishes CRL 2 (alice still listed); the server follows.
+    cert(
+        d,
+        &["ca", "crl", "--ca", "clients", "--revoke", "issued/bob.crt"],
+    );
+    let (ok, out) = verify("alice");
+    assert!(!ok && out.contains("certificate revoked"), "{out}");
+    let mut refused = false;
+    for _ in 0..100 {
+        if curl(d, &server, "app.test", "/echo", Some("bob"), &[])
+            .await
+            .code
+            != 0
+        {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "bob is refused once CRL 2 is published");
+    server.stop().await;
+
+    // A certificate of another CA cannot be put on this CA's list.
+    cert(d, &["ca", "init", "--name", "Other", "--out", "other"]);
+    cert(
+        d,
+        &[
+            "ca", "issue", "eve", "--client", "--ca", "other", "--out", "issued",
+        ],
+    );
+    let output = Command::new(BIN)
+        .current_dir(d)
+        .args([
+            "cert",
+            "ca",
+            "crl",
+            "--ca",
+            "clients",
+            "--revoke",
+            "issued/eve.crt",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not by this CA"));
+}
