@@ -78,6 +78,40 @@ mod tests {
     use super::*;
     use crate::config::{KxGroup, Tls12Suite, Tls13Suite, TlsVersion};
 
+    /// A certificate entry's own client auth serves its exact and wildcard names (one label),
+    /// and everything else gets the listener's config.
+    #[test]
+    fn per_name_configs_are_chosen_by_sni() {
+        use crate::certs::generate::{CertificateAuthority, KeyAlgorithm};
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::new(
+            "clients",
+            std::time::Duration::from_secs(86_400),
+            KeyAlgorithm::EcdsaP256,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("ca.crt"), &ca.cert_pem).unwrap();
+        let yaml = "tls:\n  certificates:\n    - pem_file: s.pem\n      names: [secure.test, '*.mtls.test']\n      client_auth: {ca_files: [ca.crt]}\n";
+        let tls = crate::config::load_str(
+            yaml,
+            Some(&dir.path().join("tlsgate.yaml")),
+            &Default::default(),
+            &|_| None,
+        )
+        .unwrap()
+        .tls;
+        let edge = TlsEdge::build(&tls, CertTable::default(), None).unwrap();
+        let configs = edge.configs.load();
+        let pick = |name: Option<&str>| configs.for_hello(name, &[]);
+        let named = pick(Some("secure.test"));
+        assert!(Arc::ptr_eq(&named, &pick(Some("a.mtls.test"))));
+        let listener = pick(None);
+        assert!(!Arc::ptr_eq(&named, &listener));
+        for other in ["b.a.mtls.test", "mtls.test", "other.test"] {
+            assert!(Arc::ptr_eq(&pick(Some(other)), &listener), "{other}");
+        }
+    }
+
     /// rustls refuses a config with no suite for the enabled versions, no groups, or a suite
     /// no group can serve. Validation leaves none of these (lists are never empty, TLS 1.3 is
     /// always on, every group is ECDHE), so even the narrowest lists build. If this fails, a
