@@ -22,7 +22,21 @@ use crate::http::context::ClientCertIdentity;
 /// The highest CRL number loaded per issuer (its DER-encoded name): a CRL that goes below is
 /// a rollback (an attacker, or a stale copy, bringing back revoked certificates) and refused.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CrlNumbers(BTreeMap<Vec<u8>, Option<BigUint>>);
+pub struct CrlNumbers {
+    numbers: BTreeMap<Vec<u8>, Option<BigUint>>,
+    /// The earliest nextUpdate (Unix seconds) per issuer, as its name prints.
+    next_updates: BTreeMap<String, i64>,
+}
+
+impl CrlNumbers {
+    /// Per issuer, when its CRL in force expires (`crl_next_update_timestamp_seconds`).
+    pub fn next_updates(&self) -> Vec<(String, i64)> {
+        self.next_updates
+            .iter()
+            .map(|(issuer, at)| (issuer.clone(), *at))
+            .collect()
+    }
+}
 
 /// The verifier for `settings`, none when the mode is off. CRL numbers are checked against
 /// `floor` (the set in force) and the ones loaded are recorded in `loaded`.
@@ -136,7 +150,7 @@ fn check_crl(
     }
     let number = crl.crl_number().cloned();
     let key = issuer.as_raw().to_vec();
-    if let Some(in_force) = floor.0.get(&key) {
+    if let Some(in_force) = floor.numbers.get(&key) {
         match (in_force, &number) {
             (Some(old), Some(new)) if new < old => {
                 return Err(format!(
@@ -151,9 +165,14 @@ fn check_crl(
             _ => {}
         }
     }
-    let entry = loaded.0.entry(key).or_insert(None);
+    let entry = loaded.numbers.entry(key).or_insert(None);
     if number > *entry {
         *entry = number;
+    }
+    if let Some(next) = crl.next_update() {
+        let at = next.timestamp();
+        let earliest = loaded.next_updates.entry(issuer.to_string()).or_insert(at);
+        *earliest = (*earliest).min(at);
     }
     Ok(())
 }

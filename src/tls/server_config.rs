@@ -169,6 +169,11 @@ impl ServerConfigs {
         }
     }
 
+    /// Per CRL issuer, when its CRL in force expires.
+    pub fn crl_next_updates(&self) -> Vec<(String, i64)> {
+        self.crl_numbers.next_updates()
+    }
+
     /// The config for a ClientHello naming `server_name` (lower case) and offering
     /// `client_suites`.
     pub fn for_hello(

@@ -640,6 +640,14 @@ async fn crls_revoke_reload_from_disk_and_never_roll_back() {
         200,
         "CRL 5 no longer lists alice"
     );
+    // Its expiry is exported, for alerting before every client is refused.
+    let text = metrics(&server).await;
+    let next = metric(
+        &text,
+        "tlsgate_crl_next_update_timestamp_seconds{issuer=\"CN=Test clients\"}",
+    ) as i64;
+    let expected = time::OffsetDateTime::now_utc().unix_timestamp() + 86_400;
+    assert!((next - expected).abs() < 120, "{text}");
     server.stop().await;
 }
 
