@@ -780,31 +780,46 @@ async fn no_sni_request(server: &TestServer, ca: &Path, host: &str) -> (bool, St
 
 type Sender = hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>;
 
-/// An HTTP/1.1 keep-alive connection to app.test with `issued/CLIENT`'s certificate (rustls).
-async fn mtls_connection(dir: &Path, server: &TestServer, client: &str) -> Sender {
+/// A TLS connection to app.test (HTTP/1.1), with `issued/CLIENT`'s certificate if given.
+async fn mtls_stream(
+    dir: &Path,
+    server: &TestServer,
+    client: Option<&str>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_file_iter(dir.join(format!("issued/{client}.crt")))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-    let key = PrivateKeyDer::from_pem_file(dir.join(format!("issued/{client}.key"))).unwrap();
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(crate::common::read_certs(&dir.join("ca.crt")).remove(0))
         .unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)
-    .unwrap();
-    let stream = crate::common::tls_connect(server.main, "app.test", std::sync::Arc::new(config))
+    .with_root_certificates(roots);
+    let mut config = match client {
+        Some(client) => {
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_file_iter(dir.join(format!("issued/{client}.crt")))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+            let key =
+                PrivateKeyDer::from_pem_file(dir.join(format!("issued/{client}.key"))).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    crate::common::tls_connect(server.main, "app.test", std::sync::Arc::new(config))
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// An HTTP/1.1 keep-alive connection to app.test with `issued/CLIENT`'s certificate (rustls).
+async fn mtls_connection(dir: &Path, server: &TestServer, client: &str) -> Sender {
+    let stream = mtls_stream(dir, server, Some(client)).await;
     let (sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
@@ -984,4 +999,46 @@ async fn cert_ca_crl_revokes_and_a_running_server_follows() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("not by this CA"));
+}
+
+/// WebSocket upgrades meet the same route rules as plain requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrades_need_the_client_certificate_too() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Error, Message};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pki(d, &["app.test"]);
+    let backend = Upstream::start("b").await;
+    let yaml = tls_yaml(
+        "{mode: optional, ca_files: [clients/ca.crt]}",
+        &format!(
+            "routes:\n  - path: /ws\n    upstream: {}\n    client_cert: {{sans: [alice]}}\n",
+            backend.url()
+        ),
+    );
+    let server = TestServer::start(&yaml, d).await.unwrap();
+    let stream = mtls_stream(d, &server, None).await;
+    match tokio_tungstenite::client_async("wss://app.test/ws", stream).await {
+        Err(Error::Http(response)) => assert_eq!(response.status(), 403),
+        other => panic!("no certificate: {:?}", other.map(|(_, r)| r.status())),
+    }
+    let stream = mtls_stream(d, &server, Some("bob")).await;
+    match tokio_tungstenite::client_async("wss://app.test/ws", stream).await {
+        Err(Error::Http(response)) => assert_eq!(response.status(), 403),
+        other => panic!("bob: {:?}", other.map(|(_, r)| r.status())),
+    }
+    let stream = mtls_stream(d, &server, Some("alice")).await;
+    let (mut ws, response) = tokio_tungstenite::client_async("wss://app.test/ws", stream)
+        .await
+        .expect("alice's upgrade");
+    assert_eq!(response.status(), 101);
+    ws.send(Message::text("hello")).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed, Message::text("hello"));
+    server.stop().await;
 }
