@@ -167,7 +167,10 @@ async fn s_client_with(
     args.extend(extra.iter().cloned());
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
-        let mut child = Command::new("openssl")
+        // Bounded: s_client -ign_eof waits for the server to close.
+        let mut child = Command::new("timeout")
+            .arg("20")
+            .arg("openssl")
             .args(&args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -759,7 +762,10 @@ async fn no_sni_request(server: &TestServer, ca: &Path, host: &str) -> (bool, St
     let request = format!("GET /echo HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
-        let mut child = Command::new("openssl")
+        // Bounded: s_client -ign_eof waits for the server to close.
+        let mut child = Command::new("timeout")
+            .arg("20")
+            .arg("openssl")
             .args(&args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
