@@ -947,6 +947,19 @@ async fn cert_ca_crl_revokes_and_a_running_server_follows() {
         &format!("default_route: {}\n", backend.url()),
     );
     let server = TestServer::start(&yaml, d).await.unwrap();
+    // `config check` loads the CRL as `serve` does and says when it expires.
+    let check = Command::new(BIN)
+        .current_dir(d)
+        .args(["config", "check", "-c", "tlsgate.yaml"])
+        .env_remove("TLSGATE_DATA_DIR")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("client CRL of CN=Test clients: next update"),
+        "{stderr}"
+    );
     assert_ne!(
         curl(d, &server, "app.test", "/echo", Some("alice"), &[])
             .await
