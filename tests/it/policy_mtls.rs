@@ -1061,3 +1061,52 @@ async fn websocket_upgrades_need_the_client_certificate_too() {
     assert_eq!(echoed, Message::text("hello"));
     server.stop().await;
 }
+
+/// The seed's camera clients: Python's `ssl` (OpenSSL) with a client certificate over WSS, as
+/// `verify_mode = CERT_REQUIRED` expected, now checked by tlsgate in front.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_websocket_clients_with_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pki(d, &["localhost"]);
+    let backend = Upstream::start("b").await;
+    let yaml = tls_yaml(
+        "{mode: required, ca_files: [clients/ca.crt]}",
+        &format!(
+            "routes:\n  - path: /ws\n    upstream: {}\n    require_client_cert: true\n",
+            backend.url()
+        ),
+    );
+    let server = TestServer::start(&yaml, d).await.unwrap();
+    let script = |client: Option<&str>| {
+        let load = client.map_or(String::new(), |c| {
+            format!(
+                "    ctx.load_cert_chain('{0}/issued/{c}.crt', '{0}/issued/{c}.key')\n",
+                d.display()
+            )
+        });
+        format!(
+            "import asyncio, ssl, websockets\nasync def main():\n    ctx = ssl.create_default_context(cafile='{}/ca.crt')\n{load}    try:\n        async with websockets.connect('wss://localhost:{}/ws', ssl=ctx, open_timeout=10) as ws:\n            await ws.send('frame')\n            print('echo:', await asyncio.wait_for(ws.recv(), 10))\n    except Exception as e:\n        print('refused:', type(e).__name__)\nasyncio.run(main())\n",
+            d.display(),
+            server.main.port()
+        )
+    };
+    for (client, expected) in [(Some("alice"), "echo: frame"), (None, "refused:")] {
+        let output = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::process::Command::new("python3")
+                .args(["-c", &script(client)])
+                .output(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            stdout.contains(expected),
+            "{client:?}: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    server.stop().await;
+}
