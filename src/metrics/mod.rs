@@ -76,7 +76,7 @@ pub struct Metrics {
     pub handshakes: Family<HandshakeLabels, Counter>,
     pub handshake_failures: Family<ReasonLabels, Counter>,
     /// Refused client certificates (mTLS) by reason: no_certificate, unknown_ca, expired,
-    /// revoked, bad_signature, crl_expired, other.
+    /// revoked, bad_signature, wrong_usage, crl_expired, other.
     pub client_cert_failures: Family<ReasonLabels, Counter>,
     /// When each CRL in force expires, per issuing CA (from the configured `ca_files`).
     pub crl_next_update: Family<IssuerLabels, Gauge>,

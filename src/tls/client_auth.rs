@@ -310,7 +310,8 @@ fn pem(der: &[u8]) -> String {
 
 /// A client-certificate failure as a bounded label value
 /// (`tlsgate_tls_client_cert_failures_total{reason}`: no_certificate, unknown_ca, expired,
-/// revoked, bad_signature, crl_expired, other); none for other handshake failures.
+/// revoked, bad_signature, wrong_usage, crl_expired, other); none for other handshake
+/// failures.
 pub fn failure_reason(error: &rustls::Error) -> Option<&'static str> {
     use rustls::CertificateError as E;
     match error {
@@ -323,6 +324,8 @@ pub fn failure_reason(error: &rustls::Error) -> Option<&'static str> {
             | E::NotValidYetContext { .. } => "expired",
             E::Revoked => "revoked",
             E::BadSignature => "bad_signature",
+            // E.g. a server certificate (serverAuth only) offered as a client certificate.
+            E::InvalidPurpose | E::InvalidPurposeContext { .. } => "wrong_usage",
             // Every client is refused until a fresh CRL is published: worth its own label.
             E::ExpiredRevocationList | E::ExpiredRevocationListContext { .. } => "crl_expired",
             _ => "other",
@@ -366,6 +369,7 @@ mod tests {
         assert_eq!(reason(E::BadSignature), Some("bad_signature"));
         assert_eq!(reason(E::UnknownRevocationStatus), Some("other"));
         assert_eq!(reason(E::ExpiredRevocationList), Some("crl_expired"));
+        assert_eq!(reason(E::InvalidPurpose), Some("wrong_usage"));
         assert_eq!(
             failure_reason(&rustls::Error::NoCertificatesPresented),
             Some("no_certificate")

@@ -294,6 +294,16 @@ async fn required_mode_refuses_clients_without_a_certificate() {
     let stranger = curl(d, &server, "app.test", "/echo", Some("mallory"), &[]).await;
     assert_ne!(stranger.code, 0, "{}", stranger.stderr);
 
+    // A server certificate (serverAuth only) from the right CA is no client certificate.
+    cert(
+        d,
+        &[
+            "ca", "issue", "srv.test", "--ca", "clients", "--out", "issued",
+        ],
+    );
+    let server_cert = curl(d, &server, "app.test", "/echo", Some("srv.test"), &[]).await;
+    assert_ne!(server_cert.code, 0, "{}", server_cert.stderr);
+
     // An expired certificate from the right CA.
     let clients = CertificateAuthority::from_pem(
         &std::fs::read_to_string(d.join("clients/ca.crt")).unwrap(),
@@ -319,6 +329,13 @@ async fn required_mode_refuses_clients_without_a_certificate() {
         metric(
             &text,
             "tlsgate_tls_client_cert_failures_total{reason=\"expired\"}"
+        ) >= 1,
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            "tlsgate_tls_client_cert_failures_total{reason=\"wrong_usage\"}"
         ) >= 1,
         "{text}"
     );
