@@ -307,6 +307,7 @@ mod tests {
                     secure: false,
                     tls_version: None,
                     activity: None,
+                    client_cert: None,
                 });
             check_request(&request)
         };

@@ -143,6 +143,12 @@ fn subject_alt_names(names: &[String]) -> Result<Vec<SanType>, CertError> {
         .iter()
         .map(|name| match name.parse::<std::net::IpAddr>() {
             Ok(ip) => Ok(SanType::IpAddress(ip)),
+            // Client certificates may name a person by email address (rfc822Name).
+            Err(_) if name.contains('@') => name
+                .clone()
+                .try_into()
+                .map(SanType::Rfc822Name)
+                .map_err(generation_error("subject alternative name")),
             Err(_) => name
                 .clone()
                 .try_into()
@@ -236,6 +242,39 @@ impl CertificateAuthority {
 
     pub fn key_pem(&self) -> String {
         key_pem(&self.key)
+    }
+
+    /// A CRL numbered `number` listing `revoked` (serial number bytes and revocation time),
+    /// valid from a minute ago for `lifetime`, as PEM.
+    pub fn crl(
+        &self,
+        revoked: &[(Vec<u8>, OffsetDateTime)],
+        number: u64,
+        lifetime: Duration,
+    ) -> Result<String, CertError> {
+        let issuer = Issuer::from_ca_cert_der(&self.cert_der, &self.key)
+            .map_err(generation_error("issuer"))?;
+        let now = OffsetDateTime::now_utc();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - time::Duration::minutes(1),
+            next_update: now + lifetime,
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|(serial, at)| rcgen::RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(serial),
+                    revocation_time: *at,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params
+            .signed_by(&issuer)
+            .and_then(|crl| crl.pem())
+            .map_err(generation_error("CRL"))
     }
 
     /// Issues a leaf certificate for `names` (DNS names, wildcards or IP addresses), valid

@@ -87,6 +87,27 @@ pub enum CaCommand {
         after_help = "Examples:\n  tlsgate cert ca issue api.internal 10.0.0.5 --ca ./ca\n  tlsgate cert ca issue alice --client --ca ./ca     # for mTLS\n\nExit codes: 0 issued, 2 bad input or a file exists (use --force)"
     )]
     Issue(CaIssueArgs),
+    /// Revoke certificates and publish the CA's CRL (for `tls.client_auth.crl_files`).
+    #[command(
+        after_help = "Examples:\n  tlsgate cert ca crl --ca ./ca --revoke issued/alice.crt   # revoke, write ./ca/crl.pem\n  tlsgate cert ca crl --ca ./ca --days 7                     # re-publish before it expires\n\nThe CA folder keeps revoked.txt (serial, time) and crlnumber (each CRL's number is one more,\nso tlsgate's rollback check accepts it). The CRL is replaced by rename: a running tlsgate\nreloads it.\n\nExit codes: 0 written, 2 bad input"
+    )]
+    Crl(CaCrlArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CaCrlArgs {
+    /// The CA's folder: ca.crt + ca.key.
+    #[arg(long, default_value = "./ca", value_name = "DIR")]
+    ca: PathBuf,
+    /// A certificate (PEM) issued by this CA to add to the revoked list.
+    #[arg(long, value_name = "CERT")]
+    revoke: Vec<PathBuf>,
+    /// How long the CRL is valid (its nextUpdate): publish a new one before then.
+    #[arg(long, default_value_t = 7)]
+    days: u64,
+    /// Where to write the CRL (default: crl.pem in the CA's folder).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -145,7 +166,8 @@ pub struct CaInitArgs {
 
 #[derive(Debug, Args)]
 pub struct CaIssueArgs {
-    /// DNS names, wildcards or IP addresses (for --client: any name, e.g. a user).
+    /// DNS names, wildcards or IP addresses (for --client: a user or service name, or an
+    /// email address such as alice@example.com).
     #[arg(required = true, value_name = "NAME")]
     names: Vec<String>,
     /// The CA's folder: ca.crt + ca.key (or root.crt + root.key, as in the data folder's ca/).
@@ -295,6 +317,7 @@ pub fn run(command: CertCommand) -> ExitCode {
         CertCommand::SelfSigned(args) => self_signed(args),
         CertCommand::Ca(CaCommand::Init(args)) => ca_init(args),
         CertCommand::Ca(CaCommand::Issue(args)) => ca_issue(args),
+        CertCommand::Ca(CaCommand::Crl(args)) => ca_crl(args),
         CertCommand::Csr(args) => csr(args),
         CertCommand::Inspect(args) => inspect(args),
         CertCommand::Verify(args) => verify_command(args),
@@ -320,6 +343,28 @@ fn checked_names(names: &[String]) -> Result<Vec<String>, Failure> {
                     "`{name}` is not a valid DNS name, wildcard or IP address"
                 ))
             })
+        })
+        .collect()
+}
+
+/// As [`checked_names`], and email addresses (`alice@example.com`, an rfc822Name SAN).
+fn checked_client_names(names: &[String]) -> Result<Vec<String>, Failure> {
+    names
+        .iter()
+        .map(|name| match name.rsplit_once('@') {
+            Some((local, domain))
+                if !local.is_empty()
+                    && !local.contains(['@', ' ', '/'])
+                    && !local.chars().any(char::is_control) =>
+            {
+                normalize_dns_name(domain)
+                    .ok()
+                    .filter(|d| !d.starts_with("*.") && d.parse::<std::net::IpAddr>().is_err())
+                    .map(|domain| format!("{local}@{domain}"))
+                    .ok_or_else(|| Failure(format!("`{name}` is not a valid email address")))
+            }
+            Some(_) => Err(Failure(format!("`{name}` is not a valid email address"))),
+            None => checked_names(std::slice::from_ref(name)).map(|mut n| n.remove(0)),
         })
         .collect()
 }
@@ -546,9 +591,111 @@ fn load_ca_dir(dir: &Path) -> Result<CertificateAuthority, Failure> {
     )))
 }
 
+fn ca_crl(args: CaCrlArgs) -> Outcome {
+    let lifetime = checked_days(args.days)?;
+    let ca = load_ca_dir(&args.ca)?;
+    let list_path = args.ca.join("revoked.txt");
+    let number_path = args.ca.join("crlnumber");
+    let read = |path: &Path| match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(Failure(format!("{}: {e}", path.display()))),
+    };
+    // revoked.txt: one `SERIAL_HEX UNIX_SECONDS` line per revoked certificate.
+    let mut revoked: Vec<(Vec<u8>, time::OffsetDateTime)> = Vec::new();
+    for line in read(&list_path)?.lines().filter(|l| !l.trim().is_empty()) {
+        let bad = || Failure(format!("{}: unreadable line `{line}`", list_path.display()));
+        let (serial, at) = line.trim().split_once(' ').ok_or_else(bad)?;
+        let serial = hex_bytes(serial).ok_or_else(bad)?;
+        let at = at
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+            .ok_or_else(bad)?;
+        revoked.push((serial, at));
+    }
+    let ca_info = CertInfo::parse(&ca.cert_der)?;
+    let now = time::OffsetDateTime::now_utc();
+    let mut added = Vec::new();
+    for path in &args.revoke {
+        let certs = crate::certs::pem::read_certificates(path)
+            .map_err(|e| Failure(format!("{}: {e}", path.display())))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Failure(format!("{}: no certificate", path.display())))?;
+        let info = CertInfo::parse(leaf)?;
+        if info.issuer != ca_info.subject {
+            return Err(Failure(format!(
+                "{}: issued by `{}`, not by this CA (`{}`)",
+                path.display(),
+                info.issuer,
+                ca_info.subject
+            )));
+        }
+        let (_, parsed) = x509_parser::parse_x509_certificate(leaf)
+            .map_err(|e| Failure(format!("{}: {e}", path.display())))?;
+        let serial = parsed.raw_serial().to_vec();
+        if !revoked.iter().any(|(s, _)| *s == serial) {
+            revoked.push((serial, now));
+            added.push(info.subject.clone());
+        }
+    }
+    let number = read(&number_path)?
+        .trim()
+        .parse::<u64>()
+        .unwrap_or(0)
+        .saturating_add(1);
+    let crl = ca.crl(&revoked, number, lifetime)?;
+    let out = args.out.unwrap_or_else(|| args.ca.join("crl.pem"));
+    let list: String = revoked
+        .iter()
+        .map(|(serial, at)| format!("{} {}\n", hex_string(serial), at.unix_timestamp()))
+        .collect();
+    replace_file(&list_path, &list)?;
+    replace_file(&number_path, &format!("{number}\n"))?;
+    replace_file(&out, &crl)?;
+    println!("Published CRL number {number} ({} revoked)", revoked.len());
+    for subject in added {
+        println!("  revoked      {subject}");
+    }
+    println!("  next update  in {} days", args.days);
+    println!("  written      {}", out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn hex_bytes(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim();
+    if text.is_empty() || text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes by rename, so a watching tlsgate never reads half a file.
+fn replace_file(path: &Path, text: &str) -> Result<(), Failure> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| Failure(format!("{}: {e}", path.display())))
+}
+
 fn ca_issue(args: CaIssueArgs) -> Outcome {
-    // A client certificate names a user or service, still as a valid DNS-style SAN.
-    let names = checked_names(&args.names)?;
+    // A client certificate names a user or service: a DNS-style name, or an email address.
+    let names = if args.client {
+        checked_client_names(&args.names)?
+    } else {
+        checked_names(&args.names)?
+    };
     let lifetime = checked_days(args.days)?;
     let ca = load_ca_dir(&args.ca)?;
     let usage = if args.client {

@@ -299,8 +299,16 @@ fn config_check(args: CommonArgs) -> ExitCode {
             .acme
             .is_some()
             .then(|| std::sync::Arc::new(crate::acme::ChallengeStore::shared(&settings.data_dir)));
-        if let Err(error) = crate::tls::TlsEdge::build(&settings.tls, table, challenges.as_ref()) {
-            return fail(error);
+        match crate::tls::TlsEdge::build(&settings.tls, table, challenges.as_ref()) {
+            Ok(edge) => {
+                for (issuer, at) in edge.configs.load().crl_next_updates() {
+                    eprintln!(
+                        "client CRL of {issuer}: next update {}",
+                        crate::certs::inspect::format_time(at)
+                    );
+                }
+            }
+            Err(error) => return fail(error),
         }
     } else {
         eprintln!("warning: TLS is off: the main listener serves plain HTTP and WS");

@@ -62,6 +62,7 @@ pub struct TlsFile {
     pub key_exchange_groups: Option<Vec<Spanned<String>>>,
     pub session_tickets: Option<bool>,
     pub certificates: Option<Vec<Spanned<CertificateFile>>>,
+    pub client_auth: Option<Spanned<super::client_auth::ClientAuthFile>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -74,6 +75,8 @@ pub struct CertificateFile {
     pub default: Option<bool>,
     /// `acme: {names: [...]}`: obtained and renewed from the `acme:` CA.
     pub acme: Option<AcmeCertificateFile>,
+    /// Client certificates for this entry's names (overrides `tls.client_auth`).
+    pub client_auth: Option<Spanned<super::client_auth::ClientAuthFile>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

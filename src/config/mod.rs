@@ -5,6 +5,7 @@
 //! and command-line overrides → `validate` → `Settings` (every default filled in, nothing left
 //! for the request path to decide).
 
+pub mod client_auth;
 pub mod cors;
 pub(crate) mod env;
 mod file;
@@ -77,7 +78,7 @@ pub struct Settings {
 impl Settings {
     /// Settings that are valid but risky, for `serve` and `config check` to print alike.
     pub fn warnings(&self) -> Vec<String> {
-        let mut warnings = Vec::new();
+        let mut warnings = client_auth::warnings(self);
         if let Some(admin) = self.admin.filter(|addr| !addr.ip().is_loopback()) {
             // Not refused: containers bind 0.0.0.0 for a scraper in the next container. But
             // the endpoints have no authentication, so say what that exposes.
@@ -182,6 +183,7 @@ pub struct TlsSettings {
     pub session_tickets: bool,
     /// Empty means: use the local development CA and its `localhost` certificate.
     pub certificates: Vec<CertificateSettings>,
+    pub client_auth: client_auth::ClientAuthSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -211,6 +213,8 @@ pub struct CertificateSettings {
     /// Names this certificate serves; empty means every DNS name in its SANs.
     pub names: Vec<String>,
     pub default: bool,
+    /// Client certificates for this entry's names, instead of the listener's.
+    pub client_auth: Option<client_auth::ClientAuthSettings>,
     /// Where this entry was configured, for error messages.
     pub origin: Origin,
 }
@@ -226,6 +230,8 @@ impl Serialize for CertificateSettings {
             #[serde(skip_serializing_if = "Option::is_none")]
             names: Option<&'a Vec<String>>,
             default: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            client_auth: Option<&'a client_auth::ClientAuthSettings>,
         }
         let names = match &self.source {
             CertSource::Acme { .. } => None,
@@ -236,6 +242,7 @@ impl Serialize for CertificateSettings {
             source: &self.source,
             names,
             default: self.default,
+            client_auth: self.client_auth.as_ref(),
         }
         .serialize(serializer)
     }

@@ -83,6 +83,9 @@ pub struct RouteFile {
     pub rate_limit: Option<Vec<Spanned<String>>>,
     pub allow: Option<Vec<Spanned<String>>>,
     pub deny: Option<Vec<Spanned<String>>>,
+    pub require_client_cert: Option<bool>,
+    pub client_cert: Option<Spanned<super::client_auth::ClientCertRuleFile>>,
+    pub pass_client_cert: Option<Spanned<String>>,
 }
 
 // ---------- settings ----------
@@ -191,6 +194,8 @@ pub struct RouteSettings {
     pub websocket: Option<super::websocket::MessageLimits>,
     #[serde(flatten)]
     pub limits: super::limits::RouteLimits,
+    #[serde(flatten)]
+    pub client_cert: super::client_auth::RouteClientCert,
 }
 
 fn serialize_nets<S: Serializer>(nets: &[ipnet::IpNet], s: S) -> Result<S::Ok, S::Error> {
@@ -373,6 +378,12 @@ pub fn validate(mut input: ProxyInput<'_>) -> Result<ProxySettings, ConfigError>
                 file.rate_limit,
                 file.allow,
                 file.deny,
+                input.origin,
+            )?,
+            client_cert: super::client_auth::route_client_cert(
+                file.require_client_cert,
+                file.client_cert,
+                file.pass_client_cert,
                 input.origin,
             )?,
         });

@@ -30,18 +30,31 @@ struct Context<'a> {
 
 impl Context<'_> {
     fn origin<T>(&self, spanned: &Spanned<T>) -> Origin {
-        match self.path {
-            Some(path) => Origin::File {
-                path: path.to_path_buf(),
-                line: spanned.referenced.line(),
-                column: spanned.referenced.column(),
-            },
-            None => Origin::File {
-                path: PathBuf::from("<config>"),
-                line: spanned.referenced.line(),
-                column: spanned.referenced.column(),
-            },
-        }
+        self.origin_at(spanned.referenced.line(), spanned.referenced.column())
+    }
+
+    fn origin_at(&self, line: u64, column: u64) -> Origin {
+        let path = self
+            .path
+            .map_or_else(|| PathBuf::from("<config>"), Path::to_path_buf);
+        Origin::File { path, line, column }
+    }
+
+    /// `tls.client_auth` or a certificate entry's (`field`).
+    fn client_auth(
+        &self,
+        raw: Option<Spanned<super::client_auth::ClientAuthFile>>,
+        field: &str,
+    ) -> Result<Option<super::client_auth::ClientAuthSettings>, ConfigError> {
+        raw.map(|raw| {
+            super::client_auth::client_auth_settings(
+                raw,
+                field,
+                &|line, column| self.origin_at(line, column),
+                &|text| self.file_path(text),
+            )
+        })
+        .transpose()
     }
 
     /// Paths in the file are relative to the file's folder, as in nginx's `include`.
@@ -487,6 +500,7 @@ fn tls_settings(
             },
             names: Vec::new(),
             default: true,
+            client_auth: None,
             origin: from_env.origin.clone(),
         }],
         None => map
@@ -513,6 +527,9 @@ fn tls_settings(
         key_exchange_groups,
         session_tickets: map.session_tickets.unwrap_or(true),
         certificates,
+        client_auth: cx
+            .client_auth(map.client_auth.take(), "tls.client_auth")?
+            .unwrap_or_default(),
     })
 }
 
@@ -522,10 +539,28 @@ fn certificate_settings(
     data_dir: &Path,
 ) -> Result<CertificateSettings, ConfigError> {
     let origin = cx.origin(&entry);
-    let file = entry.value;
-    if let Some(acme) = &file.acme {
-        return acme_certificate(cx, origin, &file, acme, data_dir);
+    let mut file = entry.value;
+    let client_auth = cx.client_auth(file.client_auth.take(), "tls.certificates.client_auth")?;
+    let mut settings = match &file.acme {
+        Some(acme) => acme_certificate(cx, origin, &file, acme, data_dir)?,
+        None => file_certificate(cx, origin, file)?,
+    };
+    if client_auth.is_some() && settings.names.is_empty() {
+        return Err(ConfigError::invalid(
+            settings.origin,
+            "tls.certificates.client_auth",
+            "list the entry's `names`: its client_auth applies to those server names",
+        ));
     }
+    settings.client_auth = client_auth;
+    Ok(settings)
+}
+
+fn file_certificate(
+    cx: &Context<'_>,
+    origin: Origin,
+    file: CertificateFile,
+) -> Result<CertificateSettings, ConfigError> {
     let source = match (&file.cert_file, &file.key_file, &file.pem_file) {
         (Some(cert), Some(key), None) => CertSource::Files {
             cert_file: cx.file_path(&cert.value),
@@ -571,6 +606,7 @@ fn certificate_settings(
         source,
         names,
         default: file.default.unwrap_or(false),
+        client_auth: None,
         origin,
     })
 }
@@ -817,6 +853,7 @@ fn acme_certificate(
         },
         names,
         default: file.default.unwrap_or(false),
+        client_auth: None,
         origin,
     })
 }

@@ -30,6 +30,23 @@ pub struct ConnectionInfo {
     /// The connection's liveness, for response bodies and tunnels that keep it busy or wait
     /// on its client (set by the server for every request).
     pub activity: Option<Arc<Activity>>,
+    /// The client certificate the TLS handshake verified (mTLS), if the client sent one.
+    pub client_cert: Option<Arc<ClientCertIdentity>>,
+}
+
+/// A verified client certificate's identity, read once after the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertIdentity {
+    /// The subject in RFC 4514 form (`CN=alice,O=Example`), as nginx's `$ssl_client_s_dn`.
+    pub subject: String,
+    /// `DNS:name`, `email:addr`, `URI:uri`, `IP:addr`, in the certificate's order.
+    pub sans: Vec<String>,
+    /// SHA-256 of the DER, lower-case hex.
+    pub fingerprint: String,
+    /// The serial number, lower-case hex without separators.
+    pub serial: String,
+    /// The leaf certificate as PEM.
+    pub pem: String,
 }
 
 /// The upstream server that answered, for the access log (a response extension the proxy

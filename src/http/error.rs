@@ -49,6 +49,12 @@ pub enum HttpError {
     /// Refused for a reason the body states (the admin listener's Host and Origin checks).
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// The route needs a verified client certificate (mTLS) and the client sent none.
+    #[error("a client certificate is required")]
+    ClientCertRequired,
+    /// The client certificate's subject and SANs are none the route allows.
+    #[error("this client certificate is not allowed here")]
+    ClientCertNotAllowed,
     #[error("no upstream server available")]
     NoUpstream,
     #[error("bad gateway")]
@@ -90,7 +96,9 @@ impl HttpError {
             HttpError::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
             HttpError::OriginNotAllowed
             | HttpError::CorsPreflightRefused(_)
-            | HttpError::Forbidden(_) => StatusCode::FORBIDDEN,
+            | HttpError::Forbidden(_)
+            | HttpError::ClientCertRequired
+            | HttpError::ClientCertNotAllowed => StatusCode::FORBIDDEN,
             HttpError::NoUpstream => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::BadGateway => StatusCode::BAD_GATEWAY,
             HttpError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -163,6 +171,8 @@ mod tests {
         assert_eq!(HttpError::PayloadTooLarge.status(), 413);
         assert_eq!(HttpError::MisdirectedRequest.status(), 421);
         assert_eq!(HttpError::CorsPreflightRefused("origin").status(), 403);
+        assert_eq!(HttpError::ClientCertRequired.status(), 403);
+        assert_eq!(HttpError::ClientCertNotAllowed.status(), 403);
         assert_eq!(HttpError::BadGateway.status(), 502);
         assert_eq!(HttpError::NoUpstream.status(), 503);
         assert_eq!(HttpError::GatewayTimeout.status(), 504);

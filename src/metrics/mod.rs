@@ -24,6 +24,11 @@ pub struct HandshakeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IssuerLabels {
+    pub issuer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -87,6 +92,11 @@ pub struct Metrics {
     certificates: Arc<CertificateCollector>,
     pub handshakes: Family<HandshakeLabels, Counter>,
     pub handshake_failures: Family<ReasonLabels, Counter>,
+    /// Refused client certificates (mTLS) by reason: no_certificate, unknown_ca, expired,
+    /// revoked, bad_signature, wrong_usage, crl_expired, other.
+    pub client_cert_failures: Family<ReasonLabels, Counter>,
+    /// When each CRL in force expires, per issuing CA (from the configured `ca_files`).
+    pub crl_next_update: Family<IssuerLabels, Gauge>,
     pub handshake_duration: Histogram,
     pub open_connections: Gauge,
     pub requests: Family<RequestLabels, Counter>,
@@ -128,6 +138,8 @@ impl Metrics {
         let metrics = Self {
             handshakes: Family::default(),
             handshake_failures: Family::default(),
+            client_cert_failures: Family::default(),
+            crl_next_update: Family::default(),
             handshake_duration: duration_histogram(),
             open_connections: Gauge::default(),
             requests: Family::default(),
@@ -159,6 +171,16 @@ impl Metrics {
             "tls_handshake_failures",
             "Failed TLS handshakes by reason",
             metrics.handshake_failures.clone(),
+        );
+        registry.register(
+            "tls_client_cert_failures",
+            "Client certificates (mTLS) refused in the handshake, by reason",
+            metrics.client_cert_failures.clone(),
+        );
+        registry.register(
+            "crl_next_update_timestamp_seconds",
+            "nextUpdate of each client-certificate CRL in force, by issuing CA (Unix time)",
+            metrics.crl_next_update.clone(),
         );
         registry.register(
             "tls_handshake_duration_seconds",
@@ -274,6 +296,24 @@ impl Metrics {
 
     pub fn handshake_failed(&self, reason: &'static str) {
         self.handshake_failures
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// Replaces the CRL expiry series (at start and after each reload).
+    pub fn set_crl_next_updates(&self, crls: Vec<(String, i64)>) {
+        self.crl_next_update.clear();
+        for (issuer, at) in crls {
+            self.crl_next_update
+                .get_or_create(&IssuerLabels { issuer })
+                .set(at);
+        }
+    }
+
+    pub fn client_cert_failed(&self, reason: &'static str) {
+        self.client_cert_failures
             .get_or_create(&ReasonLabels {
                 reason: reason.into(),
             })

@@ -326,6 +326,7 @@ mod tests {
             secure: true,
             tls_version: Some("1.3"),
             activity: None,
+            client_cert: None,
         };
         assert!(misdirected(Some("a.test"), &conn).is_ok());
         assert!(matches!(

@@ -70,6 +70,8 @@ pub struct Pipeline {
     auth: AuthServices,
     /// Rate-limit zones, per-IP caps, bans, listener lists (handed over by reloads).
     limits: Arc<Limits>,
+    /// Hosts with their own client auth, refused over connections without SNI.
+    client_auth_names: crate::policy::client_cert::ClientAuthNames,
 }
 
 /// The named verifiers and forward-auth services of one configuration.
@@ -176,6 +178,7 @@ impl Pipeline {
             reload_grace: settings.limits.reload_grace,
             auth,
             limits,
+            client_auth_names: crate::policy::client_cert::ClientAuthNames::of(&settings.tls),
         }
     }
 
@@ -235,6 +238,7 @@ impl Pipeline {
                 secure: false,
                 tls_version: None,
                 activity: None,
+                client_cert: None,
             });
         // The path without its query: queries often carry tokens, which never reach the logs.
         let logged = self
@@ -305,8 +309,9 @@ impl Pipeline {
         let websocket = websocket::is_websocket(&request);
         // 1. Checks.
         let host = (!ctx.host.is_empty()).then_some(ctx.host.as_str());
-        if let Err(error) =
-            checks::sanity(&request, websocket).and_then(|()| checks::misdirected(host, &ctx.conn))
+        if let Err(error) = checks::sanity(&request, websocket)
+            .and_then(|()| checks::misdirected(host, &ctx.conn))
+            .and_then(|()| self.client_auth_names.check(host, ctx.conn.sni.as_deref()))
         {
             return (None, Err(error));
         }
@@ -449,6 +454,7 @@ fn route_table(
             .map(|c| Arc::new(crate::policy::cors::Cors::new(&c.policy))),
         websocket_messages: route.and_then(|r| r.websocket),
         limits: route.map_or_else(|| RouteLimiter::none(edge), |r| edge.route(&r.limits)),
+        client_cert: route.map(|r| r.client_cert.clone()).unwrap_or_default(),
     };
     let proxy = &settings.proxy;
     match upstreams {
@@ -489,6 +495,7 @@ fn route_table(
                     cors: None,
                     websocket: None,
                     limits: Default::default(),
+                    client_cert: Default::default(),
                 };
                 upstream_route(&route, "default".into())
             });

@@ -12,6 +12,7 @@ use http::header;
 use http_body::Body;
 
 use super::builtin::EchoContext;
+use crate::config::client_auth::RouteClientCert;
 use crate::config::jwt::WebsocketAuthFailure;
 use crate::config::websocket::MessageLimits;
 use crate::http::context::ConnectionSlot;
@@ -19,6 +20,7 @@ use crate::http::context::RequestContext;
 use crate::http::error::HttpError;
 use crate::http::Response;
 use crate::metrics::{Metrics, UpgradeLabels};
+use crate::policy::client_cert;
 use crate::policy::cors::{self, Cors};
 use crate::policy::forward_auth::{Asked, Decision, ForwardAuth};
 use crate::policy::jwt::{self, RouteAuth};
@@ -50,6 +52,8 @@ pub struct Policy {
     pub websocket_messages: Option<MessageLimits>,
     /// IP lists, bans, rate-limit zones and per-IP WebSocket caps.
     pub limits: RouteLimiter,
+    /// Client-certificate requirement, subject/SAN rules, and whether the PEM is passed on.
+    pub client_cert: RouteClientCert,
 }
 
 /// A route's authentication: its JWT rules and its forward-auth service.
@@ -247,7 +251,25 @@ impl Policy {
                 .inc();
             return Err(HttpError::OriginNotAllowed);
         }
-        // (5) Client certificate: added with mTLS.
+        // (5) Client certificate: requirement and rules; identity headers (inbound copies
+        // removed on every route, mTLS or not).
+        let identity = ctx.conn.client_cert.as_deref();
+        match client_cert::check(&self.client_cert, identity) {
+            Ok(()) => {}
+            Err(client_cert::Refusal::Missing) => {
+                tracing::info!(%route, "no client certificate: refused");
+                return Err(HttpError::ClientCertRequired);
+            }
+            Err(client_cert::Refusal::NotAllowed) => {
+                tracing::info!(%route, subject = identity.map(|i| i.subject.as_str()), "client certificate not allowed on this route");
+                return Err(HttpError::ClientCertNotAllowed);
+            }
+        }
+        client_cert::set_identity_headers(
+            request.headers_mut(),
+            identity,
+            self.client_cert.pass_pem,
+        );
         // (6) JWT.
         if let Some(auth) = &self.auth {
             if let Some(verdict) = auth.jwt(request, ctx, websocket, metrics).await? {
@@ -367,6 +389,7 @@ mod tests {
             cors: None,
             websocket_messages: None,
             limits: RouteLimiter::unlimited(),
+            client_cert: RouteClientCert::default(),
         }
     }
 
@@ -393,6 +416,7 @@ mod tests {
                 secure: true,
                 tls_version: Some("1.3"),
                 activity: None,
+                client_cert: None,
             },
             host: "app.example.com".into(),
             client_ip: std::net::IpAddr::from([192, 0, 2, 1]),

@@ -189,6 +189,7 @@ mod tests {
                 cors: None,
                 websocket_messages: None,
                 limits: crate::policy::limits::RouteLimiter::unlimited(),
+                client_cert: Default::default(),
             },
             target: Target::Upstream(pool.clone()),
         }

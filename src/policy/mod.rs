@@ -4,6 +4,7 @@
 //! nothing here knows routes or targets (`pipeline::policy` composes them per route).
 
 pub mod client;
+pub mod client_cert;
 pub mod cors;
 pub mod forward_auth;
 pub mod jwt;

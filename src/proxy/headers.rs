@@ -279,6 +279,7 @@ mod tests {
                 secure: true,
                 tls_version: Some("1.3"),
                 activity: None,
+                client_cert: None,
             },
             host: "example.com".into(),
             client_ip: client.parse().unwrap(),

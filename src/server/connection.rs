@@ -38,6 +38,7 @@ fn plain(peer: SocketAddr) -> ConnectionInfo {
         secure: false,
         tls_version: None,
         activity: None,
+        client_cert: None,
     }
 }
 
@@ -79,6 +80,9 @@ pub(super) async fn serve_main(
         Ok(accepted) => accepted,
         Err(failure) => {
             shared.metrics.handshake_failed(failure.reason());
+            if let Some(reason) = failure.client_cert_reason() {
+                shared.metrics.client_cert_failed(reason);
+            }
             match &failure {
                 HandshakeFailure::NoCertificate { name } => {
                     tracing::warn!(%peer, ?name, "no certificate for this name yet (ACME order pending?); handshake refused")
@@ -107,6 +111,7 @@ pub(super) async fn serve_main(
         secure: true,
         tls_version: Some(accepted.version).filter(|v| *v != "other"),
         activity: None,
+        client_cert: accepted.client_cert,
     };
     serve_http(
         stream,

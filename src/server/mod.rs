@@ -198,6 +198,9 @@ impl Server {
         };
         let metrics = Arc::new(Metrics::new());
         metrics.set_certificates(tls::expiry_metrics(&certificates));
+        if let Some(edge) = &tls {
+            metrics.set_crl_next_updates(edge.configs.load().crl_next_updates());
+        }
         let (reload, reload_requests) = ReloadHandle::channel();
         let watching = WatchedFolders {
             files: CertificateFiles::of(&settings),

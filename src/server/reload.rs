@@ -209,6 +209,8 @@ impl Reloader {
             let configs = tls.configs_for(&new.tls)?;
             // Validated; from here on nothing fails.
             tls.configs.store(Arc::new(configs));
+            self.metrics
+                .set_crl_next_updates(tls.configs.load().crl_next_updates());
             let count = put_in_service(tls, loaded, &self.metrics, &self.certificates);
             report = format!("configuration reloaded; {count} certificate(s) loaded");
         }

@@ -1,4 +1,5 @@
-//! Reloads when a configured certificate or key file changes on disk.
+//! Reloads when a configured certificate or key file, or a client-certificate CA or CRL file,
+//! changes on disk.
 
 use std::time::Duration;
 
@@ -27,6 +28,19 @@ impl CertificateFiles {
             .iter()
             .filter(|c| !matches!(c.source, crate::config::CertSource::Acme { .. }))
             .flat_map(|c| [c.source.cert_path(), c.source.key_path()]);
+        // Client-certificate CAs and CRLs reload the same way (a new CRL is put in force
+        // without dropping connections).
+        let client_auth = std::iter::once(&settings.tls.client_auth)
+            .chain(
+                settings
+                    .tls
+                    .certificates
+                    .iter()
+                    .flat_map(|c| &c.client_auth),
+            )
+            .flat_map(|auth| auth.files())
+            .map(std::path::PathBuf::as_path);
+        let paths = paths.chain(client_auth);
         for path in paths {
             let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
             if let (Some(folder), Some(name)) = (absolute.parent(), absolute.file_name()) {

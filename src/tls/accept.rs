@@ -90,6 +90,15 @@ impl HandshakeFailure {
         }
     }
 
+    /// The client-certificate failure behind this one, as a bounded label value
+    /// (`tlsgate_tls_client_cert_failures_total{reason}`).
+    pub fn client_cert_reason(&self) -> Option<&'static str> {
+        match self {
+            Self::Tls(error) => super::client_auth::failure_reason(error),
+            _ => None,
+        }
+    }
+
     /// rustls' errors come back from the stream wrapped in an `io::Error`; unwrap them.
     fn from_io(error: io::Error) -> Self {
         if error
@@ -119,6 +128,8 @@ pub struct Accepted {
     /// `1.3` or `1.2`.
     pub version: &'static str,
     pub cipher: &'static str,
+    /// The client certificate the handshake verified (mTLS).
+    pub client_cert: Option<Arc<crate::http::context::ClientCertIdentity>>,
 }
 
 impl TlsEdge {
@@ -141,10 +152,16 @@ impl TlsEdge {
             .negotiated_cipher_suite()
             .and_then(|s| s.suite().as_str())
             .unwrap_or("unknown");
+        let client_cert = connection
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(super::client_auth::identity)
+            .map(Arc::new);
         Ok(Accepted {
             stream,
             version,
             cipher,
+            client_cert,
         })
     }
 
@@ -166,7 +183,10 @@ impl TlsEdge {
         let wants_acme = hello.alpn.iter().any(|p| p == ACME_TLS_ALPN);
         let config = match (&self.acme_config, wants_acme) {
             (Some(acme), true) => acme.clone(),
-            _ => self.configs.load().for_suites(&hello.cipher_suites),
+            _ => self
+                .configs
+                .load()
+                .for_hello(hello.server_name.as_deref(), &hello.cipher_suites),
         };
         if hello.is_inappropriate_fallback(&config) {
             stream::refuse_fallback(&mut tcp, &hello).await;

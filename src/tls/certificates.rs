@@ -85,6 +85,7 @@ pub fn load_certificates(
             },
             names: Vec::new(),
             default: true,
+            client_auth: None,
             origin: Origin::Default,
         };
         local = Some(made);

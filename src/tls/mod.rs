@@ -4,6 +4,7 @@
 
 pub mod accept;
 mod certificates;
+pub mod client_auth;
 mod edge;
 mod resolver;
 mod server_config;
@@ -66,6 +67,12 @@ pub enum TlsError {
         data_dir: PathBuf,
         #[source]
         source: CertError,
+    },
+    #[error("client_auth configured at {origin}: {path}: {reason}")]
+    ClientAuth {
+        origin: Origin,
+        path: PathBuf,
+        reason: String,
     },
     #[error("TLS configuration refused by rustls: {0}")]
     Rustls(#[from] rustls::Error),

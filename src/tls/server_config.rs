@@ -1,13 +1,18 @@
 //! rustls `ServerConfig` from settings. Ticket keys and the session cache live in
 //! [`SessionState`], created once per process, so resumption survives reloads.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use rustls::crypto::aws_lc_rs::{cipher_suite, kx_group};
 use rustls::crypto::{CryptoProvider, SupportedKxGroup};
-use rustls::server::{ProducesTickets, ServerSessionMemoryCache, StoresServerSessions};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{
+    ProducesTickets, ServerSessionMemoryCache, StoresServerSessions, WebPkiClientVerifier,
+};
 use rustls::{ServerConfig, SupportedCipherSuite};
 
+use super::client_auth::CrlNumbers;
 use super::{SniResolver, TlsError};
 use crate::config::{KxGroup, Tls12Suite, Tls13Suite, TlsSettings, TlsVersion};
 
@@ -60,11 +65,13 @@ fn group(group: KxGroup) -> &'static dyn SupportedKxGroup {
     }
 }
 
-/// The server config for `tls`, choosing certificates through `resolver`.
+/// The server config for `tls`, choosing certificates through `resolver`, asking for client
+/// certificates when `client_auth` is a verifier (mTLS).
 pub fn build_server_config(
     tls: &TlsSettings,
     resolver: Arc<SniResolver>,
     sessions: &SessionState,
+    client_auth: Option<Arc<dyn ClientCertVerifier>>,
 ) -> Result<ServerConfig, TlsError> {
     let mut cipher_suites: Vec<SupportedCipherSuite> = tls
         .tls13_cipher_suites
@@ -84,9 +91,20 @@ pub fn build_server_config(
         kx_groups: tls.key_exchange_groups.iter().copied().map(group).collect(),
         ..rustls::crypto::aws_lc_rs::default_provider()
     };
+    // A resumed session skips certificate verification, so mTLS configs keep their own
+    // session state, new with each build: after a reload (a CRL or CA change) every client
+    // certificate is verified again.
+    let own;
+    let sessions = if client_auth.is_some() {
+        own = SessionState::new()?;
+        &own
+    } else {
+        sessions
+    };
+    let verifier = client_auth.unwrap_or_else(WebPkiClientVerifier::no_client_auth);
     let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(versions)?
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     // The configured suite order is the server's preference (see `ServerConfigs`).
@@ -104,26 +122,76 @@ pub fn build_server_config(
 /// hardware there, and SHA-256 is cheaper than the SHA-384 of AES-256-GCM. This is the same
 /// rule as Go's crypto/tls and OpenSSL's PRIORITIZE_CHACHA.
 pub struct ServerConfigs {
+    listener: SuiteOrders,
+    /// Server names whose certificate entry has its own `client_auth`: exact names, and
+    /// wildcards by their parent domain (as [`super::CertTable`] keeps them).
+    exact: HashMap<String, Arc<SuiteOrders>>,
+    wildcard: HashMap<String, Arc<SuiteOrders>>,
+    /// The CRL numbers these configs hold, the floor for the next reload's.
+    pub(super) crl_numbers: CrlNumbers,
+}
+
+/// One config in both suite orders.
+struct SuiteOrders {
     server_order: Arc<ServerConfig>,
     client_order: Arc<ServerConfig>,
 }
 
-impl ServerConfigs {
-    pub fn new(server_order: ServerConfig) -> Self {
+impl SuiteOrders {
+    fn new(server_order: ServerConfig) -> Self {
         let mut client_order = server_order.clone();
         client_order.ignore_client_order = false;
-        ServerConfigs {
+        Self {
             server_order: Arc::new(server_order),
             client_order: Arc::new(client_order),
         }
     }
+}
 
-    /// The config for a handshake starting with `hello`.
-    pub fn for_suites(&self, client_suites: &[rustls::CipherSuite]) -> Arc<ServerConfig> {
+impl ServerConfigs {
+    pub fn new(server_order: ServerConfig) -> Self {
+        ServerConfigs {
+            listener: SuiteOrders::new(server_order),
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+            crl_numbers: CrlNumbers::default(),
+        }
+    }
+
+    /// `config` for handshakes naming one of `names` (a certificate entry's own client auth).
+    pub(super) fn insert_named(&mut self, names: &[String], config: ServerConfig) {
+        let orders = Arc::new(SuiteOrders::new(config));
+        for name in names {
+            match name.strip_prefix("*.") {
+                Some(parent) => self.wildcard.insert(parent.to_owned(), orders.clone()),
+                None => self.exact.insert(name.clone(), orders.clone()),
+            };
+        }
+    }
+
+    /// Per CRL issuer, when its CRL in force expires.
+    pub fn crl_next_updates(&self) -> Vec<(String, i64)> {
+        self.crl_numbers.next_updates()
+    }
+
+    /// The config for a ClientHello naming `server_name` (lower case) and offering
+    /// `client_suites`.
+    pub fn for_hello(
+        &self,
+        server_name: Option<&str>,
+        client_suites: &[rustls::CipherSuite],
+    ) -> Arc<ServerConfig> {
+        let named = server_name.and_then(|name| {
+            self.exact.get(name).or_else(|| {
+                let (_, parent) = name.split_once('.')?;
+                self.wildcard.get(parent)
+            })
+        });
+        let orders = named.map_or(&self.listener, |orders| &**orders);
         if prefers_chacha(client_suites) {
-            self.client_order.clone()
+            orders.client_order.clone()
         } else {
-            self.server_order.clone()
+            orders.server_order.clone()
         }
     }
 }

@@ -20,6 +20,7 @@ mod metrics;
 mod policy_cors;
 mod policy_jwt;
 mod policy_limits;
+mod policy_mtls;
 mod proxy;
 mod reload;
 mod tls_edge;

@@ -433,6 +433,7 @@ mod tests {
                 secure: true,
                 tls_version: Some("1.3"),
                 activity: None,
+                client_cert: None,
             },
             host: "app.example.com".into(),
             client_ip: ip.parse().unwrap(),
