@@ -87,7 +87,7 @@ impl Authentication {
             .inc();
     }
 
-    /// Step 5: the token, verified, its claims in `ctx.claims`; `Some` answers the request.
+    /// Step 6: the token, verified, its claims in `ctx.claims`; `Some` answers the request.
     async fn jwt<B>(
         &self,
         request: &mut http::Request<B>,
@@ -149,7 +149,7 @@ impl Authentication {
         })
     }
 
-    /// Step 6: the forward-auth service's verdict; `Some` answers the request.
+    /// Step 7: the forward-auth service's verdict; `Some` answers the request.
     async fn forward_auth<B>(
         &self,
         request: &mut http::Request<B>,

@@ -222,7 +222,7 @@ impl Limits {
 pub struct RouteLimiter {
     /// Zones keyed by address, header or route: the policy stage's step 2.
     early: Vec<Arc<Zone>>,
-    /// Zones keyed by a token claim: step 7, after authentication.
+    /// Zones keyed by a token claim: step 8, after authentication.
     claims: Vec<Arc<Zone>>,
     access: IpLists,
     shared: Arc<Limits>,
@@ -242,7 +242,7 @@ impl PartialEq for RouteLimiter {
 pub enum Stage {
     /// Keyed by address, header or route (step 2).
     Early,
-    /// Keyed by a claim (step 7).
+    /// Keyed by a claim (step 8).
     Claims,
 }
 
@@ -303,7 +303,7 @@ impl RouteLimiter {
         }
     }
 
-    /// Steps 2 and 7: the stage's zones over the request. A request over a zone's burst is
+    /// Steps 2 and 8: the stage's zones over the request. A request over a zone's burst is
     /// refused with the zone's status and `Retry-After`; one within the burst but over its
     /// `delay` waits here (the pipeline holds it on a timer, as nginx does).
     pub async fn limit(
@@ -468,7 +468,7 @@ mod tests {
         let alice = context("192.0.2.1", Some(serde_json::json!({"sub": "alice"})));
         let alice_elsewhere = context("192.0.2.99", Some(serde_json::json!({"sub": "alice"})));
         let bob = context("192.0.2.1", Some(serde_json::json!({"sub": "bob"})));
-        // Claim zones run at step 7 only.
+        // Claim zones run at step 8 only.
         assert!(limiter.limit(&headers, &alice, Stage::Early).await.is_ok());
         assert!(limiter.limit(&headers, &alice, Stage::Early).await.is_ok());
         assert!(limiter.limit(&headers, &alice, Stage::Claims).await.is_ok());
