@@ -14,7 +14,6 @@ use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_saphyr::Spanned;
 
-use super::proxy::ProxySettings;
 use super::units::{self, ConfigDuration};
 use super::{normalize_dns_name, ConfigError, Origin};
 
@@ -112,19 +111,20 @@ impl Serialize for RouteCors {
 
 // ---------- validation ----------
 
-/// Validates the named policies, then resolves each route's `cors:` (`routes[i]` is the
-/// `cors:` of `proxy.routes[i]`). Returns the named policies.
-pub fn resolve(
+/// Validates the named policies, then resolves each route's `cors:` into its place in
+/// `targets` (`routes[i]` is the `cors:` written for `targets[i]`, each route's own field).
+/// Returns the named policies.
+pub fn resolve<'a>(
     named: Option<BTreeMap<String, Spanned<CorsFile>>>,
     routes: Vec<Option<Spanned<CorsRouteFile>>>,
-    proxy: &mut ProxySettings,
+    targets: impl Iterator<Item = &'a mut Option<RouteCors>>,
     origin: &dyn Fn(u64, u64) -> Origin,
 ) -> Result<BTreeMap<String, CorsSettings>, ConfigError> {
     let at = |line: u64, column: u64| origin(line, column);
     let mut policies = BTreeMap::new();
     for (name, spanned) in named.into_iter().flatten() {
         let field = format!("cors.{name}");
-        if !super::proxy::valid_name(&name) {
+        if !super::names::valid_name(&name) {
             return Err(ConfigError::invalid(
                 at(spanned.referenced.line(), spanned.referenced.column()),
                 "cors",
@@ -134,10 +134,10 @@ pub fn resolve(
         let policy = settings(&spanned, &field, &at)?;
         policies.insert(name, Arc::new(policy));
     }
-    for (route, file) in proxy.routes.iter_mut().zip(routes) {
+    for (target, file) in targets.zip(routes) {
         let Some(file) = file else { continue };
         let here = at(file.referenced.line(), file.referenced.column());
-        route.cors = Some(match &file.value {
+        *target = Some(match &file.value {
             CorsRouteFile::Name(name) => match policies.get(name) {
                 Some(policy) => RouteCors {
                     name: Some(name.clone()),
@@ -356,15 +356,17 @@ fn split_port(rest: &str) -> Option<(&str, Option<u16>)> {
     Some((&rest[..colon], Some(port)))
 }
 
-/// Named policies no route refers to, for `Settings::warnings`.
-pub fn unused(named: &BTreeMap<String, CorsSettings>, proxy: &ProxySettings) -> Vec<String> {
+/// Named policies no route refers to, for `Settings::warnings` (`used`: the routes' `cors`).
+pub fn unused<'a>(
+    named: &BTreeMap<String, CorsSettings>,
+    used: impl Iterator<Item = Option<&'a RouteCors>> + Clone,
+) -> Vec<String> {
     named
         .keys()
         .filter(|name| {
-            !proxy
-                .routes
-                .iter()
-                .any(|r| r.cors.as_ref().and_then(|c| c.name.as_ref()) == Some(*name))
+            !used
+                .clone()
+                .any(|c| c.and_then(|c| c.name.as_ref()) == Some(*name))
         })
         .map(|name| format!("cors policy `{name}` is not used by any route"))
         .collect()

@@ -256,20 +256,24 @@ pub struct AuthSettings {
 
 impl AuthSettings {
     /// A warning per verifier or auth service that no route uses.
-    pub fn unused(&self, routes: &[super::proxy::RouteSettings]) -> Vec<String> {
+    /// `routes`: each route's `auth:` and `forward_auth:`.
+    pub fn unused<'a>(
+        &self,
+        routes: impl Iterator<Item = (Option<&'a RouteAuthSettings>, Option<&'a NamedRef>)> + Clone,
+    ) -> Vec<String> {
         let mut warnings = Vec::new();
         for name in self.jwt.keys() {
             if !routes
-                .iter()
-                .any(|r| r.auth.as_ref().and_then(|a| a.jwt.as_ref()) == Some(name))
+                .clone()
+                .any(|(auth, _)| auth.and_then(|a| a.jwt.as_ref()) == Some(name))
             {
                 warnings.push(format!("jwt verifier `{name}` is not used by any route"));
             }
         }
         for name in self.forward_auth.keys() {
             if !routes
-                .iter()
-                .any(|r| r.forward_auth.as_ref().map(|f| &f.name) == Some(name))
+                .clone()
+                .any(|(_, service)| service.map(|f| &f.name) == Some(name))
             {
                 warnings.push(format!(
                     "forward_auth service `{name}` is not used by any route"
@@ -445,9 +449,9 @@ pub fn secret_variables(
 
 /// The named verifiers and auth services, and each route's references checked against them:
 /// a route naming a missing one is an error at the route.
-pub fn validate(
+pub fn validate<'a>(
     mut input: AuthInput<'_>,
-    routes: &[super::proxy::RouteSettings],
+    routes: impl Iterator<Item = (Option<&'a RouteAuthSettings>, Option<&'a NamedRef>)>,
 ) -> Result<AuthSettings, ConfigError> {
     let mut jwt = BTreeMap::new();
     for (name, spanned) in input.jwt.take().into_iter().flatten() {
@@ -459,8 +463,8 @@ pub fn validate(
         let settings = forward_auth_settings(&input, &name, &spanned)?;
         forward_auth.insert(name, settings);
     }
-    for route in routes {
-        if let Some(auth) = &route.auth {
+    for (auth, service) in routes {
+        if let Some(auth) = auth {
             if let Some(name) = &auth.jwt {
                 if !jwt.contains_key(name) {
                     return Err(ConfigError::invalid(
@@ -474,7 +478,7 @@ pub fn validate(
                 }
             }
         }
-        if let Some(NamedRef { name, origin }) = &route.forward_auth {
+        if let Some(NamedRef { name, origin }) = service {
             if !forward_auth.contains_key(name) {
                 return Err(ConfigError::invalid(
                     origin.clone().unwrap_or(Origin::Default),

@@ -256,10 +256,13 @@ pub struct EdgeLimitSettings {
 
 impl EdgeLimitSettings {
     /// Zones no route names.
-    pub fn warnings(&self, routes: &[super::proxy::RouteSettings]) -> Vec<String> {
+    pub fn warnings<'a>(
+        &self,
+        routes: impl Iterator<Item = &'a RouteLimits> + Clone,
+    ) -> Vec<String> {
         self.rate_limits
             .keys()
-            .filter(|zone| !routes.iter().any(|r| r.limits.rate_limit.contains(zone)))
+            .filter(|zone| !routes.clone().any(|r| r.rate_limit.contains(zone)))
             .map(|zone| format!("rate_limits.{zone}: no route uses this zone (add `rate_limit: [{zone}]` to a route)"))
             .collect()
     }
@@ -404,7 +407,8 @@ pub struct LimitsInput<'a> {
     pub bans: Option<Spanned<BansFile>>,
     pub listener_access: Option<Spanned<AccessFile>>,
     pub per_ip: Option<Spanned<PerIpFile>>,
-    pub routes: &'a [super::proxy::RouteSettings],
+    /// Each route's limits, in route order.
+    pub routes: Vec<&'a RouteLimits>,
     pub origin: &'a dyn Fn(u64, u64) -> Origin,
 }
 
@@ -418,13 +422,8 @@ pub fn validate(input: LimitsInput<'_>) -> Result<(EdgeLimitSettings, PerIpSetti
         let origin = at(&input, spanned);
         rate_limits.insert(name.clone(), zone(&input, name, spanned, &origin)?);
     }
-    for route in input.routes {
-        for (name, origin) in route
-            .limits
-            .rate_limit
-            .iter()
-            .zip(&route.limits.rate_limit_at)
-        {
+    for route in &input.routes {
+        for (name, origin) in route.rate_limit.iter().zip(&route.rate_limit_at) {
             if !rate_limits.contains_key(name) {
                 let defined: Vec<&str> = rate_limits.keys().map(String::as_str).collect();
                 return Err(ConfigError::invalid(

@@ -86,9 +86,19 @@ impl Settings {
                 "admin listener on {admin} is not loopback: its endpoints have no authentication, so anyone who can reach it can read /metrics and /certificates and POST /reload; keep it on 127.0.0.1 (the default) or firewall the port"
             ));
         }
-        warnings.extend(self.auth.unused(&self.proxy.routes));
-        warnings.extend(cors::unused(&self.cors, &self.proxy));
-        warnings.extend(self.edge_limits.warnings(&self.proxy.routes));
+        let routes = &self.proxy.routes;
+        warnings.extend(
+            self.auth.unused(
+                routes
+                    .iter()
+                    .map(|r| (r.auth.as_ref(), r.forward_auth.as_ref())),
+            ),
+        );
+        warnings.extend(cors::unused(
+            &self.cors,
+            routes.iter().map(|r| r.cors.as_ref()),
+        ));
+        warnings.extend(self.edge_limits.warnings(routes.iter().map(|r| &r.limits)));
         warnings
     }
 }

@@ -1,4 +1,5 @@
-//! Host names as they enter the config, and names that become paths on disk.
+//! Host names as they enter the config, names that become paths on disk, and the names the
+//! config gives its own items (upstreams, policies).
 
 /// Why a name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,6 +64,15 @@ pub fn validate_path_component(name: &str) -> Result<&str, NameError> {
         return Err(NameError::UnsafePath(name.to_owned()));
     }
     Ok(name)
+}
+
+/// A name the config gives (an upstream, a policy): letters, digits, `-`, `_`, `.`.
+pub(super) fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_saphyr::Spanned;
 
+use super::names::valid_name;
 use super::units::{self, ConfigDuration, ConfigSize};
 use super::{normalize_dns_name, ConfigError, Origin};
 
@@ -257,14 +258,6 @@ fn positive(
         ));
     }
     Ok(duration)
-}
-
-pub(super) fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 pub struct ProxyInput<'a> {

@@ -171,17 +171,29 @@ pub fn validate(
             secrets: &env.jwt_secrets,
             origin: &file_origin,
         },
-        &proxy.routes,
+        proxy
+            .routes
+            .iter()
+            .map(|r| (r.auth.as_ref(), r.forward_auth.as_ref())),
     )?;
-    let cors = super::cors::resolve(raw.cors.take(), route_cors, &mut proxy, &file_origin)?;
-    super::websocket::resolve(route_websocket, &mut proxy, &file_origin)?;
+    let cors = super::cors::resolve(
+        raw.cors.take(),
+        route_cors,
+        proxy.routes.iter_mut().map(|r| &mut r.cors),
+        &file_origin,
+    )?;
+    super::websocket::resolve(
+        route_websocket,
+        proxy.routes.iter_mut().map(|r| &mut r.websocket),
+        &file_origin,
+    )?;
 
     let (edge_limits, per_ip) = super::limits::validate(super::limits::LimitsInput {
         rate_limits: raw.rate_limits.take(),
         bans: raw.bans.take(),
         listener_access: raw.listener_access.take(),
         per_ip,
-        routes: &proxy.routes,
+        routes: proxy.routes.iter().map(|r| &r.limits).collect(),
         origin: &file_origin,
     })?;
     limits.per_ip = per_ip;

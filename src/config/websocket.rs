@@ -5,7 +5,6 @@
 use serde::{Deserialize, Serialize, Serializer};
 use serde_saphyr::Spanned;
 
-use super::proxy::ProxySettings;
 use super::units::{self, ConfigSize};
 use super::{ConfigError, Origin};
 
@@ -45,14 +44,14 @@ fn serialize_opt_size<S: Serializer>(b: &Option<u64>, s: S) -> Result<S::Ok, S::
 
 const MAX_RATE: u32 = 1_000_000;
 
-/// Sets each route's `websocket` limits (`routes[i]` is the `websocket:` of
-/// `proxy.routes[i]`).
-pub fn resolve(
+/// Sets each route's `websocket` limits in `targets` (`routes[i]` is the `websocket:`
+/// written for `targets[i]`, each route's own field).
+pub fn resolve<'a>(
     routes: Vec<Option<Spanned<WebSocketFile>>>,
-    proxy: &mut ProxySettings,
+    targets: impl Iterator<Item = &'a mut Option<MessageLimits>>,
     origin: &dyn Fn(u64, u64) -> Origin,
 ) -> Result<(), ConfigError> {
-    for (route, file) in proxy.routes.iter_mut().zip(routes) {
+    for (target, file) in targets.zip(routes) {
         let Some(file) = file else { continue };
         let here = origin(file.referenced.line(), file.referenced.column());
         let file = file.value;
@@ -97,7 +96,7 @@ pub fn resolve(
                 .map(|rate| file.burst.unwrap_or(rate)),
         };
         if limits.max_message_size.is_some() || limits.messages_per_second.is_some() {
-            route.websocket = Some(limits);
+            *target = Some(limits);
         }
     }
     Ok(())
