@@ -82,6 +82,11 @@ pub struct RequestContext {
     /// The request's `Origin` on a route with a CORS policy, noted by the policy stage for
     /// the response's CORS headers (refusals included, so a page can read their status).
     pub cors_origin: Option<http::HeaderValue>,
+    /// Whether the request came with an `Authorization` header. Only such requests' `401`
+    /// and `403` answers count towards a ban: a page on another site can make a visitor's
+    /// browser send cookies, query tokens, WebSocket subprotocols and foreign Origins, but no
+    /// `Authorization` header without a preflight, so it cannot get its visitors banned.
+    pub authorization_sent: bool,
 }
 
 /// The configured trusted proxies (`proxy.trusted_proxies`).

@@ -260,6 +260,7 @@ impl Pipeline {
             claims: None,
             websocket_protocol: None,
             cors_origin: None,
+            authorization_sent: request.headers().contains_key(http::header::AUTHORIZATION),
         };
         let (route, outcome) = self.stages(request, &mut ctx).await;
         let mut response = outcome.unwrap_or_else(HttpError::into_response);

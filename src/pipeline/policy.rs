@@ -302,7 +302,7 @@ impl Policy {
     /// The policy's part of the response (headers such as CORS'), in the response-headers
     /// stage; `ctx` is the request's.
     pub fn on_response(&self, response: &mut Response, ctx: &RequestContext) {
-        // 401/403 answers count towards a ban.
+        // 401/403 answers to requests with an `Authorization` header count towards a ban.
         self.limits.on_response(response.status(), ctx);
         // An accepted WebSocket (101, or 200 to an extended CONNECT) whose upstream selected
         // no subprotocol: select the `bearer` the browser offered its token with.
@@ -428,6 +428,7 @@ mod tests {
             claims: None,
             websocket_protocol: None,
             cors_origin: None,
+            authorization_sent: false,
         }
     }
 

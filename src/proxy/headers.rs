@@ -291,6 +291,7 @@ mod tests {
             claims: None,
             websocket_protocol: None,
             cors_origin: None,
+            authorization_sent: false,
         }
     }
 

@@ -573,7 +573,9 @@ async fn refusing_backend() -> String {
     format!("http://{addr}")
 }
 
-/// fail2ban's `nginx-http-auth` jail, built in: a route's `401` answers count towards a ban.
+/// fail2ban's `nginx-http-auth` jail, built in: a route's `401` answers to requests that sent
+/// credentials count towards a ban; those that sent none (what a page on another site can make
+/// a browser send) do not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_auth_failures_ban_the_address() {
     let backend = refusing_backend().await;
@@ -584,10 +586,20 @@ async fn repeated_auth_failures_ban_the_address() {
     );
     let (server, ca) = start(dir.path(), &yaml).await;
     let mut sender = tls_sender(&server, &ca).await.unwrap();
-    for _ in 0..3 {
+    for _ in 0..5 {
         assert_eq!(get_on(&mut sender, "/login").await.0, 401);
     }
-    assert_eq!(get_on(&mut sender, "/login").await.0, 403, "banned");
+    let body = admin_request(&server, http::Method::GET, "/bans")
+        .await
+        .body;
+    assert!(
+        !body.contains("127.0.0.1"),
+        "no credentials, no strike: {body}"
+    );
+    for _ in 0..3 {
+        assert_eq!(login(&mut sender).await, 401);
+    }
+    assert_eq!(login(&mut sender).await, 403, "banned");
     assert!(tls_sender(&server, &ca).await.is_err(), "closed at accept");
     let body = admin_request(&server, http::Method::GET, "/bans")
         .await
@@ -600,6 +612,20 @@ async fn repeated_auth_failures_ban_the_address() {
         "{text}"
     );
     server.stop().await;
+}
+
+/// A login attempt with a (wrong) password.
+async fn login(sender: &mut Sender) -> u16 {
+    sender.ready().await.expect("connection open");
+    let request = http::Request::get("/login")
+        .header("host", HOST)
+        .header("authorization", "Basic YWxpY2U6d3Jvbmc=")
+        .body(Empty::new())
+        .unwrap();
+    let response = sender.send_request(request).await.expect("response");
+    let status = response.status().as_u16();
+    let _ = response.into_body().collect().await;
+    status
 }
 
 /// New TLS handshakes per minute per address: the fourth of `handshakes_per_minute: 3` is

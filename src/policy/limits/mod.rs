@@ -381,6 +381,7 @@ impl RouteLimiter {
     /// (not this module's own refusals of denied or banned clients).
     pub fn on_response(&self, status: http::StatusCode, ctx: &RequestContext) {
         if (status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN)
+            && ctx.authorization_sent
             && allowed(&self.access, ctx.client_ip)
             && !self.shared.bans.banned(ctx.client_ip)
         {
@@ -445,6 +446,7 @@ mod tests {
             claims: claims.and_then(|c| c.as_object().cloned()).map(Arc::new),
             websocket_protocol: None,
             cors_origin: None,
+            authorization_sent: false,
         }
     }
 
@@ -520,9 +522,15 @@ mod tests {
     async fn auth_failures_ban_and_a_ban_is_a_403_at_step_one_and_a_refusal_at_accept() {
         let shared = limits("bans: {after: 3, count: [auth]}\n");
         let limiter = RouteLimiter::none(&shared);
-        let ctx = context("2001:db8::1", None);
-        let neighbour = context("2001:db8::2", None);
+        let mut ctx = context("2001:db8::1", None);
+        let mut neighbour = context("2001:db8::2", None);
+        // Refusals of requests without credentials are no strikes.
+        for _ in 0..5 {
+            limiter.on_response(http::StatusCode::UNAUTHORIZED, &ctx);
+        }
         assert!(limiter.screen(&ctx).is_ok());
+        ctx.authorization_sent = true;
+        neighbour.authorization_sent = true;
         limiter.on_response(http::StatusCode::OK, &ctx);
         limiter.on_response(http::StatusCode::UNAUTHORIZED, &ctx);
         limiter.on_response(http::StatusCode::FORBIDDEN, &neighbour);
@@ -593,9 +601,11 @@ mod tests {
         }
     }
 
-    /// The limiter's cost per request through the whole step (key, zone, counters), printed
-    /// with `cargo test --lib micro_benchmark -- --nocapture`; the bound is 1 µs.
+    /// The limiter's cost per request through the whole step (key, zone, counters); the
+    /// issue's bound is 1 µs. A measurement, not a behaviour: it is run on purpose, in an
+    /// optimised build on a quiet machine, not timed inside the suite.
     #[test]
+    #[ignore = "micro-benchmark: cargo test --release --lib micro_benchmark -- --ignored --nocapture"]
     fn micro_benchmark_stays_under_a_microsecond_per_request() {
         use futures_util::FutureExt;
         let shared = limits(
