@@ -157,7 +157,8 @@ impl Cors {
         if self.any_origin {
             return true;
         }
-        if self.exact.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
+        let bare = without_default_port(origin);
+        if self.exact.iter().any(|o| o.eq_ignore_ascii_case(bare)) {
             return true;
         }
         !self.wildcards.is_empty() && self.wildcards.iter().any(|w| w.matches(origin))
@@ -263,6 +264,27 @@ impl Cors {
     }
 }
 
+/// `origin` without a default port (`https://a.example:443` is `https://a.example`): a
+/// browser never sends one, but a hand-made client may, and the configured origins are
+/// stored without it.
+fn without_default_port(origin: &str) -> &str {
+    let lower = |prefix: &str| {
+        origin
+            .get(..prefix.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+    };
+    if lower("https://") {
+        if let Some(bare) = origin.strip_suffix(":443") {
+            return bare;
+        }
+    } else if lower("http://") {
+        if let Some(bare) = origin.strip_suffix(":80") {
+            return bare;
+        }
+    }
+    origin
+}
+
 impl Wildcard {
     fn matches(&self, origin: &str) -> bool {
         let bytes = origin.as_bytes();
@@ -343,6 +365,30 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn an_exact_origin_matches_with_or_without_its_default_port() {
+        let cors = Cors::new(&settings(
+            &["https://app.example.com", "http://intranet.test"],
+            true,
+        ));
+        for allowed in [
+            "https://app.example.com",
+            "https://app.example.com:443",
+            "HTTPS://App.Example.com:443",
+            "http://intranet.test:80",
+        ] {
+            assert!(cors.origin_allowed(allowed), "{allowed}");
+        }
+        for refused in [
+            "https://app.example.com:8443",
+            "http://app.example.com",
+            "https://intranet.test:80",
+            "https://app.example.com:4430",
+        ] {
+            assert!(!cors.origin_allowed(refused), "{refused}");
+        }
     }
 
     #[test]

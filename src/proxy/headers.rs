@@ -119,11 +119,30 @@ pub fn upstream_headers(
         out.insert(header::HOST, value);
     }
     remove_hop_by_hop(&mut out);
+    remove_underscored(&mut out);
     if pool.settings.balance == Balance::Cookie {
         strip_cookie(&mut out, &pool.settings.sticky_cookie);
     }
     set_forwarding(&mut out, ctx);
     out
+}
+
+/// Removes headers whose names hold an `_` (nginx's `underscores_in_headers off`): CGI, WSGI
+/// and PHP servers read `X_Auth_Sub` and `X-Auth-Sub` as the same `HTTP_X_AUTH_SUB`, so a
+/// client could shadow an identity header the edge sets (`pass_claims`, client-certificate and
+/// forward-auth headers) under a name the edge never cleared.
+fn remove_underscored(headers: &mut HeaderMap) {
+    if !headers.keys().any(|name| name.as_str().contains('_')) {
+        return;
+    }
+    let named: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for name in named {
+        headers.remove(&name);
+    }
 }
 
 /// The value of cookie `name` in the request, if any.
@@ -293,6 +312,20 @@ mod tests {
             cors_origin: None,
             authorization_sent: false,
         }
+    }
+
+    #[test]
+    fn underscored_names_never_reach_the_upstream() {
+        let mut h = HeaderMap::new();
+        h.insert("x-auth-sub", HeaderValue::from_static("alice"));
+        h.insert("x_auth_sub", HeaderValue::from_static("admin"));
+        h.insert(
+            "x_client_cert_subject",
+            HeaderValue::from_static("CN=admin"),
+        );
+        remove_underscored(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-auth-sub"], "alice");
     }
 
     #[test]
