@@ -61,6 +61,10 @@ pub enum TokenError {
     Issuer,
     #[error("the token's audience is not accepted")]
     Audience,
+    /// Two tokens where one is read (two `Authorization` headers, `?token=` twice): the edge
+    /// would verify one and a backend might read the other.
+    #[error("the request carries more than one token")]
+    Ambiguous,
 }
 
 impl TokenError {
@@ -668,7 +672,10 @@ impl RouteAuth {
         for name in self.settings.pass_claims.values() {
             headers.remove(name.as_str());
         }
-        let (found, token) = self.find(headers, uri).ok_or(AuthFailure::Missing)?;
+        let (found, token) = self
+            .find(headers, uri)
+            .map_err(AuthFailure::Invalid)?
+            .ok_or(AuthFailure::Missing)?;
         let claims = self
             .verifier
             .verify(&token)
@@ -706,8 +713,10 @@ impl RouteAuth {
         Ok(claims)
     }
 
-    fn find(&self, headers: &HeaderMap, uri: &Uri) -> Option<(Found, String)> {
-        self.settings
+    /// The token of the first source that has one; a source holding two is refused.
+    fn find(&self, headers: &HeaderMap, uri: &Uri) -> Result<Option<(Found, String)>, TokenError> {
+        let found = self
+            .settings
             .sources
             .iter()
             .find_map(|source| match source {
@@ -721,7 +730,19 @@ impl RouteAuth {
                 TokenSource::WebsocketProtocol => {
                     protocol_token(headers).map(|t| (Found::WebsocketProtocol, t))
                 }
-            })
+            });
+        let copies = match &found {
+            None | Some((Found::WebsocketProtocol, _)) => 1,
+            Some((Found::Header, _)) => headers.get_all(header::AUTHORIZATION).iter().count(),
+            Some((Found::Cookie(name), _)) => {
+                cookie_pairs(headers).filter(|(n, _)| n == name).count()
+            }
+            Some((Found::Query(name), _)) => query_pairs(uri).filter(|(n, _)| n == name).count(),
+        };
+        if copies > 1 {
+            return Err(TokenError::Ambiguous);
+        }
+        Ok(found)
     }
 }
 
@@ -750,22 +771,35 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
 }
 
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+/// The request's cookies as (name, value) pairs.
+fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    cookie_pairs(headers)
         .find(|(n, v)| *n == name && !v.is_empty())
         .map(|(_, v)| v.trim_matches('"').to_owned())
 }
 
-fn query_param(uri: &Uri, name: &str) -> Option<String> {
-    uri.query()?
+/// The query's parameters, names percent-decoded as a backend decodes them (`%74oken` is
+/// `token`), values as written.
+fn query_pairs(uri: &Uri) -> impl Iterator<Item = (String, &str)> {
+    uri.query()
+        .unwrap_or("")
         .split('&')
         .filter_map(|pair| pair.split_once('='))
-        .find(|(n, v)| *n == name && !v.is_empty())
+        .map(|(n, v)| (percent_decode(n), v))
+}
+
+fn query_param(uri: &Uri, name: &str) -> Option<String> {
+    query_pairs(uri)
+        .find(|(n, v)| n == name && !v.is_empty())
         .map(|(_, v)| percent_decode(v))
 }
 
@@ -868,7 +902,7 @@ fn without_query_param(uri: &Uri, name: &str) -> Option<Uri> {
     let query = uri.query()?;
     let kept: Vec<&str> = query
         .split('&')
-        .filter(|pair| pair.split_once('=').map_or(*pair, |(n, _)| n) != name)
+        .filter(|pair| percent_decode(pair.split_once('=').map_or(*pair, |(n, _)| n)) != name)
         .collect();
     let path_and_query = if kept.is_empty() {
         uri.path().to_owned()

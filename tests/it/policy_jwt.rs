@@ -359,6 +359,30 @@ async fn tokens_from_cookie_query_and_subprotocol_are_stripped_and_never_logged(
     let bad = format!("{token}x");
     let response = get(server.main, &format!("/api/w?token={bad}"), &[]).await;
     assert_eq!(response.status, 401);
+    // Two tokens where one is read are refused: the edge would verify one, and a backend
+    // (Starlette reads the last `?token=`) might read the other.
+    let response = get(
+        server.main,
+        &format!("/api/v?token={token}&token={bad}"),
+        &[],
+    )
+    .await;
+    assert_eq!(response.status, 401, "{}", response.body);
+    let response = get(
+        server.main,
+        "/api/v",
+        &[
+            ("authorization", &bearer(&token)),
+            ("authorization", &bearer(&bad)),
+        ],
+    )
+    .await;
+    assert_eq!(response.status, 401, "{}", response.body);
+    // The parameter's name is read decoded, as backends read it, and stripped as such.
+    let response = get(server.main, &format!("/api/u?%74oken={token}&c=3"), &[]).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    let json: serde_json::Value = serde_json::from_str(&response.body).unwrap();
+    assert_eq!(json["path"], "/api/u?c=3");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (_, log) = server.stop();
     assert!(log.contains("TRACE"), "the log is at trace level");
