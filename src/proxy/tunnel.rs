@@ -83,6 +83,16 @@ pub async fn tunnel(
     );
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    // A size limit is on the message the backend receives: compressed, a message could be
+    // a thousand times larger once inflated, so a size-limited route negotiates no
+    // permessage-deflate (the offer is not passed on).
+    if terms
+        .messages
+        .as_ref()
+        .is_some_and(|m| m.max_message_size.is_some())
+    {
+        headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+    }
 
     let sticky = cookie_value(request.headers(), &pool.settings.sticky_cookie).map(str::to_owned);
     let Some((index, in_flight)) = pool.acquire(ctx.client_ip, sticky.as_deref(), &[]) else {
