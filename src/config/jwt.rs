@@ -128,18 +128,16 @@ pub struct PublicKey {
     pub bits: Vec<u8>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq)]
 pub enum JwtKey {
-    /// A shared secret (HS*): never printed, only where it came from.
+    /// A shared secret (HS*): never printed, only where it came from (`env NAME` or
+    /// `file PATH`).
     Secret {
         from: String,
-        #[serde(skip)]
         bytes: Vec<u8>,
     },
     PublicKey {
         file: PathBuf,
-        #[serde(skip)]
         key: PublicKey,
     },
     Jwks {
@@ -147,9 +145,30 @@ pub enum JwtKey {
     },
 }
 
+/// Printed as the key it was written with (`secret_env`, `secret_file`, `public_key_file`,
+/// `jwks_url`), so `config check`'s output loads again; a secret only by where it is.
+impl Serialize for JwtKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let (key, value) = match self {
+            JwtKey::Secret { from, .. } => match from.split_once(' ') {
+                Some(("env", name)) => ("secret_env", name.to_owned()),
+                Some((_, path)) => ("secret_file", path.to_owned()),
+                None => ("secret_file", from.clone()),
+            },
+            JwtKey::PublicKey { file, .. } => ("public_key_file", file.display().to_string()),
+            JwtKey::Jwks { url } => ("jwks_url", url.clone()),
+        };
+        let mut map = s.serialize_map(Some(1))?;
+        map.serialize_entry(key, &value)?;
+        map.end()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JwtSettings {
     pub algorithms: Vec<JwtAlgorithm>,
+    #[serde(flatten)]
     pub key: JwtKey,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
@@ -180,8 +199,7 @@ pub struct ForwardAuthSettings {
 }
 
 /// Where a route looks for its token, in order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenSource {
     /// `Authorization: Bearer TOKEN`.
     Header,
@@ -189,6 +207,18 @@ pub enum TokenSource {
     Query(String),
     /// `Sec-WebSocket-Protocol: bearer, TOKEN` (browsers cannot set headers on a WebSocket).
     WebsocketProtocol,
+}
+
+/// Printed as written: `header`, `cookie:NAME`, `query:NAME`, `websocket_protocol`.
+impl Serialize for TokenSource {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            TokenSource::Header => s.serialize_str("header"),
+            TokenSource::Cookie(name) => s.serialize_str(&format!("cookie:{name}")),
+            TokenSource::Query(name) => s.serialize_str(&format!("query:{name}")),
+            TokenSource::WebsocketProtocol => s.serialize_str("websocket_protocol"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -1039,6 +1069,30 @@ mod tests {
             settings.warnings(),
             vec!["jwt verifier `ec` is not used by any route".to_owned()]
         );
+    }
+
+    #[test]
+    fn the_printed_settings_load_again_to_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("s"), "top-secret-value\n").unwrap();
+        let first = load(
+            d,
+            "jwt:\n  hs:\n    algorithms: [HS256]\n    secret_file: s\n  env:\n    algorithms: [HS384]\n    secret_env: JWT_SECRET\n  remote:\n    algorithms: [RS256]\n    jwks_url: https://issuer.test/jwks\nroutes:\n  - path: /a\n    upstream: app\n    auth: {jwt: hs, sources: [cookie:session, query, header, websocket_protocol]}\n  - path: /b\n    upstream: app\n    auth: {jwt: env}\n  - path: /c\n    upstream: app\n    auth: {jwt: remote}\n",
+        )
+        .unwrap();
+        let printed = super::super::to_yaml(&first);
+        assert!(!printed.contains("top-secret-value"), "{printed}");
+        assert!(!printed.contains("from-the-environment"), "{printed}");
+        let again = super::super::load_str(
+            &printed,
+            Some(&d.join("printed.yaml")),
+            &super::super::Overrides::default(),
+            &|name| (name == "JWT_SECRET").then(|| "from-the-environment".to_owned()),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{printed}"));
+        assert_eq!(again.auth, first.auth);
+        assert_eq!(super::super::to_yaml(&again), printed, "a fixed point");
     }
 
     #[test]

@@ -190,6 +190,7 @@ pub struct RouteSettings {
     pub auth: Option<super::jwt::RouteAuthSettings>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub forward_auth: Option<super::jwt::NamedRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cors: Option<super::cors::RouteCors>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub websocket: Option<super::websocket::MessageLimits>,
