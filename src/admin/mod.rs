@@ -224,7 +224,15 @@ pub async fn handle<B>(
         ),
         (&Method::DELETE, path) if path.starts_with("/bans/") => {
             let target = percent_decoded(&path["/bans/".len()..]);
-            if context.bans.remove(&target) {
+            let address = target.trim();
+            if address.parse::<std::net::IpAddr>().is_err()
+                && address.parse::<ipnet::IpNet>().is_err()
+            {
+                json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({"result": "failure", "error": format!("`{target}` is not an IP address or a prefix (e.g. 203.0.113.7 or 2001:db8:1:2::/64)")}),
+                )
+            } else if context.bans.remove(&target) {
                 json(
                     StatusCode::OK,
                     &serde_json::json!({"result": "removed", "ip": target}),

@@ -293,7 +293,8 @@ impl Pipeline {
                 route = %stats.name,
                 upstream,
                 bytes = bytes.map(|b| b.to_string()).unwrap_or_else(|| "streamed".into()),
-                ms = elapsed.as_secs_f64() * 1000.0,
+                // Whole microseconds: `0.031`, not `0.030865999999999998`.
+                ms = elapsed.as_micros() as f64 / 1000.0,
                 "request"
             );
         }

@@ -401,6 +401,9 @@ async fn ten_violations_ban_the_address_until_the_admin_lifts_it() {
     assert_eq!(lifted.status, 200, "{}", lifted.body);
     let again = admin_request(&server, http::Method::DELETE, "/bans/127.0.0.1").await;
     assert_eq!(again.status, 404);
+    let typo = admin_request(&server, http::Method::DELETE, "/bans/127.0.0.x").await;
+    assert_eq!(typo.status, 400, "{}", typo.body);
+    assert!(typo.body.contains("not an IP address"), "{}", typo.body);
     let mut sender = tls_sender(&server, &ca).await.expect("no longer banned");
     assert_eq!(get_on(&mut sender, "/echo").await.0, 200);
     assert_eq!(series(&metrics(&server).await, "tlsgate_banned_ips"), 0);
