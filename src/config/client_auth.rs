@@ -186,8 +186,7 @@ pub fn client_auth_settings(
     origin: &dyn Fn(u64, u64) -> Origin,
     file_path: &dyn Fn(&str) -> PathBuf,
 ) -> Result<ClientAuthSettings, ConfigError> {
-    let at = |line: u64, column: u64| origin(line, column);
-    let section = at(raw.referenced.line(), raw.referenced.column());
+    let section = super::origin_of(origin, &raw);
     let file = raw.value;
     let mode = match &file.mode {
         None => ClientAuthMode::Required,
@@ -197,7 +196,7 @@ pub fn client_auth_settings(
             "required" | "on" | "true" | "yes" => ClientAuthMode::Required,
             other => {
                 return Err(ConfigError::invalid(
-                    at(mode.referenced.line(), mode.referenced.column()),
+                    super::origin_of(origin, mode),
                     format!("{field}.mode"),
                     format!("`{other}` is not a mode; valid: off, optional, required"),
                 ))
@@ -239,12 +238,12 @@ pub fn route_client_cert(
         ..Default::default()
     };
     if let Some(rules) = rules {
-        let at = origin(rules.referenced.line(), rules.referenced.column());
+        let at = super::origin_of(origin, &rules);
         for subject in rules.value.subjects.unwrap_or_default() {
             let text = subject.value.trim();
             if text.is_empty() {
                 return Err(ConfigError::invalid(
-                    origin(subject.referenced.line(), subject.referenced.column()),
+                    super::origin_of(origin, &subject),
                     "routes.client_cert.subjects",
                     "an empty subject",
                 ));
@@ -254,7 +253,7 @@ pub fn route_client_cert(
         for san in rules.value.sans.unwrap_or_default() {
             let rule = SanRule::parse(&san.value).map_err(|reason| {
                 ConfigError::invalid(
-                    origin(san.referenced.line(), san.referenced.column()),
+                    super::origin_of(origin, &san),
                     "routes.client_cert.sans",
                     reason,
                 )
@@ -276,7 +275,7 @@ pub fn route_client_cert(
             "off" | "false" | "no" | "headers" => false,
             other => {
                 return Err(ConfigError::invalid(
-                    origin(pass.referenced.line(), pass.referenced.column()),
+                    super::origin_of(origin, &pass),
                     "routes.pass_client_cert",
                     format!("`{other}` is not a choice; valid: pem, off (identity headers are always sent when a certificate was verified)"),
                 ))

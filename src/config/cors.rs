@@ -120,23 +120,22 @@ pub fn resolve<'a>(
     targets: impl Iterator<Item = &'a mut Option<RouteCors>>,
     origin: &dyn Fn(u64, u64) -> Origin,
 ) -> Result<BTreeMap<String, CorsSettings>, ConfigError> {
-    let at = |line: u64, column: u64| origin(line, column);
     let mut policies = BTreeMap::new();
     for (name, spanned) in named.into_iter().flatten() {
         let field = format!("cors.{name}");
         if !super::names::valid_name(&name) {
             return Err(ConfigError::invalid(
-                at(spanned.referenced.line(), spanned.referenced.column()),
+                super::origin_of(origin, &spanned),
                 "cors",
                 format!("`{name}` is not a valid policy name (letters, digits, - _ .)"),
             ));
         }
-        let policy = settings(&spanned, &field, &at)?;
+        let policy = settings(&spanned, &field, origin)?;
         policies.insert(name, Arc::new(policy));
     }
     for (target, file) in targets.zip(routes) {
         let Some(file) = file else { continue };
-        let here = at(file.referenced.line(), file.referenced.column());
+        let here = super::origin_of(origin, &file);
         *target = Some(match &file.value {
             CorsRouteFile::Name(name) => match policies.get(name) {
                 Some(policy) => RouteCors {
@@ -144,16 +143,15 @@ pub fn resolve<'a>(
                     policy: policy.clone(),
                 },
                 None => {
-                    let defined: Vec<&str> = policies.keys().map(String::as_str).collect();
                     return Err(ConfigError::invalid(
                         here,
                         "routes.cors",
-                        if defined.is_empty() {
+                        if policies.is_empty() {
                             format!("`{name}` is not a CORS policy: none is defined under the top-level `cors:`")
                         } else {
                             format!(
                                 "`{name}` is not a CORS policy (defined: {})",
-                                defined.join(", ")
+                                super::defined_list(policies.keys())
                             )
                         },
                     ));
@@ -161,7 +159,7 @@ pub fn resolve<'a>(
             },
             CorsRouteFile::Policy(policy) => RouteCors {
                 name: None,
-                policy: Arc::new(settings_of(policy, here, "routes.cors", &at)?),
+                policy: Arc::new(settings_of(policy, here, "routes.cors", origin)?),
             },
         });
     }
@@ -176,7 +174,7 @@ fn settings(
     field: &str,
     at: &dyn Fn(u64, u64) -> Origin,
 ) -> Result<CorsSettings, ConfigError> {
-    let here = at(spanned.referenced.line(), spanned.referenced.column());
+    let here = super::origin_of(at, spanned);
     settings_of(&spanned.value, here, field, at)
 }
 
@@ -186,7 +184,7 @@ fn settings_of(
     field: &str,
     at: &dyn Fn(u64, u64) -> Origin,
 ) -> Result<CorsSettings, ConfigError> {
-    let item_at = |s: &Spanned<String>| at(s.referenced.line(), s.referenced.column());
+    let item_at = |s: &Spanned<String>| super::origin_of(at, s);
     let credentials = file.allow_credentials.unwrap_or(false);
     let origins = file.allowed_origins.as_deref().unwrap_or_default();
     if origins.is_empty() {

@@ -318,9 +318,7 @@ impl AuthSettings {
 
 type OriginOf<'a> = &'a dyn Fn(u64, u64) -> Origin;
 
-fn at<T>(origin: OriginOf<'_>, spanned: &Spanned<T>) -> Origin {
-    origin(spanned.referenced.line(), spanned.referenced.column())
-}
+use super::origin_of as at;
 
 /// Relative key files are relative to the config file's folder.
 fn file_path(config: Option<&Path>, text: &str) -> PathBuf {
@@ -502,7 +500,7 @@ pub fn validate<'a>(
                         "routes.auth.jwt",
                         format!(
                             "no verifier `{name}` under `jwt:` (defined: {})",
-                            names(jwt.keys())
+                            super::defined_list(jwt.keys())
                         ),
                     ));
                 }
@@ -515,22 +513,13 @@ pub fn validate<'a>(
                     "routes.forward_auth",
                     format!(
                         "no service `{name}` under `forward_auth:` (defined: {})",
-                        names(forward_auth.keys())
+                        super::defined_list(forward_auth.keys())
                     ),
                 ));
             }
         }
     }
     Ok(AuthSettings { jwt, forward_auth })
-}
-
-fn names<'a>(keys: impl Iterator<Item = &'a String>) -> String {
-    let list: Vec<&str> = keys.map(String::as_str).collect();
-    if list.is_empty() {
-        "none".into()
-    } else {
-        list.join(", ")
-    }
 }
 
 fn verifier(

@@ -366,7 +366,7 @@ fn nets(
     for item in items.into_iter().flatten() {
         let net = parse_net(&item.value).ok_or_else(|| {
             ConfigError::invalid(
-                origin(item.referenced.line(), item.referenced.column()),
+                super::origin_of(origin, &item),
                 field,
                 format!("`{}` is not an IP address or CIDR block", item.value),
             )
@@ -394,9 +394,7 @@ pub fn route_limits(
     for name in rate_limit.into_iter().flatten() {
         if !limits.rate_limit.contains(&name.value) {
             limits.rate_limit.push(name.value.clone());
-            limits
-                .rate_limit_at
-                .push(origin(name.referenced.line(), name.referenced.column()));
+            limits.rate_limit_at.push(super::origin_of(origin, &name));
         }
     }
     Ok(limits)
@@ -413,7 +411,7 @@ pub struct LimitsInput<'a> {
 }
 
 fn at<T>(input: &LimitsInput<'_>, spanned: &Spanned<T>) -> Origin {
-    (input.origin)(spanned.referenced.line(), spanned.referenced.column())
+    super::origin_of(input.origin, spanned)
 }
 
 pub fn validate(input: LimitsInput<'_>) -> Result<(EdgeLimitSettings, PerIpSettings), ConfigError> {
@@ -425,17 +423,12 @@ pub fn validate(input: LimitsInput<'_>) -> Result<(EdgeLimitSettings, PerIpSetti
     for route in &input.routes {
         for (name, origin) in route.rate_limit.iter().zip(&route.rate_limit_at) {
             if !rate_limits.contains_key(name) {
-                let defined: Vec<&str> = rate_limits.keys().map(String::as_str).collect();
                 return Err(ConfigError::invalid(
                     origin.clone(),
                     "routes.rate_limit",
                     format!(
                         "`{name}` is not a zone in rate_limits (defined: {})",
-                        if defined.is_empty() {
-                            "none".to_owned()
-                        } else {
-                            defined.join(", ")
-                        }
+                        super::defined_list(rate_limits.keys())
                     ),
                 ));
             }
@@ -493,11 +486,7 @@ fn zone(
 ) -> Result<ZoneSettings, ConfigError> {
     let file = &spanned.value;
     let field = |f: &str| format!("rate_limits.{name}.{f}");
-    let valid = (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-    if !valid {
+    if !super::names::valid_name(name) {
         return Err(ConfigError::invalid(
             origin.clone(),
             "rate_limits",

@@ -515,7 +515,7 @@ pub enum ConfigError {
         missing: &'static str,
     },
     /// A route's `upstream` (or `default_route`) that is neither a URL nor an `upstreams:` name.
-    #[error("{origin}: {field}: `{target}` is neither a URL nor a defined upstream (defined: {})", defined_list(.defined))]
+    #[error("{origin}: {field}: `{target}` is neither a URL nor a defined upstream (defined: {})", defined_list(.defined.iter()))]
     UnknownUpstream {
         origin: Origin,
         field: &'static str,
@@ -542,12 +542,25 @@ fn http01_advice(tls_enabled: bool) -> &'static str {
     }
 }
 
-fn defined_list(defined: &[String]) -> String {
-    if defined.is_empty() {
-        "none".to_owned()
-    } else {
-        defined.join(", ")
+/// Where `spanned` stands in the file, through `origin` (line, column → [`Origin`]), the form
+/// in which the config's sub-validators are given the file's name.
+pub(super) fn origin_of<T>(
+    origin: &dyn Fn(u64, u64) -> Origin,
+    spanned: &serde_saphyr::Spanned<T>,
+) -> Origin {
+    origin(spanned.referenced.line(), spanned.referenced.column())
+}
+
+/// The names an error offers instead of a missing one: `a, b`, or `none`.
+pub(super) fn defined_list<S: AsRef<str>>(defined: impl IntoIterator<Item = S>) -> String {
+    let list: Vec<S> = defined.into_iter().collect();
+    if list.is_empty() {
+        return "none".to_owned();
     }
+    list.iter()
+        .map(AsRef::as_ref)
+        .collect::<Vec<&str>>()
+        .join(", ")
 }
 
 impl ConfigError {

@@ -270,7 +270,7 @@ pub struct ProxyInput<'a> {
 }
 
 fn at<T>(input: &ProxyInput<'_>, spanned: &Spanned<T>) -> Origin {
-    (input.origin)(spanned.referenced.line(), spanned.referenced.column())
+    super::origin_of(input.origin, spanned)
 }
 
 pub fn validate(mut input: ProxyInput<'_>) -> Result<ProxySettings, ConfigError> {

@@ -53,7 +53,7 @@ pub fn resolve<'a>(
 ) -> Result<(), ConfigError> {
     for (target, file) in targets.zip(routes) {
         let Some(file) = file else { continue };
-        let here = origin(file.referenced.line(), file.referenced.column());
+        let here = super::origin_of(origin, &file);
         let file = file.value;
         if file.max_message_size.is_some_and(|s| s.0 == 0) {
             return Err(ConfigError::invalid(
