@@ -4,6 +4,7 @@
 
 pub mod activity;
 pub mod context;
+pub mod cookie;
 pub mod error;
 pub mod headers;
 pub mod redirect;

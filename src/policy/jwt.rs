@@ -734,9 +734,9 @@ impl RouteAuth {
         let copies = match &found {
             None | Some((Found::WebsocketProtocol, _)) => 1,
             Some((Found::Header, _)) => headers.get_all(header::AUTHORIZATION).iter().count(),
-            Some((Found::Cookie(name), _)) => {
-                cookie_pairs(headers).filter(|(n, _)| n == name).count()
-            }
+            Some((Found::Cookie(name), _)) => crate::http::cookie::pairs(headers)
+                .filter(|(n, _)| n == name)
+                .count(),
             Some((Found::Query(name), _)) => query_pairs(uri).filter(|(n, _)| n == name).count(),
         };
         if copies > 1 {
@@ -771,18 +771,8 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
 }
 
-/// The request's cookies as (name, value) pairs.
-fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-}
-
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    cookie_pairs(headers)
+    crate::http::cookie::pairs(headers)
         .find(|(n, v)| *n == name && !v.is_empty())
         .map(|(_, v)| v.trim_matches('"').to_owned())
 }
@@ -856,24 +846,7 @@ fn strip(headers: &mut HeaderMap, uri: &mut Uri, found: &Found) {
         Found::Header => {
             headers.remove(header::AUTHORIZATION);
         }
-        Found::Cookie(name) => {
-            let kept: Vec<String> = headers
-                .get_all(header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .map(str::trim)
-                .filter(|pair| !pair.is_empty())
-                .filter(|pair| pair.split_once('=').is_none_or(|(n, _)| n != name))
-                .map(str::to_owned)
-                .collect();
-            headers.remove(header::COOKIE);
-            if let Ok(value) = HeaderValue::from_str(&kept.join("; ")) {
-                if !kept.is_empty() {
-                    headers.insert(header::COOKIE, value);
-                }
-            }
-        }
+        Found::Cookie(name) => crate::http::cookie::strip(headers, name),
         Found::Query(name) => {
             if let Some(stripped) = without_query_param(uri, name) {
                 *uri = stripped;

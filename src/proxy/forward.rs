@@ -10,11 +10,12 @@ use hyper::body::Incoming;
 
 use super::body::ProxyBody;
 use super::body::{BodyState, Bounded, ClientFault};
-use super::headers::{cookie_value, upstream_headers};
+use super::headers::upstream_headers;
 use super::pool::Pool;
 use super::response::respond;
 use super::upstream::{self, is_idempotent, is_timeout, ResponseBody, UpstreamError};
 use crate::http::context::RequestContext;
+use crate::http::cookie;
 use crate::http::error::{error_chain, HttpError};
 use crate::http::Response;
 
@@ -26,7 +27,7 @@ pub async fn forward(
     ctx: &RequestContext,
 ) -> Result<Response, HttpError> {
     let (mut parts, body) = request.into_parts();
-    let sticky = cookie_value(&parts.headers, &pool.settings.sticky_cookie).map(str::to_owned);
+    let sticky = cookie::value(&parts.headers, &pool.settings.sticky_cookie).map(str::to_owned);
     let client_headers = std::mem::take(&mut parts.headers);
     let headers = upstream_headers(pool, client_headers, &parts.uri, ctx);
     let client_ip = ctx.client_ip;

@@ -76,6 +76,30 @@ struct Head {
     header_len: usize,
 }
 
+/// A frame header's length from its second byte: 2, the extended length (2 or 8), the mask
+/// key (4) (RFC 6455 §5.2).
+pub(super) fn header_len(second: u8) -> usize {
+    let extended = match second & 0x7F {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    2 + extended + if second & 0x80 != 0 { 4 } else { 0 }
+}
+
+/// The payload length a complete frame header declares.
+pub(super) fn payload_len(header: &[u8; 14]) -> u64 {
+    match header[1] & 0x7F {
+        126 => u64::from(u16::from_be_bytes([header[2], header[3]])),
+        127 => {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(&header[2..10]);
+            u64::from_be_bytes(bytes)
+        }
+        short => u64::from(short),
+    }
+}
+
 /// Frame headers in a byte stream read in arbitrary chunks (RFC 6455 §5.2).
 #[derive(Default)]
 struct Walker {
@@ -102,25 +126,11 @@ impl Walker {
             if self.header_read < 2 {
                 continue;
             }
-            let second = self.header[1];
-            let extended = match second & 0x7F {
-                126 => 2,
-                127 => 8,
-                _ => 0,
-            };
-            let header_len = 2 + extended + if second & 0x80 != 0 { 4 } else { 0 };
+            let header_len = header_len(self.header[1]);
             if self.header_read < header_len {
                 continue;
             }
-            let len = match second & 0x7F {
-                126 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
-                127 => {
-                    let mut bytes = [0u8; 8];
-                    bytes.copy_from_slice(&self.header[2..10]);
-                    u64::from_be_bytes(bytes)
-                }
-                short => u64::from(short),
-            };
+            let len = payload_len(&self.header);
             self.header_read = 0;
             self.remaining = len;
             return Some(Head {

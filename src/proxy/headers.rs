@@ -121,7 +121,7 @@ pub fn upstream_headers(
     remove_hop_by_hop(&mut out);
     remove_underscored(&mut out);
     if pool.settings.balance == Balance::Cookie {
-        strip_cookie(&mut out, &pool.settings.sticky_cookie);
+        crate::http::cookie::strip(&mut out, &pool.settings.sticky_cookie);
     }
     set_forwarding(&mut out, ctx);
     out
@@ -132,9 +132,6 @@ pub fn upstream_headers(
 /// client could shadow an identity header the edge sets (`pass_claims`, client-certificate and
 /// forward-auth headers) under a name the edge never cleared.
 fn remove_underscored(headers: &mut HeaderMap) {
-    if !headers.keys().any(|name| name.as_str().contains('_')) {
-        return;
-    }
     let named: Vec<HeaderName> = headers
         .keys()
         .filter(|name| name.as_str().contains('_'))
@@ -142,38 +139,6 @@ fn remove_underscored(headers: &mut HeaderMap) {
         .collect();
     for name in named {
         headers.remove(&name);
-    }
-}
-
-/// The value of cookie `name` in the request, if any.
-pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (key, value) = pair.trim().split_once('=')?;
-            (key == name).then_some(value)
-        })
-}
-
-/// Removes cookie `name` (HAProxy's `indirect`: the backend never sees the sticky cookie).
-fn strip_cookie(headers: &mut HeaderMap, name: &str) {
-    let kept: Vec<String> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|pair| !pair.is_empty() && pair.split_once('=').map(|(k, _)| k) != Some(name))
-        .map(str::to_owned)
-        .collect();
-    headers.remove(header::COOKIE);
-    if let Ok(value) = HeaderValue::from_str(&kept.join("; ")) {
-        if !kept.is_empty() {
-            headers.insert(header::COOKIE, value);
-        }
     }
 }
 
@@ -351,21 +316,5 @@ mod tests {
         set_forwarding(&mut h, &context("10.0.0.3", true, "198.51.100.1"));
         assert_eq!(h["x-forwarded-for"], "198.51.100.1, 10.0.0.2, 10.0.0.3");
         assert_eq!(h["x-real-ip"], "198.51.100.1");
-    }
-
-    #[test]
-    fn sticky_cookie_is_read_and_stripped() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::COOKIE,
-            HeaderValue::from_static("a=1; SERVERID=abc; b=2"),
-        );
-        assert_eq!(cookie_value(&h, "SERVERID"), Some("abc"));
-        strip_cookie(&mut h, "SERVERID");
-        assert_eq!(h[header::COOKIE], "a=1; b=2");
-        let mut only = HeaderMap::new();
-        only.insert(header::COOKIE, HeaderValue::from_static("SERVERID=abc"));
-        strip_cookie(&mut only, "SERVERID");
-        assert!(!only.contains_key(header::COOKIE));
     }
 }

@@ -22,12 +22,13 @@ use tokio_util::task::TaskTracker;
 
 use super::body::ProxyBody;
 use super::gate::{Gate, Refusal};
-use super::headers::{cookie_value, remove_hop_by_hop, upstream_headers};
+use super::headers::{remove_hop_by_hop, upstream_headers};
 use super::pool::{InFlight, Pool};
 use super::response::respond;
 use super::UPGRADE_TIMEOUT;
 use crate::config::websocket::MessageLimits;
 use crate::http::context::{ConnectionSlot, RequestContext};
+use crate::http::cookie;
 use crate::http::error::{error_chain, HttpError};
 use crate::http::{full, Response};
 use crate::metrics::{GaugeGuard, Metrics, RouteLabels, RouteReasonLabels, UpgradeLabels};
@@ -94,7 +95,7 @@ pub async fn tunnel(
         headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
     }
 
-    let sticky = cookie_value(request.headers(), &pool.settings.sticky_cookie).map(str::to_owned);
+    let sticky = cookie::value(request.headers(), &pool.settings.sticky_cookie).map(str::to_owned);
     let Some((index, in_flight)) = pool.acquire(ctx.client_ip, sticky.as_deref(), &[]) else {
         tracing::error!(route = %ctx.route, upstream = %pool.name, "no upstream server available for WebSocket");
         return Err(HttpError::NoUpstream);
@@ -791,29 +792,7 @@ impl FrameBoundary {
 
     /// Length of the header being read, once its first two bytes are known.
     fn header_len(&self) -> Option<usize> {
-        if self.header_read < 2 {
-            return None;
-        }
-        let second = self.header[1];
-        let extended = match second & 0x7F {
-            126 => 2,
-            127 => 8,
-            _ => 0,
-        };
-        let mask = if second & 0x80 != 0 { 4 } else { 0 };
-        Some(2 + extended + mask)
-    }
-
-    fn payload_len(&self) -> u64 {
-        match self.header[1] & 0x7F {
-            126 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
-            127 => {
-                let mut bytes = [0u8; 8];
-                bytes.copy_from_slice(&self.header[2..10]);
-                u64::from_be_bytes(bytes)
-            }
-            short => u64::from(short),
-        }
+        (self.header_read >= 2).then(|| super::gate::header_len(self.header[1]))
     }
 
     /// Follows `bytes`; returns how many were taken. With `stop_at_boundary` it stops at the
@@ -834,7 +813,7 @@ impl FrameBoundary {
             self.header_read += 1;
             taken += 1;
             if self.header_len() == Some(self.header_read) {
-                self.remaining = self.payload_len();
+                self.remaining = super::gate::payload_len(&self.header);
                 self.header_read = 0;
             }
         }
