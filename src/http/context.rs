@@ -47,6 +47,12 @@ pub struct ClientCertIdentity {
     pub serial: String,
     /// The leaf certificate as PEM.
     pub pem: String,
+    /// The identity's upstream headers (subject, SANs, fingerprint, serial) as header values,
+    /// made by the first request that sends them: the identity is the connection's, so every
+    /// later request on it reuses them.
+    pub header_values: std::sync::OnceLock<Vec<(http::HeaderName, http::HeaderValue)>>,
+    /// The URL-encoded PEM as a header value, made likewise when a route passes it.
+    pub pem_value: std::sync::OnceLock<Option<http::HeaderValue>>,
 }
 
 /// The upstream server that answered, for the access log (a response extension the proxy

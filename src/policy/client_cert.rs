@@ -134,21 +134,30 @@ pub fn set_identity_headers(
     let Some(identity) = identity else {
         return;
     };
-    let mut set = |name: HeaderName, value: &str| {
-        // A value a header cannot carry (a control character in a name) is left out rather
-        // than forwarded altered.
-        if let Ok(value) = HeaderValue::from_str(value) {
-            headers.insert(name, value);
-        }
-    };
-    set(SUBJECT, &identity.subject);
-    if !identity.sans.is_empty() {
-        set(SAN, &identity.sans.join(", "));
+    // A value a header cannot carry (a control character in a name) is left out rather than
+    // forwarded altered.
+    let values = identity.header_values.get_or_init(|| {
+        let sans = (!identity.sans.is_empty()).then(|| identity.sans.join(", "));
+        [
+            (SUBJECT, Some(identity.subject.as_str())),
+            (SAN, sans.as_deref()),
+            (FINGERPRINT, Some(identity.fingerprint.as_str())),
+            (SERIAL, Some(identity.serial.as_str())),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, HeaderValue::from_str(value?).ok()?)))
+        .collect()
+    });
+    for (name, value) in values {
+        headers.insert(name.clone(), value.clone());
     }
-    set(FINGERPRINT, &identity.fingerprint);
-    set(SERIAL, &identity.serial);
     if pass_pem {
-        set(PEM, &url_encode(&identity.pem));
+        let pem = identity
+            .pem_value
+            .get_or_init(|| HeaderValue::from_str(&url_encode(&identity.pem)).ok());
+        if let Some(value) = pem {
+            headers.insert(PEM, value.clone());
+        }
     }
 }
 
@@ -181,6 +190,8 @@ mod tests {
             fingerprint: "ab".repeat(32),
             serial: "1f".into(),
             pem: "-----BEGIN CERTIFICATE-----\nAB+/=\n-----END CERTIFICATE-----\n".into(),
+            header_values: Default::default(),
+            pem_value: Default::default(),
         }
     }
 

@@ -205,7 +205,9 @@ pub fn identity(der: &CertificateDer<'_>) -> Option<ClientCertIdentity> {
         sans,
         fingerprint: hex(digest.as_ref()),
         serial: cert.serial.to_str_radix(16),
-        pem: pem(der),
+        pem: crate::certs::pem::encode_block("CERTIFICATE", der),
+        header_values: Default::default(),
+        pem_value: Default::default(),
     })
 }
 
@@ -284,30 +286,6 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-fn pem(der: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut b64 = String::with_capacity(der.len().div_ceil(3) * 4);
-    for chunk in der.chunks(3) {
-        let n = (u32::from(chunk[0]) << 16)
-            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*chunk.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                b64.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                b64.push('=');
-            }
-        }
-    }
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
-}
-
 /// A client-certificate failure as a bounded label value
 /// (`tlsgate_tls_client_cert_failures_total{reason}`: no_certificate, unknown_ca, expired,
 /// revoked, bad_signature, wrong_usage, crl_expired, other); none for other handshake
@@ -342,7 +320,7 @@ mod tests {
     fn pem_round_trips() {
         for len in [0usize, 1, 2, 3, 4, 100, 1000] {
             let der: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
-            let text = pem(&der);
+            let text = crate::certs::pem::encode_block("CERTIFICATE", &der);
             let back = CertificateDer::from_pem_slice(text.as_bytes());
             match len {
                 0 => assert!(back.is_err() || back.unwrap().is_empty()),
