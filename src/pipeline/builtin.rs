@@ -42,23 +42,12 @@ pub fn echo<B: Send + 'static>(
     idle: Duration,
 ) -> Result<Response, HttpError> {
     let accept = websocket::check_upgrade(&request)?;
-    let on_upgrade = hyper::upgrade::on(&mut request);
-    let slot = request.extensions_mut().remove::<ConnectionSlot>();
-    let shutdown = context.shutdown.clone();
-    context.tasks.spawn(async move {
-        let _slot = slot;
-        match on_upgrade.await {
-            Ok(upgraded) => websocket::echo(upgraded, idle, shutdown).await,
-            Err(error) => tracing::debug!(%error, "WebSocket upgrade did not complete"),
-        }
-    });
-    let mut response = hyper::Response::new(full(Vec::new()));
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    Ok(response)
+    Ok(accept_websocket(
+        context,
+        &mut request,
+        Some(accept),
+        move |upgraded, shutdown| websocket::echo(upgraded, idle, shutdown),
+    ))
 }
 
 /// Accepts a WebSocket opening (an HTTP/1.1 upgrade or an HTTP/2 extended CONNECT) only to
@@ -77,25 +66,9 @@ pub fn close_websocket<B>(
     } else {
         Some(websocket::check_upgrade(request)?)
     };
-    let on_upgrade = hyper::upgrade::on(&mut *request);
-    let slot = request.extensions_mut().remove::<ConnectionSlot>();
-    let shutdown = context.shutdown.clone();
-    context.tasks.spawn(async move {
-        let _slot = slot;
-        match on_upgrade.await {
-            Ok(upgraded) => websocket::close_at_once(upgraded, code, reason, shutdown).await,
-            Err(error) => tracing::debug!(%error, "WebSocket upgrade did not complete"),
-        }
+    let mut response = accept_websocket(context, request, accept, move |upgraded, shutdown| {
+        websocket::close_at_once(upgraded, code, reason, shutdown)
     });
-    let mut response = hyper::Response::new(full(Vec::new()));
-    // An extended CONNECT is accepted with a 200.
-    if let Some(accept) = accept {
-        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let headers = response.headers_mut();
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    }
     if bearer {
         response.headers_mut().insert(
             header::SEC_WEBSOCKET_PROTOCOL,
@@ -103,4 +76,38 @@ pub fn close_websocket<B>(
         );
     }
     Ok(response)
+}
+
+/// The answer to a checked WebSocket opening, with `run` spawned on the upgraded connection
+/// (holding the connection's slot): a `101` with `accept` for an HTTP/1.1 upgrade, a `200`
+/// for an extended CONNECT (`accept` none).
+fn accept_websocket<B, F, Fut>(
+    context: &EchoContext,
+    request: &mut Request<B>,
+    accept: Option<HeaderValue>,
+    run: F,
+) -> Response
+where
+    F: FnOnce(hyper::upgrade::Upgraded, CancellationToken) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let on_upgrade = hyper::upgrade::on(&mut *request);
+    let slot = request.extensions_mut().remove::<ConnectionSlot>();
+    let shutdown = context.shutdown.clone();
+    context.tasks.spawn(async move {
+        let _slot = slot;
+        match on_upgrade.await {
+            Ok(upgraded) => run(upgraded, shutdown).await,
+            Err(error) => tracing::debug!(%error, "WebSocket upgrade did not complete"),
+        }
+    });
+    let mut response = hyper::Response::new(full(Vec::new()));
+    if let Some(accept) = accept {
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    response
 }

@@ -100,13 +100,14 @@ impl Authentication {
         };
         let parameters = match &self.template {
             Some((template, exact)) => {
-                let path = super::checks::without_parameters(request.uri().path()).into_owned();
+                let path = super::checks::without_parameters(request.uri().path());
                 jwt::match_template(template, &path, *exact).unwrap_or_default()
             }
             None => Vec::new(),
         };
         let bearer = websocket && jwt::offered_bearer(request.headers());
-        let mut uri = request.uri().clone();
+        // Taken out and put back: the headers and the URI are both edited (the token stripped).
+        let mut uri = std::mem::take(request.uri_mut());
         let outcome = auth
             .authenticate(request.headers_mut(), &mut uri, &parameters)
             .await;

@@ -72,7 +72,7 @@ impl Matcher {
 
     fn matches_path(&self, path: &str) -> bool {
         // A template (`/ws/tenant/{id}`): `{name}` takes one whole segment.
-        if self.path.contains('{') {
+        if self.is_template() {
             return crate::policy::jwt::template_matches(&self.path, path, self.exact);
         }
         if self.exact {
