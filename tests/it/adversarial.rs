@@ -14,7 +14,6 @@ use common::*;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::CertificateDer;
-use tlsgate::certs::KeyAlgorithm;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
@@ -324,21 +323,12 @@ async fn encoded_doubled_and_parameterised_paths_cannot_cross_a_route_or_skip_it
     let app = RawBackend::start().await;
     let api = RawBackend::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let ca = fixture_ca(dir.path());
-    fixture_cert(
-        &ca,
-        dir.path(),
-        "site",
-        &["localhost"],
-        KeyAlgorithm::EcdsaP256,
-    );
     let config = format!(
-        "tls:\n  certificates:\n    - pem_file: site.pem\nupstreams:\n  app:\n    servers: [{}]\n  api:\n    servers: [{}]\nroutes:\n  - path: /ws\n    upstream: app\n    allowed_origins: [https://localhost]\n  - path: /api\n    upstream: api\n    max_body_size: 10\n  - path: /\n    upstream: app\n",
+        "upstreams:\n  app:\n    servers: [{}]\n  api:\n    servers: [{}]\nroutes:\n  - path: /ws\n    upstream: app\n    allowed_origins: [https://localhost]\n  - path: /api\n    upstream: api\n    max_body_size: 10\n  - path: /\n    upstream: app\n",
         app.url(),
         api.url()
     );
-    let server = TestServer::start(&config, dir.path()).await.unwrap();
-    let ca = ca.cert_der;
+    let (server, ca) = hostile::serve_site(dir.path(), &config).await;
     // Every spelling of /api reaches the api pool, which sees the one normal path.
     for (path, seen) in [
         ("/api/x", "/api/x"),
