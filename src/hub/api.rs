@@ -213,15 +213,17 @@ pub async fn handle(
             let channels = hub.registry.channels();
             let subscriptions: usize = channels.iter().map(|(_, n)| n).sum();
             let metrics = &hub.metrics.hub;
-            let text = metrics_summary(&hub.metrics);
+            let load = |counter: &std::sync::atomic::AtomicU64| {
+                counter.load(std::sync::atomic::Ordering::Relaxed)
+            };
             (
                 StatusCode::OK,
                 json!({
                     "sessions": hub.registry.session_count(),
                     "channels": channels.len(),
                     "subscriptions": subscriptions,
-                    "publications": text.0,
-                    "deliveries": text.1,
+                    "publications": load(&hub.publications),
+                    "deliveries": load(&hub.deliveries),
                     "slow_consumer_disconnects": metrics
                         .drops
                         .get_or_create(&crate::metrics::ReasonLabels { reason: "slow_consumer".into() })
@@ -238,21 +240,6 @@ pub async fn handle(
             json!({"result": "failure", "error": "no such hub endpoint: /hub/publish, /hub/broadcast, /hub/disconnect, /hub/unsubscribe, /hub/presence, /hub/history, /hub/channels, /hub/stats"}),
         ),
     }
-}
-
-/// Publications and deliveries so far, summed over namespaces (from the encoded families).
-fn metrics_summary(metrics: &crate::metrics::Metrics) -> (u64, u64) {
-    let text = metrics.encode();
-    let sum = |name: &str| -> u64 {
-        text.lines()
-            .filter(|line| line.starts_with(name))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
-    };
-    (
-        sum("tlsgate_hub_publications_total{"),
-        sum("tlsgate_hub_deliveries_total{"),
-    )
 }
 
 fn published_json(published: &super::Published) -> Value {

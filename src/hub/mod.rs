@@ -217,6 +217,9 @@ pub struct Hub {
     pub metrics: Arc<Metrics>,
     idempotency: Mutex<Idempotency>,
     next_session: AtomicU64,
+    /// Since start: publications accepted, and sessions they were queued to.
+    pub publications: AtomicU64,
+    pub deliveries: AtomicU64,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
 }
@@ -245,6 +248,8 @@ impl Hub {
             metrics: metrics.clone(),
             idempotency: Mutex::default(),
             next_session: AtomicU64::new(1),
+            publications: AtomicU64::new(0),
+            deliveries: AtomicU64::new(0),
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
         })
@@ -314,6 +319,9 @@ impl Hub {
             .await;
         let publication = Arc::new(Publication::new(channel.clone(), &position, data));
         let delivered = self.bus.publish(publication).await.map_err(HubError::Bus)?;
+        self.publications.fetch_add(1, Ordering::Relaxed);
+        self.deliveries
+            .fetch_add(delivered as u64, Ordering::Relaxed);
         let label = config.label(&channel);
         self.metrics.hub.publications.get_or_create(&label).inc();
         self.metrics
