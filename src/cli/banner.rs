@@ -65,13 +65,20 @@ pub fn render(server: &Server) -> String {
         out,
         "tlsgate {version}: serving HTTPS and WSS on {main} ({versions})"
     );
-    if settings.proxy.is_enabled() {
+    if settings.proxy.is_enabled() || settings.hub.is_enabled() {
         for route in &settings.proxy.routes {
             let host = route.host.clone().unwrap_or_else(|| base.clone());
-            let _ = writeln!(out, "  https://{host}{} → {}", route.path, route.upstream);
+            if route.hub_endpoint.is_some() {
+                let _ = writeln!(out, "  wss://{host}{} → hub", route.path);
+            } else {
+                let _ = writeln!(out, "  https://{host}{} → {}", route.path, route.upstream);
+            }
         }
         if let Some(default) = &settings.proxy.default_route {
             let _ = writeln!(out, "  https://{base}/… (everything else) → {default}");
+        }
+        if let (true, Some(admin)) = (settings.hub.is_enabled(), settings.admin) {
+            let _ = writeln!(out, "  publish: POST http://{admin}/hub/publish");
         }
     } else {
         let _ = writeln!(out, "  https://{base}/health");

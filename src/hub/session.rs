@@ -169,9 +169,13 @@ impl Endpoint {
         // machinery. Boxed, so the session's future stays small.
         match upgraded.downcast::<TlsConnectionIo>() {
             Ok(parts) => {
+                // Copied out and dropped now: hyper's read buffer behind these bytes would
+                // otherwise stay allocated for the session's whole life.
+                let early = parts.read_buf.to_vec();
+                drop(parts.read_buf);
                 let socket = WebSocketStream::from_partially_read(
                     Box::new(parts.io.into_inner()),
-                    parts.read_buf.to_vec(),
+                    early,
                     Role::Server,
                     Some(config),
                 )
@@ -303,12 +307,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         gauge.inc();
         self.hub.registry.register(&self.handle);
         let client = start.client;
-        let ending = match self.begin(start).await {
+        // The rare paths (start, client requests, the close) are boxed: an idle session's
+        // future then holds only the wait itself.
+        let ending = match Box::pin(self.begin(start)).await {
             Ok(()) => self.run().await,
             Err(ending) => ending,
         };
         tracing::debug!(endpoint = %self.endpoint.settings.route.path, %client, session = self.handle.id, reason = ending.metric(), "hub session ended");
-        self.finish(ending).await;
+        Box::pin(self.finish(ending)).await;
         gauge.dec();
     }
 
@@ -388,7 +394,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 message = self.socket.next() => {
                     let outcome = match message {
                         None => Err(Ending::Gone("client_closed")),
-                        Some(Ok(message)) => self.on_message(message).await,
+                        Some(Ok(message)) => Box::pin(self.on_message(message)).await,
                         Some(Err(error)) => Err(read_error(error)),
                     };
                     if let Err(ending) = outcome {
@@ -396,7 +402,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     }
                 }
                 () = tokio::time::sleep_until(deadline) => {
-                    if let Err(ending) = self.on_timer(removal).await {
+                    if let Err(ending) = Box::pin(self.on_timer(removal)).await {
                         return ending;
                     }
                 }
@@ -1183,5 +1189,55 @@ mod tests {
         assert_eq!(percent_decode("a%3Ab,c"), "a:b,c");
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz"), "%zz");
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+    use crate::config::hub::{EndpointSettings, HubSettings};
+    use crate::config::proxy::RouteSettings;
+
+    #[tokio::test]
+    async fn an_idle_session_future_stays_small() {
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let hub = Hub::new(
+            super::super::HubConfig::new(&HubSettings::default(), Duration::from_secs(5)),
+            &metrics,
+            &CancellationToken::new(),
+            &tokio_util::task::TaskTracker::new(),
+        );
+        let settings = EndpointSettings {
+            route: RouteSettings::placeholder("/ws"),
+            subscribe: Vec::new(),
+            require: Vec::new(),
+            channels_param: "channels".into(),
+            envelope: false,
+            echo: false,
+            max_message_size: 65536,
+            rpc: None,
+        };
+        let endpoint = Arc::new(Endpoint::new(
+            settings,
+            hub,
+            None,
+            CancellationToken::new(),
+            Duration::from_secs(1),
+        ));
+        let (server, _client) = tokio::io::duplex(64);
+        let socket = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+        let start = Start {
+            parameters: Vec::new(),
+            channels: Vec::new(),
+            since: HashMap::new(),
+            claims: None,
+            client: IpAddr::from([127, 0, 0, 1]),
+        };
+        let session = Session::new(endpoint, socket);
+        let session_size = std::mem::size_of_val(&session);
+        let future = session.serve(start);
+        let size = std::mem::size_of_val(&future);
+        println!("session {session_size} B, its future {size} B");
+        assert!(size < 4096, "an idle session's future is {size} bytes");
     }
 }
