@@ -35,6 +35,35 @@ pub struct AdminState {
     pub bans: Arc<crate::policy::limits::bans::BanTable>,
     /// The publish API, `/hub/*` (one hub for the process's life: reloads hand it over).
     pub hub: Arc<crate::hub::Hub>,
+    pub scope: AdminScope,
+}
+
+/// What a listener running the admin router answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminScope {
+    /// Everything: the admin listener.
+    Full,
+    /// Only `/hub/*`, with `hub.api`'s key: the publish API's own listener.
+    HubApi,
+}
+
+/// Whether the request carries `key` (`Authorization: Bearer KEY` or `X-API-Key: KEY`),
+/// compared in constant time.
+fn has_api_key<B>(request: &hyper::Request<B>, key: &[u8]) -> bool {
+    let headers = request.headers();
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(|v| v.trim().as_bytes());
+    let api_key = headers.get("x-api-key").map(|v| v.as_bytes());
+    bearer.or(api_key).is_some_and(|given| {
+        given.len() == key.len()
+            && aws_lc_rs::constant_time::verify_slices_are_equal(given, key).is_ok()
+    })
 }
 
 #[derive(Serialize)]
@@ -158,6 +187,32 @@ where
     if let Err(refusal) = check_request(&request) {
         tracing::warn!(%refusal, "admin request refused");
         return Ok(HttpError::Forbidden(refusal.to_string()).into_response());
+    }
+    if context.scope == AdminScope::HubApi {
+        if !crate::hub::api::is_hub_path(request.uri().path()) {
+            return Ok(HttpError::NotFound.into_response());
+        }
+        let config = context.hub.config();
+        let key = config
+            .settings
+            .api
+            .as_ref()
+            .and_then(|a| a.api_key.as_deref());
+        if let Some(key) = key {
+            if !has_api_key(&request, key) {
+                // Never the key offered: only that it did not match.
+                tracing::info!("hub API request refused: missing or wrong API key");
+                let mut response = json(
+                    StatusCode::UNAUTHORIZED,
+                    &serde_json::json!({"result": "failure", "error": "missing or wrong API key (Authorization: Bearer KEY or X-API-Key: KEY)"}),
+                );
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"tlsgate hub\""),
+                );
+                return Ok(response);
+            }
+        }
     }
     if crate::hub::api::is_hub_path(request.uri().path()) {
         return Ok(hub_request(&context, request).await);

@@ -60,7 +60,9 @@ pub(crate) fn run(command: HubCommand) -> ExitCode {
             });
             (common, http::Method::POST, "/hub/publish", body.to_string())
         }
-        HubCommand::Stats { common, .. } => (common, http::Method::GET, "/hub/stats", String::new()),
+        HubCommand::Stats { common, .. } => {
+            (common, http::Method::GET, "/hub/stats", String::new())
+        }
         HubCommand::Channels { common } => {
             (common, http::Method::GET, "/hub/channels", String::new())
         }

@@ -28,6 +28,15 @@ pub struct HubFile {
     pub pong_timeout: Option<ConfigDuration>,
     pub auth_timeout: Option<ConfigDuration>,
     pub queue: Option<Spanned<QueueFile>>,
+    pub api: Option<Spanned<ApiFile>>,
+}
+
+/// The publish API on a listener of its own (besides the admin listener).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiFile {
+    pub listen: Spanned<String>,
+    pub api_key_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,6 +184,28 @@ pub struct HubSettings {
     #[serde(serialize_with = "units::serialize_duration")]
     pub auth_timeout: Duration,
     pub queue: QueueSettings,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiSettings>,
+}
+
+/// `hub.api`: `/hub/*` alone on `listen`, each request carrying the API key.
+#[derive(Clone, PartialEq, Serialize)]
+pub struct ApiSettings {
+    pub listen: std::net::SocketAddr,
+    /// Printed as its file, never as the key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_file: Option<std::path::PathBuf>,
+    #[serde(skip)]
+    pub api_key: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ApiSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiSettings")
+            .field("listen", &self.listen)
+            .field("api_key_file", &self.api_key_file)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for HubSettings {
@@ -186,6 +217,7 @@ impl Default for HubSettings {
             pong_timeout: Duration::from_secs(10),
             auth_timeout: Duration::from_secs(10),
             queue: QueueSettings::default(),
+            api: None,
         }
     }
 }
@@ -337,6 +369,7 @@ pub struct Parsed {
 
 pub fn validate(
     file: Option<Spanned<HubFile>>,
+    config: Option<&std::path::Path>,
     origin: &dyn Fn(u64, u64) -> Origin,
 ) -> Result<Parsed, ConfigError> {
     let mut settings = HubSettings::default();
@@ -389,6 +422,9 @@ pub fn validate(
             }
             settings.queue.max_bytes = bytes.0;
         }
+    }
+    if let Some(api) = file.api {
+        settings.api = Some(api_settings(api, config, origin)?);
     }
     for (name, spanned) in file.namespaces.into_iter().flatten() {
         let ns_at = at(origin, &spanned);
@@ -521,6 +557,52 @@ pub fn validate(
         });
     }
     Ok(Parsed { routes, settings })
+}
+
+fn api_settings(
+    spanned: Spanned<ApiFile>,
+    config: Option<&std::path::Path>,
+    origin: &dyn Fn(u64, u64) -> Origin,
+) -> Result<ApiSettings, ConfigError> {
+    let file = spanned.value;
+    let listen: std::net::SocketAddr = file.listen.value.parse().map_err(|_| {
+        ConfigError::invalid(
+            at(origin, &file.listen),
+            "hub.api.listen",
+            format!("`{}` is not an address: use IP:PORT", file.listen.value),
+        )
+    })?;
+    let (api_key_file, api_key) = match &file.api_key_file {
+        Some(path) => {
+            let full = super::jwt::file_path(config, &path.value);
+            let mut key = super::jwt::read_key_file(&full)
+                .map_err(|e| ConfigError::invalid(at(origin, path), "hub.api.api_key_file", e))?;
+            while key.last().is_some_and(|b| b.is_ascii_whitespace()) {
+                key.pop();
+            }
+            if key.len() < 16 {
+                return Err(ConfigError::invalid(
+                    at(origin, path),
+                    "hub.api.api_key_file",
+                    "the key must be at least 16 bytes (e.g. `openssl rand -hex 32`)",
+                ));
+            }
+            (Some(full), Some(key))
+        }
+        None => (None, None),
+    };
+    if api_key.is_none() && !listen.ip().is_loopback() {
+        return Err(ConfigError::invalid(
+            at(origin, &file.listen),
+            "hub.api.api_key_file",
+            format!("the publish API on {listen} is reachable from other machines: give it an api_key_file (anyone who reaches it could publish to every subscriber)"),
+        ));
+    }
+    Ok(ApiSettings {
+        listen,
+        api_key_file,
+        api_key,
+    })
 }
 
 /// Gives each endpoint its resolved route (the routes with `hub_endpoint` set, in order).

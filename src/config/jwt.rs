@@ -321,7 +321,7 @@ type OriginOf<'a> = &'a dyn Fn(u64, u64) -> Origin;
 use super::origin_of as at;
 
 /// Relative key files are relative to the config file's folder.
-fn file_path(config: Option<&Path>, text: &str) -> PathBuf {
+pub(super) fn file_path(config: Option<&Path>, text: &str) -> PathBuf {
     let path = PathBuf::from(text);
     match config.and_then(Path::parent) {
         Some(dir) if path.is_relative() && !dir.as_os_str().is_empty() => dir.join(path),
@@ -332,7 +332,7 @@ fn file_path(config: Option<&Path>, text: &str) -> PathBuf {
 /// The largest key file read (a JWKS or a PEM key is a few KiB).
 const MAX_KEY_FILE: u64 = 64 * 1024;
 
-fn read_key_file(path: &Path) -> Result<Vec<u8>, String> {
+pub(super) fn read_key_file(path: &Path) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let file =
         std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;

@@ -147,7 +147,7 @@ pub fn validate(
     let super::hub::Parsed {
         routes: mut hub_routes,
         settings: mut hub,
-    } = super::hub::validate(raw.hub.take(), &file_origin)?;
+    } = super::hub::validate(raw.hub.take(), path, &file_origin)?;
     // Taken out before the routes are validated, resolved against the routes after.
     let route_cors: Vec<_> = raw
         .routes

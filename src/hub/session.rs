@@ -162,9 +162,17 @@ impl Endpoint {
         })
     }
 
-    /// Runs the session on the upgraded connection until it closes.
-    pub async fn run(self: Arc<Self>, start: Start, upgraded: Upgraded) {
+    /// Starts the session on the upgraded connection, as a task of its own that holds the
+    /// connection's `slot` until the session ends. Each stream type gets a task sized for
+    /// just it, and nothing of the upgrade stays behind.
+    pub async fn run(
+        self: Arc<Self>,
+        start: Start,
+        upgraded: Upgraded,
+        slot: Option<crate::http::context::ConnectionSlot>,
+    ) {
         let config = socket_config(self.settings.max_message_size);
+        let tasks = self.hub.tasks.clone();
         // The bare TLS stream when hyper hands it back: an idle session then holds no HTTP
         // machinery. Boxed, so the session's future stays small.
         match upgraded.downcast::<TlsConnectionIo>() {
@@ -173,23 +181,26 @@ impl Endpoint {
                 // otherwise stay allocated for the session's whole life.
                 let early = parts.read_buf.to_vec();
                 drop(parts.read_buf);
-                let socket = WebSocketStream::from_partially_read(
-                    Box::new(parts.io.into_inner()),
-                    early,
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                Session::new(self, socket).serve(start).await;
+                let io = Box::new(parts.io.into_inner());
+                tasks.spawn(async move {
+                    let _slot = slot;
+                    let socket =
+                        WebSocketStream::from_partially_read(io, early, Role::Server, Some(config))
+                            .await;
+                    Session::new(self, socket).serve(start).await;
+                });
             }
             Err(upgraded) => {
-                let socket = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                Session::new(self, socket).serve(start).await;
+                tasks.spawn(async move {
+                    let _slot = slot;
+                    let socket = WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        Role::Server,
+                        Some(config),
+                    )
+                    .await;
+                    Session::new(self, socket).serve(start).await;
+                });
             }
         }
     }
@@ -368,22 +379,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn run(&mut self) -> Ending {
+        // Made once and polled in place: the cancellation futures stay registered with
+        // their (shared) tokens and the timer is only moved, rather than every wake-up
+        // registering and dropping them all again.
         let shutdown = self.hub.shutdown.clone();
         let closer = self.endpoint.closer.clone();
         let kick = self.handle.kick.clone();
         let handle = self.handle.clone();
+        let shutdown_wait = shutdown.cancelled();
+        let closer_wait = closer.cancelled();
+        let kick_wait = kick.cancelled();
+        let timer = tokio::time::sleep_until(self.deadline(None));
+        tokio::pin!(shutdown_wait, closer_wait, kick_wait, timer);
         let mut removal: Option<Instant> = None;
         loop {
             let deadline = self.deadline(removal);
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => {
+                () = &mut shutdown_wait => {
                     // What was published before the shutdown still goes out.
                     let _ = tokio::time::timeout(CLOSE_WAIT, self.flush_outbox()).await;
                     return Ending::close(1001, "server shutting down", "shutdown");
                 }
-                () = kick.cancelled() => return self.kicked(),
-                () = closer.cancelled(), if removal.is_none() => {
+                () = &mut kick_wait => return self.kicked(),
+                () = &mut closer_wait, if removal.is_none() => {
                     removal = Some(Instant::now() + random_part(self.endpoint.grace));
                 }
                 () = handle.wake.notified() => {
@@ -401,7 +423,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         return ending;
                     }
                 }
-                () = tokio::time::sleep_until(deadline) => {
+                () = &mut timer => {
                     if let Err(ending) = Box::pin(self.on_timer(removal)).await {
                         return ending;
                     }

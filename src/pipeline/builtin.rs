@@ -46,7 +46,10 @@ pub fn echo<B: Send + 'static>(
         context,
         &mut request,
         Some(accept),
-        move |upgraded, shutdown| websocket::echo(upgraded, idle, shutdown),
+        move |upgraded, shutdown, slot| async move {
+            let _slot = slot;
+            websocket::echo(upgraded, idle, shutdown).await
+        },
     ))
 }
 
@@ -61,9 +64,15 @@ pub fn close_websocket<B>(
     bearer: bool,
 ) -> Result<Response, HttpError> {
     let accept = opening_accept(request)?;
-    let mut response = accept_websocket(context, request, accept, move |upgraded, shutdown| {
-        websocket::close_at_once(upgraded, code, reason, shutdown)
-    });
+    let mut response = accept_websocket(
+        context,
+        request,
+        accept,
+        move |upgraded, shutdown, slot| async move {
+            let _slot = slot;
+            websocket::close_at_once(upgraded, code, reason, shutdown).await
+        },
+    );
     if bearer {
         response.headers_mut().insert(
             header::SEC_WEBSOCKET_PROTOCOL,
@@ -85,8 +94,8 @@ pub(super) fn opening_accept<B>(request: &Request<B>) -> Result<Option<HeaderVal
 }
 
 /// The answer to a checked WebSocket opening, with `run` spawned on the upgraded connection
-/// (holding the connection's slot): a `101` with `accept` for an HTTP/1.1 upgrade, a `200`
-/// for an extended CONNECT (`accept` none).
+/// and given the connection's slot to hold for as long as the connection lives: a `101`
+/// with `accept` for an HTTP/1.1 upgrade, a `200` for an extended CONNECT (`accept` none).
 pub(super) fn accept_websocket<B, F, Fut>(
     context: &EchoContext,
     request: &mut Request<B>,
@@ -94,16 +103,17 @@ pub(super) fn accept_websocket<B, F, Fut>(
     run: F,
 ) -> Response
 where
-    F: FnOnce(hyper::upgrade::Upgraded, CancellationToken) -> Fut + Send + 'static,
+    F: FnOnce(hyper::upgrade::Upgraded, CancellationToken, Option<ConnectionSlot>) -> Fut
+        + Send
+        + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
     let on_upgrade = hyper::upgrade::on(&mut *request);
     let slot = request.extensions_mut().remove::<ConnectionSlot>();
     let shutdown = context.shutdown.clone();
     context.tasks.spawn(async move {
-        let _slot = slot;
         match on_upgrade.await {
-            Ok(upgraded) => run(upgraded, shutdown).await,
+            Ok(upgraded) => run(upgraded, shutdown, slot).await,
             Err(error) => tracing::debug!(%error, "WebSocket upgrade did not complete"),
         }
     });

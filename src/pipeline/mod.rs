@@ -400,7 +400,7 @@ impl Pipeline {
                         &self.echo,
                         &mut request,
                         accept,
-                        move |upgraded, _shutdown| endpoint.run(start, upgraded),
+                        move |upgraded, _shutdown, slot| endpoint.run(start, upgraded, slot),
                     ))
                 })
             }

@@ -115,6 +115,8 @@ struct Sockets {
     main: TcpListener,
     http: Option<TcpListener>,
     admin: Option<TcpListener>,
+    /// `hub.api.listen`: the publish API alone.
+    hub_api: Option<TcpListener>,
 }
 
 pub struct Server {
@@ -196,6 +198,10 @@ impl Server {
             Some(addr) => Some(bind(addr, "admin").await?),
             None => None,
         };
+        let hub_api = match &settings.hub.api {
+            Some(api) => Some(bind(api.listen, "hub API").await?),
+            None => None,
+        };
         let metrics = Arc::new(Metrics::new());
         metrics.set_certificates(tls::expiry_metrics(&certificates));
         if let Some(edge) = &tls {
@@ -217,7 +223,12 @@ impl Server {
         Ok(Self {
             settings,
             overrides,
-            sockets: Sockets { main, http, admin },
+            sockets: Sockets {
+                main,
+                http,
+                admin,
+                hub_api,
+            },
             tls,
             certificates: Arc::new(ArcSwap::from_pointee(CertificateState {
                 served: certificates,
@@ -332,7 +343,29 @@ impl Server {
                 // One table for the process's life: reloads hand it over.
                 bans: shared.runtime.load().pipeline.limits().bans().clone(),
                 hub: shared.runtime.load().pipeline.hub().clone(),
+                scope: crate::admin::AdminScope::Full,
             })
+        });
+        // The publish API's own listener: the admin router limited to `/hub/*`, each request
+        // checked for the API key of the configuration in force.
+        let hub_api = sockets.hub_api.map(|socket| {
+            let state = Arc::new(AdminState {
+                metrics: metrics.clone(),
+                certificates: certificates.clone(),
+                listening: Arc::new(AtomicBool::new(true)),
+                reload: reload.clone(),
+                bans: shared.runtime.load().pipeline.limits().bans().clone(),
+                hub: shared.runtime.load().pipeline.hub().clone(),
+                scope: crate::admin::AdminScope::HubApi,
+            });
+            Listener::new(
+                socket,
+                ListenerKind::Admin(state),
+                &shared,
+                &connection_limit,
+                &shutdown,
+                &tasks,
+            )
         });
         let start = |socket, kind| {
             Listener::new(socket, kind, &shared, &connection_limit, &shutdown, &tasks)
@@ -353,6 +386,7 @@ impl Server {
         let accept_loops: Vec<_> = std::iter::once(main)
             .chain(http)
             .chain(admin)
+            .chain(hub_api)
             .map(|listener| tokio::spawn(listener.run()))
             .collect();
 

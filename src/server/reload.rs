@@ -88,6 +88,9 @@ impl ReloadPlan {
         if new.acme != old.acme {
             restart.push("acme");
         }
+        if new.hub.api.as_ref().map(|a| a.listen) != old.hub.api.as_ref().map(|a| a.listen) {
+            restart.push("hub.api.listen");
+        }
         if !restart.is_empty() {
             return Err(ReloadError::NeedsRestart(restart));
         }
