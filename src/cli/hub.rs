@@ -123,6 +123,7 @@ pub(crate) fn run(command: HubCommand) -> ExitCode {
                 "subscriptions",
                 "publications",
                 "deliveries",
+                "slow_consumer_drops",
                 "slow_consumer_disconnects",
             ] {
                 println!("{:<26} {}", key.replace('_', " "), value[key]);

@@ -224,8 +224,12 @@ pub async fn handle(
                     "subscriptions": subscriptions,
                     "publications": load(&hub.publications),
                     "deliveries": load(&hub.deliveries),
-                    "slow_consumer_disconnects": metrics
+                    "slow_consumer_drops": metrics
                         .drops
+                        .get_or_create(&crate::metrics::ReasonLabels { reason: "slow_consumer".into() })
+                        .get(),
+                    "slow_consumer_disconnects": metrics
+                        .disconnects
                         .get_or_create(&crate::metrics::ReasonLabels { reason: "slow_consumer".into() })
                         .get(),
                 }),

@@ -238,7 +238,14 @@ impl Hub {
         shutdown: &CancellationToken,
         tasks: &TaskTracker,
     ) -> Arc<Self> {
-        let registry = Arc::new(Registry::new());
+        let dropped = metrics
+            .hub
+            .drops
+            .get_or_create(&crate::metrics::ReasonLabels {
+                reason: "slow_consumer".into(),
+            })
+            .clone();
+        let registry = Arc::new(Registry::new(dropped));
         let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(registry.clone()));
         Arc::new(Self {
             config: ArcSwap::from_pointee(config),

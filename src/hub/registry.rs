@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tokio_util::sync::CancellationToken;
+
+use prometheus_client::metrics::counter::Counter;
 
 use super::Publication;
 use crate::config::hub::QueueSettings;
@@ -61,10 +62,8 @@ pub struct SessionHandle {
     pub envelope: bool,
     limits: QueueSettings,
     outbox: Mutex<Outbox>,
-    /// Something was queued.
+    /// Something was queued, or the session was kicked ([`SessionHandle::kicked`]).
     pub wake: Notify,
-    /// The session must end: see [`SessionHandle::kicked`].
-    pub kick: CancellationToken,
 }
 
 impl SessionHandle {
@@ -76,7 +75,6 @@ impl SessionHandle {
             limits,
             outbox: Mutex::default(),
             wake: Notify::new(),
-            kick: CancellationToken::new(),
         }
     }
 
@@ -89,23 +87,29 @@ impl SessionHandle {
         let _ = self.user.set(user);
     }
 
-    /// Queues `item` of `len` bytes; false (and the session kicked) when that passes the
-    /// queue's bound, or the session is already ending.
+    /// Queues `item` of `len` bytes; false when the session is already ending, or (the
+    /// session then kicked) when that passes the queue's bound.
     pub fn push(&self, item: Outgoing, len: usize) -> bool {
+        self.offer(item, len).is_ok()
+    }
+
+    /// As [`SessionHandle::push`]; `Err` says how many queued messages were discarded
+    /// (those queued and this one, when this one passed the bound; 0 when already ending).
+    pub fn offer(&self, item: Outgoing, len: usize) -> Result<(), usize> {
         let mut outbox = lock(&self.outbox);
         if outbox.kicked.is_some() {
-            return false;
+            return Err(0);
         }
         if outbox.items.len() >= self.limits.max_messages
             || (outbox.bytes + len) as u64 > self.limits.max_bytes
         {
             outbox.kicked = Some(Kick::SlowConsumer);
             // Freed now, not when the slow socket finally closes.
-            outbox.items = VecDeque::new();
+            let discarded = std::mem::take(&mut outbox.items).len() + 1;
             outbox.bytes = 0;
             drop(outbox);
-            self.kick.cancel();
-            return false;
+            self.wake.notify_one();
+            return Err(discarded);
         }
         let was_empty = outbox.items.is_empty();
         outbox.items.push_back(item);
@@ -114,7 +118,7 @@ impl SessionHandle {
         if was_empty {
             self.wake.notify_one();
         }
-        true
+        Ok(())
     }
 
     /// Everything queued, in order; the outbox is left empty (and its memory freed).
@@ -133,7 +137,7 @@ impl SessionHandle {
             outbox.bytes = 0;
         }
         drop(outbox);
-        self.kick.cancel();
+        self.wake.notify_one();
     }
 
     pub fn kicked(&self) -> Option<Kick> {
@@ -157,11 +161,13 @@ pub struct Registry {
     shards: Box<[Shard]>,
     hasher: RandomState,
     sessions: Mutex<HashMap<u64, Arc<SessionHandle>>>,
+    /// Publications discarded from slow subscribers' queues.
+    dropped: Counter,
 }
 
 impl Default for Registry {
     fn default() -> Self {
-        Self::new()
+        Self::new(Counter::default())
     }
 }
 
@@ -173,11 +179,13 @@ pub struct Presence {
 }
 
 impl Registry {
-    pub fn new() -> Self {
+    /// `dropped` counts publications discarded from slow subscribers' queues.
+    pub fn new(dropped: Counter) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
             sessions: Mutex::default(),
+            dropped,
         }
     }
 
@@ -236,16 +244,20 @@ impl Registry {
         // Both forms' lengths are known before the loop (the envelope made at most once).
         let raw_len = publication.data.len();
         let mut envelope_len = None;
-        let mut delivered = 0;
+        let (mut delivered, mut dropped) = (0, 0);
         for session in channel.members.values() {
             let len = if session.envelope {
                 *envelope_len.get_or_insert_with(|| publication.envelope().len())
             } else {
                 raw_len
             };
-            if session.push(Outgoing::Publication(publication.clone()), len) {
-                delivered += 1;
+            match session.offer(Outgoing::Publication(publication.clone()), len) {
+                Ok(()) => delivered += 1,
+                Err(discarded) => dropped += discarded as u64,
             }
+        }
+        if dropped > 0 {
+            self.dropped.inc_by(dropped);
         }
         delivered
     }
@@ -311,7 +323,7 @@ mod tests {
 
     #[test]
     fn a_publication_reaches_each_subscriber_once_and_only_its_channel() {
-        let registry = Registry::new();
+        let registry = Registry::default();
         let limits = QueueSettings::default();
         let a = Arc::new(SessionHandle::new(1, false, limits));
         let b = Arc::new(SessionHandle::new(2, true, limits));
@@ -342,7 +354,7 @@ mod tests {
 
     #[test]
     fn a_subscriber_past_its_queue_bound_is_kicked_and_its_queue_freed() {
-        let registry = Registry::new();
+        let registry = Registry::default();
         let limits = QueueSettings {
             max_messages: 3,
             max_bytes: 1 << 20,
@@ -359,7 +371,6 @@ mod tests {
         // The fourth finds the slow one's queue full: it is kicked, the fast one is not.
         assert_eq!(registry.deliver(&publication("prices", 4, "1")), 1);
         assert_eq!(slow.kicked(), Some(Kick::SlowConsumer));
-        assert!(slow.kick.is_cancelled());
         assert!(slow.take().is_empty());
         assert_eq!(fast.take().len(), 1);
         assert_eq!(fast.kicked(), None);

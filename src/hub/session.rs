@@ -38,9 +38,10 @@ use crate::config::hub::{
 };
 use crate::http::context::RequestContext;
 use crate::http::error::HttpError;
-use crate::metrics::{EndpointLabels, NamespaceLabels, ReasonLabels, ResultLabels};
+use crate::metrics::{EndpointLabels, ReasonLabels, ResultLabels};
 use crate::policy::jwt::{Claims, Verifier};
 use crate::tls::TlsConnectionIo;
+use prometheus_client::metrics::gauge::Gauge;
 
 /// Channels one session may hold.
 const MAX_SUBSCRIPTIONS: usize = 1000;
@@ -261,9 +262,52 @@ impl Ending {
 }
 
 struct Subscription {
+    channel: Arc<str>,
     /// Live copies at or below this offset were sent by the recovery.
     recovered_up_to: u64,
-    label: NamespaceLabels,
+    /// The namespace's `hub_subscriptions` gauge.
+    gauge: Gauge,
+}
+
+/// A session's channels, sorted by name: most sessions hold one or a few, for which a
+/// sorted list costs a fraction of a hash table.
+#[derive(Default)]
+struct Subscriptions(Vec<Subscription>);
+
+impl Subscriptions {
+    fn find(&self, channel: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|s| (*s.channel).cmp(channel))
+    }
+
+    fn get(&self, channel: &str) -> Option<&Subscription> {
+        self.find(channel).ok().map(|i| &self.0[i])
+    }
+
+    fn get_mut(&mut self, channel: &str) -> Option<&mut Subscription> {
+        self.find(channel).ok().map(|i| &mut self.0[i])
+    }
+
+    fn contains_key(&self, channel: &str) -> bool {
+        self.find(channel).is_ok()
+    }
+
+    fn insert(&mut self, subscription: Subscription) {
+        if let Err(at) = self.find(&subscription.channel) {
+            self.0.insert(at, subscription);
+        }
+    }
+
+    fn remove(&mut self, channel: &str) -> Option<Subscription> {
+        self.find(channel).ok().map(|i| self.0.remove(i))
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn channels(&self) -> Vec<Arc<str>> {
+        self.0.iter().map(|s| s.channel.clone()).collect()
+    }
 }
 
 struct Session<S> {
@@ -273,7 +317,7 @@ struct Session<S> {
     handle: Arc<SessionHandle>,
     claims: Option<Claims>,
     parameters: Vec<(String, String)>,
-    subscriptions: HashMap<Arc<str>, Subscription>,
+    subscriptions: Subscriptions,
     expires: Option<Instant>,
     auth_deadline: Option<Instant>,
     next_ping: Instant,
@@ -299,7 +343,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             handle,
             claims: None,
             parameters: Vec::new(),
-            subscriptions: HashMap::new(),
+            subscriptions: Subscriptions::default(),
             expires: None,
             auth_deadline: None,
             pong_due: None,
@@ -384,13 +428,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         // registering and dropping them all again.
         let shutdown = self.hub.shutdown.clone();
         let closer = self.endpoint.closer.clone();
-        let kick = self.handle.kick.clone();
         let handle = self.handle.clone();
         let shutdown_wait = shutdown.cancelled();
         let closer_wait = closer.cancelled();
-        let kick_wait = kick.cancelled();
         let timer = tokio::time::sleep_until(self.deadline(None));
-        tokio::pin!(shutdown_wait, closer_wait, kick_wait, timer);
+        tokio::pin!(shutdown_wait, closer_wait, timer);
         let mut removal: Option<Instant> = None;
         loop {
             let deadline = self.deadline(removal);
@@ -404,12 +446,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     let _ = tokio::time::timeout(CLOSE_WAIT, self.flush_outbox()).await;
                     return Ending::close(1001, "server shutting down", "shutdown");
                 }
-                () = &mut kick_wait => return self.kicked(),
                 () = &mut closer_wait, if removal.is_none() => {
                     removal = Some(Instant::now() + random_part(self.endpoint.grace));
                 }
                 () = handle.wake.notified() => {
-                    if let Err(ending) = self.flush_bounded(&kick).await {
+                    if handle.kicked().is_some() {
+                        return kick_ending(&handle);
+                    }
+                    if let Err(ending) = self.flush_bounded().await {
                         return ending;
                     }
                 }
@@ -475,38 +519,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Ok(())
     }
 
-    fn kicked(&self) -> Ending {
-        match self.handle.kicked() {
-            Some(Kick::SlowConsumer) => {
-                self.hub
-                    .metrics
-                    .hub
-                    .drops
-                    .get_or_create(&ReasonLabels {
-                        reason: "slow_consumer".into(),
-                    })
-                    .inc();
-                Ending::close(4429, "too slow: outbound queue full", "slow_consumer")
-            }
-            Some(Kick::Disconnect { code, reason }) => {
-                Ending::Close(code, Cow::Owned(reason), "disconnected")
-            }
-            None => Ending::Gone("kicked"),
-        }
-    }
-
     /// Writes the outbox within `send_timeout`, unless a kick comes first.
-    async fn flush_bounded(&mut self, kick: &CancellationToken) -> Result<(), Ending> {
+    async fn flush_bounded(&mut self) -> Result<(), Ending> {
         let limit = self.hub.config().send_timeout;
-        let outcome = tokio::select! {
-            outcome = tokio::time::timeout(limit, self.flush_outbox()) => Some(outcome),
-            () = kick.cancelled() => None,
+        let handle = self.handle.clone();
+        // A wake that is not a kick is an item queued meanwhile: its wake is given back.
+        let mut queued_meanwhile = false;
+        let outcome = {
+            let flush = tokio::time::timeout(limit, self.flush_outbox());
+            tokio::pin!(flush);
+            loop {
+                tokio::select! {
+                    outcome = &mut flush => break Some(outcome),
+                    () = handle.wake.notified() => {
+                        if handle.kicked().is_some() {
+                            break None;
+                        }
+                        queued_meanwhile = true;
+                    }
+                }
+            }
         };
+        if queued_meanwhile {
+            handle.wake.notify_one();
+        }
         match outcome {
             Some(Ok(Ok(()))) => Ok(()),
             Some(Ok(Err(_))) => Err(Ending::Gone("write_failed")),
             Some(Err(_)) => Err(Ending::Gone("send_timeout")),
-            None => Err(self.kicked()),
+            None => Err(kick_ending(&handle)),
         }
     }
 
@@ -520,7 +561,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         for item in items {
             match item {
                 Outgoing::Publication(publication) => {
-                    let Some(subscription) = self.subscriptions.get(&*publication.channel) else {
+                    let Some(subscription) = self.subscriptions.get(&publication.channel) else {
                         continue;
                     };
                     if publication.offset <= subscription.recovered_up_to {
@@ -647,19 +688,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         drop(config);
         if !self.subscriptions.contains_key(channel) {
             self.hub.registry.subscribe(&name, &self.handle);
-            self.hub
+            let gauge = self
+                .hub
                 .metrics
                 .hub
                 .subscriptions
                 .get_or_create(&label)
-                .inc();
-            self.subscriptions.insert(
-                name.clone(),
-                Subscription {
-                    recovered_up_to: 0,
-                    label,
-                },
-            );
+                .clone();
+            gauge.inc();
+            self.subscriptions.insert(Subscription {
+                channel: name.clone(),
+                recovered_up_to: 0,
+                gauge,
+            });
             if join_leave {
                 self.presence_event("join", channel);
             }
@@ -829,12 +870,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return false;
         };
         self.hub.registry.unsubscribe(channel, self.handle.id);
-        self.hub
-            .metrics
-            .hub
-            .subscriptions
-            .get_or_create(&subscription.label)
-            .dec();
+        subscription.gauge.dec();
         if self.hub.config().namespace(channel).0.join_leave {
             self.presence_event("leave", channel);
         }
@@ -1012,7 +1048,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn finish(mut self, ending: Ending) {
-        let channels: Vec<Arc<str>> = self.subscriptions.keys().cloned().collect();
+        let channels = self.subscriptions.channels();
         for channel in channels {
             self.drop_subscription(&channel);
         }
@@ -1037,6 +1073,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             };
             let _ = tokio::time::timeout(CLOSE_WAIT, polite).await;
         }
+    }
+}
+
+/// How a kicked session ends.
+fn kick_ending(handle: &SessionHandle) -> Ending {
+    match handle.kicked() {
+        Some(Kick::SlowConsumer) => {
+            Ending::close(4429, "too slow: outbound queue full", "slow_consumer")
+        }
+        Some(Kick::Disconnect { code, reason }) => {
+            Ending::Close(code, Cow::Owned(reason), "disconnected")
+        }
+        None => Ending::Gone("kicked"),
     }
 }
 
