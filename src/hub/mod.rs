@@ -14,6 +14,8 @@ pub mod api;
 pub mod bus;
 pub mod history;
 pub mod protocol;
+#[cfg(test)]
+mod protocol_fuzz;
 pub mod registry;
 pub mod rpc;
 pub mod session;
