@@ -1351,6 +1351,19 @@ async fn a_tenant_endpoint_subscribes_by_its_path_and_closes_other_tenants_4003(
     assert_eq!(answer["delivered"], 1);
     assert_eq!(next_text(&mut t2).await, r#"{"invoice":5}"#);
     assert_eq!(hub.publish("tenant:t1", "{}").await["delivered"], 0);
+    // A refreshed token must still list the tenant.
+    let elsewhere = hub.token("alice", 3600, json!({"tenants": ["t9"]}));
+    send(
+        &mut t2,
+        &format!(r#"{{"action":"refresh","token":"{elsewhere}","id":"r"}}"#),
+    )
+    .await;
+    let refused = next_json(&mut t2).await;
+    assert_eq!(
+        (&refused["type"], &refused["code"], &refused["id"]),
+        (&json!("error"), &json!("forbidden"), &json!("r")),
+        "{refused}"
+    );
     let mut t3 = hub.connect(&format!("/ws/tenant/t3?token={token}")).await;
     assert_eq!(
         close_code(&mut t3).await.0,
