@@ -925,6 +925,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Ok(claims) => {
                 let sub = claims.get("sub").and_then(claim_text);
                 let same = self.handle.user().map(|u| u.to_string()) == sub;
+                // The new token must pass what the first one passed (`tenants` for `{id}`).
+                let allowed = self
+                    .endpoint
+                    .settings
+                    .require
+                    .iter()
+                    .all(|rule| satisfied(rule, Some(&claims), &self.parameters));
+                if same && !allowed {
+                    let refusal = Refusal::new(
+                        id,
+                        "forbidden",
+                        "the new token's claims do not meet the endpoint's requirement",
+                    );
+                    return self.send(refusal.to_text()).await;
+                }
                 if same {
                     self.expires = expiry(&claims);
                     let reply =

@@ -28,7 +28,7 @@ pub(crate) fn tlsgate(dir: &Path) -> Command {
 }
 
 /// Runs to completion; returns (exit code, stdout, stderr).
-fn run(command: &mut Command) -> (i32, String, String) {
+pub(crate) fn run(command: &mut Command) -> (i32, String, String) {
     let output = command.output().expect("run tlsgate");
     (
         output.status.code().unwrap_or(-1),

@@ -123,12 +123,6 @@ fn preflight<'a>(origin: &'a str, method: &'a str, headers: &'a str) -> Vec<(&'a
     asked
 }
 
-async fn metrics_text(server: &TestServer) -> String {
-    http_get(server.admin.unwrap(), "127.0.0.1", "/metrics")
-        .await
-        .body
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preflights_are_answered_at_the_edge_and_responses_carry_the_edges_cors_headers() {
     let backend = cors_backend().await;
@@ -243,7 +237,7 @@ async fn preflights_are_answered_at_the_edge_and_responses_carry_the_edges_cors_
     assert_eq!(seen.status, 413);
     assert_eq!(seen.one("access-control-allow-origin"), APP);
     assert_eq!(seen.one("vary"), "Origin");
-    let metrics = metrics_text(&server).await;
+    let metrics = server.metrics_text().await;
     assert!(
         metrics.contains(r#"tlsgate_cors_preflights_total{route="*/api",result="ok"} 2"#)
             && metrics
@@ -354,26 +348,6 @@ async fn python_backend(log: &std::path::Path) -> (tokio::process::Child, u16) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     (child, port)
-}
-
-/// The close code the client receives (echoes before it are skipped, and counted).
-async fn close_code<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> (u16, String, usize)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let mut echoes = 0;
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("a close frame within 10 s")
-        {
-            Some(Ok(Message::Close(Some(frame)))) => {
-                return (frame.code.into(), frame.reason.to_string(), echoes)
-            }
-            Some(Ok(Message::Text(_) | Message::Binary(_))) => echoes += 1,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    }
 }
 
 fn log_lines(log: &std::path::Path) -> Vec<String> {
@@ -513,7 +487,7 @@ async fn websocket_messages_over_the_size_or_rate_close_with_1009_or_1008_and_ne
     // close frame is waited for up to 2 s).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let metrics = metrics_text(&server).await;
+        let metrics = server.metrics_text().await;
         if metrics.contains(
             r#"tlsgate_websocket_limit_closes_total{route="*/size",reason="message_too_big"} 3"#,
         ) && metrics.contains(
@@ -558,13 +532,6 @@ async function probe(name, url, init) {{
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headless_chromium_reads_what_the_policy_allows_and_is_blocked_otherwise() {
-    let chromium = std::process::Command::new("chromium")
-        .arg("--version")
-        .output();
-    assert!(
-        chromium.is_ok_and(|o| o.status.success()),
-        "chromium is needed (scripts/test.sh installs it)"
-    );
     let port = free_port();
     let html = page(port);
     let backend = Backend::start(move |request: Recorded, mut tcp: TcpStream| {
@@ -603,34 +570,18 @@ async fn headless_chromium_reads_what_the_policy_allows_and_is_blocked_otherwise
     let server = TestServer::start_at(&config, dir.path(), port, 0)
         .await
         .unwrap();
-    let profile = dir.path().join("chromium-profile");
-    let output = tokio::time::timeout(
-        Duration::from_secs(90),
-        tokio::process::Command::new("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--ignore-certificate-errors",
-                &format!("--user-data-dir={}", profile.display()),
-                "--host-resolver-rules=MAP page.test 127.0.0.1, MAP api.test 127.0.0.1",
-                "--virtual-time-budget=15000",
-                "--dump-dom",
-                &format!("https://page.test:{port}/page"),
-            ])
-            .kill_on_drop(true)
-            .output(),
+    let (dom, stderr) = common::chromium::dump_dom(
+        &dir.path().join("chromium-profile"),
+        "MAP page.test 127.0.0.1, MAP api.test 127.0.0.1",
+        15000,
+        &format!("https://page.test:{port}/page"),
     )
-    .await
-    .expect("chromium finishes within 90 s")
-    .unwrap();
-    let dom = String::from_utf8_lossy(&output.stdout);
+    .await;
     assert!(
         dom.contains("put=allowed:200:7")
             && dom.contains("header=blocked")
             && dom.contains("origin=blocked"),
-        "{dom}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+        "{dom}\n{stderr}"
     );
     // What reached the backend: the page, the allowed PUT (after a preflight answered at the
     // edge) and the simple GET the browser then refused to show; never a preflight.
@@ -703,36 +654,16 @@ ws.onclose = (e) => {{
     let server = TestServer::start_at(&config, dir.path(), port, 0)
         .await
         .unwrap();
-    let profile = dir.path().join("chromium-profile");
-    let output = tokio::time::timeout(
-        Duration::from_secs(90),
-        tokio::process::Command::new("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--ignore-certificate-errors",
-                &format!("--user-data-dir={}", profile.display()),
-                "--host-resolver-rules=MAP page.test 127.0.0.1",
-                "--virtual-time-budget=1000",
-                "--dump-dom",
-                &format!("https://page.test:{port}/page"),
-            ])
-            .kill_on_drop(true)
-            .output(),
+    let (dom, stderr) = common::chromium::dump_dom(
+        &dir.path().join("chromium-profile"),
+        "MAP page.test 127.0.0.1",
+        1000,
+        &format!("https://page.test:{port}/page"),
     )
-    .await
-    .expect("chromium finishes within 90 s")
-    .unwrap();
-    let dom = String::from_utf8_lossy(&output.stdout);
+    .await;
     assert!(
         dom.contains("closed:1009:message too big:1"),
-        "{dom}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-            .lines()
-            .filter(|l| !l.contains("dbus"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        "{dom}\n{stderr}"
     );
     server.stop().await;
 }

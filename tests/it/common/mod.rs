@@ -86,14 +86,32 @@ impl TestServer {
         tokio_tungstenite::WebSocketStream<TlsStream<TcpStream>>,
         u16,
     ) {
+        self.try_wss_connect(path).await.expect("WebSocket upgrade")
+    }
+
+    /// As [`Self::wss_connect`]; a refused upgrade is the error (e.g. `Http(429)`).
+    pub async fn try_wss_connect(
+        &self,
+        path: &str,
+    ) -> Result<
+        (
+            tokio_tungstenite::WebSocketStream<TlsStream<TcpStream>>,
+            u16,
+        ),
+        tokio_tungstenite::tungstenite::Error,
+    > {
         let stream = tls_connect(self.main, "localhost", default_client(&[self.local_ca()]))
             .await
             .expect("TLS connect");
         let (ws, response) =
-            tokio_tungstenite::client_async(format!("wss://localhost{path}"), stream)
-                .await
-                .expect("WebSocket upgrade");
-        (ws, response.status().as_u16())
+            tokio_tungstenite::client_async(format!("wss://localhost{path}"), stream).await?;
+        Ok((ws, response.status().as_u16()))
+    }
+
+    /// The admin listener's `/metrics`, as text.
+    pub async fn metrics_text(&self) -> String {
+        let admin = self.admin.expect("the test server has an admin listener");
+        http_get(admin, "127.0.0.1", "/metrics").await.body
     }
 
     /// `POST /reload` on the admin listener.
@@ -361,5 +379,31 @@ pub fn free_port() -> u16 {
     }
 }
 
+pub mod chromium;
 pub mod hostile;
 pub mod pebble;
+pub mod pyjwt;
+
+/// The close frame the client receives (text and binary messages before it are skipped, and
+/// counted): (code, reason, messages skipped).
+pub async fn close_code<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> (u16, String, usize)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut skipped = 0;
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+            .await
+            .expect("a close frame within 10 s")
+        {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                return (frame.code.into(), frame.reason.to_string(), skipped)
+            }
+            Some(Ok(Message::Text(_) | Message::Binary(_))) => skipped += 1,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
