@@ -547,7 +547,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             // tungstenite answers pings itself.
             Message::Ping(_) | Message::Frame(_) => Ok(()),
-            Message::Close(_) => Err(Ending::Gone("client_closed")),
+            Message::Close(_) => {
+                // tungstenite queues the close reply and writes it on the next read, which
+                // then ends the stream: without that read the client sees no closing handshake.
+                let drain = async { while let Some(Ok(_)) = self.socket.next().await {} };
+                let _ = tokio::time::timeout(CLOSE_WAIT, drain).await;
+                Err(Ending::Gone("client_closed"))
+            }
         }
     }
 
