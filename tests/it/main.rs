@@ -16,6 +16,7 @@ mod cert_cli;
 mod check;
 mod check_grades;
 mod cli;
+mod hub_autobahn;
 mod metrics;
 mod policy_cors;
 mod policy_jwt;
