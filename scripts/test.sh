@@ -2,7 +2,8 @@
 # Runs every test on a fresh machine: installs the system tools the tests use as independent
 # oracles (openssl, curl, certutil from libnss3-tools for `cert trust`, Python's websockets for
 # permessage-deflate, Pebble as a real ACME CA, nginx and sslscan for `tlsgate check`, headless
-# Chromium for CORS), then formatting, lints and the whole test suite.
+# Chromium for CORS, the Autobahn testsuite's fuzzing client for the hub), then formatting,
+# lints and the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,6 +41,10 @@ if ! python3 -c "import jwt, cryptography" >/dev/null 2>&1; then
     || { [ "$(id -u)" -eq 0 ] && apt-get install -y -qq python3-jwt python3-cryptography; } \
     || sudo apt-get install -y -qq python3-jwt python3-cryptography
 fi
+
+# The hub's WebSocket layer is run against the Autobahn testsuite's fuzzing client (wstest on
+# PyPy 2.7, cached under ~/.cache/tlsgate/autobahn; tests/it/hub_autobahn.rs).
+./scripts/install-autobahn.sh >/dev/null
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings

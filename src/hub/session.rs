@@ -208,12 +208,17 @@ impl Endpoint {
 }
 
 /// Small buffers: an idle session should cost little. A burst grows them for its length.
+///
+/// No cap on the write buffer: tungstenite refuses outright any frame larger than the cap
+/// (a 1 MiB cap dropped every echo or publication of 1 MiB and more), and the buffer never
+/// holds more than `write_buffer_size` and one frame, since every send waits for its flush.
+/// What a slow client may pile up is bounded by its outbox (`hub.queue`) instead.
 fn socket_config(max_message: u64) -> WebSocketConfig {
     let max = usize::try_from(max_message).unwrap_or(usize::MAX);
     WebSocketConfig::default()
         .read_buffer_size(512)
         .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(1 << 20)
+        .max_write_buffer_size(usize::MAX)
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
 }
@@ -616,7 +621,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             // tungstenite answers pings itself.
             Message::Ping(_) | Message::Frame(_) => Ok(()),
-            Message::Close(_) => Err(Ending::Gone("client_closed")),
+            Message::Close(_) => {
+                // tungstenite queues the close reply and writes it on the next read, which
+                // then ends the stream: without that read the client sees no closing handshake.
+                let drain = async { while let Some(Ok(_)) = self.socket.next().await {} };
+                let _ = tokio::time::timeout(CLOSE_WAIT, drain).await;
+                Err(Ending::Gone("client_closed"))
+            }
         }
     }
 

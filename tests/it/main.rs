@@ -17,6 +17,7 @@ mod check;
 mod check_grades;
 mod cli;
 mod hub;
+mod hub_autobahn;
 mod metrics;
 mod policy_cors;
 mod policy_jwt;
