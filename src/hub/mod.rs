@@ -49,6 +49,8 @@ pub enum HubError {
     BadData,
     #[error("the bus did not take the publication: {0}")]
     Bus(String),
+    #[error("a publish with this idempotency key is still under way")]
+    KeyInFlight,
 }
 
 impl HubError {
@@ -58,7 +60,7 @@ impl HubError {
             HubError::BadChannel(_) => "bad_channel",
             HubError::TooLarge { .. } => "too_large",
             HubError::BadData => "bad_request",
-            HubError::Bus(_) => "unavailable",
+            HubError::Bus(_) | HubError::KeyInFlight => "unavailable",
         }
     }
 }
@@ -180,35 +182,68 @@ pub struct Published {
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(300);
 const MAX_IDEMPOTENCY_KEYS: usize = 100_000;
 
+/// A key's state: a publish with it under way, or its answer.
+#[derive(Debug)]
+enum Seen {
+    InFlight(Instant),
+    Done(Instant, Published),
+}
+
+/// What a key lookup found.
+enum Claim {
+    /// Nobody published with the key: this caller does, and the key is now in flight.
+    Mine,
+    /// The answer of the first publish with the key.
+    Answered(Published),
+    /// Another publish with the key is under way.
+    Busy,
+}
+
 #[derive(Debug, Default)]
 struct Idempotency {
-    seen: HashMap<String, (Instant, Published)>,
+    seen: HashMap<String, Seen>,
 }
 
 impl Idempotency {
-    fn get(&mut self, key: &str, now: Instant) -> Option<Published> {
+    /// Looks the key up and, when nobody has it, marks it in flight, under one lock: two
+    /// publishes with one key at the same moment cannot both go out.
+    fn claim(&mut self, key: &str, now: Instant) -> Claim {
+        let fresh = |at: &Instant| now.duration_since(*at) < IDEMPOTENCY_WINDOW;
         match self.seen.get(key) {
-            Some((at, published)) if now.duration_since(*at) < IDEMPOTENCY_WINDOW => {
-                Some(published.clone())
+            Some(Seen::Done(at, published)) if fresh(at) => {
+                return Claim::Answered(published.clone())
             }
-            Some(_) => {
-                self.seen.remove(key);
-                None
-            }
-            None => None,
+            Some(Seen::InFlight(at)) if fresh(at) => return Claim::Busy,
+            _ => {}
         }
-    }
-
-    fn put(&mut self, key: String, published: Published, now: Instant) {
         if self.seen.len() >= MAX_IDEMPOTENCY_KEYS {
-            self.seen
-                .retain(|_, (at, _)| now.duration_since(*at) < IDEMPOTENCY_WINDOW);
+            self.seen.retain(|_, seen| match seen {
+                Seen::InFlight(at) | Seen::Done(at, _) => fresh(at),
+            });
         }
         if self.seen.len() < MAX_IDEMPOTENCY_KEYS {
-            self.seen.insert(key, (now, published));
+            self.seen.insert(key.to_owned(), Seen::InFlight(now));
+        }
+        Claim::Mine
+    }
+
+    /// The publish with the key ended: its answer is kept, or, when it failed, the key is
+    /// free again (a retry may publish).
+    fn settle(&mut self, key: &str, answer: Option<&Published>, now: Instant) {
+        match answer {
+            Some(published) => {
+                self.seen
+                    .insert(key.to_owned(), Seen::Done(now, published.clone()));
+            }
+            None => {
+                self.seen.remove(key);
+            }
         }
     }
 }
+
+/// How long a publish waits for another one with the same key to finish.
+const IDEMPOTENCY_WAIT: Duration = Duration::from_secs(10);
 
 /// The hub of one process: made once, handed from each configuration to the next.
 pub struct Hub {
@@ -293,7 +328,8 @@ impl Hub {
         if !valid_channel(channel) {
             return Err(HubError::BadChannel(channel.to_owned()));
         }
-        let config = self.config();
+        // An `Arc`, not a guard: the publish may wait (another with its key, the bus).
+        let config = self.config.load_full();
         let (namespace, _) = config.namespace(channel);
         if data.len() as u64 > namespace.max_message_size {
             return Err(HubError::TooLarge {
@@ -305,26 +341,51 @@ impl Hub {
         if serde_json::from_str::<serde::de::IgnoredAny>(data.as_str()).is_err() {
             return Err(HubError::BadData);
         }
-        if let Some(key) = idempotency_key {
-            let seen = self
-                .idempotency
-                .lock()
-                .ok()
-                .and_then(|mut cache| cache.get(&format!("{channel}\0{key}"), Instant::now()));
-            if let Some(mut first) = seen {
-                first.duplicate = true;
-                return Ok(first);
+        let key = idempotency_key.map(|key| format!("{channel}\0{key}"));
+        if let Some(key) = &key {
+            let waiting_since = Instant::now();
+            loop {
+                let claim = match self.idempotency.lock() {
+                    Ok(mut cache) => cache.claim(key, Instant::now()),
+                    Err(_) => Claim::Mine,
+                };
+                match claim {
+                    Claim::Mine => break,
+                    Claim::Answered(mut first) => {
+                        first.duplicate = true;
+                        return Ok(first);
+                    }
+                    Claim::Busy if waiting_since.elapsed() < IDEMPOTENCY_WAIT => {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Claim::Busy => return Err(HubError::KeyInFlight),
+                }
             }
         }
+        let (history_size, history_ttl) = (namespace.history_size, namespace.history_ttl);
+        let outcome = self
+            .publish_now(channel, data, history_size, history_ttl, &config)
+            .await;
+        if let Some(key) = &key {
+            if let Ok(mut cache) = self.idempotency.lock() {
+                cache.settle(key, outcome.as_ref().ok(), Instant::now());
+            }
+        }
+        outcome
+    }
+
+    async fn publish_now(
+        &self,
+        channel: &str,
+        data: Utf8Bytes,
+        history_size: usize,
+        history_ttl: Duration,
+        config: &HubConfig,
+    ) -> Result<Published, HubError> {
         let channel: Arc<str> = Arc::from(channel);
         let position = self
             .history
-            .append(
-                &channel,
-                &data,
-                namespace.history_size,
-                namespace.history_ttl,
-            )
+            .append(&channel, &data, history_size, history_ttl)
             .await;
         let publication = Arc::new(Publication::new(channel.clone(), &position, data));
         let delivered = self.bus.publish(publication).await.map_err(HubError::Bus)?;
@@ -345,15 +406,6 @@ impl Hub {
             delivered,
             duplicate: false,
         };
-        if let Some(key) = idempotency_key {
-            if let Ok(mut cache) = self.idempotency.lock() {
-                cache.put(
-                    format!("{channel}\0{key}"),
-                    published.clone(),
-                    Instant::now(),
-                );
-            }
-        }
         Ok(published)
     }
 }
