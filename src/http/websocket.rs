@@ -122,9 +122,14 @@ pub async fn echo(upgraded: Upgraded, idle_timeout: Duration, shutdown: Cancella
         };
         let reply = match message {
             Message::Text(_) | Message::Binary(_) => message,
-            // tungstenite answers pings and close frames itself.
+            // tungstenite answers pings and close frames itself, on the next read.
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
-            Message::Close(_) => break None,
+            Message::Close(_) => {
+                // That read writes the close reply and then ends the stream.
+                let drain = async { while let Some(Ok(_)) = socket.next().await {} };
+                let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+                break None;
+            }
         };
         if socket.send(reply).await.is_err() {
             break None;

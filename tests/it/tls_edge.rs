@@ -963,7 +963,13 @@ async fn wss_echo_text_binary_ping() {
         ws.next().await.unwrap().unwrap(),
         Message::Pong(b"p".to_vec().into())
     );
-    ws.close(None).await.unwrap();
+    // The client's close is answered with a close frame (a closing handshake, not a drop).
+    ws.send(Message::Close(None)).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+    assert!(
+        matches!(reply, Ok(Some(Ok(Message::Close(_))))),
+        "close reply: {reply:?}"
+    );
     server.stop().await;
 }
 
