@@ -12,6 +12,8 @@
 
 pub mod api;
 pub mod bus;
+pub mod claims;
+pub mod endpoint;
 pub mod history;
 pub mod protocol;
 #[cfg(test)]

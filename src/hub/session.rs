@@ -11,239 +11,33 @@
 //! recovered subscription skips live copies of what the recovery already sent.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::gauge::Gauge;
 use serde_json::{json, Map, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
-use tokio_util::sync::CancellationToken;
 
+use super::claims::{claim_text, expiry, fill, glob, satisfied};
+use super::endpoint::{Endpoint, Start};
 use super::protocol::{self, into_map, Command, Refusal};
 use super::registry::{Kick, Outgoing, SessionHandle};
 use super::{Hub, Recovery};
-use crate::config::hub::{
-    namespace_of, valid_channel, EndpointSettings, Requirement, RequirementTest, Template,
-    TemplatePart,
-};
-use crate::http::context::RequestContext;
-use crate::http::error::HttpError;
-use crate::metrics::{EndpointLabels, ReasonLabels, ResultLabels};
-use crate::policy::jwt::{Claims, Verifier};
-use crate::tls::TlsConnectionIo;
-use prometheus_client::metrics::gauge::Gauge;
+use crate::config::hub::{namespace_of, valid_channel};
+use crate::metrics::{ReasonLabels, ResultLabels};
+use crate::policy::jwt::Claims;
 
 /// Channels one session may hold.
-const MAX_SUBSCRIPTIONS: usize = 1000;
+pub(super) const MAX_SUBSCRIPTIONS: usize = 1000;
 /// How long a closing session waits for the client's close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
-
-/// A hub endpoint of one configuration (`Target::Hub`).
-pub struct Endpoint {
-    pub settings: EndpointSettings,
-    pub hub: Arc<Hub>,
-    /// The endpoint's JWT verifier: for `auth`/`refresh` messages and JSON-RPC's
-    /// `params.auth_token`.
-    pub verifier: Option<Arc<Verifier>>,
-    /// Whether a session must be authenticated (the endpoint has `auth:`).
-    pub auth_required: bool,
-    pub rpc: Option<super::rpc::Forwarder>,
-    /// Cancelled when a reload removes the endpoint's route.
-    pub closer: CancellationToken,
-    /// `limits.reload_grace`: removal closes are spread over it.
-    pub grace: Duration,
-    label: EndpointLabels,
-}
-
-impl std::fmt::Debug for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Endpoint")
-            .field("path", &self.settings.route.path)
-            .finish_non_exhaustive()
-    }
-}
-
-/// What a session starts with, read from its opening request.
-#[derive(Debug)]
-pub struct Start {
-    parameters: Vec<(String, String)>,
-    channels: Vec<String>,
-    since: HashMap<String, (String, u64)>,
-    claims: Option<Claims>,
-    client: IpAddr,
-}
-
-impl Endpoint {
-    pub fn new(
-        settings: EndpointSettings,
-        hub: Arc<Hub>,
-        verifier: Option<Arc<Verifier>>,
-        closer: CancellationToken,
-        grace: Duration,
-    ) -> Self {
-        let rpc = settings
-            .rpc
-            .clone()
-            .map(|rpc| super::rpc::Forwarder::new(rpc, &settings.route.path));
-        Self {
-            label: EndpointLabels {
-                endpoint: settings.route.path.clone(),
-            },
-            auth_required: settings.route.auth.is_some(),
-            settings,
-            hub,
-            verifier,
-            rpc,
-            closer,
-            grace,
-        }
-    }
-
-    /// Reads the opening request: path parameters, `?channels=`, `?since.CHANNEL=`, and the
-    /// claims the policy stage verified.
-    pub fn prepare<B>(
-        &self,
-        request: &http::Request<B>,
-        ctx: &RequestContext,
-    ) -> Result<Start, HttpError> {
-        let route = &self.settings.route;
-        // `;parameters` are not part of a segment's value (routes ignore them too).
-        let path: String = request
-            .uri()
-            .path()
-            .split('/')
-            .map(|segment| segment.split(';').next().unwrap_or(""))
-            .collect::<Vec<_>>()
-            .join("/");
-        let parameters = if route.path.contains('{') {
-            crate::policy::jwt::match_template(&route.path, &path, route.exact).unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        let mut channels = Vec::new();
-        let mut since = HashMap::new();
-        for pair in request.uri().query().unwrap_or("").split('&') {
-            let Some((name, value)) = pair.split_once('=') else {
-                continue;
-            };
-            let value = percent_decode(value);
-            if !self.settings.channels_param.is_empty() && name == self.settings.channels_param {
-                for channel in value.split(',').filter(|c| !c.is_empty()) {
-                    if channels.len() >= MAX_SUBSCRIPTIONS {
-                        return Err(HttpError::BadRequest("too many channels"));
-                    }
-                    channels.push(channel.to_owned());
-                }
-            } else if let Some(channel) = name.strip_prefix("since.") {
-                let parsed = value
-                    .rsplit_once(':')
-                    .and_then(|(epoch, offset)| Some((epoch.to_owned(), offset.parse().ok()?)))
-                    .ok_or(HttpError::BadRequest(
-                        "`since.CHANNEL` must be EPOCH:OFFSET",
-                    ))?;
-                since.insert(percent_decode(channel), parsed);
-            }
-        }
-        Ok(Start {
-            parameters,
-            channels,
-            since,
-            claims: ctx.claims.clone(),
-            client: ctx.client_ip,
-        })
-    }
-
-    /// Starts the session on the upgraded connection, as a task of its own that holds the
-    /// connection's `slot` until the session ends. Each stream type gets a task sized for
-    /// just it, and nothing of the upgrade stays behind.
-    pub async fn run(
-        self: Arc<Self>,
-        start: Start,
-        upgraded: Upgraded,
-        slot: Option<crate::http::context::ConnectionSlot>,
-    ) {
-        let config = socket_config(self.settings.max_message_size);
-        let tasks = self.hub.tasks.clone();
-        // The bare TLS stream when hyper hands it back: an idle session then holds no HTTP
-        // machinery. Boxed, so the session's future stays small.
-        match upgraded.downcast::<TlsConnectionIo>() {
-            Ok(parts) => {
-                // Copied out and dropped now: hyper's read buffer behind these bytes would
-                // otherwise stay allocated for the session's whole life.
-                let early = parts.read_buf.to_vec();
-                drop(parts.read_buf);
-                let io = Box::new(parts.io.into_inner());
-                tasks.spawn(async move {
-                    let _slot = slot;
-                    let socket =
-                        WebSocketStream::from_partially_read(io, early, Role::Server, Some(config))
-                            .await;
-                    Session::new(self, socket).serve(start).await;
-                });
-            }
-            Err(upgraded) => {
-                tasks.spawn(async move {
-                    let _slot = slot;
-                    let socket = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
-                        Role::Server,
-                        Some(config),
-                    )
-                    .await;
-                    Session::new(self, socket).serve(start).await;
-                });
-            }
-        }
-    }
-}
-
-/// Small buffers: an idle session should cost little. A burst grows them for its length.
-///
-/// No cap on the write buffer: tungstenite refuses outright any frame larger than the cap
-/// (a 1 MiB cap dropped every echo or publication of 1 MiB and more), and the buffer never
-/// holds more than `write_buffer_size` and one frame, since every send waits for its flush.
-/// What a slow client may pile up is bounded by its outbox (`hub.queue`) instead.
-fn socket_config(max_message: u64) -> WebSocketConfig {
-    let max = usize::try_from(max_message).unwrap_or(usize::MAX);
-    WebSocketConfig::default()
-        .read_buffer_size(512)
-        .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(usize::MAX)
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max))
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    let hex = |b: u8| (b as char).to_digit(16);
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                out.push(b'%');
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 /// How a session ends.
 #[derive(Debug)]
@@ -315,7 +109,7 @@ impl Subscriptions {
     }
 }
 
-struct Session<S> {
+pub(super) struct Session<S> {
     socket: WebSocketStream<S>,
     endpoint: Arc<Endpoint>,
     hub: Arc<Hub>,
@@ -331,7 +125,7 @@ struct Session<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
-    fn new(endpoint: Arc<Endpoint>, socket: WebSocketStream<S>) -> Self {
+    pub(super) fn new(endpoint: Arc<Endpoint>, socket: WebSocketStream<S>) -> Self {
         let hub = endpoint.hub.clone();
         let config = hub.config();
         let handle = Arc::new(SessionHandle::new(
@@ -356,7 +150,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
     }
 
-    async fn serve(mut self, start: Start) {
+    pub(super) async fn serve(mut self, start: Start) {
         let gauge = self
             .hub
             .metrics
@@ -1135,162 +929,14 @@ fn random_part(grace: Duration) -> Duration {
     Duration::from_millis(u64::from_le_bytes(bytes) % millis)
 }
 
-/// When the token expires (its `exp`), as a timer.
-fn expiry(claims: &Map<String, Value>) -> Option<Instant> {
-    let exp = claims.get("exp")?.as_f64()?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?
-        .as_secs_f64();
-    let left = (exp - now).max(0.0);
-    Some(Instant::now() + Duration::from_secs_f64(left.min(10.0 * 365.0 * 86_400.0)))
-}
-
-/// A claim as text: strings as they are, numbers and booleans written out.
-fn claim_text(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-/// Fills a template from the path parameters and claims; none when a part is missing.
-pub fn fill(
-    template: &Template,
-    claims: Option<&Map<String, Value>>,
-    parameters: &[(String, String)],
-) -> Option<String> {
-    let mut out = String::new();
-    for part in &template.parts {
-        match part {
-            TemplatePart::Text(text) => out.push_str(text),
-            TemplatePart::Parameter(name) => {
-                let (_, value) = parameters.iter().find(|(n, _)| n == name)?;
-                out.push_str(value);
-            }
-            TemplatePart::Claim(name) => out.push_str(&claim_text(claims?.get(name)?)?),
-        }
-    }
-    Some(out)
-}
-
-/// Whether `claims` meet `rule` (its template filled from `parameters`).
-pub fn satisfied(
-    rule: &Requirement,
-    claims: Option<&Map<String, Value>>,
-    parameters: &[(String, String)],
-) -> bool {
-    let (template, contains) = match &rule.test {
-        RequirementTest::Contains(t) => (t, true),
-        RequirementTest::Equals(t) => (t, false),
-    };
-    let Some(wanted) = fill(template, claims, parameters) else {
-        return false;
-    };
-    let Some(value) = claims.and_then(|c| c.get(&rule.claim)) else {
-        return false;
-    };
-    match value {
-        Value::Array(list) if contains => list
-            .iter()
-            .any(|item| claim_text(item).as_deref() == Some(wanted.as_str())),
-        other => claim_text(other).as_deref() == Some(wanted.as_str()),
-    }
-}
-
-/// `*` matches any run of characters.
-pub fn glob(pattern: &str, text: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == text,
-        Some((head, tail)) => {
-            let Some(rest) = text.strip_prefix(head) else {
-                return false;
-            };
-            if tail.is_empty() {
-                return true;
-            }
-            (0..=rest.len())
-                .filter(|i| rest.is_char_boundary(*i))
-                .any(|i| glob(tail, &rest[i..]))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::hub::template;
-
-    #[test]
-    fn templates_fill_from_claims_and_parameters_and_rules_check_claims() {
-        let claims: Map<String, Value> =
-            into_map(json!({"sub": "u1", "tenants": ["t1", "t2"], "role": "admin", "n": 7}));
-        let params = vec![("id".to_owned(), "t2".to_owned())];
-        let t = template("user:{claims.sub}", &[]).unwrap();
-        assert_eq!(fill(&t, Some(&claims), &params).as_deref(), Some("user:u1"));
-        let t = template("tenant:{id}", &["id".into()]).unwrap();
-        assert_eq!(
-            fill(&t, Some(&claims), &params).as_deref(),
-            Some("tenant:t2")
-        );
-        let t = template("x:{claims.missing}", &[]).unwrap();
-        assert_eq!(fill(&t, Some(&claims), &params), None);
-        let rule = |claim: &str, test| Requirement {
-            claim: claim.into(),
-            test,
-        };
-        let id = template("{id}", &["id".into()]).unwrap();
-        assert!(satisfied(
-            &rule("tenants", RequirementTest::Contains(id.clone())),
-            Some(&claims),
-            &params
-        ));
-        let other = vec![("id".to_owned(), "t9".to_owned())];
-        assert!(!satisfied(
-            &rule("tenants", RequirementTest::Contains(id.clone())),
-            Some(&claims),
-            &other
-        ));
-        assert!(!satisfied(
-            &rule("tenants", RequirementTest::Contains(id)),
-            None,
-            &params
-        ));
-        let admin = template("admin", &[]).unwrap();
-        assert!(satisfied(
-            &rule("role", RequirementTest::Equals(admin.clone())),
-            Some(&claims),
-            &params
-        ));
-        assert!(!satisfied(
-            &rule("sub", RequirementTest::Equals(admin)),
-            Some(&claims),
-            &params
-        ));
-    }
-
-    #[test]
-    fn channel_patterns_match_with_stars() {
-        assert!(glob("chat:*", "chat:room-1"));
-        assert!(glob("*", "anything"));
-        assert!(glob("a*c*e", "abcde"));
-        assert!(!glob("chat:*", "prices"));
-        assert!(!glob("prices", "prices:btc"));
-        assert!(glob("prices", "prices"));
-    }
-
-    #[test]
-    fn query_values_are_percent_decoded() {
-        assert_eq!(percent_decode("a%3Ab,c"), "a:b,c");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
-    }
-}
-
 #[cfg(test)]
 mod size_tests {
+    use std::collections::HashMap;
+    use std::net::IpAddr;
+
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_util::sync::CancellationToken;
+
     use super::*;
     use crate::config::hub::{EndpointSettings, HubSettings};
     use crate::config::proxy::RouteSettings;

@@ -523,7 +523,7 @@ fn route_table(
             .as_ref()
             .and_then(|a| a.jwt.as_deref())
             .and_then(|name| auth.verifiers.get(name).cloned());
-        let endpoint = crate::hub::session::Endpoint::new(
+        let endpoint = crate::hub::endpoint::Endpoint::new(
             endpoint,
             hub.hub.clone(),
             verifier,

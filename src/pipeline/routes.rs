@@ -91,7 +91,7 @@ pub enum Target {
     /// A pool of upstream servers (`proxy::forward`, `proxy::tunnel` for WebSockets).
     Upstream(Arc<Pool>),
     /// A hub endpoint: the session runs in tlsgate (`hub::session`).
-    Hub(Arc<crate::hub::session::Endpoint>),
+    Hub(Arc<crate::hub::endpoint::Endpoint>),
     /// An answer tlsgate gives itself.
     Builtin(Builtin),
 }

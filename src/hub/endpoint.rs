@@ -1,0 +1,231 @@
+//! A hub endpoint (`Target::Hub`): what a configuration's endpoint holds, what a session
+//! reads from its opening request, and how the upgraded connection becomes a session task.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+
+use super::session::{Session, MAX_SUBSCRIPTIONS};
+use super::Hub;
+use crate::config::hub::EndpointSettings;
+use crate::http::context::RequestContext;
+use crate::http::error::HttpError;
+use crate::metrics::EndpointLabels;
+use crate::policy::jwt::{Claims, Verifier};
+use crate::tls::TlsConnectionIo;
+
+/// A hub endpoint of one configuration (`Target::Hub`).
+pub struct Endpoint {
+    pub settings: EndpointSettings,
+    pub hub: Arc<Hub>,
+    /// The endpoint's JWT verifier: for `auth`/`refresh` messages and JSON-RPC's
+    /// `params.auth_token`.
+    pub verifier: Option<Arc<Verifier>>,
+    /// Whether a session must be authenticated (the endpoint has `auth:`).
+    pub auth_required: bool,
+    pub rpc: Option<super::rpc::Forwarder>,
+    /// Cancelled when a reload removes the endpoint's route.
+    pub closer: CancellationToken,
+    /// `limits.reload_grace`: removal closes are spread over it.
+    pub grace: Duration,
+    pub(super) label: EndpointLabels,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("path", &self.settings.route.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a session starts with, read from its opening request.
+#[derive(Debug)]
+pub struct Start {
+    pub(super) parameters: Vec<(String, String)>,
+    pub(super) channels: Vec<String>,
+    pub(super) since: HashMap<String, (String, u64)>,
+    pub(super) claims: Option<Claims>,
+    pub(super) client: IpAddr,
+}
+
+impl Endpoint {
+    pub fn new(
+        settings: EndpointSettings,
+        hub: Arc<Hub>,
+        verifier: Option<Arc<Verifier>>,
+        closer: CancellationToken,
+        grace: Duration,
+    ) -> Self {
+        let rpc = settings
+            .rpc
+            .clone()
+            .map(|rpc| super::rpc::Forwarder::new(rpc, &settings.route.path));
+        Self {
+            label: EndpointLabels {
+                endpoint: settings.route.path.clone(),
+            },
+            auth_required: settings.route.auth.is_some(),
+            settings,
+            hub,
+            verifier,
+            rpc,
+            closer,
+            grace,
+        }
+    }
+
+    /// Reads the opening request: path parameters, `?channels=`, `?since.CHANNEL=`, and the
+    /// claims the policy stage verified.
+    pub fn prepare<B>(
+        &self,
+        request: &http::Request<B>,
+        ctx: &RequestContext,
+    ) -> Result<Start, HttpError> {
+        let route = &self.settings.route;
+        // `;parameters` are not part of a segment's value (routes ignore them too).
+        let path: String = request
+            .uri()
+            .path()
+            .split('/')
+            .map(|segment| segment.split(';').next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("/");
+        let parameters = if route.path.contains('{') {
+            crate::policy::jwt::match_template(&route.path, &path, route.exact).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let mut channels = Vec::new();
+        let mut since = HashMap::new();
+        for pair in request.uri().query().unwrap_or("").split('&') {
+            let Some((name, value)) = pair.split_once('=') else {
+                continue;
+            };
+            let value = percent_decode(value);
+            if !self.settings.channels_param.is_empty() && name == self.settings.channels_param {
+                for channel in value.split(',').filter(|c| !c.is_empty()) {
+                    if channels.len() >= MAX_SUBSCRIPTIONS {
+                        return Err(HttpError::BadRequest("too many channels"));
+                    }
+                    channels.push(channel.to_owned());
+                }
+            } else if let Some(channel) = name.strip_prefix("since.") {
+                let parsed = value
+                    .rsplit_once(':')
+                    .and_then(|(epoch, offset)| Some((epoch.to_owned(), offset.parse().ok()?)))
+                    .ok_or(HttpError::BadRequest(
+                        "`since.CHANNEL` must be EPOCH:OFFSET",
+                    ))?;
+                since.insert(percent_decode(channel), parsed);
+            }
+        }
+        Ok(Start {
+            parameters,
+            channels,
+            since,
+            claims: ctx.claims.clone(),
+            client: ctx.client_ip,
+        })
+    }
+
+    /// Starts the session on the upgraded connection, as a task of its own that holds the
+    /// connection's `slot` until the session ends. Each stream type gets a task sized for
+    /// just it, and nothing of the upgrade stays behind.
+    pub async fn run(
+        self: Arc<Self>,
+        start: Start,
+        upgraded: Upgraded,
+        slot: Option<crate::http::context::ConnectionSlot>,
+    ) {
+        let config = socket_config(self.settings.max_message_size);
+        let tasks = self.hub.tasks.clone();
+        // The bare TLS stream when hyper hands it back: an idle session then holds no HTTP
+        // machinery. Boxed, so the session's future stays small.
+        match upgraded.downcast::<TlsConnectionIo>() {
+            Ok(parts) => {
+                // Copied out and dropped now: hyper's read buffer behind these bytes would
+                // otherwise stay allocated for the session's whole life.
+                let early = parts.read_buf.to_vec();
+                drop(parts.read_buf);
+                let io = Box::new(parts.io.into_inner());
+                tasks.spawn(async move {
+                    let _slot = slot;
+                    let socket =
+                        WebSocketStream::from_partially_read(io, early, Role::Server, Some(config))
+                            .await;
+                    Session::new(self, socket).serve(start).await;
+                });
+            }
+            Err(upgraded) => {
+                tasks.spawn(async move {
+                    let _slot = slot;
+                    let socket = WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        Role::Server,
+                        Some(config),
+                    )
+                    .await;
+                    Session::new(self, socket).serve(start).await;
+                });
+            }
+        }
+    }
+}
+
+/// Small buffers: an idle session should cost little. A burst grows them for its length.
+///
+/// No cap on the write buffer: tungstenite refuses outright any frame larger than the cap
+/// (a 1 MiB cap dropped every echo or publication of 1 MiB and more), and the buffer never
+/// holds more than `write_buffer_size` and one frame, since every send waits for its flush.
+/// What a slow client may pile up is bounded by its outbox (`hub.queue`) instead.
+fn socket_config(max_message: u64) -> WebSocketConfig {
+    let max = usize::try_from(max_message).unwrap_or(usize::MAX);
+    WebSocketConfig::default()
+        .read_buffer_size(512)
+        .write_buffer_size(16 * 1024)
+        .max_write_buffer_size(usize::MAX)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    let hex = |b: u8| (b as char).to_digit(16);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(percent_decode("a%3Ab,c"), "a:b,c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+}
