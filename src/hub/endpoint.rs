@@ -180,7 +180,8 @@ impl Endpoint {
     }
 }
 
-/// Small buffers: an idle session should cost little. A burst grows them for its length.
+/// Small buffers: an idle session should cost little (the read buffer is 128 bytes; a larger
+/// message grows it for its length).
 ///
 /// No cap on the write buffer: tungstenite refuses outright any frame larger than the cap
 /// (a 1 MiB cap dropped every echo or publication of 1 MiB and more), and the buffer never
@@ -189,7 +190,7 @@ impl Endpoint {
 fn socket_config(max_message: u64) -> WebSocketConfig {
     let max = usize::try_from(max_message).unwrap_or(usize::MAX);
     WebSocketConfig::default()
-        .read_buffer_size(512)
+        .read_buffer_size(128)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(usize::MAX)
         .max_message_size(Some(max))
