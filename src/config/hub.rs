@@ -308,12 +308,10 @@ impl Default for NamespaceSettings {
 }
 
 /// A rate budget: tokens per second and a burst.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Budget {
     /// Milli-tokens per second (`5r/m` is 83).
-    #[serde(skip)]
     pub milli_per_second: u64,
-    #[serde(rename = "rate")]
     pub written: RateText,
     pub burst: u32,
 }
@@ -335,11 +333,14 @@ pub struct RpcSettings {
     /// Methods a client may call; empty: any.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<String>,
-    /// Requests per connection.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Requests per connection (printed as `rate` and `burst`, as written).
+    #[serde(flatten, serialize_with = "serialize_budget")]
     pub rate: Option<Budget>,
-    /// Requests per connection and method.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    /// Requests per connection and method (printed as rates: their burst is the rate).
+    #[serde(
+        skip_serializing_if = "BTreeMap::is_empty",
+        serialize_with = "serialize_method_rates"
+    )]
     pub method_rates: BTreeMap<String, Budget>,
     #[serde(serialize_with = "units::serialize_duration")]
     pub timeout: Duration,
@@ -348,6 +349,27 @@ pub struct RpcSettings {
     /// Claim → header on the forwarded POST (inbound copies never exist: tlsgate writes
     /// the request).
     pub pass_claims: BTreeMap<String, String>,
+}
+
+fn serialize_budget<S: Serializer>(budget: &Option<Budget>, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(None)?;
+    if let Some(budget) = budget {
+        map.serialize_entry("rate", &budget.written)?;
+        map.serialize_entry("burst", &budget.burst)?;
+    }
+    map.end()
+}
+
+fn serialize_method_rates<S: Serializer>(
+    rates: &BTreeMap<String, Budget>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(
+        rates
+            .iter()
+            .map(|(method, budget)| (method, budget.written)),
+    )
 }
 
 pub const DEFAULT_MAX_MESSAGE: u64 = 64 * 1024;
@@ -817,4 +839,92 @@ pub fn valid_channel(name: &str) -> bool {
 /// A channel's namespace: the part before the first `:`, or the whole name.
 pub fn namespace_of(channel: &str) -> &str {
     channel.split_once(':').map_or(channel, |(ns, _)| ns)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{load_str, to_yaml, Overrides};
+
+    const FULL: &str = r#"
+jwt:
+  users: {secret_env: HUB_TEST_SECRET, algorithms: [HS256]}
+hub:
+  ping_interval: 20s
+  queue: {max_messages: 10, max_bytes: 64KiB}
+  endpoints:
+    - path: /ws/tenant/{id}
+      auth: {jwt: users, sources: ["query:token"]}
+      subscribe: ["tenant:{id}", "user:{claims.sub}"]
+      require: {claim: tenants, contains: "{id}"}
+      allowed_origins: [https://app.example.com]
+      envelope: true
+      rpc:
+        url: http://127.0.0.1:9/rpc
+        methods: [a, b]
+        rate: 20r/s
+        burst: 40
+        method_rates: {b: 5r/m}
+    - path: /echo
+      echo: true
+      channels_param: off
+  namespaces:
+    chat: {client_subscribe: true, client_publish: true, join_leave: true, history_size: 10, require: [{claim: rooms, contains: "{channel}"}], channels_claim: channels}
+"#;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "HUB_TEST_SECRET").then(|| "s3cret-s3cret-s3cret-s3cret".to_owned())
+    }
+
+    #[test]
+    fn the_printed_hub_config_loads_back_the_same() {
+        let first = load_str(FULL, None, &Overrides::default(), &env).unwrap();
+        let printed = to_yaml(&first);
+        let again = load_str(&printed, None, &Overrides::default(), &env)
+            .unwrap_or_else(|e| panic!("{e}\n{printed}"));
+        // Read back, it prints the same (the settings differ only in where things were).
+        assert_eq!(printed, to_yaml(&again));
+        assert_eq!(first.hub.namespaces, again.hub.namespaces);
+        assert_eq!(
+            first.hub.endpoints[0].rpc, again.hub.endpoints[0].rpc,
+            "{printed}"
+        );
+        assert_eq!(first.hub.endpoints.len(), 2);
+        let rpc = first.hub.endpoints[0].rpc.as_ref().unwrap();
+        assert_eq!(rpc.rate.unwrap().burst, 40);
+        assert_eq!(rpc.method_rates["b"].milli_per_second, 83);
+        assert!(first.proxy.routes.iter().all(|r| r.hub_endpoint.is_some()));
+        assert!(
+            !first.proxy.is_enabled(),
+            "hub endpoints alone proxy nothing"
+        );
+    }
+
+    #[test]
+    fn hub_mistakes_are_refused_with_their_field() {
+        let bad = |yaml: &str, field: &str| {
+            let error = load_str(yaml, None, &Overrides::default(), &env).unwrap_err();
+            assert!(error.to_string().contains(field), "{error}");
+        };
+        bad(
+            "hub:\n  endpoints:\n    - path: /ws/{id}\n      subscribe: [\"t:{tenant}\"]\n",
+            "hub.endpoints.subscribe",
+        );
+        bad(
+            "hub:\n  endpoints:\n    - path: /ws\n      rpc: {url: ftp://x}\n",
+            "hub.endpoints.rpc.url",
+        );
+        bad("hub:\n  namespaces:\n    \"a:b\": {}\n", "hub.namespaces");
+        bad(
+            "hub:\n  api: {listen: 0.0.0.0:9445}\n",
+            "hub.api.api_key_file",
+        );
+        bad(
+            "hub:\n  queue: {max_messages: 0}\n",
+            "hub.queue.max_messages",
+        );
+        bad(
+            "hub:\n  endpoints:\n    - path: /ws\n      require: {claim: x}\n",
+            "hub.endpoints.require",
+        );
+    }
 }
