@@ -173,6 +173,10 @@ class HubRun(bench.Run):
         super().__init__(args, work, tlsgate, loadgen)
         self.python = os.path.join(VENV, "bin", "python")
 
+    def pause(self, seconds):
+        """Settling time between measurements (GC, closing sockets); short in --quick."""
+        time.sleep(seconds * (0.2 if self.args.quick else 1))
+
     def start_redis(self):
         # Persistence off: a publish/subscribe bus, and disk writes would only add noise.
         return self.start("redis", ["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1",
@@ -298,7 +302,7 @@ hub:
         """Resident KiB per idle subscribed connection, on a fresh process."""
         count = self.args.idle_connections
         self.restart_peer(peer)
-        time.sleep(1)
+        self.pause(1)
         pid = self.procs[peer].pid
         before = rss_kib(pid)
         redis_before = rss_kib(self.procs["redis"].pid) if peer in REDIS_PEERS else None
@@ -308,7 +312,7 @@ hub:
         try:
             line = read_line(proc, 900)
             opened = json.loads(line) if line else {"open": 0, "failed": count, "first_error": "no answer in 900 s"}
-            time.sleep(3)  # let the server settle (lazy allocations, GC)
+            self.pause(3)  # let the server settle (lazy allocations, GC)
             after = rss_kib(pid)
             redis_after = rss_kib(self.procs["redis"].pid) if peer in REDIS_PEERS else None
         finally:
@@ -320,7 +324,7 @@ hub:
             if redis_before is not None:
                 result["redis_kib_per_connection"] = (redis_after - redis_before) / opened["open"]
         # Connections closed all at once leave the next measurement a busy server otherwise.
-        time.sleep(2)
+        self.pause(2)
         return result
 
     def fanout(self, peer, shape):
@@ -338,7 +342,7 @@ hub:
             opened = json.loads(line)
             if opened["failed"]:
                 raise RuntimeError(f"{opened['failed']} of {subscribers} subscribers failed: {opened['first_error']}")
-            time.sleep(1)
+            self.pause(1)
             seconds = self.args.seconds
             for mode, value, phase_batch in (("rate", rate, rate_batch), ("saturate", window, batch)):
                 cpu_before = self.cpu(peer)
@@ -359,10 +363,10 @@ hub:
                 result["deliveries_per_cpu_s_with_redis"] = result["delivered"] / max(1e-9, sum(spent))
                 result["setup_seconds"] = opened["seconds"]
                 results[mode] = result
-                time.sleep(1)
+                self.pause(1)
         finally:
             self.finish(proc)
-        time.sleep(2)
+        self.pause(2)
         return results
 
     def connect_rate(self, peer):
@@ -383,7 +387,7 @@ hub:
         result["cpu_us"] = spent[0] / result["operations"] * 1e6
         if len(spent) > 1:
             result["redis_cpu_us"] = spent[1] / result["operations"] * 1e6
-        time.sleep(2)
+        self.pause(2)
         return result
 
 
@@ -420,14 +424,14 @@ def versions():
             for line in pinned:
                 name = line.split("==")[0].strip().lower()
                 if name in ("fastapi", "uvicorn", "websockets", "pyjwt", "django", "channels", "channels_redis",
-                            "channels-redis", "daphne", "twisted"):
-                    found[name] = line.split("==")[1].strip()
+                            "channels-redis", "daphne", "twisted", "redis"):
+                    found["redis-py" if name == "redis" else name] = line.split("==")[1].strip()
     except OSError:
         pass
     try:
         with open(os.path.join(SOCKETIO_DIR, "package.json")) as package:
             for name, version in json.load(package)["dependencies"].items():
-                found[name] = version
+                found[f"npm {name}"] = version
     except (OSError, KeyError, ValueError):
         pass
     for name, command in (("python", [os.path.join(VENV, "bin", "python"), "--version"]), ("node", ["node", "--version"]),
@@ -540,7 +544,7 @@ def report(args, results, memory, peers, started, errors, shape_info):
         row("deliveries/s (saturation)", "saturate", "rate", lambda v: f"{v:,.0f}")
         row("hub core busy (saturation)", "saturate", "busy", lambda v: f"{v:.0%}")
         row("lost deliveries (saturation, median)", "saturate", "lost", lambda v: f"{v:,.0f}")
-        row("saturation p50 / p99 (ms): p50", "saturate", "p50_us", lambda v: f"{v / 1000:,.1f}")
+        row("saturation p50 (ms)", "saturate", "p50_us", lambda v: f"{v / 1000:,.1f}")
         row("saturation p99 (ms)", "saturate", "p99_us", lambda v: f"{v / 1000:,.1f}")
         row(f"fixed rate {rate:g}/s: p50 (ms)", "rate", "p50_us", lambda v: f"{v / 1000:,.1f}")
         row(f"fixed rate {rate:g}/s: p99 (ms)", "rate", "p99_us", lambda v: f"{v / 1000:,.1f}")

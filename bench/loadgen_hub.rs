@@ -106,7 +106,11 @@ fn record(stats: &Stats, text: &str) {
     }
 }
 
-async fn open(target: &Target, config: &Arc<rustls::ClientConfig>, path: &str) -> Result<Socket, Error> {
+async fn open(
+    target: &Target,
+    config: &Arc<rustls::ClientConfig>,
+    path: &str,
+) -> Result<Socket, Error> {
     let tls = connect(target, config).await?;
     let url = format!("wss://{}{}", target.host, path);
     let (socket, _) = tokio_tungstenite::client_async(url, tls).await?;
@@ -155,7 +159,10 @@ async fn subscribe(
             Protocol::Socketio => {
                 let open_packet = next_text(&mut socket, hub.protocol).await?;
                 if !open_packet.starts_with('0') {
-                    return Err(format!("expected an Engine.IO open packet, got {open_packet:.80}").into());
+                    return Err(format!(
+                        "expected an Engine.IO open packet, got {open_packet:.80}"
+                    )
+                    .into());
                 }
                 socket.send(Message::text("40")).await?;
                 let connected = next_text(&mut socket, hub.protocol).await?;
@@ -195,7 +202,11 @@ struct Subscribed {
     seconds: f64,
 }
 
-async fn open_subscribers(hub: &Hub, count: usize, stats: &Arc<Stats>) -> Result<Subscribed, Error> {
+async fn open_subscribers(
+    hub: &Hub,
+    count: usize,
+    stats: &Arc<Stats>,
+) -> Result<Subscribed, Error> {
     let config = client_config(&hub.target, false)?;
     let started = Instant::now();
     let results: Vec<(usize, Result<Socket, Error>)> = futures_util::stream::iter(0..count)
@@ -269,20 +280,30 @@ struct Publisher {
 }
 
 impl Publisher {
-    async fn connection(&mut self) -> Result<&mut hyper::client::conn::http1::SendRequest<Full<Bytes>>, Error> {
+    async fn connection(
+        &mut self,
+    ) -> Result<&mut hyper::client::conn::http1::SendRequest<Full<Bytes>>, Error> {
         if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
-            let authority = self.uri.authority().ok_or("publish URL without host:port")?;
+            let authority = self
+                .uri
+                .authority()
+                .ok_or("publish URL without host:port")?;
             let addr: std::net::SocketAddr = authority.as_str().parse()?;
             let sender = if self.uri.scheme_str() == Some("https") {
-                let target = Target { addr, ..self.target.clone() };
+                let target = Target {
+                    addr,
+                    ..self.target.clone()
+                };
                 let tls = connect(&target, &self.config).await?;
-                let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+                let (sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
                 tokio::spawn(connection);
                 sender
             } else {
                 let tcp = TcpStream::connect(addr).await?;
                 tcp.set_nodelay(true)?;
-                let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+                let (sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
                 tokio::spawn(connection);
                 sender
             };
@@ -292,7 +313,11 @@ impl Publisher {
     }
 
     async fn post(&mut self, path: &str, body: String) -> Result<(), Error> {
-        let host = self.uri.authority().map(|a| a.to_string()).unwrap_or_default();
+        let host = self
+            .uri
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         let sender = self.connection().await?;
         sender.ready().await?;
         let request = hyper::Request::post(path)
@@ -332,12 +357,24 @@ fn job_body(job: &Job, hub: &Hub, pad: &str) -> (bool, String) {
         job.phase, job.seq, job.sent_ns
     );
     let names: Vec<String> = (0..job.batch)
-        .map(|k| format!("\"{}{}\"", hub.prefix, (job.first_channel + k) % hub.channels))
+        .map(|k| {
+            format!(
+                "\"{}{}\"",
+                hub.prefix,
+                (job.first_channel + k) % hub.channels
+            )
+        })
         .collect();
     if job.batch == 1 {
-        (false, format!("{{\"channel\":{},\"data\":{data}}}", names[0]))
+        (
+            false,
+            format!("{{\"channel\":{},\"data\":{data}}}", names[0]),
+        )
     } else {
-        (true, format!("{{\"channels\":[{}],\"data\":{data}}}", names.join(",")))
+        (
+            true,
+            format!("{{\"channels\":[{}],\"data\":{data}}}", names.join(",")),
+        )
     }
 }
 
@@ -375,7 +412,8 @@ pub async fn fanout(
         let [mode, value, seconds, batch] = words[..] else {
             return Err(format!("expected `MODE VALUE SECONDS BATCH`, got {line:?}").into());
         };
-        let (value, seconds, batch): (f64, f64, usize) = (value.parse()?, seconds.parse()?, batch.parse()?);
+        let (value, seconds, batch): (f64, f64, usize) =
+            (value.parse()?, seconds.parse()?, batch.parse()?);
         phase += 1;
         if phase >= MAX_PHASES {
             return Err("too many phases".into());
@@ -396,7 +434,8 @@ pub async fn fanout(
                 config: config.clone(),
                 sender: None,
             };
-            let (jobs_rx, shared, hub, pad) = (jobs_rx.clone(), shared.clone(), hub.clone(), pad.clone());
+            let (jobs_rx, shared, hub, pad) =
+                (jobs_rx.clone(), shared.clone(), hub.clone(), pad.clone());
             let (publish_path, broadcast_path) = (publish_path.clone(), broadcast_path.clone());
             workers.push(tokio::spawn(async move {
                 loop {
@@ -471,7 +510,14 @@ pub async fn fanout(
             }
             let fan = fan_of(first_channel);
             sent_fan += fan;
-            let job = Job { phase, seq, first_channel, batch: batch.max(1), sent_ns, fan };
+            let job = Job {
+                phase,
+                seq,
+                first_channel,
+                batch: batch.max(1),
+                sent_ns,
+                fan,
+            };
             seq += 1;
             if jobs_tx.send(job).await.is_err() {
                 break;
@@ -509,7 +555,11 @@ pub async fn fanout(
         };
         let got = delivered(&stats);
         let expected = shared.expected.load(Ordering::Relaxed);
-        let first_error = shared.first_error.lock().map(|e| e.clone()).unwrap_or_default();
+        let first_error = shared
+            .first_error
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default();
         println!(
             "{{\"phase\":{phase},\"mode\":{mode:?},\"value\":{value},\"batch\":{batch},\"published\":{},\"publish_errors\":{},\"first_error\":{first_error:?},\"expected\":{expected},\"delivered\":{got},\"lost\":{},\"stalls\":{stalls},\"publish_seconds\":{publish_seconds:.3},\"seconds\":{total_seconds:.3},\"rate\":{:.1},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"unparsed\":{}}}",
             shared.accepted.load(Ordering::Relaxed),
@@ -537,8 +587,13 @@ pub async fn connect_rate(hub: Hub, connections: usize, seconds: f64) -> Result<
     let deadline = started + Duration::from_secs_f64(seconds);
     let mut workers = Vec::new();
     for worker in 0..connections {
-        let (hub, config, done, errors, first_error) =
-            (hub.clone(), config.clone(), done.clone(), errors.clone(), first_error.clone());
+        let (hub, config, done, errors, first_error) = (
+            hub.clone(),
+            config.clone(),
+            done.clone(),
+            errors.clone(),
+            first_error.clone(),
+        );
         workers.push(tokio::spawn(async move {
             let mut n = worker;
             while Instant::now() < deadline {
