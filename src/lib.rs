@@ -13,6 +13,7 @@ pub mod control;
 #[cfg(test)]
 mod fuzzing;
 pub mod http;
+pub mod hub;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;

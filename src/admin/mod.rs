@@ -33,6 +33,8 @@ pub struct AdminState {
     pub reload: ReloadHandle,
     /// `GET /bans`, `DELETE /bans/{ip}`.
     pub bans: Arc<crate::policy::limits::bans::BanTable>,
+    /// The publish API, `/hub/*` (one hub for the process's life: reloads hand it over).
+    pub hub: Arc<crate::hub::Hub>,
 }
 
 #[derive(Serialize)]
@@ -148,10 +150,17 @@ fn percent_decoded(text: &str) -> String {
 pub async fn handle<B>(
     context: Arc<AdminState>,
     request: hyper::Request<B>,
-) -> Result<Response, Infallible> {
+) -> Result<Response, Infallible>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     if let Err(refusal) = check_request(&request) {
         tracing::warn!(%refusal, "admin request refused");
         return Ok(HttpError::Forbidden(refusal.to_string()).into_response());
+    }
+    if crate::hub::api::is_hub_path(request.uri().path()) {
+        return Ok(hub_request(&context, request).await);
     }
     let path = request.uri().path();
     let method = request.method();
@@ -247,6 +256,37 @@ pub async fn handle<B>(
         _ => HttpError::NotFound.into_response(),
     };
     Ok(response)
+}
+
+/// `/hub/*`: the body read (bounded), then the publish API.
+async fn hub_request<B>(context: &AdminState, request: hyper::Request<B>) -> Response
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt;
+    let (head, body) = request.into_parts();
+    let body = match http_body_util::Limited::new(body, crate::hub::api::MAX_BODY)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(error) => {
+            return json(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &serde_json::json!({"result": "failure", "error": format!("reading the body: {error}")}),
+            )
+        }
+    };
+    let (status, value) = crate::hub::api::handle(
+        &context.hub,
+        &head.method,
+        head.uri.path(),
+        head.uri.query(),
+        body,
+    )
+    .await;
+    json(status, &value)
 }
 
 #[cfg(test)]

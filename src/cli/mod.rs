@@ -5,6 +5,7 @@ mod acme;
 mod banner;
 mod cert;
 mod check;
+mod hub;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +54,9 @@ enum Command {
         after_help = "Example:\n  tlsgate reload -c /etc/tlsgate/tlsgate.yaml\n\nExit codes: 0 reloaded, 1 the server refused the reload (the message says why; nothing changed), 2 no server reachable or bad input"
     )]
     Reload(CommonArgs),
+    /// Publish to the running server's hub and read its state (through the admin listener).
+    #[command(subcommand)]
+    Hub(hub::HubCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,6 +141,7 @@ pub fn run() -> ExitCode {
         Command::Acme(command) => acme::run(command),
         Command::Reload(args) => reload(args),
         Command::Check(args) => check::run(args),
+        Command::Hub(command) => hub::run(command),
     }
 }
 
@@ -318,6 +323,46 @@ fn config_check(args: CommonArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// One request to the running server's admin listener: its status and body.
+pub(crate) async fn admin_request(
+    admin: std::net::SocketAddr,
+    method: http::Method,
+    path: &str,
+    body: bytes::Bytes,
+    deadline: std::time::Duration,
+) -> Result<(http::StatusCode, String), String> {
+    let connect = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::net::TcpStream::connect(admin),
+    );
+    let stream = connect
+        .await
+        .map_err(|_| format!("no answer from {admin}"))?
+        .map_err(|e| format!("no tlsgate admin listener on {admin}: {e}"))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, admin.to_string())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(http_body_util::Full::new(body))
+        .map_err(|e| e.to_string())?;
+    let response = tokio::time::timeout(deadline, sender.send_request(request))
+        .await
+        .map_err(|_| format!("the server did not answer within {}s", deadline.as_secs()))?
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
 fn reload(args: CommonArgs) -> ExitCode {
     let settings = match args.load() {
         Ok(settings) => settings,
@@ -333,38 +378,13 @@ fn reload(args: CommonArgs) -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => return fail(format!("cannot start the async runtime: {error}")),
     };
-    let outcome = runtime.block_on(async move {
-        let connect = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            tokio::net::TcpStream::connect(admin),
-        );
-        let stream = connect
-            .await
-            .map_err(|_| format!("no answer from {admin}"))?
-            .map_err(|e| format!("no tlsgate admin listener on {admin}: {e}"))?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| e.to_string())?;
-        tokio::spawn(connection);
-        let request = hyper::Request::post("/reload")
-            .header(http::header::HOST, admin.to_string())
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let response = tokio::time::timeout(
-            std::time::Duration::from_secs(60),
-            sender.send_request(request),
-        )
-        .await
-        .map_err(|_| "the server did not answer within 60s".to_owned())?
-        .map_err(|e| e.to_string())?;
-        let status = response.status();
-        let body = http_body_util::BodyExt::collect(response.into_body())
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        Ok::<_, String>((status, String::from_utf8_lossy(&body).into_owned()))
-    });
+    let outcome = runtime.block_on(admin_request(
+        admin,
+        http::Method::POST,
+        "/reload",
+        bytes::Bytes::new(),
+        std::time::Duration::from_secs(60),
+    ));
     match outcome {
         Err(error) => fail(error),
         Ok((status, body)) => {

@@ -36,6 +36,8 @@ pub struct FileConfig {
     pub rate_limits: Option<BTreeMap<String, Spanned<super::limits::ZoneFile>>>,
     pub bans: Option<Spanned<super::limits::BansFile>>,
     pub listener_access: Option<Spanned<super::limits::AccessFile>>,
+    /// The WSS hub: endpoints and namespaces.
+    pub hub: Option<Spanned<super::hub::HubFile>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -9,6 +9,7 @@ pub mod client_auth;
 pub mod cors;
 pub(crate) mod env;
 mod file;
+pub mod hub;
 pub mod jwt;
 pub mod limits;
 mod names;
@@ -73,6 +74,13 @@ pub struct Settings {
     pub access_log: bool,
     #[serde(flatten)]
     pub edge_limits: limits::EdgeLimitSettings,
+    /// The WSS hub (`hub.endpoints` are also routes in `proxy.routes`).
+    #[serde(skip_serializing_if = "hub_is_off")]
+    pub hub: hub::HubSettings,
+}
+
+fn hub_is_off(hub: &hub::HubSettings) -> bool {
+    !hub.is_enabled()
 }
 
 impl Settings {

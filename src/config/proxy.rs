@@ -71,7 +71,8 @@ pub struct RouteFile {
     pub host: Option<Spanned<String>>,
     pub path: Option<Spanned<String>>,
     pub exact: Option<bool>,
-    pub upstream: Spanned<String>,
+    /// Required for a route; none for a hub endpoint (its target is the hub).
+    pub upstream: Option<Spanned<String>>,
     pub allowed_origins: Option<Vec<String>>,
     pub websocket_idle_timeout: Option<ConfigDuration>,
     pub max_body_size: Option<ConfigSize>,
@@ -95,7 +96,11 @@ pub struct RouteFile {
 pub struct ProxySettings {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub upstreams: BTreeMap<String, UpstreamSettings>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// The routes, then one per hub endpoint (`hub_endpoint` set).
+    #[serde(
+        skip_serializing_if = "no_plain_routes",
+        serialize_with = "serialize_routes"
+    )]
     pub routes: Vec<RouteSettings>,
     /// Where requests no route matches go (an upstream name or URL); none: `404`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -105,9 +110,14 @@ pub struct ProxySettings {
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
+fn no_plain_routes(routes: &[RouteSettings]) -> bool {
+    routes.iter().all(|r| r.hub_endpoint.is_some())
+}
+
 impl ProxySettings {
+    /// Whether anything is proxied: a route to an upstream or a default route.
     pub fn is_enabled(&self) -> bool {
-        !self.routes.is_empty() || self.default_route.is_some()
+        self.routes.iter().any(|r| r.hub_endpoint.is_none()) || self.default_route.is_some()
     }
 }
 
@@ -172,7 +182,8 @@ pub struct RouteSettings {
     pub host: Option<String>,
     pub path: String,
     pub exact: bool,
-    /// An upstream name, or an `http://` URL.
+    /// An upstream name, or an `http://` URL; empty for a hub endpoint.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub upstream: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allowed_origins: Vec<String>,
@@ -198,6 +209,36 @@ pub struct RouteSettings {
     pub limits: super::limits::RouteLimits,
     #[serde(flatten)]
     pub client_cert: super::client_auth::RouteClientCert,
+    /// For a route made from `hub.endpoints[i]`: `i` (its target is the hub).
+    #[serde(skip)]
+    pub hub_endpoint: Option<usize>,
+}
+
+impl RouteSettings {
+    /// A route on `path` with every policy at its default and no target.
+    pub fn placeholder(path: &str) -> Self {
+        Self {
+            host: None,
+            path: path.to_owned(),
+            exact: false,
+            upstream: String::new(),
+            allowed_origins: Vec::new(),
+            websocket_idle_timeout: None,
+            max_body_size: None,
+            auth: None,
+            forward_auth: None,
+            cors: None,
+            websocket: None,
+            limits: Default::default(),
+            client_cert: Default::default(),
+            hub_endpoint: None,
+        }
+    }
+}
+
+/// The routes as written under `routes:` (hub endpoints print under `hub.endpoints`).
+fn serialize_routes<S: Serializer>(routes: &[RouteSettings], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(routes.iter().filter(|r| r.hub_endpoint.is_none()))
 }
 
 fn serialize_nets<S: Serializer>(nets: &[ipnet::IpNet], s: S) -> Result<S::Ok, S::Error> {
@@ -264,6 +305,8 @@ fn positive(
 pub struct ProxyInput<'a> {
     pub upstreams: Option<BTreeMap<String, Spanned<UpstreamFile>>>,
     pub routes: Option<Vec<Spanned<RouteFile>>>,
+    /// `hub.endpoints` as routes (no upstream), validated the same way.
+    pub hub_routes: Vec<Spanned<RouteFile>>,
     pub default_route: Option<(String, Origin)>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
     pub origin: &'a dyn Fn(u64, u64) -> Origin,
@@ -305,7 +348,12 @@ pub fn validate(mut input: ProxyInput<'_>) -> Result<ProxySettings, ConfigError>
         };
 
     let mut routes = Vec::new();
-    for spanned in input.routes.take().into_iter().flatten() {
+    let plain = input.routes.take().into_iter().flatten().map(|r| (r, None));
+    let hub = std::mem::take(&mut input.hub_routes)
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| (r, Some(i)));
+    for (spanned, hub_endpoint) in plain.chain(hub) {
         let origin = at(&input, &spanned);
         let file = spanned.value;
         let host = match &file.host {
@@ -328,11 +376,19 @@ pub fn validate(mut input: ProxyInput<'_>) -> Result<ProxySettings, ConfigError>
         super::jwt::path_parameters(&path)
             .map_err(|e| ConfigError::invalid(origin.clone(), "routes.path", e))?;
         let auth = super::jwt::route_auth(file.auth, &path, input.origin)?;
-        let upstream = check_target(
-            &file.upstream.value,
-            &at(&input, &file.upstream),
-            "routes.upstream",
-        )?;
+        let upstream = match (&file.upstream, hub_endpoint) {
+            (_, Some(_)) => String::new(),
+            (Some(upstream), None) => {
+                check_target(&upstream.value, &at(&input, upstream), "routes.upstream")?
+            }
+            (None, None) => {
+                return Err(ConfigError::invalid(
+                    origin,
+                    "routes.upstream",
+                    "a route needs an upstream (a name under upstreams: or an http:// URL)",
+                ))
+            }
+        };
         let mut allowed_origins = Vec::new();
         for allowed in file.allowed_origins.unwrap_or_default() {
             let trimmed = allowed.trim_end_matches('/').to_ascii_lowercase();
@@ -380,6 +436,7 @@ pub fn validate(mut input: ProxyInput<'_>) -> Result<ProxySettings, ConfigError>
                 file.pass_client_cert,
                 input.origin,
             )?,
+            hub_endpoint,
         });
     }
 

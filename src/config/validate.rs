@@ -143,22 +143,30 @@ pub fn validate(
             column,
         },
     };
+    // Hub endpoints are validated as routes (after the plain ones, in `proxy.routes`).
+    let super::hub::Parsed {
+        routes: mut hub_routes,
+        settings: mut hub,
+    } = super::hub::validate(raw.hub.take(), &file_origin)?;
     // Taken out before the routes are validated, resolved against the routes after.
     let route_cors: Vec<_> = raw
         .routes
         .iter_mut()
         .flatten()
+        .chain(hub_routes.iter_mut())
         .map(|r| r.value.cors.take())
         .collect();
     let route_websocket: Vec<_> = raw
         .routes
         .iter_mut()
         .flatten()
+        .chain(hub_routes.iter_mut())
         .map(|r| r.value.websocket.take())
         .collect();
     let mut proxy = super::proxy::validate(super::proxy::ProxyInput {
         upstreams: raw.upstreams.take(),
         routes: raw.routes.take(),
+        hub_routes,
         default_route,
         trusted_proxies: raw.trusted_proxies.take(),
         origin: &file_origin,
@@ -197,6 +205,7 @@ pub fn validate(
         origin: &file_origin,
     })?;
     limits.per_ip = per_ip;
+    super::hub::attach_routes(&mut hub, &proxy.routes);
 
     if tls.enabled && http.mode != HttpMode::Off && http.listen == listen && listen.port() != 0 {
         return Err(ConfigError::HttpListenIsMainListen {
@@ -273,6 +282,7 @@ pub fn validate(
         admin,
         access_log: raw.access_log.unwrap_or(true),
         edge_limits,
+        hub,
     })
 }
 

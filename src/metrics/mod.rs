@@ -84,8 +84,38 @@ pub struct ResultLabels {
     pub result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NamespaceLabels {
+    pub namespace: String,
+}
+
+/// The WSS hub's families. Endpoint labels are configured paths; namespace labels are
+/// configured namespaces, the namespaces of endpoints' subscription templates, or `other`.
+pub struct HubMetrics {
+    pub connections: Family<EndpointLabels, Gauge>,
+    pub subscriptions: Family<NamespaceLabels, Gauge>,
+    pub publications: Family<NamespaceLabels, Counter>,
+    pub deliveries: Family<NamespaceLabels, Counter>,
+    /// Messages not delivered, by reason: `slow_consumer` (a queue over its bound).
+    pub drops: Family<ReasonLabels, Counter>,
+    /// Sessions ended by the hub or the client, by reason.
+    pub disconnects: Family<ReasonLabels, Counter>,
+    pub delivery_latency: Histogram,
+    /// Re-subscriptions with `since`: `recovered`, `lost` (the window was gone).
+    pub recoveries: Family<ResultLabels, Counter>,
+    /// JSON-RPC calls: ok, error (the backend's JSON-RPC error), refused (allowlist),
+    /// limited, failed (backend unreachable or not JSON-RPC).
+    pub rpc_calls: Family<ResultLabels, Counter>,
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub hub: HubMetrics,
     /// What `upstream_server_up` reports, read at scrape time.
     upstreams: Arc<UpstreamCollector>,
     /// What `certificate_expiry_timestamp_seconds` reports, swapped whole on reload.
@@ -157,6 +187,18 @@ impl Metrics {
             bans: Family::default(),
             banned_ips: Gauge::default(),
             registry: Registry::default(),
+            hub: HubMetrics {
+                connections: Family::default(),
+                subscriptions: Family::default(),
+                publications: Family::default(),
+                deliveries: Family::default(),
+                drops: Family::default(),
+                disconnects: Family::default(),
+                // 50 µs … ~1.6 s: a fan-out is judged in milliseconds.
+                delivery_latency: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
+                recoveries: Family::default(),
+                rpc_calls: Family::default(),
+            },
             upstreams: Arc::new(UpstreamCollector::default()),
             certificates: Arc::new(CertificateCollector::default()),
         };
@@ -261,6 +303,52 @@ impl Metrics {
             "banned_ips",
             "Addresses (prefixes) banned now",
             metrics.banned_ips.clone(),
+        );
+        let hub = &metrics.hub;
+        registry.register(
+            "hub_connections",
+            "Open hub sessions by endpoint",
+            hub.connections.clone(),
+        );
+        registry.register(
+            "hub_subscriptions",
+            "Channel subscriptions held by this node's sessions, by namespace",
+            hub.subscriptions.clone(),
+        );
+        registry.register(
+            "hub_publications",
+            "Publications accepted, by namespace",
+            hub.publications.clone(),
+        );
+        registry.register(
+            "hub_deliveries",
+            "Publications queued to subscribers, by namespace",
+            hub.deliveries.clone(),
+        );
+        registry.register(
+            "hub_dropped_messages",
+            "Messages not delivered, by reason",
+            hub.drops.clone(),
+        );
+        registry.register(
+            "hub_disconnects",
+            "Hub sessions ended, by reason",
+            hub.disconnects.clone(),
+        );
+        registry.register(
+            "hub_delivery_latency_seconds",
+            "From a publication's acceptance to its write to a subscriber's socket",
+            hub.delivery_latency.clone(),
+        );
+        registry.register(
+            "hub_recoveries",
+            "Re-subscriptions asking to recover missed publications, by result",
+            hub.recoveries.clone(),
+        );
+        registry.register(
+            "hub_rpc_calls",
+            "JSON-RPC requests from hub sessions, by result",
+            hub.rpc_calls.clone(),
         );
         // Results with a fixed set of values start at zero, so alert expressions such as
         // `increase(...{result="failure"}[…])` see a series before the first event.

@@ -60,12 +60,7 @@ pub fn close_websocket<B>(
     reason: &'static str,
     bearer: bool,
 ) -> Result<Response, HttpError> {
-    let accept = if request.method() == Method::CONNECT {
-        websocket::check_opening(request)?;
-        None
-    } else {
-        Some(websocket::check_upgrade(request)?)
-    };
+    let accept = opening_accept(request)?;
     let mut response = accept_websocket(context, request, accept, move |upgraded, shutdown| {
         websocket::close_at_once(upgraded, code, reason, shutdown)
     });
@@ -78,10 +73,21 @@ pub fn close_websocket<B>(
     Ok(response)
 }
 
+/// Checks a WebSocket opening of either kind: the `Sec-WebSocket-Accept` for an HTTP/1.1
+/// upgrade, none for an extended CONNECT.
+pub(super) fn opening_accept<B>(request: &Request<B>) -> Result<Option<HeaderValue>, HttpError> {
+    if request.method() == Method::CONNECT {
+        websocket::check_opening(request)?;
+        Ok(None)
+    } else {
+        websocket::check_upgrade(request).map(Some)
+    }
+}
+
 /// The answer to a checked WebSocket opening, with `run` spawned on the upgraded connection
 /// (holding the connection's slot): a `101` with `accept` for an HTTP/1.1 upgrade, a `200`
 /// for an extended CONNECT (`accept` none).
-fn accept_websocket<B, F, Fut>(
+pub(super) fn accept_websocket<B, F, Fut>(
     context: &EchoContext,
     request: &mut Request<B>,
     accept: Option<HeaderValue>,

@@ -72,6 +72,8 @@ pub struct Pipeline {
     limits: Arc<Limits>,
     /// Hosts with their own client auth, refused over connections without SNI.
     client_auth_names: crate::policy::client_cert::ClientAuthNames,
+    /// The WSS hub: made with the first configuration, handed to each next one.
+    hub: Arc<crate::hub::Hub>,
 }
 
 /// The named verifiers and forward-auth services of one configuration.
@@ -142,6 +144,19 @@ impl Pipeline {
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
         };
+        let hub_config = crate::hub::HubConfig::new(&settings.hub, settings.limits.send_timeout);
+        let hub = match previous {
+            Some(previous) => {
+                previous.hub.configure(hub_config);
+                previous.hub.clone()
+            }
+            None => crate::hub::Hub::new(hub_config, metrics, shutdown, tasks),
+        };
+        let hub_context = HubContext {
+            hub: &hub,
+            previous_closers: previous.map(|p| &p.route_closers),
+            grace: settings.limits.reload_grace,
+        };
         let (routes, unmatched) = route_table(
             settings,
             upstreams.as_deref(),
@@ -149,14 +164,19 @@ impl Pipeline {
             &auth,
             &echo,
             &limits,
+            &hub_context,
         );
         let route_closers = routes
             .iter()
             .map(|route| {
                 let key = route.key();
-                let closer = previous
-                    .and_then(|p| p.route_closers.get(&key).cloned())
-                    .unwrap_or_default();
+                let closer = match &route.target {
+                    // The endpoint holds its token already (its sessions answer to it).
+                    Target::Hub(endpoint) => endpoint.closer.clone(),
+                    _ => previous
+                        .and_then(|p| p.route_closers.get(&key).cloned())
+                        .unwrap_or_default(),
+                };
                 (key, closer)
             })
             .collect();
@@ -179,7 +199,13 @@ impl Pipeline {
             auth,
             limits,
             client_auth_names: crate::policy::client_cert::ClientAuthNames::of(&settings.tls),
+            hub,
         }
+    }
+
+    /// The hub, for the publish API.
+    pub fn hub(&self) -> &Arc<crate::hub::Hub> {
+        &self.hub
     }
 
     /// The limits state: accept-time admission (per-IP caps, bans, listener lists) and the
@@ -366,6 +392,19 @@ impl Pipeline {
                 Box::pin(crate::proxy::tunnel(pool, request, ctx, &terms)).await
             }
             Target::Upstream(pool) => crate::proxy::forward(pool, request, ctx).await,
+            Target::Hub(endpoint) if websocket => {
+                endpoint.prepare(&request, ctx).and_then(|start| {
+                    let accept = builtin::opening_accept(&request)?;
+                    let endpoint = endpoint.clone();
+                    Ok(builtin::accept_websocket(
+                        &self.echo,
+                        &mut request,
+                        accept,
+                        move |upgraded, _shutdown| endpoint.run(start, upgraded),
+                    ))
+                })
+            }
+            Target::Hub(_) => Err(HttpError::UpgradeRequired),
             Target::Builtin(Builtin::Health) => builtin::health(request.method()),
             Target::Builtin(Builtin::Echo) => {
                 builtin::echo(&self.echo, request, route.policy.websocket_idle_timeout)
@@ -385,6 +424,13 @@ fn with_path(uri: &http::Uri, path: &str) -> Option<http::Uri> {
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(path_and_query);
     http::Uri::from_parts(parts).ok()
+}
+
+/// What the route table needs to make hub endpoints.
+struct HubContext<'a> {
+    hub: &'a Arc<crate::hub::Hub>,
+    previous_closers: Option<&'a HashMap<String, CancellationToken>>,
+    grace: Duration,
 }
 
 /// A route's `auth:` and `forward_auth:` with the verifier and service they name.
@@ -427,6 +473,7 @@ fn authentication(
             .contains('{')
             .then(|| (route.path.clone(), route.exact)),
         upgrades: echo.clone(),
+        token_optional: route.hub_endpoint.is_some(),
     }))
 }
 
@@ -439,6 +486,7 @@ fn route_table(
     auth: &AuthServices,
     echo: &builtin::EchoContext,
     limits: &Arc<Limits>,
+    hub: &HubContext<'_>,
 ) -> (RouteTable, Arc<RouteStats>) {
     let stats = |name: &str| Arc::new(RouteStats::new(metrics.clone(), name.to_owned()));
     let (limits, edge) = (&settings.limits, limits);
@@ -459,6 +507,46 @@ fn route_table(
         client_cert: route.map(|r| r.client_cert.clone()).unwrap_or_default(),
     };
     let proxy = &settings.proxy;
+    let route_name =
+        |route: &RouteSettings| format!("{}{}", route.host.as_deref().unwrap_or("*"), route.path);
+    let hub_route = |route: &RouteSettings, index: usize| {
+        let endpoint = settings.hub.endpoints.get(index)?.clone();
+        let name = route_name(route);
+        // The same key `Route::key` gives, so a kept endpoint keeps its sessions' token.
+        let key = format!("{name} -> hub");
+        let closer = hub
+            .previous_closers
+            .and_then(|closers| closers.get(&key).cloned())
+            .unwrap_or_default();
+        let verifier = route
+            .auth
+            .as_ref()
+            .and_then(|a| a.jwt.as_deref())
+            .and_then(|name| auth.verifiers.get(name).cloned());
+        let endpoint = crate::hub::session::Endpoint::new(
+            endpoint,
+            hub.hub.clone(),
+            verifier,
+            closer,
+            hub.grace,
+        );
+        Some(Route {
+            stats: stats(&name),
+            name: name.into(),
+            matcher: Matcher {
+                host: HostMatch::of(route.host.as_deref()),
+                path: route.path.clone(),
+                exact: route.exact,
+            },
+            policy: policy_of(Some(route)),
+            target: Target::Hub(Arc::new(endpoint)),
+        })
+    };
+    let mut hub_routes: Vec<Route> = proxy
+        .routes
+        .iter()
+        .filter_map(|route| hub_route(route, route.hub_endpoint?))
+        .collect();
     match upstreams {
         Some(upstreams) => {
             let upstream_route = |route: &RouteSettings, name: String| {
@@ -475,33 +563,38 @@ fn route_table(
                     target: Target::Upstream(pool),
                 })
             };
-            let routes = proxy
+            let mut routes: Vec<Route> = proxy
                 .routes
                 .iter()
-                .filter_map(|route| {
-                    let name = format!("{}{}", route.host.as_deref().unwrap_or("*"), route.path);
-                    upstream_route(route, name)
-                })
+                .filter(|route| route.hub_endpoint.is_none())
+                .filter_map(|route| upstream_route(route, route_name(route)))
                 .collect();
+            routes.append(&mut hub_routes);
             let default = proxy.default_route.as_ref().and_then(|target| {
                 let route = RouteSettings {
-                    host: None,
-                    path: "/".into(),
-                    exact: false,
                     upstream: target.clone(),
-                    allowed_origins: Vec::new(),
-                    websocket_idle_timeout: None,
-                    max_body_size: None,
-                    auth: None,
-                    forward_auth: None,
-                    cors: None,
-                    websocket: None,
-                    limits: Default::default(),
-                    client_cert: Default::default(),
+                    ..RouteSettings::placeholder("/")
                 };
                 upstream_route(&route, "default".into())
             });
             (RouteTable::new(routes, default), stats("none"))
+        }
+        None if !hub_routes.is_empty() => {
+            // A hub without a proxy: its endpoints, and `/health` unless an endpoint has it.
+            if !hub_routes.iter().any(|r| r.matcher.path == "/health") {
+                hub_routes.push(Route {
+                    name: "builtin".into(),
+                    stats: stats("builtin"),
+                    matcher: Matcher {
+                        host: HostMatch::Any,
+                        path: "/health".into(),
+                        exact: true,
+                    },
+                    policy: policy_of(None),
+                    target: Target::Builtin(Builtin::Health),
+                });
+            }
+            (RouteTable::new(hub_routes, None), stats("none"))
         }
         None => {
             let builtin_stats = stats("builtin");

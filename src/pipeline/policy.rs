@@ -66,6 +66,9 @@ pub struct Authentication {
     pub template: Option<(String, bool)>,
     /// Where a WebSocket accepted only to be closed (`websocket_auth_failure: close`) runs.
     pub upgrades: EchoContext,
+    /// A request without a token passes unauthenticated (a hub endpoint: its session then
+    /// waits for an `auth` message); a bad token is still refused.
+    pub token_optional: bool,
 }
 
 impl PartialEq for Authentication {
@@ -120,6 +123,10 @@ impl Authentication {
                 if bearer {
                     ctx.websocket_protocol = Some("bearer");
                 }
+                return Ok(None);
+            }
+            Err(jwt::AuthFailure::Missing) if self.token_optional && websocket => {
+                self.count(metrics, route, "deferred");
                 return Ok(None);
             }
             Err(failure) => failure,

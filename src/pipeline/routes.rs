@@ -90,6 +90,8 @@ impl Matcher {
 pub enum Target {
     /// A pool of upstream servers (`proxy::forward`, `proxy::tunnel` for WebSockets).
     Upstream(Arc<Pool>),
+    /// A hub endpoint: the session runs in tlsgate (`hub::session`).
+    Hub(Arc<crate::hub::session::Endpoint>),
     /// An answer tlsgate gives itself.
     Builtin(Builtin),
 }
@@ -120,6 +122,7 @@ impl Route {
     pub fn key(&self) -> String {
         match &self.target {
             Target::Upstream(pool) => format!("{} -> {}", self.name, pool.name),
+            Target::Hub(_) => format!("{} -> hub", self.name),
             Target::Builtin(builtin) => format!("{} -> {builtin:?}", self.name),
         }
     }

@@ -331,6 +331,7 @@ impl Server {
                 reload: reload.clone(),
                 // One table for the process's life: reloads hand it over.
                 bans: shared.runtime.load().pipeline.limits().bans().clone(),
+                hub: shared.runtime.load().pipeline.hub().clone(),
             })
         });
         let start = |socket, kind| {

@@ -1,0 +1,367 @@
+//! This node's subscribers: channel → sessions, and every session by id, each session a
+//! [`SessionHandle`] whose bounded outbox publishers fill without waiting on its socket.
+//!
+//! Channels sit in shards of a hash map, each locked only for a probe or one fan-out loop
+//! (never across an `.await`). A fan-out queues one shared `Arc<Publication>` per session;
+//! a session whose outbox is past its bound is kicked (`4429`) and its queue freed, so a
+//! slow client neither slows the others nor grows memory.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+
+use super::Publication;
+use crate::config::hub::QueueSettings;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Something queued for one session.
+#[derive(Debug)]
+pub enum Outgoing {
+    Publication(Arc<Publication>),
+    /// A message the hub made for this session (a join/leave event, a JSON-RPC answer).
+    Text(Utf8Bytes),
+    /// The publish API took this channel's subscription away.
+    Unsubscribed(Arc<str>),
+}
+
+/// Why a session was told to end from outside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kick {
+    /// Its outbox passed `hub.queue`: `4429`.
+    SlowConsumer,
+    /// `POST /hub/disconnect`.
+    Disconnect { code: u16, reason: String },
+}
+
+#[derive(Debug, Default)]
+struct Outbox {
+    items: VecDeque<Outgoing>,
+    bytes: usize,
+    kicked: Option<Kick>,
+}
+
+/// The shared half of a session: what publishers and the publish API reach.
+#[derive(Debug)]
+pub struct SessionHandle {
+    pub id: u64,
+    /// The token's `sub`, once authenticated.
+    user: OnceLock<Arc<str>>,
+    /// Whether publications go out in the envelope form.
+    pub envelope: bool,
+    limits: QueueSettings,
+    outbox: Mutex<Outbox>,
+    /// Something was queued.
+    pub wake: Notify,
+    /// The session must end: see [`SessionHandle::kicked`].
+    pub kick: CancellationToken,
+}
+
+impl SessionHandle {
+    pub fn new(id: u64, envelope: bool, limits: QueueSettings) -> Self {
+        Self {
+            id,
+            user: OnceLock::new(),
+            envelope,
+            limits,
+            outbox: Mutex::default(),
+            wake: Notify::new(),
+            kick: CancellationToken::new(),
+        }
+    }
+
+    pub fn user(&self) -> Option<&Arc<str>> {
+        self.user.get()
+    }
+
+    /// Sets the session's user once (a refresh keeps the same `sub`).
+    pub fn set_user(&self, user: Arc<str>) {
+        let _ = self.user.set(user);
+    }
+
+    /// Queues `item` of `len` bytes; false (and the session kicked) when that passes the
+    /// queue's bound, or the session is already ending.
+    pub fn push(&self, item: Outgoing, len: usize) -> bool {
+        let mut outbox = lock(&self.outbox);
+        if outbox.kicked.is_some() {
+            return false;
+        }
+        if outbox.items.len() >= self.limits.max_messages
+            || (outbox.bytes + len) as u64 > self.limits.max_bytes
+        {
+            outbox.kicked = Some(Kick::SlowConsumer);
+            // Freed now, not when the slow socket finally closes.
+            outbox.items = VecDeque::new();
+            outbox.bytes = 0;
+            drop(outbox);
+            self.kick.cancel();
+            return false;
+        }
+        let was_empty = outbox.items.is_empty();
+        outbox.items.push_back(item);
+        outbox.bytes += len;
+        drop(outbox);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    /// Everything queued, in order; the outbox is left empty (and its memory freed).
+    pub fn take(&self) -> VecDeque<Outgoing> {
+        let mut outbox = lock(&self.outbox);
+        outbox.bytes = 0;
+        std::mem::take(&mut outbox.items)
+    }
+
+    /// Ends the session from outside.
+    pub fn kick(&self, kick: Kick) {
+        let mut outbox = lock(&self.outbox);
+        if outbox.kicked.is_none() {
+            outbox.kicked = Some(kick);
+            outbox.items = VecDeque::new();
+            outbox.bytes = 0;
+        }
+        drop(outbox);
+        self.kick.cancel();
+    }
+
+    pub fn kicked(&self) -> Option<Kick> {
+        lock(&self.outbox).kicked.clone()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Channel {
+    members: HashMap<u64, Arc<SessionHandle>>,
+}
+
+/// One lock's worth of channels.
+type Shard = Mutex<HashMap<Arc<str>, Channel>>;
+
+const SHARDS: usize = 32;
+
+/// Channel → sessions, and session id → session.
+#[derive(Debug)]
+pub struct Registry {
+    shards: Box<[Shard]>,
+    hasher: RandomState,
+    sessions: Mutex<HashMap<u64, Arc<SessionHandle>>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Who is in a channel on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Presence {
+    pub connections: usize,
+    pub users: BTreeSet<String>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            sessions: Mutex::default(),
+        }
+    }
+
+    fn shard(&self, channel: &str) -> MutexGuard<'_, HashMap<Arc<str>, Channel>> {
+        let index = self.hasher.hash_one(channel) as usize % SHARDS;
+        lock(&self.shards[index])
+    }
+
+    pub fn register(&self, session: &Arc<SessionHandle>) {
+        lock(&self.sessions).insert(session.id, session.clone());
+    }
+
+    pub fn deregister(&self, id: u64) {
+        lock(&self.sessions).remove(&id);
+    }
+
+    pub fn session_count(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+
+    /// The sessions whose user is `user`.
+    pub fn sessions_of(&self, user: &str) -> Vec<Arc<SessionHandle>> {
+        lock(&self.sessions)
+            .values()
+            .filter(|s| s.user().is_some_and(|u| **u == *user))
+            .cloned()
+            .collect()
+    }
+
+    /// Adds `session` to `channel`; false when it was there already.
+    pub fn subscribe(&self, channel: &Arc<str>, session: &Arc<SessionHandle>) -> bool {
+        let mut shard = self.shard(channel);
+        let entry = shard.entry(channel.clone()).or_default();
+        entry.members.insert(session.id, session.clone()).is_none()
+    }
+
+    /// Removes session `id` from `channel`; false when it was not there.
+    pub fn unsubscribe(&self, channel: &str, id: u64) -> bool {
+        let mut shard = self.shard(channel);
+        let Some(entry) = shard.get_mut(channel) else {
+            return false;
+        };
+        let removed = entry.members.remove(&id).is_some();
+        if entry.members.is_empty() {
+            shard.remove(channel);
+        }
+        removed
+    }
+
+    /// Queues `publication` to every subscriber of its channel here; how many took it.
+    pub fn deliver(&self, publication: &Arc<Publication>) -> usize {
+        let shard = self.shard(&publication.channel);
+        let Some(channel) = shard.get(&*publication.channel) else {
+            return 0;
+        };
+        // Both forms' lengths are known before the loop (the envelope made at most once).
+        let raw_len = publication.data.len();
+        let mut envelope_len = None;
+        let mut delivered = 0;
+        for session in channel.members.values() {
+            let len = if session.envelope {
+                *envelope_len.get_or_insert_with(|| publication.envelope().len())
+            } else {
+                raw_len
+            };
+            if session.push(Outgoing::Publication(publication.clone()), len) {
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+
+    /// Queues `text` to every subscriber of `channel` but `except` (join/leave events).
+    pub fn deliver_text(&self, channel: &str, text: &Utf8Bytes, except: u64) {
+        let shard = self.shard(channel);
+        if let Some(channel) = shard.get(channel) {
+            for session in channel.members.values().filter(|s| s.id != except) {
+                session.push(Outgoing::Text(text.clone()), text.len());
+            }
+        }
+    }
+
+    pub fn presence(&self, channel: &str) -> Presence {
+        let shard = self.shard(channel);
+        let Some(channel) = shard.get(channel) else {
+            return Presence::default();
+        };
+        Presence {
+            connections: channel.members.len(),
+            users: channel
+                .members
+                .values()
+                .filter_map(|s| s.user().map(|u| u.to_string()))
+                .collect(),
+        }
+    }
+
+    /// Every channel with subscribers here, with their count, sorted by name.
+    pub fn channels(&self) -> Vec<(String, usize)> {
+        let mut all: Vec<(String, usize)> = self
+            .shards
+            .iter()
+            .flat_map(|shard| {
+                lock(shard)
+                    .iter()
+                    .map(|(name, c)| (name.to_string(), c.members.len()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        all.sort();
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::Position;
+
+    fn publication(channel: &str, offset: u64, data: &str) -> Arc<Publication> {
+        let position = Position {
+            epoch: Arc::from("e"),
+            offset,
+        };
+        Arc::new(Publication::new(
+            Arc::from(channel),
+            &position,
+            Utf8Bytes::from(data.to_owned()),
+        ))
+    }
+
+    #[test]
+    fn a_publication_reaches_each_subscriber_once_and_only_its_channel() {
+        let registry = Registry::new();
+        let limits = QueueSettings::default();
+        let a = Arc::new(SessionHandle::new(1, false, limits));
+        let b = Arc::new(SessionHandle::new(2, true, limits));
+        let prices: Arc<str> = Arc::from("prices");
+        assert!(registry.subscribe(&prices, &a));
+        assert!(
+            !registry.subscribe(&prices, &a),
+            "a second subscribe is not a second member"
+        );
+        registry.subscribe(&prices, &b);
+        registry.subscribe(&Arc::from("chat:1"), &b);
+        assert_eq!(registry.deliver(&publication("prices", 1, "{\"p\":1}")), 2);
+        assert_eq!(a.take().len(), 1);
+        match b.take().pop_front() {
+            Some(Outgoing::Publication(p)) => assert_eq!(
+                p.frame(true).as_str(),
+                "{\"type\":\"message\",\"channel\":\"prices\",\"epoch\":\"e\",\"offset\":1,\"data\":{\"p\":1}}"
+            ),
+            other => panic!("expected the publication, got {other:?}"),
+        }
+        assert!(registry.unsubscribe("prices", 1));
+        assert_eq!(registry.deliver(&publication("prices", 2, "{}")), 1);
+        assert_eq!(
+            registry.channels(),
+            [("chat:1".to_owned(), 1), ("prices".to_owned(), 1)]
+        );
+    }
+
+    #[test]
+    fn a_subscriber_past_its_queue_bound_is_kicked_and_its_queue_freed() {
+        let registry = Registry::new();
+        let limits = QueueSettings {
+            max_messages: 3,
+            max_bytes: 1 << 20,
+        };
+        let slow = Arc::new(SessionHandle::new(1, false, limits));
+        let fast = Arc::new(SessionHandle::new(2, false, limits));
+        let channel: Arc<str> = Arc::from("prices");
+        registry.subscribe(&channel, &slow);
+        registry.subscribe(&channel, &fast);
+        for offset in 1..=3 {
+            assert_eq!(registry.deliver(&publication("prices", offset, "1")), 2);
+            fast.take();
+        }
+        // The fourth finds the slow one's queue full: it is kicked, the fast one is not.
+        assert_eq!(registry.deliver(&publication("prices", 4, "1")), 1);
+        assert_eq!(slow.kicked(), Some(Kick::SlowConsumer));
+        assert!(slow.kick.is_cancelled());
+        assert!(slow.take().is_empty());
+        assert_eq!(fast.take().len(), 1);
+        assert_eq!(fast.kicked(), None);
+    }
+}

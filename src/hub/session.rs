@@ -1,0 +1,1187 @@
+//! One hub session: the task that owns a subscriber's WebSocket from its `101` to its close.
+//!
+//! The task waits on, in order of precedence: shutdown (queued messages are flushed, then
+//! `1001`), a kick from outside (`4429` for a queue past its bound, or the publish API's
+//! disconnect), the endpoint's removal by a reload (`1001` after a random part of
+//! `reload_grace`), its outbox, the client's next message, and one timer for whichever comes
+//! first of the next ping, the pong deadline, the token's expiry (`4003`) and the
+//! first-message authentication deadline (`4001`).
+//!
+//! Publications are written from the shared [`Publication`](super::Publication) bytes; a
+//! recovered subscription skips live copies of what the recovery already sent.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Map, Value};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+
+use super::protocol::{self, into_map, Command, Refusal};
+use super::registry::{Kick, Outgoing, SessionHandle};
+use super::{Hub, Recovery};
+use crate::config::hub::{
+    namespace_of, valid_channel, EndpointSettings, Requirement, RequirementTest, Template,
+    TemplatePart,
+};
+use crate::http::context::RequestContext;
+use crate::http::error::HttpError;
+use crate::metrics::{EndpointLabels, NamespaceLabels, ReasonLabels, ResultLabels};
+use crate::policy::jwt::{Claims, Verifier};
+use crate::tls::TlsConnectionIo;
+
+/// Channels one session may hold.
+const MAX_SUBSCRIPTIONS: usize = 1000;
+/// How long a closing session waits for the client's close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// A hub endpoint of one configuration (`Target::Hub`).
+pub struct Endpoint {
+    pub settings: EndpointSettings,
+    pub hub: Arc<Hub>,
+    /// The endpoint's JWT verifier: for `auth`/`refresh` messages and JSON-RPC's
+    /// `params.auth_token`.
+    pub verifier: Option<Arc<Verifier>>,
+    /// Whether a session must be authenticated (the endpoint has `auth:`).
+    pub auth_required: bool,
+    pub rpc: Option<super::rpc::Forwarder>,
+    /// Cancelled when a reload removes the endpoint's route.
+    pub closer: CancellationToken,
+    /// `limits.reload_grace`: removal closes are spread over it.
+    pub grace: Duration,
+    label: EndpointLabels,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("path", &self.settings.route.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a session starts with, read from its opening request.
+#[derive(Debug)]
+pub struct Start {
+    parameters: Vec<(String, String)>,
+    channels: Vec<String>,
+    since: HashMap<String, (String, u64)>,
+    claims: Option<Claims>,
+    client: IpAddr,
+}
+
+impl Endpoint {
+    pub fn new(
+        settings: EndpointSettings,
+        hub: Arc<Hub>,
+        verifier: Option<Arc<Verifier>>,
+        closer: CancellationToken,
+        grace: Duration,
+    ) -> Self {
+        let rpc = settings
+            .rpc
+            .clone()
+            .map(|rpc| super::rpc::Forwarder::new(rpc, &settings.route.path));
+        Self {
+            label: EndpointLabels {
+                endpoint: settings.route.path.clone(),
+            },
+            auth_required: settings.route.auth.is_some(),
+            settings,
+            hub,
+            verifier,
+            rpc,
+            closer,
+            grace,
+        }
+    }
+
+    /// Reads the opening request: path parameters, `?channels=`, `?since.CHANNEL=`, and the
+    /// claims the policy stage verified.
+    pub fn prepare<B>(
+        &self,
+        request: &http::Request<B>,
+        ctx: &RequestContext,
+    ) -> Result<Start, HttpError> {
+        let route = &self.settings.route;
+        // `;parameters` are not part of a segment's value (routes ignore them too).
+        let path: String = request
+            .uri()
+            .path()
+            .split('/')
+            .map(|segment| segment.split(';').next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("/");
+        let parameters = if route.path.contains('{') {
+            crate::policy::jwt::match_template(&route.path, &path, route.exact).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let mut channels = Vec::new();
+        let mut since = HashMap::new();
+        for pair in request.uri().query().unwrap_or("").split('&') {
+            let Some((name, value)) = pair.split_once('=') else {
+                continue;
+            };
+            let value = percent_decode(value);
+            if !self.settings.channels_param.is_empty() && name == self.settings.channels_param {
+                for channel in value.split(',').filter(|c| !c.is_empty()) {
+                    if channels.len() >= MAX_SUBSCRIPTIONS {
+                        return Err(HttpError::BadRequest("too many channels"));
+                    }
+                    channels.push(channel.to_owned());
+                }
+            } else if let Some(channel) = name.strip_prefix("since.") {
+                let parsed = value
+                    .rsplit_once(':')
+                    .and_then(|(epoch, offset)| Some((epoch.to_owned(), offset.parse().ok()?)))
+                    .ok_or(HttpError::BadRequest(
+                        "`since.CHANNEL` must be EPOCH:OFFSET",
+                    ))?;
+                since.insert(percent_decode(channel), parsed);
+            }
+        }
+        Ok(Start {
+            parameters,
+            channels,
+            since,
+            claims: ctx.claims.clone(),
+            client: ctx.client_ip,
+        })
+    }
+
+    /// Runs the session on the upgraded connection until it closes.
+    pub async fn run(self: Arc<Self>, start: Start, upgraded: Upgraded) {
+        let config = socket_config(self.settings.max_message_size);
+        // The bare TLS stream when hyper hands it back: an idle session then holds no HTTP
+        // machinery. Boxed, so the session's future stays small.
+        match upgraded.downcast::<TlsConnectionIo>() {
+            Ok(parts) => {
+                let socket = WebSocketStream::from_partially_read(
+                    Box::new(parts.io.into_inner()),
+                    parts.read_buf.to_vec(),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                Session::new(self, socket).serve(start).await;
+            }
+            Err(upgraded) => {
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                Session::new(self, socket).serve(start).await;
+            }
+        }
+    }
+}
+
+/// Small buffers: an idle session should cost little. A burst grows them for its length.
+fn socket_config(max_message: u64) -> WebSocketConfig {
+    let max = usize::try_from(max_message).unwrap_or(usize::MAX);
+    WebSocketConfig::default()
+        .read_buffer_size(512)
+        .write_buffer_size(16 * 1024)
+        .max_write_buffer_size(1 << 20)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    let hex = |b: u8| (b as char).to_digit(16);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// How a session ends.
+#[derive(Debug)]
+enum Ending {
+    /// Send this close frame.
+    Close(u16, Cow<'static, str>, &'static str),
+    /// The client closed, or the socket is gone: nothing more to send.
+    Gone(&'static str),
+}
+
+impl Ending {
+    fn close(code: u16, reason: &'static str, metric: &'static str) -> Self {
+        Ending::Close(code, Cow::Borrowed(reason), metric)
+    }
+
+    fn metric(&self) -> &'static str {
+        match self {
+            Ending::Close(_, _, metric) | Ending::Gone(metric) => metric,
+        }
+    }
+}
+
+struct Subscription {
+    /// Live copies at or below this offset were sent by the recovery.
+    recovered_up_to: u64,
+    label: NamespaceLabels,
+}
+
+struct Session<S> {
+    socket: WebSocketStream<S>,
+    endpoint: Arc<Endpoint>,
+    hub: Arc<Hub>,
+    handle: Arc<SessionHandle>,
+    claims: Option<Claims>,
+    parameters: Vec<(String, String)>,
+    subscriptions: HashMap<Arc<str>, Subscription>,
+    expires: Option<Instant>,
+    auth_deadline: Option<Instant>,
+    next_ping: Instant,
+    pong_due: Option<Instant>,
+    rpc: Option<super::rpc::Budgets>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    fn new(endpoint: Arc<Endpoint>, socket: WebSocketStream<S>) -> Self {
+        let hub = endpoint.hub.clone();
+        let config = hub.config();
+        let handle = Arc::new(SessionHandle::new(
+            hub.next_session_id(),
+            endpoint.settings.envelope,
+            config.settings.queue,
+        ));
+        let rpc = endpoint.rpc.as_ref().map(|rpc| rpc.budgets());
+        Self {
+            socket,
+            next_ping: Instant::now() + config.settings.ping_interval,
+            hub: hub.clone(),
+            endpoint,
+            handle,
+            claims: None,
+            parameters: Vec::new(),
+            subscriptions: HashMap::new(),
+            expires: None,
+            auth_deadline: None,
+            pong_due: None,
+            rpc,
+        }
+    }
+
+    async fn serve(mut self, start: Start) {
+        let gauge = self
+            .hub
+            .metrics
+            .hub
+            .connections
+            .get_or_create(&self.endpoint.label)
+            .clone();
+        gauge.inc();
+        self.hub.registry.register(&self.handle);
+        let client = start.client;
+        let ending = match self.begin(start).await {
+            Ok(()) => self.run().await,
+            Err(ending) => ending,
+        };
+        tracing::debug!(endpoint = %self.endpoint.settings.route.path, %client, session = self.handle.id, reason = ending.metric(), "hub session ended");
+        self.finish(ending).await;
+        gauge.dec();
+    }
+
+    /// The endpoint's requirement, its server-side subscriptions and the `?channels=` ones.
+    async fn begin(&mut self, start: Start) -> Result<(), Ending> {
+        self.parameters = start.parameters;
+        match start.claims {
+            Some(claims) => self.authenticated(claims).await?,
+            None if self.endpoint.auth_required => {
+                self.auth_deadline = Some(Instant::now() + self.hub.config().settings.auth_timeout);
+            }
+            None => self.server_subscriptions().await?,
+        }
+        for channel in start.channels {
+            let since = start.since.get(&channel).cloned();
+            let announce = since.is_some();
+            self.subscribe(&channel, since, None, true, announce)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Takes verified claims: the endpoint's requirement (else `4003`), the expiry timer,
+    /// the user, the server-side subscriptions.
+    async fn authenticated(&mut self, claims: Claims) -> Result<(), Ending> {
+        let requirements = &self.endpoint.settings.require;
+        if !requirements
+            .iter()
+            .all(|rule| satisfied(rule, Some(&claims), &self.parameters))
+        {
+            return Err(Ending::close(4003, "forbidden", "forbidden"));
+        }
+        self.expires = expiry(&claims);
+        if let Some(sub) = claims.get("sub").and_then(claim_text) {
+            self.handle.set_user(Arc::from(sub));
+        }
+        self.claims = Some(claims);
+        self.auth_deadline = None;
+        self.server_subscriptions().await
+    }
+
+    async fn server_subscriptions(&mut self) -> Result<(), Ending> {
+        let templates = self.endpoint.settings.subscribe.clone();
+        for template in &templates {
+            let Some(channel) = fill(template, self.claims.as_deref(), &self.parameters) else {
+                continue;
+            };
+            self.subscribe(&channel, None, None, false, false).await?;
+        }
+        Ok(())
+    }
+
+    async fn run(&mut self) -> Ending {
+        let shutdown = self.hub.shutdown.clone();
+        let closer = self.endpoint.closer.clone();
+        let kick = self.handle.kick.clone();
+        let handle = self.handle.clone();
+        let mut removal: Option<Instant> = None;
+        loop {
+            let deadline = self.deadline(removal);
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    // What was published before the shutdown still goes out.
+                    let _ = tokio::time::timeout(CLOSE_WAIT, self.flush_outbox()).await;
+                    return Ending::close(1001, "server shutting down", "shutdown");
+                }
+                () = kick.cancelled() => return self.kicked(),
+                () = closer.cancelled(), if removal.is_none() => {
+                    removal = Some(Instant::now() + random_part(self.endpoint.grace));
+                }
+                () = handle.wake.notified() => {
+                    if let Err(ending) = self.flush_bounded(&kick).await {
+                        return ending;
+                    }
+                }
+                message = self.socket.next() => {
+                    let outcome = match message {
+                        None => Err(Ending::Gone("client_closed")),
+                        Some(Ok(message)) => self.on_message(message).await,
+                        Some(Err(error)) => Err(read_error(error)),
+                    };
+                    if let Err(ending) = outcome {
+                        return ending;
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    if let Err(ending) = self.on_timer(removal).await {
+                        return ending;
+                    }
+                }
+            }
+        }
+    }
+
+    fn deadline(&self, removal: Option<Instant>) -> Instant {
+        [
+            Some(self.next_ping),
+            self.pong_due,
+            self.expires,
+            self.auth_deadline,
+            removal,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(self.next_ping)
+    }
+
+    async fn on_timer(&mut self, removal: Option<Instant>) -> Result<(), Ending> {
+        let now = Instant::now();
+        if removal.is_some_and(|at| at <= now) {
+            return Err(Ending::close(1001, "endpoint removed", "endpoint_removed"));
+        }
+        if self.auth_deadline.is_some_and(|at| at <= now) {
+            return Err(Ending::close(4001, "no token", "auth_timeout"));
+        }
+        if self.expires.is_some_and(|at| at <= now) {
+            return Err(Ending::close(4003, "token expired", "token_expired"));
+        }
+        if self.pong_due.is_some_and(|at| at <= now) {
+            return Err(Ending::close(1001, "no pong", "ping_timeout"));
+        }
+        if self.next_ping <= now {
+            let config = self.hub.config();
+            self.next_ping = now + config.settings.ping_interval;
+            if self.pong_due.is_none() {
+                self.pong_due = Some(now + config.settings.pong_timeout);
+            }
+            drop(config);
+            self.socket
+                .send(Message::Ping(Bytes::new()))
+                .await
+                .map_err(|_| Ending::Gone("write_failed"))?;
+        }
+        Ok(())
+    }
+
+    fn kicked(&self) -> Ending {
+        match self.handle.kicked() {
+            Some(Kick::SlowConsumer) => {
+                self.hub
+                    .metrics
+                    .hub
+                    .drops
+                    .get_or_create(&ReasonLabels {
+                        reason: "slow_consumer".into(),
+                    })
+                    .inc();
+                Ending::close(4429, "too slow: outbound queue full", "slow_consumer")
+            }
+            Some(Kick::Disconnect { code, reason }) => {
+                Ending::Close(code, Cow::Owned(reason), "disconnected")
+            }
+            None => Ending::Gone("kicked"),
+        }
+    }
+
+    /// Writes the outbox within `send_timeout`, unless a kick comes first.
+    async fn flush_bounded(&mut self, kick: &CancellationToken) -> Result<(), Ending> {
+        let limit = self.hub.config().send_timeout;
+        let outcome = tokio::select! {
+            outcome = tokio::time::timeout(limit, self.flush_outbox()) => Some(outcome),
+            () = kick.cancelled() => None,
+        };
+        match outcome {
+            Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(_))) => Err(Ending::Gone("write_failed")),
+            Some(Err(_)) => Err(Ending::Gone("send_timeout")),
+            None => Err(self.kicked()),
+        }
+    }
+
+    async fn flush_outbox(&mut self) -> Result<(), WsError> {
+        let items = self.handle.take();
+        if items.is_empty() {
+            return Ok(());
+        }
+        let hub = self.hub.clone();
+        let latency = &hub.metrics.hub.delivery_latency;
+        for item in items {
+            match item {
+                Outgoing::Publication(publication) => {
+                    let Some(subscription) = self.subscriptions.get(&*publication.channel) else {
+                        continue;
+                    };
+                    if publication.offset <= subscription.recovered_up_to {
+                        continue;
+                    }
+                    let frame = publication.frame(self.handle.envelope).clone();
+                    self.socket.feed(Message::Text(frame)).await?;
+                    latency.observe(publication.accepted.elapsed().as_secs_f64());
+                }
+                Outgoing::Text(text) => self.socket.feed(Message::Text(text)).await?,
+                Outgoing::Unsubscribed(channel) => {
+                    if self.drop_subscription(&channel) {
+                        let text = json!({"type": "unsubscribed", "channel": &*channel});
+                        self.socket
+                            .feed(Message::Text(text.to_string().into()))
+                            .await?;
+                    }
+                }
+            }
+        }
+        self.socket.flush().await
+    }
+
+    async fn send(&mut self, text: String) -> Result<(), Ending> {
+        self.socket
+            .send(Message::Text(text.into()))
+            .await
+            .map_err(|_| Ending::Gone("write_failed"))
+    }
+
+    async fn on_message(&mut self, message: Message) -> Result<(), Ending> {
+        match message {
+            Message::Text(text) if self.endpoint.settings.echo => self
+                .socket
+                .send(Message::Text(text))
+                .await
+                .map_err(|_| Ending::Gone("write_failed")),
+            Message::Binary(data) if self.endpoint.settings.echo => self
+                .socket
+                .send(Message::Binary(data))
+                .await
+                .map_err(|_| Ending::Gone("write_failed")),
+            Message::Text(text) => self.on_text(text).await,
+            Message::Binary(_) => Err(Ending::close(
+                1008,
+                "binary messages are not accepted",
+                "protocol",
+            )),
+            Message::Pong(_) => {
+                self.pong_due = None;
+                Ok(())
+            }
+            // tungstenite answers pings itself.
+            Message::Ping(_) | Message::Frame(_) => Ok(()),
+            Message::Close(_) => Err(Ending::Gone("client_closed")),
+        }
+    }
+
+    async fn on_text(&mut self, text: Utf8Bytes) -> Result<(), Ending> {
+        let request = match protocol::parse(text.as_str()) {
+            Ok(request) => request,
+            Err(refusal) => return self.send(refusal.to_text()).await,
+        };
+        let id = request.id;
+        let unauthenticated = self.endpoint.auth_required && self.claims.is_none();
+        match request.command {
+            Command::Ping => {
+                let reply = protocol::reply(id.as_ref(), into_map(json!({"type": "pong"})));
+                self.send(reply).await
+            }
+            Command::Auth { token } => self.on_auth(token, id).await,
+            Command::Rpc(call) => self.on_rpc(call, text, id).await,
+            _ if unauthenticated => {
+                let refusal = Refusal::new(
+                    id,
+                    "unauthenticated",
+                    "send {\"action\":\"auth\",\"token\":…} first",
+                );
+                self.send(refusal.to_text()).await
+            }
+            Command::Subscribe { channels, since } => {
+                for channel in channels {
+                    self.subscribe(&channel, since.clone(), id.as_ref(), true, true)
+                        .await?;
+                }
+                Ok(())
+            }
+            Command::Unsubscribe { channels } => {
+                for channel in channels {
+                    self.drop_subscription(&channel);
+                    let reply = protocol::reply(
+                        id.as_ref(),
+                        into_map(json!({"type": "unsubscribed", "channel": channel})),
+                    );
+                    self.send(reply).await?;
+                }
+                Ok(())
+            }
+            Command::Refresh { token } => self.on_refresh(token, id).await,
+            Command::Presence { channel } => self.on_presence(channel, id).await,
+            Command::Publish { channel, data } => self.on_publish(channel, data, id).await,
+        }
+    }
+
+    /// Subscribes to `channel`. `client`: asked by the client (the namespace's policy
+    /// applies; server-side subscriptions from the endpoint need none). `announce`: reply
+    /// with `subscribed` (a subscribe action, or a query subscription asking to recover).
+    async fn subscribe(
+        &mut self,
+        channel: &str,
+        since: Option<(String, u64)>,
+        id: Option<&Value>,
+        client: bool,
+        announce: bool,
+    ) -> Result<(), Ending> {
+        if let Err(refusal) = self.may_subscribe(channel, client, id) {
+            return self.send(refusal.to_text()).await;
+        }
+        let name: Arc<str> = Arc::from(channel);
+        let config = self.hub.config();
+        let label = config.label(channel);
+        let (namespace, _) = config.namespace(channel);
+        let join_leave = namespace.join_leave;
+        drop(config);
+        if !self.subscriptions.contains_key(channel) {
+            self.hub.registry.subscribe(&name, &self.handle);
+            self.hub
+                .metrics
+                .hub
+                .subscriptions
+                .get_or_create(&label)
+                .inc();
+            self.subscriptions.insert(
+                name.clone(),
+                Subscription {
+                    recovered_up_to: 0,
+                    label,
+                },
+            );
+            if join_leave {
+                self.presence_event("join", channel);
+            }
+        }
+        let history = self.hub.history().clone();
+        let mut reply = into_map(json!({"type": "subscribed", "channel": channel}));
+        let mut recovered = Vec::new();
+        match since {
+            Some((epoch, offset)) => {
+                let outcome = history.since(channel, &epoch, offset).await;
+                let (result, position) = match outcome {
+                    Recovery::Recovered(entries, position) => {
+                        recovered = entries;
+                        ("recovered", position)
+                    }
+                    Recovery::Lost(position) => ("lost", position),
+                };
+                self.hub
+                    .metrics
+                    .hub
+                    .recoveries
+                    .get_or_create(&ResultLabels {
+                        result: result.into(),
+                    })
+                    .inc();
+                if let Some(subscription) = self.subscriptions.get_mut(channel) {
+                    subscription.recovered_up_to = position.offset;
+                }
+                reply.insert("recovered".into(), Value::Bool(result == "recovered"));
+                reply.insert("epoch".into(), Value::from(&*position.epoch));
+                reply.insert("offset".into(), Value::from(position.offset));
+                if !announce {
+                    return self.send_recovered(&name, &position.epoch, recovered).await;
+                }
+                self.send(protocol::reply(id, reply)).await?;
+                let epoch = position.epoch.clone();
+                self.send_recovered(&name, &epoch, recovered).await
+            }
+            None if announce => {
+                let position = history.top(channel).await;
+                reply.insert("epoch".into(), Value::from(&*position.epoch));
+                reply.insert("offset".into(), Value::from(position.offset));
+                self.send(protocol::reply(id, reply)).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn send_recovered(
+        &mut self,
+        channel: &Arc<str>,
+        epoch: &Arc<str>,
+        entries: Vec<super::history::Entry>,
+    ) -> Result<(), Ending> {
+        for entry in entries {
+            let position = super::Position {
+                epoch: epoch.clone(),
+                offset: entry.offset,
+            };
+            let publication = super::Publication::new(channel.clone(), &position, entry.data);
+            let frame = publication.frame(self.handle.envelope).clone();
+            self.socket
+                .feed(Message::Text(frame))
+                .await
+                .map_err(|_| Ending::Gone("write_failed"))?;
+        }
+        self.socket
+            .flush()
+            .await
+            .map_err(|_| Ending::Gone("write_failed"))
+    }
+
+    /// Whether this session may subscribe to `channel`.
+    fn may_subscribe(
+        &self,
+        channel: &str,
+        client: bool,
+        id: Option<&Value>,
+    ) -> Result<(), Refusal> {
+        let id = || id.cloned();
+        if !valid_channel(channel) {
+            return Err(Refusal::new(
+                id(),
+                "bad_channel",
+                "channel names are 1-255 letters, digits and - _ . : @ / = ~ !",
+            ));
+        }
+        if !self.subscriptions.contains_key(channel)
+            && self.subscriptions.len() >= MAX_SUBSCRIPTIONS
+        {
+            return Err(Refusal::new(
+                id(),
+                "too_many_channels",
+                format!("at most {MAX_SUBSCRIPTIONS} channels per connection"),
+            ));
+        }
+        if !client {
+            return Ok(());
+        }
+        self.client_may(channel, |ns| ns.client_subscribe, "subscribe to", id())
+    }
+
+    /// The namespace's policy for a client's subscription or publication.
+    fn client_may(
+        &self,
+        channel: &str,
+        allowed: impl Fn(&crate::config::hub::NamespaceSettings) -> bool,
+        what: &str,
+        id: Option<Value>,
+    ) -> Result<(), Refusal> {
+        let config = self.hub.config();
+        let (namespace, known) = config.namespace(channel);
+        let ns_name = namespace_of(channel);
+        if !known {
+            return Err(Refusal::new(
+                id,
+                "unknown_namespace",
+                format!("no namespace `{ns_name}` is configured"),
+            ));
+        }
+        if !allowed(namespace) {
+            return Err(Refusal::new(
+                id,
+                "forbidden",
+                format!("clients may not {what} namespace `{ns_name}`"),
+            ));
+        }
+        let rest = channel.split_once(':').map_or("", |(_, rest)| rest);
+        let mut parameters = self.parameters.clone();
+        parameters.push(("channel".into(), rest.to_owned()));
+        let claims = self.claims.as_deref();
+        if !namespace
+            .require
+            .iter()
+            .all(|rule| satisfied(rule, claims, &parameters))
+        {
+            return Err(Refusal::new(
+                id,
+                "forbidden",
+                "the token's claims do not allow this channel",
+            ));
+        }
+        if let Some(claim) = &namespace.channels_claim {
+            let listed = claims
+                .and_then(|c| c.get(claim))
+                .and_then(Value::as_array)
+                .is_some_and(|patterns| {
+                    patterns
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .any(|pattern| glob(pattern, channel))
+                });
+            if !listed {
+                return Err(Refusal::new(
+                    id,
+                    "forbidden",
+                    format!("the token's `{claim}` claim does not list this channel"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves `channel`; false when not subscribed.
+    fn drop_subscription(&mut self, channel: &str) -> bool {
+        let Some(subscription) = self.subscriptions.remove(channel) else {
+            return false;
+        };
+        self.hub.registry.unsubscribe(channel, self.handle.id);
+        self.hub
+            .metrics
+            .hub
+            .subscriptions
+            .get_or_create(&subscription.label)
+            .dec();
+        if self.hub.config().namespace(channel).0.join_leave {
+            self.presence_event("leave", channel);
+        }
+        true
+    }
+
+    fn presence_event(&self, kind: &str, channel: &str) {
+        let user = self.handle.user().map(|u| u.to_string());
+        let text = json!({"type": kind, "channel": channel, "user": user}).to_string();
+        self.hub
+            .registry
+            .deliver_text(channel, &Utf8Bytes::from(text), self.handle.id);
+    }
+
+    async fn on_auth(&mut self, token: String, id: Option<Value>) -> Result<(), Ending> {
+        if self.claims.is_some() {
+            let refusal = Refusal::new(
+                id,
+                "already_authenticated",
+                "use {\"action\":\"refresh\"} to replace the token",
+            );
+            return self.send(refusal.to_text()).await;
+        }
+        let Some(verifier) = self.endpoint.verifier.clone() else {
+            let refusal = Refusal::new(id, "bad_request", "this endpoint takes no token");
+            return self.send(refusal.to_text()).await;
+        };
+        match verifier.verify(&token).await {
+            Ok(claims) => {
+                self.authenticated(claims.clone()).await?;
+                let reply = into_map(json!({
+                    "type": "authenticated",
+                    "user": claims.get("sub"),
+                    "expires": claims.get("exp"),
+                }));
+                self.send(protocol::reply(id.as_ref(), reply)).await
+            }
+            Err(error) => {
+                // Never the token: only why it was refused.
+                tracing::info!(endpoint = %self.endpoint.settings.route.path, result = error.result(), "hub authentication refused");
+                Err(Ending::close(4003, "invalid token", "auth_refused"))
+            }
+        }
+    }
+
+    async fn on_refresh(&mut self, token: String, id: Option<Value>) -> Result<(), Ending> {
+        let Some(verifier) = self.endpoint.verifier.clone() else {
+            let refusal = Refusal::new(id, "bad_request", "this endpoint takes no token");
+            return self.send(refusal.to_text()).await;
+        };
+        let refusal = match verifier.verify(&token).await {
+            Ok(claims) => {
+                let sub = claims.get("sub").and_then(claim_text);
+                let same = self.handle.user().map(|u| u.to_string()) == sub;
+                if same {
+                    self.expires = expiry(&claims);
+                    let reply =
+                        into_map(json!({"type": "refreshed", "expires": claims.get("exp")}));
+                    self.claims = Some(claims);
+                    return self.send(protocol::reply(id.as_ref(), reply)).await;
+                }
+                Refusal::new(id, "forbidden", "the new token is for another user")
+            }
+            Err(error) => Refusal::new(id, "invalid_token", error.to_string()),
+        };
+        self.send(refusal.to_text()).await
+    }
+
+    async fn on_presence(&mut self, channel: String, id: Option<Value>) -> Result<(), Ending> {
+        let config = self.hub.config();
+        let on = config.namespace(&channel).0.presence;
+        drop(config);
+        let permitted = self.subscriptions.contains_key(channel.as_str())
+            || self
+                .client_may(&channel, |ns| ns.client_subscribe, "subscribe to", None)
+                .is_ok();
+        if !on || !permitted {
+            let refusal = Refusal::new(id, "forbidden", "presence is off for this channel");
+            return self.send(refusal.to_text()).await;
+        }
+        let presence = self.hub.registry.presence(&channel);
+        let reply = into_map(json!({
+            "type": "presence",
+            "channel": channel,
+            "connections": presence.connections,
+            "users": presence.users,
+        }));
+        self.send(protocol::reply(id.as_ref(), reply)).await
+    }
+
+    async fn on_publish(
+        &mut self,
+        channel: String,
+        data: String,
+        id: Option<Value>,
+    ) -> Result<(), Ending> {
+        if let Err(refusal) =
+            self.client_may(&channel, |ns| ns.client_publish, "publish to", id.clone())
+        {
+            return self.send(refusal.to_text()).await;
+        }
+        match self.hub.publish(&channel, Bytes::from(data), None).await {
+            Ok(published) => {
+                let reply = into_map(json!({
+                    "type": "published",
+                    "channel": channel,
+                    "epoch": published.epoch,
+                    "offset": published.offset,
+                }));
+                self.send(protocol::reply(id.as_ref(), reply)).await
+            }
+            Err(error) => {
+                let refusal = Refusal::new(id, error.code(), error.to_string());
+                self.send(refusal.to_text()).await
+            }
+        }
+    }
+
+    async fn on_rpc(
+        &mut self,
+        call: Map<String, Value>,
+        text: Utf8Bytes,
+        id: Option<Value>,
+    ) -> Result<(), Ending> {
+        let endpoint = self.endpoint.clone();
+        let Some(forwarder) = endpoint.rpc.as_ref() else {
+            let text = super::rpc::error_response(
+                id.as_ref(),
+                -32601,
+                "this endpoint forwards no JSON-RPC",
+            );
+            return self.send(text).await;
+        };
+        // `params.auth_token` (seed 003) authenticates the connection when nothing else did.
+        if self.claims.is_none() {
+            let token = call
+                .get("params")
+                .and_then(|p| p.get("auth_token"))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            match (token, self.endpoint.verifier.clone()) {
+                (Some(token), Some(verifier)) => match verifier.verify(&token).await {
+                    Ok(claims) => self.authenticated(claims).await?,
+                    Err(error) => {
+                        let text = super::rpc::error_response(
+                            id.as_ref(),
+                            -32001,
+                            &format!("unauthorized: {error}"),
+                        );
+                        return self.send(text).await;
+                    }
+                },
+                _ if self.endpoint.auth_required => {
+                    let text =
+                        super::rpc::error_response(id.as_ref(), -32001, "unauthorized: no token");
+                    return self.send(text).await;
+                }
+                _ => {}
+            }
+        }
+        let Some(budgets) = self.rpc.as_mut() else {
+            return Ok(());
+        };
+        match forwarder.call(
+            &call,
+            text,
+            self.claims.clone(),
+            budgets,
+            &self.handle,
+            &self.hub,
+        ) {
+            Ok(()) => Ok(()),
+            Err(text) => self.send(text).await,
+        }
+    }
+
+    async fn finish(mut self, ending: Ending) {
+        let channels: Vec<Arc<str>> = self.subscriptions.keys().cloned().collect();
+        for channel in channels {
+            self.drop_subscription(&channel);
+        }
+        self.hub.registry.deregister(self.handle.id);
+        self.hub
+            .metrics
+            .hub
+            .disconnects
+            .get_or_create(&ReasonLabels {
+                reason: ending.metric().into(),
+            })
+            .inc();
+        if let Ending::Close(code, reason, _) = ending {
+            let frame = CloseFrame {
+                code: CloseCode::from(code),
+                reason: reason.into_owned().into(),
+            };
+            let polite = async {
+                if self.socket.close(Some(frame)).await.is_ok() {
+                    while let Some(Ok(_)) = self.socket.next().await {}
+                }
+            };
+            let _ = tokio::time::timeout(CLOSE_WAIT, polite).await;
+        }
+    }
+}
+
+fn read_error(error: WsError) -> Ending {
+    match error {
+        WsError::Capacity(_) => Ending::close(1009, "message too big", "message_too_big"),
+        WsError::Utf8(_) => Ending::close(1007, "invalid UTF-8", "protocol"),
+        WsError::Protocol(_) => Ending::close(1002, "protocol error", "protocol"),
+        _ => Ending::Gone("read_failed"),
+    }
+}
+
+/// A random part of `grace` (removal closes spread so clients do not reconnect at once).
+fn random_part(grace: Duration) -> Duration {
+    let mut bytes = [0u8; 8];
+    let _ = aws_lc_rs::rand::fill(&mut bytes);
+    let millis = grace.as_millis() as u64;
+    if millis == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_millis(u64::from_le_bytes(bytes) % millis)
+}
+
+/// When the token expires (its `exp`), as a timer.
+fn expiry(claims: &Map<String, Value>) -> Option<Instant> {
+    let exp = claims.get("exp")?.as_f64()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs_f64();
+    let left = (exp - now).max(0.0);
+    Some(Instant::now() + Duration::from_secs_f64(left.min(10.0 * 365.0 * 86_400.0)))
+}
+
+/// A claim as text: strings as they are, numbers and booleans written out.
+fn claim_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Fills a template from the path parameters and claims; none when a part is missing.
+pub fn fill(
+    template: &Template,
+    claims: Option<&Map<String, Value>>,
+    parameters: &[(String, String)],
+) -> Option<String> {
+    let mut out = String::new();
+    for part in &template.parts {
+        match part {
+            TemplatePart::Text(text) => out.push_str(text),
+            TemplatePart::Parameter(name) => {
+                let (_, value) = parameters.iter().find(|(n, _)| n == name)?;
+                out.push_str(value);
+            }
+            TemplatePart::Claim(name) => out.push_str(&claim_text(claims?.get(name)?)?),
+        }
+    }
+    Some(out)
+}
+
+/// Whether `claims` meet `rule` (its template filled from `parameters`).
+pub fn satisfied(
+    rule: &Requirement,
+    claims: Option<&Map<String, Value>>,
+    parameters: &[(String, String)],
+) -> bool {
+    let (template, contains) = match &rule.test {
+        RequirementTest::Contains(t) => (t, true),
+        RequirementTest::Equals(t) => (t, false),
+    };
+    let Some(wanted) = fill(template, claims, parameters) else {
+        return false;
+    };
+    let Some(value) = claims.and_then(|c| c.get(&rule.claim)) else {
+        return false;
+    };
+    match value {
+        Value::Array(list) if contains => list
+            .iter()
+            .any(|item| claim_text(item).as_deref() == Some(wanted.as_str())),
+        other => claim_text(other).as_deref() == Some(wanted.as_str()),
+    }
+}
+
+/// `*` matches any run of characters.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((head, tail)) => {
+            let Some(rest) = text.strip_prefix(head) else {
+                return false;
+            };
+            if tail.is_empty() {
+                return true;
+            }
+            (0..=rest.len())
+                .filter(|i| rest.is_char_boundary(*i))
+                .any(|i| glob(tail, &rest[i..]))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::hub::template;
+
+    #[test]
+    fn templates_fill_from_claims_and_parameters_and_rules_check_claims() {
+        let claims: Map<String, Value> =
+            into_map(json!({"sub": "u1", "tenants": ["t1", "t2"], "role": "admin", "n": 7}));
+        let params = vec![("id".to_owned(), "t2".to_owned())];
+        let t = template("user:{claims.sub}", &[]).unwrap();
+        assert_eq!(fill(&t, Some(&claims), &params).as_deref(), Some("user:u1"));
+        let t = template("tenant:{id}", &["id".into()]).unwrap();
+        assert_eq!(
+            fill(&t, Some(&claims), &params).as_deref(),
+            Some("tenant:t2")
+        );
+        let t = template("x:{claims.missing}", &[]).unwrap();
+        assert_eq!(fill(&t, Some(&claims), &params), None);
+        let rule = |claim: &str, test| Requirement {
+            claim: claim.into(),
+            test,
+        };
+        let id = template("{id}", &["id".into()]).unwrap();
+        assert!(satisfied(
+            &rule("tenants", RequirementTest::Contains(id.clone())),
+            Some(&claims),
+            &params
+        ));
+        let other = vec![("id".to_owned(), "t9".to_owned())];
+        assert!(!satisfied(
+            &rule("tenants", RequirementTest::Contains(id.clone())),
+            Some(&claims),
+            &other
+        ));
+        assert!(!satisfied(
+            &rule("tenants", RequirementTest::Contains(id)),
+            None,
+            &params
+        ));
+        let admin = template("admin", &[]).unwrap();
+        assert!(satisfied(
+            &rule("role", RequirementTest::Equals(admin.clone())),
+            Some(&claims),
+            &params
+        ));
+        assert!(!satisfied(
+            &rule("sub", RequirementTest::Equals(admin)),
+            Some(&claims),
+            &params
+        ));
+    }
+
+    #[test]
+    fn channel_patterns_match_with_stars() {
+        assert!(glob("chat:*", "chat:room-1"));
+        assert!(glob("*", "anything"));
+        assert!(glob("a*c*e", "abcde"));
+        assert!(!glob("chat:*", "prices"));
+        assert!(!glob("prices", "prices:btc"));
+        assert!(glob("prices", "prices"));
+    }
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(percent_decode("a%3Ab,c"), "a:b,c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+}
