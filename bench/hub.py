@@ -485,13 +485,12 @@ def report(args, results, memory, peers, started, errors, shape_info):
         peer = (max if higher else min)(known, key=known.get)
         return peer, known[peer]
 
-    def ratio_cell(peer, value, best_value, higher=True, digits=1, unit=""):
+    def ratio_cell(peer, value, best_value, digits=1, unit=""):
         if value is None:
             return "n/a"
         cell = f"{value:,.{digits}f}{unit}"
         if best_value and peer == "tlsgate":
-            factor = value / best_value if higher else best_value / value
-            cell += f" **{factor:.1f}× best peer**"
+            cell += f" (**{value / best_value:.2f}×** best peer)"
         return cell
 
     header = "| | " + " | ".join(peers) + " |"
@@ -501,7 +500,7 @@ def report(args, results, memory, peers, started, errors, shape_info):
     kib = {p: memory.get(p, {}).get("kib_per_connection") for p in peers}
     _, best_kib = best(kib, higher=False)
     lines.append("| KiB per connection (hub process RSS) | " +
-                 " | ".join(ratio_cell(p, kib[p], best_kib, higher=False) for p in peers) + " |")
+                 " | ".join(ratio_cell(p, kib[p], best_kib) for p in peers) + " |")
     lines.append("| redis KiB per connection | " + " | ".join(
         f"{memory.get(p, {}).get('redis_kib_per_connection'):.2f}" if memory.get(p, {}).get("redis_kib_per_connection")
         is not None else "–" for p in peers) + " |")
@@ -519,7 +518,10 @@ def report(args, results, memory, peers, started, errors, shape_info):
         lines.append(f"Saturation: publications as fast as deliveries keep up (at most {window} publications' "
                      f"deliveries outstanding), {'one channel per publish' if batch == 1 else f'{batch} channels per `/broadcast`'}. "
                      f"Fixed rate: {rate:g} publications/s, one channel each. Latency is from the publication's "
-                     "due time (open loop) to its arrival at each subscriber. Medians over rounds.")
+                     "due time (open loop) to its arrival at each subscriber. Medians over rounds. A hub core well "
+                     "below 100% busy at saturation was waiting on the load client (one core for every subscriber "
+                     "and the publisher) or on its own publish path; its CPU per delivery then includes sleeping "
+                     "and waking up.")
         if shape == "one":
             lines.append("Target for tlsgate: ≥ 10× the best peer's deliveries per CPU-second; p99 < 50 ms.")
         lines += ["", header, rule]
@@ -561,14 +563,15 @@ def report(args, results, memory, peers, started, errors, shape_info):
     _, best_rate = best(rates)
     _, best_cpu = best(cpu, higher=False)
     lines.append("| set-ups per second | " + " | ".join(ratio_cell(p, rates[p], best_rate, digits=0) for p in peers) + " |")
-    lines.append("| hub CPU per set-up (µs) | " + " | ".join(ratio_cell(p, cpu[p], best_cpu, higher=False, digits=0)
+    lines.append("| hub CPU per set-up (µs) | " + " | ".join(ratio_cell(p, cpu[p], best_cpu, digits=0)
                                                          for p in peers) + " |")
     lines.append("| redis CPU per set-up (µs) | " + " | ".join(
         f"{med(connect[p], 'redis_cpu_us'):,.0f}" if med(connect[p], "redis_cpu_us") is not None else "–"
         for p in peers) + " |")
     lines.append("| failed set-ups (median) | " + " | ".join(
         f"{med(connect[p], 'errors'):,.0f}" if connect[p] else "n/a" for p in peers) + " |")
-    lines += ["", "“best peer” is the best of " + ", ".join(others) + " on the same row of the same run."]
+    lines += ["", "“best peer” is the best of " + ", ".join(others) + " on the same row of the same run (highest "
+              "deliveries or set-ups, lowest memory or CPU); tlsgate's ratio is its figure ÷ that peer's."]
     if errors:
         lines += ["", "## Errors and omissions", ""] + [f"- {e}" for e in errors]
     return "\n".join(lines) + "\n"
