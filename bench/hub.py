@@ -269,6 +269,20 @@ hub:
             redis_command("FLUSHALL")
         self.start_peer(peer)
 
+    def revive(self, peer, when, errors):
+        """Starts a peer (or redis) again if it has exited since the last measurement (another
+        user of this machine may stop processes by name), noting it in the report."""
+        for name in (["redis"] if peer in REDIS_PEERS else []) + [peer]:
+            proc = self.procs[name]
+            if proc.poll() is None:
+                continue
+            errors.append(f"{when}: {name} had exited (code {proc.returncode}) and was started again")
+            log(f"  {name} had exited (code {proc.returncode}); starting it again")
+            if name == "redis":
+                bench.wait_port(REDIS_PORT, self.start_redis(), "redis")
+            else:
+                self.start_peer(name)
+
     def pids(self, peer):
         """The processes whose CPU counts for a peer: its own, and redis for those that use it."""
         own = [self.procs[peer].pid]
@@ -631,6 +645,7 @@ def main():
                 for peer in peers[shift:] + peers[:shift]:
                     log(f"round {round_number + 1}/{args.rounds}: {peer} {kind}")
                     try:
+                        run.revive(peer, f"round {round_number + 1} {peer} {kind}", errors)
                         if kind == "connect":
                             result = run.connect_rate(peer)
                         else:
@@ -647,6 +662,7 @@ def main():
         for peer in peers:
             log(f"{peer}: {args.idle_connections} idle subscribed connections")
             try:
+                run.revive(peer, f"{peer} idle memory", errors)
                 memory[peer] = run.idle_memory(peer)
                 log(f"  {memory[peer]}")
             except Exception as error:
