@@ -360,6 +360,7 @@ hub:
             seconds = self.args.seconds
             for mode, value, phase_batch in (("rate", rate, rate_batch), ("saturate", window, batch)):
                 cpu_before = self.cpu(peer)
+                client_before = sum(cpu_split(proc.pid))
                 started = time.monotonic()
                 proc.stdin.write(f"{mode} {value} {seconds} {phase_batch}\n")
                 proc.stdin.flush()
@@ -370,7 +371,10 @@ hub:
                 cpu_after = self.cpu(peer)
                 spent = [after - before for before, after in zip(cpu_before, cpu_after)]
                 result["cpu_s"] = spent[0]
-                result["busy"] = spent[0] / max(1e-9, time.monotonic() - started)
+                wall = max(1e-9, time.monotonic() - started)
+                result["busy"] = spent[0] / wall
+                # The load client's own core: near 100% means it, not the hub, set the pace.
+                result["client_busy"] = (sum(cpu_split(proc.pid)) - client_before) / wall
                 if len(spent) > 1:
                     result["redis_cpu_s"] = spent[1]
                 result["deliveries_per_cpu_s"] = result["delivered"] / max(1e-9, spent[0])
@@ -559,6 +563,7 @@ def report(args, results, memory, peers, started, errors, shape_info):
 
         row("deliveries/s (saturation)", "saturate", "rate", lambda v: f"{v:,.0f}")
         row("hub core busy (saturation)", "saturate", "busy", lambda v: f"{v:.0%}")
+        row("load client core busy (saturation)", "saturate", "client_busy", lambda v: f"{v:.0%}")
         row("undelivered after the drain, ≤ 60 s (saturation)", "saturate", "lost", lambda v: f"{v:,.0f}")
         row("saturation p50 (ms)", "saturate", "p50_us", lambda v: f"{v / 1000:,.1f}")
         row("saturation p99 (ms)", "saturate", "p99_us", lambda v: f"{v / 1000:,.1f}")
