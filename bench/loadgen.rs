@@ -6,6 +6,8 @@
 //! - `handshakes`: new TLS connections with one request each, full or resumed handshakes.
 //! - `ws-echo`: 64-byte WebSocket echo round trips through `wss://`, with latency percentiles.
 //! - `ws-idle`: opens many `wss://` connections and holds them until stdin closes.
+//! - `hub-idle`, `hub-fanout`, `hub-connect`: subscribers, publisher and connection set-up of a
+//!   publish/subscribe WebSocket hub (`bench/hub.py`; see `loadgen_hub.rs`).
 //!
 //! Each measuring command prints one JSON line.
 
@@ -26,6 +28,9 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
+
+#[path = "loadgen_hub.rs"]
+mod hub;
 
 #[derive(Parser)]
 struct Cli {
@@ -71,6 +76,39 @@ enum Command {
         target: Target,
         #[arg(long, default_value_t = 1000)]
         connections: usize,
+    },
+    /// Opens `connections` subscribed hub connections and holds them until stdin closes.
+    HubIdle {
+        #[command(flatten)]
+        hub: hub::Hub,
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+    },
+    /// Hub subscribers and a publisher; one measured phase per stdin line.
+    HubFanout {
+        #[command(flatten)]
+        hub: hub::Hub,
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        /// The hub's publish URL (http or https); `…/broadcast` beside it takes batches.
+        #[arg(long)]
+        publish_url: String,
+        /// Publishing connections (keep-alive), so a hub that answers after its fan-out
+        /// still sees publications at the rate asked for.
+        #[arg(long, default_value_t = 8)]
+        publishers: usize,
+        /// Bytes of each publication's data.
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+    },
+    /// New connections with subscription acknowledged, per second.
+    HubConnect {
+        #[command(flatten)]
+        hub: hub::Hub,
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
     },
 }
 
@@ -128,6 +166,19 @@ fn main() -> Result<(), Error> {
                 target,
                 connections,
             } => ws_idle(target, connections).await,
+            Command::HubIdle { hub, connections } => hub::idle(hub, connections).await,
+            Command::HubFanout {
+                hub,
+                subscribers,
+                publish_url,
+                publishers,
+                size,
+            } => hub::fanout(hub, subscribers, publish_url, publishers, size).await,
+            Command::HubConnect {
+                hub,
+                connections,
+                seconds,
+            } => hub::connect_rate(hub, connections, seconds).await,
         }
     })
 }
