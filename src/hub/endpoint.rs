@@ -6,20 +6,18 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
-use super::session::{Session, MAX_SUBSCRIPTIONS};
 use super::Hub;
 use crate::config::hub::EndpointSettings;
 use crate::http::context::RequestContext;
 use crate::http::error::HttpError;
 use crate::metrics::EndpointLabels;
 use crate::policy::jwt::{Claims, Verifier};
-use crate::tls::TlsConnectionIo;
+
+/// Channels one session may hold.
+pub const MAX_SUBSCRIPTIONS: usize = 1000;
 
 /// A hub endpoint of one configuration (`Target::Hub`).
 pub struct Endpoint {
@@ -135,49 +133,6 @@ impl Endpoint {
             client: ctx.client_ip,
         })
     }
-
-    /// Starts the session on the upgraded connection, as a task of its own that holds the
-    /// connection's `slot` until the session ends. Each stream type gets a task sized for
-    /// just it, and nothing of the upgrade stays behind.
-    pub async fn run(
-        self: Arc<Self>,
-        start: Start,
-        upgraded: Upgraded,
-        slot: Option<crate::http::context::ConnectionSlot>,
-    ) {
-        let config = socket_config(self.settings.max_message_size);
-        let tasks = self.hub.tasks.clone();
-        // The bare TLS stream when hyper hands it back: an idle session then holds no HTTP
-        // machinery. Boxed, so the session's future stays small.
-        match upgraded.downcast::<TlsConnectionIo>() {
-            Ok(parts) => {
-                // Copied out and dropped now: hyper's read buffer behind these bytes would
-                // otherwise stay allocated for the session's whole life.
-                let early = parts.read_buf.to_vec();
-                drop(parts.read_buf);
-                let io = Box::new(parts.io.into_inner());
-                tasks.spawn(async move {
-                    let _slot = slot;
-                    let socket =
-                        WebSocketStream::from_partially_read(io, early, Role::Server, Some(config))
-                            .await;
-                    Session::new(self, socket).serve(start).await;
-                });
-            }
-            Err(upgraded) => {
-                tasks.spawn(async move {
-                    let _slot = slot;
-                    let socket = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
-                        Role::Server,
-                        Some(config),
-                    )
-                    .await;
-                    Session::new(self, socket).serve(start).await;
-                });
-            }
-        }
-    }
 }
 
 /// Small buffers: an idle session should cost little (the read buffer is 128 bytes; a larger
@@ -187,7 +142,7 @@ impl Endpoint {
 /// (a 1 MiB cap dropped every echo or publication of 1 MiB and more), and the buffer never
 /// holds more than `write_buffer_size` and one frame, since every send waits for its flush.
 /// What a slow client may pile up is bounded by its outbox (`hub.queue`) instead.
-fn socket_config(max_message: u64) -> WebSocketConfig {
+pub(super) fn socket_config(max_message: u64) -> WebSocketConfig {
     let max = usize::try_from(max_message).unwrap_or(usize::MAX);
     WebSocketConfig::default()
         .read_buffer_size(128)

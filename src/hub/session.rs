@@ -16,28 +16,72 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::{json, Map, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use super::claims::{claim_text, expiry, fill, glob, satisfied};
-use super::endpoint::{Endpoint, Start};
+use super::endpoint::{Endpoint, Start, MAX_SUBSCRIPTIONS};
 use super::protocol::{self, into_map, Command, Refusal};
 use super::registry::{Kick, Outgoing, SessionHandle};
 use super::{Hub, Recovery};
 use crate::config::hub::{namespace_of, valid_channel};
 use crate::metrics::{ReasonLabels, ResultLabels};
 use crate::policy::jwt::Claims;
+use crate::tls::TlsConnectionIo;
 
-/// Channels one session may hold.
-pub(super) const MAX_SUBSCRIPTIONS: usize = 1000;
 /// How long a closing session waits for the client's close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Starts the session on the upgraded connection, as a task of its own that holds the
+/// connection's `slot` until the session ends. Each stream type gets a task sized for
+/// just it, and nothing of the upgrade stays behind.
+pub async fn run(
+    endpoint: Arc<Endpoint>,
+    start: Start,
+    upgraded: Upgraded,
+    slot: Option<crate::http::context::ConnectionSlot>,
+) {
+    let config = super::endpoint::socket_config(endpoint.settings.max_message_size);
+    let tasks = endpoint.hub.tasks.clone();
+    // The bare TLS stream when hyper hands it back: an idle session then holds no HTTP
+    // machinery. Boxed, so the session's future stays small.
+    match upgraded.downcast::<TlsConnectionIo>() {
+        Ok(parts) => {
+            // Copied out and dropped now: hyper's read buffer behind these bytes would
+            // otherwise stay allocated for the session's whole life.
+            let early = parts.read_buf.to_vec();
+            drop(parts.read_buf);
+            let io = Box::new(parts.io.into_inner());
+            tasks.spawn(async move {
+                let _slot = slot;
+                let socket =
+                    WebSocketStream::from_partially_read(io, early, Role::Server, Some(config))
+                        .await;
+                Session::new(endpoint, socket).serve(start).await;
+            });
+        }
+        Err(upgraded) => {
+            tasks.spawn(async move {
+                let _slot = slot;
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                Session::new(endpoint, socket).serve(start).await;
+            });
+        }
+    }
+}
 
 /// How a session ends.
 #[derive(Debug)]

@@ -400,7 +400,9 @@ impl Pipeline {
                         &self.echo,
                         &mut request,
                         accept,
-                        move |upgraded, _shutdown, slot| endpoint.run(start, upgraded, slot),
+                        move |upgraded, _shutdown, slot| {
+                            crate::hub::session::run(endpoint, start, upgraded, slot)
+                        },
                     ))
                 })
             }
