@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Subcommand;
 
-use super::{admin_request, fail, CommonArgs};
+use super::{ask_admin, fail, CommonArgs};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum HubCommand {
@@ -67,30 +67,16 @@ pub(crate) fn run(command: HubCommand) -> ExitCode {
             (common, http::Method::GET, "/hub/channels", String::new())
         }
     };
-    let settings = match common.load() {
-        Ok(settings) => settings,
-        Err(error) => return fail(error),
-    };
-    let Some(admin) = settings.admin else {
-        return fail("the admin listener is off (`admin: off`): the hub's API is served there");
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => return fail(format!("cannot start the async runtime: {error}")),
-    };
-    let outcome = runtime.block_on(admin_request(
-        admin,
+    let (status, body) = match ask_admin(
+        common,
+        "the hub's API is served there",
         method,
         path,
         bytes::Bytes::from(body),
         Duration::from_secs(30),
-    ));
-    let (status, body) = match outcome {
+    ) {
         Ok(answer) => answer,
-        Err(error) => return fail(error),
+        Err(code) => return code,
     };
     let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
     if !status.is_success() {

@@ -363,30 +363,43 @@ pub(crate) async fn admin_request(
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-fn reload(args: CommonArgs) -> ExitCode {
-    let settings = match args.load() {
-        Ok(settings) => settings,
-        Err(error) => return fail(error),
-    };
+/// Asks the running server (the admin listener of `args`' configuration) one question: its
+/// status and body, or the exit code of why it could not be asked (the message printed).
+/// `when_off` says what to do instead when the configuration turns the admin listener off.
+pub(crate) fn ask_admin(
+    args: &CommonArgs,
+    when_off: &str,
+    method: http::Method,
+    path: &str,
+    body: bytes::Bytes,
+    deadline: std::time::Duration,
+) -> Result<(http::StatusCode, String), ExitCode> {
+    let settings = args.load().map_err(fail)?;
     let Some(admin) = settings.admin else {
-        return fail("the admin listener is off (`admin: off`): send SIGHUP to the server instead");
+        return Err(fail(format!(
+            "the admin listener is off (`admin: off`): {when_off}"
+        )));
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => return fail(format!("cannot start the async runtime: {error}")),
-    };
-    let outcome = runtime.block_on(admin_request(
-        admin,
+        .map_err(|error| fail(format!("cannot start the async runtime: {error}")))?;
+    runtime
+        .block_on(admin_request(admin, method, path, body, deadline))
+        .map_err(fail)
+}
+
+fn reload(args: CommonArgs) -> ExitCode {
+    let outcome = ask_admin(
+        &args,
+        "send SIGHUP to the server instead",
         http::Method::POST,
         "/reload",
         bytes::Bytes::new(),
         std::time::Duration::from_secs(60),
-    ));
+    );
     match outcome {
-        Err(error) => fail(error),
+        Err(code) => code,
         Ok((status, body)) => {
             let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
             if status.is_success() {

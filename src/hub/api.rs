@@ -67,15 +67,9 @@ fn bad(message: impl Into<String>) -> (StatusCode, Value) {
 }
 
 fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    query?
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| {
-            v.replace("%3A", ":")
-                .replace("%3a", ":")
-                .replace("%2F", "/")
-        })
+    crate::http::query_pairs(query?)
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| crate::http::percent_decode(v))
 }
 
 /// Whether `path` is the publish API's.
@@ -98,7 +92,7 @@ pub async fn handle(
                     "expected {\"channel\": string, \"data\": JSON, \"idempotency_key\"?: string}",
                 );
             };
-            let data = Bytes::copy_from_slice(request.data.get().as_bytes());
+            let data = super::JsonText::from_raw(request.data);
             match hub
                 .publish(&request.channel, data, request.idempotency_key.as_deref())
                 .await
@@ -114,13 +108,13 @@ pub async fn handle(
             if request.channels.is_empty() || request.channels.len() > 10_000 {
                 return bad("`channels` must list 1 to 10000 channels");
             }
-            let data = Bytes::copy_from_slice(request.data.get().as_bytes());
+            let data = super::JsonText::from_raw(request.data);
+            let key = request
+                .idempotency_key
+                .as_deref()
+                .map(|key| format!("broadcast\0{key}"));
             let mut results = Vec::with_capacity(request.channels.len());
             for channel in &request.channels {
-                let key = request
-                    .idempotency_key
-                    .as_deref()
-                    .map(|key| format!("broadcast\0{key}"));
                 results.push(
                     match hub.publish(channel, data.clone(), key.as_deref()).await {
                         Ok(published) => published_json(&published),

@@ -13,6 +13,7 @@ use super::Hub;
 use crate::config::hub::EndpointSettings;
 use crate::http::context::RequestContext;
 use crate::http::error::HttpError;
+use crate::http::percent_decode;
 use crate::metrics::EndpointLabels;
 use crate::policy::jwt::{Claims, Verifier};
 
@@ -62,10 +63,7 @@ impl Endpoint {
         closer: CancellationToken,
         grace: Duration,
     ) -> Self {
-        let rpc = settings
-            .rpc
-            .clone()
-            .map(|rpc| super::rpc::Forwarder::new(rpc, &settings.route.path));
+        let rpc = settings.rpc.clone().map(super::rpc::Forwarder::new);
         Self {
             label: EndpointLabels {
                 endpoint: settings.route.path.clone(),
@@ -150,28 +148,6 @@ pub(super) fn socket_config(max_message: u64) -> WebSocketConfig {
         .max_write_buffer_size(usize::MAX)
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    let hex = |b: u8| (b as char).to_digit(16);
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                out.push(b'%');
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -139,10 +139,7 @@ impl MemoryHistory {
 
     fn with_stream<T>(&self, channel: &str, f: impl FnOnce(&mut Stream) -> T) -> T {
         let now = Instant::now();
-        let mut shard = match self.shard(channel).lock() {
-            Ok(shard) => shard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut shard = super::lock(self.shard(channel));
         if !shard.contains_key(channel) {
             if shard.len() >= SWEEP_AT {
                 shard.retain(|_, s| {

@@ -28,7 +28,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -47,8 +46,6 @@ pub enum HubError {
     BadChannel(String),
     #[error("the message is {size} bytes; the namespace takes at most {max}")]
     TooLarge { size: usize, max: u64 },
-    #[error("`data` must be JSON")]
-    BadData,
     #[error("the bus did not take the publication: {0}")]
     Bus(String),
     #[error("a publish with this idempotency key is still under way")]
@@ -61,9 +58,31 @@ impl HubError {
         match self {
             HubError::BadChannel(_) => "bad_channel",
             HubError::TooLarge { .. } => "too_large",
-            HubError::BadData => "bad_request",
             HubError::Bus(_) | HubError::KeyInFlight => "unavailable",
         }
+    }
+}
+
+/// JSON text exactly as its publisher wrote it, known to be valid JSON: what a publication
+/// carries. Made only from a parsed `RawValue`, so no publish parses it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonText(Utf8Bytes);
+
+impl JsonText {
+    pub fn from_raw(raw: &serde_json::value::RawValue) -> Self {
+        Self(Utf8Bytes::from(raw.get().to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -324,7 +343,7 @@ impl Hub {
     pub async fn publish(
         &self,
         channel: &str,
-        data: Bytes,
+        data: JsonText,
         idempotency_key: Option<&str>,
     ) -> Result<Published, HubError> {
         if !valid_channel(channel) {
@@ -339,18 +358,11 @@ impl Hub {
                 max: namespace.max_message_size,
             });
         }
-        let data = Utf8Bytes::try_from(data).map_err(|_| HubError::BadData)?;
-        if serde_json::from_str::<serde::de::IgnoredAny>(data.as_str()).is_err() {
-            return Err(HubError::BadData);
-        }
         let key = idempotency_key.map(|key| format!("{channel}\0{key}"));
         if let Some(key) = &key {
             let waiting_since = Instant::now();
             loop {
-                let claim = match self.idempotency.lock() {
-                    Ok(mut cache) => cache.claim(key, Instant::now()),
-                    Err(_) => Claim::Mine,
-                };
+                let claim = lock(&self.idempotency).claim(key, Instant::now());
                 match claim {
                     Claim::Mine => break,
                     Claim::Answered(mut first) => {
@@ -366,12 +378,10 @@ impl Hub {
         }
         let (history_size, history_ttl) = (namespace.history_size, namespace.history_ttl);
         let outcome = self
-            .publish_now(channel, data, history_size, history_ttl, &config)
+            .publish_now(channel, data.0, history_size, history_ttl, &config)
             .await;
         if let Some(key) = &key {
-            if let Ok(mut cache) = self.idempotency.lock() {
-                cache.settle(key, outcome.as_ref().ok(), Instant::now());
-            }
+            lock(&self.idempotency).settle(key, outcome.as_ref().ok(), Instant::now());
         }
         outcome
     }
@@ -409,6 +419,15 @@ impl Hub {
             duplicate: false,
         };
         Ok(published)
+    }
+}
+
+/// Locks `mutex`, also after a panic elsewhere held it: the hub's maps stay usable (every
+/// update to them is a single insert or remove).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
     }
 }
 

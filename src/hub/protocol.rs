@@ -39,7 +39,7 @@ pub enum Command {
     Publish {
         channel: String,
         /// The JSON as the client wrote it.
-        data: String,
+        data: super::JsonText,
     },
     /// A JSON-RPC 2.0 request or notification, as sent.
     Rpc(Map<String, Value>),
@@ -128,6 +128,15 @@ pub fn parse(text: &str) -> Result<Request, Refusal> {
             "`action` (subscribe, unsubscribe, ping, auth, refresh, presence, publish) is required",
         ));
     };
+    let channel = |object: &Map<String, Value>| {
+        string_field(object, "channel").ok_or_else(|| {
+            Refusal::new(
+                id.clone(),
+                "bad_request",
+                "`channel` (a string) is required",
+            )
+        })
+    };
     let token = |object: &Map<String, Value>| {
         string_field(object, "token")
             .filter(|t| !t.is_empty())
@@ -176,22 +185,10 @@ pub fn parse(text: &str) -> Result<Request, Refusal> {
             token: token(&object)?,
         },
         "presence" => Command::Presence {
-            channel: string_field(&object, "channel").ok_or_else(|| {
-                Refusal::new(
-                    id.clone(),
-                    "bad_request",
-                    "`channel` (a string) is required",
-                )
-            })?,
+            channel: channel(&object)?,
         },
         "publish" => Command::Publish {
-            channel: string_field(&object, "channel").ok_or_else(|| {
-                Refusal::new(
-                    id.clone(),
-                    "bad_request",
-                    "`channel` (a string) is required",
-                )
-            })?,
+            channel: channel(&object)?,
             data: raw_data(text)
                 .ok_or_else(|| Refusal::new(id.clone(), "bad_request", "`data` is required"))?,
         },
@@ -210,14 +207,14 @@ pub fn parse(text: &str) -> Result<Request, Refusal> {
 }
 
 /// The `data` member exactly as written.
-fn raw_data(text: &str) -> Option<String> {
+fn raw_data(text: &str) -> Option<super::JsonText> {
     #[derive(serde::Deserialize)]
     struct Raw<'a> {
         #[serde(borrow)]
         data: Option<&'a serde_json::value::RawValue>,
     }
     let raw: Raw<'_> = serde_json::from_str(text).ok()?;
-    raw.data.map(|d| d.get().to_owned())
+    raw.data.map(super::JsonText::from_raw)
 }
 
 /// A reply object with the request's `id` when it had one.

@@ -36,7 +36,7 @@ proptest! {
             Ok(request) => {
                 if let Command::Publish { data, .. } = &request.command {
                     // The raw data is JSON as the client wrote it.
-                    prop_assert!(serde_json::from_str::<serde_json::Value>(data).is_ok());
+                    prop_assert!(serde_json::from_str::<serde_json::Value>(data.as_str()).is_ok());
                 }
             }
             Err(refusal) => {

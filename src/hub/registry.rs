@@ -16,15 +16,8 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use prometheus_client::metrics::counter::Counter;
 
-use super::Publication;
+use super::{lock, Publication};
 use crate::config::hub::QueueSettings;
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    match mutex.lock() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
-    }
-}
 
 /// Something queued for one session.
 #[derive(Debug)]

@@ -82,7 +82,7 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    pub fn new(settings: RpcSettings, _endpoint: &str) -> Self {
+    pub fn new(settings: RpcSettings) -> Self {
         Self {
             settings,
             client: client::build(),

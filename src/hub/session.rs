@@ -31,7 +31,7 @@ use super::claims::{claim_text, expiry, fill, glob, satisfied};
 use super::endpoint::{Endpoint, Start, MAX_SUBSCRIPTIONS};
 use super::protocol::{self, into_map, Command, Refusal};
 use super::registry::{Kick, Outgoing, SessionHandle};
-use super::{Hub, Recovery};
+use super::Recovery;
 use crate::config::hub::{namespace_of, valid_channel};
 use crate::metrics::{ReasonLabels, ResultLabels};
 use crate::policy::jwt::Claims;
@@ -155,8 +155,8 @@ impl Subscriptions {
 
 pub(super) struct Session<S> {
     socket: WebSocketStream<S>,
+    /// Its endpoint, and through it the hub.
     endpoint: Arc<Endpoint>,
-    hub: Arc<Hub>,
     handle: Arc<SessionHandle>,
     claims: Option<Claims>,
     parameters: Vec<(String, String)>,
@@ -170,10 +170,9 @@ pub(super) struct Session<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) fn new(endpoint: Arc<Endpoint>, socket: WebSocketStream<S>) -> Self {
-        let hub = endpoint.hub.clone();
-        let config = hub.config();
+        let config = endpoint.hub.config();
         let handle = Arc::new(SessionHandle::new(
-            hub.next_session_id(),
+            endpoint.hub.next_session_id(),
             endpoint.settings.envelope,
             config.settings.queue,
         ));
@@ -181,7 +180,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Self {
             socket,
             next_ping: Instant::now() + config.settings.ping_interval,
-            hub: hub.clone(),
             endpoint,
             handle,
             claims: None,
@@ -196,6 +194,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     pub(super) async fn serve(mut self, start: Start) {
         let gauge = self
+            .endpoint
             .hub
             .metrics
             .hub
@@ -203,7 +202,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .get_or_create(&self.endpoint.label)
             .clone();
         gauge.inc();
-        self.hub.registry.register(&self.handle);
+        self.endpoint.hub.registry.register(&self.handle);
         let client = start.client;
         // The rare paths (start, client requests, the close) are boxed: an idle session's
         // future then holds only the wait itself.
@@ -222,7 +221,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         match start.claims {
             Some(claims) => self.authenticated(claims).await?,
             None if self.endpoint.auth_required => {
-                self.auth_deadline = Some(Instant::now() + self.hub.config().settings.auth_timeout);
+                self.auth_deadline =
+                    Some(Instant::now() + self.endpoint.hub.config().settings.auth_timeout);
             }
             None => self.server_subscriptions().await?,
         }
@@ -269,7 +269,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         // Made once and polled in place: the cancellation futures stay registered with
         // their (shared) tokens and the timer is only moved, rather than every wake-up
         // registering and dropping them all again.
-        let shutdown = self.hub.shutdown.clone();
+        let shutdown = self.endpoint.hub.shutdown.clone();
         let closer = self.endpoint.closer.clone();
         let handle = self.handle.clone();
         let shutdown_wait = shutdown.cancelled();
@@ -348,7 +348,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Err(Ending::close(1001, "no pong", "ping_timeout"));
         }
         if self.next_ping <= now {
-            let config = self.hub.config();
+            let config = self.endpoint.hub.config();
             self.next_ping = now + config.settings.ping_interval;
             if self.pong_due.is_none() {
                 self.pong_due = Some(now + config.settings.pong_timeout);
@@ -364,7 +364,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// Writes the outbox within `send_timeout`, unless a kick comes first.
     async fn flush_bounded(&mut self) -> Result<(), Ending> {
-        let limit = self.hub.config().send_timeout;
+        let limit = self.endpoint.hub.config().send_timeout;
         let handle = self.handle.clone();
         // A wake that is not a kick is an item queued meanwhile: its wake is given back.
         let mut queued_meanwhile = false;
@@ -399,7 +399,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if items.is_empty() {
             return Ok(());
         }
-        let hub = self.hub.clone();
+        let hub = self.endpoint.hub.clone();
         let latency = &hub.metrics.hub.delivery_latency;
         for item in items {
             match item {
@@ -530,14 +530,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return self.send(refusal.to_text()).await;
         }
         let name: Arc<str> = Arc::from(channel);
-        let config = self.hub.config();
+        let config = self.endpoint.hub.config();
         let label = config.label(channel);
         let (namespace, _) = config.namespace(channel);
         let join_leave = namespace.join_leave;
         drop(config);
         if !self.subscriptions.contains_key(channel) {
-            self.hub.registry.subscribe(&name, &self.handle);
+            self.endpoint.hub.registry.subscribe(&name, &self.handle);
             let gauge = self
+                .endpoint
                 .hub
                 .metrics
                 .hub
@@ -554,7 +555,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.presence_event("join", channel);
             }
         }
-        let history = self.hub.history().clone();
+        let history = self.endpoint.hub.history().clone();
         let mut reply = into_map(json!({"type": "subscribed", "channel": channel}));
         let mut recovered = Vec::new();
         match since {
@@ -567,7 +568,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     }
                     Recovery::Lost(position) => ("lost", position),
                 };
-                self.hub
+                self.endpoint
+                    .hub
                     .metrics
                     .hub
                     .recoveries
@@ -660,7 +662,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         what: &str,
         id: Option<Value>,
     ) -> Result<(), Refusal> {
-        let config = self.hub.config();
+        let config = self.endpoint.hub.config();
         let (namespace, known) = config.namespace(channel);
         let ns_name = namespace_of(channel);
         if !known {
@@ -718,9 +720,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let Some(subscription) = self.subscriptions.remove(channel) else {
             return false;
         };
-        self.hub.registry.unsubscribe(channel, self.handle.id);
+        self.endpoint
+            .hub
+            .registry
+            .unsubscribe(channel, self.handle.id);
         subscription.gauge.dec();
-        if self.hub.config().namespace(channel).0.join_leave {
+        if self.endpoint.hub.config().namespace(channel).0.join_leave {
             self.presence_event("leave", channel);
         }
         true
@@ -729,7 +734,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     fn presence_event(&self, kind: &str, channel: &str) {
         let user = self.handle.user().map(|u| u.to_string());
         let text = json!({"type": kind, "channel": channel, "user": user}).to_string();
-        self.hub
+        self.endpoint
+            .hub
             .registry
             .deliver_text(channel, &Utf8Bytes::from(text), self.handle.id);
     }
@@ -804,7 +810,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn on_presence(&mut self, channel: String, id: Option<Value>) -> Result<(), Ending> {
-        let config = self.hub.config();
+        let config = self.endpoint.hub.config();
         let on = config.namespace(&channel).0.presence;
         drop(config);
         let permitted = self.subscriptions.contains_key(channel.as_str())
@@ -815,7 +821,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let refusal = Refusal::new(id, "forbidden", "presence is off for this channel");
             return self.send(refusal.to_text()).await;
         }
-        let presence = self.hub.registry.presence(&channel);
+        let presence = self.endpoint.hub.registry.presence(&channel);
         let reply = into_map(json!({
             "type": "presence",
             "channel": channel,
@@ -828,7 +834,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     async fn on_publish(
         &mut self,
         channel: String,
-        data: String,
+        data: super::JsonText,
         id: Option<Value>,
     ) -> Result<(), Ending> {
         if let Err(refusal) =
@@ -836,7 +842,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         {
             return self.send(refusal.to_text()).await;
         }
-        match self.hub.publish(&channel, Bytes::from(data), None).await {
+        match self.endpoint.hub.publish(&channel, data, None).await {
             Ok(published) => {
                 let reply = into_map(json!({
                     "type": "published",
@@ -904,7 +910,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.claims.clone(),
             budgets,
             &self.handle,
-            &self.hub,
+            &self.endpoint.hub,
         ) {
             Ok(()) => Ok(()),
             Err(text) => self.send(text).await,
@@ -916,8 +922,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         for channel in channels {
             self.drop_subscription(&channel);
         }
-        self.hub.registry.deregister(self.handle.id);
-        self.hub
+        self.endpoint.hub.registry.deregister(self.handle.id);
+        self.endpoint
+            .hub
             .metrics
             .hub
             .disconnects
@@ -988,7 +995,7 @@ mod size_tests {
     #[tokio::test]
     async fn an_idle_session_future_stays_small() {
         let metrics = Arc::new(crate::metrics::Metrics::new());
-        let hub = Hub::new(
+        let hub = crate::hub::Hub::new(
             super::super::HubConfig::new(&HubSettings::default(), Duration::from_secs(5)),
             &metrics,
             &CancellationToken::new(),

@@ -511,14 +511,24 @@ fn route_table(
     let proxy = &settings.proxy;
     let route_name =
         |route: &RouteSettings| format!("{}{}", route.host.as_deref().unwrap_or("*"), route.path);
+    let route_to = |route: &RouteSettings, name: String, target: Target| Route {
+        stats: stats(&name),
+        name: name.into(),
+        matcher: Matcher {
+            host: HostMatch::of(route.host.as_deref()),
+            path: route.path.clone(),
+            exact: route.exact,
+        },
+        policy: policy_of(Some(route)),
+        target,
+    };
     let hub_route = |route: &RouteSettings, index: usize| {
         let endpoint = settings.hub.endpoints.get(index)?.clone();
         let name = route_name(route);
-        // The same key `Route::key` gives, so a kept endpoint keeps its sessions' token.
-        let key = format!("{name} -> hub");
+        // A kept endpoint keeps its sessions' token.
         let closer = hub
             .previous_closers
-            .and_then(|closers| closers.get(&key).cloned())
+            .and_then(|closers| closers.get(&Route::hub_key(&name)).cloned())
             .unwrap_or_default();
         let verifier = route
             .auth
@@ -532,17 +542,7 @@ fn route_table(
             closer,
             hub.grace,
         );
-        Some(Route {
-            stats: stats(&name),
-            name: name.into(),
-            matcher: Matcher {
-                host: HostMatch::of(route.host.as_deref()),
-                path: route.path.clone(),
-                exact: route.exact,
-            },
-            policy: policy_of(Some(route)),
-            target: Target::Hub(Arc::new(endpoint)),
-        })
+        Some(route_to(route, name, Target::Hub(Arc::new(endpoint))))
     };
     let mut hub_routes: Vec<Route> = proxy
         .routes
@@ -553,17 +553,7 @@ fn route_table(
         Some(upstreams) => {
             let upstream_route = |route: &RouteSettings, name: String| {
                 let pool = upstreams.pool(&route.upstream)?.clone();
-                Some(Route {
-                    stats: stats(&name),
-                    name: name.into(),
-                    matcher: Matcher {
-                        host: HostMatch::of(route.host.as_deref()),
-                        path: route.path.clone(),
-                        exact: route.exact,
-                    },
-                    policy: policy_of(Some(route)),
-                    target: Target::Upstream(pool),
-                })
+                Some(route_to(route, name, Target::Upstream(pool)))
             };
             let mut routes: Vec<Route> = proxy
                 .routes

@@ -122,9 +122,15 @@ impl Route {
     pub fn key(&self) -> String {
         match &self.target {
             Target::Upstream(pool) => format!("{} -> {}", self.name, pool.name),
-            Target::Hub(_) => format!("{} -> hub", self.name),
+            Target::Hub(_) => Self::hub_key(&self.name),
             Target::Builtin(builtin) => format!("{} -> {builtin:?}", self.name),
         }
+    }
+
+    /// The key of a hub endpoint's route named `name` (known before the route is made: the
+    /// endpoint needs its closer first).
+    pub fn hub_key(name: &str) -> String {
+        format!("{name} -> hub")
     }
 }
 

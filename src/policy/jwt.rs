@@ -22,6 +22,7 @@ use crate::config::jwt::{
     base64_decode, ClaimValue, JwtAlgorithm, JwtKey, JwtSettings, KeyKind, RouteAuthSettings,
     TokenSource,
 };
+use crate::http::percent_decode;
 
 use super::client::{self, HttpClient};
 
@@ -777,39 +778,15 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v.trim_matches('"').to_owned())
 }
 
-/// The query's parameters, names percent-decoded as a backend decodes them (`%74oken` is
-/// `token`), values as written.
+/// The query's parameters, names decoded, values as written.
 fn query_pairs(uri: &Uri) -> impl Iterator<Item = (String, &str)> {
-    uri.query()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .map(|(n, v)| (percent_decode(n), v))
+    crate::http::query_pairs(uri.query().unwrap_or(""))
 }
 
 fn query_param(uri: &Uri, name: &str) -> Option<String> {
     query_pairs(uri)
         .find(|(n, v)| n == name && !v.is_empty())
         .map(|(_, v)| percent_decode(v))
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    let hex = |b: u8| (b as char).to_digit(16);
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The `Sec-WebSocket-Protocol` bearer convention: the offered list holds `bearer` and, right

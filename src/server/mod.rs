@@ -333,40 +333,23 @@ impl Server {
         });
         let connection_limit = Arc::new(Semaphore::new(settings.limits.max_connections));
         // The listeners run on bound sockets from here on: ready (setting this later raced
-        // the admin listener, which could answer /ready 503 to a first probe).
-        let admin_state = sockets.admin.is_some().then(|| {
+        // the admin listener, which could answer /ready 503 to a first probe). One ban table
+        // and one hub for the process's life: reloads hand them over.
+        let router = |scope| {
             Arc::new(AdminState {
                 metrics: metrics.clone(),
                 certificates: certificates.clone(),
                 listening: Arc::new(AtomicBool::new(true)),
                 reload: reload.clone(),
-                // One table for the process's life: reloads hand it over.
                 bans: shared.runtime.load().pipeline.limits().bans().clone(),
                 hub: shared.runtime.load().pipeline.hub().clone(),
-                scope: crate::admin::AdminScope::Full,
+                scope,
             })
-        });
-        // The publish API's own listener: the admin router limited to `/hub/*`, each request
-        // checked for the API key of the configuration in force.
-        let hub_api = sockets.hub_api.map(|socket| {
-            let state = Arc::new(AdminState {
-                metrics: metrics.clone(),
-                certificates: certificates.clone(),
-                listening: Arc::new(AtomicBool::new(true)),
-                reload: reload.clone(),
-                bans: shared.runtime.load().pipeline.limits().bans().clone(),
-                hub: shared.runtime.load().pipeline.hub().clone(),
-                scope: crate::admin::AdminScope::HubApi,
-            });
-            Listener::new(
-                socket,
-                ListenerKind::Admin(state),
-                &shared,
-                &connection_limit,
-                &shutdown,
-                &tasks,
-            )
-        });
+        };
+        let admin_state = sockets
+            .admin
+            .is_some()
+            .then(|| router(crate::admin::AdminScope::Full));
         let start = |socket, kind| {
             Listener::new(socket, kind, &shared, &connection_limit, &shutdown, &tasks)
         };
@@ -378,6 +361,12 @@ impl Server {
             .admin
             .zip(admin_state.clone())
             .map(|(socket, state)| start(socket, ListenerKind::Admin(state)));
+        // The publish API's own listener: the admin router limited to `/hub/*`, each request
+        // checked for the API key of the configuration in force.
+        let hub_api = sockets.hub_api.map(|socket| {
+            let state = router(crate::admin::AdminScope::HubApi);
+            start(socket, ListenerKind::Admin(state))
+        });
         let running = ListenerSet {
             main: main.running(settings.listen),
             http: http.as_ref().map(|l| l.running(settings.http.listen)),
