@@ -413,14 +413,7 @@ ws.onclose = (e) => {{ out.textContent += ' closed:' + e.code; }};
             } else {
                 html
             };
-            tcp.write_all(
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                )
-                .as_bytes(),
-            )
-            .await?;
+            common::hostile::write_html(&mut tcp, &body).await?;
             Ok(Some(tcp))
         })
     })
@@ -1212,19 +1205,6 @@ fn config_check_names_the_file_line_and_field_of_hub_mistakes() {
     }
 }
 
-/// The resident set of process `pid`, in KiB.
-fn rss_of(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// The `tlsgate` binary serves (its own process, its own descriptors: 10,000 sockets on each
 /// side do not fit one process's usual limit of 20,000); this process holds the clients.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1268,7 +1248,7 @@ async fn ten_thousand_subscribers_on_one_channel_each_receive_one_publication() 
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
     let client = client_config_with(provider, &ca, &[&rustls::version::TLS13], &[b"http/1.1"]);
-    let rss_idle = rss_of(pid);
+    let rss_idle = common::hostile::rss_kib_of(pid);
 
     let started = Instant::now();
     let gate = Arc::new(tokio::sync::Semaphore::new(64));
@@ -1317,7 +1297,7 @@ async fn ten_thousand_subscribers_on_one_channel_each_receive_one_publication() 
         assert!(Instant::now() < deadline, "{channels}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let rss_full = rss_of(pid);
+    let rss_full = common::hostile::rss_kib_of(pid);
 
     let published = Instant::now();
     let (status, answer) = admin_call(

@@ -625,14 +625,7 @@ ws.onclose = (e) => {{
             } else {
                 html
             };
-            tcp.write_all(
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{html}",
-                    html.len()
-                )
-                .as_bytes(),
-            )
-            .await?;
+            common::hostile::write_html(&mut tcp, &html).await?;
             Ok(Some(tcp))
         })
     })

@@ -381,7 +381,12 @@ pub async fn connections_back_to(
 
 /// This process's resident set (`VmRSS`), in KiB.
 pub fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    rss_kib_of("self")
+}
+
+/// The resident set of process `pid` (`self` for this one), in KiB; 0 when unreadable.
+pub fn rss_kib_of(pid: impl std::fmt::Display) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {
             status
@@ -431,4 +436,16 @@ pub async fn raw_exchange(
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     (status, text, closed)
+}
+
+/// Answers on `tcp` with `200` and `html` (the pages the browser tests serve).
+pub async fn write_html(tcp: &mut TcpStream, html: &str) -> std::io::Result<()> {
+    tcp.write_all(
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{html}",
+            html.len()
+        )
+        .as_bytes(),
+    )
+    .await
 }
