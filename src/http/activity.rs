@@ -320,6 +320,11 @@ impl<T> TrackedIo<T> {
         }
     }
 
+    /// The stream, for a connection that leaves HTTP and its watchdog behind (a hub session).
+    pub fn into_inner(self) -> T {
+        self.inner
+    }
+
     /// Watches HTTP/1 request lines: one of `limit` bytes or more gets `414`.
     pub fn with_request_line_limit(mut self, limit: usize) -> Self {
         self.line = RequestLine::Done { limit };

@@ -6,7 +6,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::Hub;
@@ -131,23 +130,6 @@ impl Endpoint {
             client: ctx.client_ip,
         })
     }
-}
-
-/// Small buffers: an idle session should cost little (the read buffer is 128 bytes; a larger
-/// message grows it for its length).
-///
-/// No cap on the write buffer: tungstenite refuses outright any frame larger than the cap
-/// (a 1 MiB cap dropped every echo or publication of 1 MiB and more), and the buffer never
-/// holds more than `write_buffer_size` and one frame, since every send waits for its flush.
-/// What a slow client may pile up is bounded by its outbox (`hub.queue`) instead.
-pub(super) fn socket_config(max_message: u64) -> WebSocketConfig {
-    let max = usize::try_from(max_message).unwrap_or(usize::MAX);
-    WebSocketConfig::default()
-        .read_buffer_size(128)
-        .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(usize::MAX)
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max))
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ mod protocol_fuzz;
 pub mod registry;
 pub mod rpc;
 pub mod session;
+mod wire;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};

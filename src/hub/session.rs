@@ -14,73 +14,75 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::{json, Map, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::claims::{claim_text, expiry, fill, glob, satisfied};
 use super::endpoint::{Endpoint, Start, MAX_SUBSCRIPTIONS};
 use super::protocol::{self, into_map, Command, Refusal};
 use super::registry::{Kick, Outgoing, SessionHandle};
+use super::wire::{Message, Wire, WireError};
 use super::Recovery;
 use crate::config::hub::{namespace_of, valid_channel};
 use crate::metrics::{ReasonLabels, ResultLabels};
 use crate::policy::jwt::Claims;
+use crate::tls::established::EstablishedTls;
 use crate::tls::TlsConnectionIo;
 
 /// How long a closing session waits for the client's close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
+/// Any stream a session can run on but the usual one.
+trait OtherIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> OtherIo for T {}
+
 /// Starts the session on the upgraded connection, as a task of its own that holds the
-/// connection's `slot` until the session ends. Each stream type gets a task sized for
-/// just it, and nothing of the upgrade stays behind.
+/// connection's `slot` until the session ends, and nothing of the upgrade. A TLS 1.3
+/// connection (the usual case) is taken over by [`EstablishedTls`], which keeps its keys
+/// unexpanded while the session waits; TLS 1.2 stays on rustls' stream, boxed with any other.
 pub async fn run(
     endpoint: Arc<Endpoint>,
     start: Start,
     upgraded: Upgraded,
     slot: Option<crate::http::context::ConnectionSlot>,
 ) {
-    let config = super::endpoint::socket_config(endpoint.settings.max_message_size);
+    let max_message = endpoint.settings.max_message_size;
     let tasks = endpoint.hub.tasks.clone();
-    // The bare TLS stream when hyper hands it back: an idle session then holds no HTTP
-    // machinery. Boxed, so the session's future stays small.
-    match upgraded.downcast::<TlsConnectionIo>() {
+    let (io, early): (Box<dyn OtherIo>, Vec<u8>) = match upgraded.downcast::<TlsConnectionIo>() {
         Ok(parts) => {
             // Copied out and dropped now: hyper's read buffer behind these bytes would
             // otherwise stay allocated for the session's whole life.
             let early = parts.read_buf.to_vec();
             drop(parts.read_buf);
-            let io = Box::new(parts.io.into_inner());
-            tasks.spawn(async move {
-                let _slot = slot;
-                let socket =
-                    WebSocketStream::from_partially_read(io, early, Role::Server, Some(config))
-                        .await;
-                Session::new(endpoint, socket).serve(start).await;
-            });
+            let stream = parts.io.into_inner().into_inner();
+            match stream.into_established() {
+                Ok(Ok(established)) => {
+                    tasks.spawn(async move {
+                        let _slot = slot;
+                        let wire = Wire::new(established, early, max_message);
+                        Session::<EstablishedTls>::new(endpoint, wire).serve(start).await;
+                    });
+                    return;
+                }
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "hub session: TLS hand-off refused");
+                    return;
+                }
+                Err(stream) => (Box::new(stream), early),
+            }
         }
-        Err(upgraded) => {
-            tasks.spawn(async move {
-                let _slot = slot;
-                let socket = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                Session::new(endpoint, socket).serve(start).await;
-            });
-        }
-    }
+        Err(upgraded) => (Box::new(TokioIo::new(upgraded)), Vec::new()),
+    };
+    tasks.spawn(async move {
+        let _slot = slot;
+        let wire = Wire::new(io, early, max_message);
+        Session::new(endpoint, wire).serve(start).await;
+    });
 }
 
 /// How a session ends.
@@ -154,7 +156,7 @@ impl Subscriptions {
 }
 
 pub(super) struct Session<S> {
-    socket: WebSocketStream<S>,
+    socket: Wire<S>,
     /// Its endpoint, and through it the hub.
     endpoint: Arc<Endpoint>,
     handle: Arc<SessionHandle>,
@@ -169,7 +171,7 @@ pub(super) struct Session<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
-    pub(super) fn new(endpoint: Arc<Endpoint>, socket: WebSocketStream<S>) -> Self {
+    pub(super) fn new(endpoint: Arc<Endpoint>, socket: Wire<S>) -> Self {
         let config = endpoint.hub.config();
         let handle = Arc::new(SessionHandle::new(
             endpoint.hub.next_session_id(),
@@ -354,8 +356,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.pong_due = Some(now + config.settings.pong_timeout);
             }
             drop(config);
+            self.socket.queue_ping();
             self.socket
-                .send(Message::Ping(Bytes::new()))
+                .flush()
                 .await
                 .map_err(|_| Ending::Gone("write_failed"))?;
         }
@@ -394,7 +397,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
     }
 
-    async fn flush_outbox(&mut self) -> Result<(), WsError> {
+    async fn flush_outbox(&mut self) -> std::io::Result<()> {
         let items = self.handle.take();
         if items.is_empty() {
             return Ok(());
@@ -410,17 +413,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     if publication.offset <= subscription.recovered_up_to {
                         continue;
                     }
-                    let frame = publication.frame(self.handle.envelope).clone();
-                    self.socket.feed(Message::Text(frame)).await?;
+                    let frame = publication.frame(self.handle.envelope);
+                    self.socket.queue_text(frame.as_str());
                     latency.observe(publication.accepted.elapsed().as_secs_f64());
                 }
-                Outgoing::Text(text) => self.socket.feed(Message::Text(text)).await?,
+                Outgoing::Text(text) => self.socket.queue_text(text.as_str()),
                 Outgoing::Unsubscribed(channel) => {
                     if self.drop_subscription(&channel) {
                         let text = json!({"type": "unsubscribed", "channel": &*channel});
-                        self.socket
-                            .feed(Message::Text(text.to_string().into()))
-                            .await?;
+                        self.socket.queue_text(&text.to_string());
                     }
                 }
             }
@@ -429,43 +430,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn send(&mut self, text: String) -> Result<(), Ending> {
+        self.socket.queue_text(&text);
+        self.written().await
+    }
+
+    async fn written(&mut self) -> Result<(), Ending> {
         self.socket
-            .send(Message::Text(text.into()))
+            .flush()
             .await
             .map_err(|_| Ending::Gone("write_failed"))
     }
 
     async fn on_message(&mut self, message: Message) -> Result<(), Ending> {
         match message {
-            Message::Text(text) if self.endpoint.settings.echo => self
-                .socket
-                .send(Message::Text(text))
-                .await
-                .map_err(|_| Ending::Gone("write_failed")),
-            Message::Binary(data) if self.endpoint.settings.echo => self
-                .socket
-                .send(Message::Binary(data))
-                .await
-                .map_err(|_| Ending::Gone("write_failed")),
+            Message::Text(text) if self.endpoint.settings.echo => {
+                self.socket.queue_text(text.as_str());
+                self.written().await
+            }
+            Message::Binary(data) if self.endpoint.settings.echo => {
+                self.socket.queue_binary(&data);
+                self.written().await
+            }
             Message::Text(text) => self.on_text(text).await,
             Message::Binary(_) => Err(Ending::close(
                 1008,
                 "binary messages are not accepted",
                 "protocol",
             )),
-            Message::Pong(_) => {
+            Message::Pong => {
                 self.pong_due = None;
                 Ok(())
             }
-            // tungstenite answers pings itself.
-            Message::Ping(_) | Message::Frame(_) => Ok(()),
-            Message::Close(_) => {
-                // tungstenite queues the close reply and writes it on the next read, which
-                // then ends the stream: without that read the client sees no closing handshake.
-                let drain = async { while let Some(Ok(_)) = self.socket.next().await {} };
-                let _ = tokio::time::timeout(CLOSE_WAIT, drain).await;
-                Err(Ending::Gone("client_closed"))
-            }
+            // The wire queued the pong.
+            Message::Ping => self.written().await,
+            // The wire queued the close reply; `finish` sends it and closes the stream.
+            Message::Close => Err(Ending::Gone("client_closed")),
         }
     }
 
@@ -612,16 +611,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 offset: entry.offset,
             };
             let publication = super::Publication::new(channel.clone(), &position, entry.data);
-            let frame = publication.frame(self.handle.envelope).clone();
-            self.socket
-                .feed(Message::Text(frame))
-                .await
-                .map_err(|_| Ending::Gone("write_failed"))?;
+            let frame = publication.frame(self.handle.envelope);
+            self.socket.queue_text(frame.as_str());
         }
-        self.socket
-            .flush()
-            .await
-            .map_err(|_| Ending::Gone("write_failed"))
+        self.written().await
     }
 
     /// Whether this session may subscribe to `channel`.
@@ -932,18 +925,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 reason: ending.metric().into(),
             })
             .inc();
-        if let Ending::Close(code, reason, _) = ending {
-            let frame = CloseFrame {
-                code: CloseCode::from(code),
-                reason: reason.into_owned().into(),
-            };
-            let polite = async {
-                if self.socket.close(Some(frame)).await.is_ok() {
-                    while let Some(Ok(_)) = self.socket.next().await {}
+        let polite = async {
+            if let Ending::Close(code, reason, _) = &ending {
+                self.socket.queue_close(*code, reason);
+                if self.socket.flush().await.is_err() {
+                    return;
                 }
-            };
-            let _ = tokio::time::timeout(CLOSE_WAIT, polite).await;
-        }
+                // The client's close, then our end of the connection (RFC 6455 §7.1.1).
+                while let Some(Ok(message)) = self.socket.next().await {
+                    if matches!(message, Message::Close) {
+                        break;
+                    }
+                }
+            }
+            let _ = self.socket.shutdown().await;
+        };
+        let _ = tokio::time::timeout(CLOSE_WAIT, polite).await;
     }
 }
 
@@ -960,12 +957,16 @@ fn kick_ending(handle: &SessionHandle) -> Ending {
     }
 }
 
-fn read_error(error: WsError) -> Ending {
+fn read_error(error: WireError) -> Ending {
     match error {
-        WsError::Capacity(_) => Ending::close(1009, "message too big", "message_too_big"),
-        WsError::Utf8(_) => Ending::close(1007, "invalid UTF-8", "protocol"),
-        WsError::Protocol(_) => Ending::close(1002, "protocol error", "protocol"),
-        _ => Ending::Gone("read_failed"),
+        WireError::TooBig => Ending::close(1009, "message too big", "message_too_big"),
+        WireError::Utf8 => Ending::close(1007, "invalid UTF-8", "protocol"),
+        WireError::Protocol(why) => Ending::close(1002, why, "protocol"),
+        WireError::Io(error) => {
+            // A TLS record that fails to decrypt, a reset: worth a line when debugging.
+            tracing::debug!(%error, "hub session read failed");
+            Ending::Gone("read_failed")
+        }
     }
 }
 
@@ -985,7 +986,6 @@ mod size_tests {
     use std::collections::HashMap;
     use std::net::IpAddr;
 
-    use tokio_tungstenite::tungstenite::protocol::Role;
     use tokio_util::sync::CancellationToken;
 
     use super::*;
@@ -1019,7 +1019,7 @@ mod size_tests {
             Duration::from_secs(1),
         ));
         let (server, _client) = tokio::io::duplex(64);
-        let socket = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+        let socket = Wire::new(server, Vec::new(), 65536);
         let start = Start {
             parameters: Vec::new(),
             channels: Vec::new(),
@@ -1035,3 +1035,4 @@ mod size_tests {
         assert!(size < 4096, "an idle session's future is {size} bytes");
     }
 }
+

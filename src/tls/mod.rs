@@ -6,6 +6,7 @@ pub mod accept;
 mod certificates;
 pub mod client_auth;
 mod edge;
+pub mod established;
 mod resolver;
 mod server_config;
 pub mod stream;

@@ -110,6 +110,9 @@ pub fn build_server_config(
     // The configured suite order is the server's preference (see `ServerConfigs`).
     config.ignore_client_order = true;
     config.session_storage = sessions.cache.clone();
+    // Lets a hub session take its keys over once its handshake is done (see
+    // `tls::established`); nothing else extracts them.
+    config.enable_secret_extraction = true;
     if tls.session_tickets {
         config.ticketer = sessions.ticketer.clone();
     }

@@ -22,12 +22,14 @@ use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::established::EstablishedTls;
+
 /// The largest TLS record: a 5-byte header, 16 KiB of plaintext and at most 2 KiB of
 /// expansion (RFC 5246 §6.2.3; TLS 1.3 allows only 256).
-const MAX_RECORD: usize = 5 + 16 * 1024 + 2048;
+pub(super) const MAX_RECORD: usize = 5 + 16 * 1024 + 2048;
 
 /// Plaintext encrypted per write call: a few full records.
-const MAX_WRITE_CHUNK: usize = 4 * 16 * 1024;
+pub(super) const MAX_WRITE_CHUNK: usize = 4 * 16 * 1024;
 
 /// Queued TLS bytes up to this size are sent together with the next write rather than on
 /// their own (a TLS 1.3 server's two session tickets take about 500 bytes).
@@ -38,7 +40,7 @@ const MAX_CLIENT_HELLO: usize = 64 * 1024;
 
 thread_local! {
     /// Ciphertext as read from sockets: a partial record carried over plus a fresh read.
-    static READ_SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; 2 * MAX_RECORD].into_boxed_slice());
+    pub(super) static READ_SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; 2 * MAX_RECORD].into_boxed_slice());
     /// Slices of a vectored write, joined.
     static GATHER_SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; MAX_WRITE_CHUNK].into_boxed_slice());
     /// Records as encrypted, before the socket takes them.
@@ -376,12 +378,8 @@ pub struct TlsServerStream {
 /// rustls' state plus the bytes waiting on either side of it.
 struct Session {
     connection: UnbufferedServerConnection,
-    /// Decrypted bytes the reader has not taken yet (from `plaintext_taken` on).
-    plaintext: Vec<u8>,
-    plaintext_taken: usize,
-    /// TLS bytes the socket has not taken yet (from `outgoing_sent` on).
-    outgoing: Vec<u8>,
-    outgoing_sent: usize,
+    plaintext: PlaintextQueue,
+    outgoing: Outgoing,
     /// rustls failed: it is not called again (its deframer's offsets may point past any
     /// buffer we still hold), and every later call gives this error.
     failed: Option<rustls::Error>,
@@ -468,7 +466,7 @@ impl Session {
                     while let Some(record) = traffic.next_record() {
                         match record {
                             Ok(record) => {
-                                deliver(record.payload, reader.as_deref_mut(), &mut self.plaintext)
+                                self.plaintext.deliver(record.payload, reader.as_deref_mut())
                             }
                             Err(error) => {
                                 failure = Some(error);
@@ -491,7 +489,7 @@ impl Session {
                     None
                 }
                 ConnectionState::EncodeTlsData(mut encode) => {
-                    encode_into(&mut self.outgoing, |space| encode.encode(space))?;
+                    encode_into(&mut self.outgoing.bytes, |space| encode.encode(space))?;
                     None
                 }
                 ConnectionState::TransmitTlsData(transmit) => {
@@ -510,12 +508,12 @@ impl Session {
                                 Ok(written) => written,
                                 Err(EncryptError::InsufficientSize(needed)) => {
                                     // Larger than the scratch buffer: straight to `outgoing`.
-                                    let start = self.outgoing.len();
-                                    self.outgoing.resize(start + needed.required_size, 0);
+                                    let start = self.outgoing.bytes.len();
+                                    self.outgoing.bytes.resize(start + needed.required_size, 0);
                                     let written = traffic
-                                        .encrypt(plaintext, &mut self.outgoing[start..])
+                                        .encrypt(plaintext, &mut self.outgoing.bytes[start..])
                                         .map_err(|_| rustls::Error::EncryptError)?;
-                                    self.outgoing.truncate(start + written);
+                                    self.outgoing.bytes.truncate(start + written);
                                     0
                                 }
                                 Err(EncryptError::EncryptExhausted) => {
@@ -524,12 +522,12 @@ impl Session {
                             });
                         }
                         Write::CloseNotify => {
-                            let start = self.outgoing.len();
-                            self.outgoing.resize(start + 64, 0);
+                            let start = self.outgoing.bytes.len();
+                            self.outgoing.bytes.resize(start + 64, 0);
                             let written = traffic
-                                .queue_close_notify(&mut self.outgoing[start..])
+                                .queue_close_notify(&mut self.outgoing.bytes[start..])
                                 .map_err(|_| rustls::Error::EncryptError)?;
-                            self.outgoing.truncate(start + written);
+                            self.outgoing.bytes.truncate(start + written);
                             encrypted = Some(0);
                         }
                     }
@@ -558,60 +556,89 @@ impl Session {
         let status = self.connection.process_tls_records(rest);
         if let Ok(ConnectionState::EncodeTlsData(mut encode)) = status.state {
             // Best effort: the connection ends with the error either way.
-            let _ = encode_into(&mut self.outgoing, |space| encode.encode(space));
+            let _ = encode_into(&mut self.outgoing.bytes, |space| encode.encode(space));
         }
     }
 
-    /// Copies pending plaintext into `reader`; true if there was any.
-    fn take_plaintext(&mut self, reader: &mut ReadBuf<'_>) -> bool {
-        let pending = &self.plaintext[self.plaintext_taken..];
+}
+
+/// Decrypted bytes the reader has not taken yet; empty (no allocation) otherwise.
+#[derive(Default)]
+pub(super) struct PlaintextQueue {
+    bytes: Vec<u8>,
+    /// From here on, `bytes` are not taken yet.
+    taken: usize,
+}
+
+impl PlaintextQueue {
+    /// Decrypted bytes go to the reader while it has room (and nothing waits before them);
+    /// the rest waits here.
+    pub(super) fn deliver(&mut self, payload: &[u8], reader: Option<&mut ReadBuf<'_>>) {
+        let mut rest = payload;
+        if let Some(reader) = reader {
+            if self.bytes.is_empty() {
+                let n = rest.len().min(reader.remaining());
+                reader.put_slice(&rest[..n]);
+                rest = &rest[n..];
+            }
+        }
+        self.bytes.extend_from_slice(rest);
+    }
+
+    #[cfg(test)]
+    pub(super) fn waiting(&self) -> &[u8] {
+        &self.bytes[self.taken..]
+    }
+
+    /// Copies waiting plaintext into `reader`; true if there was any.
+    pub(super) fn take(&mut self, reader: &mut ReadBuf<'_>) -> bool {
+        let pending = &self.bytes[self.taken..];
         if pending.is_empty() {
             return false;
         }
         let n = pending.len().min(reader.remaining());
         reader.put_slice(&pending[..n]);
-        self.plaintext_taken += n;
-        if self.plaintext_taken == self.plaintext.len() {
-            self.plaintext = Vec::new();
-            self.plaintext_taken = 0;
+        self.taken += n;
+        if self.taken == self.bytes.len() {
+            self.bytes = Vec::new();
+            self.taken = 0;
         }
         true
     }
+}
 
-    /// TLS bytes waiting for the socket.
-    fn queued(&self) -> usize {
-        self.outgoing.len() - self.outgoing_sent
+/// TLS bytes the socket has not taken yet; empty (no allocation) otherwise.
+#[derive(Default)]
+pub(super) struct Outgoing {
+    pub(super) bytes: Vec<u8>,
+    /// Up to here, `bytes` are written.
+    sent: usize,
+}
+
+impl Outgoing {
+    pub(super) fn queued(&self) -> usize {
+        self.bytes.len() - self.sent
     }
 
-    /// Writes queued TLS bytes to the socket; ready once all are written.
-    fn poll_send(&mut self, cx: &mut Context<'_>, tcp: &mut TcpStream) -> Poll<io::Result<()>> {
-        while self.outgoing_sent < self.outgoing.len() {
-            let written =
-                ready!(Pin::new(&mut *tcp).poll_write(cx, &self.outgoing[self.outgoing_sent..]))?;
+    /// Writes the queued bytes to the socket; ready once all are written.
+    pub(super) fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        tcp: &mut TcpStream,
+    ) -> Poll<io::Result<()>> {
+        while self.sent < self.bytes.len() {
+            let written = ready!(Pin::new(&mut *tcp).poll_write(cx, &self.bytes[self.sent..]))?;
             if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.outgoing_sent += written;
+            self.sent += written;
         }
-        if !self.outgoing.is_empty() {
-            self.outgoing = Vec::new();
-            self.outgoing_sent = 0;
+        if !self.bytes.is_empty() {
+            self.bytes = Vec::new();
+            self.sent = 0;
         }
         Poll::Ready(Ok(()))
     }
-}
-
-/// Decrypted bytes go to the reader while it has room; the rest waits in `pending`.
-fn deliver(payload: &[u8], reader: Option<&mut ReadBuf<'_>>, pending: &mut Vec<u8>) {
-    let mut rest = payload;
-    if let Some(reader) = reader {
-        if pending.is_empty() {
-            let n = rest.len().min(reader.remaining());
-            reader.put_slice(&rest[..n]);
-            rest = &rest[n..];
-        }
-    }
-    pending.extend_from_slice(rest);
 }
 
 /// Appends what `encode` writes to `outgoing`, growing it as rustls asks.
@@ -653,10 +680,8 @@ impl TlsServerStream {
             tcp,
             session: Session {
                 connection,
-                plaintext: Vec::new(),
-                plaintext_taken: 0,
-                outgoing: Vec::new(),
-                outgoing_sent: 0,
+                plaintext: PlaintextQueue::default(),
+                outgoing: Outgoing::default(),
                 failed: None,
             },
             partial: received,
@@ -680,7 +705,7 @@ impl TlsServerStream {
                 Ok(processed) => processed,
                 Err(error) => {
                     // Best effort: the alert tells the client why.
-                    let _ = self.session.poll_send(cx, &mut self.tcp);
+                    let _ = self.session.outgoing.poll_send(cx, &mut self.tcp);
                     return Poll::Ready(Err(tls_error(error)));
                 }
             };
@@ -692,10 +717,10 @@ impl TlsServerStream {
             let tls13 = self.session.connection.protocol_version()
                 == Some(rustls::ProtocolVersion::TLSv1_3);
             if !(done && tls13) {
-                ready!(self.session.poll_send(cx, &mut self.tcp))?;
+                ready!(self.session.outgoing.poll_send(cx, &mut self.tcp))?;
             }
             if done {
-                self.tickets_only = self.session.queued() > 0;
+                self.tickets_only = self.session.outgoing.queued() > 0;
                 if self.partial.is_empty() {
                     self.partial = Vec::new();
                 }
@@ -741,6 +766,37 @@ impl TlsServerStream {
     pub fn server_name(&self) -> Option<&str> {
         self.server_name.as_deref()
     }
+
+    /// Hands a TLS 1.3 connection at rest over to [`EstablishedTls`] (its own record layer,
+    /// keys expanded only while records flow), with whatever is in flight: the start of a
+    /// record, plaintext not read yet, bytes not written yet. `Err(self)`, unchanged, when it
+    /// cannot take over: TLS 1.2, a suite it does not run, a connection closing or failed.
+    /// `Ok(Err(_))` when rustls refused the hand-off, after which the connection is gone.
+    pub fn into_established(self) -> Result<io::Result<EstablishedTls>, Self> {
+        let connection = &self.session.connection;
+        let eligible = connection.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3)
+            && !connection.is_handshaking()
+            && connection
+                .negotiated_cipher_suite()
+                .is_some_and(|suite| super::established::supports(suite.suite()))
+            && self.session.failed.is_none()
+            && !(self.read_closed || self.close_sent || self.tcp_eof);
+        if !eligible {
+            return Err(self);
+        }
+        let Session {
+            connection,
+            plaintext,
+            outgoing,
+            ..
+        } = self.session;
+        Ok(connection
+            .dangerous_into_kernel_connection()
+            .and_then(|(secrets, kernel)| {
+                EstablishedTls::new(self.tcp, secrets, kernel, self.partial, plaintext, outgoing)
+            })
+            .map_err(tls_error))
+    }
 }
 
 impl AsyncRead for TlsServerStream {
@@ -751,7 +807,7 @@ impl AsyncRead for TlsServerStream {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
-            if this.session.take_plaintext(reader) {
+            if this.session.plaintext.take(reader) {
                 this.data_received = true;
                 return Poll::Ready(Ok(()));
             }
@@ -780,12 +836,12 @@ impl AsyncRead for TlsServerStream {
                     return Poll::Ready(Ok(()));
                 }
                 let received = &mut scratch[..carried + read];
-                let queued = this.session.queued();
+                let queued = this.session.outgoing.queued();
                 let processed = this
                     .session
                     .process(received, Some(reader), Write::Nothing)
                     .map_err(tls_error)?;
-                if this.session.queued() != queued {
+                if this.session.outgoing.queued() != queued {
                     // Bytes rustls queued while reading go out with the next flush.
                     this.tickets_only = false;
                 }
@@ -804,7 +860,7 @@ impl AsyncRead for TlsServerStream {
             match outcome {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(error)) => {
-                    let _ = this.session.poll_send(cx, &mut this.tcp);
+                    let _ = this.session.outgoing.poll_send(cx, &mut this.tcp);
                     return Poll::Ready(Err(error));
                 }
                 Poll::Pending => return Poll::Pending,
@@ -848,7 +904,7 @@ impl TlsServerStream {
             };
             // Bytes rustls queued meanwhile (an alert, a key update) go before these.
             let mut sent = 0;
-            if self.session.outgoing.is_empty() {
+            if self.session.outgoing.bytes.is_empty() {
                 while sent < encrypted {
                     match Pin::new(&mut self.tcp).poll_write(cx, &scratch[sent..encrypted]) {
                         Poll::Ready(Ok(0)) => {
@@ -862,10 +918,11 @@ impl TlsServerStream {
             }
             self.session
                 .outgoing
+                .bytes
                 .extend_from_slice(&scratch[sent..encrypted]);
-            if !self.session.outgoing.is_empty() {
+            if !self.session.outgoing.bytes.is_empty() {
                 // Whatever the socket would not take waits; a failure shows on the next call.
-                let _ = self.session.poll_send(cx, &mut self.tcp);
+                let _ = self.session.outgoing.poll_send(cx, &mut self.tcp);
             }
             Poll::Ready(Ok(chunk.len()))
         })
@@ -874,9 +931,9 @@ impl TlsServerStream {
     /// Ready when writing is open and the socket has taken earlier bytes, all but a few
     /// (deferred tickets, key-update answers) that can leave with the next records.
     fn poll_writable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.session.queued() > RIDE_ALONG {
+        if self.session.outgoing.queued() > RIDE_ALONG {
             // Backpressure: earlier bytes go first.
-            ready!(self.session.poll_send(cx, &mut self.tcp))?;
+            ready!(self.session.outgoing.poll_send(cx, &mut self.tcp))?;
         }
         if self.close_sent {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
@@ -940,7 +997,7 @@ impl AsyncWrite for TlsServerStream {
         // reading it too). Before that they go now: a client under Nagle's algorithm holds its
         // request back until its Finished is acknowledged, and they carry the ACK.
         if !(this.tickets_only && this.data_received) {
-            ready!(this.session.poll_send(cx, &mut this.tcp))?;
+            ready!(this.session.outgoing.poll_send(cx, &mut this.tcp))?;
         }
         Pin::new(&mut this.tcp).poll_flush(cx)
     }
@@ -958,7 +1015,7 @@ impl AsyncWrite for TlsServerStream {
                 tracing::debug!(%error, "close_notify not sent");
             }
         }
-        ready!(this.session.poll_send(cx, &mut this.tcp))?;
+        ready!(this.session.outgoing.poll_send(cx, &mut this.tcp))?;
         if this.tcp_eof {
             // The peer is gone; closing the socket is all that is left, and dropping does it.
             return Poll::Ready(Ok(()));
@@ -969,7 +1026,7 @@ impl AsyncWrite for TlsServerStream {
 
 #[cfg(test)]
 #[path = "stream_fuzz.rs"]
-mod fuzz;
+pub(super) mod fuzz;
 
 #[cfg(test)]
 mod tests {

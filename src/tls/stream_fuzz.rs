@@ -214,7 +214,7 @@ fn fuzz_regression_a_hello_failing_in_its_second_record_gets_an_alert_not_a_pani
     let error = session.process(&mut bytes, None, Write::Nothing);
     assert!(error.is_err(), "refused");
     assert_eq!(
-        session.outgoing.first(),
+        session.outgoing.bytes.first(),
         Some(&21),
         "an alert record is queued"
     );
@@ -308,12 +308,13 @@ proptest! {
 // The record layer: `Session::process` over a real handshake with rustls' client, the bytes
 // between them mutated, driven as `TlsServerStream::poll_handshake` and `poll_read` drive it.
 
-struct Pki {
-    server: Arc<ServerConfig>,
-    client: Arc<rustls::ClientConfig>,
+pub(in crate::tls) struct Pki {
+    pub(in crate::tls) server: Arc<ServerConfig>,
+    pub(in crate::tls) client: Arc<rustls::ClientConfig>,
 }
 
-fn pki() -> &'static Pki {
+/// A CA, a server config for `fuzz.test` and a client config that trusts it.
+pub(in crate::tls) fn pki() -> &'static Pki {
     static PKI: OnceLock<Pki> = OnceLock::new();
     PKI.get_or_init(|| {
         let ca = CertificateAuthority::new(
@@ -359,10 +360,8 @@ fn pki() -> &'static Pki {
 fn server_session() -> Session {
     Session {
         connection: UnbufferedServerConnection::new(pki().server.clone()).expect("a session"),
-        plaintext: Vec::new(),
-        plaintext_taken: 0,
-        outgoing: Vec::new(),
-        outgoing_sent: 0,
+        plaintext: PlaintextQueue::default(),
+        outgoing: Outgoing::default(),
         failed: None,
     }
 }
@@ -398,8 +397,7 @@ fn process_arrived(
 
 /// Hands the server's queued bytes to the client; false if the client gave up.
 fn to_client(session: &mut Session, client: &mut rustls::ClientConnection) -> bool {
-    let outgoing = std::mem::take(&mut session.outgoing);
-    session.outgoing_sent = 0;
+    let outgoing = std::mem::take(&mut session.outgoing).bytes;
     let mut input = &outgoing[..];
     while !input.is_empty() {
         match client.read_tls(&mut input) {
@@ -485,7 +483,7 @@ fn run(
     if session.connection.is_handshaking() {
         return Outcome::Stopped;
     }
-    delivered.extend_from_slice(&session.plaintext[session.plaintext_taken..]);
+    delivered.extend_from_slice(session.plaintext.waiting());
     Outcome::Delivered(delivered)
 }
 

@@ -1,0 +1,530 @@
+//! A hub session's WebSocket on its stream: RFC 6455 framing, server side, no extensions.
+//!
+//! Written for connections that mostly wait. Between bursts a session holds no buffer: reads
+//! go through a buffer on the stack, and only a frame that has not arrived whole is kept.
+//! Frames to send are gathered per burst and written with one call (one TLS key expansion,
+//! one system call), then the buffer is freed.
+//!
+//! The checks are RFC 6455's, for a server:
+//! - client frames must be masked;
+//! - no reserved bits (no extension is negotiated);
+//! - known opcodes only;
+//! - control frames unfragmented and at most 125 bytes;
+//! - continuation frames only inside a message;
+//! - messages within `max_message_size` (checked at each frame header, before its payload
+//!   is buffered);
+//! - text valid UTF-8, checked fragment by fragment so a bad one fails at once;
+//! - close codes and reasons valid (§7.4).
+//!
+//! Pings are answered by the wire; a close is answered with the code it carried.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+const OP_CONTINUATION: u8 = 0;
+const OP_TEXT: u8 = 1;
+const OP_BINARY: u8 = 2;
+const OP_CLOSE: u8 = 8;
+const OP_PING: u8 = 9;
+const OP_PONG: u8 = 10;
+
+/// Bytes read from the stream per call: a hub client's messages are small.
+const READ_CHUNK: usize = 2048;
+
+/// A whole message (or control frame) from the client.
+#[derive(Debug)]
+pub(super) enum Message {
+    Text(Utf8Bytes),
+    Binary(Bytes),
+    /// A ping; its pong is queued.
+    Ping,
+    Pong,
+    /// The client's close frame; ours (its code echoed) is queued.
+    Close,
+}
+
+/// Why the client's frames were refused, with the close code each one takes.
+#[derive(Debug)]
+pub(super) enum WireError {
+    /// `1002`.
+    Protocol(&'static str),
+    /// `1007`.
+    Utf8,
+    /// `1009`.
+    TooBig,
+    Io(io::Error),
+}
+
+pub(super) struct Wire<S> {
+    io: S,
+    /// Bytes read but not yet a whole frame; empty (no allocation) otherwise.
+    received: Vec<u8>,
+    /// The unmasked fragments of a message in progress, and its opcode (0: none).
+    message: Vec<u8>,
+    message_opcode: u8,
+    /// How much of a text `message` is known to be valid UTF-8.
+    valid_utf8: usize,
+    /// Frames to write, from `out_sent` on; empty (no allocation) between bursts.
+    out: Vec<u8>,
+    out_sent: usize,
+    max_message: u64,
+    close_received: bool,
+    close_queued: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
+    /// `early`: bytes that came after the upgrade request, already read by the HTTP layer.
+    pub(super) fn new(io: S, early: Vec<u8>, max_message: u64) -> Self {
+        Self {
+            io,
+            received: early,
+            message: Vec::new(),
+            message_opcode: 0,
+            valid_utf8: 0,
+            out: Vec::new(),
+            out_sent: 0,
+            max_message,
+            close_received: false,
+            close_queued: false,
+        }
+    }
+
+    /// The next message; `None` once the stream ended or the client's close came.
+    pub(super) fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Message, WireError>>> {
+        loop {
+            if self.close_received {
+                return Poll::Ready(None);
+            }
+            match self.parse() {
+                Ok(Some(message)) => return Poll::Ready(Some(Ok(message))),
+                Err(error) => return Poll::Ready(Some(Err(error))),
+                Ok(None) => {}
+            }
+            let mut chunk = [0u8; READ_CHUNK];
+            let mut space = ReadBuf::new(&mut chunk);
+            if let Err(error) = ready!(Pin::new(&mut self.io).poll_read(cx, &mut space)) {
+                return Poll::Ready(Some(Err(WireError::Io(error))));
+            }
+            if space.filled().is_empty() {
+                return Poll::Ready(None);
+            }
+            self.received.extend_from_slice(space.filled());
+        }
+    }
+
+    pub(super) async fn next(&mut self) -> Option<Result<Message, WireError>> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// Takes whole frames off `received` until one completes a message.
+    fn parse(&mut self) -> Result<Option<Message>, WireError> {
+        loop {
+            let Some(head) = self.head()? else {
+                return Ok(None);
+            };
+            let end = head.payload_at + head.length;
+            if self.received.len() < end {
+                return Ok(None);
+            }
+            let mut payload = self.received[head.payload_at..end].to_vec();
+            for (i, byte) in payload.iter_mut().enumerate() {
+                *byte ^= head.mask[i % 4];
+            }
+            if self.received.len() == end {
+                self.received = Vec::new();
+            } else {
+                self.received.drain(..end);
+            }
+            let message = match head.opcode {
+                OP_PING => {
+                    self.queue(OP_PONG, &payload);
+                    Some(Message::Ping)
+                }
+                OP_PONG => Some(Message::Pong),
+                OP_CLOSE => Some(self.on_close(&payload)?),
+                // A fragment that does not end its message: on to the next frame.
+                _ => self.on_data(head.opcode, head.fin, payload)?,
+            };
+            if message.is_some() {
+                return Ok(message);
+            }
+        }
+    }
+
+    /// The header at the front of `received`, checked; `None` while it is incomplete.
+    fn head(&self) -> Result<Option<Head>, WireError> {
+        let buf = &self.received;
+        let (Some(&first), Some(&second)) = (buf.first(), buf.get(1)) else {
+            return Ok(None);
+        };
+        let fin = first & 0x80 != 0;
+        let opcode = first & 0x0f;
+        if first & 0x70 != 0 {
+            return Err(WireError::Protocol("reserved bits set"));
+        }
+        if second & 0x80 == 0 {
+            return Err(WireError::Protocol("client frames must be masked"));
+        }
+        if !matches!(
+            opcode,
+            OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG
+        ) {
+            return Err(WireError::Protocol("unknown opcode"));
+        }
+        let (length, mask_at) = match second & 0x7f {
+            126 => match buf.get(2..4) {
+                Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 4),
+                None => return Ok(None),
+            },
+            127 => match buf.get(2..10) {
+                Some(b) => {
+                    let mut bytes = [0u8; 8];
+                    bytes.copy_from_slice(b);
+                    let length = u64::from_be_bytes(bytes);
+                    if length >> 63 != 0 {
+                        return Err(WireError::Protocol("frame length over 2^63"));
+                    }
+                    (length, 10)
+                }
+                None => return Ok(None),
+            },
+            short => (u64::from(short), 2),
+        };
+        if opcode & 0x08 != 0 {
+            if !fin {
+                return Err(WireError::Protocol("fragmented control frame"));
+            }
+            if length > 125 {
+                return Err(WireError::Protocol("control frame over 125 bytes"));
+            }
+        } else {
+            if opcode == OP_CONTINUATION && self.message_opcode == 0 {
+                return Err(WireError::Protocol("continuation frame outside a message"));
+            }
+            if opcode != OP_CONTINUATION && self.message_opcode != 0 {
+                return Err(WireError::Protocol("new message inside a fragmented one"));
+            }
+            // Before the payload is buffered: a frame that cannot fit is refused at its head.
+            if self.message.len() as u64 + length > self.max_message {
+                return Err(WireError::TooBig);
+            }
+        }
+        let Some(mask) = buf.get(mask_at..mask_at + 4) else {
+            return Ok(None);
+        };
+        let length = usize::try_from(length).map_err(|_| WireError::TooBig)?;
+        Ok(Some(Head {
+            fin,
+            opcode,
+            mask: [mask[0], mask[1], mask[2], mask[3]],
+            payload_at: mask_at + 4,
+            length,
+        }))
+    }
+
+    fn on_data(
+        &mut self,
+        opcode: u8,
+        fin: bool,
+        payload: Vec<u8>,
+    ) -> Result<Option<Message>, WireError> {
+        if opcode != OP_CONTINUATION {
+            self.message_opcode = opcode;
+        }
+        if self.message.is_empty() {
+            self.message = payload;
+        } else {
+            self.message.extend_from_slice(&payload);
+        }
+        if self.message_opcode == OP_TEXT {
+            match std::str::from_utf8(&self.message[self.valid_utf8..]) {
+                Ok(_) => self.valid_utf8 = self.message.len(),
+                // A sequence cut at the fragment's end may continue in the next one.
+                Err(error) if error.error_len().is_none() && !fin => {
+                    self.valid_utf8 += error.valid_up_to();
+                }
+                Err(_) => return Err(WireError::Utf8),
+            }
+        }
+        if !fin {
+            return Ok(None);
+        }
+        let data = Bytes::from(std::mem::take(&mut self.message));
+        let opcode = std::mem::replace(&mut self.message_opcode, 0);
+        self.valid_utf8 = 0;
+        if opcode == OP_TEXT {
+            let text = Utf8Bytes::try_from(data).map_err(|_| WireError::Utf8)?;
+            Ok(Some(Message::Text(text)))
+        } else {
+            Ok(Some(Message::Binary(data)))
+        }
+    }
+
+    /// The client's close frame: its code and reason checked (§5.5.1, §7.4), ours queued.
+    fn on_close(&mut self, payload: &[u8]) -> Result<Message, WireError> {
+        let code = match payload {
+            [] => None,
+            [_] => return Err(WireError::Protocol("close frame of one byte")),
+            [high, low, reason @ ..] => {
+                let code = u16::from_be_bytes([*high, *low]);
+                if !valid_close_code(code) {
+                    return Err(WireError::Protocol("invalid close code"));
+                }
+                if std::str::from_utf8(reason).is_err() {
+                    return Err(WireError::Utf8);
+                }
+                Some(code)
+            }
+        };
+        self.close_received = true;
+        if !self.close_queued {
+            self.close_queued = true;
+            let echo = code.map(u16::to_be_bytes);
+            self.queue(OP_CLOSE, echo.as_ref().map_or(&[][..], |c| &c[..]));
+        }
+        Ok(Message::Close)
+    }
+
+    /// Queues one unfragmented, unmasked frame.
+    fn queue(&mut self, opcode: u8, payload: &[u8]) {
+        let length = payload.len();
+        self.out.push(0x80 | opcode);
+        if length < 126 {
+            self.out.push(length as u8);
+        } else if let Ok(short) = u16::try_from(length) {
+            self.out.push(126);
+            self.out.extend_from_slice(&short.to_be_bytes());
+        } else {
+            self.out.push(127);
+            self.out.extend_from_slice(&(length as u64).to_be_bytes());
+        }
+        self.out.extend_from_slice(payload);
+    }
+
+    pub(super) fn queue_text(&mut self, text: &str) {
+        self.queue(OP_TEXT, text.as_bytes());
+    }
+
+    pub(super) fn queue_binary(&mut self, data: &[u8]) {
+        self.queue(OP_BINARY, data);
+    }
+
+    pub(super) fn queue_ping(&mut self) {
+        self.queue(OP_PING, &[]);
+    }
+
+    /// Queues our close frame (once): the code and as much of `reason` as fits in 123 bytes.
+    pub(super) fn queue_close(&mut self, code: u16, reason: &str) {
+        if self.close_queued {
+            return;
+        }
+        self.close_queued = true;
+        let mut cut = reason.len().min(123);
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.extend_from_slice(&reason.as_bytes()[..cut]);
+        self.queue(OP_CLOSE, &payload);
+    }
+
+    /// Writes everything queued; the buffer is freed once the stream took it.
+    pub(super) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.out_sent < self.out.len() {
+            let written = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[self.out_sent..]))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out_sent += written;
+        }
+        if !self.out.is_empty() {
+            self.out = Vec::new();
+            self.out_sent = 0;
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    pub(super) async fn flush(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_flush(cx)).await
+    }
+
+    /// Flushes, then closes the stream (TLS close_notify, then the TCP FIN).
+    pub(super) async fn shutdown(&mut self) -> io::Result<()> {
+        self.flush().await?;
+        std::future::poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx)).await
+    }
+}
+
+/// A frame header as read.
+struct Head {
+    fin: bool,
+    opcode: u8,
+    mask: [u8; 4],
+    payload_at: usize,
+    length: usize,
+}
+
+/// Close codes a peer may send (RFC 6455 §7.4.1 and IANA's registry): 1004–1006 and 1015
+/// are never sent, 1016–2999 are reserved, 3000–4999 belong to libraries and applications.
+fn valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A client frame, masked as a client must.
+    fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        let mut frame = vec![first];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        frame
+    }
+
+    async fn read_all(client: &mut tokio::io::DuplexStream) -> Vec<u8> {
+        let mut got = vec![0u8; 4096];
+        let n = client.read(&mut got).await.expect("read");
+        got.truncate(n);
+        got
+    }
+
+    #[tokio::test]
+    async fn fragmented_text_split_anywhere_arrives_whole_and_pings_get_pongs() {
+        let text = "héllo wörld, ünïcode split across fragments";
+        let bytes = text.as_bytes();
+        let mut stream = client_frame(0x01, &bytes[..2]); // cuts é in half
+        stream.extend(client_frame(0x89, b"hi")); // a ping between fragments
+        stream.extend(client_frame(0x00, &bytes[2..20]));
+        stream.extend(client_frame(0x80, &bytes[20..]));
+        for step in [1, 3, 7, stream.len()] {
+            let (server, mut client) = tokio::io::duplex(1 << 16);
+            let mut wire = Wire::new(server, Vec::new(), 1 << 20);
+            let writer = {
+                let stream = stream.clone();
+                tokio::spawn(async move {
+                    for piece in stream.chunks(step) {
+                        client.write_all(piece).await.expect("write");
+                        tokio::task::yield_now().await;
+                    }
+                    client
+                })
+            };
+            assert!(matches!(wire.next().await, Some(Ok(Message::Ping))));
+            wire.flush().await.expect("pong");
+            match wire.next().await {
+                Some(Ok(Message::Text(got))) => assert_eq!(got.as_str(), text),
+                other => panic!("step {step}: {other:?}"),
+            }
+            let mut client = writer.await.expect("writer");
+            assert_eq!(read_all(&mut client).await, vec![0x8a, 2, b'h', b'i']);
+        }
+    }
+
+    #[tokio::test]
+    async fn protocol_violations_are_refused_with_the_right_error() {
+        let too_big = client_frame(0x82, &[0; 200]);
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (vec![0x81, 0x02, b'h', b'i'], "client frames must be masked"),
+            (client_frame(0xc1, b"x"), "reserved bits set"),
+            (client_frame(0x83, b"x"), "unknown opcode"),
+            (client_frame(0x09, b"x"), "fragmented control frame"),
+            (client_frame(0x89, &[0; 126]), "control frame over 125 bytes"),
+            (client_frame(0x80, b"x"), "continuation frame outside a message"),
+            (
+                [client_frame(0x01, b"a"), client_frame(0x81, b"b")].concat(),
+                "new message inside a fragmented one",
+            ),
+            (client_frame(0x88, &[3]), "close frame of one byte"),
+            (client_frame(0x88, &1005u16.to_be_bytes()), "invalid close code"),
+            (client_frame(0x81, &[0xce, 0xba, 0xff]), "utf8"),
+            (client_frame(0x01, &[0xff]), "utf8"),
+            (too_big[..12].to_vec(), "too big"),
+        ];
+        for (bytes, expected) in cases {
+            let (server, mut client) = tokio::io::duplex(1 << 16);
+            client.write_all(&bytes).await.expect("write");
+            let mut wire = Wire::new(server, Vec::new(), 100);
+            let got = loop {
+                match wire.next().await {
+                    Some(Ok(_)) => continue,
+                    Some(Err(error)) => break error,
+                    None => panic!("{expected}: the stream ended without an error"),
+                }
+            };
+            let matched = match (&got, expected) {
+                (WireError::Protocol(why), _) => *why == expected,
+                (WireError::Utf8, "utf8") | (WireError::TooBig, "too big") => true,
+                _ => false,
+            };
+            assert!(matched, "{expected}: got {got:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_close_is_echoed_and_ends_the_stream() {
+        let (server, mut client) = tokio::io::duplex(1 << 16);
+        let mut payload = 4000u16.to_be_bytes().to_vec();
+        payload.extend_from_slice(b"bye");
+        client.write_all(&client_frame(0x88, &payload)).await.expect("write");
+        let mut wire = Wire::new(server, Vec::new(), 100);
+        assert!(matches!(wire.next().await, Some(Ok(Message::Close))));
+        assert!(wire.next().await.is_none());
+        wire.queue_close(1001, "ignored: a close was sent already");
+        wire.shutdown().await.expect("shutdown");
+        let got = read_all(&mut client).await;
+        assert_eq!(got, vec![0x88, 2, 0x0f, 0xa0]);
+    }
+
+    #[tokio::test]
+    async fn frames_out_use_the_shortest_length_and_reasons_are_cut_on_characters() {
+        let (server, mut client) = tokio::io::duplex(1 << 20);
+        let mut wire = Wire::new(server, Vec::new(), 100);
+        wire.queue_text("ok");
+        wire.queue_binary(&[7; 300]);
+        wire.queue_close(4003, &"é".repeat(100));
+        wire.flush().await.expect("flush");
+        drop(wire);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.expect("read");
+        assert_eq!(&got[..4], &[0x81, 2, b'o', b'k']);
+        assert_eq!(&got[4..8], &[0x82, 126, 1, 44]);
+        let close = &got[8 + 300..];
+        assert_eq!(close[0], 0x88);
+        assert_eq!(usize::from(close[1]), close.len() - 2);
+        assert!(close.len() - 2 <= 125);
+        assert_eq!(&close[2..4], &4003u16.to_be_bytes());
+        assert!(std::str::from_utf8(&close[4..]).is_ok());
+    }
+
+    #[tokio::test]
+    async fn bytes_read_with_the_upgrade_are_parsed_first() {
+        let (server, _client) = tokio::io::duplex(64);
+        let mut wire = Wire::new(server, client_frame(0x81, b"early"), 100);
+        match wire.next().await {
+            Some(Ok(Message::Text(text))) => assert_eq!(text.as_str(), "early"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
