@@ -270,6 +270,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
 
     /// The client's close frame: its code and reason checked (§5.5.1, §7.4), ours queued.
     fn on_close(&mut self, payload: &[u8]) -> Result<Message, WireError> {
+        // Even a bad close frame is the client's last: our close ends the connection then,
+        // without waiting for another.
+        self.close_received = true;
         let code = match payload {
             [] => None,
             [_] => return Err(WireError::Protocol("close frame of one byte")),
@@ -284,7 +287,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                 Some(code)
             }
         };
-        self.close_received = true;
         if !self.close_queued {
             self.close_queued = true;
             let echo = code.map(u16::to_be_bytes);
