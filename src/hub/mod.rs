@@ -306,6 +306,13 @@ impl Hub {
             .clone();
         let registry = Arc::new(Registry::new(dropped));
         let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(registry.clone()));
+        // Sessions hear of the shutdown through their wake (see `registry::Signal`).
+        let signalled = registry.clone();
+        let stopping = shutdown.clone();
+        tasks.spawn(async move {
+            stopping.cancelled().await;
+            signalled.signal_all(registry::Signal::Shutdown);
+        });
         Arc::new(Self {
             config: ArcSwap::from_pointee(config),
             registry,

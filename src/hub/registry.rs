@@ -9,9 +9,13 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::BuildHasher;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll};
 
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
+use tokio_util::sync::CancellationToken;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use prometheus_client::metrics::counter::Counter;
@@ -45,6 +49,16 @@ struct Outbox {
     kicked: Option<Kick>,
 }
 
+/// What the server tells a session, through its wake rather than a wait of its own on each
+/// token (an idle session's future stays small).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// The server is shutting down: flush, then `1001`.
+    Shutdown = 1,
+    /// A reload removed the session's route: `1001` after a random part of `reload_grace`.
+    Removed = 2,
+}
+
 /// The shared half of a session: what publishers and the publish API reach.
 #[derive(Debug)]
 pub struct SessionHandle {
@@ -55,20 +69,62 @@ pub struct SessionHandle {
     pub envelope: bool,
     limits: QueueSettings,
     outbox: Mutex<Outbox>,
-    /// Something was queued, or the session was kicked ([`SessionHandle::kicked`]).
-    pub wake: Notify,
+    /// The session's task, and whether it was woken since it last looked: something was
+    /// queued, or it was kicked ([`SessionHandle::kicked`]) or signalled.
+    waker: AtomicWaker,
+    woken: AtomicBool,
+    signals: AtomicU8,
+    /// The closer of the session's route, to know whether a reload removed it (cancelled
+    /// then); the session does not wait on it.
+    closer: CancellationToken,
 }
 
 impl SessionHandle {
-    pub fn new(id: u64, envelope: bool, limits: QueueSettings) -> Self {
+    pub fn new(id: u64, envelope: bool, limits: QueueSettings, closer: CancellationToken) -> Self {
         Self {
             id,
             user: OnceLock::new(),
             envelope,
             limits,
             outbox: Mutex::default(),
-            wake: Notify::new(),
+            waker: AtomicWaker::new(),
+            woken: AtomicBool::new(false),
+            signals: AtomicU8::new(0),
+            closer,
         }
+    }
+
+    /// Wakes the session's task (or its next poll, if it is running).
+    pub fn wake(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready once the session was woken since it last looked.
+    pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // A wake between the first look and the registration is seen here.
+        if self.woken.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    pub fn woken(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| self.poll_woken(cx))
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        self.signals.fetch_or(signal as u8, Ordering::AcqRel);
+        self.wake();
+    }
+
+    pub fn signalled(&self, signal: Signal) -> bool {
+        self.signals.load(Ordering::Acquire) & signal as u8 != 0
     }
 
     pub fn user(&self) -> Option<&Arc<str>> {
@@ -101,7 +157,7 @@ impl SessionHandle {
             let discarded = std::mem::take(&mut outbox.items).len() + 1;
             outbox.bytes = 0;
             drop(outbox);
-            self.wake.notify_one();
+            self.wake();
             return Err(discarded);
         }
         let was_empty = outbox.items.is_empty();
@@ -109,7 +165,7 @@ impl SessionHandle {
         outbox.bytes += len;
         drop(outbox);
         if was_empty {
-            self.wake.notify_one();
+            self.wake();
         }
         Ok(())
     }
@@ -130,7 +186,7 @@ impl SessionHandle {
             outbox.bytes = 0;
         }
         drop(outbox);
-        self.wake.notify_one();
+        self.wake();
     }
 
     pub fn kicked(&self) -> Option<Kick> {
@@ -189,6 +245,22 @@ impl Registry {
 
     pub fn register(&self, session: &Arc<SessionHandle>) {
         lock(&self.sessions).insert(session.id, session.clone());
+    }
+
+    /// Signals every session here.
+    pub fn signal_all(&self, signal: Signal) {
+        for session in lock(&self.sessions).values() {
+            session.signal(signal);
+        }
+    }
+
+    /// Signals [`Signal::Removed`] to the sessions whose route's closer was cancelled.
+    pub fn signal_removed(&self) {
+        for session in lock(&self.sessions).values() {
+            if session.closer.is_cancelled() {
+                session.signal(Signal::Removed);
+            }
+        }
     }
 
     pub fn deregister(&self, id: u64) {
@@ -318,8 +390,8 @@ mod tests {
     fn a_publication_reaches_each_subscriber_once_and_only_its_channel() {
         let registry = Registry::default();
         let limits = QueueSettings::default();
-        let a = Arc::new(SessionHandle::new(1, false, limits));
-        let b = Arc::new(SessionHandle::new(2, true, limits));
+        let a = Arc::new(SessionHandle::new(1, false, limits, CancellationToken::new()));
+        let b = Arc::new(SessionHandle::new(2, true, limits, CancellationToken::new()));
         let prices: Arc<str> = Arc::from("prices");
         assert!(registry.subscribe(&prices, &a));
         assert!(
@@ -352,8 +424,8 @@ mod tests {
             max_messages: 3,
             max_bytes: 1 << 20,
         };
-        let slow = Arc::new(SessionHandle::new(1, false, limits));
-        let fast = Arc::new(SessionHandle::new(2, false, limits));
+        let slow = Arc::new(SessionHandle::new(1, false, limits, CancellationToken::new()));
+        let fast = Arc::new(SessionHandle::new(2, false, limits, CancellationToken::new()));
         let channel: Arc<str> = Arc::from("prices");
         registry.subscribe(&channel, &slow);
         registry.subscribe(&channel, &fast);

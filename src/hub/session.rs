@@ -11,7 +11,9 @@
 //! recovered subscription skips live copies of what the recovery already sent.
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use hyper::upgrade::Upgraded;
@@ -25,7 +27,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use super::claims::{claim_text, expiry, fill, glob, satisfied};
 use super::endpoint::{Endpoint, Start, MAX_SUBSCRIPTIONS};
 use super::protocol::{self, into_map, Command, Refusal};
-use super::registry::{Kick, Outgoing, SessionHandle};
+use super::registry::{Kick, Outgoing, SessionHandle, Signal};
 use super::wire::{Message, Wire, WireError};
 use super::Recovery;
 use crate::config::hub::{namespace_of, valid_channel};
@@ -62,11 +64,9 @@ pub async fn run(
             let stream = parts.io.into_inner().into_inner();
             match stream.into_established() {
                 Ok(Ok(established)) => {
-                    tasks.spawn(async move {
-                        let _slot = slot;
-                        let wire = Wire::new(established, early, max_message);
-                        Session::<EstablishedTls>::new(endpoint, wire).serve(start).await;
-                    });
+                    let wire = Wire::new(established, early, max_message);
+                    let session = Session::<EstablishedTls>::new(endpoint, wire);
+                    tasks.spawn(session.serve(Box::new(start), slot));
                     return;
                 }
                 Ok(Err(error)) => {
@@ -78,11 +78,16 @@ pub async fn run(
         }
         Err(upgraded) => (Box::new(TokioIo::new(upgraded)), Vec::new()),
     };
-    tasks.spawn(async move {
-        let _slot = slot;
-        let wire = Wire::new(io, early, max_message);
-        Session::new(endpoint, wire).serve(start).await;
-    });
+    let session = Session::new(endpoint, Wire::new(io, early, max_message));
+    tasks.spawn(session.serve(Box::new(start), slot));
+}
+
+/// What woke an idle session.
+enum Event {
+    /// Its handle: something queued, a kick, a signal.
+    Woken,
+    Message(Option<Result<Message, WireError>>),
+    Timer,
 }
 
 /// How a session ends.
@@ -167,7 +172,8 @@ pub(super) struct Session<S> {
     auth_deadline: Option<Instant>,
     next_ping: Instant,
     pong_due: Option<Instant>,
-    rpc: Option<super::rpc::Budgets>,
+    /// Boxed: most endpoints forward no JSON-RPC.
+    rpc: Option<Box<super::rpc::Budgets>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
@@ -177,8 +183,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             endpoint.hub.next_session_id(),
             endpoint.settings.envelope,
             config.settings.queue,
+            endpoint.closer.clone(),
         ));
-        let rpc = endpoint.rpc.as_ref().map(|rpc| rpc.budgets());
+        let rpc = endpoint.rpc.as_ref().map(|rpc| Box::new(rpc.budgets()));
         Self {
             socket,
             next_ping: Instant::now() + config.settings.ping_interval,
@@ -194,7 +201,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
     }
 
-    pub(super) async fn serve(mut self, start: Start) {
+    /// The session's task. `start` is boxed, and `slot` (the connection's place under the
+    /// caps) is held until the end, so that neither sits in the future twice.
+    pub(super) async fn serve(
+        mut self,
+        start: Box<Start>,
+        slot: Option<crate::http::context::ConnectionSlot>,
+    ) {
+        let _slot = slot;
         let gauge = self
             .endpoint
             .hub
@@ -205,6 +219,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .clone();
         gauge.inc();
         self.endpoint.hub.registry.register(&self.handle);
+        // Registered before these looks: a signal sent meanwhile was sent to this session.
+        if self.endpoint.hub.shutdown.is_cancelled() {
+            self.handle.signal(Signal::Shutdown);
+        }
+        if self.endpoint.closer.is_cancelled() {
+            self.handle.signal(Signal::Removed);
+        }
         let client = start.client;
         // The rare paths (start, client requests, the close) are boxed: an idle session's
         // future then holds only the wait itself.
@@ -218,7 +239,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// The endpoint's requirement, its server-side subscriptions and the `?channels=` ones.
-    async fn begin(&mut self, start: Start) -> Result<(), Ending> {
+    async fn begin(&mut self, start: Box<Start>) -> Result<(), Ending> {
+        let start = *start;
         self.parameters = start.parameters;
         match start.claims {
             Some(claims) => self.authenticated(claims).await?,
@@ -268,55 +290,52 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn run(&mut self) -> Ending {
-        // Made once and polled in place: the cancellation futures stay registered with
-        // their (shared) tokens and the timer is only moved, rather than every wake-up
-        // registering and dropping them all again.
-        let shutdown = self.endpoint.hub.shutdown.clone();
-        let closer = self.endpoint.closer.clone();
+        // One timer, moved rather than made again, and one small wait on the wake, the
+        // socket and the timer: this is what an idle session's future holds.
         let handle = self.handle.clone();
-        let shutdown_wait = shutdown.cancelled();
-        let closer_wait = closer.cancelled();
         let timer = tokio::time::sleep_until(self.deadline(None));
-        tokio::pin!(shutdown_wait, closer_wait, timer);
+        tokio::pin!(timer);
         let mut removal: Option<Instant> = None;
         loop {
             let deadline = self.deadline(removal);
             if timer.deadline() != deadline {
                 timer.as_mut().reset(deadline);
             }
-            tokio::select! {
-                biased;
-                () = &mut shutdown_wait => {
+            let event = std::future::poll_fn(|cx| {
+                if handle.poll_woken(cx).is_ready() {
+                    return Poll::Ready(Event::Woken);
+                }
+                if let Poll::Ready(message) = self.socket.poll_next(cx) {
+                    return Poll::Ready(Event::Message(message));
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Timer);
+                }
+                Poll::Pending
+            })
+            .await;
+            let outcome = match event {
+                Event::Woken if handle.signalled(Signal::Shutdown) => {
                     // What was published before the shutdown still goes out.
-                    let _ = tokio::time::timeout(CLOSE_WAIT, self.flush_outbox()).await;
+                    let _ = Box::pin(tokio::time::timeout(CLOSE_WAIT, self.flush_outbox())).await;
                     return Ending::close(1001, "server shutting down", "shutdown");
                 }
-                () = &mut closer_wait, if removal.is_none() => {
-                    removal = Some(Instant::now() + random_part(self.endpoint.grace));
-                }
-                () = handle.wake.notified() => {
-                    if handle.kicked().is_some() {
-                        return kick_ending(&handle);
+                Event::Woken if handle.kicked().is_some() => return kick_ending(&handle),
+                Event::Woken => {
+                    if handle.signalled(Signal::Removed) && removal.is_none() {
+                        removal = Some(Instant::now() + random_part(self.endpoint.grace));
                     }
-                    if let Err(ending) = self.flush_bounded().await {
-                        return ending;
-                    }
+                    // Boxed like the rare paths: its timer and loop would otherwise sit in
+                    // every idle session's future.
+                    Box::pin(self.flush_bounded()).await
                 }
-                message = self.socket.next() => {
-                    let outcome = match message {
-                        None => Err(Ending::Gone("client_closed")),
-                        Some(Ok(message)) => Box::pin(self.on_message(message)).await,
-                        Some(Err(error)) => Err(read_error(error)),
-                    };
-                    if let Err(ending) = outcome {
-                        return ending;
-                    }
-                }
-                () = &mut timer => {
-                    if let Err(ending) = Box::pin(self.on_timer(removal)).await {
-                        return ending;
-                    }
-                }
+                Event::Message(None) => Err(Ending::Gone("client_closed")),
+                Event::Message(Some(Ok(message))) => Box::pin(self.on_message(message)).await,
+                Event::Message(Some(Err(error))) => Err(read_error(error)),
+                Event::Timer => Box::pin(self.on_timer(removal)).await,
+            };
+            if let Err(ending) = outcome {
+                return ending;
             }
         }
     }
@@ -377,7 +396,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             loop {
                 tokio::select! {
                     outcome = &mut flush => break Some(outcome),
-                    () = handle.wake.notified() => {
+                    () = handle.woken() => {
                         if handle.kicked().is_some() {
                             break None;
                         }
@@ -387,7 +406,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         };
         if queued_meanwhile {
-            handle.wake.notify_one();
+            handle.wake();
         }
         match outcome {
             Some(Ok(Ok(()))) => Ok(()),
@@ -894,7 +913,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 _ => {}
             }
         }
-        let Some(budgets) = self.rpc.as_mut() else {
+        let Some(budgets) = self.rpc.as_deref_mut() else {
             return Ok(());
         };
         match forwarder.call(
@@ -1029,7 +1048,7 @@ mod size_tests {
         };
         let session = Session::new(endpoint, socket);
         let session_size = std::mem::size_of_val(&session);
-        let future = session.serve(start);
+        let future = session.serve(Box::new(start), None);
         let size = std::mem::size_of_val(&future);
         println!("session {session_size} B, its future {size} B");
         assert!(size < 4096, "an idle session's future is {size} bytes");

@@ -236,6 +236,7 @@ impl Pipeline {
             return;
         }
         let shutdown = self.echo.shutdown.clone();
+        let hub = self.hub.clone();
         self.echo.tasks.spawn(async move {
             tokio::select! {
                 () = tokio::time::sleep(grace) => {}
@@ -245,6 +246,8 @@ impl Pipeline {
                 tracing::info!(%route, "route removed by reload: closing its WebSockets (1001)");
                 token.cancel();
             }
+            // Hub sessions do not wait on their route's token: they are told.
+            hub.registry.signal_removed();
         });
     }
 
