@@ -280,11 +280,17 @@ impl Registry {
             .collect()
     }
 
-    /// Adds `session` to `channel`; false when it was there already.
-    pub fn subscribe(&self, channel: &Arc<str>, session: &Arc<SessionHandle>) -> bool {
+    /// Adds `session` to `channel`. Returns the channel's name as kept here (one copy per
+    /// channel, which its subscribers share) and false when the session was there already.
+    pub fn subscribe(&self, channel: &str, session: &Arc<SessionHandle>) -> (Arc<str>, bool) {
         let mut shard = self.shard(channel);
-        let entry = shard.entry(channel.clone()).or_default();
-        entry.members.insert(session.id, session.clone()).is_none()
+        let name = match shard.get_key_value(channel) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(channel),
+        };
+        let entry = shard.entry(name.clone()).or_default();
+        let added = entry.members.insert(session.id, session.clone()).is_none();
+        (name, added)
     }
 
     /// Removes session `id` from `channel`; false when it was not there.
@@ -393,13 +399,13 @@ mod tests {
         let a = Arc::new(SessionHandle::new(1, false, limits, CancellationToken::new()));
         let b = Arc::new(SessionHandle::new(2, true, limits, CancellationToken::new()));
         let prices: Arc<str> = Arc::from("prices");
-        assert!(registry.subscribe(&prices, &a));
+        assert!(registry.subscribe(&prices, &a).1);
         assert!(
-            !registry.subscribe(&prices, &a),
+            !registry.subscribe(&prices, &a).1,
             "a second subscribe is not a second member"
         );
         registry.subscribe(&prices, &b);
-        registry.subscribe(&Arc::from("chat:1"), &b);
+        registry.subscribe("chat:1", &b);
         assert_eq!(registry.deliver(&publication("prices", 1, "{\"p\":1}")), 2);
         assert_eq!(a.take().len(), 1);
         match b.take().pop_front() {
