@@ -8,15 +8,15 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::hash::BuildHasher;
 use std::future::Future;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
-use tokio_util::sync::CancellationToken;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
 
 use prometheus_client::metrics::counter::Counter;
 
@@ -396,8 +396,18 @@ mod tests {
     fn a_publication_reaches_each_subscriber_once_and_only_its_channel() {
         let registry = Registry::default();
         let limits = QueueSettings::default();
-        let a = Arc::new(SessionHandle::new(1, false, limits, CancellationToken::new()));
-        let b = Arc::new(SessionHandle::new(2, true, limits, CancellationToken::new()));
+        let a = Arc::new(SessionHandle::new(
+            1,
+            false,
+            limits,
+            CancellationToken::new(),
+        ));
+        let b = Arc::new(SessionHandle::new(
+            2,
+            true,
+            limits,
+            CancellationToken::new(),
+        ));
         let prices: Arc<str> = Arc::from("prices");
         assert!(registry.subscribe(&prices, &a).1);
         assert!(
@@ -430,8 +440,18 @@ mod tests {
             max_messages: 3,
             max_bytes: 1 << 20,
         };
-        let slow = Arc::new(SessionHandle::new(1, false, limits, CancellationToken::new()));
-        let fast = Arc::new(SessionHandle::new(2, false, limits, CancellationToken::new()));
+        let slow = Arc::new(SessionHandle::new(
+            1,
+            false,
+            limits,
+            CancellationToken::new(),
+        ));
+        let fast = Arc::new(SessionHandle::new(
+            2,
+            false,
+            limits,
+            CancellationToken::new(),
+        ));
         let channel: Arc<str> = Arc::from("prices");
         registry.subscribe(&channel, &slow);
         registry.subscribe(&channel, &fast);

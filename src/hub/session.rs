@@ -1066,7 +1066,9 @@ mod size_tests {
         println!("session {session_size} B, its future {size} B");
         // 664 B on a debug build of stable 1.95 (the session itself is 264 B of it, on this
         // test's stream): room for the compiler, none for a second copy of the session.
-        assert!(size < 2 * session_size + 256, "an idle session's future is {size} bytes");
+        assert!(
+            size < 2 * session_size + 256,
+            "an idle session's future is {size} bytes"
+        );
     }
 }
-

@@ -341,7 +341,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     /// Writes everything queued; the buffer is freed once the stream took it.
     pub(super) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.out_sent < self.out.len() {
-            let written = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[self.out_sent..]))?;
+            let written =
+                ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[self.out_sent..]))?;
             if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -452,14 +453,23 @@ mod tests {
             (client_frame(0xc1, b"x"), "reserved bits set"),
             (client_frame(0x83, b"x"), "unknown opcode"),
             (client_frame(0x09, b"x"), "fragmented control frame"),
-            (client_frame(0x89, &[0; 126]), "control frame over 125 bytes"),
-            (client_frame(0x80, b"x"), "continuation frame outside a message"),
+            (
+                client_frame(0x89, &[0; 126]),
+                "control frame over 125 bytes",
+            ),
+            (
+                client_frame(0x80, b"x"),
+                "continuation frame outside a message",
+            ),
             (
                 [client_frame(0x01, b"a"), client_frame(0x81, b"b")].concat(),
                 "new message inside a fragmented one",
             ),
             (client_frame(0x88, &[3]), "close frame of one byte"),
-            (client_frame(0x88, &1005u16.to_be_bytes()), "invalid close code"),
+            (
+                client_frame(0x88, &1005u16.to_be_bytes()),
+                "invalid close code",
+            ),
             (client_frame(0x81, &[0xce, 0xba, 0xff]), "utf8"),
             (client_frame(0x01, &[0xff]), "utf8"),
             (too_big[..12].to_vec(), "too big"),
@@ -489,7 +499,10 @@ mod tests {
         let (server, mut client) = tokio::io::duplex(1 << 16);
         let mut payload = 4000u16.to_be_bytes().to_vec();
         payload.extend_from_slice(b"bye");
-        client.write_all(&client_frame(0x88, &payload)).await.expect("write");
+        client
+            .write_all(&client_frame(0x88, &payload))
+            .await
+            .expect("write");
         let mut wire = Wire::new(server, Vec::new(), 100);
         assert!(matches!(wire.next().await, Some(Ok(Message::Close))));
         assert!(wire.next().await.is_none());

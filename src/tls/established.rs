@@ -103,12 +103,18 @@ fn parts(
     secrets: &ConnectionTrafficSecrets,
 ) -> Result<(&'static aead::Algorithm, &[u8], &Iv), rustls::Error> {
     match secrets {
-        ConnectionTrafficSecrets::Aes128Gcm { key, iv } => Ok((&aead::AES_128_GCM, key.as_ref(), iv)),
-        ConnectionTrafficSecrets::Aes256Gcm { key, iv } => Ok((&aead::AES_256_GCM, key.as_ref(), iv)),
+        ConnectionTrafficSecrets::Aes128Gcm { key, iv } => {
+            Ok((&aead::AES_128_GCM, key.as_ref(), iv))
+        }
+        ConnectionTrafficSecrets::Aes256Gcm { key, iv } => {
+            Ok((&aead::AES_256_GCM, key.as_ref(), iv))
+        }
         ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
             Ok((&aead::CHACHA20_POLY1305, key.as_ref(), iv))
         }
-        _ => Err(rustls::Error::General("no record layer here for this AEAD".into())),
+        _ => Err(rustls::Error::General(
+            "no record layer here for this AEAD".into(),
+        )),
     }
 }
 
@@ -269,7 +275,10 @@ impl EstablishedTls {
             };
             // RFC 8446 §5.4: the content type is the last byte that is not padding.
             let Some(end) = plain.iter().rposition(|&b| b != 0) else {
-                return Err(self.fatal(ALERT_UNEXPECTED_MESSAGE, "a TLS record with no content type"));
+                return Err(self.fatal(
+                    ALERT_UNEXPECTED_MESSAGE,
+                    "a TLS record with no content type",
+                ));
             };
             let (content, content_type) = (&plain[..end], plain[end]);
             if content.len() > MAX_PLAINTEXT {
@@ -337,9 +346,10 @@ impl EstablishedTls {
                 ALERT_UNEXPECTED_MESSAGE,
                 "data after a TLS KeyUpdate in the same record",
             )),
-            [_, _, _, _, request] if *request > 1 => {
-                Some((ALERT_ILLEGAL_PARAMETER, "a TLS KeyUpdate with a bad request"))
-            }
+            [_, _, _, _, request] if *request > 1 => Some((
+                ALERT_ILLEGAL_PARAMETER,
+                "a TLS KeyUpdate with a bad request",
+            )),
             [_, _, _, _, _] => None,
             _ => {
                 // Split across records: the rest comes in the next one.
@@ -396,7 +406,10 @@ impl AsyncRead for EstablishedTls {
                 }
                 scratch[..carried].copy_from_slice(&this.partial);
                 let mut space = ReadBuf::new(&mut scratch[carried..]);
-                if Pin::new(&mut this.tcp).poll_read(cx, &mut space)?.is_pending() {
+                if Pin::new(&mut this.tcp)
+                    .poll_read(cx, &mut space)?
+                    .is_pending()
+                {
                     // The socket ran dry: the key waits unexpanded for the next record.
                     this.rx.expanded = None;
                     return Poll::Pending;
@@ -515,10 +528,7 @@ mod tests {
 
     /// A rustls client connected to a server that handed its connection over, plus the
     /// server's end.
-    async fn connected() -> (
-        tokio_rustls::client::TlsStream<TcpStream>,
-        TlsServerStream,
-    ) {
+    async fn connected() -> (tokio_rustls::client::TlsStream<TcpStream>, TlsServerStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
         let mut config = (*pki().server).clone();
@@ -533,7 +543,10 @@ mod tests {
         let connector = tokio_rustls::TlsConnector::from(pki().client.clone());
         let name = rustls::pki_types::ServerName::try_from("fuzz.test").expect("a name");
         let tcp = TcpStream::connect(address).await.expect("connect");
-        let client = connector.connect(name, tcp).await.expect("client handshake");
+        let client = connector
+            .connect(name, tcp)
+            .await
+            .expect("client handshake");
         (client, server.await.expect("server"))
     }
 
@@ -589,15 +602,25 @@ mod tests {
             client.read_exact(&mut back).await.expect("client read");
             assert!(back == message, "round {round}: the echo differs");
             // The client's KeyUpdate asks for ours in return (rustls sends update_requested).
-            client.get_mut().1.refresh_traffic_keys().expect("key update");
+            client
+                .get_mut()
+                .1
+                .refresh_traffic_keys()
+                .expect("key update");
         }
         client.shutdown().await.expect("client close_notify");
         let mut tail = Vec::new();
-        client.read_to_end(&mut tail).await.expect("the server's close_notify");
+        client
+            .read_to_end(&mut tail)
+            .await
+            .expect("the server's close_notify");
         assert!(tail.is_empty());
         let tls = server.await.expect("echo");
         assert!(tls.read_closed && tls.close_sent);
-        assert!(tls.rx.expanded.is_none() && tls.tx.expanded.is_none(), "keys dropped at rest");
+        assert!(
+            tls.rx.expanded.is_none() && tls.tx.expanded.is_none(),
+            "keys dropped at rest"
+        );
     }
 
     #[tokio::test]
@@ -617,6 +640,10 @@ mod tests {
         assert_eq!(again.kind(), io::ErrorKind::InvalidData);
         // The client gets an encrypted alert record.
         let n = raw.read(&mut buf).await.expect("the alert");
-        assert!(n > 5 && buf[0] == CONTENT_APPLICATION_DATA, "{:?}", &buf[..n]);
+        assert!(
+            n > 5 && buf[0] == CONTENT_APPLICATION_DATA,
+            "{:?}",
+            &buf[..n]
+        );
     }
 }

@@ -465,9 +465,9 @@ impl Session {
                     let mut failure = None;
                     while let Some(record) = traffic.next_record() {
                         match record {
-                            Ok(record) => {
-                                self.plaintext.deliver(record.payload, reader.as_deref_mut())
-                            }
+                            Ok(record) => self
+                                .plaintext
+                                .deliver(record.payload, reader.as_deref_mut()),
                             Err(error) => {
                                 failure = Some(error);
                                 break;
@@ -559,7 +559,6 @@ impl Session {
             let _ = encode_into(&mut self.outgoing.bytes, |space| encode.encode(space));
         }
     }
-
 }
 
 /// Decrypted bytes the reader has not taken yet; empty (no allocation) otherwise.

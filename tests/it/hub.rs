@@ -1377,3 +1377,104 @@ async fn a_tenant_endpoint_subscribes_by_its_path_and_closes_other_tenants_4003(
     assert_eq!(close_code(&mut big).await.0, 1009);
     hub.server.stop().await;
 }
+
+/// A client WebSocket text frame, masked.
+fn masked_text(text: &str) -> Vec<u8> {
+    let mask = [0x1f, 0x2e, 0x3d, 0x4c];
+    assert!(text.len() < 126);
+    let mut frame = vec![0x81, 0x80 | text.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// OpenSSL as the TLS 1.3 peer: its `K` and `k` commands send KeyUpdate with and without
+/// `update_requested`. The hub session's own record layer must follow both (reading under
+/// the client's new key, answering a request with its own KeyUpdate), or OpenSSL fails the
+/// connection and the pongs never arrive.
+#[tokio::test]
+async fn openssl_key_updates_both_ways_keep_a_hub_session_talking() {
+    use tokio::io::AsyncReadExt;
+    let hub = Hub::start(
+        "hub:\n  endpoints:\n    - path: /open\n  namespaces:\n    prices: {client_subscribe: true}\n",
+    )
+    .await;
+    let mut child = tokio::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-tls1_3",
+            "-servername",
+            "localhost",
+            "-verify_return_error",
+        ])
+        .arg("-connect")
+        .arg(format!("127.0.0.1:{}", hub.server.main.port()))
+        .arg("-CAfile")
+        .arg(hub.ca_file())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("openssl s_client");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let reader = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut chunk).await {
+                if n == 0 {
+                    break;
+                }
+                seen.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        })
+    };
+    let wait_for = |needle: &'static str| {
+        let seen = seen.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let text = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+                if text.contains(needle) {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no {needle:?} in s_client's output:\n{text}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // Each write is one read for s_client, which looks for its commands at a read's start.
+    async fn say(stdin: &mut tokio::process::ChildStdin, bytes: &[u8]) {
+        stdin.write_all(bytes).await.expect("s_client's stdin");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    say(&mut stdin, b"GET /open?channels=prices HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await;
+    wait_for("101 Switching Protocols").await;
+    say(&mut stdin, &masked_text(r#"{"action":"ping","id":1}"#)).await;
+    wait_for(r#"{"id":1,"type":"pong"}"#).await;
+    say(&mut stdin, b"K\n").await;
+    say(&mut stdin, &masked_text(r#"{"action":"ping","id":2}"#)).await;
+    wait_for(r#"{"id":2,"type":"pong"}"#).await;
+    say(&mut stdin, b"k\n").await;
+    say(&mut stdin, &masked_text(r#"{"action":"ping","id":3}"#)).await;
+    wait_for(r#"{"id":3,"type":"pong"}"#).await;
+    hub.publish("prices", r#"{"after":"two key updates"}"#)
+        .await;
+    wait_for(r#"{"after":"two key updates"}"#).await;
+    drop(stdin);
+    let output = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("s_client ends")
+        .expect("s_client's output");
+    reader.abort();
+    let errors = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(errors.matches("KEYUPDATE").count(), 2, "{errors}");
+    assert!(!errors.contains(":error:"), "{errors}");
+    hub.server.stop().await;
+}
