@@ -75,7 +75,7 @@ pub async fn run(
                     tracing::debug!(%error, "hub session: TLS hand-off refused");
                     return;
                 }
-                Err(stream) => (Box::new(stream), early),
+                Err(stream) => (stream, early),
             }
         }
         Err(upgraded) => (Box::new(TokioIo::new(upgraded)), Vec::new()),
@@ -210,7 +210,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// The session's task, holding `slot` (the connection's place under the caps) until
     /// the end. A plain function around an `async move` block: an `async fn` would store
     /// its by-value arguments twice (the arguments, and the locals they move into), which
-    /// for the session itself is a few hundred bytes more in every idle task.
+    /// for the session itself is a few hundred bytes more in every idle task (944 → 664 B
+    /// on the size test's stream).
+    #[allow(clippy::manual_async_fn)]
     pub(super) fn serve(
         mut self,
         start: Box<Start>,

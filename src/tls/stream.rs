@@ -769,9 +769,10 @@ impl TlsServerStream {
     /// Hands a TLS 1.3 connection at rest over to [`EstablishedTls`] (its own record layer,
     /// keys expanded only while records flow), with whatever is in flight: the start of a
     /// record, plaintext not read yet, bytes not written yet. `Err(self)`, unchanged, when it
-    /// cannot take over: TLS 1.2, a suite it does not run, a connection closing or failed.
-    /// `Ok(Err(_))` when rustls refused the hand-off, after which the connection is gone.
-    pub fn into_established(self) -> Result<io::Result<EstablishedTls>, Self> {
+    /// cannot take over: TLS 1.2, a suite it does not run, a connection closing or failed
+    /// (boxed, as the caller keeps it). `Ok(Err(_))` when rustls refused the hand-off, after
+    /// which the connection is gone.
+    pub fn into_established(self) -> Result<io::Result<EstablishedTls>, Box<Self>> {
         let connection = &self.session.connection;
         let eligible = connection.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3)
             && !connection.is_handshaking()
@@ -781,7 +782,7 @@ impl TlsServerStream {
             && self.session.failed.is_none()
             && !(self.read_closed || self.close_sent || self.tcp_eof);
         if !eligible {
-            return Err(self);
+            return Err(Box::new(self));
         }
         let Session {
             connection,
