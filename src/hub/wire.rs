@@ -69,6 +69,11 @@ pub(super) struct Wire<S> {
     message_opcode: u8,
     /// How much of a text `message` is known to be valid UTF-8.
     valid_utf8: usize,
+    /// Of a text frame still arriving: payload bytes already checked, and the start of a
+    /// character they ended in (so bad UTF-8 fails as soon as it arrives, not at the frame's
+    /// end).
+    frame_checked: usize,
+    utf8_carry: ([u8; 3], u8),
     /// Frames to write, from `out_sent` on; empty (no allocation) between bursts.
     out: Vec<u8>,
     out_sent: usize,
@@ -86,6 +91,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             message: Vec::new(),
             message_opcode: 0,
             valid_utf8: 0,
+            frame_checked: 0,
+            utf8_carry: ([0; 3], 0),
             out: Vec::new(),
             out_sent: 0,
             max_message,
@@ -132,8 +139,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             };
             let end = head.payload_at + head.length;
             if self.received.len() < end {
+                self.check_arriving_text(&head)?;
                 return Ok(None);
             }
+            self.frame_checked = 0;
             let mut payload = self.received[head.payload_at..end].to_vec();
             for (i, byte) in payload.iter_mut().enumerate() {
                 *byte ^= head.mask[i % 4];
@@ -157,6 +166,47 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                 return Ok(message);
             }
         }
+    }
+
+    /// Checks the UTF-8 of the part of a text frame that has arrived (Autobahn 6.4.3–4:
+    /// fail fast, within the frame).
+    fn check_arriving_text(&mut self, head: &Head) -> Result<(), WireError> {
+        let text = head.opcode == OP_TEXT
+            || (head.opcode == OP_CONTINUATION && self.message_opcode == OP_TEXT);
+        let arrived = self
+            .received
+            .len()
+            .saturating_sub(head.payload_at)
+            .min(head.length);
+        if !text || arrived <= self.frame_checked {
+            return Ok(());
+        }
+        let mut bytes = Vec::with_capacity(3 + arrived - self.frame_checked);
+        if self.frame_checked == 0 {
+            // A character the message's last fragment ended in continues here.
+            bytes.extend_from_slice(&self.message[self.valid_utf8..]);
+        } else {
+            let (carry, len) = self.utf8_carry;
+            bytes.extend_from_slice(&carry[..usize::from(len)]);
+        }
+        let start = head.payload_at + self.frame_checked;
+        let fresh = &self.received[start..head.payload_at + arrived];
+        bytes.extend(
+            fresh
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ head.mask[(self.frame_checked + i) % 4]),
+        );
+        let tail = match std::str::from_utf8(&bytes) {
+            Ok(_) => &[][..],
+            Err(error) if error.error_len().is_none() => &bytes[error.valid_up_to()..],
+            Err(_) => return Err(WireError::Utf8),
+        };
+        let mut carry = [0u8; 3];
+        carry[..tail.len()].copy_from_slice(tail);
+        self.utf8_carry = (carry, tail.len() as u8);
+        self.frame_checked = arrived;
+        Ok(())
     }
 
     /// The header at the front of `received`, checked; `None` while it is incomplete.
@@ -383,6 +433,8 @@ fn valid_close_code(code: u16) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -531,6 +583,46 @@ mod tests {
         assert!(close.len() - 2 <= 125);
         assert_eq!(&close[2..4], &4003u16.to_be_bytes());
         assert!(std::str::from_utf8(&close[4..]).is_ok());
+    }
+
+    #[tokio::test]
+    async fn bad_utf8_fails_as_it_arrives_not_when_its_frame_ends() {
+        let (server, mut client) = tokio::io::duplex(1 << 16);
+        let mut wire = Wire::new(server, Vec::new(), 1 << 20);
+        let mut payload = "κόσμε".as_bytes().to_vec();
+        payload.extend_from_slice(&[
+            0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xce, 0xbc, 0xce, 0xb5,
+        ]);
+        payload.extend_from_slice(&[0xf4, 0x90, 0x80, 0x80]); // over U+10FFFF
+        payload.extend_from_slice(b"and the frame goes on for a while");
+        let frame = client_frame(0x81, &payload);
+        // Up to the byte that makes it bad (0x90 after 0xf4); the rest of the frame never comes.
+        let bad_at = frame.len() - b"and the frame goes on for a while".len() - 2;
+        client.write_all(&frame[..bad_at]).await.expect("write");
+        let got = tokio::time::timeout(Duration::from_secs(5), wire.next())
+            .await
+            .expect("refused before the frame ends");
+        assert!(matches!(got, Some(Err(WireError::Utf8))), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn text_split_inside_a_character_across_reads_is_accepted() {
+        let text = "ab€cd€";
+        let frame = client_frame(0x81, text.as_bytes());
+        let (server, mut client) = tokio::io::duplex(1 << 16);
+        let mut wire = Wire::new(server, Vec::new(), 1 << 20);
+        let writer = tokio::spawn(async move {
+            for byte in frame {
+                client.write_all(&[byte]).await.expect("write");
+                tokio::task::yield_now().await;
+            }
+            client
+        });
+        match wire.next().await {
+            Some(Ok(Message::Text(got))) => assert_eq!(got.as_str(), text),
+            other => panic!("{other:?}"),
+        }
+        drop(writer.await);
     }
 
     #[tokio::test]
