@@ -392,6 +392,64 @@ mod tests {
         ))
     }
 
+    #[tokio::test]
+    async fn wakes_are_not_lost_and_signals_reach_the_sessions_they_are_for() {
+        use std::time::Duration;
+        let limits = QueueSettings::default();
+        let handle = Arc::new(SessionHandle::new(
+            1,
+            false,
+            limits,
+            CancellationToken::new(),
+        ));
+        // A wake before anyone waits is kept for the next wait, once.
+        handle.wake();
+        tokio::time::timeout(Duration::from_secs(1), handle.woken())
+            .await
+            .expect("the earlier wake");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), handle.woken())
+                .await
+                .is_err(),
+            "a wake is used up"
+        );
+        // A wake from another thread while the session waits.
+        let waiter = tokio::spawn({
+            let handle = handle.clone();
+            async move {
+                handle.woken().await;
+                handle.signalled(Signal::Shutdown)
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        std::thread::spawn({
+            let handle = handle.clone();
+            move || handle.signal(Signal::Shutdown)
+        });
+        let seen = tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("woken")
+            .expect("the waiter");
+        assert!(seen);
+        // Removal reaches only the sessions whose route's closer was cancelled.
+        let registry = Registry::default();
+        let removed_route = CancellationToken::new();
+        let gone = Arc::new(SessionHandle::new(2, false, limits, removed_route.clone()));
+        let kept = Arc::new(SessionHandle::new(
+            3,
+            false,
+            limits,
+            CancellationToken::new(),
+        ));
+        registry.register(&gone);
+        registry.register(&kept);
+        removed_route.cancel();
+        registry.signal_removed();
+        assert!(gone.signalled(Signal::Removed) && !kept.signalled(Signal::Removed));
+        registry.signal_all(Signal::Shutdown);
+        assert!(gone.signalled(Signal::Shutdown) && kept.signalled(Signal::Shutdown));
+    }
+
     #[test]
     fn a_publication_reaches_each_subscriber_once_and_only_its_channel() {
         let registry = Registry::default();

@@ -72,7 +72,8 @@ pub async fn run(
                     return;
                 }
                 Ok(Err(error)) => {
-                    tracing::debug!(%error, "hub session: TLS hand-off refused");
+                    // Not expected once the checks of `into_established` passed.
+                    tracing::warn!(%error, "hub session dropped: rustls refused the TLS hand-off");
                     return;
                 }
                 Err(stream) => (stream, early),
@@ -317,11 +318,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 if handle.poll_woken(cx).is_ready() {
                     return Poll::Ready(Event::Woken);
                 }
-                if let Poll::Ready(message) = self.socket.poll_next(cx) {
-                    return Poll::Ready(Event::Message(message));
-                }
+                // The timer before the socket: a client that keeps its socket readable must
+                // not hold off its deadlines (auth, expiry, pong, removal).
                 if timer.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Event::Timer);
+                }
+                if let Poll::Ready(message) = self.socket.poll_next(cx) {
+                    return Poll::Ready(Event::Message(message));
                 }
                 Poll::Pending
             })
@@ -388,10 +391,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             drop(config);
             self.socket.queue_ping();
-            self.socket
-                .flush()
-                .await
-                .map_err(|_| Ending::Gone("write_failed"))?;
+            self.written().await?;
         }
         Ok(())
     }
@@ -400,32 +400,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     async fn flush_bounded(&mut self) -> Result<(), Ending> {
         let limit = self.endpoint.hub.config().send_timeout;
         let handle = self.handle.clone();
-        // A wake that is not a kick is an item queued meanwhile: its wake is given back.
-        let mut queued_meanwhile = false;
-        let outcome = {
-            let flush = tokio::time::timeout(limit, self.flush_outbox());
-            tokio::pin!(flush);
-            loop {
-                tokio::select! {
-                    outcome = &mut flush => break Some(outcome),
-                    () = handle.woken() => {
-                        if handle.kicked().is_some() {
-                            break None;
-                        }
-                        queued_meanwhile = true;
-                    }
-                }
-            }
-        };
-        if queued_meanwhile {
-            handle.wake();
-        }
-        match outcome {
-            Some(Ok(Ok(()))) => Ok(()),
-            Some(Ok(Err(_))) => Err(Ending::Gone("write_failed")),
-            Some(Err(_)) => Err(Ending::Gone("send_timeout")),
-            None => Err(kick_ending(&handle)),
-        }
+        bounded(&handle, limit, self.flush_outbox()).await
     }
 
     async fn flush_outbox(&mut self) -> std::io::Result<()> {
@@ -465,11 +440,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.written().await
     }
 
+    /// Writes what is queued (a reply, a pong, a ping) as the outbox is written: within
+    /// `send_timeout`, unless a kick comes first.
     async fn written(&mut self) -> Result<(), Ending> {
-        self.socket
-            .flush()
-            .await
-            .map_err(|_| Ending::Gone("write_failed"))
+        let limit = self.endpoint.hub.config().send_timeout;
+        let handle = self.handle.clone();
+        bounded(&handle, limit, self.socket.flush()).await
     }
 
     async fn on_message(&mut self, message: Message) -> Result<(), Ending> {
@@ -975,6 +951,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let _ = self.socket.shutdown().await;
         };
         let _ = tokio::time::timeout(CLOSE_WAIT, polite).await;
+    }
+}
+
+/// Runs `write` within `limit`, unless a kick comes first: a client that stops reading holds
+/// its session no longer than `limits.send_timeout`, and never past a kick.
+async fn bounded(
+    handle: &SessionHandle,
+    limit: Duration,
+    write: impl Future<Output = std::io::Result<()>>,
+) -> Result<(), Ending> {
+    // A wake that is not a kick (an item queued, a signal) is given back afterwards.
+    let mut woken_meanwhile = false;
+    let outcome = {
+        let write = tokio::time::timeout(limit, write);
+        tokio::pin!(write);
+        loop {
+            tokio::select! {
+                outcome = &mut write => break Some(outcome),
+                () = handle.woken() => {
+                    if handle.kicked().is_some() {
+                        break None;
+                    }
+                    woken_meanwhile = true;
+                }
+            }
+        }
+    };
+    if woken_meanwhile {
+        handle.wake();
+    }
+    match outcome {
+        Some(Ok(Ok(()))) => Ok(()),
+        Some(Ok(Err(_))) => Err(Ending::Gone("write_failed")),
+        Some(Err(_)) => Err(Ending::Gone("send_timeout")),
+        None => Err(kick_ending(handle)),
     }
 }
 

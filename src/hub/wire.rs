@@ -62,8 +62,11 @@ pub(super) enum WireError {
 
 pub(super) struct Wire<S> {
     io: S,
-    /// Bytes read but not yet a whole frame; empty (no allocation) otherwise.
+    /// Bytes read but not yet parsed (from `parsed` on); empty (no allocation) otherwise.
     received: Vec<u8>,
+    /// Bytes at the front of `received` already taken as frames: dropped in one go before
+    /// the next read, not one frame at a time (many small frames in one read stay linear).
+    parsed: usize,
     /// The unmasked fragments of a message in progress, and its opcode (0: none).
     message: Vec<u8>,
     message_opcode: u8,
@@ -88,6 +91,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         Self {
             io,
             received: early,
+            parsed: 0,
             message: Vec::new(),
             message_opcode: 0,
             valid_utf8: 0,
@@ -115,6 +119,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                 Err(error) => return Poll::Ready(Some(Err(error))),
                 Ok(None) => {}
             }
+            self.received.drain(..self.parsed);
+            self.parsed = 0;
             let mut chunk = [0u8; READ_CHUNK];
             let mut space = ReadBuf::new(&mut chunk);
             if let Err(error) = ready!(Pin::new(&mut self.io).poll_read(cx, &mut space)) {
@@ -149,12 +155,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             }
             if self.received.len() == end {
                 self.received = Vec::new();
+                self.parsed = 0;
             } else {
-                self.received.drain(..end);
+                self.parsed = end;
             }
             let message = match head.opcode {
                 OP_PING => {
-                    self.queue(OP_PONG, &payload);
+                    // After our close, nothing more (RFC 6455 §5.5.1).
+                    if !self.close_queued {
+                        self.queue(OP_PONG, &payload);
+                    }
                     Some(Message::Ping)
                 }
                 OP_PONG => Some(Message::Pong),
@@ -211,7 +221,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
 
     /// The header at the front of `received`, checked; `None` while it is incomplete.
     fn head(&self) -> Result<Option<Head>, WireError> {
-        let buf = &self.received;
+        let at = self.parsed;
+        let buf = &self.received[at..];
         let (Some(&first), Some(&second)) = (buf.first(), buf.get(1)) else {
             return Ok(None);
         };
@@ -275,7 +286,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             fin,
             opcode,
             mask: [mask[0], mask[1], mask[2], mask[3]],
-            payload_at: mask_at + 4,
+            payload_at: at + mask_at + 4,
             length,
         }))
     }

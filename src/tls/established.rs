@@ -47,6 +47,11 @@ const CONTENT_APPLICATION_DATA: u8 = 23;
 
 const HANDSHAKE_KEY_UPDATE: u8 = 24;
 
+/// Records in a row that carry no application data (KeyUpdates, user_canceled alerts, empty
+/// records) before the client is cut off: each costs work and gives nothing (rustls and
+/// BoringSSL allow 32 key updates, 4 warning alerts and 32 empty fragments).
+const MAX_RECORDS_WITHOUT_DATA: u8 = 32;
+
 const ALERT_CLOSE_NOTIFY: u8 = 0;
 const ALERT_UNEXPECTED_MESSAGE: u8 = 10;
 const ALERT_BAD_RECORD_MAC: u8 = 20;
@@ -156,6 +161,8 @@ pub struct EstablishedTls {
     close_sent: bool,
     /// The client closed its side of the TCP connection.
     tcp_eof: bool,
+    /// Records in a row without application data (see [`MAX_RECORDS_WITHOUT_DATA`]).
+    without_data: u8,
     /// A fatal error ended the connection: every later call gives it again.
     failed: Option<&'static str>,
 }
@@ -187,6 +194,7 @@ impl EstablishedTls {
             read_closed: false,
             close_sent: false,
             tcp_eof: false,
+            without_data: 0,
             failed: None,
         })
     }
@@ -233,6 +241,14 @@ impl EstablishedTls {
         Ok(())
     }
 
+    /// Ends the connection without an alert (the socket failed, or our own keys did): later
+    /// calls give the error again rather than send records out of sequence.
+    fn broken(&mut self, why: &'static str) -> io::Error {
+        self.failed.get_or_insert(why);
+        self.read_closed = true;
+        io::Error::new(io::ErrorKind::InvalidData, why)
+    }
+
     /// Ends the connection with a fatal alert (best effort) and the error to report.
     fn fatal(&mut self, alert: u8, why: &'static str) -> io::Error {
         if self.failed.is_none() {
@@ -269,10 +285,17 @@ impl EstablishedTls {
             }
             let body = &mut received[at + HEADER..at + HEADER + length];
             at += HEADER + length;
-            let (key, nonce) = self.rx.next()?;
+            let (key, nonce) = match self.rx.next() {
+                Ok(next) => next,
+                Err(_) => return Err(self.fatal(ALERT_INTERNAL_ERROR, "TLS receive key failed")),
+            };
             let Ok(plain) = key.open_in_place(nonce, Aad::from(header), body) else {
                 return Err(self.fatal(ALERT_BAD_RECORD_MAC, "a TLS record failed to decrypt"));
             };
+            // §5.4: TLSInnerPlaintext (content, type, padding) is at most 2^14 + 1 bytes.
+            if plain.len() > MAX_PLAINTEXT + 1 {
+                return Err(self.fatal(ALERT_RECORD_OVERFLOW, "a TLS record over 2^14 bytes"));
+            }
             // RFC 8446 §5.4: the content type is the last byte that is not padding.
             let Some(end) = plain.iter().rposition(|&b| b != 0) else {
                 return Err(self.fatal(
@@ -281,8 +304,16 @@ impl EstablishedTls {
                 ));
             };
             let (content, content_type) = (&plain[..end], plain[end]);
-            if content.len() > MAX_PLAINTEXT {
-                return Err(self.fatal(ALERT_RECORD_OVERFLOW, "a TLS record over 2^14 bytes"));
+            if content_type == CONTENT_APPLICATION_DATA && !content.is_empty() {
+                self.without_data = 0;
+            } else {
+                self.without_data += 1;
+                if self.without_data > MAX_RECORDS_WITHOUT_DATA {
+                    return Err(self.fatal(
+                        ALERT_UNEXPECTED_MESSAGE,
+                        "too many TLS records without application data",
+                    ));
+                }
             }
             if !self.handshake.is_empty() && content_type != CONTENT_HANDSHAKE {
                 return Err(self.fatal(
@@ -330,6 +361,10 @@ impl EstablishedTls {
     /// Post-handshake messages from a client: KeyUpdate only (we ask for no certificate
     /// after the handshake, and tickets go the other way).
     fn on_handshake(&mut self, content: &[u8]) -> io::Result<()> {
+        if content.is_empty() {
+            // §5.1: handshake records are never empty.
+            return Err(self.fatal(ALERT_UNEXPECTED_MESSAGE, "an empty TLS handshake record"));
+        }
         self.handshake.extend_from_slice(content);
         let message = std::mem::take(&mut self.handshake);
         let refusal = match message.as_slice() {
@@ -365,7 +400,10 @@ impl EstablishedTls {
             Ok(next) => next,
             Err(_) => return Err(self.fatal(ALERT_INTERNAL_ERROR, "TLS key update failed")),
         };
-        self.rx = RecordKey::new(next).map_err(tls_error)?;
+        self.rx = match RecordKey::new(next) {
+            Ok(key) => key,
+            Err(_) => return Err(self.fatal(ALERT_INTERNAL_ERROR, "TLS key update failed")),
+        };
         // One update answers any number of requests that came while we were silent.
         self.tx_update_due |= requested;
         Ok(())
@@ -416,9 +454,16 @@ impl AsyncRead for EstablishedTls {
                 }
                 let read = space.filled().len();
                 if read == 0 {
-                    // The client closed without close_notify: end of file all the same.
+                    // The client closed without close_notify: end of file all the same,
+                    // unless a record was cut short.
                     this.read_closed = true;
                     this.tcp_eof = true;
+                    if carried > 0 {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the connection ended inside a TLS record",
+                        )));
+                    }
                     return Poll::Ready(Ok(()));
                 }
                 let received = &mut scratch[..carried + read];
@@ -469,13 +514,22 @@ impl AsyncWrite for EstablishedTls {
         let chunk = &data[..data.len().min(MAX_WRITE_CHUNK)];
         SEAL_SCRATCH.with_borrow_mut(|sealed| {
             sealed.clear();
-            this.seal_data(chunk, sealed)?;
+            if this.seal_data(chunk, sealed).is_err() {
+                // Records may have taken sequence numbers: nothing more can be sent.
+                return Poll::Ready(Err(this.broken("TLS record encryption failed")));
+            }
             let mut sent = 0;
             while sent < sealed.len() {
                 match Pin::new(&mut this.tcp).poll_write(cx, &sealed[sent..]) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                    Poll::Ready(Ok(n)) => sent += n,
-                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                    Poll::Ready(Ok(n)) if n > 0 => sent += n,
+                    Poll::Ready(Ok(_)) => {
+                        this.broken("the socket took no bytes");
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    }
+                    Poll::Ready(Err(error)) => {
+                        this.broken("the socket write failed");
+                        return Poll::Ready(Err(error));
+                    }
                     Poll::Pending => break,
                 }
             }
@@ -584,6 +638,17 @@ mod tests {
         let mut first = [0u8; 1];
         server.read_exact(&mut first).await.expect("first byte");
         assert_eq!(&first, b"0");
+        // Records read since our last write: rustls may hold an answer owed to them, so the
+        // connection stays on rustls until we have written.
+        let Err(server) = server.into_established() else {
+            panic!("handed over with records read since the last write");
+        };
+        let mut server = *server;
+        server.write_all(b"ack").await.expect("ack");
+        server.flush().await.expect("flush");
+        let mut ack = [0u8; 3];
+        client.read_exact(&mut ack).await.expect("ack read");
+        assert_eq!(&ack, b"ack");
         let mut tls = established(server);
         let mut rest = [0u8; 9];
         tls.read_exact(&mut rest).await.expect("the rest");
@@ -621,6 +686,48 @@ mod tests {
             tls.rx.expanded.is_none() && tls.tx.expanded.is_none(),
             "keys dropped at rest"
         );
+    }
+
+    #[tokio::test]
+    async fn a_run_of_key_updates_without_data_is_cut_off() {
+        let (mut client, server) = connected().await;
+        let mut tls = established(server);
+        for _ in 0..(MAX_RECORDS_WITHOUT_DATA + 2) {
+            client
+                .get_mut()
+                .1
+                .refresh_traffic_keys()
+                .expect("key update");
+            client.flush().await.expect("flush");
+        }
+        client.write_all(b"x").await.expect("write");
+        client.flush().await.expect("flush");
+        let mut buf = [0u8; 8];
+        let error = loop {
+            match tls.read(&mut buf).await {
+                Ok(0) => panic!("end of file instead of a refusal"),
+                Ok(_) => panic!("data arrived after a run of key updates"),
+                Err(error) => break error,
+            }
+        };
+        assert!(
+            error.to_string().contains("without application data"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_cut_inside_a_record_is_an_error_not_an_end() {
+        let (client, server) = connected().await;
+        let mut tls = established(server);
+        let (mut raw, _session) = client.into_inner();
+        raw.write_all(&[CONTENT_APPLICATION_DATA, 3, 3, 0, 100, 1, 2, 3])
+            .await
+            .expect("half a record");
+        raw.shutdown().await.expect("FIN");
+        let mut buf = [0u8; 8];
+        let error = tls.read(&mut buf).await.expect_err("truncated");
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[tokio::test]

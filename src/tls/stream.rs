@@ -372,6 +372,9 @@ pub struct TlsServerStream {
     tickets_only: bool,
     /// Application data has come in since the handshake.
     data_received: bool,
+    /// Records were processed since our last write: rustls may hold state a hand-off would
+    /// lose (a KeyUpdate answer it queued, a handshake fragment).
+    read_since_write: bool,
     server_name: Option<String>,
 }
 
@@ -689,6 +692,7 @@ impl TlsServerStream {
             tcp_eof: false,
             tickets_only: false,
             data_received: false,
+            read_since_write: false,
             server_name,
         };
         std::future::poll_fn(|cx| stream.poll_handshake(cx)).await?;
@@ -769,10 +773,24 @@ impl TlsServerStream {
     /// Hands a TLS 1.3 connection at rest over to [`EstablishedTls`] (its own record layer,
     /// keys expanded only while records flow), with whatever is in flight: the start of a
     /// record, plaintext not read yet, bytes not written yet. `Err(self)`, unchanged, when it
-    /// cannot take over: TLS 1.2, a suite it does not run, a connection closing or failed
-    /// (boxed, as the caller keeps it). `Ok(Err(_))` when rustls refused the hand-off, after
+    /// cannot take over: TLS 1.2, a suite it does not run, a connection closing or failed, or
+    /// records read since our last write (rustls may have queued a KeyUpdate answer, which the
+    /// hand-off would drop) (boxed, as the caller keeps it). `Ok(Err(_))` when rustls refused the hand-off, after
     /// which the connection is gone.
-    pub fn into_established(self) -> Result<io::Result<EstablishedTls>, Box<Self>> {
+    pub fn into_established(mut self) -> Result<io::Result<EstablishedTls>, Box<Self>> {
+        // TLS data rustls still holds (a KeyUpdate answer our last write moved out) comes out
+        // into `outgoing` first, to be sent before any record under the extracted keys.
+        if self.session.failed.is_none() {
+            if let Ok(processed) = self
+                .session
+                .process(&mut self.partial, None, Write::Nothing)
+            {
+                if processed.consumed > 0 {
+                    self.read_since_write = true;
+                }
+                self.partial.drain(..processed.consumed);
+            }
+        }
         let connection = &self.session.connection;
         let eligible = connection.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3)
             && !connection.is_handshaking()
@@ -780,6 +798,7 @@ impl TlsServerStream {
                 .negotiated_cipher_suite()
                 .is_some_and(|suite| super::established::supports(suite.suite()))
             && self.session.failed.is_none()
+            && !self.read_since_write
             && !(self.read_closed || self.close_sent || self.tcp_eof);
         if !eligible {
             return Err(Box::new(self));
@@ -836,6 +855,7 @@ impl AsyncRead for TlsServerStream {
                     return Poll::Ready(Ok(()));
                 }
                 let received = &mut scratch[..carried + read];
+                this.read_since_write = true;
                 let queued = this.session.outgoing.queued();
                 let processed = this
                     .session
@@ -883,6 +903,7 @@ impl TlsServerStream {
         // Whatever is queued now goes out with these records, or at the next flush should
         // rustls fail (its alert is queued then).
         self.tickets_only = false;
+        self.read_since_write = false;
         WRITE_SCRATCH.with_borrow_mut(|scratch| {
             let processed = self
                 .session
