@@ -703,12 +703,10 @@ mod tests {
         client.write_all(b"x").await.expect("write");
         client.flush().await.expect("flush");
         let mut buf = [0u8; 8];
-        let error = loop {
-            match tls.read(&mut buf).await {
-                Ok(0) => panic!("end of file instead of a refusal"),
-                Ok(_) => panic!("data arrived after a run of key updates"),
-                Err(error) => break error,
-            }
+        let error = match tls.read(&mut buf).await {
+            Ok(0) => panic!("end of file instead of a refusal"),
+            Ok(_) => panic!("data arrived after a run of key updates"),
+            Err(error) => error,
         };
         assert!(
             error.to_string().contains("without application data"),
