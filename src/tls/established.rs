@@ -32,7 +32,7 @@ use rustls::{ConnectionTrafficSecrets, ExtractedSecrets};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::stream::{Outgoing, PlaintextQueue, MAX_RECORD, MAX_WRITE_CHUNK, READ_SCRATCH};
+use super::buffers::{Outgoing, PlaintextQueue, MAX_RECORD, MAX_WRITE_CHUNK, READ_SCRATCH};
 
 const HEADER: usize = 5;
 const TAG: usize = 16;

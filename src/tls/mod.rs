@@ -3,6 +3,7 @@
 //! cache).
 
 pub mod accept;
+mod buffers;
 mod certificates;
 pub mod client_auth;
 mod edge;
