@@ -26,6 +26,8 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::tls::Outgoing;
+
 const OP_CONTINUATION: u8 = 0;
 const OP_TEXT: u8 = 1;
 const OP_BINARY: u8 = 2;
@@ -77,9 +79,8 @@ pub(super) struct Wire<S> {
     /// end).
     frame_checked: usize,
     utf8_carry: ([u8; 3], u8),
-    /// Frames to write, from `out_sent` on; empty (no allocation) between bursts.
-    out: Vec<u8>,
-    out_sent: usize,
+    /// Frames to write; empty (no allocation) between bursts.
+    out: Outgoing,
     max_message: u64,
     close_received: bool,
     close_queued: bool,
@@ -97,8 +98,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             valid_utf8: 0,
             frame_checked: 0,
             utf8_carry: ([0; 3], 0),
-            out: Vec::new(),
-            out_sent: 0,
+            out: Outgoing::default(),
             max_message,
             close_received: false,
             close_queued: false,
@@ -359,17 +359,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     /// Queues one unfragmented, unmasked frame.
     fn queue(&mut self, opcode: u8, payload: &[u8]) {
         let length = payload.len();
-        self.out.push(0x80 | opcode);
+        self.out.bytes.push(0x80 | opcode);
         if length < 126 {
-            self.out.push(length as u8);
+            self.out.bytes.push(length as u8);
         } else if let Ok(short) = u16::try_from(length) {
-            self.out.push(126);
-            self.out.extend_from_slice(&short.to_be_bytes());
+            self.out.bytes.push(126);
+            self.out.bytes.extend_from_slice(&short.to_be_bytes());
         } else {
-            self.out.push(127);
-            self.out.extend_from_slice(&(length as u64).to_be_bytes());
+            self.out.bytes.push(127);
+            self.out
+                .bytes
+                .extend_from_slice(&(length as u64).to_be_bytes());
         }
-        self.out.extend_from_slice(payload);
+        self.out.bytes.extend_from_slice(payload);
     }
 
     pub(super) fn queue_text(&mut self, text: &str) {
@@ -401,18 +403,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
 
     /// Writes everything queued; the buffer is freed once the stream took it.
     pub(super) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.out_sent < self.out.len() {
-            let written =
-                ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[self.out_sent..]))?;
-            if written == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.out_sent += written;
-        }
-        if !self.out.is_empty() {
-            self.out = Vec::new();
-            self.out_sent = 0;
-        }
+        ready!(self.out.poll_send(cx, &mut self.io))?;
         Pin::new(&mut self.io).poll_flush(cx)
     }
 

@@ -7,7 +7,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use tokio::io::{AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// The largest TLS record: a 5-byte header, 16 KiB of plaintext and at most 2 KiB of
@@ -67,27 +67,28 @@ impl PlaintextQueue {
     }
 }
 
-/// TLS bytes the socket has not taken yet; empty (no allocation) otherwise.
+/// Bytes the socket (or stream) has not taken yet; empty (no allocation) otherwise. TLS
+/// records here; a hub session's WebSocket frames too.
 #[derive(Default)]
-pub(super) struct Outgoing {
-    pub(super) bytes: Vec<u8>,
+pub(crate) struct Outgoing {
+    pub(crate) bytes: Vec<u8>,
     /// Up to here, `bytes` are written.
     sent: usize,
 }
 
 impl Outgoing {
-    pub(super) fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         self.bytes.len() - self.sent
     }
 
-    /// Writes the queued bytes to the socket; ready once all are written.
-    pub(super) fn poll_send(
+    /// Writes the queued bytes to `to`; ready once all are written.
+    pub(crate) fn poll_send<W: AsyncWrite + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
-        tcp: &mut TcpStream,
+        to: &mut W,
     ) -> Poll<io::Result<()>> {
         while self.sent < self.bytes.len() {
-            let written = ready!(Pin::new(&mut *tcp).poll_write(cx, &self.bytes[self.sent..]))?;
+            let written = ready!(Pin::new(&mut *to).poll_write(cx, &self.bytes[self.sent..]))?;
             if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -98,5 +99,38 @@ impl Outgoing {
             self.sent = 0;
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+/// Puts the carried start of a record (`partial`) at the front of `scratch` and reads from
+/// the socket after it; ready with the bytes read (0: end of file).
+pub(super) fn read_after_partial(
+    cx: &mut Context<'_>,
+    tcp: &mut TcpStream,
+    partial: &[u8],
+    scratch: &mut [u8],
+) -> Poll<io::Result<usize>> {
+    let carried = partial.len();
+    if carried > MAX_RECORD {
+        // Only ever the start of one record is carried; more means a bug upstream, and the
+        // connection ends rather than the process.
+        return Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "more than one partial TLS record carried over",
+        )));
+    }
+    scratch[..carried].copy_from_slice(partial);
+    let mut space = ReadBuf::new(&mut scratch[carried..]);
+    ready!(Pin::new(tcp).poll_read(cx, &mut space))?;
+    Poll::Ready(Ok(space.filled().len()))
+}
+
+/// Keeps `rest`, the start of a record, for the next read; no allocation when there is none.
+pub(super) fn keep_partial(partial: &mut Vec<u8>, rest: &[u8]) {
+    if rest.is_empty() {
+        *partial = Vec::new();
+    } else {
+        partial.clear();
+        partial.extend_from_slice(rest);
     }
 }

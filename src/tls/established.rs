@@ -32,7 +32,9 @@ use rustls::{ConnectionTrafficSecrets, ExtractedSecrets};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::buffers::{Outgoing, PlaintextQueue, MAX_RECORD, MAX_WRITE_CHUNK, READ_SCRATCH};
+use super::buffers::{
+    keep_partial, read_after_partial, Outgoing, PlaintextQueue, MAX_WRITE_CHUNK, READ_SCRATCH,
+};
 
 const HEADER: usize = 5;
 const TAG: usize = 16;
@@ -436,23 +438,14 @@ impl AsyncRead for EstablishedTls {
             let before = reader.filled().len();
             let outcome = READ_SCRATCH.with_borrow_mut(|scratch| {
                 let carried = this.partial.len();
-                if carried > MAX_RECORD {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "more than one partial TLS record carried over",
-                    )));
-                }
-                scratch[..carried].copy_from_slice(&this.partial);
-                let mut space = ReadBuf::new(&mut scratch[carried..]);
-                if Pin::new(&mut this.tcp)
-                    .poll_read(cx, &mut space)?
-                    .is_pending()
-                {
+                let Poll::Ready(read) =
+                    read_after_partial(cx, &mut this.tcp, &this.partial, scratch)
+                else {
                     // The socket ran dry: the key waits unexpanded for the next record.
                     this.rx.expanded = None;
                     return Poll::Pending;
-                }
-                let read = space.filled().len();
+                };
+                let read = read?;
                 if read == 0 {
                     // The client closed without close_notify: end of file all the same,
                     // unless a record was cut short.
@@ -468,13 +461,7 @@ impl AsyncRead for EstablishedTls {
                 }
                 let received = &mut scratch[..carried + read];
                 let used = this.open_records(received, reader)?;
-                let rest = &received[used..];
-                if rest.is_empty() {
-                    this.partial = Vec::new();
-                } else {
-                    this.partial.clear();
-                    this.partial.extend_from_slice(rest);
-                }
+                keep_partial(&mut this.partial, &received[used..]);
                 Poll::Ready(Ok(()))
             });
             match outcome {

@@ -13,6 +13,7 @@ mod server_config;
 pub mod stream;
 
 pub use accept::{Accepted, HandshakeFailure, TlsConnectionIo, TlsEdge};
+pub(crate) use buffers::Outgoing;
 pub use certificates::{check_data_dir, load_certificates, CertSummary, LoadedCertificates};
 pub use resolver::{CertTable, SniResolver};
 pub use server_config::{build_server_config, ServerConfigs, SessionState};

@@ -22,7 +22,10 @@ use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::buffers::{Outgoing, PlaintextQueue, MAX_RECORD, MAX_WRITE_CHUNK, READ_SCRATCH};
+use super::buffers::{
+    keep_partial, read_after_partial, Outgoing, PlaintextQueue, MAX_RECORD, MAX_WRITE_CHUNK,
+    READ_SCRATCH,
+};
 use super::established::EstablishedTls;
 
 /// Queued TLS bytes up to this size are sent together with the next write rather than on
@@ -749,18 +752,12 @@ impl AsyncRead for TlsServerStream {
             let before = reader.filled().len();
             let outcome = READ_SCRATCH.with_borrow_mut(|scratch| {
                 let carried = this.partial.len();
-                if carried > MAX_RECORD {
-                    // Only ever the start of one record is carried; more means a bug upstream,
-                    // and the connection ends rather than the process.
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "more than one partial TLS record carried over",
-                    )));
-                }
-                scratch[..carried].copy_from_slice(&this.partial);
-                let mut space = ReadBuf::new(&mut scratch[carried..]);
-                ready!(Pin::new(&mut this.tcp).poll_read(cx, &mut space))?;
-                let read = space.filled().len();
+                let read = ready!(read_after_partial(
+                    cx,
+                    &mut this.tcp,
+                    &this.partial,
+                    scratch
+                ))?;
                 if read == 0 {
                     // The peer closed without close_notify: end of file all the same.
                     this.read_closed = true;
@@ -778,13 +775,7 @@ impl AsyncRead for TlsServerStream {
                     // Bytes rustls queued while reading go out with the next flush.
                     this.tickets_only = false;
                 }
-                let rest = &received[processed.consumed..];
-                if rest.is_empty() {
-                    this.partial = Vec::new();
-                } else {
-                    this.partial.clear();
-                    this.partial.extend_from_slice(rest);
-                }
+                keep_partial(&mut this.partial, &received[processed.consumed..]);
                 if matches!(processed.step, Step::PeerClosed | Step::Closed) {
                     this.read_closed = true;
                 }
