@@ -38,6 +38,19 @@ pub fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The path with each segment's `;parameters` removed, for matching only: Java servlet
+/// containers read `/ws;x` as `/ws`, so a route (and its policy) must see it so too.
+pub fn without_parameters(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains(';') {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let segments: Vec<&str> = path
+        .split('/')
+        .map(|segment| segment.split_once(';').map_or(segment, |(name, _)| name))
+        .collect();
+    std::borrow::Cow::Owned(segments.join("/"))
+}
+
 /// A query's `name=value` pairs, names percent-decoded as a backend decodes them (`%74oken`
 /// is `token`), values as written.
 pub fn query_pairs(query: &str) -> impl Iterator<Item = (String, &str)> {
@@ -131,4 +144,23 @@ pub fn request_host<B>(request: &http::Request<B>) -> Option<String> {
             None => host,
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_matching_ignores_segment_parameters() {
+        assert_eq!(without_parameters("/ws;x"), "/ws");
+        assert_eq!(without_parameters("/a;b=c/d;e"), "/a/d");
+        assert_eq!(without_parameters("/plain"), "/plain");
+    }
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(percent_decode("a%3Ab,c"), "a:b,c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
 }

@@ -137,7 +137,8 @@ pub async fn handle(
             let reason = request
                 .reason
                 .unwrap_or_else(|| "disconnected by the server".into());
-            // A close frame's reason has room for 123 bytes.
+            // Bounds what each kicked session keeps; the wire cuts it to the close frame's
+            // 123 bytes (`Wire::queue_close`).
             let reason: String = reason.chars().take(100).collect();
             let sessions = hub.registry.sessions_of(&request.user);
             for session in &sessions {

@@ -12,7 +12,7 @@ use super::Hub;
 use crate::config::hub::EndpointSettings;
 use crate::http::context::RequestContext;
 use crate::http::error::HttpError;
-use crate::http::percent_decode;
+use crate::http::{percent_decode, query_pairs};
 use crate::metrics::EndpointLabels;
 use crate::policy::jwt::{Claims, Verifier};
 
@@ -86,13 +86,7 @@ impl Endpoint {
     ) -> Result<Start, HttpError> {
         let route = &self.settings.route;
         // `;parameters` are not part of a segment's value (routes ignore them too).
-        let path: String = request
-            .uri()
-            .path()
-            .split('/')
-            .map(|segment| segment.split(';').next().unwrap_or(""))
-            .collect::<Vec<_>>()
-            .join("/");
+        let path = crate::http::without_parameters(request.uri().path());
         let parameters = if route.path.contains('{') {
             crate::policy::jwt::match_template(&route.path, &path, route.exact).unwrap_or_default()
         } else {
@@ -100,10 +94,7 @@ impl Endpoint {
         };
         let mut channels = Vec::new();
         let mut since = HashMap::new();
-        for pair in request.uri().query().unwrap_or("").split('&') {
-            let Some((name, value)) = pair.split_once('=') else {
-                continue;
-            };
+        for (name, value) in query_pairs(request.uri().query().unwrap_or("")) {
             let value = percent_decode(value);
             if !self.settings.channels_param.is_empty() && name == self.settings.channels_param {
                 for channel in value.split(',').filter(|c| !c.is_empty()) {
@@ -119,7 +110,7 @@ impl Endpoint {
                     .ok_or(HttpError::BadRequest(
                         "`since.CHANNEL` must be EPOCH:OFFSET",
                     ))?;
-                since.insert(percent_decode(channel), parsed);
+                since.insert(channel.to_owned(), parsed);
             }
         }
         Ok(Start {
@@ -129,17 +120,5 @@ impl Endpoint {
             claims: ctx.claims.clone(),
             client: ctx.client_ip,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_values_are_percent_decoded() {
-        assert_eq!(percent_decode("a%3Ab,c"), "a:b,c");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
     }
 }

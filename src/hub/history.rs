@@ -4,9 +4,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
 use std::hash::BuildHasher;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +12,7 @@ use tokio::time::Instant;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use futures_util::future::BoxFuture;
 
 /// A place in a channel's stream. The epoch changes when the stream is lost (a restart, an
 /// expiry), so offsets from an earlier epoch cannot be recovered.
@@ -70,7 +68,8 @@ pub trait History: Send + Sync {
 struct Stream {
     epoch: Arc<str>,
     last: u64,
-    entries: VecDeque<(u64, Instant, Utf8Bytes)>,
+    /// Kept publications with when they were kept, oldest first.
+    entries: VecDeque<(Instant, Entry)>,
     ttl: Duration,
     touched: Instant,
 }
@@ -87,7 +86,7 @@ impl Stream {
     }
 
     fn prune(&mut self, now: Instant) {
-        while let Some((_, at, _)) = self.entries.front() {
+        while let Some((at, _)) = self.entries.front() {
             if now.duration_since(*at) < self.ttl {
                 break;
             }
@@ -140,23 +139,23 @@ impl MemoryHistory {
     fn with_stream<T>(&self, channel: &str, f: impl FnOnce(&mut Stream) -> T) -> T {
         let now = Instant::now();
         let mut shard = super::lock(self.shard(channel));
-        if !shard.contains_key(channel) {
-            if shard.len() >= SWEEP_AT {
-                shard.retain(|_, s| {
-                    s.prune(now);
-                    !s.entries.is_empty() || now.duration_since(s.touched) < IDLE_STREAM
-                });
-            }
-            shard.insert(Arc::from(channel), Stream::new(now));
-        }
         match shard.get_mut(channel) {
             Some(stream) => {
                 stream.touched = now;
                 stream.prune(now);
                 f(stream)
             }
-            // Inserted just above under the same lock.
-            None => f(&mut Stream::new(now)),
+            None => {
+                if shard.len() >= SWEEP_AT {
+                    shard.retain(|_, s| {
+                        s.prune(now);
+                        !s.entries.is_empty() || now.duration_since(s.touched) < IDLE_STREAM
+                    });
+                }
+                f(shard
+                    .entry(Arc::from(channel))
+                    .or_insert_with(|| Stream::new(now)))
+            }
         }
     }
 }
@@ -173,9 +172,11 @@ impl History for MemoryHistory {
             stream.last += 1;
             stream.ttl = ttl;
             if size > 0 {
-                stream
-                    .entries
-                    .push_back((stream.last, Instant::now(), data.clone()));
+                let entry = Entry {
+                    offset: stream.last,
+                    data: data.clone(),
+                };
+                stream.entries.push_back((Instant::now(), entry));
                 while stream.entries.len() > size {
                     stream.entries.pop_front();
                 }
@@ -209,15 +210,12 @@ impl History for MemoryHistory {
             }
             // Every offset after `offset` must still be here.
             match stream.entries.front() {
-                Some((first, _, _)) if *first <= offset + 1 => Recovery::Recovered(
+                Some((_, first)) if first.offset <= offset + 1 => Recovery::Recovered(
                     stream
                         .entries
                         .iter()
-                        .filter(|(o, _, _)| *o > offset)
-                        .map(|(o, _, data)| Entry {
-                            offset: *o,
-                            data: data.clone(),
-                        })
+                        .filter(|(_, entry)| entry.offset > offset)
+                        .map(|(_, entry)| entry.clone())
                         .collect(),
                     top,
                 ),
@@ -238,10 +236,7 @@ impl History for MemoryHistory {
                 .entries
                 .iter()
                 .skip(skip)
-                .map(|(o, _, data)| Entry {
-                    offset: *o,
-                    data: data.clone(),
-                })
+                .map(|(_, entry)| entry.clone())
                 .collect();
             (stream.position(), entries)
         });

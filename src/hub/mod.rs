@@ -250,12 +250,14 @@ impl Idempotency {
     }
 
     /// The publish with the key ended: its answer is kept, or, when it failed, the key is
-    /// free again (a retry may publish).
+    /// free again (a retry may publish). A key `claim` found no room for stays unkept, so
+    /// the table holds at most `MAX_IDEMPOTENCY_KEYS`.
     fn settle(&mut self, key: &str, answer: Option<&Published>, now: Instant) {
         match answer {
             Some(published) => {
-                self.seen
-                    .insert(key.to_owned(), Seen::Done(now, published.clone()));
+                if let Some(seen) = self.seen.get_mut(key) {
+                    *seen = Seen::Done(now, published.clone());
+                }
             }
             None => {
                 self.seen.remove(key);

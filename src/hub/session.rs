@@ -335,8 +335,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     let _ = Box::pin(tokio::time::timeout(CLOSE_WAIT, self.flush_outbox())).await;
                     return Ending::close(1001, "server shutting down", "shutdown");
                 }
-                Event::Woken if handle.kicked().is_some() => return kick_ending(&handle),
                 Event::Woken => {
+                    if let Some(kick) = handle.kicked() {
+                        return kick_ending(kick);
+                    }
                     if handle.signalled(Signal::Removed) && removal.is_none() {
                         removal = Some(Instant::now() + random_part(self.endpoint.grace));
                     }
@@ -968,10 +970,10 @@ async fn bounded(
         tokio::pin!(write);
         loop {
             tokio::select! {
-                outcome = &mut write => break Some(outcome),
+                outcome = &mut write => break Ok(outcome),
                 () = handle.woken() => {
-                    if handle.kicked().is_some() {
-                        break None;
+                    if let Some(kick) = handle.kicked() {
+                        break Err(kick);
                     }
                     woken_meanwhile = true;
                 }
@@ -982,23 +984,20 @@ async fn bounded(
         handle.wake();
     }
     match outcome {
-        Some(Ok(Ok(()))) => Ok(()),
-        Some(Ok(Err(_))) => Err(Ending::Gone("write_failed")),
-        Some(Err(_)) => Err(Ending::Gone("send_timeout")),
-        None => Err(kick_ending(handle)),
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(_))) => Err(Ending::Gone("write_failed")),
+        Ok(Err(_)) => Err(Ending::Gone("send_timeout")),
+        Err(kick) => Err(kick_ending(kick)),
     }
 }
 
 /// How a kicked session ends.
-fn kick_ending(handle: &SessionHandle) -> Ending {
-    match handle.kicked() {
-        Some(Kick::SlowConsumer) => {
-            Ending::close(4429, "too slow: outbound queue full", "slow_consumer")
-        }
-        Some(Kick::Disconnect { code, reason }) => {
+fn kick_ending(kick: Kick) -> Ending {
+    match kick {
+        Kick::SlowConsumer => Ending::close(4429, "too slow: outbound queue full", "slow_consumer"),
+        Kick::Disconnect { code, reason } => {
             Ending::Close(code, Cow::Owned(reason), "disconnected")
         }
-        None => Ending::Gone("kicked"),
     }
 }
 

@@ -305,11 +305,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         } else {
             self.message.extend_from_slice(&payload);
         }
-        if self.message_opcode == OP_TEXT {
+        // A fragment that does not end its message is checked now (bad UTF-8 fails at once);
+        // a whole message is checked once, as it becomes `Utf8Bytes` below.
+        if self.message_opcode == OP_TEXT && !fin {
             match std::str::from_utf8(&self.message[self.valid_utf8..]) {
                 Ok(_) => self.valid_utf8 = self.message.len(),
                 // A sequence cut at the fragment's end may continue in the next one.
-                Err(error) if error.error_len().is_none() && !fin => {
+                Err(error) if error.error_len().is_none() => {
                     self.valid_utf8 += error.valid_up_to();
                 }
                 Err(_) => return Err(WireError::Utf8),

@@ -118,19 +118,6 @@ fn hex(digit: u8) -> Option<u8> {
     }
 }
 
-/// The path with each segment's `;parameters` removed, for matching only: Java servlet
-/// containers read `/ws;x` as `/ws`, so a route (and its policy) must see it so too.
-pub fn without_parameters(path: &str) -> std::borrow::Cow<'_, str> {
-    if !path.contains(';') {
-        return std::borrow::Cow::Borrowed(path);
-    }
-    let segments: Vec<&str> = path
-        .split('/')
-        .map(|segment| segment.split_once(';').map_or(segment, |(name, _)| name))
-        .collect();
-    std::borrow::Cow::Owned(segments.join("/"))
-}
-
 /// `421` when a request's host is not the name its TLS connection was opened for
 /// (RFC 9110 §15.5.20): certificates and routes are chosen per name, so a client must not
 /// reuse a connection for another host.
@@ -262,13 +249,6 @@ mod tests {
         ));
         assert!(sanity(&with("chunked"), false).is_ok());
         assert!(sanity(&with("Chunked"), false).is_ok());
-    }
-
-    #[test]
-    fn route_matching_ignores_segment_parameters() {
-        assert_eq!(without_parameters("/ws;x"), "/ws");
-        assert_eq!(without_parameters("/a;b=c/d;e"), "/a/d");
-        assert_eq!(without_parameters("/plain"), "/plain");
     }
 
     #[test]

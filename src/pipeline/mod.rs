@@ -355,7 +355,7 @@ impl Pipeline {
             Err(error) => return (None, Err(error)),
         }
         // 2. Route.
-        let matched = checks::without_parameters(request.uri().path());
+        let matched = crate::http::without_parameters(request.uri().path());
         let Some(route) = self.routes.find(&ctx.host, &matched) else {
             return (None, Err(HttpError::NotFound));
         };
@@ -552,6 +552,17 @@ fn route_table(
         .iter()
         .filter_map(|route| hub_route(route, route.hub_endpoint?))
         .collect();
+    let builtin_route = |stats: &Arc<RouteStats>, path: &str, target: Builtin| Route {
+        name: "builtin".into(),
+        stats: stats.clone(),
+        matcher: Matcher {
+            host: HostMatch::Any,
+            path: path.into(),
+            exact: true,
+        },
+        policy: policy_of(None),
+        target: Target::Builtin(target),
+    };
     match upstreams {
         Some(upstreams) => {
             let upstream_route = |route: &RouteSettings, name: String| {
@@ -577,33 +588,13 @@ fn route_table(
         None if !hub_routes.is_empty() => {
             // A hub without a proxy: its endpoints, and `/health` unless an endpoint has it.
             if !hub_routes.iter().any(|r| r.matcher.path == "/health") {
-                hub_routes.push(Route {
-                    name: "builtin".into(),
-                    stats: stats("builtin"),
-                    matcher: Matcher {
-                        host: HostMatch::Any,
-                        path: "/health".into(),
-                        exact: true,
-                    },
-                    policy: policy_of(None),
-                    target: Target::Builtin(Builtin::Health),
-                });
+                hub_routes.push(builtin_route(&stats("builtin"), "/health", Builtin::Health));
             }
             (RouteTable::new(hub_routes, None), stats("none"))
         }
         None => {
             let builtin_stats = stats("builtin");
-            let builtin = |path: &str, target: Builtin| Route {
-                name: "builtin".into(),
-                stats: builtin_stats.clone(),
-                matcher: Matcher {
-                    host: HostMatch::Any,
-                    path: path.into(),
-                    exact: true,
-                },
-                policy: policy_of(None),
-                target: Target::Builtin(target),
-            };
+            let builtin = |path: &str, target: Builtin| builtin_route(&builtin_stats, path, target);
             let routes = vec![
                 builtin("/health", Builtin::Health),
                 builtin("/ws", Builtin::Echo),

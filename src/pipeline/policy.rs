@@ -103,7 +103,7 @@ impl Authentication {
         };
         let parameters = match &self.template {
             Some((template, exact)) => {
-                let path = super::checks::without_parameters(request.uri().path());
+                let path = crate::http::without_parameters(request.uri().path());
                 jwt::match_template(template, &path, *exact).unwrap_or_default()
             }
             None => Vec::new(),

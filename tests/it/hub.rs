@@ -106,11 +106,7 @@ async fn admin_call(
 
 /// The value of the series `line` (`name{labels}`) in `metrics`, 0 when absent.
 fn series(metrics: &str, line: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(line)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    common::hostile::series(metrics, line).unwrap_or(0.0)
 }
 
 async fn send(ws: &mut Wss, text: &str) {
@@ -1448,18 +1444,14 @@ async fn openssl_hub_session(version: &str) {
     let wait_for = |needle: &'static str| {
         let seen = seen.clone();
         async move {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let text = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
-                if text.contains(needle) {
-                    return;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "no {needle:?} in s_client's output:\n{text}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            let text = || String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+            let found =
+                common::hostile::within(Duration::from_secs(10), || text().contains(needle));
+            assert!(
+                found.await.is_some(),
+                "no {needle:?} in s_client's output:\n{}",
+                text()
+            );
         }
     };
     // Each write is one read for s_client, which looks for its commands at a read's start.

@@ -346,10 +346,14 @@ pub async fn metric(server: &TestServer, name: &str) -> Option<f64> {
     )
     .await
     .expect("the admin listener answers within 5 s");
-    response
-        .body
+    series(&response.body, name)
+}
+
+/// The value of the series `line` (`name` or `name{labels}`) in the exposition `metrics`.
+pub fn series(metrics: &str, line: &str) -> Option<f64> {
+    metrics
         .lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .find_map(|l| l.strip_prefix(line)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
 }
 
