@@ -944,13 +944,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     return;
                 }
                 // The client's close, then our end of the connection (RFC 6455 §7.1.1).
-                while let Some(Ok(message)) = self.socket.next().await {
-                    if matches!(message, Message::Close) {
-                        break;
-                    }
-                }
+                self.socket.until_close().await;
             }
-            let _ = self.socket.shutdown().await;
+            if self.socket.shutdown().await.is_ok() {
+                self.socket.linger().await;
+            }
         };
         let _ = tokio::time::timeout(CLOSE_WAIT, polite).await;
     }

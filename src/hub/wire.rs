@@ -137,6 +137,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         std::future::poll_fn(|cx| self.poll_next(cx)).await
     }
 
+    /// Waits for the client's close frame, the end of the stream, or frames that no longer
+    /// parse (after a protocol error), dropping whatever else comes meanwhile.
+    pub(super) async fn until_close(&mut self) {
+        while let Some(Ok(message)) = self.next().await {
+            if matches!(message, Message::Close) {
+                return;
+            }
+        }
+    }
+
+    /// After [`Wire::shutdown`]: reads and drops the client's bytes until its end, as nginx's
+    /// lingering close. Closing with input unread makes the kernel reset the connection, and
+    /// a reset can destroy our last frames (an echo, our close) before the client reads them.
+    pub(super) async fn linger(&mut self) {
+        self.received = Vec::new();
+        self.parsed = 0;
+        let mut chunk = [0u8; READ_CHUNK];
+        loop {
+            let mut space = ReadBuf::new(&mut chunk);
+            let read = std::future::poll_fn(|cx| Pin::new(&mut self.io).poll_read(cx, &mut space));
+            if read.await.is_err() || space.filled().is_empty() {
+                return;
+            }
+        }
+    }
+
     /// Takes whole frames off `received` until one completes a message.
     fn parse(&mut self) -> Result<Option<Message>, WireError> {
         loop {
@@ -627,6 +653,31 @@ mod tests {
             other => panic!("{other:?}"),
         }
         drop(writer.await);
+    }
+
+    #[tokio::test]
+    async fn after_a_protocol_error_our_end_closes_and_the_rest_is_read_until_the_clients() {
+        // A small pipe: the client's bytes go through only while the wire keeps reading.
+        let (server, mut client) = tokio::io::duplex(64);
+        let mut wire = Wire::new(server, Vec::new(), 100);
+        let writer = tokio::spawn(async move {
+            client.write_all(&client_frame(0xc1, b"bad")).await?;
+            client.write_all(&[0xff; 5000]).await
+        });
+        assert!(matches!(
+            wire.next().await,
+            Some(Err(WireError::Protocol(_)))
+        ));
+        wire.until_close().await;
+        wire.shutdown().await.expect("our end closed first");
+        tokio::time::timeout(Duration::from_secs(5), wire.linger())
+            .await
+            .expect("returns at the client's end");
+        let written = tokio::time::timeout(Duration::from_secs(1), writer)
+            .await
+            .expect("the client got every byte in")
+            .expect("the writer");
+        assert!(written.is_ok(), "every byte was read: {written:?}");
     }
 
     #[tokio::test]
